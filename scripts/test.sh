@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (Debian's qemu-system-x86 for the QEMU
+# interoperability test), builds every binary (the guest programs are built and embedded by
+# vmm/build.rs), checks formatting and lints, and runs unit and multi-process integration tests.
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh server_      # only tests whose name matches a filter (passed to cargo test)
+#
+# Environment: IVSHMEM_REQUIRE_KVM=1 makes tests that need /dev/kvm fail instead of skipping
+# (CI sets it); IVSHMEM_REQUIRE_QEMU=1 does the same for the QEMU interop test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install_packages() {
+    local missing=()
+    command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    echo "test.sh: installing ${missing[*]} (apt-get)"
+    if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null; then
+        echo "test.sh: could not install ${missing[*]}; the QEMU interop test will skip" >&2
+    fi
+}
+
+install_packages
+if [ -n "${IVSHMEM_REQUIRE_KVM:-}" ] && command -v qemu-system-x86_64 >/dev/null; then
+    export IVSHMEM_REQUIRE_QEMU="${IVSHMEM_REQUIRE_QEMU:-1}"
+fi
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== build"
+cargo build --workspace --quiet
+
+echo "== tests"
+cargo test --workspace --quiet -- "$@"
+echo "test.sh: all tests passed"

@@ -1,1 +1,88 @@
-//! (being written)
+//! A QEMU-compatible ivshmem server (spec §2): the same command line and the same wire protocol,
+//! so QEMU's `ivshmem-doorbell` works against it unchanged, without the reference server's
+//! limits (select's 1024 fds, 32-bit sizes, exiting on one bad client, stale sockets).
+//!
+//! Modules: [`options`] (command line), [`shm`] (shared-memory creation), [`listener`] (the
+//! socket file), [`peer`] (ids, per-peer state, bounded queues), [`event_loop`] (epoll broker),
+//! [`process`] (fd limit, daemon, PID file, signals). [`run`] wires them in QEMU's order: shared
+//! memory, socket, daemonize, PID file, loop.
+
+pub mod event_loop;
+pub mod listener;
+pub mod options;
+pub mod peer;
+pub mod process;
+pub mod shm;
+
+use anyhow::Context;
+
+use crate::event_loop::{LoopConfig, Server};
+use crate::listener::Listener;
+use crate::options::Options;
+use crate::process::PidFile;
+use crate::shm::{Access, SharedMemory};
+
+/// Runs the server until a shutdown signal; returns an error for anything that prevents it from
+/// starting (the caller prints it and exits 1).
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let size = opts.shm_size();
+    if size != opts.requested_size {
+        log::info!(
+            "ivshmem-server: size {} is not a power of two, rounded up to {size}",
+            opts.requested_size
+        );
+    }
+    let fd_limit = process::raise_fd_limit();
+    log::debug!("open-file limit: {fd_limit}");
+    let signals = process::shutdown_signals().context("cannot set up signal handling")?;
+
+    let gid = opts.group.as_ref().map(|g| g.gid);
+    let access = Access {
+        mode: opts.mode(),
+        gid,
+    };
+    let shm = SharedMemory::create(&opts.shm, size, access)?;
+    let listener = Listener::bind(&opts.socket_path, opts.mode(), gid)?;
+
+    let mut pid_file = None;
+    if !opts.foreground {
+        if let Err(e) = process::daemonize() {
+            listener.remove_file();
+            return Err(e).context("cannot daemonize");
+        }
+        match PidFile::write(&opts.pid_file) {
+            Ok(p) => pid_file = Some(p),
+            Err(e) => {
+                listener.remove_file();
+                return Err(e)
+                    .with_context(|| format!("cannot write PID file {}", opts.pid_file.display()));
+            }
+        }
+    }
+
+    log::info!(
+        "ivshmem-server: listening on {} (shared memory: {}, {} bytes; {} vector{} per peer)",
+        opts.socket_path.display(),
+        shm.description,
+        shm.size,
+        opts.vectors,
+        if opts.vectors == 1 { "" } else { "s" }
+    );
+    let config = LoopConfig {
+        vectors: opts.vectors,
+        queue_limit: opts.queue_limit,
+    };
+    let shm_fd = shm
+        .fd
+        .try_clone()
+        .context("cannot duplicate the shared-memory fd")?;
+    let result = Server::new(listener.socket.try_clone()?, signals, shm_fd, config)
+        .and_then(|mut server| server.run());
+
+    listener.remove_file();
+    if opts.unlink_shm {
+        shm.unlink_name();
+    }
+    drop(pid_file);
+    result.context("event loop failed")
+}

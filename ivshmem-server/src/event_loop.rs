@@ -1,0 +1,362 @@
+//! The broker: one epoll loop over the listening socket, the shutdown signalfd and every peer
+//! socket. New connections get an id, eventfds and the handshake; anything a peer sends (data
+//! or EOF) makes it leave, as in QEMU; leaves are announced to the others.
+//!
+//! Failure containment: everything that can go wrong with one connection (accept, id
+//! allocation, eventfd creation, a send, an overflowing queue) costs that connection only.
+//! Peers to drop are collected in a work list and processed one at a time, because announcing
+//! one departure can make another peer's queue overflow.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
+use protocol::server::{leave, new_peer_sequence, peer_vectors};
+
+use crate::peer::{Flush, OutQueue, Peer, PeerTable};
+
+const LISTENER_TOKEN: u64 = 0;
+const SIGNAL_TOKEN: u64 = 1;
+// Peer tokens are connection numbers, which start at 1 and are offset by this.
+const PEER_TOKEN_BASE: u64 = 2;
+/// How long shutdown waits for departure notices to drain.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Settings of the event loop.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopConfig {
+    pub vectors: u32,
+    pub queue_limit: usize,
+}
+
+pub struct Server {
+    epoll: Epoll,
+    listener: std::os::unix::net::UnixListener,
+    signals: SignalFd,
+    shm: Rc<OwnedFd>,
+    config: LoopConfig,
+    peers: PeerTable,
+    /// Peers to drop, with the reason, in order.
+    doomed: Vec<(u16, String)>,
+    doomed_set: HashSet<u16>,
+    /// An fd kept in reserve so that accept can still take (and refuse) a connection when the
+    /// fd table is full; otherwise the listener would stay readable and the loop would spin.
+    reserve_fd: Option<File>,
+    quitting: bool,
+}
+
+impl Server {
+    pub fn new(
+        listener: std::os::unix::net::UnixListener,
+        signals: SignalFd,
+        shm: OwnedFd,
+        config: LoopConfig,
+    ) -> io::Result<Server> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            &listener,
+            EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN),
+        )?;
+        epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))?;
+        Ok(Server {
+            epoll,
+            listener,
+            signals,
+            shm: Rc::new(shm),
+            config,
+            peers: PeerTable::new(),
+            doomed: Vec::new(),
+            doomed_set: HashSet::new(),
+            reserve_fd: File::open("/dev/null").ok(),
+            quitting: false,
+        })
+    }
+
+    /// Runs until SIGINT/SIGTERM/SIGHUP, then announces departures and closes every peer.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = vec![EpollEvent::empty(); 256];
+        while !self.quitting {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    LISTENER_TOKEN => self.accept_all(),
+                    SIGNAL_TOKEN => self.read_signals(),
+                    token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
+                }
+                self.drop_doomed();
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let name = nix::sys::signal::Signal::try_from(info.ssi_signo as i32)
+                .map(|s| s.as_str())
+                .unwrap_or("signal");
+            log::info!("ivshmem-server: {name} received, shutting down");
+            self.quitting = true;
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.add_peer(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ECONNABORTED)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Take the connection with the reserved fd and close it at once.
+                    self.reserve_fd = None;
+                    if let Ok((stream, _)) = self.listener.accept() {
+                        log::warn!("refused a connection: out of file descriptors ({e})");
+                        drop(stream);
+                    }
+                    self.reserve_fd = File::open("/dev/null").ok();
+                    if self.reserve_fd.is_none() {
+                        return; // try again on the next event
+                    }
+                }
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_peer(&mut self, stream: UnixStream) {
+        let pid = getsockopt(&stream, PeerCredentials).ok().map(|c| c.pid());
+        let pid_text = pid.map_or("pid ?".to_string(), |p| format!("pid {p}"));
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!(
+                "refused a connection ({pid_text}): cannot make its socket non-blocking: {e}"
+            );
+            return;
+        }
+        let Some(id) = self.peers.allocate_id() else {
+            log::warn!("refused a connection ({pid_text}): cannot allocate a peer id, all 65536 are in use");
+            return;
+        };
+        let mut vectors = Vec::with_capacity(self.config.vectors as usize);
+        for _ in 0..self.config.vectors {
+            match EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC) {
+                Ok(efd) => vectors.push(Rc::new(OwnedFd::from(efd))),
+                Err(e) => {
+                    log::warn!("refused a connection ({pid_text}): cannot create an eventfd: {e}");
+                    return;
+                }
+            }
+        }
+        let seq = self.peers.next_seq();
+        let interest = EpollEvent::new(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+            seq + PEER_TOKEN_BASE,
+        );
+        if let Err(e) = self.epoll.add(&stream, interest) {
+            log::warn!("refused a connection ({pid_text}): cannot watch its socket: {e}");
+            return;
+        }
+
+        // Step 4: tell every existing peer, in connect order, about the newcomer's vectors.
+        let existing = self.peers.ids_in_order();
+        let join = peer_vectors(id, &vectors);
+        for &other in &existing {
+            self.notify(other, join.clone());
+        }
+
+        // Steps 1-3, 5, 6 for the newcomer.
+        let others: Vec<(u16, Vec<Rc<OwnedFd>>)> = existing
+            .iter()
+            .filter_map(|&other| self.peers.get(other).map(|p| (other, p.vectors.clone())))
+            .collect();
+        let sequence = new_peer_sequence(
+            id,
+            self.shm.clone(),
+            &vectors,
+            others.iter().map(|(other, v)| (*other, v.as_slice())),
+        );
+        let mut queue = OutQueue::new(self.config.queue_limit);
+        queue.push_handshake(sequence);
+        self.peers.insert(Peer {
+            id,
+            seq,
+            socket: stream,
+            pid,
+            vectors,
+            queue,
+            wants_write: false,
+        });
+        log::info!(
+            "peer {id} joined ({pid_text}, {} vector{})",
+            self.config.vectors,
+            if self.config.vectors == 1 { "" } else { "s" }
+        );
+        self.flush(id);
+    }
+
+    /// Queues notices for a peer and sends what its socket takes; dooms it on overflow.
+    fn notify(&mut self, id: u16, messages: Vec<crate::peer::SharedMessage>) {
+        if self.doomed_set.contains(&id) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        if peer.queue.push_notices(messages).is_err() {
+            let queued = peer.queue.len();
+            self.doom(
+                id,
+                format!("not reading: outgoing queue full ({queued} messages)"),
+            );
+            return;
+        }
+        self.flush(id);
+    }
+
+    /// Sends what is queued for `id`, arming or disarming EPOLLOUT as needed.
+    fn flush(&mut self, id: u16) {
+        if self.doomed_set.contains(&id) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let result = peer.queue.flush(peer.socket.as_fd());
+        let want = match result {
+            Flush::Done => false,
+            Flush::Blocked => true,
+            Flush::Failed(e) => {
+                self.doom(id, format!("send failed: {e}"));
+                return;
+            }
+        };
+        if want != peer.wants_write {
+            let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            if want {
+                flags |= EpollFlags::EPOLLOUT;
+            }
+            let mut event = EpollEvent::new(flags, peer.seq + PEER_TOKEN_BASE);
+            match self.epoll.modify(&peer.socket, &mut event) {
+                Ok(()) => peer.wants_write = want,
+                Err(e) => self.doom(id, format!("cannot watch its socket: {e}")),
+            }
+        }
+    }
+
+    fn peer_event(&mut self, seq: u64, flags: EpollFlags) {
+        // A peer dropped earlier in this batch has no entry any more: stale event.
+        let Some(id) = self.peers.id_of_seq(seq) else {
+            return;
+        };
+        let readable = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLHUP
+            | EpollFlags::EPOLLERR;
+        if flags.intersects(readable) {
+            let reason = self.departure_reason(id);
+            self.doom(id, reason);
+        } else if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(id);
+        }
+    }
+
+    /// Why a peer whose socket became readable leaves (the protocol is server→client only).
+    fn departure_reason(&self, id: u16) -> String {
+        let Some(peer) = self.peers.get(id) else {
+            return "gone".into();
+        };
+        let mut byte = [0u8; 1];
+        match recv(
+            std::os::fd::AsRawFd::as_raw_fd(&peer.socket),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => "disconnected".into(),
+            Ok(_) => "sent data (clients must not send anything)".into(),
+            Err(Errno::EAGAIN) => "hung up".into(),
+            Err(e) => format!("connection error: {e}"),
+        }
+    }
+
+    fn doom(&mut self, id: u16, reason: String) {
+        if self.doomed_set.insert(id) {
+            self.doomed.push((id, reason));
+        }
+    }
+
+    /// Removes doomed peers one at a time and tells the others, which may doom more.
+    fn drop_doomed(&mut self) {
+        let mut next = 0;
+        while next < self.doomed.len() {
+            let (id, reason) = self.doomed[next].clone();
+            next += 1;
+            if let Some(peer) = self.peers.remove(id) {
+                let _ = self.epoll.delete(&peer.socket);
+                log::info!("peer {id} left ({}): {reason}", peer.pid_text());
+                drop(peer); // closes its socket; queued fds live on in other queues
+                for other in self.peers.ids_in_order() {
+                    self.notify(other, vec![leave(id)]);
+                }
+            }
+        }
+        self.doomed.clear();
+        self.doomed_set.clear();
+    }
+
+    /// Like QEMU: peers leave one by one in connect order and each departure is announced to
+    /// those still there. Then the notices get a short time to drain, and every socket closes.
+    fn shutdown(&mut self) {
+        let order = self.peers.ids_in_order();
+        for (k, &id) in order.iter().enumerate() {
+            for &later in &order[k + 1..] {
+                if let Some(peer) = self.peers.get_mut(later) {
+                    if peer.queue.push_notices(vec![leave(id)]).is_err() {
+                        self.doomed_set.insert(later);
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            for id in self.peers.ids_in_order() {
+                self.flush(id);
+            }
+            let pending = self.peers.ids_in_order().into_iter().any(|id| {
+                !self.doomed_set.contains(&id)
+                    && self.peers.get(id).is_some_and(|p| !p.queue.is_empty())
+            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !pending || left.is_zero() {
+                break;
+            }
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let _ = self.epoll.wait(&mut events, EpollTimeout::from(ms));
+        }
+        for id in order {
+            if let Some(peer) = self.peers.remove(id) {
+                log::info!("peer {id} left ({}): server shutting down", peer.pid_text());
+            }
+        }
+    }
+
+    /// Connected peers right now.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+}

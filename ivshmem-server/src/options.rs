@@ -1,0 +1,676 @@
+//! The command line: QEMU's `ivshmem-server` flags with the same defaults, parsed the way
+//! getopt parses `hvFp:S:m:M:l:n:` (combined flags `-vF`, attached or separate arguments `-l4M`
+//! / `-l 4M`, `--` ends options), plus long options for our extensions.
+//!
+//! Hand-written rather than clap: clap does not reproduce getopt's clustering of a flag with an
+//! option that takes an attached argument (`-Fl4M`) nor QEMU's number syntaxes. Every error is a
+//! [`UsageError`] naming the offending option and value; nothing here panics or exits.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use protocol::wire::MAX_VECTORS;
+
+pub const DEFAULT_PID_FILE: &str = "/var/run/ivshmem-server.pid";
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ivshmem_socket";
+pub const DEFAULT_SHM_NAME: &str = "ivshmem";
+pub const DEFAULT_SHM_SIZE: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_VECTORS: u32 = 1;
+/// Default bound of a peer's outgoing queue of join/leave notices, in messages.
+pub const DEFAULT_QUEUE_LIMIT: usize = 16384;
+/// Default permissions of the socket and the shared memory: owner only.
+pub const DEFAULT_MODE: u32 = 0o600;
+/// Default permissions when `--group` is given without `--mode`: owner and group.
+pub const DEFAULT_GROUP_MODE: u32 = 0o660;
+
+/// Where the shared memory lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShmBacking {
+    /// A POSIX shared-memory object (`shm_open`), e.g. `ivshmem` = /dev/shm/ivshmem (`-M`).
+    PosixName(String),
+    /// An unlinked file created in this directory, e.g. a hugetlbfs mount (`-m`).
+    Directory(PathBuf),
+    /// An anonymous memfd (`--memfd`).
+    Memfd,
+}
+
+/// A group given by `--group`, by name or number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub text: String,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub verbose: bool,
+    pub foreground: bool,
+    pub pid_file: PathBuf,
+    pub socket_path: PathBuf,
+    pub shm: ShmBacking,
+    /// Size as given; the shared memory gets [`Options::shm_size`] (the next power of two).
+    pub requested_size: u64,
+    pub vectors: u32,
+    pub unlink_shm: bool,
+    /// Explicit `--mode`; see [`Options::mode`] for the effective one.
+    pub mode_arg: Option<u32>,
+    pub group: Option<GroupSpec>,
+    pub queue_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            verbose: false,
+            foreground: false,
+            pid_file: DEFAULT_PID_FILE.into(),
+            socket_path: DEFAULT_SOCKET_PATH.into(),
+            shm: ShmBacking::PosixName(DEFAULT_SHM_NAME.into()),
+            requested_size: DEFAULT_SHM_SIZE,
+            vectors: DEFAULT_VECTORS,
+            unlink_shm: false,
+            mode_arg: None,
+            group: None,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+        }
+    }
+}
+
+impl Options {
+    /// The shared-memory size: the requested size rounded up to a power of two (QEMU's BAR2
+    /// must be one). Parsing guarantees this does not overflow.
+    pub fn shm_size(&self) -> u64 {
+        self.requested_size.next_power_of_two()
+    }
+
+    /// Permissions for the socket and the shared memory.
+    pub fn mode(&self) -> u32 {
+        match (self.mode_arg, &self.group) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => DEFAULT_GROUP_MODE,
+            (None, None) => DEFAULT_MODE,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    #[error("unknown option '{0}'")]
+    UnknownOption(String),
+    #[error("option '{0}' requires an argument")]
+    MissingArgument(String),
+    #[error("option '{0}' takes no argument")]
+    UnexpectedArgument(String),
+    #[error("unexpected argument '{0}'")]
+    UnexpectedPositional(String),
+    #[error("argument of '{option}' is not valid UTF-8")]
+    NotUtf8 { option: String },
+    #[error("cannot parse size '{0}': expected a number with an optional K, M, G or T suffix")]
+    BadSize(String),
+    #[error("size '{0}' must be greater than 0")]
+    ZeroSize(String),
+    #[error("size '{0}' is too large")]
+    SizeTooLarge(String),
+    #[error("cannot parse number of vectors '{0}'")]
+    BadVectors(String),
+    #[error("number of vectors {0} exceeds the maximum of {MAX_VECTORS}")]
+    TooManyVectors(u64),
+    #[error("cannot parse mode '{0}': expected an octal number up to 0777")]
+    BadMode(String),
+    #[error("unknown group '{0}'")]
+    UnknownGroup(String),
+    #[error("cannot parse queue limit '{0}': expected a number of messages of at least 1")]
+    BadQueueLimit(String),
+    #[error("cannot use verbose (-v) in daemon mode: add -F")]
+    VerboseNeedsForeground,
+    #[error("--unlink-shm applies only to a POSIX shared-memory object (-M)")]
+    UnlinkWithoutName,
+    #[error("{option}: {reason}")]
+    Invalid { option: String, reason: String },
+}
+
+/// Short options that take an argument (getopt's `p:S:m:M:l:n:`).
+const SHORT_WITH_ARG: &[char] = &['p', 'S', 'm', 'M', 'l', 'n'];
+/// Short flags (`hvF`).
+const SHORT_FLAGS: &[char] = &['h', 'v', 'F'];
+/// Long options that take an argument, with the short option they alias (if any).
+const LONG_WITH_ARG: &[(&str, Option<char>)] = &[
+    ("pid-file", Some('p')),
+    ("socket", Some('S')),
+    ("shm-dir", Some('m')),
+    ("shm-name", Some('M')),
+    ("size", Some('l')),
+    ("vectors", Some('n')),
+    ("mode", None),
+    ("group", None),
+    ("queue-limit", None),
+];
+const LONG_FLAGS: &[(&str, Option<char>)] = &[
+    ("help", Some('h')),
+    ("verbose", Some('v')),
+    ("foreground", Some('F')),
+    ("memfd", None),
+    ("unlink-shm", None),
+];
+
+/// Parses the arguments after the program name.
+pub fn parse<I, S>(args: I) -> Result<Command, UsageError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut opts = Options::default();
+    let mut help = false;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy().into_owned();
+        i += 1;
+        if arg == "--" {
+            if let Some(extra) = args.get(i) {
+                return Err(UsageError::UnexpectedPositional(
+                    extra.to_string_lossy().into(),
+                ));
+            }
+            break;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            if let Some((_, short)) = LONG_FLAGS.iter().find(|(n, _)| *n == name) {
+                if inline.is_some() {
+                    return Err(UsageError::UnexpectedArgument(format!("--{name}")));
+                }
+                apply_flag(
+                    &mut opts,
+                    &mut help,
+                    short.map_or(Flag::Long(name), Flag::Short),
+                );
+            } else if let Some((_, short)) = LONG_WITH_ARG.iter().find(|(n, _)| *n == name) {
+                let value = match inline {
+                    Some(v) => v,
+                    None => take_next(&args, &mut i, &format!("--{name}"))?,
+                };
+                let key = short.map_or(Flag::Long(name), Flag::Short);
+                apply_value(&mut opts, key, &format!("--{name}"), &value)?;
+            } else {
+                return Err(UsageError::UnknownOption(format!("--{name}")));
+            }
+            continue;
+        }
+        if arg.len() > 1 && arg.starts_with('-') {
+            let cluster: Vec<char> = arg[1..].chars().collect();
+            let mut k = 0;
+            while k < cluster.len() {
+                let c = cluster[k];
+                k += 1;
+                if SHORT_FLAGS.contains(&c) {
+                    apply_flag(&mut opts, &mut help, Flag::Short(c));
+                } else if SHORT_WITH_ARG.contains(&c) {
+                    let value = if k < cluster.len() {
+                        cluster[k..].iter().collect()
+                    } else {
+                        take_next(&args, &mut i, &format!("-{c}"))?
+                    };
+                    apply_value(&mut opts, Flag::Short(c), &format!("-{c}"), &value)?;
+                    break;
+                } else {
+                    return Err(UsageError::UnknownOption(format!("-{c}")));
+                }
+            }
+            continue;
+        }
+        return Err(UsageError::UnexpectedPositional(arg));
+    }
+    if help {
+        return Ok(Command::Help);
+    }
+    if opts.verbose && !opts.foreground {
+        return Err(UsageError::VerboseNeedsForeground);
+    }
+    if opts.unlink_shm && !matches!(opts.shm, ShmBacking::PosixName(_)) {
+        return Err(UsageError::UnlinkWithoutName);
+    }
+    Ok(Command::Run(opts))
+}
+
+#[derive(Clone, Copy)]
+enum Flag<'a> {
+    Short(char),
+    Long(&'a str),
+}
+
+fn take_next(args: &[OsString], i: &mut usize, option: &str) -> Result<String, UsageError> {
+    let value = args
+        .get(*i)
+        .ok_or_else(|| UsageError::MissingArgument(option.to_string()))?;
+    *i += 1;
+    value
+        .to_str()
+        .map(str::to_string)
+        .ok_or_else(|| UsageError::NotUtf8 {
+            option: option.to_string(),
+        })
+}
+
+fn apply_flag(opts: &mut Options, help: &mut bool, flag: Flag<'_>) {
+    match flag {
+        Flag::Short('h') => *help = true,
+        Flag::Short('v') => opts.verbose = true,
+        Flag::Short('F') => opts.foreground = true,
+        Flag::Long("memfd") => opts.shm = ShmBacking::Memfd,
+        Flag::Long("unlink-shm") => opts.unlink_shm = true,
+        Flag::Short(_) | Flag::Long(_) => unreachable!("flag tables and apply_flag agree"),
+    }
+}
+
+fn apply_value(
+    opts: &mut Options,
+    key: Flag<'_>,
+    option: &str,
+    value: &str,
+) -> Result<(), UsageError> {
+    match key {
+        Flag::Short('p') => opts.pid_file = non_empty(option, value)?.into(),
+        Flag::Short('S') => opts.socket_path = non_empty(option, value)?.into(),
+        Flag::Short('m') => opts.shm = ShmBacking::Directory(non_empty(option, value)?.into()),
+        Flag::Short('M') => opts.shm = ShmBacking::PosixName(parse_shm_name(option, value)?),
+        Flag::Short('l') => opts.requested_size = parse_size(value)?,
+        Flag::Short('n') => opts.vectors = parse_vectors(value)?,
+        Flag::Long("mode") => opts.mode_arg = Some(parse_mode(value)?),
+        Flag::Long("group") => opts.group = Some(parse_group(value)?),
+        Flag::Long("queue-limit") => {
+            opts.queue_limit = match parse_unsigned(value) {
+                Some(n) if n >= 1 && n <= usize::MAX as u64 => n as usize,
+                _ => return Err(UsageError::BadQueueLimit(value.into())),
+            }
+        }
+        Flag::Short(_) | Flag::Long(_) => unreachable!("option tables and apply_value agree"),
+    }
+    Ok(())
+}
+
+fn non_empty<'v>(option: &str, value: &'v str) -> Result<&'v str, UsageError> {
+    if value.is_empty() {
+        Err(UsageError::Invalid {
+            option: option.into(),
+            reason: "empty argument".into(),
+        })
+    } else {
+        Ok(value)
+    }
+}
+
+/// A POSIX shm name: one path component, optionally with a leading '/'.
+fn parse_shm_name(option: &str, value: &str) -> Result<String, UsageError> {
+    let bare = value.strip_prefix('/').unwrap_or(value);
+    if bare.is_empty() || bare.contains('/') || bare == "." || bare == ".." || bare.len() > 255 {
+        return Err(UsageError::Invalid {
+            option: option.into(),
+            reason: format!(
+                "'{value}' is not a valid POSIX shared-memory name (one name without '/')"
+            ),
+        });
+    }
+    Ok(bare.to_string())
+}
+
+/// strtoul base 0 without sign or whitespace: `0x..` hex, `0..` octal, else decimal.
+fn parse_unsigned(text: &str) -> Option<u64> {
+    let (digits, radix) =
+        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            (hex, 16)
+        } else if text.len() > 1 && text.starts_with('0') {
+            (&text[1..], 8)
+        } else {
+            (text, 10)
+        };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+fn parse_vectors(text: &str) -> Result<u32, UsageError> {
+    let n = parse_unsigned(text).ok_or_else(|| UsageError::BadVectors(text.into()))?;
+    if n > u64::from(MAX_VECTORS) {
+        return Err(UsageError::TooManyVectors(n));
+    }
+    Ok(n as u32)
+}
+
+/// A size like QEMU's `-l`: a decimal number (a fraction allowed with a suffix, e.g. `1.5G`) or
+/// a `0x` hex number, then an optional binary suffix B, K, M, G or T (any case).
+pub fn parse_size(text: &str) -> Result<u64, UsageError> {
+    let bad = || UsageError::BadSize(text.into());
+    let (number, shift) = match text.chars().last() {
+        Some(c)
+            if c.is_ascii_alphabetic() && !text.starts_with("0x") && !text.starts_with("0X") =>
+        {
+            let shift = match c.to_ascii_uppercase() {
+                'B' => 0,
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&text[..text.len() - 1], shift)
+        }
+        _ => (text, 0),
+    };
+    let value: u128 = if let Some(hex) = number
+        .strip_prefix("0x")
+        .or_else(|| number.strip_prefix("0X"))
+    {
+        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u128::from(u64::from_str_radix(hex, 16).map_err(|_| UsageError::SizeTooLarge(text.into()))?)
+    } else {
+        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+        let digits_ok = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+        if int.is_empty()
+            || !digits_ok(int)
+            || !digits_ok(frac)
+            || (number.contains('.') && (frac.is_empty() || shift == 0))
+        {
+            return Err(bad());
+        }
+        if int.len() > 30 || frac.len() > 12 {
+            return Err(UsageError::SizeTooLarge(text.into()));
+        }
+        let int: u128 = int.parse().map_err(|_| bad())?;
+        let frac_value: u128 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| bad())?
+        };
+        let scale = 10u128.pow(frac.len() as u32);
+        (int << shift) + ((frac_value << shift) / scale)
+    };
+    if value == 0 {
+        return Err(UsageError::ZeroSize(text.into()));
+    }
+    // The rounded-up power of two must fit in a u64 (and in an off_t).
+    if value > 1u128 << 62 {
+        return Err(UsageError::SizeTooLarge(text.into()));
+    }
+    Ok(value as u64)
+}
+
+fn parse_mode(text: &str) -> Result<u32, UsageError> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if !digits.is_empty() && mode <= 0o777 => Ok(mode),
+        _ => Err(UsageError::BadMode(text.into())),
+    }
+}
+
+fn parse_group(text: &str) -> Result<GroupSpec, UsageError> {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        let gid = text
+            .parse::<u32>()
+            .map_err(|_| UsageError::UnknownGroup(text.into()))?;
+        return Ok(GroupSpec {
+            text: text.into(),
+            gid,
+        });
+    }
+    match nix::unistd::Group::from_name(text) {
+        Ok(Some(group)) => Ok(GroupSpec {
+            text: text.into(),
+            gid: group.gid.as_raw(),
+        }),
+        _ => Err(UsageError::UnknownGroup(text.into())),
+    }
+}
+
+/// The `-h` text.
+pub fn help_text(program: &str) -> String {
+    format!(
+        "\
+Usage: {program} [OPTION]...
+QEMU-compatible ivshmem server: hands out a shared-memory fd and per-peer eventfds
+to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
+
+  -h, --help               show this help and exit
+  -v, --verbose            verbose (debug) logging; requires -F
+  -F, --foreground         stay in the foreground (default: daemonize)
+  -p, --pid-file FILE      PID file, written only when daemonized
+                           (default {DEFAULT_PID_FILE})
+  -S, --socket PATH        UNIX socket to listen on (default {DEFAULT_SOCKET_PATH})
+  -M, --shm-name NAME      POSIX shared-memory object (default {DEFAULT_SHM_NAME},
+                           i.e. /dev/shm/{DEFAULT_SHM_NAME})
+  -m, --shm-dir DIR        create the shared memory as an unlinked file in DIR
+                           (e.g. a hugetlbfs mount)
+      --memfd              use an anonymous memfd as the shared memory
+                           (-M, -m and --memfd: the last one given wins)
+  -l, --size SIZE          shared-memory size in bytes; suffixes K, M, G, T
+                           (1K = 1024); rounded up to a power of two
+                           (default {DEFAULT_SHM_SIZE})
+  -n, --vectors N          interrupt vectors per peer, 0..{MAX_VECTORS}; decimal, 0x hex
+                           or 0 octal (default {DEFAULT_VECTORS})
+      --unlink-shm         remove the -M shared-memory object on exit
+      --mode OCTAL         permissions of the socket and the shared memory
+                           (default 0600, or 0660 with --group)
+      --group NAME|GID     group owning the socket and the shared memory
+      --queue-limit N      join/leave messages queued for a peer that does not
+                           read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
+
+Peers that send anything or hang up leave; every join and leave is logged on stderr.
+SIGINT and SIGTERM announce departures, remove the socket (and the PID file) and exit.
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, UsageError> {
+        match parse(args.iter().copied())? {
+            Command::Run(o) => Ok(o),
+            Command::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_qemu() {
+        let o = run(&[]).unwrap();
+        assert!(!o.foreground && !o.verbose);
+        assert_eq!(o.pid_file, PathBuf::from("/var/run/ivshmem-server.pid"));
+        assert_eq!(o.socket_path, PathBuf::from("/tmp/ivshmem_socket"));
+        assert_eq!(o.shm, ShmBacking::PosixName("ivshmem".into()));
+        assert_eq!(o.shm_size(), 4194304);
+        assert_eq!(o.vectors, 1);
+        assert_eq!(o.mode(), 0o600);
+    }
+
+    #[test]
+    fn getopt_forms() {
+        let o = run(&["-F", "-l4M", "-n", "2", "-S/tmp/x"]).unwrap();
+        assert!(o.foreground);
+        assert_eq!(o.requested_size, 4 << 20);
+        assert_eq!(o.vectors, 2);
+        assert_eq!(o.socket_path, PathBuf::from("/tmp/x"));
+        let o = run(&["-vFl", "1G", "-M", "name"]).unwrap();
+        assert!(o.verbose && o.foreground);
+        assert_eq!(o.requested_size, 1 << 30);
+        assert_eq!(o.shm, ShmBacking::PosixName("name".into()));
+        let o = run(&["-Fn0x10", "--"]).unwrap();
+        assert_eq!(o.vectors, 16);
+        assert_eq!(run(&["-F", "-n", "010"]).unwrap().vectors, 8);
+        assert_eq!(parse(["-h"]).unwrap(), Command::Help);
+        assert_eq!(parse(["-F", "--help"]).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn last_shm_choice_wins() {
+        assert_eq!(
+            run(&["-M", "a", "-m", "/d"]).unwrap().shm,
+            ShmBacking::Directory("/d".into())
+        );
+        assert_eq!(
+            run(&["-m", "/d", "-M", "a"]).unwrap().shm,
+            ShmBacking::PosixName("a".into())
+        );
+        assert_eq!(run(&["-M", "a", "--memfd"]).unwrap().shm, ShmBacking::Memfd);
+        assert_eq!(
+            run(&["-M", "/a"]).unwrap().shm,
+            ShmBacking::PosixName("a".into())
+        );
+    }
+
+    #[test]
+    fn long_options() {
+        let o = run(&[
+            "--foreground",
+            "--size=8K",
+            "--vectors",
+            "3",
+            "--socket=/s",
+            "--mode",
+            "0660",
+            "--group",
+            "0",
+            "--queue-limit=5",
+            "--memfd",
+        ])
+        .unwrap();
+        assert_eq!(o.requested_size, 8192);
+        assert_eq!(o.vectors, 3);
+        assert_eq!(o.mode(), 0o660);
+        assert_eq!(o.group.as_ref().unwrap().gid, 0);
+        assert_eq!(o.queue_limit, 5);
+        assert_eq!(o.shm, ShmBacking::Memfd);
+        assert_eq!(run(&["--group", "0"]).unwrap().mode(), 0o660);
+        assert_eq!(run(&["--group", "root"]).unwrap().group.unwrap().gid, 0);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4194304").unwrap(), 4194304);
+        assert_eq!(parse_size("1k").unwrap(), 1024);
+        assert_eq!(parse_size("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_size("5G").unwrap(), 5 << 30);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_size("1.5K").unwrap(), 1536);
+        assert_eq!(parse_size("0x1000").unwrap(), 4096);
+        assert_eq!(parse_size("100B").unwrap(), 100);
+        for bad in [
+            "", "M", "-1", "1X", "1.5", "abc", " 1", "1 ", "0x", "1.K", "0xg",
+        ] {
+            assert!(
+                matches!(parse_size(bad), Err(UsageError::BadSize(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_size("0"), Err(UsageError::ZeroSize("0".into())));
+        assert!(matches!(
+            parse_size("99999999T"),
+            Err(UsageError::SizeTooLarge(_))
+        ));
+        assert!(matches!(
+            parse_size("99999999999999999999999999"),
+            Err(UsageError::SizeTooLarge(_))
+        ));
+        let o = run(&["-l", "3000000"]).unwrap();
+        assert_eq!(o.shm_size(), 4194304);
+        assert_eq!(run(&["-l", "5G"]).unwrap().shm_size(), 8 << 30);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert_eq!(run(&["-x"]), Err(UsageError::UnknownOption("-x".into())));
+        assert_eq!(
+            run(&["--bogus"]),
+            Err(UsageError::UnknownOption("--bogus".into()))
+        );
+        assert_eq!(run(&["-l"]), Err(UsageError::MissingArgument("-l".into())));
+        assert_eq!(
+            run(&["--size"]),
+            Err(UsageError::MissingArgument("--size".into()))
+        );
+        assert_eq!(
+            run(&["--memfd=1"]),
+            Err(UsageError::UnexpectedArgument("--memfd".into()))
+        );
+        assert_eq!(
+            run(&["extra"]),
+            Err(UsageError::UnexpectedPositional("extra".into()))
+        );
+        assert_eq!(run(&["-v"]), Err(UsageError::VerboseNeedsForeground));
+        assert_eq!(
+            run(&["-F", "-n", "1025"]),
+            Err(UsageError::TooManyVectors(1025))
+        );
+        assert_eq!(
+            run(&["-F", "-n", "-1"]),
+            Err(UsageError::BadVectors("-1".into()))
+        );
+        assert_eq!(
+            run(&["-F", "-n", "09"]),
+            Err(UsageError::BadVectors("09".into()))
+        );
+        assert_eq!(
+            run(&["--mode", "0800"]),
+            Err(UsageError::BadMode("0800".into()))
+        );
+        assert_eq!(
+            run(&["--mode", "1777"]),
+            Err(UsageError::BadMode("1777".into()))
+        );
+        assert!(matches!(
+            run(&["--group", "no-such-group-xyz"]),
+            Err(UsageError::UnknownGroup(_))
+        ));
+        assert!(matches!(
+            run(&["--queue-limit", "0"]),
+            Err(UsageError::BadQueueLimit(_))
+        ));
+        assert_eq!(
+            run(&["--memfd", "--unlink-shm"]),
+            Err(UsageError::UnlinkWithoutName)
+        );
+        assert!(matches!(
+            run(&["-M", "a/b"]),
+            Err(UsageError::Invalid { .. })
+        ));
+        assert!(matches!(run(&["-S", ""]), Err(UsageError::Invalid { .. })));
+        assert_eq!(run(&["-F", "-n", "1024"]).unwrap().vectors, 1024);
+        assert_eq!(run(&["-F", "-n", "0"]).unwrap().vectors, 0);
+    }
+
+    #[test]
+    fn help_mentions_every_option() {
+        let text = help_text("ivshmem-server");
+        for opt in [
+            "-h",
+            "-v",
+            "-F",
+            "-p",
+            "-S",
+            "-M",
+            "-m",
+            "-l",
+            "-n",
+            "--memfd",
+            "--unlink-shm",
+            "--mode",
+            "--group",
+            "--queue-limit",
+        ] {
+            assert!(text.contains(opt), "{opt}");
+        }
+    }
+}

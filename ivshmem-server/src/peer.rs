@@ -1,0 +1,378 @@
+//! Peers: id allocation (QEMU's rules), per-peer state, and the bounded outgoing queue that keeps
+//! one peer that does not read from stalling the others.
+//!
+//! Ids come from a 16-bit cursor: the first free id at or after it, then the cursor moves past
+//! the id given, so ids grow monotonically (first client 0) and are reused only after a wrap.
+//!
+//! Every message for a peer goes through its [`OutQueue`] and is sent as far as its non-blocking
+//! socket accepts; the rest waits for EPOLLOUT. Queued fds are reference-counted owned fds
+//! (`Rc<OwnedFd>`), so a peer's eventfds stay open while a message carrying them is queued
+//! anywhere, even after that peer left, without one `dup` per recipient. The handshake is always
+//! queued in full (its length is bounded by the peers and vectors the server holds); the join
+//! and leave notices that follow are bounded by the queue limit, and a peer exceeding it is
+//! dropped by the caller.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+
+use protocol::fdpass::send_bytes;
+use protocol::server::Message;
+use protocol::wire::{encode, MESSAGE_LEN};
+
+/// A message whose fd is shared by every queue that holds it.
+pub type SharedMessage = Message<Rc<OwnedFd>>;
+
+/// QEMU's id cursor.
+#[derive(Debug, Default)]
+pub struct IdAllocator {
+    cursor: u16,
+}
+
+impl IdAllocator {
+    /// The first id at or after the cursor for which `in_use` is false, or None when all 65536
+    /// are taken. The cursor moves past the id returned.
+    pub fn allocate(&mut self, in_use: impl Fn(u16) -> bool) -> Option<u16> {
+        for step in 0..=u32::from(u16::MAX) {
+            let id = self.cursor.wrapping_add(step as u16);
+            if !in_use(id) {
+                self.cursor = id.wrapping_add(1);
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    bytes: [u8; MESSAGE_LEN],
+    /// Bytes of this message already sent; its fd went with the first of them.
+    sent: usize,
+    fd: Option<Rc<OwnedFd>>,
+    /// Counts against the limit (join/leave notices; not the handshake).
+    is_notice: bool,
+}
+
+/// The queue was full: the peer is not reading.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Result of trying to send what is queued.
+#[derive(Debug)]
+pub enum Flush {
+    /// Everything was sent.
+    Done,
+    /// The socket is full; wait for EPOLLOUT.
+    Blocked,
+    /// The socket failed (peer gone): drop the peer.
+    Failed(io::Error),
+}
+
+/// A peer's outgoing messages.
+#[derive(Debug)]
+pub struct OutQueue {
+    items: VecDeque<Queued>,
+    notices: usize,
+    limit: usize,
+}
+
+impl OutQueue {
+    /// `limit`: how many notice messages may wait at once.
+    pub fn new(limit: usize) -> Self {
+        OutQueue {
+            items: VecDeque::new(),
+            notices: 0,
+            limit,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Queues handshake messages, unbounded.
+    pub fn push_handshake(&mut self, messages: Vec<SharedMessage>) {
+        for m in messages {
+            self.push(m, false);
+        }
+    }
+
+    /// Queues notices (all of them or none); `Err(Overflow)` when they exceed the limit.
+    pub fn push_notices(&mut self, messages: Vec<SharedMessage>) -> Result<(), Overflow> {
+        if self.notices + messages.len() > self.limit {
+            return Err(Overflow);
+        }
+        for m in messages {
+            self.push(m, true);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, m: SharedMessage, is_notice: bool) {
+        if is_notice {
+            self.notices += 1;
+        }
+        self.items.push_back(Queued {
+            bytes: encode(m.value),
+            sent: 0,
+            fd: m.fd,
+            is_notice,
+        });
+    }
+
+    /// Sends as much as the socket takes, resuming a partially sent message without its fd.
+    pub fn flush(&mut self, sock: BorrowedFd<'_>) -> Flush {
+        while let Some(front) = self.items.front_mut() {
+            let fd = if front.sent == 0 {
+                front.fd.as_ref().map(|f| f.as_fd())
+            } else {
+                None
+            };
+            match send_bytes(sock, &front.bytes[front.sent..], fd) {
+                Ok(0) => return Flush::Blocked,
+                Ok(n) => {
+                    front.sent += n;
+                    if front.sent == MESSAGE_LEN {
+                        let done = self.items.pop_front().expect("front exists");
+                        if done.is_notice {
+                            self.notices -= 1;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(e) => return Flush::Failed(e),
+            }
+        }
+        Flush::Done
+    }
+}
+
+/// One connected peer.
+#[derive(Debug)]
+pub struct Peer {
+    pub id: u16,
+    /// Connection number: connect order and epoll token.
+    pub seq: u64,
+    pub socket: UnixStream,
+    /// From SO_PEERCRED, for the logs.
+    pub pid: Option<i32>,
+    /// Its eventfds, vector 0..N-1.
+    pub vectors: Vec<Rc<OwnedFd>>,
+    pub queue: OutQueue,
+    /// EPOLLOUT is in its epoll interest set.
+    pub wants_write: bool,
+}
+
+impl Peer {
+    /// `pid 1234` or `pid ?` for the logs.
+    pub fn pid_text(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("pid {pid}"),
+            None => "pid ?".into(),
+        }
+    }
+}
+
+/// The connected peers, by id and in connect order.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    by_id: HashMap<u16, Peer>,
+    order: BTreeMap<u64, u16>,
+    ids: IdAllocator,
+    next_seq: u64,
+}
+
+impl PeerTable {
+    pub fn new() -> Self {
+        PeerTable::default()
+    }
+
+    /// A fresh id for a new connection (QEMU's rules), or None when all are taken.
+    pub fn allocate_id(&mut self) -> Option<u16> {
+        let by_id = &self.by_id;
+        self.ids.allocate(|id| by_id.contains_key(&id))
+    }
+
+    /// A fresh connection number (never reused).
+    pub fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    pub fn insert(&mut self, peer: Peer) {
+        self.order.insert(peer.seq, peer.id);
+        self.by_id.insert(peer.id, peer);
+    }
+
+    pub fn remove(&mut self, id: u16) -> Option<Peer> {
+        let peer = self.by_id.remove(&id)?;
+        self.order.remove(&peer.seq);
+        Some(peer)
+    }
+
+    pub fn get(&self, id: u16) -> Option<&Peer> {
+        self.by_id.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u16) -> Option<&mut Peer> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// The id of the peer with this connection number, if it is still connected.
+    pub fn id_of_seq(&self, seq: u64) -> Option<u16> {
+        self.order.get(&seq).copied()
+    }
+
+    /// Ids in connect order.
+    pub fn ids_in_order(&self) -> Vec<u16> {
+        self.order.values().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::io::Read;
+
+    #[test]
+    fn ids_are_monotonic_and_not_reused_until_wrap() {
+        let mut alloc = IdAllocator::default();
+        let mut used = HashSet::new();
+        for expected in 0..3 {
+            let id = alloc.allocate(|i| used.contains(&i)).unwrap();
+            assert_eq!(id, expected);
+            used.insert(id);
+        }
+        used.remove(&1);
+        assert_eq!(alloc.allocate(|i| used.contains(&i)), Some(3));
+    }
+
+    #[test]
+    fn ids_wrap_and_skip_used() {
+        let mut alloc = IdAllocator { cursor: 65535 };
+        let used: HashSet<u16> = [65535, 0, 1].into_iter().collect();
+        assert_eq!(alloc.allocate(|i| used.contains(&i)), Some(2));
+        assert_eq!(alloc.cursor, 3);
+        let mut alloc = IdAllocator { cursor: 65535 };
+        assert_eq!(alloc.allocate(|_| false), Some(65535));
+        assert_eq!(alloc.allocate(|_| false), Some(0));
+    }
+
+    #[test]
+    fn no_free_id_is_none() {
+        let mut alloc = IdAllocator { cursor: 7 };
+        assert_eq!(alloc.allocate(|_| true), None);
+        assert_eq!(alloc.allocate(|i| i != 6), Some(6));
+    }
+
+    fn msg(v: i64) -> SharedMessage {
+        Message::new(v, None)
+    }
+
+    #[test]
+    fn notices_are_bounded_handshake_is_not() {
+        let mut q = OutQueue::new(3);
+        q.push_handshake((0..10).map(msg).collect());
+        assert_eq!(q.push_notices(vec![msg(1), msg(2)]), Ok(()));
+        assert_eq!(q.push_notices(vec![msg(3), msg(4)]), Err(Overflow));
+        assert_eq!(q.push_notices(vec![msg(3)]), Ok(()));
+        assert_eq!(q.len(), 13);
+    }
+
+    #[test]
+    fn flush_sends_in_order_and_frees_notice_budget() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = OutQueue::new(2);
+        q.push_notices(vec![msg(5), msg(-1)]).unwrap();
+        assert!(matches!(q.flush(a.as_fd()), Flush::Done));
+        assert!(q.is_empty());
+        q.push_notices(vec![msg(6), msg(7)]).unwrap();
+        assert!(matches!(q.flush(a.as_fd()), Flush::Done));
+        let mut buf = [0u8; 32];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf[..8], &encode(5));
+        assert_eq!(&buf[8..16], &encode(-1));
+        assert_eq!(&buf[24..], &encode(7));
+    }
+
+    #[test]
+    fn full_socket_blocks_then_resumes() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = OutQueue::new(usize::MAX);
+        let count = 100_000;
+        q.push_handshake((0..count).map(msg).collect());
+        assert!(matches!(q.flush(a.as_fd()), Flush::Blocked));
+        assert!(!q.is_empty());
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).unwrap();
+            all
+        });
+        loop {
+            match q.flush(a.as_fd()) {
+                Flush::Done => break,
+                Flush::Blocked => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Flush::Failed(e) => panic!("{e}"),
+            }
+        }
+        drop(a);
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), count as usize * 8);
+        for (i, chunk) in all.chunks(8).enumerate() {
+            assert_eq!(chunk, encode(i as i64));
+        }
+    }
+
+    #[test]
+    fn closed_peer_fails() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let mut q = OutQueue::new(4);
+        q.push_notices(vec![msg(1)]).unwrap();
+        assert!(matches!(q.flush(a.as_fd()), Flush::Failed(_)));
+    }
+
+    #[test]
+    fn table_keeps_connect_order() {
+        let mut t = PeerTable::new();
+        for _ in 0..3 {
+            let id = t.allocate_id().unwrap();
+            let seq = t.next_seq();
+            let (s, _) = UnixStream::pair().unwrap();
+            t.insert(Peer {
+                id,
+                seq,
+                socket: s,
+                pid: None,
+                vectors: vec![],
+                queue: OutQueue::new(1),
+                wants_write: false,
+            });
+        }
+        assert_eq!(t.ids_in_order(), vec![0, 1, 2]);
+        let seq1 = t.get(1).unwrap().seq;
+        t.remove(1).unwrap();
+        assert_eq!(t.id_of_seq(seq1), None);
+        assert_eq!(t.allocate_id(), Some(3));
+        assert_eq!(t.ids_in_order(), vec![0, 2]);
+        assert_eq!(t.len(), 2);
+    }
+}

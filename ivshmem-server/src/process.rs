@@ -1,0 +1,83 @@
+//! Process-level concerns: the fd limit, daemonizing, the PID file, and turning SIGINT/SIGTERM
+//! (and SIGHUP) into a readable signalfd for the event loop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::{fork, setsid, ForkResult};
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (each peer costs 1 + vectors fds); returns
+/// the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                log::warn!("ivshmem-server: cannot raise the open-file limit to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
+/// Ignores SIGPIPE (sends use MSG_NOSIGNAL anyway) and blocks the shutdown signals, which are
+/// then read from the returned signalfd. Call before creating anything that needs cleanup.
+pub fn shutdown_signals() -> nix::Result<SignalFd> {
+    // SAFETY: SIG_IGN installs no Rust code as a handler.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }?;
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// Detaches from the terminal like QEMU's `qemu_daemon(1, 1)` (keeps the working directory and
+/// stdio), with a double fork so the daemon can never reacquire a controlling terminal. Only
+/// the grandchild returns; the original process exits 0 once the daemon exists.
+pub fn daemonize() -> nix::Result<()> {
+    // SAFETY: the process is single-threaded here; the parent only exits.
+    match unsafe { fork() }? {
+        ForkResult::Parent { .. } => exit_now(0),
+        ForkResult::Child => {}
+    }
+    setsid()?;
+    // SAFETY: still single-threaded; the intermediate child only exits.
+    match unsafe { fork() }? {
+        ForkResult::Parent { .. } => exit_now(0),
+        ForkResult::Child => Ok(()),
+    }
+}
+
+/// Exits without running destructors or atexit handlers, which belong to the daemon.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process immediately; nothing after it runs.
+    unsafe { libc::_exit(code) }
+}
+
+/// The PID file, removed when dropped.
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Writes `"<pid>\n"`, like QEMU.
+    pub fn write(path: &Path) -> std::io::Result<PidFile> {
+        let mut f = std::fs::File::create(path)?;
+        writeln!(f, "{}", std::process::id())?;
+        Ok(PidFile { path: path.into() })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -139,7 +139,7 @@ fn ram_ptr(base: *mut u8, mapping_len: usize, offset: u64, len: usize) -> Option
 /// # Safety
 /// `src..src + dst.len()` must be readable host memory.
 unsafe fn copy_from_host(src: *const u8, dst: &mut [u8]) {
-    let aligned = |n: usize| (src as usize) % n == 0;
+    let aligned = |n: usize| (src as usize).is_multiple_of(n);
     // SAFETY (all arms): the caller guarantees `src` covers `dst.len()` bytes; the sized arms
     // check alignment first.
     unsafe {
@@ -162,7 +162,7 @@ unsafe fn copy_from_host(src: *const u8, dst: &mut [u8]) {
 /// # Safety
 /// `dst..dst + src.len()` must be writable host memory.
 unsafe fn copy_to_host(dst: *mut u8, src: &[u8]) {
-    let aligned = |n: usize| (dst as usize) % n == 0;
+    let aligned = |n: usize| (dst as usize).is_multiple_of(n);
     // SAFETY (all arms): the caller guarantees `dst` covers `src.len()` bytes; the sized arms
     // check alignment first and the slice lengths match the widths.
     unsafe {
@@ -207,7 +207,7 @@ fn guest_piece_size(valid: &AccessSizes, offset: u64, remaining: usize) -> u64 {
 
 fn is_valid(valid: &AccessSizes, offset: u64, size: u64) -> bool {
     let (min, max) = sanitize(valid);
-    size >= min && size <= max && (valid.unaligned || offset % size == 0)
+    size >= min && size <= max && (valid.unaligned || offset.is_multiple_of(size))
 }
 
 fn io_read(

@@ -80,7 +80,7 @@ struct KvmSlot {
 }
 
 /// The page-aligned part of a RAM range: (guest address, size, host address).
-fn slot_section(range: &FlatRange) -> Option<(u64, u64, u64)> {
+pub(super) fn slot_section(range: &FlatRange) -> Option<(u64, u64, u64)> {
     if !range.is_ram() || range.ram_device {
         return None;
     }
@@ -91,7 +91,7 @@ fn slot_section(range: &FlatRange) -> Option<(u64, u64, u64)> {
         return None;
     }
     let host_start = host + (start - range.addr);
-    if host_start % PAGE_SIZE != 0 {
+    if !host_start.is_multiple_of(PAGE_SIZE) {
         log::warn!(
             "kvm: RAM {} at {:#x} is not page-aligned in the host; served by dispatch",
             range.region.name_str(),

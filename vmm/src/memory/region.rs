@@ -72,6 +72,14 @@ impl IoAccess {
             implemented: AccessSizes::new(min, max),
         }
     }
+
+    /// The same valid sizes, with the ops implementing `min..=max` (aligned).
+    pub const fn with_implemented(self, min: u32, max: u32) -> Self {
+        IoAccess {
+            valid: self.valid,
+            implemented: AccessSizes::new(min, max),
+        }
+    }
 }
 
 /// Page-aligned host mapping backing a RAM region; unmapped when the last handle goes.
@@ -110,7 +118,7 @@ impl RamMapping {
         size: u64,
     ) -> Result<Self, MemoryError> {
         let len = mapping_len(name, size)?;
-        if offset % super::PAGE_SIZE != 0 {
+        if !offset.is_multiple_of(super::PAGE_SIZE) {
             return Err(MemoryError::UnalignedOffset {
                 name: name.to_string(),
                 offset,

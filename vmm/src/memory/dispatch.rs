@@ -207,7 +207,12 @@ fn guest_piece_size(valid: &AccessSizes, offset: u64, remaining: usize) -> u64 {
 
 fn is_valid(valid: &AccessSizes, offset: u64, size: u64) -> bool {
     let (min, max) = sanitize(valid);
-    size >= min && size <= max && (valid.unaligned || offset.is_multiple_of(size))
+    // The offset bound keeps the chunk arithmetic below from overflowing at the top of a
+    // 2^64-byte region.
+    size >= min
+        && size <= max
+        && (valid.unaligned || offset.is_multiple_of(size))
+        && offset <= u64::MAX - 16
 }
 
 fn io_read(

@@ -447,7 +447,11 @@ mod tests {
                 .iter()
                 .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
                 // SAFETY: msi member per type_.
-                .map(|e| (e.gsi, unsafe { e.u.msi.address_lo }, unsafe { e.u.msi.data }))
+                .map(|e| {
+                    (e.gsi, unsafe { e.u.msi.address_lo }, unsafe {
+                        e.u.msi.data
+                    })
+                })
                 .collect();
             assert_eq!(msi, vec![(24, 0xFEE0_0000, 0x40), (25, 0xFEE0_0000, 0x41)]);
         });

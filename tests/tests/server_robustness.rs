@@ -1,0 +1,274 @@
+//! The server survives what QEMU's reference server does not: hundreds of peers, churn without
+//! fd leaks, clients that misbehave (send, vanish, never read), signals, stale and live sockets.
+
+mod server_support;
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{bin, fd_count, wait_until, Scratch};
+use protocol::client::ClientEvent;
+use protocol::fdpass::Received;
+use server_support::*;
+
+#[test]
+fn server_handles_400_simultaneous_peers() {
+    raise_fd_limit();
+    let dir = Scratch::new("srv-many");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["--memfd", "-n", "1"]);
+    const N: usize = 420;
+    let mut clients = Vec::with_capacity(N);
+    for i in 0..N {
+        let c = RawClient::connect_light(&sock, 1);
+        assert_eq!(c.id as usize, i);
+        assert_eq!(
+            c.state.peers().len(),
+            i,
+            "client {i} hears about every earlier peer"
+        );
+        clients.push(c);
+    }
+    // Every client then hears about every later one.
+    for i in 0..N {
+        for j in i + 1..N {
+            clients[i].expect_join(j as u16);
+        }
+        assert_eq!(clients[i].state.peers().len(), N - 1);
+    }
+    assert!(server
+        .log_text()
+        .contains(&format!("peer {} joined", N - 1)));
+    // The server holds about 2 fds per peer, far beyond select()'s 1024 if N were larger.
+    assert!(fd_count(server.pid()) >= 2 * N);
+    // Everyone leaves; the last one hears every departure.
+    let mut last = clients.pop().unwrap();
+    for c in clients.drain(..) {
+        let id = c.id;
+        drop(c);
+        last.expect_leave(id);
+    }
+    assert!(last.state.peers().is_empty());
+}
+
+#[test]
+fn server_join_leave_cycles_leak_no_fds() {
+    let dir = Scratch::new("srv-churn");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["--memfd", "-n", "4"]);
+    let mut resident = RawClient::connect(&sock, 4);
+    let settled = || {
+        std::thread::sleep(Duration::from_millis(50));
+        fd_count(server.pid())
+    };
+    let before = settled();
+    for _ in 0..300 {
+        let c = RawClient::connect(&sock, 4);
+        resident.expect_join(c.id);
+        let id = c.id;
+        drop(c);
+        resident.expect_leave(id);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || fd_count(server.pid()) == before),
+        "server fds: {before} before, {} after 300 cycles",
+        fd_count(server.pid())
+    );
+    assert_eq!(resident.vectors.len(), 1, "only own vectors remain");
+}
+
+#[test]
+fn server_drops_a_client_that_sends_anything() {
+    let dir = Scratch::new("srv-garbage");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["--memfd"]);
+    let mut a = RawClient::connect(&sock, 1);
+    let mut g = RawClient::connect(&sock, 1);
+    a.expect_join(g.id);
+    g.sock.write_all(b"garbage!\x00\x01").unwrap();
+    a.expect_leave(g.id);
+    assert!(wait_log(&server, "peer 1 left"));
+    assert!(
+        server.log_text().contains("sent data"),
+        "{}",
+        server.log_text()
+    );
+    // The dropped client sees EOF.
+    loop {
+        match recv_raw(&g.sock) {
+            Ok(Received::Eof) | Err(_) => break,
+            Ok(Received::Message { .. }) => {}
+        }
+    }
+    let c = RawClient::connect(&sock, 1);
+    a.expect_join(c.id);
+}
+
+#[test]
+fn server_survives_clients_vanishing_mid_handshake() {
+    let dir = Scratch::new("srv-vanish");
+    let sock = dir.join("sock");
+    // Many vectors make the handshake long, so clients vanish in the middle of it.
+    let server = start_server(&sock, &["--memfd", "-n", "512"]);
+    let mut a = RawClient::connect(&sock, 512);
+    for round in 0..40 {
+        let s = UnixStream::connect(&sock).unwrap();
+        if round % 2 == 1 {
+            // Read a few messages first.
+            for _ in 0..3 {
+                recv_raw(&s).unwrap();
+            }
+        }
+        drop(s);
+        let mut joined = None;
+        loop {
+            match a.next_event() {
+                ClientEvent::PeerVector { peer, .. } => joined = Some(peer),
+                ClientEvent::PeerLeft(p) => {
+                    assert_eq!(Some(p), joined);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let c = RawClient::connect(&sock, 512);
+    a.expect_join(c.id);
+    assert!(
+        server.child.id() > 0 && fd_count(server.pid()) > 0,
+        "server alive"
+    );
+}
+
+#[test]
+fn server_drops_a_client_that_never_reads() {
+    let dir = Scratch::new("srv-stall");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["--memfd", "--queue-limit", "32"]);
+    let mut a = RawClient::connect(&sock, 1);
+    // The non-reader connects and never reads a byte.
+    let stalled = UnixStream::connect(&sock).unwrap();
+    a.expect_join(1);
+    let start = Instant::now();
+    let mut stalled_left = false;
+    let mut cycles = 0;
+    while !stalled_left {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "non-reader never dropped"
+        );
+        let c = RawClient::connect(&sock, 1);
+        cycles += 1;
+        let id = c.id;
+        drop(c);
+        // The reader keeps getting everything, in order, without delay.
+        let mut joined = false;
+        loop {
+            match a.next_event() {
+                ClientEvent::PeerVector { peer, .. } if peer == id => joined = true,
+                ClientEvent::PeerLeft(1) => stalled_left = true,
+                ClientEvent::PeerLeft(p) if p == id => {
+                    assert!(joined);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(
+        cycles > 10,
+        "dropped only after its socket and queue filled ({cycles} cycles)"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("peer 1 left") && log.contains("not reading"),
+        "{log}"
+    );
+    drop(stalled);
+    let c = RawClient::connect(&sock, 1);
+    a.expect_join(c.id);
+}
+
+#[test]
+fn server_sigterm_announces_departures_and_cleans_up() {
+    let dir = Scratch::new("srv-term");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["--memfd", "-n", "2"]);
+    let mut a = RawClient::connect(&sock, 2);
+    let mut b = RawClient::connect(&sock, 2);
+    a.expect_join(b.id);
+    let log = server.log.clone();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "socket file removed");
+    // Like QEMU: peers leave in connect order, each announced to those still connected.
+    b.expect_leave(a.id);
+    assert!(matches!(recv_raw(&b.sock).unwrap(), Received::Eof));
+    assert!(matches!(recv_raw(&a.sock).unwrap(), Received::Eof));
+    let text = log.lock().unwrap().join("\n");
+    assert!(text.contains("SIGTERM received"), "{text}");
+    assert!(
+        text.contains("peer 1 left") && text.contains("server shutting down"),
+        "{text}"
+    );
+}
+
+#[test]
+fn server_sigint_exits_cleanly() {
+    let dir = Scratch::new("srv-int");
+    let sock = dir.join("sock");
+    let mut server = start_server(&sock, &["--memfd"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = server.child.wait().unwrap();
+    assert!(status.success());
+    assert!(!sock.exists());
+}
+
+#[test]
+fn server_replaces_a_stale_socket() {
+    let dir = Scratch::new("srv-stale");
+    let sock = dir.join("sock");
+    drop(UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let server = start_server(&sock, &["--memfd"]);
+    assert!(server.log_text().contains("removed stale socket"));
+    let c = RawClient::connect(&sock, 1);
+    assert_eq!(c.id, 0);
+}
+
+#[test]
+fn server_refuses_a_live_socket() {
+    let dir = Scratch::new("srv-live");
+    let sock = dir.join("sock");
+    let _first = start_server(&sock, &["--memfd"]);
+    let out = Command::new(bin("ivshmem-server"))
+        .args(["-F", "--memfd", "-S"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening"), "{err}");
+    // The first server is untouched and still serves.
+    assert!(sock.exists());
+    let c = RawClient::connect(&sock, 1);
+    drop(c);
+    // A regular file is never replaced either.
+    let file = dir.join("file");
+    std::fs::write(&file, b"keep").unwrap();
+    let out = Command::new(bin("ivshmem-server"))
+        .args(["-F", "--memfd", "-S"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+}

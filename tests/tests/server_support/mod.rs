@@ -1,0 +1,249 @@
+//! Raw protocol clients for the server tests: they speak the wire protocol through the
+//! `protocol` crate only (no `peer` library), so the tests see exactly what the server sends.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use harness::{bin, wait_until, Server};
+use protocol::client::{ClientEvent, ClientState};
+use protocol::fdpass::{recv_message, Received};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts `ivshmem-server -F -S socket args..` and waits for its "listening on" line, without
+/// the harness's probe connection (so the first test client gets id 0).
+pub fn start_server(socket: &Path, args: &[&str]) -> Server {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin("ivshmem-server"))
+        .arg("-F")
+        .arg("-S")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ivshmem-server");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let server = Server {
+        child,
+        socket: socket.to_path_buf(),
+        log,
+    };
+    let up = wait_until(TIMEOUT, || server.log_text().contains("listening on"));
+    assert!(up, "server did not start: {}", server.log_text());
+    server
+}
+
+/// Waits until the server's log contains `needle`.
+pub fn wait_log(server: &Server, needle: &str) -> bool {
+    wait_until(TIMEOUT, || server.log_text().contains(needle))
+}
+
+/// Receives one raw message with a timeout.
+pub fn recv_raw(sock: &UnixStream) -> io::Result<Received> {
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    recv_message(sock.as_fd())
+}
+
+/// True when nothing arrives on `sock` within `ms` (poll).
+pub fn silent_for(sock: &UnixStream, ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) == 0 }
+}
+
+/// A connected client that checked its handshake with the protocol's state machine.
+pub struct RawClient {
+    pub sock: UnixStream,
+    pub state: ClientState,
+    pub id: u16,
+    /// The shared memory (None for light clients).
+    pub shm: Option<OwnedFd>,
+    /// Eventfds per peer id (own id included), vector order.
+    pub vectors: BTreeMap<u16, Vec<OwnedFd>>,
+    pub n_vectors: u32,
+    /// Keep other peers' vector fds (false: close them on arrival).
+    pub keep: bool,
+}
+
+impl RawClient {
+    /// Connects and reads the handshake up to its own last vector.
+    pub fn connect(path: &Path, n_vectors: u32) -> RawClient {
+        let sock = UnixStream::connect(path).expect("connect to server");
+        Self::handshake(sock, n_vectors, true)
+    }
+
+    /// Like `connect`, but other peers' vector fds are closed as they arrive (only counted),
+    /// and so is the shared memory: for tests with hundreds of clients in one process.
+    pub fn connect_light(path: &Path, n_vectors: u32) -> RawClient {
+        let sock = UnixStream::connect(path).expect("connect to server");
+        Self::handshake(sock, n_vectors, false)
+    }
+
+    pub fn handshake(sock: UnixStream, n_vectors: u32, keep: bool) -> RawClient {
+        let mut state = ClientState::new(Some(n_vectors));
+        let mut id = None;
+        let mut shm = None;
+        let mut vectors: BTreeMap<u16, Vec<OwnedFd>> = BTreeMap::new();
+        loop {
+            if let (Some(id), Some(_)) = (id, shm.as_ref()) {
+                if state.vector_count(id) == n_vectors {
+                    break;
+                }
+            }
+            let (value, fd) = match recv_raw(&sock).expect("handshake message") {
+                Received::Message { value, fd } => (value, fd),
+                Received::Eof => panic!("server closed the connection during the handshake"),
+            };
+            match state.on_message(value, fd).expect("valid handshake") {
+                ClientEvent::Version => {}
+                ClientEvent::OwnId(i) => id = Some(i),
+                ClientEvent::SharedMemory(fd) => shm = Some(fd),
+                ClientEvent::PeerVector { peer, fd, .. } => {
+                    if keep || Some(peer) == id {
+                        vectors.entry(peer).or_default().push(fd)
+                    }
+                }
+                other => panic!("unexpected during handshake: {other:?}"),
+            }
+        }
+        let shm = shm.filter(|_| keep);
+        RawClient {
+            sock,
+            state,
+            id: id.unwrap(),
+            shm,
+            vectors,
+            n_vectors,
+            keep,
+        }
+    }
+
+    /// Next event (panics on timeout, EOF or a protocol error).
+    pub fn next_event(&mut self) -> ClientEvent {
+        match recv_raw(&self.sock).expect("message from server") {
+            Received::Message { value, fd } => {
+                self.state.on_message(value, fd).expect("valid message")
+            }
+            Received::Eof => panic!("server closed the connection"),
+        }
+    }
+
+    /// Expects peer `id` to join: its N vectors.
+    pub fn expect_join(&mut self, id: u16) {
+        for v in 0..self.n_vectors {
+            match self.next_event() {
+                ClientEvent::PeerVector { peer, vector, fd } => {
+                    assert_eq!((peer, vector), (id, v), "join of peer {id}");
+                    if self.keep {
+                        self.vectors.entry(peer).or_default().push(fd);
+                    }
+                }
+                other => panic!("expected vector {v} of peer {id}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects peer `id` to leave.
+    pub fn expect_leave(&mut self, id: u16) {
+        match self.next_event() {
+            ClientEvent::PeerLeft(p) => assert_eq!(p, id),
+            other => panic!("expected peer {id} to leave, got {other:?}"),
+        }
+        self.vectors.remove(&id);
+    }
+
+    pub fn peer_ids(&self) -> Vec<u16> {
+        self.state.peers().into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+/// Raises this process's soft fd limit to its hard limit.
+pub fn raise_fd_limit() -> u64 {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    hard
+}
+
+/// Writes 1 to an eventfd (ring it).
+pub fn ring(fd: &OwnedFd) {
+    nix::unistd::write(fd, &1u64.to_ne_bytes()).expect("ring eventfd");
+}
+
+/// Reads an eventfd's counter if non-zero (the server's eventfds are non-blocking).
+pub fn take(fd: &OwnedFd) -> Option<u64> {
+    let mut buf = [0u8; 8];
+    match nix::unistd::read(fd.as_fd(), &mut buf) {
+        Ok(8) => Some(u64::from_ne_bytes(buf)),
+        _ => None,
+    }
+}
+
+/// Waits until an eventfd has been rung (poll), then reads it.
+pub fn wait_rung(fd: &OwnedFd, ms: i32) -> Option<u64> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, ms) } == 1 {
+        take(fd)
+    } else {
+        None
+    }
+}
+
+/// Maps a shared-memory fd (whole object) read-write and shared.
+pub struct Mapping {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+impl Mapping {
+    pub fn new(fd: &OwnedFd) -> Mapping {
+        let len = nix::sys::stat::fstat(fd.as_fd()).unwrap().st_size as usize;
+        // SAFETY: mapping a shared fd of `len` bytes at an address the kernel picks.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Mapping {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}

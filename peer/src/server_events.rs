@@ -16,6 +16,9 @@ use crate::server_link::Incoming;
 /// At most this many messages per call, so a flooding server cannot starve the caller.
 const MAX_MESSAGES_PER_CALL: usize = 4096;
 
+/// How long to wait for the rest of a join burst once one of its vector messages has arrived.
+const BURST_GRACE: Duration = Duration::from_millis(5);
+
 /// Something the server told us (or did) after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
@@ -70,8 +73,9 @@ struct VectorRun {
 }
 
 impl Peer {
-    /// Processes every complete message the server has already sent, without blocking, and
-    /// returns what happened. Call it when [`server_fd`](Self::server_fd) is readable, or now
+    /// Processes every complete message the server has already sent, without blocking (except
+    /// for up to a few milliseconds when a join's vector messages are still arriving, so that the
+    /// join is reported with all its vectors), and returns what happened. Call it when [`server_fd`](Self::server_fd) is readable, or now
     /// and then. Returns nothing once the server is gone (after one `ServerGone` event).
     pub fn process_server_messages(&mut self) -> Vec<ServerEvent> {
         let mut events = std::mem::take(&mut self.pending);
@@ -91,7 +95,14 @@ impl Peer {
                     self.partial_since = None;
                     self.handle_message(value, fd, &mut run, &mut events);
                 }
-                Incoming::Nothing => break,
+                Incoming::Nothing => {
+                    // A join is one message per vector, sent back to back; give the rest of
+                    // the burst a moment so the join is reported with all its vectors.
+                    if run.is_some() && self.more_arrives_soon() {
+                        continue;
+                    }
+                    break;
+                }
                 Incoming::Partial => {
                     let since = *self.partial_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= PARTIAL_MESSAGE_LIMIT {
@@ -134,6 +145,13 @@ impl Peer {
                 events
             }
         }
+    }
+
+    /// True when the server socket becomes readable within [`BURST_GRACE`].
+    fn more_arrives_soon(&self) -> bool {
+        let Some(link) = &self.link else { return false };
+        let fd = std::os::fd::AsFd::as_fd(link);
+        poller::wait_readable(&[fd], Some(BURST_GRACE)).is_ok_and(|r| r[0].any())
     }
 
     fn handle_message(

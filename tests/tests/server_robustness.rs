@@ -32,11 +32,11 @@ fn server_handles_400_simultaneous_peers() {
         clients.push(c);
     }
     // Every client then hears about every later one.
-    for i in 0..N {
+    for (i, client) in clients.iter_mut().enumerate() {
         for j in i + 1..N {
-            clients[i].expect_join(j as u16);
+            client.expect_join(j as u16);
         }
-        assert_eq!(clients[i].state.peers().len(), N - 1);
+        assert_eq!(client.state.peers().len(), N - 1);
     }
     assert!(server
         .log_text()

@@ -1,1 +1,169 @@
-fn main() {}
+//! `vmm`: run a guest program or a Linux kernel in a KVM virtual machine.
+//!
+//! Exit status: the guest's exit code (testdev EXIT register), 0 after an i8042 reset or
+//! SIGINT/SIGTERM, 3 when a guest program took an unexpected exception, 2 on a triple fault, 1 on
+//! VMM errors (with a message on stderr).
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use vmm::vm::{SerialConfig, Vm, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmm",
+    version,
+    about = "A small KVM VMM with an ivshmem PCI device"
+)]
+struct Args {
+    /// Guest program: a static x86-64 ELF file, or `builtin:NAME` (see --list-builtins).
+    #[arg(long, conflicts_with = "kernel")]
+    guest: Option<String>,
+    /// Linux kernel (bzImage or vmlinux ELF), booted with the 64-bit boot protocol.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, requires = "kernel")]
+    cmdline: Option<String>,
+    /// Guest RAM, e.g. 64M, 1G (multiple of 2M).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Console (serial port and testdev console): stdio, file=PATH or none.
+    #[arg(long, default_value = "stdio", value_parser = parse_serial)]
+    serial: SerialConfig,
+    /// Name of this VM: console lines are prefixed with `[NAME] `.
+    #[arg(long)]
+    name: Option<String>,
+    /// Print `info mtree` and `info flatview` before running (SIGUSR1 prints them while running).
+    #[arg(long)]
+    dump_memory: bool,
+    /// On exit, print one line `vmm-stats: exits_mmio=.. exits_pio=.. exits_other=.. ...` on stderr.
+    #[arg(long)]
+    stats: bool,
+    /// Benchmark floor: answer testdev NOP MMIO reads directly in the vCPU loop, bypassing the
+    /// memory-model dispatch.
+    #[arg(long)]
+    bench_bare_exits: bool,
+    /// An ivshmem device (e.g. `plain,path=/dev/shm/NAME,size=4M` or
+    /// `doorbell,socket=PATH,vectors=N`); repeatable.
+    #[arg(long)]
+    ivshmem: Vec<String>,
+    /// List the built-in guest programs and exit.
+    #[arg(long)]
+    list_builtins: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 20), // plain numbers are MiB, as QEMU's -m
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64M or 1G"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    match s {
+        "stdio" => Ok(SerialConfig::Stdio),
+        "none" => Ok(SerialConfig::None),
+        _ => match s.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(SerialConfig::File(path.into())),
+            _ => Err(format!("{s:?}: expected stdio, file=PATH or none")),
+        },
+    }
+}
+
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    if args.list_builtins {
+        for name in vmm::guest_images::names() {
+            println!("{name}");
+        }
+        return Ok(0);
+    }
+    let image: Vec<u8> = match (&args.guest, &args.kernel) {
+        (Some(guest), None) => match guest.strip_prefix("builtin:") {
+            Some(name) => match vmm::guest_images::find(name) {
+                Some(image) => image.to_vec(),
+                None => bail!(
+                    "no built-in guest program {name:?} (have: {})",
+                    vmm::guest_images::names().collect::<Vec<_>>().join(", ")
+                ),
+            },
+            None => std::fs::read(guest).with_context(|| format!("reading --guest {guest}"))?,
+        },
+        (None, Some(_)) => Vec::new(),
+        _ => bail!("give --guest FILE|builtin:NAME or --kernel FILE (see --help)"),
+    };
+    if !args.ivshmem.is_empty() {
+        log::warn!("--ivshmem is accepted but no ivshmem device exists yet; ignoring");
+    }
+
+    let config = VmConfig {
+        ram_size: args.memory,
+        cpus: args.cpus,
+        name: args.name.clone(),
+        serial: args.serial.clone(),
+        bare_nop_exits: args.bench_bare_exits,
+    };
+    let vm = Vm::new(config)?;
+    match &args.kernel {
+        Some(kernel) => vmm::arch::x86_64::linux::boot(
+            &vm,
+            kernel,
+            args.initrd.as_deref(),
+            args.cmdline
+                .as_deref()
+                .unwrap_or(vmm::arch::x86_64::linux::DEFAULT_CMDLINE),
+        )?,
+        None => vm.setup_program(&image)?,
+    }
+    if args.dump_memory {
+        eprintln!("{}", vm.memory_report());
+    }
+    let stats = vm.stats().clone();
+    let reason = vm.run()?;
+    if let Some(message) = reason.message() {
+        eprintln!("{message}");
+    }
+    if args.stats {
+        eprintln!(
+            "vmm-stats: {} rss_kib={}",
+            stats.summary(),
+            rss_kib().unwrap_or(0)
+        );
+    }
+    Ok(reason.exit_status())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(e) => {
+            eprintln!("vmm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

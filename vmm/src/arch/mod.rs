@@ -1,1 +1,2 @@
-//! x86-64 guest set-up.
+//! Architecture-specific guest set-up. Only x86-64 exists.
+pub mod x86_64;

@@ -1,0 +1,43 @@
+//! Runtime for guest programs of the ivshmem-rs VMM (no_std, no libc).
+//!
+//! The VMM enters every vCPU in ring 3 at `_start` with its own stack and `rdi` = cpu id,
+//! `rsi` = number of cpus, `rdx` = RAM size (see `layout`). A program names its entry points with
+//! [`entry!`]; vCPU 0 runs `main` and exits the VM with its return value, the others run the
+//! optional `ap_main` and then park. Everything talks to the VMM through MMIO (`testdev`), because
+//! ring-3 port I/O is not reliable on this project's KVM (ENVIRONMENT.md).
+#![no_std]
+
+pub mod clock;
+pub mod console;
+pub mod interrupts;
+pub mod layout;
+mod mem;
+pub mod mmio;
+pub mod pci;
+pub mod pio;
+pub mod rt;
+pub mod testdev;
+
+/// Defines the program's entry points: `entry!(main)` or `entry!(main, ap_main)`, with
+/// `fn main() -> i32` (the VM's exit status) and `fn ap_main(cpu: u32)`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        pub extern "C" fn __guest_main() -> i32 {
+            $main()
+        }
+        #[no_mangle]
+        pub extern "C" fn __guest_ap_main(_cpu: u32) {}
+    };
+    ($main:path, $ap_main:path) => {
+        #[no_mangle]
+        pub extern "C" fn __guest_main() -> i32 {
+            $main()
+        }
+        #[no_mangle]
+        pub extern "C" fn __guest_ap_main(cpu: u32) {
+            $ap_main(cpu)
+        }
+    };
+}

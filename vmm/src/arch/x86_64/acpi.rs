@@ -1,0 +1,1 @@
+//! ACPI tables for Linux guests (being written).

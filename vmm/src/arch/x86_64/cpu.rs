@@ -1,0 +1,199 @@
+//! Per-vCPU architectural state: CPUID, LAPIC, FPU, MSRs, and the register/segment state for
+//! entering a guest directly in 64-bit mode (ring 3 for guest programs, ring 0 for Linux).
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
+use kvm_ioctls::{Kvm, VcpuFd};
+
+use super::layout::*;
+use super::{kvm_err, BootError};
+
+const CR0_PE: u64 = 1;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_SCE: u64 = 1;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+pub const RFLAGS_RESERVED: u64 = 1 << 1;
+pub const RFLAGS_IF: u64 = 1 << 9;
+pub const RFLAGS_IOPL3: u64 = 3 << 12;
+
+/// The host's supported CPUID, adjusted per vCPU (APIC ids) — set before any other state,
+/// because KVM checks EFER.LME against the guest's CPUID.
+pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu: u32, ncpus: u32) -> Result<(), BootError> {
+    let mut cpuid: CpuId = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported cpuid"))?;
+    for entry in cpuid.as_mut_slice() {
+        match entry.function {
+            1 => {
+                // Initial APIC id, logical processor count; we are a hypervisor guest.
+                entry.ebx = (entry.ebx & 0x0000_FFFF) | (cpu << 24) | (ncpus.min(255) << 16);
+                entry.ecx |= 1 << 31;
+            }
+            0xB | 0x1F => entry.edx = cpu,
+            _ => {}
+        }
+    }
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set cpuid"))
+}
+
+/// LAPIC: software-enabled (SVR), spurious vector 0xFF, LINT0 ExtINT on the BSP (legacy PIC),
+/// LINT1 NMI, timer masked.
+pub fn set_lapic(vcpu: &VcpuFd, cpu: u32) -> Result<(), BootError> {
+    let mut lapic = vcpu.get_lapic().map_err(kvm_err("get lapic"))?;
+    let mut put = |offset: usize, value: u32| {
+        for (i, b) in value.to_le_bytes().iter().enumerate() {
+            lapic.regs[offset + i] = *b as _;
+        }
+    };
+    put(0xF0, 0x100 | VECTOR_SPURIOUS as u32); // SVR
+    put(0x80, 0); // TPR
+    put(0x320, 1 << 16); // LVT timer masked
+    put(0x350, if cpu == 0 { 0x700 } else { 1 << 16 }); // LINT0: ExtINT / masked
+    put(0x360, 0x400); // LINT1: NMI
+    vcpu.set_lapic(&lapic).map_err(kvm_err("set lapic"))
+}
+
+/// x87/SSE defaults (what FNINIT + LDMXCSR would give).
+pub fn set_fpu(vcpu: &VcpuFd) -> Result<(), BootError> {
+    let fpu = kvm_fpu {
+        fcw: 0x37F,
+        mxcsr: 0x1F80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(kvm_err("set fpu"))
+}
+
+/// MSRs Linux expects sane values in (fast strings, no SYSENTER, PAT default).
+pub fn set_boot_msrs(vcpu: &VcpuFd) -> Result<(), BootError> {
+    let entries = [
+        (0x174u32, 0u64),               // SYSENTER_CS
+        (0x175, 0),                     // SYSENTER_ESP
+        (0x176, 0),                     // SYSENTER_EIP
+        (0xC000_0081, 0),               // STAR
+        (0xC000_0082, 0),               // LSTAR
+        (0xC000_0084, 0),               // SFMASK
+        (0x10, 0),                      // TSC
+        (0x1A0, 1),                     // MISC_ENABLE: fast strings
+        (0x277, 0x0007_0406_0007_0406), // PAT
+    ];
+    let msrs = Msrs::from_entries(
+        &entries
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| BootError::Other(format!("msr list: {e:?}")))?;
+    let set = vcpu.set_msrs(&msrs).map_err(kvm_err("set msrs"))?;
+    if set != entries.len() {
+        log::debug!("KVM accepted {set} of {} boot MSRs", entries.len());
+    }
+    Ok(())
+}
+
+fn code_segment(selector: u16) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_: 0xB, // execute/read, accessed
+        present: 1,
+        dpl: (selector & 3) as u8,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    }
+}
+
+fn data_segment(selector: u16) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_: 0x3, // read/write, accessed
+        present: 1,
+        dpl: (selector & 3) as u8,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        ..Default::default()
+    }
+}
+
+/// Special registers for 64-bit mode with paging at `cr3`: `code`/`data` selectors (their RPL
+/// is the privilege level), GDT of `gdt_entries` 8-byte entries, the guest-program IDT, and
+/// TR = this vCPU's TSS when `tss` is given.
+pub fn long_mode_sregs(
+    mut sregs: kvm_sregs,
+    code: u16,
+    data: u16,
+    gdt_entries: usize,
+    tss: Option<u32>,
+    cr3: u64,
+) -> kvm_sregs {
+    sregs.cs = code_segment(code);
+    let ds = data_segment(data);
+    sregs.ds = ds;
+    sregs.es = ds;
+    sregs.fs = ds;
+    sregs.gs = ds;
+    sregs.ss = ds;
+    sregs.tr = match tss {
+        Some(cpu) => kvm_segment {
+            base: TSS_ADDR + cpu as u64 * TSS_STRIDE,
+            limit: super::descriptors::TSS_SIZE as u32 - 1,
+            selector: SEL_TSS0 + 16 * cpu as u16,
+            type_: 0xB, // busy 64-bit TSS
+            present: 1,
+            ..Default::default()
+        },
+        None => kvm_segment {
+            limit: 0xFFFF,
+            type_: 0xB,
+            present: 1,
+            ..Default::default()
+        },
+    };
+    sregs.ldt = kvm_segment {
+        type_: 0x2,
+        present: 1,
+        limit: 0xFFFF,
+        unusable: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (gdt_entries * 8 - 1) as u16;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = 256 * 16 - 1;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr3 = cr3;
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    sregs.efer = EFER_SCE | EFER_LME | EFER_LMA;
+    sregs
+}
+
+/// General registers at entry.
+pub fn entry_regs(rip: u64, rsp: u64, rflags: u64, args: [u64; 3]) -> kvm_regs {
+    kvm_regs {
+        rip,
+        rsp,
+        rflags,
+        rdi: args[0],
+        rsi: args[1],
+        rdx: args[2],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,180 @@
+//! Guest programs: a static x86-64 ELF entered directly in ring 3 of 64-bit mode.
+//!
+//! `load` puts the VMM's part of the guest (GDT, IDT, TSSes, ring-0 stubs, page tables, an empty
+//! interrupt mailbox) below `PROGRAM_MIN_ADDR` and the ELF's PT_LOAD segments at their physical
+//! addresses (linux-loader's ELF loader); `setup_vcpu` puts each vCPU at the ELF entry in ring 3
+//! with IF=1, IOPL=3, its own stack and `rdi` = cpu id, `rsi` = cpu count, `rdx` = RAM size.
+use std::io::Cursor;
+
+use kvm_ioctls::{Kvm, VcpuFd};
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::*;
+use super::{cpu, descriptors, kvm_err, paging, stubs, BootError};
+
+/// A loaded guest program.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestProgram {
+    pub entry: u64,
+    pub image_end: u64,
+}
+
+/// Top of `cpu`'s ring-3 stack (the stacks sit at the top of RAM, vCPU 0 highest).
+pub fn user_stack_top(ram_size: u64, cpu: u32) -> u64 {
+    (ram_size - cpu as u64 * USER_STACK_SIZE) & !0xF
+}
+
+fn write(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|_| BootError::OutOfRam {
+            addr,
+            len: bytes.len() as u64,
+        })
+}
+
+fn words_to_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// PT_LOAD segments as (paddr, filesz, memsz), checked to fit between the VMM's area and the
+/// stacks.
+fn segments(image: &[u8], ram_size: u64, ncpus: u32) -> Result<Vec<(u64, u64, u64)>, BootError> {
+    let bad = |what: &str| BootError::BadElf(what.to_string());
+    let u16_at = |off: usize| -> Result<u16, BootError> {
+        Ok(u16::from_le_bytes(
+            image
+                .get(off..off + 2)
+                .ok_or_else(|| bad("truncated"))?
+                .try_into()
+                .unwrap(),
+        ))
+    };
+    let u64_at = |off: usize| -> Result<u64, BootError> {
+        Ok(u64::from_le_bytes(
+            image
+                .get(off..off + 8)
+                .ok_or_else(|| bad("truncated"))?
+                .try_into()
+                .unwrap(),
+        ))
+    };
+    if image.get(..4) != Some(b"\x7fELF") || image.get(4) != Some(&2) {
+        return Err(bad("not a 64-bit ELF file"));
+    }
+    if u16_at(0x10)? != 2 {
+        return Err(bad(
+            "not a static executable (ET_EXEC); link with -static -no-pie",
+        ));
+    }
+    let phoff = u64_at(0x20)? as usize;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    let limit = user_stack_top(ram_size, ncpus.saturating_sub(1)) - USER_STACK_SIZE;
+    let mut out = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff
+            .checked_add(i * phentsize)
+            .ok_or_else(|| bad("program header offset"))?;
+        let p_type = u32::from_le_bytes(
+            image
+                .get(ph..ph + 4)
+                .ok_or_else(|| bad("truncated"))?
+                .try_into()
+                .unwrap(),
+        );
+        if p_type == 3 {
+            return Err(bad("has an interpreter (PT_INTERP): link statically"));
+        }
+        if p_type != 1 {
+            continue;
+        }
+        let (paddr, filesz, memsz) = (u64_at(ph + 24)?, u64_at(ph + 32)?, u64_at(ph + 40)?);
+        let end = paddr
+            .checked_add(memsz)
+            .ok_or_else(|| bad("segment overflows"))?;
+        if paddr < PROGRAM_MIN_ADDR || end > limit || filesz > memsz {
+            return Err(BootError::BadElf(format!(
+                "segment {paddr:#x}..{end:#x} outside the program area {PROGRAM_MIN_ADDR:#x}..{limit:#x} \
+                 (RAM {ram_size:#x}, {ncpus} stacks of {USER_STACK_SIZE:#x})"
+            )));
+        }
+        out.push((paddr, filesz, memsz));
+    }
+    if out.is_empty() {
+        return Err(bad("no PT_LOAD segment"));
+    }
+    Ok(out)
+}
+
+/// Writes the VMM's tables and code, then the program. Guest RAM must start zeroed.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    ram_size: u64,
+    ncpus: u32,
+) -> Result<GuestProgram, BootError> {
+    let segments = segments(image, ram_size, ncpus)?;
+    let loaded = Elf::load(
+        mem,
+        None,
+        &mut Cursor::new(image),
+        Some(GuestAddress(PROGRAM_MIN_ADDR)),
+    )?;
+    for &(paddr, filesz, memsz) in &segments {
+        write(mem, paddr + filesz, &vec![0u8; (memsz - filesz) as usize])?;
+    }
+
+    write(mem, GDT_ADDR, &words_to_bytes(&descriptors::gdt(ncpus)))?;
+    write(mem, IDT_ADDR, &descriptors::idt())?;
+    for cpu in 0..ncpus {
+        write(
+            mem,
+            TSS_ADDR + cpu as u64 * TSS_STRIDE,
+            &descriptors::tss(cpu),
+        )?;
+    }
+    write(mem, STUBS_ADDR, &stubs::image())?;
+    write(mem, MAILBOX_ADDR, &[0u8; 4096])?;
+    for (addr, table) in paging::tables(ram_size) {
+        write(mem, addr, &words_to_bytes(&table))?;
+    }
+    let image_end = segments.iter().map(|s| s.0 + s.2).max().unwrap_or(0);
+    Ok(GuestProgram {
+        entry: loaded.kernel_load.0,
+        image_end,
+    })
+}
+
+/// Puts `vcpu` at the program's entry in ring 3.
+pub fn setup_vcpu(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    cpu: u32,
+    ncpus: u32,
+    ram_size: u64,
+    program: &GuestProgram,
+) -> Result<(), BootError> {
+    cpu::set_cpuid(kvm, vcpu, cpu, ncpus)?;
+    let sregs = vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
+    let gdt_entries = descriptors::gdt(ncpus).len();
+    let sregs = cpu::long_mode_sregs(
+        sregs,
+        SEL_USER_CODE,
+        SEL_USER_DATA,
+        gdt_entries,
+        Some(cpu),
+        paging::PML4_ADDR,
+    );
+    vcpu.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+    let regs = cpu::entry_regs(
+        program.entry,
+        user_stack_top(ram_size, cpu),
+        cpu::RFLAGS_RESERVED | cpu::RFLAGS_IF | cpu::RFLAGS_IOPL3,
+        [cpu as u64, ncpus as u64, ram_size],
+    );
+    vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
+    cpu::set_fpu(vcpu)?;
+    cpu::set_lapic(vcpu, cpu)?;
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! `pci-testdev`: a PCI device for testing the bus, BAR mapping and MSI-X from guest programs.
+//!
+//! Identity 1b36:0005 (QEMU's pci-testdev ID, class "other"), no INTx. Its registers are its own:
+//! - BAR0, 4 KiB MMIO, 32-bit: the registers below;
+//! - BAR1, exclusive MSI-X BAR (`vectors` entries, QEMU's layout);
+//! - BAR2, 64-bit prefetchable RAM (`ram` bytes, anonymous): guest accesses never exit, and the
+//!   guest can move it to check that the KVM slot follows.
+//!
+//! Every vector has its own eventfd as its source, like an ivshmem peer vector: writing the
+//! RAISE register signals it from the VMM, and from there KVM (irqfd) or the MSI-X watcher
+//! (masked vectors: pending bit) takes over.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::interrupts::InterruptRouter;
+use crate::memory::{IoAccess, MemoryError, MemoryRegion, RegionOps};
+use crate::pci::{Bar, FunctionError, Msix, MsixError, PciFunction, PciIds};
+
+pub const VENDOR_ID: u16 = 0x1b36;
+pub const DEVICE_ID: u16 = 0x0005;
+pub const REGS_SIZE: u64 = 0x1000;
+/// "PCIT"
+pub const MAGIC: u32 = 0x5443_4950;
+
+/// BAR0 register offsets (32-bit accesses).
+pub mod regs {
+    /// RO: [`super::MAGIC`].
+    pub const MAGIC: u64 = 0x00;
+    /// RW: plain storage.
+    pub const SCRATCH: u64 = 0x04;
+    /// RO: number of MSI-X vectors.
+    pub const VECTORS: u64 = 0x08;
+    /// WO: signal the eventfd of vector N (ignored for N out of range).
+    pub const RAISE: u64 = 0x0C;
+    /// RO: BAR0 accesses served so far (this one included): every one is a VM exit.
+    pub const ACCESSES: u64 = 0x10;
+    /// RO: BAR2 size, low and high dword.
+    pub const RAM_SIZE_LO: u64 = 0x14;
+    pub const RAM_SIZE_HI: u64 = 0x18;
+    /// RO: RAISE writes that signalled a vector.
+    pub const RAISED: u64 = 0x1C;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciTestDevConfig {
+    pub vectors: usize,
+    pub ram_size: u64,
+}
+
+impl Default for PciTestDevConfig {
+    fn default() -> Self {
+        Self {
+            vectors: 4,
+            ram_size: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PciTestDevError {
+    #[error("--device pci-testdev: {0}")]
+    Option(String),
+    #[error("pci-testdev: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("pci-testdev: {0}")]
+    Msix(#[from] MsixError),
+    #[error("pci-testdev: {0}")]
+    Function(#[from] FunctionError),
+    #[error("pci-testdev: eventfd: {0}")]
+    EventFd(#[from] std::io::Error),
+}
+
+impl PciTestDevConfig {
+    /// Parses the options after `pci-testdev`: `vectors=N` (1..=2048), `ram=SIZE` (a power of
+    /// two of at least 4K, with K/M/G suffixes).
+    pub fn parse_options(options: &str) -> Result<Self, PciTestDevError> {
+        let mut config = Self::default();
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            let bad = |why: &str| PciTestDevError::Option(format!("{option:?}: {why}"));
+            match option.split_once('=') {
+                Some(("vectors", n)) => {
+                    config.vectors = n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=2048).contains(n))
+                        .ok_or_else(|| bad("expected a number 1..=2048"))?;
+                }
+                Some(("ram", size)) => {
+                    config.ram_size = parse_size(size)
+                        .filter(|s| s.is_power_of_two() && *s >= 4096 && *s <= 1 << 40)
+                        .ok_or_else(|| bad("expected a power of two from 4K to 1T"))?;
+                }
+                _ => return Err(bad("unknown option (have vectors=N, ram=SIZE)")),
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_shl(shift).filter(|v| v >> shift == n)
+}
+
+/// The device's state (BAR0 ops). The rest lives in the regions and the [`Msix`].
+pub struct PciTestDev {
+    msix: Msix,
+    sources: Vec<Arc<EventFd>>,
+    ram_size: u64,
+    scratch: AtomicU32,
+    accesses: AtomicU64,
+    raised: AtomicU64,
+}
+
+impl PciTestDev {
+    /// Build the device's PCI function (plug it with `PciBus::add_device`).
+    pub fn create(
+        config: PciTestDevConfig,
+        router: Arc<InterruptRouter>,
+    ) -> Result<(PciFunction, Arc<PciTestDev>), PciTestDevError> {
+        let msix = Msix::new("pci-testdev", config.vectors, router)?;
+        let mut sources = Vec::with_capacity(config.vectors);
+        for vector in 0..config.vectors {
+            let fd = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+            msix.set_vector_source(vector, Some(fd.clone()))?;
+            sources.push(fd);
+        }
+        let device = Arc::new(PciTestDev {
+            msix: msix.clone(),
+            sources,
+            ram_size: config.ram_size,
+            scratch: AtomicU32::new(0),
+            accesses: AtomicU64::new(0),
+            raised: AtomicU64::new(0),
+        });
+        let mut function = PciFunction::new(
+            "pci-testdev",
+            PciIds {
+                vendor_id: VENDOR_ID,
+                device_id: DEVICE_ID,
+                revision: 0,
+                class: 0x00,
+                subclass: 0xFF,
+                prog_if: 0,
+                subsystem_vendor_id: 0x1AF4,
+                subsystem_id: 0x1100,
+            },
+        );
+        let regs = MemoryRegion::io(
+            "pci-testdev-regs",
+            REGS_SIZE,
+            device.clone(),
+            IoAccess::sizes(4, 4),
+        );
+        function.set_bar(0, Bar::memory32(regs, false))?;
+        function.add_msix(&msix, 1)?;
+        let ram = MemoryRegion::ram("pci-testdev-ram", config.ram_size)?;
+        function.set_bar(2, Bar::memory64(ram, true))?;
+        Ok((function, device))
+    }
+
+    pub fn msix(&self) -> &Msix {
+        &self.msix
+    }
+
+    /// Signal vector `vector`'s eventfd, as the RAISE register does.
+    pub fn raise(&self, vector: usize) -> bool {
+        match self.sources.get(vector) {
+            Some(fd) => match fd.write(1) {
+                Ok(()) => {
+                    self.raised.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(e) => {
+                    log::warn!("pci-testdev: signalling vector {vector}: {e}");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+}
+
+impl RegionOps for PciTestDev {
+    fn read(&self, offset: u64, _size: u32) -> u64 {
+        let accesses = self.accesses.fetch_add(1, Ordering::Relaxed) + 1;
+        let value = match offset {
+            regs::MAGIC => MAGIC,
+            regs::SCRATCH => self.scratch.load(Ordering::Relaxed),
+            regs::VECTORS => self.sources.len() as u32,
+            regs::ACCESSES => accesses as u32,
+            regs::RAM_SIZE_LO => self.ram_size as u32,
+            regs::RAM_SIZE_HI => (self.ram_size >> 32) as u32,
+            regs::RAISED => self.raised.load(Ordering::Relaxed) as u32,
+            _ => 0,
+        };
+        value as u64
+    }
+
+    fn write(&self, offset: u64, _size: u32, value: u64) {
+        self.accesses.fetch_add(1, Ordering::Relaxed);
+        match offset {
+            regs::SCRATCH => self.scratch.store(value as u32, Ordering::Relaxed),
+            regs::RAISE => {
+                self.raise(value as u32 as usize);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupts::fake::FakeIrqBackend;
+
+    #[test]
+    fn options() {
+        assert_eq!(
+            PciTestDevConfig::parse_options("").unwrap(),
+            PciTestDevConfig::default()
+        );
+        let c = PciTestDevConfig::parse_options("vectors=8,ram=2M").unwrap();
+        assert_eq!((c.vectors, c.ram_size), (8, 2 << 20));
+        assert!(PciTestDevConfig::parse_options("vectors=0").is_err());
+        assert!(PciTestDevConfig::parse_options("ram=3M").is_err());
+        assert!(PciTestDevConfig::parse_options("colour=red").is_err());
+    }
+
+    #[test]
+    fn registers_and_raise() {
+        let router = InterruptRouter::new(FakeIrqBackend::new());
+        let (function, dev) = PciTestDev::create(PciTestDevConfig::default(), router).unwrap();
+        assert_eq!(function.config().dword(0), 0x0005_1b36);
+        assert_eq!(dev.read(regs::MAGIC, 4), MAGIC as u64);
+        dev.write(regs::SCRATCH, 4, 0xABCD);
+        assert_eq!(dev.read(regs::SCRATCH, 4), 0xABCD);
+        assert_eq!(dev.read(regs::VECTORS, 4), 4);
+        assert_eq!(dev.read(regs::RAM_SIZE_LO, 4), 1 << 20);
+        dev.write(regs::RAISE, 4, 2);
+        dev.write(regs::RAISE, 4, 99);
+        assert_eq!(dev.read(regs::RAISED, 4), 1);
+        assert_eq!(dev.read(regs::ACCESSES, 4), 9);
+    }
+}

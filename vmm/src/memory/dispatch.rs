@@ -4,8 +4,9 @@
 //! - RAM (including ram_device RAM): copied to/from the host mapping, with one sized volatile
 //!   access when the piece is 1/2/4/8 bytes and naturally aligned (so a peer sees the word whole);
 //! - I/O: cut like QEMU's `memory_access_size` into power-of-two pieces no larger than
-//!   `valid.max` (and, unless `valid.unaligned`, no larger than the address alignment); a piece
-//!   smaller than `valid.min` is rejected (reads all-ones, writes ignored, logged rate-limited);
+//!   `valid.max` (and, unless `implemented.unaligned`, no larger than the address alignment);
+//!   a piece outside `valid` (smaller than `valid.min`, or misaligned when `valid.unaligned` is
+//!   false) is rejected (reads all-ones, writes ignored, logged rate-limited);
 //!   a valid piece is then split or widened to the `implemented` sizes: aligned chunks of the
 //!   implemented size covering the piece (unaligned chunks if `implemented.unaligned`), reads
 //!   extracting the piece's bytes, writes shifting the piece's bytes into place with the other
@@ -195,10 +196,11 @@ fn sanitize(sizes: &AccessSizes) -> (u64, u64) {
 }
 
 /// QEMU's `memory_access_size`: the largest power of two that fits what is left, `valid.max`,
-/// and (unless unaligned accesses are valid) the alignment of `offset`.
-fn guest_piece_size(valid: &AccessSizes, offset: u64, remaining: usize) -> u64 {
-    let (_, mut max) = sanitize(valid);
-    if !valid.unaligned && offset != 0 {
+/// and (unless the ops implement unaligned accesses) the alignment of `offset`. Like QEMU, a
+/// guest access wider than `valid.max` is therefore split rather than rejected.
+fn guest_piece_size(access: &IoAccess, offset: u64, remaining: usize) -> u64 {
+    let (_, mut max) = sanitize(&access.valid);
+    if !access.implemented.unaligned && offset != 0 {
         max = max.min(1 << offset.trailing_zeros().min(3));
     }
     let len = (remaining as u64).min(max);
@@ -226,7 +228,7 @@ fn io_read(
     let mut pos = 0;
     while pos < buf.len() {
         let at = offset + pos as u64;
-        let size = guest_piece_size(&access.valid, at, buf.len() - pos);
+        let size = guest_piece_size(access, at, buf.len() - pos);
         let piece = &mut buf[pos..pos + size as usize];
         if is_valid(&access.valid, at, size) {
             let value = adjusted_read(ops, &access.implemented, at, size);
@@ -250,7 +252,7 @@ fn io_write(
     let mut pos = 0;
     while pos < buf.len() {
         let at = offset + pos as u64;
-        let size = guest_piece_size(&access.valid, at, buf.len() - pos);
+        let size = guest_piece_size(access, at, buf.len() - pos);
         let piece = &buf[pos..pos + size as usize];
         if is_valid(&access.valid, at, size) {
             let mut bytes = [0u8; 8];

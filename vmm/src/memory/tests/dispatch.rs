@@ -279,6 +279,31 @@ fn accesses_are_cut_at_alignment_unless_unaligned_is_valid() {
             },
         ]
     );
+
+    // Unaligned valid, implemented 1..4 aligned: cut at the alignment, no widening needed.
+    let (space, ops) = io_space(access((1, 4, true), (1, 4, false)));
+    space.write(0x1002, &[0xa, 0xb, 0xc, 0xd]);
+    assert_eq!(
+        ops.take_calls(),
+        vec![
+            Write {
+                offset: 2,
+                size: 2,
+                value: 0x0b0a
+            },
+            Write {
+                offset: 4,
+                size: 2,
+                value: 0x0d0c
+            },
+        ]
+    );
+
+    // Implemented unaligned but not valid unaligned: the misaligned access is rejected.
+    let (space, ops) = io_space(access((1, 4, false), (1, 4, true)));
+    assert_eq!(read(&space, 0x1002, 4), vec![0xff; 4]);
+    assert_eq!(read(&space, 0x1004, 4), vec![4, 5, 6, 7]);
+    assert_eq!(ops.take_calls(), vec![Read { offset: 4, size: 4 }]);
 }
 
 #[test]

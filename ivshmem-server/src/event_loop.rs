@@ -142,6 +142,10 @@ impl Server {
     fn add_peer(&mut self, stream: UnixStream) {
         let pid = getsockopt(&stream, PeerCredentials).ok().map(|c| c.pid());
         let pid_text = pid.map_or("pid ?".to_string(), |p| format!("pid {p}"));
+        log::debug!(
+            "new connection ({pid_text}), {} peers connected",
+            self.peers.len()
+        );
         if let Err(e) = stream.set_nonblocking(true) {
             log::warn!(
                 "refused a connection ({pid_text}): cannot make its socket non-blocking: {e}"
@@ -246,6 +250,14 @@ impl Server {
             }
         };
         if want != peer.wants_write {
+            log::debug!(
+                "peer {id}: {}",
+                if want {
+                    format!("socket full, {} messages queued", peer.queue.len())
+                } else {
+                    "queue drained".to_string()
+                }
+            );
             let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
             if want {
                 flags |= EpollFlags::EPOLLOUT;

@@ -257,3 +257,34 @@ fn server_daemonizes_with_a_pid_file() {
     );
     assert!(!sock.exists(), "socket removed");
 }
+
+/// A writable hugetlbfs mount from /proc/mounts, if the machine has one.
+fn hugetlbfs_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[2] == "hugetlbfs").then(|| std::path::PathBuf::from(f[1]))
+        })
+        .find(|p| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok())
+}
+
+#[test]
+fn server_shm_on_hugetlbfs_grows_to_the_page_size() {
+    let Some(mount) = hugetlbfs_mount() else {
+        eprintln!(
+            "SKIP server_shm_on_hugetlbfs_grows_to_the_page_size: no writable hugetlbfs mount"
+        );
+        return;
+    };
+    let dir = Scratch::new("srv-huge");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["-m", mount.to_str().unwrap(), "-l", "4K"]);
+    let c = RawClient::connect(&sock, 1);
+    let size = shm_size(&c);
+    assert!(size >= 4096 && size.is_power_of_two(), "size {size}");
+    if size > 4096 {
+        assert!(server.log_text().contains("could not hold 4096 bytes"));
+    }
+}

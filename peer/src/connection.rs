@@ -339,19 +339,8 @@ impl Peer {
         vector: u32,
         timeout: Option<Duration>,
     ) -> Result<Option<u64>, WaitError> {
-        let target = self.own_vector(vector)?;
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            poller::wait_readable(&[target.as_fd()], left)?;
-            let count = target.drain()?;
-            if count > 0 {
-                return Ok(Some(count));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
-        }
+        let count = self.own_vector(vector)?.wait(timeout)?;
+        Ok((count > 0).then_some(count))
     }
 
     /// Drains our `vector` without waiting; returns how many rings were pending (0 if none).

@@ -2,11 +2,14 @@
 //!
 //! Ringing writes the 8-byte native-endian integer 1 (spec §1.5); receiving reads the counter,
 //! which also resets it. The server may hand out blocking or non-blocking eventfds, and the file
-//! status flags are shared with every other holder, so we never change them: draining first polls
-//! with a zero timeout and reads only when the counter is non-zero, which cannot block.
+//! status flags are shared with every other holder, so we never change them: on a blocking
+//! eventfd, draining first polls with a zero timeout and reads only when the counter is non-zero,
+//! which cannot block; on a non-blocking one (QEMU's and our server's) it just reads, saving a
+//! syscall on the hot path.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use crate::poller;
 
@@ -14,12 +17,17 @@ use crate::poller;
 #[derive(Debug)]
 pub struct Vector {
     fd: OwnedFd,
+    /// O_NONBLOCK was set when we got the fd (then a read can never block).
+    nonblocking: bool,
 }
 
 impl Vector {
-    /// Wraps an eventfd received from the server.
+    /// Wraps an eventfd (received from the server, or made locally).
     pub fn new(fd: OwnedFd) -> Vector {
-        Vector { fd }
+        let nonblocking = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
+            .map(|flags| flags & libc::O_NONBLOCK != 0)
+            .unwrap_or(false);
+        Vector { fd, nonblocking }
     }
 
     /// Adds 1 to the eventfd counter, waking whoever waits on it.
@@ -42,7 +50,7 @@ impl Vector {
     /// Reads and resets the counter if it is non-zero; returns the count (0 when nothing was
     /// pending). Never blocks.
     pub fn drain(&self) -> io::Result<u64> {
-        if !poller::readable_now(self.fd.as_fd())? {
+        if !self.nonblocking && !poller::readable_now(self.fd.as_fd())? {
             return Ok(0);
         }
         let mut buf = [0u8; 8];
@@ -65,6 +73,22 @@ impl Vector {
     }
 }
 
+impl Vector {
+    /// Waits until the counter is non-zero or `timeout` passes (`None` = forever), then drains
+    /// it. Returns the count, or 0 on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<u64> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            poller::wait_readable(&[self.fd.as_fd()], left)?;
+            let count = self.drain()?;
+            if count > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(count);
+            }
+        }
+    }
+}
+
 impl AsFd for Vector {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -77,13 +101,21 @@ mod tests {
     use nix::sys::eventfd::{EfdFlags, EventFd};
 
     #[test]
-    fn ring_and_drain_blocking_eventfd() {
-        let fd: OwnedFd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap().into();
-        let v = Vector::new(fd);
-        assert_eq!(v.drain().unwrap(), 0, "empty drain must not block");
-        v.ring().unwrap();
-        v.ring().unwrap();
-        assert_eq!(v.drain().unwrap(), 2);
-        assert_eq!(v.drain().unwrap(), 0);
+    fn ring_drain_and_wait_on_blocking_and_nonblocking_eventfds() {
+        for flags in [
+            EfdFlags::EFD_CLOEXEC,
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        ] {
+            let fd: OwnedFd = EventFd::from_flags(flags).unwrap().into();
+            let v = Vector::new(fd);
+            assert_eq!(v.drain().unwrap(), 0, "empty drain must not block");
+            v.ring().unwrap();
+            v.ring().unwrap();
+            assert_eq!(v.drain().unwrap(), 2);
+            assert_eq!(v.drain().unwrap(), 0);
+            assert_eq!(v.wait(Some(Duration::from_millis(10))).unwrap(), 0);
+            v.ring().unwrap();
+            assert_eq!(v.wait(Some(Duration::from_secs(1))).unwrap(), 1);
+        }
     }
 }

@@ -550,4 +550,38 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn random_sequences_never_panic_and_keep_invariants() {
+        // A small deterministic generator (xorshift), so failures reproduce.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let values = [-3i64, -2, -1, 0, 1, 2, 3, 65535, 65536, i64::MIN, i64::MAX];
+        for _ in 0..300 {
+            let mut s = ClientState::new(Some((next() % 4) as u32));
+            let mut failed = false;
+            for _ in 0..40 {
+                let value = values[(next() % values.len() as u64) as usize];
+                let with_fd = next() % 2 == 0;
+                let result = s.on_message(value, with_fd.then(fd));
+                if failed {
+                    assert!(result.as_ref().is_err_and(|e| e.is_fatal()));
+                }
+                if let Err(e) = &result {
+                    assert!(!e.to_string().is_empty());
+                    failed |= e.is_fatal();
+                }
+                assert_eq!(s.has_failed(), failed);
+                for (peer, count) in s.peers() {
+                    assert!(count <= s.max_vectors());
+                    assert_ne!(Some(peer), s.own_id());
+                }
+            }
+        }
+    }
 }

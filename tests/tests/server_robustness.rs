@@ -18,11 +18,12 @@ fn server_handles_400_simultaneous_peers() {
     raise_fd_limit();
     let dir = Scratch::new("srv-many");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "1"]);
+    // 2 vectors: the server holds 3 fds per peer, well past select()'s 1024.
+    let server = start_server(&sock, &["--memfd", "-n", "2"]);
     const N: usize = 420;
     let mut clients = Vec::with_capacity(N);
     for i in 0..N {
-        let c = RawClient::connect_light(&sock, 1);
+        let c = RawClient::connect_light(&sock, 2);
         assert_eq!(c.id as usize, i);
         assert_eq!(
             c.state.peers().len(),
@@ -41,8 +42,7 @@ fn server_handles_400_simultaneous_peers() {
     assert!(server
         .log_text()
         .contains(&format!("peer {} joined", N - 1)));
-    // The server holds about 2 fds per peer, far beyond select()'s 1024 if N were larger.
-    assert!(fd_count(server.pid()) >= 2 * N);
+    assert!(fd_count(server.pid()) > 1024, "past FD_SETSIZE");
     // Everyone leaves; the last one hears every departure.
     let mut last = clients.pop().unwrap();
     for c in clients.drain(..) {

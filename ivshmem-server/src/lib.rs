@@ -46,13 +46,20 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
     let mut pid_file = None;
     if !opts.foreground {
-        if let Err(e) = process::daemonize() {
-            listener.remove_file();
-            return Err(e).context("cannot daemonize");
-        }
-        match PidFile::write(&opts.pid_file) {
-            Ok(p) => pid_file = Some(p),
+        let readiness = match process::daemonize() {
+            Ok(r) => r,
             Err(e) => {
+                listener.remove_file();
+                return Err(e).context("cannot daemonize");
+            }
+        };
+        match PidFile::write(&opts.pid_file) {
+            Ok(p) => {
+                pid_file = Some(p);
+                readiness.notify(true);
+            }
+            Err(e) => {
+                readiness.notify(false);
                 listener.remove_file();
                 return Err(e)
                     .with_context(|| format!("cannot write PID file {}", opts.pid_file.display()));

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::{fork, setsid, ForkResult};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::unistd::{fork, pipe2, read, setsid, write, ForkResult};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (each peer costs 1 + vectors fds); returns
 /// the new soft limit.
@@ -40,18 +43,39 @@ pub fn shutdown_signals() -> nix::Result<SignalFd> {
 
 /// Detaches from the terminal like QEMU's `qemu_daemon(1, 1)` (keeps the working directory and
 /// stdio), with a double fork so the daemon can never reacquire a controlling terminal. Only
-/// the grandchild returns; the original process exits 0 once the daemon exists.
-pub fn daemonize() -> nix::Result<()> {
-    // SAFETY: the process is single-threaded here; the parent only exits.
+/// the grandchild returns. Unlike QEMU, the original process waits until the daemon reports
+/// through [`Readiness`] (PID file written) and exits 0, or 1 if the daemon failed, so a script
+/// can use the PID file as soon as the command returns.
+pub fn daemonize() -> nix::Result<Readiness> {
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: the process is single-threaded here; the parent only reads a pipe and exits.
     match unsafe { fork() }? {
-        ForkResult::Parent { .. } => exit_now(0),
-        ForkResult::Child => {}
+        ForkResult::Parent { .. } => {
+            drop(write_end);
+            let mut status = [1u8];
+            let ok = matches!(read(read_end.as_fd(), &mut status), Ok(1)) && status[0] == 0;
+            exit_now(if ok { 0 } else { 1 })
+        }
+        ForkResult::Child => drop(read_end),
     }
     setsid()?;
     // SAFETY: still single-threaded; the intermediate child only exits.
     match unsafe { fork() }? {
         ForkResult::Parent { .. } => exit_now(0),
-        ForkResult::Child => Ok(()),
+        ForkResult::Child => Ok(Readiness(Some(write_end))),
+    }
+}
+
+/// The daemon's line back to the process that started it.
+#[derive(Debug)]
+pub struct Readiness(Option<OwnedFd>);
+
+impl Readiness {
+    /// Tells the waiting parent whether startup succeeded; it exits with 0 or 1 accordingly.
+    pub fn notify(mut self, ok: bool) {
+        if let Some(fd) = self.0.take() {
+            let _ = write(&fd, &[if ok { 0 } else { 1 }]);
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The first process finds nobody else connected, so it plays pong: it waits for a partner and
-//! answers every ball. The second finds the first and plays ping: it writes ball number `n` into
+//! answers every ball (if both start at once and see each other, the lower id plays pong). The second finds the first and plays ping: it writes ball number `n` into
 //! shared memory, rings the partner, and waits to be rung back with `n` in the reply slot.
 //!
 //! Shared-memory layout used here (offsets in bytes): 0 = ball (u64, written by ping),
@@ -45,9 +45,11 @@ fn main() -> anyhow::Result<()> {
         peer.shm().len(),
         peer.own_vector_count()
     );
+    // Nobody else here yet: we wait and play pong. If two processes start at the same moment
+    // and see each other, the lower id plays pong, so there is always exactly one of each.
     match peer.peers().first() {
-        Some(partner) => ping(&peer, partner.id, args.rounds),
-        None => pong(&mut peer),
+        Some(partner) if partner.id < peer.id() => ping(&peer, partner.id, args.rounds),
+        _ => pong(&mut peer),
     }
 }
 
@@ -76,17 +78,21 @@ fn ping(peer: &Peer, partner: u16, rounds: u64) -> anyhow::Result<()> {
 
 fn pong(peer: &mut Peer) -> anyhow::Result<()> {
     println!("pong: waiting for a partner to join");
-    let partner = loop {
-        let events = peer.poll_server(None);
-        if let Some(id) = events.iter().find_map(|e| match e {
-            ServerEvent::Joined { peer, .. } => Some(*peer),
-            _ => None,
-        }) {
-            break id;
-        }
-        if !peer.server_connected() {
-            anyhow::bail!("pong: the server went away before a partner joined");
-        }
+    let already_here = peer.peers().first().map(|p| p.id);
+    let partner = match already_here {
+        Some(id) => id,
+        None => loop {
+            let events = peer.poll_server(None);
+            if let Some(id) = events.iter().find_map(|e| match e {
+                ServerEvent::Joined { peer, .. } => Some(*peer),
+                _ => None,
+            }) {
+                break id;
+            }
+            if !peer.server_connected() {
+                anyhow::bail!("pong: the server went away before a partner joined");
+            }
+        },
     };
     println!("pong: peer {partner} joined");
     let shm = peer.shm();

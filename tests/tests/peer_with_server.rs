@@ -203,3 +203,25 @@ fn client_exit_codes_against_the_real_server() {
     let oob = run("read 65535 2");
     assert_eq!(oob.status.code(), Some(1));
 }
+
+#[test]
+fn ringing_a_peer_never_wakes_the_ringer() {
+    let dir = Scratch::new("peer-srv5");
+    let server = Server::start(&dir.join("sock"), &["--memfd", "-n", "2"]);
+    let mut a = connect(&server, 2);
+    let b = connect(&server, 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.peer_vector_count(b.id()) != Some(2) && Instant::now() < deadline {
+        a.poll_server(Some(Duration::from_millis(50)));
+    }
+    for vector in 0..2 {
+        a.ring(b.id(), vector).unwrap();
+        assert_eq!(a.drain_all().unwrap(), vec![], "a's ring of b woke a");
+        let fired = b.drain_all().unwrap();
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(fired[0].vector, vector);
+        b.ring(a.id(), vector).unwrap();
+        assert_eq!(b.drain_all().unwrap(), vec![], "b's ring of a woke b");
+        assert_eq!(a.drain_vector(vector).unwrap(), 1);
+    }
+}

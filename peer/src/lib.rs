@@ -28,6 +28,8 @@
 //! * [`error`] — the typed errors.
 //! * [`vector`] — one eventfd (ring, drain).
 
+#![warn(missing_docs)]
+
 pub mod connection;
 pub mod error;
 mod poller;

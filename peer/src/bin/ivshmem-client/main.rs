@@ -14,6 +14,7 @@ mod hexdump;
 mod repl;
 mod session;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
         Some(text) => match repl::parse_script(text) {
             Ok(commands) => Some(commands),
             Err(e) => {
-                eprintln!("ivshmem-client: {e}");
+                complain!("{e}");
                 return ExitCode::from(EXIT_COMMAND_FAILED);
             }
         },
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
     let peer = match Peer::connect_with(&args.socket, &options) {
         Ok(peer) => peer,
         Err(e) => {
-            eprintln!("ivshmem-client: {e}");
+            complain!("{e}");
             return ExitCode::from(EXIT_CONNECT_FAILED);
         }
     };

@@ -14,8 +14,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use peer::Peer;
 
 use crate::commands::{self, Command, ParseError};
-use crate::say;
 use crate::session::{flush_stdout, Flow, Session};
+use crate::{complain, say};
 
 const PROMPT: &str = "cmd> ";
 
@@ -38,7 +38,7 @@ pub fn run_script(peer: Peer, commands: &[Command]) -> bool {
             Ok(Flow::Continue) => {}
             Ok(Flow::Quit) => break,
             Err(e) => {
-                eprintln!("ivshmem-client: {}", e.0);
+                complain!("{}", e.0);
                 return false;
             }
         }
@@ -57,14 +57,14 @@ pub fn run_stdin(peer: Peer) -> bool {
     let mut prompt_shown = false;
     loop {
         if interactive && !prompt_shown {
-            print!("{PROMPT}");
+            let _ = write!(std::io::stdout().lock(), "{PROMPT}");
             flush_stdout();
             prompt_shown = true;
         }
         let ready = match wait_for_input(&session.peer, interactive) {
             Ok(ready) => ready,
             Err(e) => {
-                eprintln!("ivshmem-client: waiting for input failed: {e}");
+                complain!("waiting for input failed: {e}");
                 return false;
             }
         };
@@ -88,7 +88,7 @@ pub fn run_stdin(peer: Peer) -> bool {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
             Err(e) => {
-                eprintln!("ivshmem-client: reading stdin failed: {e}");
+                complain!("reading stdin failed: {e}");
                 return false;
             }
         };
@@ -114,7 +114,7 @@ pub fn run_stdin(peer: Peer) -> bool {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Quit) => return true,
                 Err(message) => {
-                    eprintln!("ivshmem-client: {message}");
+                    complain!("{message}");
                     if !interactive {
                         return false;
                     }
@@ -181,7 +181,7 @@ fn print_notifications(peer: &Peer) {
                 );
             }
         }
-        Err(e) => eprintln!("ivshmem-client: reading our vectors failed: {e}"),
+        Err(e) => complain!("reading our vectors failed: {e}"),
     }
     let _ = std::io::stdout().flush();
 }

@@ -10,6 +10,16 @@ use peer::{Peer, ServerEvent};
 use crate::commands::{Command, IntTarget, HELP};
 use crate::hexdump;
 
+/// Prints `ivshmem-client: <message>` on stderr, ignoring write errors.
+#[macro_export]
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "ivshmem-client: ");
+        let _ = writeln!(err, $($arg)*);
+    }};
+}
+
 /// Prints a line on stdout, ignoring write errors.
 #[macro_export]
 macro_rules! say {
@@ -214,11 +224,11 @@ impl Session {
                     "server sent vector {vector} for peer {peer}, more than we accept; closed it"
                 ),
                 ServerEvent::ProtocolViolation(e) => {
-                    eprintln!("ivshmem-client: ignoring a bad message from the server: {e}")
+                    complain!("ignoring a bad message from the server: {e}")
                 }
-                ServerEvent::ServerGone { reason } => eprintln!(
-                    "ivshmem-client: {reason}; keeping the shared memory and the known peers"
-                ),
+                ServerEvent::ServerGone { reason } => {
+                    complain!("{reason}; keeping the shared memory and the known peers")
+                }
             }
         }
     }

@@ -334,31 +334,68 @@ impl Server {
     /// those still there. Then the notices get a short time to drain, and every socket closes.
     fn shutdown(&mut self) {
         let order = self.peers.ids_in_order();
-        for (k, &id) in order.iter().enumerate() {
-            for &later in &order[k + 1..] {
-                if let Some(peer) = self.peers.get_mut(later) {
-                    if peer.queue.push_notices(vec![leave(id)]).is_err() {
-                        self.doomed_set.insert(later);
-                    }
+        // The peer at position k hears that peers 0..k left; sent as queued, so memory stays
+        // bounded by the queue limit whatever the number of peers.
+        for (k, &recipient) in order.iter().enumerate() {
+            for &gone in &order[..k] {
+                if self.doomed_set.contains(&recipient) {
+                    break;
                 }
+                let Some(peer) = self.peers.get_mut(recipient) else {
+                    break;
+                };
+                if peer.queue.push_notices(vec![leave(gone)]).is_err() {
+                    self.doomed_set.insert(recipient);
+                    break;
+                }
+                self.flush(recipient);
             }
         }
+        // Only the peers' sockets matter now.
+        let _ = self.epoll.delete(&self.listener);
+        let _ = self.epoll.delete(&self.signals);
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
+            let mut pending = false;
             for id in self.peers.ids_in_order() {
                 self.flush(id);
+                if self.doomed_set.contains(&id) {
+                    continue;
+                }
+                let Some(peer) = self.peers.get(id) else {
+                    continue;
+                };
+                if peer.queue.is_empty() {
+                    let _ = self.epoll.delete(&peer.socket);
+                } else {
+                    pending = true;
+                }
             }
-            let pending = self.peers.ids_in_order().into_iter().any(|id| {
-                !self.doomed_set.contains(&id)
-                    && self.peers.get(id).is_some_and(|p| !p.queue.is_empty())
-            });
             let left = deadline.saturating_duration_since(Instant::now());
             if !pending || left.is_zero() {
                 break;
             }
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            let _ = self.epoll.wait(&mut events, EpollTimeout::from(ms));
+            let n = self
+                .epoll
+                .wait(&mut events, EpollTimeout::from(ms))
+                .unwrap_or(0);
+            for event in &events[..n] {
+                let hung_up = EpollFlags::EPOLLIN
+                    | EpollFlags::EPOLLRDHUP
+                    | EpollFlags::EPOLLHUP
+                    | EpollFlags::EPOLLERR;
+                if event.events().intersects(hung_up) {
+                    // Gone or talking: nothing more to deliver to it.
+                    if let Some(id) = self.peers.id_of_seq(event.data() - PEER_TOKEN_BASE) {
+                        if let Some(peer) = self.peers.get(id) {
+                            let _ = self.epoll.delete(&peer.socket);
+                        }
+                        self.doomed_set.insert(id);
+                    }
+                }
+            }
         }
         for id in order {
             if let Some(peer) = self.peers.remove(id) {

@@ -468,7 +468,8 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
                            read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
 
 Peers that send anything or hang up leave; every join and leave is logged on stderr.
-SIGINT and SIGTERM announce departures, remove the socket (and the PID file) and exit.
+SIGINT, SIGTERM and SIGHUP announce departures, remove the socket (and the PID file)
+and exit.
 "
     )
 }

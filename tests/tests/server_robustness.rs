@@ -195,22 +195,40 @@ fn server_drops_a_client_that_never_reads() {
 fn server_sigterm_announces_departures_and_cleans_up() {
     let dir = Scratch::new("srv-term");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "2"]);
+    let server = start_server(&sock, &["--memfd", "-n", "2", "--queue-limit", "8"]);
     let mut a = RawClient::connect(&sock, 2);
     let mut b = RawClient::connect(&sock, 2);
     a.expect_join(b.id);
+    // A peer that never reads must not hold up the shutdown.
+    let stalled = UnixStream::connect(&sock).unwrap();
+    a.expect_join(2);
+    b.expect_join(2);
+    let mut c = RawClient::connect(&sock, 2);
+    a.expect_join(c.id);
+    b.expect_join(c.id);
     let log = server.log.clone();
+    let start = Instant::now();
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(!sock.exists(), "socket file removed");
     // Like QEMU: peers leave in connect order, each announced to those still connected.
     b.expect_leave(a.id);
-    assert!(matches!(recv_raw(&b.sock).unwrap(), Received::Eof));
-    assert!(matches!(recv_raw(&a.sock).unwrap(), Received::Eof));
+    c.expect_leave(a.id);
+    c.expect_leave(b.id);
+    c.expect_leave(2);
+    for client in [&a, &b, &c] {
+        assert!(matches!(recv_raw(&client.sock).unwrap(), Received::Eof));
+    }
+    drop(stalled);
     let text = log.lock().unwrap().join("\n");
     assert!(text.contains("SIGTERM received"), "{text}");
     assert!(
-        text.contains("peer 1 left") && text.contains("server shutting down"),
+        text.contains("peer 3 left") && text.contains("server shutting down"),
         "{text}"
     );
 }

@@ -1,6 +1,7 @@
 //! Interrupts as ring-3 code sees them. The VMM's ring-0 stub for every vector 32..255 counts
 //! deliveries in the interrupt mailbox (`layout::MAILBOX_COUNTERS`, user-readable) and EOIs the
-//! LAPIC; ring 3 polls those counters or blocks in the halt gate (`int 0x80`) until one changes.
+//! LAPIC; ring 3 polls those counters or blocks in the halt gate (`hlt` in ring 3, which the
+//! VMM's #GP handler turns into "halt unless the counter already changed") until one changes.
 use crate::layout::{LAPIC_ADDR, MAILBOX_COUNTERS, VECTOR_TIMER};
 use crate::mmio;
 
@@ -19,9 +20,10 @@ pub fn count(vector: u8) -> u64 {
 /// (checked with interrupts off, so a delivery between the caller's check and the halt is
 /// never missed).
 pub fn halt_until_changed(vector: u8, seen: u64) {
-    // SAFETY: the halt gate (vector 0x80, DPL 3) only reads the mailbox and halts.
+    // SAFETY: the VMM's #GP handler treats a ring-3 `hlt` as the halt gate: it only reads the
+    // mailbox, may halt, and resumes after the `hlt` with all registers preserved.
     unsafe {
-        core::arch::asm!("int 0x80", in("rdi") vector as u64, in("rsi") seen, options(nostack));
+        core::arch::asm!("hlt", in("rdi") vector as u64, in("rsi") seen, options(nostack));
     }
 }
 

@@ -7,8 +7,9 @@
 //! 0x0000_1000  GDT            (ring-0/ring-3 code+data, one TSS per vCPU)
 //! 0x0000_2000  IDT            (256 gates)
 //! 0x0000_3000  interrupt mailbox (user-readable): u64 counter per vector, crash record
-//! 0x0000_4000  ring-0 stubs   (interrupt/exception/halt-gate code written by the VMM)
+//! 0x0000_4000  ring-0 stubs   (interrupt/exception/syscall-gate code written by the VMM)
 //! 0x0000_8000  TSS array      (TSS_STRIDE per vCPU)
+//! 0x0000_A000  I/O permission bitmap (shared by the TSSes)
 //! 0x0002_0000  page tables    (PML4, PDPT, PDs, the PT for the first 2 MiB)
 //! 0x0008_0000  ring-0 stacks  (KERNEL_STACK_SIZE per vCPU, RSP0 of its TSS)
 //! 0x0040_0000  guest program  (static ELF, linked here)
@@ -32,6 +33,10 @@ pub const STUBS_ADDR: u64 = 0x4000;
 pub const STUBS_SIZE: u64 = 0x4000;
 pub const TSS_ADDR: u64 = 0x8000;
 pub const TSS_STRIDE: u64 = 0x80;
+/// One I/O permission bitmap shared by all TSSes (each TSS's I/O map base points here): all
+/// ports allowed, because this project's KVM drops RFLAGS.IOPL for ring 3.
+pub const IO_BITMAP_ADDR: u64 = 0xA000;
+pub const IO_BITMAP_SIZE: u64 = 0x2001; // 65536 bits + the 0xFF terminator byte
 pub const PAGE_TABLES_ADDR: u64 = 0x2_0000;
 pub const PAGE_TABLES_END: u64 = 0x8_0000;
 pub const KERNEL_STACKS_ADDR: u64 = 0x8_0000;
@@ -40,7 +45,9 @@ pub const KERNEL_STACK_SIZE: u64 = 0x2000;
 pub const PROGRAM_MIN_ADDR: u64 = 0x40_0000;
 pub const USER_STACK_SIZE: u64 = 256 << 10;
 /// Most vCPUs the fixed areas above have room for (kernel stacks, TSSes, GDT).
-pub const MAX_CPUS: u32 = ((PROGRAM_MIN_ADDR - KERNEL_STACKS_ADDR) / KERNEL_STACK_SIZE) as u32;
+pub const MAX_CPUS: u32 = ((IO_BITMAP_ADDR - TSS_ADDR) / TSS_STRIDE) as u32;
+const _: () = assert!(KERNEL_STACKS_ADDR + MAX_CPUS as u64 * KERNEL_STACK_SIZE <= PROGRAM_MIN_ADDR);
+const _: () = assert!(IO_BITMAP_ADDR + IO_BITMAP_SIZE <= PAGE_TABLES_ADDR);
 
 /// Interrupt mailbox: `MAILBOX_COUNTERS + 8 * vector` is a u64 counting deliveries.
 pub const MAILBOX_COUNTERS: u64 = MAILBOX_ADDR;
@@ -124,8 +131,9 @@ pub const SEL_TSS0: u16 = 0x28;
 pub const VECTOR_FIRST_IRQ: u8 = 32;
 /// LAPIC timer (the runtime uses it for wait timeouts).
 pub const VECTOR_TIMER: u8 = 0x20;
-/// Ring-3 "halt until interrupt" gate: `int 0x80` with rdi = vector to watch, rsi = the count
-/// last seen; returns at once if the counter differs, else halts until any interrupt.
-pub const VECTOR_HALT_GATE: u8 = 0x80;
+// Ring-3 "halt until interrupt" gate: `hlt` in ring 3 with rdi = vector to watch, rsi = the count
+// last seen. The #GP handler returns after the `hlt` at once if the counter differs, else halts
+// until any interrupt arrives. Preserves all registers. (`int n` from ring 3 raises #UD on this
+// project's KVM and `syscall` does not leave ring 3, so neither can be the gate.)
 /// LAPIC spurious vector.
 pub const VECTOR_SPURIOUS: u8 = 0xFF;

@@ -1,6 +1,6 @@
-//! Port I/O. Works from ring 3 only while RFLAGS.IOPL is 3 (the VMM starts programs that way,
-//! but this project's KVM drops IOPL after the first interrupt): use it for tests and
-//! benchmarks of the PIO exit path, use MMIO for everything else.
+//! Port I/O from ring 3. Allowed by the I/O permission bitmap the VMM puts in every TSS (this
+//! project's KVM ignores RFLAGS.IOPL for ring 3). Device access normally goes through MMIO; PIO
+//! is for the string-I/O test, PIO benchmarks and legacy ports.
 use core::arch::asm;
 
 /// # Safety

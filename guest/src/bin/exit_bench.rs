@@ -1,6 +1,5 @@
 //! Benchmark: round trips through the VMM. Prints `mmio_exits_per_sec=..` (testdev NOP register
-//! reads) and `pio_exits_per_sec=..` (NOP port reads; needs IOPL 3, which holds until the first
-//! interrupt).
+//! reads) and `pio_exits_per_sec=..` (NOP port reads).
 #![no_std]
 #![no_main]
 

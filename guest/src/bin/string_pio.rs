@@ -6,7 +6,7 @@ use guest::layout::{testdev_pio, TESTDEV_PIO_BASE};
 use guest::{pio, println};
 
 fn main() -> i32 {
-    // SAFETY: the testdev's PIO ports; the VMM starts ring 3 with IOPL 3.
+    // SAFETY: the testdev's PIO ports (the VMM's TSS I/O bitmap allows ring-3 port I/O).
     unsafe {
         pio::outsb(
             TESTDEV_PIO_BASE + testdev_pio::CONSOLE,

@@ -153,8 +153,8 @@ pub fn long_mode_sregs(
     sregs.ss = ds;
     sregs.tr = match tss {
         Some(cpu) => kvm_segment {
-            base: TSS_ADDR + cpu as u64 * TSS_STRIDE,
-            limit: super::descriptors::TSS_SIZE as u32 - 1,
+            base: super::descriptors::tss_base(cpu),
+            limit: super::descriptors::tss_limit(cpu) as u32,
             selector: SEL_TSS0 + 16 * cpu as u16,
             type_: 0xB, // busy 64-bit TSS
             present: 1,

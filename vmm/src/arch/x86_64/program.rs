@@ -3,7 +3,7 @@
 //! `load` puts the VMM's part of the guest (GDT, IDT, TSSes, ring-0 stubs, page tables, an empty
 //! interrupt mailbox) below `PROGRAM_MIN_ADDR` and the ELF's PT_LOAD segments at their physical
 //! addresses (linux-loader's ELF loader); `setup_vcpu` puts each vCPU at the ELF entry in ring 3
-//! with IF=1, IOPL=3, its own stack and `rdi` = cpu id, `rsi` = cpu count, `rdx` = RAM size.
+//! with IF=1, IOPL=3 (dropped by this project's KVM; the TSS I/O bitmap allows port I/O anyway), its own stack and `rdi` = cpu id, `rsi` = cpu count, `rdx` = RAM size.
 use std::io::Cursor;
 
 use kvm_ioctls::{Kvm, VcpuFd};
@@ -134,6 +134,7 @@ pub fn load(
             &descriptors::tss(cpu),
         )?;
     }
+    write(mem, IO_BITMAP_ADDR, &descriptors::io_bitmap())?;
     write(mem, STUBS_ADDR, &stubs::image())?;
     write(mem, MAILBOX_ADDR, &[0u8; 4096])?;
     for (addr, table) in paging::tables(ram_size) {
@@ -176,5 +177,13 @@ pub fn setup_vcpu(
     vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
     cpu::set_fpu(vcpu)?;
     cpu::set_lapic(vcpu, cpu)?;
+    if cpu != 0 {
+        // With an in-kernel LAPIC, APs start waiting for INIT/SIPI; ours start at the entry.
+        let runnable = kvm_bindings::kvm_mp_state {
+            mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+        };
+        vcpu.set_mp_state(runnable)
+            .map_err(kvm_err("set mp state"))?;
+    }
     Ok(())
 }

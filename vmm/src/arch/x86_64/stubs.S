@@ -40,16 +40,30 @@ exc_common:
 1:  hlt
     jmp 1b
 .balign 64
-halt_gate:
+# #GP (vector 13): [rsp] = error code, [rsp+8] = RIP, [rsp+16] = CS. A `hlt` executed in ring 3
+# is the "halt until interrupt" gate: if counter[rdi & 0xff] == rsi then sti; hlt (atomic thanks
+# to the sti shadow); resume after the hlt. Any other #GP is a crash (exc_common).
+gp_entry:
     push rax
     push rdx
+    mov rax, [rsp+24]
+    test byte ptr [rsp+32], 3
+    jz 4f
+    cmp byte ptr [rax], 0xf4
+    jne 4f
+    inc qword ptr [rsp+24]
     mov rax, rdi
     and eax, 0xff
     movabs rdx, 0x3000
     cmp [rdx+rax*8], rsi
-    jne 2f
+    jne 5f
     sti
     hlt
-2:  pop rdx
+5:  pop rdx
     pop rax
+    add rsp, 8
     iretq
+4:  pop rdx
+    pop rax
+    push 13
+    jmp exc_common

@@ -12,18 +12,23 @@
 //! - `irq_common` (vectors 32..255): `lock inc` the vector's mailbox counter, LAPIC EOI, iretq;
 //! - `exc_common` (vectors 0..31): write the crash record to the mailbox, write the vector to the
 //!   testdev CRASH register (the VMM ends the VM and reports), halt;
-//! - `halt_gate` (vector 0x80, DPL 3, reached directly): with interrupts off, if the counter of
-//!   vector `rdi` still equals `rsi` then `sti; hlt` (atomic: the interrupt shadow), iretq.
+//!
+//! and vector 13 (#GP) goes to `gp_entry`, which is also the "halt until interrupt" gate: a `hlt`
+//! executed in ring 3 faults with #GP; if the faulting instruction is `hlt` and came from ring 3,
+//! then — interrupts still off — if the counter of vector `rdi` equals `rsi` it does `sti; hlt`
+//! (atomic: the sti shadow), and resumes ring 3 after the `hlt`; any other #GP is a crash.
+//! Measured on this project's KVM: `int n` from ring 3 raises #UD and `syscall` reaches LSTAR
+//! without leaving ring 3, so neither can be the gate; exceptions do reach ring 0.
 use super::layout::*;
 
 const IRQ_COMMON_OFFSET: u64 = 0x00;
 const EXC_COMMON_OFFSET: u64 = 0x40;
-const HALT_GATE_OFFSET: u64 = 0xC0;
+const GP_ENTRY_OFFSET: u64 = 0xC0;
 const ENTRIES_OFFSET: u64 = 0x400;
 const ENTRY_SIZE: u64 = 16;
 
-/// Address of the halt gate's code.
-pub const HALT_GATE_ADDR: u64 = STUBS_ADDR + HALT_GATE_OFFSET;
+/// Address of the #GP handler (and ring-3 `hlt` gate).
+pub const GP_ENTRY_ADDR: u64 = STUBS_ADDR + GP_ENTRY_OFFSET;
 
 /// `stubs.S`, assembled.
 #[rustfmt::skip]
@@ -70,19 +75,30 @@ const COMMON: &[u8] = &[
     0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, // 0xa2: (padding)
     0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, // 0xad: (padding)
     0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, // 0xb8: (padding)
-    // halt_gate:
+    // gp_entry:
     0x50, // 0xc0: push rax
     0x52, // 0xc1: push rdx
-    0x48, 0x89, 0xf8, // 0xc2: mov rax,rdi
-    0x25, 0xff, 0x00, 0x00, 0x00, // 0xc5: and eax,0xff
-    0x48, 0xba, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0xca: movabs rdx,0x3000
-    0x48, 0x39, 0x34, 0xc2, // 0xd4: cmp QWORD PTR [rdx+rax*8],rsi
-    0x75, 0x02, // 0xd8: jne dc <halt_gate+0x1c>
-    0xfb, // 0xda: sti
-    0xf4, // 0xdb: hlt
-    0x5a, // 0xdc: pop rdx
-    0x58, // 0xdd: pop rax
-    0x48, 0xcf, // 0xde: iretq
+    0x48, 0x8b, 0x44, 0x24, 0x18, // 0xc2: mov rax,QWORD PTR [rsp+0x18]
+    0xf6, 0x44, 0x24, 0x20, 0x03, // 0xc7: test BYTE PTR [rsp+0x20],0x3
+    0x74, 0x2c, // 0xcc: je fa <gp_entry+0x3a>
+    0x80, 0x38, 0xf4, // 0xce: cmp BYTE PTR [rax],0xf4
+    0x75, 0x27, // 0xd1: jne fa <gp_entry+0x3a>
+    0x48, 0xff, 0x44, 0x24, 0x18, // 0xd3: inc QWORD PTR [rsp+0x18]
+    0x48, 0x89, 0xf8, // 0xd8: mov rax,rdi
+    0x25, 0xff, 0x00, 0x00, 0x00, // 0xdb: and eax,0xff
+    0x48, 0xba, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0xe0: movabs rdx,0x3000
+    0x48, 0x39, 0x34, 0xc2, // 0xea: cmp QWORD PTR [rdx+rax*8],rsi
+    0x75, 0x02, // 0xee: jne f2 <gp_entry+0x32>
+    0xfb, // 0xf0: sti
+    0xf4, // 0xf1: hlt
+    0x5a, // 0xf2: pop rdx
+    0x58, // 0xf3: pop rax
+    0x48, 0x83, 0xc4, 0x08, // 0xf4: add rsp,0x8
+    0x48, 0xcf, // 0xf8: iretq
+    0x5a, // 0xfa: pop rdx
+    0x58, // 0xfb: pop rax
+    0x6a, 0x0d, // 0xfc: push 0xd
+    0xe9, 0x3d, 0xff, 0xff, 0xff, // 0xfe: jmp 40 <exc_common>
 ];
 
 // The absolute addresses baked into COMMON.
@@ -94,7 +110,16 @@ fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
-/// Address of `vector`'s entry stub.
+/// Address of `vector`'s IDT handler.
+pub fn handler_addr(vector: u8) -> u64 {
+    if vector == 13 {
+        GP_ENTRY_ADDR
+    } else {
+        entry_addr(vector)
+    }
+}
+
+/// Address of `vector`'s generic entry stub.
 pub fn entry_addr(vector: u8) -> u64 {
     STUBS_ADDR + ENTRIES_OFFSET + vector as u64 * ENTRY_SIZE
 }
@@ -149,7 +174,7 @@ mod tests {
             };
             assert_eq!(target, STUBS_ADDR + want, "vector {vector}");
         }
-        assert_eq!(image[HALT_GATE_OFFSET as usize], 0x50);
+        assert_eq!(image[GP_ENTRY_OFFSET as usize], 0x50);
         assert_eq!(image[EXC_COMMON_OFFSET as usize], 0x48);
     }
 

@@ -3,6 +3,7 @@
 //! Exit status: the guest's exit code (testdev EXIT register), 0 after an i8042 reset or
 //! SIGINT/SIGTERM, 3 when a guest program took an unexpected exception, 2 on a triple fault, 1 on
 //! VMM errors (with a message on stderr).
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,6 +60,9 @@ struct Args {
     /// List the built-in guest programs and exit.
     #[arg(long)]
     list_builtins: bool,
+    /// Write the built-in guest program NAME (a static ELF) to stdout and exit.
+    #[arg(long, value_name = "NAME")]
+    dump_builtin: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -99,6 +103,14 @@ fn run(args: Args) -> anyhow::Result<i32> {
         for name in vmm::guest_images::names() {
             println!("{name}");
         }
+        return Ok(0);
+    }
+    if let Some(name) = &args.dump_builtin {
+        let image = vmm::guest_images::find(name)
+            .with_context(|| format!("no built-in guest program {name:?}"))?;
+        std::io::stdout()
+            .write_all(image)
+            .context("writing to stdout")?;
         return Ok(0);
     }
     let image: Vec<u8> = match (&args.guest, &args.kernel) {

@@ -1,0 +1,253 @@
+//! The vmm running the built-in guest programs: output, exit codes, exceptions, string PIO,
+//! SMP, interrupts, signals, several VMs at once, and command-line errors.
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{bin, kvm_available, Scratch};
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(bin("vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vmm")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn check(out: &Output, status: i32, stdout_has: &str) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(status),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains(stdout_has),
+        "expected {stdout_has:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn hello_prints_and_exits_zero() {
+    if !kvm_available("hello_prints_and_exits_zero") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:hello"]);
+    check(&out, 0, "Hello from guest\n");
+}
+
+#[test]
+fn guest_exit_code_becomes_the_vmm_status() {
+    if !kvm_available("guest_exit_code_becomes_the_vmm_status") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:exit_code"]);
+    check(&out, 42, "");
+}
+
+#[test]
+fn guest_from_an_elf_file() {
+    if !kvm_available("guest_from_an_elf_file") {
+        return;
+    }
+    let scratch = Scratch::new("vmm-elf");
+    let elf = vmm(&["--dump-builtin", "hello"]);
+    assert!(elf.status.success());
+    assert_eq!(&elf.stdout[..4], b"\x7fELF");
+    let path = scratch.join("hello.elf");
+    std::fs::write(&path, &elf.stdout).unwrap();
+    let out = vmm(&["--guest", path.to_str().unwrap()]);
+    check(&out, 0, "Hello from guest");
+}
+
+#[test]
+fn faulting_guest_is_reported() {
+    if !kvm_available("faulting_guest_is_reported") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:fault"]);
+    check(&out, 3, "about to fault");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("vector 14 (#PF page fault)") && stderr.contains("cr2=0x0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cs=0x1b"), "fault came from ring 3: {stderr}");
+}
+
+#[test]
+fn string_pio_dispatches_every_element() {
+    if !kvm_available("string_pio_dispatches_every_element") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:string_pio"]);
+    check(&out, 0, "string pio: rep outsb ok\n");
+    assert!(text(&out.stdout).contains("rep insd ok [1, 2, 3, 4, 5, 6, 7, 8]"));
+}
+
+#[test]
+fn two_cpus_run() {
+    if !kvm_available("two_cpus_run") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:smp", "--cpus", "2"]);
+    check(&out, 0, "smp: all 2 cpus up");
+    assert!(text(&out.stdout).contains("smp: cpu 1 up (testdev says 1)"));
+}
+
+#[test]
+fn interrupts_reach_the_guest_and_halt_waits() {
+    if !kvm_available("interrupts_reach_the_guest_and_halt_waits") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:irq_selftest"]);
+    check(&out, 0, "irq_selftest: ok");
+}
+
+#[test]
+fn i8042_reset_ends_the_vm_with_zero() {
+    if !kvm_available("i8042_reset_ends_the_vm_with_zero") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:reset"]);
+    check(&out, 0, "reset: pulsing");
+    assert!(!text(&out.stdout).contains("still running"));
+}
+
+#[test]
+fn stats_line_counts_exits() {
+    if !kvm_available("stats_line_counts_exits") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:string_pio", "--stats"]);
+    check(&out, 0, "");
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("vmm-stats: "))
+        .unwrap_or_else(|| panic!("no stats line in {stderr}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {line}"))
+    };
+    // rep outsb (25 bytes) and rep insd (8 dwords) are at least 2 PIO exits; console lines and
+    // the exit are MMIO.
+    assert!(field("exits_pio") >= 2, "{line}");
+    assert!(field("exits_mmio") >= 2, "{line}");
+    let _ = field("exits_other");
+}
+
+#[test]
+fn dump_memory_shows_the_memory_map() {
+    if !kvm_available("dump_memory_shows_the_memory_map") {
+        return;
+    }
+    let out = vmm(&["--guest", "builtin:hello", "--dump-memory"]);
+    check(&out, 0, "Hello from guest");
+    let stderr = text(&out.stderr);
+    for needle in ["testdev", "ram", "i8042", "serial"] {
+        assert!(stderr.contains(needle), "{needle} missing in\n{stderr}");
+    }
+}
+
+#[test]
+fn several_vms_in_parallel() {
+    if !kvm_available("several_vms_in_parallel") {
+        return;
+    }
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(bin("vmm"))
+                .args(["--guest", "builtin:hello", "--name", &format!("vm{i}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn vmm")
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        check(&out, 0, &format!("[vm{i}] Hello from guest\n"));
+    }
+}
+
+#[test]
+fn sigterm_ends_a_running_vm() {
+    if !kvm_available("sigterm_ends_a_running_vm") {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let mut child = Command::new(bin("vmm"))
+            .args(["--guest", "builtin:idle", "--cpus", cpus])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "idle: waiting\n");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "vmm ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("terminating on signal 15"), "{stderr}");
+    }
+}
+
+#[test]
+fn bad_guests_and_arguments_are_errors_not_panics() {
+    if !kvm_available("bad_guests_and_arguments_are_errors_not_panics") {
+        return;
+    }
+    let scratch = Scratch::new("vmm-bad");
+    let junk = scratch.join("junk.elf");
+    std::fs::write(&junk, b"\x7fELF\x02\x01\x01 this is not a program").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--guest".into(), "builtin:nope".into()],
+            "no built-in guest program",
+        ),
+        (
+            vec!["--guest".into(), scratch.join("missing").display().to_string()],
+            "reading --guest",
+        ),
+        (
+            vec!["--guest".into(), junk.display().to_string()],
+            "not a usable static x86-64 ELF",
+        ),
+        (
+            vec!["--guest".into(), "builtin:hello".into(), "--memory".into(), "3M".into()],
+            "--memory",
+        ),
+        (
+            vec!["--guest".into(), "builtin:hello".into(), "--cpus".into(), "0".into()],
+            "--cpus",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = Command::new(bin("vmm")).args(&args).output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

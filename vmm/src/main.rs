@@ -57,6 +57,9 @@ struct Args {
     /// `doorbell,socket=PATH,vectors=N`); repeatable.
     #[arg(long)]
     ivshmem: Vec<String>,
+    /// An extra device: `pci-testdev[,vectors=N][,ram=SIZE]` (PCI test device); repeatable.
+    #[arg(long)]
+    device: Vec<String>,
     /// List the built-in guest programs and exit.
     #[arg(long)]
     list_builtins: bool,
@@ -139,6 +142,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         bare_nop_exits: args.bench_bare_exits,
     };
     let vm = Vm::new(config)?;
+    for device in &args.device {
+        vmm::devices::pci_testdev::add_to_vm(&vm, device)?;
+    }
     match &args.kernel {
         Some(kernel) => vmm::arch::x86_64::linux::boot(
             &vm,

@@ -24,6 +24,7 @@ use crate::devices::console::{Console, ConsoleSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_SIZE};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_GSI, COM1_SIZE};
 use crate::devices::testdev::{TestDev, TestDevMmio, TestDevPio};
+use crate::interrupts::InterruptRouter;
 use crate::memory::{
     AddressSpace, IoAccess, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind,
 };
@@ -266,6 +267,8 @@ pub struct Vm {
     created: Instant,
     vcpus: Vec<VcpuFd>,
     serial: Option<Arc<SerialPort>>,
+    interrupts: Arc<InterruptRouter>,
+    pci: Arc<crate::pci::PciBus>,
 }
 
 impl Vm {
@@ -318,6 +321,11 @@ impl Vm {
             SpaceKind::Io,
         )));
 
+        // One routing table per VM (KVM_SET_GSI_ROUTING replaces it whole); PCI bus 0 with its
+        // config accessors (ECAM, conf1) maps BARs into the two spaces.
+        let interrupts = InterruptRouter::new(vm_fd.clone());
+        let pci = crate::pci::attach(&memory, &io_space, layout::PCI_ECAM_ADDR);
+
         let host = ram
             .host_addr()
             .ok_or_else(|| VmError::Config("RAM region has no host mapping".into()))?;
@@ -366,6 +374,8 @@ impl Vm {
             created,
             vcpus: Vec::new(),
             serial: None,
+            interrupts,
+            pci,
         };
         vm.add_base_devices()?;
         for cpu in 0..vm.config.cpus {
@@ -468,6 +478,14 @@ impl Vm {
     }
     pub fn vcpus(&self) -> &[VcpuFd] {
         &self.vcpus
+    }
+    /// The VM's GSI routing table and irqfds (MSI-X vectors of PCI devices).
+    pub fn interrupts(&self) -> &Arc<InterruptRouter> {
+        &self.interrupts
+    }
+    /// PCI bus 0: plug devices with `pci().add_device(..)`.
+    pub fn pci(&self) -> &Arc<crate::pci::PciBus> {
+        &self.pci
     }
     pub fn serial(&self) -> Option<&Arc<SerialPort>> {
         self.serial.as_ref()

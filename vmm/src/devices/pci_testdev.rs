@@ -17,7 +17,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::interrupts::InterruptRouter;
 use crate::memory::{IoAccess, MemoryError, MemoryRegion, RegionOps};
-use crate::pci::{Bar, FunctionError, Msix, MsixError, PciFunction, PciIds};
+use crate::pci::{Bar, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
+use crate::vm::Vm;
 
 pub const VENDOR_ID: u16 = 0x1b36;
 pub const DEVICE_ID: u16 = 0x0005;
@@ -71,6 +72,10 @@ pub enum PciTestDevError {
     Function(#[from] FunctionError),
     #[error("pci-testdev: eventfd: {0}")]
     EventFd(#[from] std::io::Error),
+    #[error("pci-testdev: {0}")]
+    Bus(#[from] BusError),
+    #[error("--device {0:?}: unknown device (have: pci-testdev[,vectors=N][,ram=SIZE])")]
+    UnknownDevice(String),
 }
 
 impl PciTestDevConfig {
@@ -109,6 +114,19 @@ fn parse_size(s: &str) -> Option<u64> {
     };
     let n: u64 = digits.parse().ok()?;
     n.checked_shl(shift).filter(|v| v >> shift == n)
+}
+
+/// `--device pci-testdev[,vectors=N][,ram=SIZE]`: create the device and plug it into `vm`'s bus.
+pub fn add_to_vm(vm: &Vm, spec: &str) -> Result<Arc<PciTestDev>, PciTestDevError> {
+    let options = match spec.strip_prefix("pci-testdev") {
+        Some("") => "",
+        Some(rest) if rest.starts_with(',') => &rest[1..],
+        _ => return Err(PciTestDevError::UnknownDevice(spec.to_string())),
+    };
+    let config = PciTestDevConfig::parse_options(options)?;
+    let (function, device) = PciTestDev::create(config, vm.interrupts().clone())?;
+    vm.pci().add_device(function)?;
+    Ok(device)
 }
 
 /// The device's state (BAR0 ops). The rest lives in the regions and the [`Msix`].

@@ -1,0 +1,79 @@
+//! PCI enumeration through ECAM: lists bus 0 (BDF, IDs, class, BAR sizes and types) and checks
+//! the host bridge and, if present, the pci-testdev (`--device pci-testdev`).
+//! Exit status: 0 ok; 10 no host bridge at 00:00.0; 11 pci-testdev BARs not as expected;
+//! 12 pci-testdev missing MSI-X capability.
+#![no_std]
+#![no_main]
+
+use guest::pci::{self, BarKind, Bdf};
+use guest::println;
+
+fn main() -> i32 {
+    let mut count = 0;
+    for bdf in pci::devices() {
+        count += 1;
+        println!(
+            "pci: {bdf} {:04x}:{:04x} class {:06x}",
+            bdf.vendor_id(),
+            bdf.device_id(),
+            bdf.class()
+        );
+        for bar in pci::bars(bdf).into_iter().flatten() {
+            let kind = match bar.kind {
+                BarKind::Io => "io",
+                BarKind::Memory32 {
+                    prefetchable: false,
+                } => "mem32",
+                BarKind::Memory32 { prefetchable: true } => "mem32-pref",
+                BarKind::Memory64 {
+                    prefetchable: false,
+                } => "mem64",
+                BarKind::Memory64 { prefetchable: true } => "mem64-pref",
+            };
+            println!("pci: {bdf}   BAR{} {kind} size {:#x}", bar.index, bar.size);
+        }
+    }
+    println!("pci: {count} device(s)");
+    let host = Bdf::new(0, 0);
+    if host.vendor_id() != 0x8086 || host.device_id() != 0x29c0 || host.class() >> 8 != 0x0600 {
+        println!("pci_enum: no host bridge at 00:00.0");
+        return 10;
+    }
+    let Some(dev) = pci::find(pci::testdev::VENDOR_ID, pci::testdev::DEVICE_ID) else {
+        println!("pci_enum: ok (no pci-testdev)");
+        return 0;
+    };
+    let bars = pci::bars(dev);
+    let expect = |i: usize, kind: BarKind, size: u64| {
+        bars[i].is_some_and(|b| b.kind == kind && b.size == size)
+    };
+    if !expect(
+        0,
+        BarKind::Memory32 {
+            prefetchable: false,
+        },
+        0x1000,
+    ) || !expect(
+        1,
+        BarKind::Memory32 {
+            prefetchable: false,
+        },
+        0x1000,
+    ) || !bars[2].is_some_and(|b| b.kind == BarKind::Memory64 { prefetchable: true })
+        || bars[3].is_some()
+    {
+        println!("pci_enum: unexpected pci-testdev BARs {bars:?}");
+        return 11;
+    }
+    let Some(cap) = dev.find_capability(pci::CAP_ID_MSIX) else {
+        println!("pci_enum: pci-testdev has no MSI-X capability");
+        return 12;
+    };
+    println!(
+        "pci_enum: ok, pci-testdev at {dev}, MSI-X cap at {cap:#x} with {} vectors",
+        (dev.read16(cap + 2) & 0x7FF) + 1
+    );
+    0
+}
+
+guest::entry!(main);

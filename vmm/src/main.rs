@@ -130,9 +130,6 @@ fn run(args: Args) -> anyhow::Result<i32> {
         (None, Some(_)) => Vec::new(),
         _ => bail!("give --guest FILE|builtin:NAME or --kernel FILE (see --help)"),
     };
-    if !args.ivshmem.is_empty() {
-        log::warn!("--ivshmem is accepted but no ivshmem device exists yet; ignoring");
-    }
 
     let config = VmConfig {
         ram_size: args.memory,
@@ -144,6 +141,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
     let vm = Vm::new(config)?;
     for device in &args.device {
         vmm::devices::pci_testdev::add_to_vm(&vm, device)?;
+    }
+    let mut ivshmem = Vec::new();
+    for (index, spec) in args.ivshmem.iter().enumerate() {
+        ivshmem.push(vmm::devices::ivshmem::add_to_vm(&vm, spec, index)?);
     }
     match &args.kernel {
         Some(kernel) => vmm::arch::x86_64::linux::boot(
@@ -165,8 +166,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
         eprintln!("{message}");
     }
     if args.stats {
+        let slow_doorbells: u64 = ivshmem.iter().map(|d| d.slow_doorbells()).sum();
         eprintln!(
-            "vmm-stats: {} rss_kib={}",
+            "vmm-stats: {} ivshmem_slow_doorbells={slow_doorbells} rss_kib={}",
             stats.summary(),
             rss_kib().unwrap_or(0)
         );

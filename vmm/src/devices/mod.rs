@@ -7,6 +7,7 @@
 //! - `pci_testdev`, `ivshmem`: PCI devices (helpers "pci" and "ivshmem").
 pub mod console;
 pub mod i8042;
+pub mod ivshmem;
 pub mod pci_testdev;
 pub mod serial;
 pub mod testdev;

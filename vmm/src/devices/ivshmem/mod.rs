@@ -1,0 +1,216 @@
+//! The ivshmem PCI device, guest-visible exactly as QEMU's `ivshmem-plain` / `ivshmem-doorbell`
+//! (1af4:1110 rev 1, class 0x0500, subsystem 1af4:1100, no INTx):
+//! - BAR0: 256 bytes of registers ([`registers`]), served on MMIO exits;
+//! - BAR1 (doorbell only): the exclusive MSI-X BAR (`pci::Msix`);
+//! - BAR2: the shared memory, 64-bit prefetchable, a RAM region mapped from the server's (or the
+//!   file's) fd, so it becomes a KVM memory slot that follows the BAR (`mapping=trap` serves it
+//!   through exits instead).
+//!
+//! Fast paths never enter this process: every (peer, vector) the server announced is a KVM
+//! ioeventfd on BAR0+0x0C with datamatch `peer << 16 | vector`, and our own vectors are the
+//! source eventfds of the MSI-X vectors, bound to KVM with irqfd while unmasked.
+//!
+//! Design note: the connection to the server is the `peer` library's [`peer::Peer`] (handshake,
+//! validation of every message, joins and leaves), so the VMM and host programs share one
+//! tested client; [`link`] follows it on a thread and applies joins and leaves to the device.
+
+pub mod backend;
+pub mod link;
+pub mod options;
+pub mod registers;
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::{AccessSizes, IoAccess, MemoryError, MemoryRegion};
+use crate::pci::{Bar, Bdf, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
+use crate::vm::Vm;
+pub use options::{Bar2Mapping, IvshmemOptions, IvshmemVariant};
+use registers::{PeerTable, Registers, BAR0_SIZE};
+
+pub const VENDOR_ID: u16 = 0x1af4;
+pub const DEVICE_ID: u16 = 0x1110;
+pub const REVISION: u8 = 1;
+pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
+pub const SUBSYSTEM_ID: u16 = 0x1100;
+
+/// How long creating a doorbell device waits for the server's handshake (QEMU waits forever).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IvshmemError {
+    #[error(transparent)]
+    Options(#[from] options::OptionsError),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error("ivshmem: server {socket}: {source}")]
+    Connect {
+        socket: String,
+        source: peer::ConnectError,
+    },
+    #[error(
+        "ivshmem: the server's shared memory is {0} bytes; BAR2 needs a non-zero power of two"
+    )]
+    ServerShmSize(u64),
+    #[error("ivshmem: mapping the shared memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("ivshmem: {0}")]
+    Msix(#[from] MsixError),
+    #[error("ivshmem: {0}")]
+    Function(#[from] FunctionError),
+    #[error("ivshmem: {0}")]
+    Bus(#[from] BusError),
+    #[error("ivshmem: duplicating an eventfd from the server: {0}")]
+    Dup(std::io::Error),
+}
+
+/// A plugged ivshmem device: what tests and the VM's reports need to see of it.
+pub struct IvshmemDevice {
+    pub bdf: Bdf,
+    pub own_id: u16,
+    pub shm_size: u64,
+    registers: Arc<Registers>,
+    peers: Arc<PeerTable>,
+}
+
+impl IvshmemDevice {
+    /// Doorbell writes that matched no ioeventfd and reached the VMM.
+    pub fn slow_doorbells(&self) -> u64 {
+        self.registers.slow_doorbells()
+    }
+
+    /// Known peers (own id included) and their vector counts.
+    pub fn peers(&self) -> Vec<(u16, u32)> {
+        self.peers.snapshot()
+    }
+}
+
+fn identity() -> PciIds {
+    PciIds {
+        vendor_id: VENDOR_ID,
+        device_id: DEVICE_ID,
+        revision: REVISION,
+        class: 0x05,
+        subclass: 0x00,
+        prog_if: 0,
+        subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
+        subsystem_id: SUBSYSTEM_ID,
+    }
+}
+
+/// BAR0: 32-bit registers; other sizes are converted by the memory core, as in QEMU.
+fn bar0_region(name: &str, registers: Arc<Registers>) -> MemoryRegion {
+    let access = IoAccess {
+        valid: AccessSizes::new(1, 4),
+        implemented: AccessSizes::new(4, 4),
+    };
+    MemoryRegion::io(&format!("{name}-mmio"), BAR0_SIZE, registers, access)
+}
+
+fn bar2_region(
+    name: &str,
+    fd: BorrowedFd<'_>,
+    size: u64,
+    mapping: Bar2Mapping,
+) -> Result<MemoryRegion, MemoryError> {
+    let region = MemoryRegion::ram_from_fd(&format!("{name}-bar2"), fd, 0, size)?;
+    region.set_ram_device(mapping == Bar2Mapping::Trap);
+    Ok(region)
+}
+
+/// Duplicates a borrowed eventfd into one the device owns (the same kernel object).
+fn own_eventfd(fd: BorrowedFd<'_>) -> Result<Arc<EventFd>, IvshmemError> {
+    let raw = fd
+        .try_clone_to_owned()
+        .map_err(IvshmemError::Dup)?
+        .into_raw_fd();
+    // SAFETY: `raw` is a freshly duplicated eventfd that nothing else owns.
+    Ok(Arc::new(unsafe { EventFd::from_raw_fd(raw) }))
+}
+
+/// `--ivshmem SPEC`: create the device and plug it into `vm`'s PCI bus. `index` names it.
+pub fn add_to_vm(vm: &Vm, spec: &str, index: usize) -> Result<Arc<IvshmemDevice>, IvshmemError> {
+    let options = IvshmemOptions::parse(spec)?;
+    let name = format!("ivshmem{index}");
+    match &options.variant {
+        IvshmemVariant::Plain { source, size } => {
+            let shm = backend::open(source, *size)?;
+            let peers = Arc::new(PeerTable::default());
+            let registers = Arc::new(Registers::new(0, peers.clone()));
+            let mut function = PciFunction::new("ivshmem-plain", identity());
+            function.set_bar(
+                0,
+                Bar::memory32(bar0_region(&name, registers.clone()), false),
+            )?;
+            let bar2 = bar2_region(&name, shm.fd.as_fd(), shm.size, options.mapping)?;
+            function.set_bar(2, Bar::memory64(bar2, true))?;
+            let bdf = vm.pci().add_device(function)?;
+            log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
+            Ok(Arc::new(IvshmemDevice {
+                bdf,
+                own_id: 0,
+                shm_size: shm.size,
+                registers,
+                peers,
+            }))
+        }
+        IvshmemVariant::Doorbell {
+            socket,
+            vectors,
+            ioeventfd,
+        } => {
+            let connect = peer::ConnectOptions {
+                vectors: None,
+                timeout: HANDSHAKE_TIMEOUT,
+            };
+            let server = peer::Peer::connect_with(socket, &connect).map_err(|source| {
+                IvshmemError::Connect {
+                    socket: socket.display().to_string(),
+                    source,
+                }
+            })?;
+            let size = server.shm().len() as u64;
+            if !size.is_power_of_two() {
+                return Err(IvshmemError::ServerShmSize(size));
+            }
+            let own_id = server.id();
+            let peers = Arc::new(PeerTable::default());
+            let registers = Arc::new(Registers::new(own_id, peers.clone()));
+            let bar0 = bar0_region(&name, registers.clone());
+            let msix = Msix::new(&name, *vectors as usize, vm.interrupts().clone())?;
+            let mut function = PciFunction::new("ivshmem-doorbell", identity());
+            function.set_bar(0, Bar::memory32(bar0.clone(), false))?;
+            function.add_msix(&msix, 1)?;
+            let bar2 = bar2_region(&name, server.shm().fd(), size, options.mapping)?;
+            function.set_bar(2, Bar::memory64(bar2, true))?;
+
+            let wiring = link::Wiring {
+                name: name.clone(),
+                peers: peers.clone(),
+                bar0,
+                memory: vm.memory().clone(),
+                msix,
+                own_id,
+                vectors: *vectors,
+                ioeventfd: *ioeventfd,
+            };
+            wiring.sync_with(&server)?;
+            let bdf = vm.pci().add_device(function)?;
+            log::info!(
+                "{name}: ivshmem-doorbell at {bdf}, peer id {own_id}, {size} bytes, peers {:?}",
+                peers.snapshot()
+            );
+            link::follow(server, wiring);
+            Ok(Arc::new(IvshmemDevice {
+                bdf,
+                own_id,
+                shm_size: size,
+                registers,
+                peers,
+            }))
+        }
+    }
+}

@@ -408,4 +408,5 @@ pub mod testdev {
     pub const REG_RAM_SIZE_LO: u64 = 0x14;
     pub const REG_RAM_SIZE_HI: u64 = 0x18;
     pub const REG_RAISED: u64 = 0x1C;
+    pub const REG_RAISE_FAST: u64 = 0x20;
 }

@@ -2,7 +2,8 @@
 //! the vmm with `--device pci-testdev` and report through their exit status (see each program's
 //! doc comment for the codes): enumeration through ECAM, BAR sizing and programming, BAR moves
 //! taking effect, exit-free RAM BAR access (counted with `--stats`), MSI-X delivery through
-//! irqfd with mask/pending/unmask, and several VMs at once.
+//! irqfd with mask/pending/unmask, an exit-free doorbell (ioeventfd -> irqfd), and several VMs
+//! at once.
 use std::process::{Command, Output, Stdio};
 
 use harness::kvm_available;
@@ -170,6 +171,7 @@ fn msix_interrupts_mask_pending_and_unmask() {
             "200 unmasked deliveries ok",
             "mask/pending/unmask ok",
             "function mask ok",
+            "200 exit-free doorbell deliveries ok",
             "pci_msix: ok",
         ],
     );

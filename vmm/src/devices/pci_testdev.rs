@@ -7,8 +7,9 @@
 //!   guest can move it to check that the KVM slot follows.
 //!
 //! Every vector has its own eventfd as its source, like an ivshmem peer vector: writing the
-//! RAISE register signals it from the VMM, and from there KVM (irqfd) or the MSI-X watcher
-//! (masked vectors: pending bit) takes over.
+//! RAISE register signals it from the VMM, writing RAISE_FAST signals it from KVM (ioeventfd),
+//! and from there KVM (irqfd) or the MSI-X watcher (masked vectors: pending bit) takes over. With
+//! RAISE_FAST and an unmasked vector, guest doorbell to guest interrupt never leaves the kernel.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub mod regs {
     pub const RAM_SIZE_HI: u64 = 0x18;
     /// RO: RAISE writes that signalled a vector.
     pub const RAISED: u64 = 0x1C;
+    /// WO: like RAISE, but a KVM ioeventfd (datamatch = vector) per vector signals the vector's
+    /// eventfd inside the kernel: the write never reaches the VMM (like ivshmem's doorbell).
+    /// Only writes that match no ioeventfd arrive here; they are handled as RAISE.
+    pub const RAISE_FAST: u64 = 0x20;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +184,9 @@ impl PciTestDev {
             device.clone(),
             IoAccess::sizes(4, 4),
         );
+        for (vector, fd) in device.sources.iter().enumerate() {
+            regs.add_eventfd(regs::RAISE_FAST, 4, Some(vector as u64), fd.clone());
+        }
         function.set_bar(0, Bar::memory32(regs, false))?;
         function.add_msix(&msix, 1)?;
         let ram = MemoryRegion::ram("pci-testdev-ram", config.ram_size)?;
@@ -228,7 +236,7 @@ impl RegionOps for PciTestDev {
         self.accesses.fetch_add(1, Ordering::Relaxed);
         match offset {
             regs::SCRATCH => self.scratch.store(value as u32, Ordering::Relaxed),
-            regs::RAISE => {
+            regs::RAISE | regs::RAISE_FAST => {
                 self.raise(value as u32 as usize);
             }
             _ => {}

@@ -110,8 +110,26 @@ enum Mode {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Args::parse().mode {
+fn main() -> std::process::ExitCode {
+    match run(Args::parse().mode) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain, skipping causes an outer message already spells out.
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message = format!("{message}: {cause}");
+                }
+            }
+            eprintln!("bench: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(mode: Mode) -> anyhow::Result<()> {
+    match mode {
         Mode::Doorbell {
             socket,
             iters,
@@ -188,7 +206,7 @@ fn connect(socket: &str) -> anyhow::Result<Peer> {
         vectors: Some(1),
         ..ConnectOptions::default()
     };
-    Peer::connect_with(socket, &options).with_context(|| format!("connecting to {socket}"))
+    Ok(Peer::connect_with(socket, &options)?)
 }
 
 /// Waits for the first peer that joins and returns its id.

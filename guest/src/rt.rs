@@ -22,6 +22,8 @@ static mut BOOT_INFO: BootInfo = BootInfo {
     ram_size: 0,
 };
 
+static mut ENTRY_ARGS: [u64; 3] = [0; 3];
+
 #[derive(Clone, Copy)]
 struct BootInfo {
     ncpus: u32,
@@ -32,6 +34,7 @@ extern "C" fn rust_start(cpu: u64, ncpus: u64, ram_size: u64) -> ! {
     if cpu == 0 {
         // SAFETY: written once by vCPU 0 before main; the other vCPUs never write it.
         unsafe {
+            ENTRY_ARGS = [cpu, ncpus, ram_size];
             BOOT_INFO = BootInfo {
                 ncpus: ncpus as u32,
                 ram_size,
@@ -51,6 +54,13 @@ extern "C" fn rust_start(cpu: u64, ncpus: u64, ram_size: u64) -> ! {
 pub fn ncpus() -> u32 {
     // SAFETY: plain read of a value written before main.
     unsafe { (*core::ptr::addr_of!(BOOT_INFO)).ncpus }
+}
+
+/// The raw rdi, rsi, rdx vCPU 0 was entered with (for programs started by other boot
+/// protocols, e.g. the Linux one, where rsi is the zero page).
+pub fn entry_args() -> [u64; 3] {
+    // SAFETY: plain read of a value written before main.
+    unsafe { *core::ptr::addr_of!(ENTRY_ARGS) }
 }
 
 /// Guest RAM size (as passed at entry; valid on vCPU 0, use `testdev::ram_size` elsewhere).

@@ -76,7 +76,10 @@ fn faulting_guest_is_reported() {
         stderr.contains("vector 14 (#PF page fault)") && stderr.contains("cr2=0x0"),
         "{stderr}"
     );
-    assert!(stderr.contains("cs=0x1b"), "fault came from ring 3: {stderr}");
+    assert!(
+        stderr.contains("cs=0x1b"),
+        "fault came from ring 3: {stderr}"
+    );
 }
 
 #[test]
@@ -227,7 +230,10 @@ fn bad_guests_and_arguments_are_errors_not_panics() {
             "no built-in guest program",
         ),
         (
-            vec!["--guest".into(), scratch.join("missing").display().to_string()],
+            vec![
+                "--guest".into(),
+                scratch.join("missing").display().to_string(),
+            ],
             "reading --guest",
         ),
         (
@@ -235,11 +241,21 @@ fn bad_guests_and_arguments_are_errors_not_panics() {
             "not a usable static x86-64 ELF",
         ),
         (
-            vec!["--guest".into(), "builtin:hello".into(), "--memory".into(), "3M".into()],
+            vec![
+                "--guest".into(),
+                "builtin:hello".into(),
+                "--memory".into(),
+                "3M".into(),
+            ],
             "--memory",
         ),
         (
-            vec!["--guest".into(), "builtin:hello".into(), "--cpus".into(), "0".into()],
+            vec![
+                "--guest".into(),
+                "builtin:hello".into(),
+                "--cpus".into(),
+                "0".into(),
+            ],
             "--cpus",
         ),
     ];
@@ -249,5 +265,42 @@ fn bad_guests_and_arguments_are_errors_not_panics() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `--kernel` with an ELF "vmlinux" that checks the boot protocol (no real Linux needed): the
+/// zero page, command line, initrd, e820 map and ACPI tables arrive, and the serial port works.
+#[test]
+fn linux_boot_protocol_reaches_the_kernel() {
+    if !kvm_available("linux_boot_protocol_reaches_the_kernel") {
+        return;
+    }
+    let scratch = Scratch::new("vmm-linux");
+    let probe = vmm(&["--dump-builtin", "linux_boot_probe"]);
+    assert!(probe.status.success());
+    let kernel = scratch.join("probe.elf");
+    std::fs::write(&kernel, &probe.stdout).unwrap();
+    let initrd = scratch.join("initrd");
+    std::fs::write(&initrd, b"initrd-marker-4711\n").unwrap();
+    let out = vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 probe=yes",
+        "--cpus",
+        "2",
+    ]);
+    check(&out, 0, "probe: serial ok, boot protocol ok\n");
+    let stdout = text(&out.stdout);
+    for needle in [
+        "probe: cmdline \"console=ttyS0 probe=yes\"",
+        "bytes \"initrd-marker-4711\\n\"",
+        "probe: e820 0x0000100000-0x0004000000 type 1",
+        "probe: acpi FACP APIC MCFG",
+        "cs 0x10",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing in\n{stdout}");
     }
 }

@@ -1,1 +1,166 @@
-//! ACPI tables for Linux guests (being written).
+//! ACPI tables for Linux guests: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG.
+//!
+//! The platform is "hardware-reduced" ACPI (no PM timer, SCI or GPE blocks to emulate); the
+//! FADT's reset register is the i8042 command port with value 0xFE, so an ACPI reboot ends the
+//! VM like a keyboard-controller reset. MADT: one enabled LAPIC per vCPU, the IOAPIC at
+//! `IOAPIC_ADDR` (GSI base 0), ISA IRQ 0 → GSI 2, PCAT_COMPAT (a legacy PIC pair exists). MCFG:
+//! the ECAM window for bus 0. The RSDP goes at `RSDP_ADDR` in the BIOS area, where Linux scans,
+//! and its address is also passed in the boot parameters.
+use acpi_tables::fadt::FADTBuilder;
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+
+use super::layout::*;
+
+/// Where the RSDP goes (start of the BIOS area Linux scans); the other tables follow it.
+pub const RSDP_ADDR: u64 = 0xE_0000;
+/// End of the area the tables may use.
+pub const ACPI_END: u64 = 0xF_0000;
+
+const OEM_ID: [u8; 6] = *b"IVSHRS";
+const OEM_TABLE_ID: [u8; 8] = *b"IVSHMVMM";
+const OEM_REVISION: u32 = 1;
+
+/// FADT flags.
+const FADT_RESET_REG_SUP: u32 = 1 << 10;
+const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
+
+fn bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut out = Vec::new();
+    table.to_aml_bytes(&mut out);
+    out
+}
+
+/// An empty DSDT (the header alone is valid AML).
+fn dsdt() -> Vec<u8> {
+    Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .as_slice()
+        .to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut builder = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION).dsdt_64(dsdt_addr);
+    builder.flags = (FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP).into();
+    builder.reset_reg = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, 0x64);
+    builder.reset_value = 0xFE;
+    bytes(&builder.finalize())
+}
+
+/// MADT, written by hand: the crate's MADT cannot set flags or add interrupt source overrides.
+fn madt(ncpus: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT
+    for cpu in 0..ncpus {
+        // Processor Local APIC: type 0, length 8, ACPI processor UID, APIC id, flags (enabled).
+        body.extend_from_slice(&[0, 8, cpu as u8, cpu as u8]);
+        body.extend_from_slice(&1u32.to_le_bytes());
+    }
+    // I/O APIC: type 1, length 12, id, reserved, address, GSI base.
+    body.extend_from_slice(&[1, 12, ncpus as u8, 0]);
+    body.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    // Interrupt source override: type 2, length 10, bus ISA, IRQ 0 → GSI 2, flags conforming.
+    body.extend_from_slice(&[2, 10, 0, 0]);
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.extend_from_slice(&0u16.to_le_bytes());
+    // Local APIC NMI: type 4, length 6, all processors, flags, LINT1.
+    body.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
+
+    let mut sdt = Sdt::new(
+        *b"APIC",
+        36 + body.len() as u32,
+        5,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    sdt.write_bytes(36, &body);
+    sdt.update_checksum();
+    sdt.as_slice().to_vec()
+}
+
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_ADDR, 0, 0, 0);
+    bytes(&mcfg)
+}
+
+/// All tables as (guest address, bytes), RSDP first.
+pub fn tables(ncpus: u32) -> Vec<(u64, Vec<u8>)> {
+    let align = |addr: u64| (addr + 15) & !15;
+    let mut next = align(RSDP_ADDR + Rsdp::len() as u64);
+    let mut place = |len: usize| {
+        let at = next;
+        next = align(next + len as u64);
+        at
+    };
+    let dsdt = dsdt();
+    let dsdt_addr = place(dsdt.len());
+    let fadt = fadt(dsdt_addr);
+    let fadt_addr = place(fadt.len());
+    let madt = madt(ncpus);
+    let madt_addr = place(madt.len());
+    let mcfg = mcfg();
+    let mcfg_addr = place(mcfg.len());
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for addr in [fadt_addr, madt_addr, mcfg_addr] {
+        xsdt.add_entry(addr);
+    }
+    let xsdt = bytes(&xsdt);
+    let xsdt_addr = place(xsdt.len());
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    let out = vec![
+        (RSDP_ADDR, rsdp),
+        (dsdt_addr, dsdt),
+        (fadt_addr, fadt),
+        (madt_addr, madt),
+        (mcfg_addr, mcfg),
+        (xsdt_addr, xsdt),
+    ];
+    assert!(next <= ACPI_END, "ACPI tables overflow their area");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(table: &[u8]) -> bool {
+        table.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_are_well_formed() {
+        let tables = tables(2);
+        let (rsdp_addr, rsdp) = &tables[0];
+        assert_eq!(*rsdp_addr, RSDP_ADDR);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[..20]), "RSDP v1 checksum");
+        assert!(checksum_ok(rsdp), "RSDP extended checksum");
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let find = |addr: u64| &tables.iter().find(|(a, _)| *a == addr).unwrap().1;
+        let xsdt = find(xsdt_addr);
+        assert_eq!(&xsdt[..4], b"XSDT");
+        let mut signatures = Vec::new();
+        for entry in xsdt[36..].chunks(8) {
+            let table = find(u64::from_le_bytes(entry.try_into().unwrap()));
+            let len = u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize;
+            assert_eq!(len, table.len());
+            assert!(checksum_ok(table), "{:?}", &table[..4]);
+            signatures.push(String::from_utf8_lossy(&table[..4]).into_owned());
+        }
+        assert_eq!(signatures, ["FACP", "APIC", "MCFG"]);
+        for (_, table) in &tables[1..] {
+            assert!(checksum_ok(table));
+        }
+        let madt = find(u64::from_le_bytes(xsdt[44..52].try_into().unwrap()));
+        assert_eq!(madt[44], 0, "first MADT entry is a local APIC");
+        assert_eq!(madt[52], 0, "second local APIC");
+        assert_eq!(madt[60], 1, "then the IOAPIC");
+    }
+}

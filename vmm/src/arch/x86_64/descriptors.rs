@@ -19,6 +19,11 @@ const KERNEL_CODE: u64 = segment(0x9B, 0xA); // G=1, L=1
 const KERNEL_DATA: u64 = segment(0x93, 0xC); // G=1, D/B=1
 const USER_CODE: u64 = segment(0xFB, 0xA);
 const USER_DATA: u64 = segment(0xF3, 0xC);
+/// The GDT for the Linux boot protocol: code at 0x10 (`__BOOT_CS`), data at 0x18 (`__BOOT_DS`).
+pub fn linux_boot_gdt() -> Vec<u64> {
+    vec![0, 0, KERNEL_CODE, KERNEL_DATA]
+}
+
 /// Size of a 64-bit TSS without its I/O permission bitmap.
 pub const TSS_SIZE: u64 = 0x68;
 

@@ -1,17 +1,207 @@
-//! Linux 64-bit boot protocol.
+//! Linux 64-bit boot protocol (Documentation/arch/x86/boot.rst, "64-bit boot protocol").
+//!
+//! The kernel (bzImage via linux-loader's BzImage loader, or an ELF vmlinux) is loaded at 1 MiB
+//! (a vmlinux at its physical addresses), the command line at `CMDLINE_ADDR`, the initramfs at
+//! the top of RAM, the boot parameters ("zero page") with an e820 map at `ZERO_PAGE_ADDR`, ACPI
+//! tables in the BIOS area (see `acpi`). vCPU 0 starts at the 64-bit entry with paging on
+//! (identity map of the first 4 GiB), CS = 0x10 / DS = 0x18 in a GDT at `GDT_ADDR`, interrupts
+//! off and `rsi` = the zero page. Every vCPU gets CPUID, MSRs, FPU and LAPIC state; the APs stay
+//! in wait-for-SIPI, as on real hardware, and Linux starts them itself.
+use std::fs::File;
 use std::path::Path;
 
-use super::BootError;
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, load_cmdline, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::*;
+use super::{acpi, cpu, descriptors, kvm_err, paging, BootError};
 use crate::vm::Vm;
 
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 noapic";
+/// Used when `--cmdline` is not given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
-/// Loads `kernel` (+ initrd, cmdline) and puts vCPU 0 at its 64-bit entry.
-pub fn boot(
-    _vm: &Vm,
-    _kernel: &Path,
-    _initrd: Option<&Path>,
-    _cmdline: &str,
-) -> Result<(), BootError> {
-    Err(BootError::Other("--kernel is not implemented yet".into()))
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+pub const CMDLINE_ADDR: u64 = 0x8_0000;
+pub const CMDLINE_MAX: usize = 0x1_0000;
+const BOOT_STACK_TOP: u64 = 0x7_FFF0;
+/// Where the kernel's protected-mode code goes.
+pub const KERNEL_ADDR: u64 = 0x10_0000;
+/// The end of conventional memory / start of the EBDA-VGA-BIOS hole.
+const LOW_RAM_END: u64 = 0x9_FC00;
+
+const _: () = assert!(acpi::RSDP_ADDR >= LOW_RAM_END && acpi::ACPI_END <= KERNEL_ADDR);
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+/// Selectors the boot protocol asks for.
+const BOOT_CS: u16 = 0x10;
+const BOOT_DS: u16 = 0x18;
+
+fn write(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|_| BootError::OutOfRam {
+            addr,
+            len: bytes.len() as u64,
+        })
+}
+
+fn open(path: &Path) -> Result<File, BootError> {
+    File::open(path).map_err(|source| BootError::ReadImage {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The e820 map: low RAM, the legacy hole, RAM from 1 MiB, the ECAM window (reserved, so Linux
+/// trusts MCFG).
+pub fn e820(ram_size: u64) -> Vec<(u64, u64, u32)> {
+    vec![
+        (0, LOW_RAM_END, E820_RAM),
+        (LOW_RAM_END, KERNEL_ADDR - LOW_RAM_END, E820_RESERVED),
+        (KERNEL_ADDR, ram_size - KERNEL_ADDR, E820_RAM),
+        (PCI_ECAM_ADDR, PCI_ECAM_SIZE, E820_RESERVED),
+    ]
+}
+
+/// Loads `kernel` (+ initrd, cmdline) and sets up every vCPU.
+pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Result<(), BootError> {
+    let mem = vm.guest_memory();
+    let ram_size = vm.config().ram_size;
+    let ncpus = vm.config().cpus;
+
+    // Kernel: a bzImage, or else an ELF vmlinux.
+    let mut file = open(kernel)?;
+    let (entry, setup_header) =
+        match BzImage::load(mem, None, &mut file, Some(GuestAddress(KERNEL_ADDR))) {
+            Ok(loaded) => {
+                // The 64-bit entry point is 0x200 past the protected-mode code's start.
+                (loaded.kernel_load.0 + 0x200, loaded.setup_header)
+            }
+            Err(bz_err) => {
+                let mut file = open(kernel)?;
+                match Elf::load(mem, None, &mut file, Some(GuestAddress(KERNEL_ADDR))) {
+                    Ok(loaded) => (loaded.kernel_load.0, None),
+                    Err(elf_err) => {
+                        return Err(BootError::Other(format!(
+                            "{} is neither a bzImage ({bz_err}) nor an ELF vmlinux ({elf_err})",
+                            kernel.display()
+                        )))
+                    }
+                }
+            }
+        };
+
+    let mut params = boot_params::default();
+    if let Some(hdr) = setup_header {
+        params.hdr = hdr;
+    } else {
+        params.hdr.boot_flag = 0xAA55;
+        params.hdr.header = 0x5372_6448; // "HdrS"
+        params.hdr.kernel_alignment = 0x100_0000;
+        params.hdr.initrd_addr_max = 0x7FFF_FFFF;
+    }
+    params.hdr.type_of_loader = 0xFF;
+    params.hdr.loadflags |= 0x01; // LOADED_HIGH
+
+    // Command line.
+    let mut line = Cmdline::new(CMDLINE_MAX)?;
+    line.insert_str(cmdline)?;
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &line)?;
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+
+    // Initramfs at the top of RAM (below the kernel's limit), page-aligned.
+    if let Some(path) = initrd {
+        let image = std::fs::read(path).map_err(|source| BootError::ReadImage {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let limit = ram_size.min(params.hdr.initrd_addr_max as u64 + 1);
+        let addr = limit
+            .checked_sub(image.len() as u64)
+            .map(|a| a & !0xFFF)
+            .filter(|&a| a >= KERNEL_ADDR + (16 << 20))
+            .ok_or_else(|| {
+                BootError::Other(format!(
+                    "initrd {} ({} bytes) does not fit in RAM; raise --memory",
+                    path.display(),
+                    image.len()
+                ))
+            })?;
+        write(mem, addr, &image)?;
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = image.len() as u32;
+    }
+
+    let map = e820(ram_size);
+    for (slot, &(addr, size, kind)) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr,
+            size,
+            r#type: kind,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = acpi::RSDP_ADDR;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+        .map_err(|_| BootError::OutOfRam {
+            addr: ZERO_PAGE_ADDR,
+            len: std::mem::size_of::<boot_params>() as u64,
+        })?;
+
+    for (addr, table) in acpi::tables(ncpus) {
+        write(mem, addr, &table)?;
+    }
+
+    // GDT with the boot protocol's selectors; identity-mapping page tables.
+    let gdt = descriptors::linux_boot_gdt();
+    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|w| w.to_le_bytes()).collect();
+    write(mem, GDT_ADDR, &gdt_bytes)?;
+    for (addr, table) in paging::tables(ram_size) {
+        let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_le_bytes()).collect();
+        write(mem, addr, &bytes)?;
+    }
+
+    for (index, vcpu) in vm.vcpus().iter().enumerate() {
+        let cpu = index as u32;
+        cpu::set_cpuid(vm.kvm(), vcpu, cpu, ncpus)?;
+        cpu::set_boot_msrs(vcpu)?;
+        cpu::set_fpu(vcpu)?;
+        cpu::set_lapic(vcpu, cpu)?;
+        if cpu == 0 {
+            let sregs = vcpu.get_sregs().map_err(kvm_err("get sregs"))?;
+            let sregs =
+                cpu::long_mode_sregs(sregs, BOOT_CS, BOOT_DS, gdt.len(), None, paging::PML4_ADDR);
+            vcpu.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+            let regs = cpu::entry_regs(
+                entry,
+                BOOT_STACK_TOP,
+                cpu::RFLAGS_RESERVED,
+                [0, ZERO_PAGE_ADDR, 0],
+            );
+            vcpu.set_regs(&regs).map_err(kvm_err("set regs"))?;
+        }
+    }
+    log::info!(
+        "linux: entry {entry:#x}, cmdline {cmdline:?}, {} MiB RAM, {ncpus} vCPUs",
+        ram_size >> 20
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e820_covers_ram_and_reserves_holes() {
+        let map = e820(256 << 20);
+        let ram: u64 = map.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
+        assert_eq!(ram, (256 << 20) - (KERNEL_ADDR - LOW_RAM_END));
+        assert!(map
+            .iter()
+            .any(|e| e.0 == PCI_ECAM_ADDR && e.2 == E820_RESERVED));
+    }
 }

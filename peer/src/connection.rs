@@ -13,7 +13,6 @@
 //!   shared memory stays mapped and the eventfds of known peers keep working.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -146,12 +145,11 @@ impl Peer {
         options: &ConnectOptions,
     ) -> Result<Peer, ConnectError> {
         let path = path.as_ref();
-        let sock = UnixStream::connect(path).map_err(|source| ConnectError::Connect {
+        let deadline = Instant::now() + options.timeout;
+        let link = ServerLink::connect(path, deadline).map_err(|source| ConnectError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
-        let link = ServerLink::new(sock);
-        let deadline = Instant::now() + options.timeout;
         let mut hs = Handshake {
             state: ClientState::new(options.vectors),
             shm: None,

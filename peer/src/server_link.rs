@@ -4,10 +4,19 @@
 //! a server that sends half a message and stalls. So we only call it once the whole 8 bytes are
 //! queued (`FIONREAD` counts every byte in a Unix stream socket's receive queue); a partial message
 //! is reported as [`Incoming::Partial`] and the caller decides how long to tolerate it.
+//!
+//! Connecting is non-blocking too: a server that stopped accepting (full backlog) makes a plain
+//! `connect` block forever, so we retry a non-blocking one until the caller's deadline.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use protocol::wire::MESSAGE_LEN;
 use protocol::Received;
@@ -34,8 +43,38 @@ pub(crate) struct ServerLink {
 }
 
 impl ServerLink {
-    pub(crate) fn new(sock: UnixStream) -> ServerLink {
-        ServerLink { sock }
+    /// Connects to the server socket at `path`, retrying while its backlog is full until
+    /// `deadline`. The returned socket is blocking (reads only happen once data is queued).
+    pub(crate) fn connect(path: &Path, deadline: Instant) -> io::Result<ServerLink> {
+        let addr = UnixAddr::new(path)?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        loop {
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => break,
+                Err(Errno::EINTR) => continue,
+                // Unix sockets say EAGAIN when the listener's backlog is full.
+                Err(Errno::EAGAIN) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(Errno::EAGAIN) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the server does not accept connections (its backlog is full)",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+        fcntl(&fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+        Ok(ServerLink {
+            sock: UnixStream::from(fd),
+        })
     }
 
     /// Reads one message if a whole one is available; never blocks.

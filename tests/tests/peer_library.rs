@@ -352,3 +352,32 @@ fn no_server_is_a_connect_error_naming_the_path() {
     assert!(matches!(err, ConnectError::Connect { .. }));
     assert!(err.to_string().contains("nobody-listens"), "{err}");
 }
+
+#[test]
+fn a_server_that_never_accepts_times_out_instead_of_hanging() {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let dir = Scratch::new("peer-backlog");
+    let path = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap(); // never accepts
+    let addr = UnixAddr::new(&path).unwrap();
+    let mut queued = Vec::new();
+    let full = (0..5000).any(|_| {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let result = connect(fd.as_raw_fd(), &addr);
+        queued.push(fd);
+        result == Err(nix::errno::Errno::EAGAIN)
+    });
+    assert!(full, "could not fill the listen backlog");
+    let start = Instant::now();
+    let err = Peer::connect_with(&path, &options(None, 300)).expect_err("must time out");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(matches!(err, ConnectError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("backlog is full"), "{err}");
+}

@@ -217,6 +217,46 @@ fn sigterm_ends_a_running_vm() {
 }
 
 #[test]
+fn sigusr1_prints_the_memory_map_while_running() {
+    if !kvm_available("sigusr1_prints_the_memory_map_while_running") {
+        return;
+    }
+    let mut child = Command::new(bin("vmm"))
+        .args(["--guest", "builtin:idle"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "idle: waiting\n");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut report = String::new();
+    let start = Instant::now();
+    while !report.contains("testdev") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no report: {report}"
+        );
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        report.push_str(&line);
+    }
+    assert!(report.contains("testdev"), "{report}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGUSR1 must not stop the VM"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
 fn bad_guests_and_arguments_are_errors_not_panics() {
     if !kvm_available("bad_guests_and_arguments_are_errors_not_panics") {
         return;

@@ -49,7 +49,7 @@ struct Args {
     /// On exit, print one line `vmm-stats: exits_mmio=.. exits_pio=.. exits_other=.. ...` on stderr.
     #[arg(long)]
     stats: bool,
-    /// Benchmark floor: answer testdev NOP MMIO reads directly in the vCPU loop, bypassing the
+    /// Benchmark floor: answer testdev NOP reads (MMIO and PIO) directly in the vCPU loop, bypassing the
     /// memory-model dispatch.
     #[arg(long)]
     bench_bare_exits: bool,
@@ -60,6 +60,10 @@ struct Args {
     /// An extra device: `pci-testdev[,vectors=N][,ram=SIZE]` (PCI test device); repeatable.
     #[arg(long)]
     device: Vec<String>,
+    /// Benchmark floor: measure host memset and memcpy bandwidth on two buffers of SIZE (e.g.
+    /// 256M), print `host_memset_gbps=.. host_memcpy_gbps=..` and exit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    bench_host_memcpy: Option<u64>,
     /// List the built-in guest programs and exit.
     #[arg(long)]
     list_builtins: bool,
@@ -95,6 +99,32 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     }
 }
 
+/// Host floor for the guest's ram_bandwidth program: the same fill and copy, 8 rounds each.
+fn host_memory_bench(size: usize) -> String {
+    const ROUNDS: usize = 8;
+    let mut a = vec![1u8; size];
+    let mut b = vec![2u8; size];
+    let start = std::time::Instant::now();
+    for round in 0..ROUNDS {
+        a.fill(round as u8);
+        std::hint::black_box(&mut a);
+    }
+    let fill = start.elapsed();
+    let start = std::time::Instant::now();
+    for _ in 0..ROUNDS {
+        b.copy_from_slice(&a);
+        std::hint::black_box(&mut b);
+    }
+    let copy = start.elapsed();
+    let gbps = |t: std::time::Duration| (size * ROUNDS) as f64 / t.as_nanos() as f64;
+    format!(
+        "host_memory: buffer={}MiB host_memset_gbps={:.2} host_memcpy_gbps={:.2}",
+        size >> 20,
+        gbps(fill),
+        gbps(copy)
+    )
+}
+
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -106,6 +136,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
         for name in vmm::guest_images::names() {
             println!("{name}");
         }
+        return Ok(0);
+    }
+    if let Some(size) = args.bench_host_memcpy {
+        println!("{}", host_memory_bench(size as usize));
         return Ok(0);
     }
     if let Some(name) = &args.dump_builtin {
@@ -137,6 +171,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         name: args.name.clone(),
         serial: args.serial.clone(),
         bare_nop_exits: args.bench_bare_exits,
+        serial_input: args.kernel.is_some() && args.serial == SerialConfig::Stdio,
     };
     let vm = Vm::new(config)?;
     for device in &args.device {

@@ -207,6 +207,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Answer testdev NOP MMIO exits in the vCPU loop (benchmark floor).
     pub bare_nop_exits: bool,
+    /// Forward the vmm's stdin to the serial port (Linux consoles).
+    pub serial_input: bool,
 }
 
 impl Default for VmConfig {
@@ -217,6 +219,7 @@ impl Default for VmConfig {
             name: None,
             serial: SerialConfig::Stdio,
             bare_nop_exits: false,
+            serial_input: false,
         }
     }
 }
@@ -507,6 +510,26 @@ impl Vm {
         Ok(())
     }
 
+    /// Moves what stdin has to the serial port's receive FIFO; false once stdin is closed.
+    fn forward_stdin(&self) -> bool {
+        let mut buf = [0u8; 64];
+        match nix::unistd::read(std::io::stdin().as_fd(), &mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                if let Some(serial) = &self.serial {
+                    // A full FIFO drops input, as a real UART would.
+                    serial.enqueue_input(&buf[..n]);
+                }
+                true
+            }
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => true,
+            Err(e) => {
+                log::warn!("stdin: {e}; no more serial input");
+                false
+            }
+        }
+    }
+
     /// `info mtree` followed by `info flatview` of both address spaces.
     pub fn memory_report(&self) -> String {
         format!(
@@ -555,8 +578,10 @@ impl Vm {
             }
         }
 
+        let stdin = std::io::stdin();
+        let mut stdin_open = self.config.serial_input && self.serial.is_some();
         while !self.control.stopping() {
-            let mut fds = [
+            let mut fds = vec![
                 // SAFETY: the eventfd outlives this borrow (owned by `self.control`).
                 PollFd::new(
                     unsafe { BorrowedFd::borrow_raw(self.control.event().as_raw_fd()) },
@@ -564,6 +589,9 @@ impl Vm {
                 ),
                 PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
             ];
+            if stdin_open {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
@@ -571,6 +599,11 @@ impl Vm {
                         .request_exit(ExitReason::Error(format!("poll: {e}")));
                 }
             }
+            let stdin_ready = stdin_open
+                && fds[2]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+            drop(fds);
             while let Ok(Some(info)) = signal_fd.read_signal() {
                 let signo = info.ssi_signo as i32;
                 if signo == libc::SIGUSR1 {
@@ -578,6 +611,9 @@ impl Vm {
                 } else {
                     self.control.request_exit(ExitReason::Signal(signo));
                 }
+            }
+            if stdin_ready {
+                stdin_open = self.forward_stdin();
             }
         }
 

@@ -10,6 +10,7 @@
 //! 0x0000_4000  ring-0 stubs   (interrupt/exception/syscall-gate code written by the VMM)
 //! 0x0000_8000  TSS array      (TSS_STRIDE per vCPU)
 //! 0x0000_A000  I/O permission bitmap (shared by the TSSes)
+//! 0x0001_0000  guest arguments (--guest-args, NUL-terminated, user-readable)
 //! 0x0002_0000  page tables    (PML4, PDPT, PDs, the PT for the first 2 MiB)
 //! 0x0008_0000  ring-0 stacks  (KERNEL_STACK_SIZE per vCPU, RSP0 of its TSS)
 //! 0x0040_0000  guest program  (static ELF, linked here)
@@ -48,6 +49,12 @@ pub const USER_STACK_SIZE: u64 = 256 << 10;
 pub const MAX_CPUS: u32 = ((IO_BITMAP_ADDR - TSS_ADDR) / TSS_STRIDE) as u32;
 const _: () = assert!(KERNEL_STACKS_ADDR + MAX_CPUS as u64 * KERNEL_STACK_SIZE <= PROGRAM_MIN_ADDR);
 const _: () = assert!(IO_BITMAP_ADDR + IO_BITMAP_SIZE <= PAGE_TABLES_ADDR);
+/// Guest arguments (`vmm --guest-args STRING`): the string, NUL-terminated, written by the VMM
+/// at program setup; all zero when none were given. Read with the guest runtime's `args` module.
+pub const ARGS_ADDR: u64 = 0x1_0000;
+pub const ARGS_SIZE: u64 = 0x1000;
+const _: () = assert!(IO_BITMAP_ADDR + IO_BITMAP_SIZE <= ARGS_ADDR);
+const _: () = assert!(ARGS_ADDR + ARGS_SIZE <= PAGE_TABLES_ADDR);
 
 /// Interrupt mailbox: `MAILBOX_COUNTERS + 8 * vector` is a u64 counting deliveries.
 pub const MAILBOX_COUNTERS: u64 = MAILBOX_ADDR;

@@ -7,9 +7,11 @@
 //! ring-3 port I/O is not reliable on this project's KVM (ENVIRONMENT.md).
 #![no_std]
 
+pub mod args;
 pub mod clock;
 pub mod console;
 pub mod interrupts;
+pub mod ivshmem;
 pub mod layout;
 mod mem;
 pub mod mmio;

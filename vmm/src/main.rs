@@ -70,6 +70,10 @@ struct Args {
     /// Write the built-in guest program NAME (a static ELF) to stdout and exit.
     #[arg(long, value_name = "NAME")]
     dump_builtin: Option<String>,
+    /// Arguments for the guest program, e.g. `peers=2 timeout_ms=5000` (space-separated
+    /// key=value; the guest reads them with `guest::args`). At most 4095 bytes.
+    #[arg(long, value_name = "STRING", conflicts_with = "kernel")]
+    guest_args: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -190,7 +194,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
                 .as_deref()
                 .unwrap_or(vmm::arch::x86_64::linux::DEFAULT_CMDLINE),
         )?,
-        None => vm.setup_program(&image)?,
+        None => {
+            vm.setup_program(&image)?;
+            if let Some(text) = &args.guest_args {
+                vmm::arch::x86_64::program::write_args(vm.guest_memory(), text)?;
+            }
+        }
     }
     if args.dump_memory {
         eprintln!("{}", vm.memory_report());

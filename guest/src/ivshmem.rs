@@ -1,0 +1,328 @@
+//! The ivshmem PCI device (1af4:1110) for guest programs: find the N-th one, assign its BARs,
+//! read its registers, use the shared memory (BAR2), ring peers and wait for their doorbells.
+//!
+//! Registers (BAR0, 32-bit): IntrMask 0x00, IntrStatus 0x04 (cleared on read), IVPosition 0x08
+//! (own peer id, 0 for ivshmem-plain), Doorbell 0x0C (write `peer << 16 | vector`).
+//! A doorbell device's vectors arrive through MSI-X (BAR1): entry `i` is programmed for CPU
+//! vector `first_vector + i`, whose deliveries the interrupt mailbox counts (`interrupts`), so a
+//! program waits for a peer's doorbell by halting until that counter moves.
+//!
+//! Several devices in one VM: open them with one [`BarAllocator`] and give each its own range of
+//! CPU vectors ([`Ivshmem::open`] picks `0x40 + 0x20 * index` by default).
+//!
+//! [`directory`] is the small shared-memory convention the ivshmem programs (demo, tests) use to
+//! find each other: one 64-byte slot per peer id at the start of the shared memory.
+use crate::interrupts;
+use crate::mmio;
+use crate::pci::{self, BarAllocator, BarInfo, BarKind, Bdf, Msix};
+
+pub const VENDOR_ID: u16 = 0x1af4;
+pub const DEVICE_ID: u16 = 0x1110;
+pub const REVISION: u8 = 1;
+pub const CLASS: u32 = 0x05_00_00;
+pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
+pub const SUBSYSTEM_ID: u16 = 0x1100;
+pub const BAR0_SIZE: u64 = 0x100;
+
+/// BAR0 register offsets.
+pub mod reg {
+    pub const INTR_MASK: u64 = 0x00;
+    pub const INTR_STATUS: u64 = 0x04;
+    pub const IV_POSITION: u64 = 0x08;
+    pub const DOORBELL: u64 = 0x0C;
+}
+
+/// First CPU vector used for device `index`'s MSI-X entries (32 per device).
+pub const fn default_first_vector(index: usize) -> u8 {
+    0x40 + 0x20 * (index as u8 % 4)
+}
+/// Most MSI-X vectors the runtime programs per device (each takes a CPU vector).
+pub const MAX_VECTORS: u16 = 32;
+
+/// The `index`-th ivshmem device on bus 0 (slot order), if present.
+pub fn find_nth(index: usize) -> Option<Bdf> {
+    pci::devices()
+        .filter(|bdf| bdf.vendor_id() == VENDOR_ID && bdf.device_id() == DEVICE_ID)
+        .nth(index)
+}
+
+/// Number of ivshmem devices present.
+pub fn count() -> usize {
+    pci::devices()
+        .filter(|bdf| bdf.vendor_id() == VENDOR_ID && bdf.device_id() == DEVICE_ID)
+        .count()
+}
+
+/// An ivshmem device with its BARs assigned and memory decoding on.
+#[derive(Clone, Copy, Debug)]
+pub struct Ivshmem {
+    pub bdf: Bdf,
+    /// BAR0 address (registers).
+    pub regs: u64,
+    pub bar0: BarInfo,
+    /// BAR2 address (the shared memory) and size.
+    pub shm: u64,
+    pub bar2: BarInfo,
+    pub shm_size: u64,
+    /// MSI-X (doorbell variant only), enabled with `vectors` entries programmed.
+    pub msix: Option<Msix>,
+    /// CPU vector of MSI-X entry 0.
+    pub first_vector: u8,
+    /// MSI-X entries in use (the device's vector count, at most [`MAX_VECTORS`]).
+    pub vectors: u16,
+}
+
+impl Ivshmem {
+    /// Opens the `index`-th ivshmem device: assigns its BARs from `allocator`, enables memory
+    /// decoding and, for a doorbell device, MSI-X with entry `i` on CPU vector
+    /// `default_first_vector(index) + i`.
+    pub fn open(index: usize, allocator: &mut BarAllocator) -> Option<Ivshmem> {
+        Self::open_with_vectors(index, allocator, default_first_vector(index))
+    }
+
+    /// As [`Ivshmem::open`] with an explicit first CPU vector (>= 0x30).
+    pub fn open_with_vectors(
+        index: usize,
+        allocator: &mut BarAllocator,
+        first_vector: u8,
+    ) -> Option<Ivshmem> {
+        let bdf = find_nth(index)?;
+        let bars = pci::assign_bars(bdf, allocator);
+        let (bar0, regs) = bars[0]?;
+        let (bar2, shm) = bars[2]?;
+        let msix = Msix::find(bdf);
+        let mut vectors = 0;
+        if let Some(msix) = &msix {
+            vectors = msix
+                .vectors
+                .min(MAX_VECTORS)
+                .min(0xFF - first_vector as u16);
+            for i in 0..vectors {
+                msix.setup_vector(i, first_vector + i as u8);
+            }
+            msix.enable(true);
+        }
+        Some(Ivshmem {
+            bdf,
+            regs,
+            bar0,
+            shm,
+            bar2,
+            shm_size: bar2.size,
+            msix,
+            first_vector,
+            vectors,
+        })
+    }
+
+    /// True for ivshmem-doorbell (it has MSI-X), false for ivshmem-plain.
+    pub fn is_doorbell(&self) -> bool {
+        self.msix.is_some()
+    }
+
+    pub fn read_reg(&self, offset: u64) -> u32 {
+        // SAFETY: BAR0 was assigned by `open`; identity-mapped for ring 3.
+        unsafe { mmio::read32(self.regs + offset) }
+    }
+
+    pub fn write_reg(&self, offset: u64, value: u32) {
+        // SAFETY: as read_reg.
+        unsafe { mmio::write32(self.regs + offset, value) }
+    }
+
+    /// Our peer id (IVPosition; 0 for ivshmem-plain).
+    pub fn id(&self) -> u16 {
+        self.read_reg(reg::IV_POSITION) as u16
+    }
+
+    /// Rings `vector` of `peer` (Doorbell register). With ioeventfd this never leaves KVM.
+    #[inline(always)]
+    pub fn ring(&self, peer: u16, vector: u16) {
+        self.write_reg(reg::DOORBELL, (peer as u32) << 16 | vector as u32)
+    }
+
+    /// CPU vector on which our MSI-X entry `vector` arrives.
+    pub fn cpu_vector(&self, vector: u16) -> u8 {
+        self.first_vector + vector as u8
+    }
+
+    /// Doorbells received on `vector` so far (the interrupt mailbox counter).
+    #[inline(always)]
+    pub fn received(&self, vector: u16) -> u64 {
+        interrupts::count(self.cpu_vector(vector))
+    }
+
+    /// Waits (halting, not spinning) until `vector` has been received more than `seen` times or
+    /// `timeout_ns` passed; the new count, or `None` on timeout.
+    pub fn wait(&self, vector: u16, seen: u64, timeout_ns: u64) -> Option<u64> {
+        interrupts::wait_interrupt_timeout(self.cpu_vector(vector), seen, timeout_ns)
+    }
+
+    /// Like [`Ivshmem::wait`] but spins on the counter (lowest latency, burns the vCPU).
+    pub fn wait_spin(&self, vector: u16, seen: u64, timeout_ns: u64) -> Option<u64> {
+        let deadline = crate::clock::now_ns().saturating_add(timeout_ns);
+        loop {
+            for _ in 0..10_000 {
+                let now = self.received(vector);
+                if now != seen {
+                    return Some(now);
+                }
+                core::hint::spin_loop();
+            }
+            if crate::clock::now_ns() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Address of shared-memory byte `offset` (panics outside BAR2).
+    pub fn addr(&self, offset: u64, len: u64) -> u64 {
+        assert!(
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.shm_size),
+            "ivshmem: access {offset:#x}+{len:#x} outside the {:#x}-byte shared memory",
+            self.shm_size
+        );
+        self.shm + offset
+    }
+
+    pub fn read_u8(&self, offset: u64) -> u8 {
+        // SAFETY: inside BAR2 (checked by `addr`), identity-mapped write-back RAM.
+        unsafe { mmio::read8(self.addr(offset, 1)) }
+    }
+    pub fn read_u32(&self, offset: u64) -> u32 {
+        // SAFETY: as read_u8.
+        unsafe { mmio::read32(self.addr(offset, 4)) }
+    }
+    pub fn read_u64(&self, offset: u64) -> u64 {
+        // SAFETY: as read_u8.
+        unsafe { mmio::read64(self.addr(offset, 8)) }
+    }
+    pub fn write_u8(&self, offset: u64, value: u8) {
+        // SAFETY: as read_u8.
+        unsafe { mmio::write8(self.addr(offset, 1), value) }
+    }
+    pub fn write_u32(&self, offset: u64, value: u32) {
+        // SAFETY: as read_u8.
+        unsafe { mmio::write32(self.addr(offset, 4), value) }
+    }
+    pub fn write_u64(&self, offset: u64, value: u64) {
+        // SAFETY: as read_u8.
+        unsafe { mmio::write64(self.addr(offset, 8), value) }
+    }
+
+    /// Copies shared memory at `offset` into `buf` (volatile byte reads).
+    pub fn read_bytes(&self, offset: u64, buf: &mut [u8]) {
+        let base = self.addr(offset, buf.len() as u64);
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: inside BAR2 (checked above).
+            *b = unsafe { mmio::read8(base + i as u64) };
+        }
+    }
+
+    /// Copies `data` into shared memory at `offset` (volatile byte writes).
+    pub fn write_bytes(&self, offset: u64, data: &[u8]) {
+        let base = self.addr(offset, data.len() as u64);
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: inside BAR2 (checked above).
+            unsafe { mmio::write8(base + i as u64, *b) };
+        }
+    }
+
+    /// BAR2 as a mutable byte slice, for bulk copies (bandwidth measurements).
+    ///
+    /// # Safety
+    /// Other peers write the same memory concurrently: the caller must not rely on the contents
+    /// staying the same and must not create other references to the same bytes.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn shm_slice(&self) -> &mut [u8] {
+        core::slice::from_raw_parts_mut(self.shm as *mut u8, self.shm_size as usize)
+    }
+}
+
+/// Whether a BAR is 64-bit prefetchable memory (what BAR2 must be).
+pub fn is_64bit_prefetchable(bar: &BarInfo) -> bool {
+    bar.kind == BarKind::Memory64 { prefetchable: true }
+}
+
+/// The peer directory at the start of the shared memory: slot `id` (64 bytes at `64 * id`)
+/// belongs to peer `id`:
+///
+/// | off | size | field                                                        |
+/// |-----|------|--------------------------------------------------------------|
+/// | 0   | 4    | magic `IVSH` (written last: the slot is valid once it is set) |
+/// | 4   | 4    | peer id (u32 LE; informative, the index is what counts)      |
+/// | 8   | 8    | counter (u64 LE; free for the owner, e.g. doorbells seen)    |
+/// | 16  | 48   | text, NUL-terminated or NUL-padded (UTF-8)                   |
+///
+/// A host peer can fill its slot with `ivshmem-client`:
+/// `write <16+64*ID> hello from the host\0; write <64*ID> IVSH`.
+pub mod directory {
+    use super::Ivshmem;
+
+    pub const SLOT_SIZE: u64 = 64;
+    pub const MAGIC: [u8; 4] = *b"IVSH";
+    pub const ID: u64 = 4;
+    pub const COUNTER: u64 = 8;
+    pub const TEXT: u64 = 16;
+    pub const TEXT_LEN: usize = 48;
+    /// Most slots (ids) the directory has (16 KiB), fewer if the memory is smaller.
+    pub const MAX_SLOTS: u64 = 256;
+
+    pub fn slots(dev: &Ivshmem) -> u64 {
+        MAX_SLOTS.min(dev.shm_size / SLOT_SIZE)
+    }
+
+    pub fn slot_offset(id: u16) -> u64 {
+        id as u64 * SLOT_SIZE
+    }
+
+    /// Publishes our slot: text (truncated to 47 bytes), id, counter 0, then the magic.
+    pub fn publish(dev: &Ivshmem, id: u16, text: &str) -> bool {
+        if id as u64 >= slots(dev) {
+            return false;
+        }
+        let at = slot_offset(id);
+        let mut buf = [0u8; TEXT_LEN];
+        let n = text.len().min(TEXT_LEN - 1);
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        dev.write_u32(at, 0);
+        dev.write_bytes(at + TEXT, &buf);
+        dev.write_u32(at + ID, id as u32);
+        dev.write_u64(at + COUNTER, 0);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        dev.write_u32(at, u32::from_le_bytes(MAGIC));
+        true
+    }
+
+    /// Clears our slot's magic (we are leaving).
+    pub fn withdraw(dev: &Ivshmem, id: u16) {
+        if (id as u64) < slots(dev) {
+            dev.write_u32(slot_offset(id), 0);
+        }
+    }
+
+    pub fn is_valid(dev: &Ivshmem, id: u16) -> bool {
+        (id as u64) < slots(dev) && dev.read_u32(slot_offset(id)) == u32::from_le_bytes(MAGIC)
+    }
+
+    /// Copies slot `id`'s text into `buf` and returns it (up to the first NUL; invalid UTF-8
+    /// is cut at the first bad byte).
+    pub fn text<'a>(dev: &Ivshmem, id: u16, buf: &'a mut [u8; TEXT_LEN]) -> &'a str {
+        dev.read_bytes(slot_offset(id) + TEXT, buf);
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(TEXT_LEN);
+        match core::str::from_utf8(&buf[..len]) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+
+    pub fn counter(dev: &Ivshmem, id: u16) -> u64 {
+        dev.read_u64(slot_offset(id) + COUNTER)
+    }
+
+    pub fn set_counter(dev: &Ivshmem, id: u16, value: u64) {
+        dev.write_u64(slot_offset(id) + COUNTER, value)
+    }
+}

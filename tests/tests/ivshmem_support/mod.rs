@@ -1,0 +1,320 @@
+//! Shared by the ivshmem_* tests: running `vmm` with built-in guest programs and ivshmem
+//! devices, reading its `--stats` line, and a host peer that speaks the guest programs' peer
+//! directory (guest/src/ivshmem.rs `directory`: 64-byte slots at the start of the shared
+//! memory, slot = peer id, magic "IVSH" at +0, text at +16).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::bin;
+use peer::{Peer, ServerEvent};
+
+/// Generous: the machine has 2 cores and other tests run VMs too.
+pub const VM_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub const SLOT_SIZE: usize = 64;
+pub const SLOT_TEXT: usize = 16;
+pub const MAGIC: &[u8; 4] = b"IVSH";
+
+/// A running `vmm` whose stdout and stderr are collected by background threads.
+pub struct Vm {
+    pub name: String,
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How a VM ended.
+#[derive(Debug)]
+pub struct VmOutcome {
+    pub name: String,
+    /// Exit status (`None` when killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl VmOutcome {
+    /// A number from the `vmm-stats:` line (`--stats`).
+    pub fn stat(&self, key: &str) -> u64 {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("vmm-stats:"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no vmm-stats line in stderr:\n{}",
+                    self.name, self.stderr
+                )
+            });
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no {key}= in {line}", self.name))
+    }
+
+    /// The value of `key=` in the first stdout line containing it (guest program results).
+    pub fn value(&self, key: &str) -> Option<String> {
+        let pat = format!("{key}=");
+        self.stdout.lines().find_map(|l| {
+            let at = l.find(&pat)?;
+            let rest = &l[at + pat.len()..];
+            Some(rest.split_whitespace().next().unwrap_or("").to_string())
+        })
+    }
+
+    /// Asserts the VM exited with `code`, showing its output otherwise.
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "{} exited with {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+fn collect(
+    stream: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
+}
+
+/// `--ivshmem doorbell,socket=SOCKET,vectors=N`.
+pub fn doorbell(socket: &Path, vectors: u32) -> String {
+    format!("doorbell,socket={},vectors={vectors}", socket.display())
+}
+
+impl Vm {
+    /// Starts `vmm --stats --name NAME --guest builtin:PROGRAM --guest-args ARGS` with the
+    /// given `--ivshmem` specs and extra arguments.
+    pub fn start(
+        name: &str,
+        program: &str,
+        ivshmem: &[String],
+        guest_args: &str,
+        extra: &[&str],
+    ) -> Vm {
+        let mut cmd = Command::new(bin("vmm"));
+        cmd.args(["--stats", "--name", name])
+            .arg("--guest")
+            .arg(format!("builtin:{program}"))
+            .arg("--guest-args")
+            .arg(guest_args)
+            .args(extra);
+        for spec in ivshmem {
+            cmd.arg("--ivshmem").arg(spec);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vmm");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Vm {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits until the guest printed `text` (true) or `timeout` passed / the VM ended (false).
+    pub fn wait_output(&mut self, text: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.stdout().contains(text) {
+                return true;
+            }
+            if start.elapsed() > timeout || matches!(self.child.try_wait(), Ok(Some(_))) {
+                return self.stdout().contains(text);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the VM to end (killing it after `timeout`) and returns its outcome.
+    pub fn finish(mut self, timeout: Duration) -> VmOutcome {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait vmm") {
+                break Some(status);
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let outcome = VmOutcome {
+            name: self.name.clone(),
+            code: status.and_then(|s| s.code()),
+            stdout: self.stdout(),
+            stderr: self.stderr.lock().unwrap().clone(),
+        };
+        assert!(
+            status.is_some(),
+            "{} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            outcome.name,
+            outcome.stdout,
+            outcome.stderr
+        );
+        outcome
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a guest program to completion.
+pub fn run_vm(
+    name: &str,
+    program: &str,
+    ivshmem: &[String],
+    guest_args: &str,
+    extra: &[&str],
+) -> VmOutcome {
+    Vm::start(name, program, ivshmem, guest_args, extra).finish(VM_TIMEOUT)
+}
+
+/// A host peer (the `peer` library) that also reads and writes the directory.
+pub struct HostPeer {
+    pub peer: Peer,
+    /// Doorbells received so far, per vector.
+    pub received: Vec<u64>,
+}
+
+impl HostPeer {
+    pub fn connect(socket: &Path) -> HostPeer {
+        let peer = Peer::connect(socket).expect("host peer connects");
+        let received = vec![0; peer.own_vector_count() as usize];
+        HostPeer { peer, received }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.peer.id()
+    }
+
+    /// Publishes our directory slot (text first, magic last).
+    pub fn publish(&self, text: &str) {
+        let at = self.id() as usize * SLOT_SIZE;
+        let mut slot = [0u8; SLOT_SIZE - SLOT_TEXT];
+        slot[..text.len()].copy_from_slice(text.as_bytes());
+        self.peer.shm().write(at + SLOT_TEXT, &slot).unwrap();
+        self.peer
+            .shm()
+            .write(at + 4, &(self.id() as u32).to_le_bytes())
+            .unwrap();
+        self.peer.shm().write(at, MAGIC).unwrap();
+    }
+
+    /// The text of slot `id` if it is valid.
+    pub fn slot_text(&self, id: u16) -> Option<String> {
+        read_slot(self.peer.shm(), id)
+    }
+
+    /// Every valid slot but ours, as (id, text).
+    pub fn directory(&self) -> Vec<(u16, String)> {
+        (0..256u16)
+            .filter(|&id| id != self.id())
+            .filter_map(|id| Some((id, self.slot_text(id)?)))
+            .collect()
+    }
+
+    /// Processes server news without blocking; returns the events.
+    pub fn news(&mut self) -> Vec<ServerEvent> {
+        self.peer.process_server_messages()
+    }
+
+    /// Waits up to `timeout` for doorbells; adds them to `received`.
+    pub fn collect_doorbells(&mut self, timeout: Duration) {
+        for n in self.peer.wait(Some(timeout)).expect("wait for doorbells") {
+            self.received[n.vector as usize] += n.count;
+        }
+    }
+
+    /// Rings `peer`'s `vector`, first catching up with the server's news so that a peer that
+    /// just joined is known; retries for up to `timeout`.
+    pub fn ring(&mut self, peer: u16, vector: u32, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            self.news();
+            match self.peer.ring(peer, vector) {
+                Ok(()) => return,
+                Err(e) if start.elapsed() > timeout => panic!("ringing peer {peer}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+/// Slot `id` of a directory in `shm`, if valid.
+pub fn read_slot(shm: &peer::SharedMemory, id: u16) -> Option<String> {
+    let at = id as usize * SLOT_SIZE;
+    let mut slot = [0u8; SLOT_SIZE];
+    shm.read(at, &mut slot).ok()?;
+    if &slot[..4] != MAGIC {
+        return None;
+    }
+    let text = &slot[SLOT_TEXT..];
+    let len = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    Some(String::from_utf8_lossy(&text[..len]).into_owned())
+}
+
+/// The peer id an ivshmem_demo VM printed ("I am peer N").
+pub fn demo_id(vm: &VmOutcome) -> u16 {
+    vm.stdout
+        .lines()
+        .find_map(|l| {
+            l.split("I am peer ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{} printed no id:\n{}", vm.name, vm.stdout))
+}

@@ -270,6 +270,18 @@ impl InterruptRouter {
         Ok(())
     }
 
+    /// Several route changes pushed to KVM as one `KVM_SET_GSI_ROUTING` (at `commit`, or when
+    /// the batch is dropped). Each push costs KVM an RCU synchronisation, so enabling MSI-X on
+    /// a device with many vectors must not push once per vector. Other router calls wait
+    /// until the batch ends.
+    pub fn batch(&self) -> RouteBatch<'_> {
+        RouteBatch {
+            router: self,
+            state: self.lock(),
+            dirty: false,
+        }
+    }
+
     /// Let KVM inject `gsi` whenever `fd` is signalled (no VMM userspace on that path). If the
     /// eventfd already holds a count, KVM injects at once.
     pub fn bind_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), InterruptError> {
@@ -299,6 +311,69 @@ impl InterruptRouter {
     /// The message of an MSI route.
     pub fn msi_route(&self, gsi: u32) -> Option<MsiMessage> {
         self.lock().msi.get(&gsi).copied()
+    }
+}
+
+/// See [`InterruptRouter::batch`]. If the final push fails the table keeps the changes (it is
+/// the desired state; the next push retries) and the error is returned (or logged on drop).
+pub struct RouteBatch<'a> {
+    router: &'a InterruptRouter,
+    state: MutexGuard<'a, RouterState>,
+    dirty: bool,
+}
+
+impl RouteBatch<'_> {
+    pub fn add_msi_route(&mut self, message: MsiMessage) -> Result<u32, InterruptError> {
+        let gsi = self.state.free_gsi().ok_or(InterruptError::GsiExhausted)?;
+        self.state.msi.insert(gsi, message);
+        self.dirty = true;
+        Ok(gsi)
+    }
+
+    pub fn update_msi_route(
+        &mut self,
+        gsi: u32,
+        message: MsiMessage,
+    ) -> Result<(), InterruptError> {
+        let slot = self
+            .state
+            .msi
+            .get_mut(&gsi)
+            .ok_or(InterruptError::UnknownGsi(gsi))?;
+        if *slot != message {
+            *slot = message;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    pub fn remove_msi_route(&mut self, gsi: u32) -> Result<(), InterruptError> {
+        self.state
+            .msi
+            .remove(&gsi)
+            .ok_or(InterruptError::UnknownGsi(gsi))?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Push the table if anything changed.
+    pub fn commit(mut self) -> Result<(), InterruptError> {
+        self.push_if_dirty()
+    }
+
+    fn push_if_dirty(&mut self) -> Result<(), InterruptError> {
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
+        self.router.push(&self.state)
+    }
+}
+
+impl Drop for RouteBatch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.push_if_dirty() {
+            log::warn!("{e}");
+        }
     }
 }
 
@@ -479,6 +554,35 @@ mod tests {
         // Unchanged message: no ioctl.
         router.update_msi_route(b, msg(9)).unwrap();
         assert_eq!(backend.snapshot(|s| s.set_routing_calls), calls);
+    }
+
+    #[test]
+    fn a_batch_pushes_once() {
+        let backend = FakeIrqBackend::new();
+        let router = InterruptRouter::new(backend.clone());
+        let keep = router.add_msi_route(msg(1)).unwrap();
+        let calls = backend.snapshot(|s| s.set_routing_calls);
+        let mut batch = router.batch();
+        let gsis: Vec<u32> = (0..100)
+            .map(|i| batch.add_msi_route(msg(i)).unwrap())
+            .collect();
+        batch.update_msi_route(keep, msg(7)).unwrap();
+        batch.remove_msi_route(gsis[5]).unwrap();
+        assert!(batch.remove_msi_route(9999).is_err());
+        batch.commit().unwrap();
+        assert_eq!(backend.snapshot(|s| s.set_routing_calls), calls + 1);
+        assert_eq!(backend.snapshot(|s| s.table.len()), 40 + 100);
+        assert_eq!(router.msi_route(keep), Some(msg(7)));
+        assert_eq!(router.msi_route(gsis[5]), None);
+        // An empty batch pushes nothing; a dropped batch pushes its changes.
+        router.batch().commit().unwrap();
+        assert_eq!(backend.snapshot(|s| s.set_routing_calls), calls + 1);
+        {
+            let mut batch = router.batch();
+            batch.remove_msi_route(gsis[6]).unwrap();
+        }
+        assert_eq!(backend.snapshot(|s| s.set_routing_calls), calls + 2);
+        assert_eq!(router.msi_route(gsis[6]), None);
     }
 
     #[test]

@@ -15,13 +15,14 @@
 //! after every write to the message control register. Vectors without a source can be raised
 //! with [`Msix::notify`] (KVM_SIGNAL_MSI or the pending bit).
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{ConfigError, ConfigSpace, CAP_ID_MSIX};
 use super::watcher::{EventWatcher, WatchToken};
-use crate::interrupts::{InterruptRouter, MsiMessage};
+use crate::interrupts::{InterruptRouter, MsiMessage, RouteBatch};
 use crate::memory::{AccessSizes, IoAccess, MemoryRegion, RegionOps};
 
 /// Bytes per table entry.
@@ -94,10 +95,11 @@ struct Vector {
     source: Option<Arc<EventFd>>,
     /// MSI route and the message it currently carries.
     route: Option<(u32, MsiMessage)>,
-    irqfd_bound: bool,
+    /// The GSI the source eventfd is bound to with irqfd.
+    irqfd: Option<u32>,
     watch: Option<WatchToken>,
-    /// Whether MSI-X was enabled when the vector was last put under watch: decides whether
-    /// signals found on unwatch become pending or are dropped.
+    /// Whether MSI-X was enabled while the vector was under watch: decides whether signals
+    /// found when the watch ends become pending or are dropped.
     watched_while_enabled: bool,
 }
 
@@ -251,13 +253,12 @@ impl Msix {
         if vector >= count {
             return Err(MsixError::NoSuchVector { vector, count });
         }
-        // Tear the old source down completely, then wire the new one.
-        let old = state.vectors[vector].source.take();
-        if let Some(old) = old {
-            shared.unwire_source(&mut state.vectors[vector], &old);
+        // Detach the old eventfd (irqfd, watch); the route stays if the vector still wants one.
+        if let Some(old) = state.vectors[vector].source.take() {
+            shared.detach_source(&mut state.vectors[vector], &old, vector);
         }
         state.vectors[vector].source = fd;
-        shared.sync_vector(&mut state, vector);
+        shared.sync_vectors(&mut state, vector..vector + 1);
         Ok(())
     }
 
@@ -266,28 +267,22 @@ impl Msix {
     /// is disabled).
     pub fn notify(&self, vector: usize) {
         let shared = &self.shared;
-        let state = shared.lock();
-        let Some(v) = state.vectors.get(vector) else {
+        let mut state = shared.lock();
+        let enabled = state.enabled;
+        let masked = vector < state.vectors.len() && state.masked(vector);
+        let Some(v) = state.vectors.get_mut(vector) else {
             return;
         };
         if let Some(fd) = &v.source {
             if let Err(e) = fd.write(1) {
                 log::warn!("{}: signalling MSI-X vector {vector}: {e}", shared.name);
             }
-            return;
-        }
-        drop(state);
-        let mut state = shared.lock();
-        if !state.enabled {
-            return;
-        }
-        if state.masked(vector) {
-            state.vectors[vector].pending = true;
-        } else {
-            let message = state.vectors[vector].message();
-            if let Err(e) = shared.router.signal_msi(message) {
-                log::warn!("{}: MSI-X vector {vector}: {e}", shared.name);
-            }
+        } else if !enabled {
+            // Dropped, as QEMU's msix_notify does.
+        } else if masked {
+            v.pending = true;
+        } else if let Err(e) = shared.router.signal_msi(v.message()) {
+            log::warn!("{}: MSI-X vector {vector}: {e}", shared.name);
         }
     }
 
@@ -322,7 +317,7 @@ impl Msix {
             .lock()
             .vectors
             .get(vector)
-            .is_some_and(|v| v.irqfd_bound)
+            .is_some_and(|v| v.irqfd.is_some())
     }
 }
 
@@ -338,137 +333,154 @@ impl MsixShared {
         }
         state.enabled = enabled;
         state.function_masked = function_masked;
-        for vector in 0..state.vectors.len() {
-            self.sync_vector(&mut state, vector);
-        }
+        let all = 0..state.vectors.len();
+        self.sync_vectors(&mut state, all);
     }
 
-    /// Remove every trace of `fd` from the wiring of `v` (irqfd, watch, route).
-    fn unwire_source(&self, v: &mut Vector, fd: &Arc<EventFd>) {
-        if v.irqfd_bound {
-            if let Err(e) = self.router.unbind_irqfd(fd, v.route.map_or(0, |r| r.0)) {
-                log::warn!("{}: {e}", self.name);
-            }
-            v.irqfd_bound = false;
-        }
-        if let Some(token) = v.watch.take() {
-            self.watcher.unwatch(token);
-        }
-        if let Some((gsi, _)) = v.route.take() {
-            if let Err(e) = self.router.remove_msi_route(gsi) {
-                log::warn!("{}: {e}", self.name);
-            }
-        }
-    }
-
-    /// Bring vector `i`'s KVM wiring in line with the guest-visible state (see module docs).
-    fn sync_vector(&self, state: &mut MsixState, i: usize) {
+    /// Bring the KVM wiring of `vectors` in line with the guest-visible state (module docs):
+    /// first every route, in one routing-table push, then each vector's irqfd or watch.
+    fn sync_vectors(&self, state: &mut MsixState, vectors: Range<usize>) {
         let enabled = state.enabled;
-        let masked = state.masked(i);
-        let v = &mut state.vectors[i];
+        {
+            let mut batch = self.router.batch();
+            for i in vectors.clone() {
+                self.sync_route(&mut state.vectors[i], enabled, i, &mut batch);
+            }
+            if let Err(e) = batch.commit() {
+                log::warn!("{}: {e}", self.name);
+            }
+        }
+        for i in vectors {
+            let masked = state.masked(i);
+            self.sync_wiring(&mut state.vectors[i], enabled, masked, i);
+        }
+    }
+
+    /// A vector has a route exactly while MSI-X is enabled and the vector has a source.
+    fn sync_route(&self, v: &mut Vector, enabled: bool, i: usize, batch: &mut RouteBatch<'_>) {
         let message = v.message();
+        let result = match (enabled && v.source.is_some(), v.route) {
+            (true, None) => batch.add_msi_route(message).map(|gsi| {
+                v.route = Some((gsi, message));
+            }),
+            (true, Some((gsi, old))) if old != message => {
+                v.route = Some((gsi, message));
+                batch.update_msi_route(gsi, message)
+            }
+            (false, Some((gsi, _))) => {
+                v.route = None;
+                batch.remove_msi_route(gsi)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            log::warn!("{}: MSI-X vector {i}: {e}", self.name);
+        }
+    }
+
+    /// Unmasked with a route: eventfd bound with irqfd (and a pending interrupt re-signalled
+    /// through it). Otherwise: eventfd watched.
+    fn sync_wiring(&self, v: &mut Vector, enabled: bool, masked: bool, i: usize) {
         let Some(fd) = v.source.clone() else {
             if !masked && v.pending {
                 v.pending = false;
-                if let Err(e) = self.router.signal_msi(message) {
+                if let Err(e) = self.router.signal_msi(v.message()) {
                     log::warn!("{}: MSI-X vector {i}: {e}", self.name);
                 }
             }
             return;
         };
-
-        // The route exists exactly while MSI-X is enabled.
-        if enabled {
-            match v.route {
-                None => match self.router.add_msi_route(message) {
-                    Ok(gsi) => v.route = Some((gsi, message)),
-                    Err(e) => log::warn!("{}: MSI-X vector {i}: {e}", self.name),
-                },
-                Some((gsi, old)) if old != message => {
-                    match self.router.update_msi_route(gsi, message) {
-                        Ok(()) => v.route = Some((gsi, message)),
+        match v.route {
+            Some((gsi, _)) if !masked => {
+                if let Some(token) = v.watch.take() {
+                    // Signals that arrived while masked (and enabled) are pending interrupts.
+                    if self.watcher.unwatch(token) > 0 && v.watched_while_enabled {
+                        v.pending = true;
+                    }
+                }
+                if v.irqfd != Some(gsi) {
+                    self.unbind(v, &fd, i);
+                    match self.router.bind_irqfd(&fd, gsi) {
+                        Ok(()) => v.irqfd = Some(gsi),
                         Err(e) => log::warn!("{}: MSI-X vector {i}: {e}", self.name),
                     }
                 }
-                Some(_) => {}
-            }
-        }
-
-        let route_gsi = v.route.map(|(gsi, _)| gsi);
-        if !masked && route_gsi.is_some() {
-            let gsi = route_gsi.unwrap_or_default();
-            if let Some(token) = v.watch.take() {
-                // Signals that arrived while masked and enabled are pending interrupts.
-                if self.watcher.unwatch(token) > 0 && v.watched_while_enabled {
-                    v.pending = true;
-                }
-            }
-            if !v.irqfd_bound {
-                match self.router.bind_irqfd(&fd, gsi) {
-                    Ok(()) => v.irqfd_bound = true,
-                    Err(e) => log::warn!("{}: MSI-X vector {i}: {e}", self.name),
-                }
-            }
-            if v.pending && v.irqfd_bound {
-                v.pending = false;
-                // KVM injects through the irqfd we just bound.
-                if let Err(e) = fd.write(1) {
-                    log::warn!("{}: MSI-X vector {i}: {e}", self.name);
-                }
-            }
-        } else {
-            if v.irqfd_bound {
-                if let Some(gsi) = route_gsi {
-                    if let Err(e) = self.router.unbind_irqfd(&fd, gsi) {
+                if v.pending && v.irqfd.is_some() {
+                    v.pending = false;
+                    // KVM injects through the irqfd just bound.
+                    if let Err(e) = fd.write(1) {
                         log::warn!("{}: MSI-X vector {i}: {e}", self.name);
                     }
                 }
-                v.irqfd_bound = false;
             }
-            if v.watch.is_none() {
-                let handler = {
-                    let weak = self.weak_self.clone();
-                    let fd = fd.clone();
-                    Arc::new(move |count| {
-                        if let Some(shared) = weak.upgrade() {
-                            shared.signalled_while_watched(i, &fd, count);
+            _ => {
+                self.unbind(v, &fd, i);
+                match v.watch {
+                    None => {
+                        let handler = {
+                            let weak = self.weak_self.clone();
+                            let watcher = self.watcher.clone();
+                            Arc::new(move |token| match weak.upgrade() {
+                                Some(shared) => shared.signalled_while_watched(i, token),
+                                // Being dropped: consume, the drop unwatches.
+                                None => {
+                                    watcher.drain(token);
+                                }
+                            })
+                        };
+                        match self.watcher.watch(fd.clone(), handler) {
+                            Ok(token) => v.watch = Some(token),
+                            Err(e) => log::warn!("{}: watching MSI-X vector {i}: {e}", self.name),
                         }
-                    })
-                };
-                match self.watcher.watch(fd.clone(), handler) {
-                    Ok(token) => v.watch = Some(token),
-                    Err(e) => log::warn!("{}: watching MSI-X vector {i}: {e}", self.name),
-                }
-            }
-            v.watched_while_enabled = enabled;
-            if !enabled {
-                if let Some((gsi, _)) = v.route.take() {
-                    if let Err(e) = self.router.remove_msi_route(gsi) {
-                        log::warn!("{}: MSI-X vector {i}: {e}", self.name);
                     }
+                    Some(token) if v.watched_while_enabled != enabled => {
+                        // Signals not yet seen belong to the state they arrived in.
+                        if self.watcher.drain(token) > 0 && v.watched_while_enabled {
+                            v.pending = true;
+                        }
+                    }
+                    Some(_) => {}
                 }
+                v.watched_while_enabled = enabled;
             }
         }
     }
 
-    /// The watcher read `count` signals of vector `i`'s eventfd `fd`.
-    fn signalled_while_watched(&self, i: usize, fd: &Arc<EventFd>, count: u64) {
+    fn unbind(&self, v: &mut Vector, fd: &EventFd, i: usize) {
+        if let Some(gsi) = v.irqfd.take() {
+            if let Err(e) = self.router.unbind_irqfd(fd, gsi) {
+                log::warn!("{}: MSI-X vector {i}: {e}", self.name);
+            }
+        }
+    }
+
+    /// Remove `fd` (the vector's source until now) from the irqfd and the watcher.
+    fn detach_source(&self, v: &mut Vector, fd: &Arc<EventFd>, i: usize) {
+        self.unbind(v, fd, i);
+        if let Some(token) = v.watch.take() {
+            self.watcher.unwatch(token);
+        }
+    }
+
+    /// Vector `i`'s watched eventfd (registration `token`) is readable.
+    fn signalled_while_watched(&self, i: usize, token: WatchToken) {
         let mut state = self.lock();
         let enabled = state.enabled;
-        let masked = state.masked(i);
-        let v = &mut state.vectors[i];
-        if !v.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, fd)) {
-            return; // The source changed meanwhile; the signal belonged to the old wiring.
+        let masked = i < state.vectors.len() && state.masked(i);
+        let Some(v) = state.vectors.get_mut(i) else {
+            self.watcher.drain(token);
+            return;
+        };
+        if v.watch != Some(token) {
+            // Unwatched meanwhile (the registry no longer has it, so nothing is read).
+            self.watcher.drain(token);
+            return;
         }
-        if !enabled {
-            return; // Dropped, as QEMU does while MSI-X is disabled.
-        }
-        if masked {
+        // Read under our lock: the state seen here is the state the signals arrived in.
+        if self.watcher.drain(token) > 0 && enabled && masked {
             v.pending = true;
-        } else if v.irqfd_bound {
-            // Unmasked between the read and now: hand the signal to KVM.
-            let _ = fd.write(count.min(1));
         }
+        // Disabled: dropped, as QEMU does. (Unmasked vectors are never watched.)
     }
 
     /// Fold signals not yet seen by the watcher thread into the pending bits.
@@ -509,7 +521,7 @@ impl MsixShared {
             return;
         }
         v.entry[field as usize] = value;
-        self.sync_vector(&mut state, vector);
+        self.sync_vectors(&mut state, vector..vector + 1);
     }
 
     fn read_pba(&self, offset: u64) -> u32 {
@@ -525,11 +537,15 @@ impl MsixShared {
 impl Drop for MsixShared {
     fn drop(&mut self) {
         let mut state = self.lock();
-        let vectors = std::mem::take(&mut state.vectors);
+        let mut vectors = std::mem::take(&mut state.vectors);
         drop(state);
-        for mut v in vectors {
+        let mut batch = self.router.batch();
+        for (i, v) in vectors.iter_mut().enumerate() {
             if let Some(fd) = v.source.take() {
-                self.unwire_source(&mut v, &fd);
+                self.detach_source(v, &fd, i);
+            }
+            if let Some((gsi, _)) = v.route.take() {
+                let _ = batch.remove_msi_route(gsi);
             }
         }
     }

@@ -670,3 +670,42 @@ fn dropping_the_device_releases_routes_and_irqfds() {
         .iter()
         .any(|r| matches!(r, Route::Msi { .. })));
 }
+
+#[test]
+fn enabling_many_vectors_pushes_the_routing_table_once() {
+    let t = MsixMachine::new(64);
+    for i in 0..64 {
+        t.program(i, 0x40 + i as u32, i % 2 == 0);
+    }
+    let calls = t.backend.snapshot(|s| s.set_routing_calls);
+    t.set_control(msix::CONTROL_ENABLE);
+    assert_eq!(t.backend.snapshot(|s| s.set_routing_calls), calls + 1);
+    assert_eq!(
+        t.router
+            .routes()
+            .iter()
+            .filter(|r| matches!(r, Route::Msi { .. }))
+            .count(),
+        64
+    );
+    assert_eq!(
+        t.backend.snapshot(|s| s.irqfds.len()),
+        32,
+        "odd vectors unmasked"
+    );
+    t.set_control(0);
+    assert_eq!(t.backend.snapshot(|s| s.set_routing_calls), calls + 2);
+    assert!(t.backend.snapshot(|s| s.irqfds.is_empty()));
+}
+
+#[test]
+fn signals_during_disable_do_not_become_pending_after_enable() {
+    let t = MsixMachine::new(1);
+    t.program(0, 0x20, true);
+    t.sources[0].write(1).unwrap();
+    t.set_control(msix::CONTROL_ENABLE);
+    // Whether the watcher dropped it before the enable or the enable drained it, it is gone.
+    assert_eq!(t.pba(), 0);
+    t.mask(0, false);
+    assert_eq!(t.backend.deliver_bound(&t.sources[0]), 0);
+}

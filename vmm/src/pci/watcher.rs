@@ -1,14 +1,17 @@
 //! One thread that watches the eventfds of masked (or disabled) MSI-X vectors.
 //!
 //! While a vector is unmasked its eventfd is bound to KVM with irqfd and never seen here. When the
-//! guest masks it, the irqfd is unbound and the eventfd is handed to this watcher, which reads it
-//! when it fires and tells the owner how many signals arrived (the owner then sets the PBA
-//! pending bit). One epoll thread serves every vector of every device in the process.
+//! guest masks it, the irqfd is unbound and the eventfd is handed to this watcher, which calls the
+//! owner's handler when it becomes readable. The handler takes the owner's lock and then consumes
+//! the signals with [`EventWatcher::drain`], so reading and deciding what a signal means (pending
+//! bit, dropped, re-signalled) happen atomically with respect to the guest's mask and enable
+//! changes. One epoll thread serves every vector of every device in the process.
 //!
 //! Reads of a watched eventfd happen only under the registry lock after checking that the
 //! registration still exists and the fd is readable, so a registration that was just removed
 //! (and its fd bound to an irqfd that consumes the count) is never read, and a read never blocks
-//! even though the fd may be a blocking one received from a server.
+//! even though the fd may be a blocking one received from a server. Epoll is level-triggered: a
+//! handler that leaves the fd readable is called again, so handlers must drain or unwatch.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,8 +23,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Called with the number of signals read from the eventfd (always > 0).
-pub type SignalHandler = Arc<dyn Fn(u64) + Send + Sync>;
+/// Called on the watcher thread when the registration's eventfd is readable.
+pub type SignalHandler = Arc<dyn Fn(WatchToken) + Send + Sync>;
 
 /// Identifies one registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,17 +115,13 @@ impl EventWatcher {
                 }
             };
             for event in &events[..n] {
-                let (count, handler) = {
-                    let registry = self.registry();
-                    let Some(watched) = registry.get(&event.data()) else {
-                        continue;
-                    };
-                    (drain(&watched.fd), watched.handler.clone())
+                let token = event.data();
+                let handler = match self.registry().get(&token) {
+                    Some(watched) => watched.handler.clone(),
+                    None => continue,
                 };
                 // The handler takes device locks: never call it with the registry locked.
-                if count > 0 {
-                    handler(count);
-                }
+                handler(WatchToken(token));
             }
         }
     }
@@ -160,7 +159,12 @@ mod tests {
         let token = watcher
             .watch(
                 fd.clone(),
-                Arc::new(move |n| tx.lock().unwrap().send(n).unwrap()),
+                Arc::new(move |token| {
+                    let n = EventWatcher::global().drain(token);
+                    if n > 0 {
+                        tx.lock().unwrap().send(n).unwrap();
+                    }
+                }),
             )
             .unwrap();
         fd.write(3).unwrap();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The ivshmem-rs scene: builds everything, starts an ivshmem-server, two host peers
-# exchanging a message through shared memory and a doorbell each way, then tears down.
+# The ivshmem-rs scene: builds everything, starts an ivshmem-server, two VMs running the
+# built-in guest program ivshmem_demo and a host peer; they greet each other through the shared
+# memory and ring each other's doorbells; then everything is torn down.
 # No download needed. Run from anywhere: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;
 work=$(mktemp -d /tmp/ivshmem-demo.XXXXXX)
 sock="$work/ivshmem.sock"
 pids=()
+vms=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -27,20 +29,32 @@ server=$!
 pids+=("$server")
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 
-say "host peer A: writes a message, then waits for a doorbell on vector 1"
-"$bin/ivshmem-client" -S "$sock" -c 'dump; write 0x100 hello-from-host-peer-A\0; wait-peer any 10000; int all; wait 1 10000; read 0x200 24' \
-    2>&1 | sed 's/^/[peer A] /' &
-a=$!
-pids+=("$a")
+say "host peer (ivshmem-client): publishes a greeting in its directory slot, waits for the VMs"
+# The guest demo keeps a directory of 64-byte slots at the start of the shared memory
+# (slot = peer id: magic "IVSH", id, counter, text). The host peer joins first, so it is peer 0.
+"$bin/ivshmem-client" -S "$sock" -c 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH;
+    wait 0 30000; sleep 1500; int 1 0; int 2 0; read 64 48; read 128 48' \
+    2>&1 | sed 's/^/[host] /' &
+host=$!
+pids+=("$host")
 sleep 0.3
 
-say "host peer B: reads A's message, answers, rings A's vector 1"
-"$bin/ivshmem-client" -S "$sock" -c 'peers; read 0x100 24; write 0x200 hello-back-from-peer-B\0; wait 0 10000; int all' \
-    2>&1 | sed 's/^/[peer B] /'
+say "two VMs (vmm + built-in guest program ivshmem_demo), each with an ivshmem-doorbell device"
+for name in vm-a vm-b; do
+    "$bin/vmm" --name "$name" --guest builtin:ivshmem_demo --guest-args "peers=2 doorbells=2 timeout_ms=30000" \
+        --ivshmem "doorbell,socket=$sock,vectors=2" --stats 2> >(sed "s/^/[$name] /" >&2) &
+    pids+=("$!")
+    vms+=("$!")
+    sleep 0.2
+done
+status=0
+for vm in "${vms[@]}"; do wait "$vm" || status=1; done
+wait "$host" || status=1
+[ $status -eq 0 ] && say "VMs and host peer exchanged messages and doorbells" || say "something failed (see above)"
 
-wait "$a"
 say "stopping the server (SIGTERM): peers are told, the socket file is removed"
 kill -TERM "$server"
 wait "$server" || true
 [ ! -e "$sock" ] && echo "socket file removed"
 say "demo finished"
+exit $status

@@ -410,3 +410,47 @@ pub mod testdev {
     pub const REG_RAISED: u64 = 0x1C;
     pub const REG_RAISE_FAST: u64 = 0x20;
 }
+
+/// Configuration mechanism #1 (ports 0xCF8/0xCFC), for cross-checking ECAM. Ring-3 port I/O
+/// works through the TSS I/O bitmap the VMM installs.
+pub mod conf1 {
+    use super::Bdf;
+    use crate::pio::{inl, outl};
+
+    const ADDRESS: u16 = 0xCF8;
+    const DATA: u16 = 0xCFC;
+
+    fn select(bdf: Bdf, offset: u16) {
+        let address = 0x8000_0000
+            | (bdf.bus as u32) << 16
+            | (bdf.device as u32) << 11
+            | (bdf.function as u32) << 8
+            | (offset as u32 & 0xFC);
+        // SAFETY: the conf1 address register only selects a config register.
+        unsafe { outl(ADDRESS, address) };
+    }
+
+    pub fn read32(bdf: Bdf, offset: u16) -> u32 {
+        select(bdf, offset);
+        // SAFETY: config reads have no side effects.
+        unsafe { inl(DATA) }
+    }
+
+    /// A 16-bit read at `offset` (2-byte aligned): a word access to 0xCFC + (offset & 2).
+    pub fn read16(bdf: Bdf, offset: u16) -> u16 {
+        select(bdf, offset);
+        let value: u16;
+        // SAFETY: config reads have no side effects.
+        unsafe {
+            core::arch::asm!("in ax, dx", in("dx") DATA + (offset & 2), out("ax") value,
+                             options(nostack, preserves_flags));
+        }
+        value
+    }
+
+    pub fn write32(bdf: Bdf, offset: u16, value: u32) {
+        select(bdf, offset);
+        // SAFETY: the caller chose the register.
+        unsafe { outl(DATA, value) };
+    }
+}

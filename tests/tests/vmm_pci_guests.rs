@@ -65,6 +65,7 @@ fn enumeration_finds_host_bridge_and_testdev() {
             "BAR1 mem32 size 0x1000",
             "BAR2 mem64-pref size 0x100000",
             "pci: 2 device(s)",
+            "pci: conf1 agrees with ECAM",
             "MSI-X cap at 0x40 with 4 vectors",
         ],
     );

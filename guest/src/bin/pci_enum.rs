@@ -1,7 +1,7 @@
 //! PCI enumeration through ECAM: lists bus 0 (BDF, IDs, class, BAR sizes and types) and checks
 //! the host bridge and, if present, the pci-testdev (`--device pci-testdev`).
 //! Exit status: 0 ok; 10 no host bridge at 00:00.0; 11 pci-testdev BARs not as expected;
-//! 12 pci-testdev missing MSI-X capability.
+//! 12 pci-testdev missing MSI-X capability; 13 conf1 (0xCF8/0xCFC) and ECAM disagree.
 #![no_std]
 #![no_main]
 
@@ -34,6 +34,25 @@ fn main() -> i32 {
         }
     }
     println!("pci: {count} device(s)");
+    // The same config space through the legacy ports: reads agree, a write through one
+    // mechanism is seen through the other.
+    for bdf in pci::devices() {
+        let line = bdf.read8(0x3C);
+        pci::conf1::write32(bdf, 0x3C, 0x0000_0042);
+        let ok = (0..16u16)
+            .all(|dword| pci::conf1::read32(bdf, 4 * dword) == bdf.read32(4 * dword))
+            && pci::conf1::read16(bdf, 2) == bdf.device_id()
+            && bdf.read8(0x3C) == 0x42;
+        bdf.write8(0x3C, line);
+        if !ok {
+            println!("pci_enum: conf1 and ECAM disagree for {bdf}");
+            return 13;
+        }
+    }
+    if pci::conf1::read32(Bdf::new(31, 0), 0) != u32::MAX {
+        return 13;
+    }
+    println!("pci: conf1 agrees with ECAM");
     let host = Bdf::new(0, 0);
     if host.vendor_id() != 0x8086 || host.device_id() != 0x29c0 || host.class() >> 8 != 0x0600 {
         println!("pci_enum: no host bridge at 00:00.0");

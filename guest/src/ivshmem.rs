@@ -153,26 +153,40 @@ impl Ivshmem {
     }
 
     /// Waits (halting, not spinning) until `vector` has been received more than `seen` times or
-    /// `timeout_ns` passed; the new count, or `None` on timeout.
+    /// about `timeout_ns` passed; the new count, or `None` on timeout. Costs no exit to the VMM
+    /// (see [`Deadline`]).
     pub fn wait(&self, vector: u16, seen: u64, timeout_ns: u64) -> Option<u64> {
-        interrupts::wait_interrupt_timeout(self.cpu_vector(vector), seen, timeout_ns)
+        self.wait_with(vector, seen, timeout_ns, false)
     }
 
     /// Like [`Ivshmem::wait`] but spins on the counter (lowest latency, burns the vCPU).
     pub fn wait_spin(&self, vector: u16, seen: u64, timeout_ns: u64) -> Option<u64> {
-        let deadline = crate::clock::now_ns().saturating_add(timeout_ns);
-        loop {
-            for _ in 0..10_000 {
-                let now = self.received(vector);
-                if now != seen {
-                    return Some(now);
-                }
-                core::hint::spin_loop();
-            }
-            if crate::clock::now_ns() >= deadline {
-                return None;
-            }
+        self.wait_with(vector, seen, timeout_ns, true)
+    }
+
+    fn wait_with(&self, vector: u16, seen: u64, timeout_ns: u64, spin: bool) -> Option<u64> {
+        let now = self.received(vector);
+        if now != seen {
+            return Some(now);
         }
+        let cpu_vector = self.cpu_vector(vector);
+        let deadline = Deadline::start(timeout_ns);
+        let result = loop {
+            let now = interrupts::count(cpu_vector);
+            if now != seen {
+                break Some(now);
+            }
+            if deadline.passed() {
+                break None;
+            }
+            if spin {
+                core::hint::spin_loop();
+            } else {
+                interrupts::halt_until_changed(cpu_vector, seen);
+            }
+        };
+        deadline.cancel();
+        result
     }
 
     /// Address of shared-memory byte `offset` (panics outside BAR2).
@@ -238,6 +252,58 @@ impl Ivshmem {
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn shm_slice(&self) -> &mut [u8] {
         core::slice::from_raw_parts_mut(self.shm as *mut u8, self.shm_size as usize)
+    }
+}
+
+/// A timeout measured by the LAPIC timer in periodic mode (vector `VECTOR_TIMER`): no exit to
+/// the VMM (the LAPIC is in KVM, and no clock register is read), and a halted vCPU wakes at
+/// every tick. Periodic rather than one-shot because the halt gate only re-checks the vector it
+/// waits for: a one-shot expiry landing between our check and the halt would be lost and the
+/// halt would never end; with ticks the next one ends it, so a wait overshoots by at most one
+/// period.
+pub struct Deadline {
+    start_ticks: u64,
+    ticks: u64,
+}
+
+const LAPIC_LVT_TIMER: u64 = 0x320;
+const LAPIC_TIMER_INITIAL: u64 = 0x380;
+const LAPIC_TIMER_DIVIDE: u64 = 0x3E0;
+const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+/// Timer period of a [`Deadline`] (KVM's LAPIC timer counts nanoseconds with divide-by-1).
+pub const DEADLINE_TICK_NS: u64 = 10_000_000;
+
+impl Deadline {
+    /// Starts the periodic timer for about `timeout_ns`.
+    pub fn start(timeout_ns: u64) -> Deadline {
+        let period = DEADLINE_TICK_NS.min(timeout_ns).max(1000);
+        let deadline = Deadline {
+            start_ticks: interrupts::count(crate::layout::VECTOR_TIMER),
+            ticks: timeout_ns.div_ceil(period).max(1),
+        };
+        // SAFETY: LAPIC registers, identity-mapped for ring 3.
+        unsafe {
+            mmio::write32(crate::layout::LAPIC_ADDR + LAPIC_TIMER_DIVIDE, 0xB);
+            mmio::write32(
+                crate::layout::LAPIC_ADDR + LAPIC_LVT_TIMER,
+                crate::layout::VECTOR_TIMER as u32 | LVT_TIMER_PERIODIC,
+            );
+            mmio::write32(
+                crate::layout::LAPIC_ADDR + LAPIC_TIMER_INITIAL,
+                period as u32,
+            );
+        }
+        deadline
+    }
+
+    pub fn passed(&self) -> bool {
+        interrupts::count(crate::layout::VECTOR_TIMER) - self.start_ticks >= self.ticks
+    }
+
+    /// Stops the timer.
+    pub fn cancel(self) {
+        // SAFETY: LAPIC register; an initial count of 0 stops the timer.
+        unsafe { mmio::write32(crate::layout::LAPIC_ADDR + LAPIC_TIMER_INITIAL, 0) };
     }
 }
 

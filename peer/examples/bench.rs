@@ -256,12 +256,16 @@ fn doorbell(socket: &str, iters: u64, warmup: u64) -> anyhow::Result<()> {
 }
 
 fn doorbell_echo(socket: &str, partner: u16, rounds: u64) -> anyhow::Result<()> {
-    let peer = connect(socket)?;
+    let mut peer = connect(socket)?;
     for i in 0..rounds {
         ensure!(
             peer.wait_vector(0, Some(PARTNER_TIMEOUT))?.is_some(),
             "echo: no ring for round {i}"
         );
+        if peer.peer_vector_count(partner).is_none() {
+            // A partner that joined after us (e.g. a VM pinging this echo): learn about it.
+            peer.process_server_messages();
+        }
         peer.ring(partner, 0)?;
     }
     Ok(())

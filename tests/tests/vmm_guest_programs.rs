@@ -344,3 +344,18 @@ fn linux_boot_protocol_reaches_the_kernel() {
         assert!(stdout.contains(needle), "{needle} missing in\n{stdout}");
     }
 }
+
+#[test]
+fn triple_fault_is_reported() {
+    if !kvm_available("triple_fault_is_reported") {
+        return;
+    }
+    let scratch = Scratch::new("vmm-triple");
+    let image = vmm(&["--dump-builtin", "triple_fault"]);
+    assert!(image.status.success());
+    let kernel = scratch.join("triple.elf");
+    std::fs::write(&kernel, &image.stdout).unwrap();
+    let out = vmm(&["--kernel", kernel.to_str().unwrap()]);
+    check(&out, 2, "triple_fault: loading an empty IDT");
+    assert!(text(&out.stderr).contains("triple fault (KVM_EXIT_SHUTDOWN) on vcpu0"));
+}

@@ -172,6 +172,7 @@ fn main() -> i32 {
     }
     // 5. Exit-free doorbell: ioeventfd -> eventfd -> irqfd -> interrupt, all in the kernel.
     let before = accesses(regs);
+    let start = guest::clock::now_ns();
     for round in 0..ROUNDS {
         let i = (round % n as u64) as u16;
         let vector = FIRST_VECTOR + i as u8;
@@ -182,6 +183,7 @@ fn main() -> i32 {
             return 48;
         }
     }
+    let elapsed_ns = guest::clock::now_ns() - start;
     let after = accesses(regs);
     if after.wrapping_sub(before) != 1 {
         println!(
@@ -190,7 +192,10 @@ fn main() -> i32 {
         );
         return 49;
     }
-    println!("pci_msix: {ROUNDS} exit-free doorbell deliveries ok");
+    println!(
+        "pci_msix: {ROUNDS} exit-free doorbell deliveries ok ({} ns per doorbell -> interrupt)",
+        elapsed_ns / ROUNDS
+    );
     println!("pci_msix: ok");
     0
 }

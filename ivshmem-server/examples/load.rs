@@ -7,7 +7,9 @@
 //!   drainer thread reads every client socket (epoll, non-blocking, fds closed at once) so no
 //!   queue fills. Done when every client has every message the protocol implies:
 //!   `peers*(3+vectors) + vectors*peers*(peers-1)`. Reports the wall time, the server's RSS with
-//!   everyone joined, the same workload against the floor, then SIGTERM and the time to exit 0.
+//!   everyone joined (per peer: the growth over the idle server's RSS, divided by the peers), the
+//!   same workload against the floor, then SIGTERM with everyone still connected (the server
+//!   announces each departure) and the time to exit 0.
 //! * `load cycles --server BIN --secs 3`: one client connects, reads its handshake, closes, over
 //!   and over; cycles per second against the server and the floor, and the server's fd count
 //!   before and after (no leak).
@@ -142,6 +144,7 @@ fn connect_benchmark(
     // Our server.
     let socket = scratch.path("server.sock");
     let mut server = ServerProcess::start(server_bin, &socket, vectors, &scratch)?;
+    let rss_start = server.rss_kib()?;
     let mut rss = 0;
     let mut shutdown = None;
     let ours = run_connect(&socket, peers, vectors, timeout, |joined| {
@@ -151,12 +154,14 @@ fn connect_benchmark(
         shutdown = Some(server.terminate()?);
         Ok(())
     })
-    .context("connect workload against the server")?;
+    .with_context(|| format!("connect workload against the server{}", server.log_tail()))?;
     let shutdown = shutdown.ok_or_else(|| anyhow!("server was not shut down"))?;
+    // Per peer: what the peers added on top of the idle server.
+    let rss_per_peer = rss.saturating_sub(rss_start) as f64 / peers as f64;
     println!(
-        "# server: everyone joined in {:.1} ms, RSS {rss} KiB ({:.1} KiB per peer)",
+        "# server: everyone joined in {:.1} ms, RSS {rss} KiB ({:.1} KiB per peer over {rss_start} KiB at start)",
         ms(ours.elapsed),
-        rss as f64 / peers as f64
+        rss_per_peer
     );
     println!(
         "# server: exited 0 {:.1} ms after SIGTERM; clients saw {} departure notices",
@@ -178,8 +183,9 @@ fn connect_benchmark(
     );
 
     println!("connect_ms={:.1}", ms(ours.elapsed));
+    println!("server_rss_start_kib={rss_start}");
     println!("server_rss_kib={rss}");
-    println!("server_rss_per_peer_kib={:.2}", rss as f64 / peers as f64);
+    println!("server_rss_per_peer_kib={rss_per_peer:.2}");
     println!("shutdown_ms={:.1}", ms(shutdown));
     println!("shutdown_leave_notices={}", ours.leave_notices);
     println!("floor_connect_ms={:.1}", ms(floor_run.elapsed));
@@ -251,12 +257,26 @@ fn run_connect(
 
     let start = Instant::now();
     for index in 0..peers {
+        if start.elapsed() > timeout {
+            let drained = stop_drainer(drainer);
+            bail!(
+                "only {index} of {peers} clients connected within {} s{}",
+                timeout.as_secs(),
+                drained
+                    .err()
+                    .map(|e| format!(": {e:#}"))
+                    .unwrap_or_default()
+            );
+        }
         let stream = match connect_client(socket) {
             Ok(s) => s,
             Err(e) => {
                 let drained = stop_drainer(drainer);
-                return Err(e.context(format!("client {index} cannot connect")))
-                    .context(drained.err().map(|e| format!("{e:#}")).unwrap_or_default());
+                let e = e.context(format!("client {index} cannot connect"));
+                return Err(match drained {
+                    Err(d) => e.context(format!("{d:#}")),
+                    Ok(_) => e,
+                });
             }
         };
         stream.set_nonblocking(true)?;
@@ -290,6 +310,13 @@ fn run_connect(
     };
     let elapsed = finished.duration_since(start);
     let hook = when_joined(&shared);
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        // Let the drainer read the departure notices up to every client's EOF.
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !drainer.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
     let drained = stop_drainer(drainer);
     hook?;
     Ok(ConnectOutcome {
@@ -488,8 +515,8 @@ fn cycles_benchmark(server_bin: &Path, secs: f64, vectors: u32, warmup: u32) -> 
     let socket = scratch.path("server.sock");
     let mut server = ServerProcess::start(server_bin, &socket, vectors, &scratch)?;
     let fds_before = server.fd_count()?;
-    let ours =
-        run_cycles(&socket, vectors, warmup, duration).context("cycles against the server")?;
+    let ours = run_cycles(&socket, vectors, warmup, duration)
+        .with_context(|| format!("cycles against the server{}", server.log_tail()))?;
     // The last departure is handled asynchronously: give the server a moment to close it.
     let settle = Instant::now() + Duration::from_secs(2);
     let mut fds_after = server.fd_count()?;
@@ -810,6 +837,7 @@ fn memfd(size: u64) -> Result<OwnedFd> {
 struct ServerProcess {
     child: Option<Child>,
     pid: Pid,
+    log_path: PathBuf,
 }
 
 impl ServerProcess {
@@ -832,6 +860,7 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child: Some(child),
             pid,
+            log_path: log_path.clone(),
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
         while !socket.exists() {
@@ -849,6 +878,18 @@ impl ServerProcess {
             thread::sleep(Duration::from_millis(5));
         }
         Ok(server)
+    }
+
+    /// The end of the server's stderr, to explain a failure.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(" (server stderr ends with:\n{tail})")
+        }
     }
 
     fn child_mut(&mut self) -> Result<&mut Child> {

@@ -71,6 +71,9 @@ pub enum Flush {
     Failed(io::Error),
 }
 
+/// Capacity an empty queue keeps: enough for a join or leave notice burst without reallocating.
+const IDLE_QUEUE_CAPACITY: usize = 16;
+
 /// A peer's outgoing messages.
 #[derive(Debug)]
 pub struct OutQueue {
@@ -150,6 +153,9 @@ impl OutQueue {
                 Err(e) => return Flush::Failed(e),
             }
         }
+        // A handshake queues 3 + vectors × peers messages at once; give that memory back
+        // once it is sent, or a thousand idle peers keep ~100 KiB each.
+        self.items.shrink_to(IDLE_QUEUE_CAPACITY);
         Flush::Done
     }
 }

@@ -222,6 +222,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // Before any thread exists (device threads inherit the mask): see block_control_signals.
+    if let Err(e) = vmm::vm::block_control_signals() {
+        eprintln!("vmm: blocking signals: {e}");
+        return ExitCode::from(1);
+    }
     let args = Args::parse();
     match run(args) {
         Ok(status) => ExitCode::from(status as u8),

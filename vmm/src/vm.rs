@@ -255,6 +255,26 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Io { what, source }
 }
 
+/// The signals the VM's wait loop handles: SIGINT, SIGTERM (end the VM), SIGUSR1 (memory
+/// report).
+pub fn control_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGUSR1);
+    signals
+}
+
+/// Blocks `control_signals()` in the calling thread, so that threads it starts afterwards
+/// inherit the mask and the signals are only ever read from `Vm::run`'s signalfd. Call it first
+/// thing in `main`, before any thread exists: a thread without the mask would take SIGTERM's
+/// default action and kill the process uncleanly. `Vm::run` calls it again (harmless).
+pub fn block_control_signals() -> std::io::Result<SigSet> {
+    let signals = control_signals();
+    signals.thread_block().map_err(std::io::Error::from)?;
+    Ok(signals)
+}
+
 /// A created VM, not yet running.
 pub struct Vm {
     kvm: Kvm,
@@ -545,15 +565,7 @@ impl Vm {
     /// report on stderr. Returns why it ended.
     pub fn run(mut self) -> Result<ExitReason, VmError> {
         vcpu::install_kick_handler().map_err(io("kick signal handler"))?;
-        let mut signals = SigSet::empty();
-        signals.add(Signal::SIGINT);
-        signals.add(Signal::SIGTERM);
-        signals.add(Signal::SIGUSR1);
-        // Blocked in this thread before the vCPU threads start, so they inherit the mask and
-        // the signals are only ever read from the signalfd below.
-        signals
-            .thread_block()
-            .map_err(|e| io("block signals")(e.into()))?;
+        let signals = block_control_signals().map_err(io("block signals"))?;
         let signal_fd = SignalFd::with_flags(&signals, nix::sys::signalfd::SfdFlags::SFD_NONBLOCK)
             .map_err(|e| io("signalfd")(e.into()))?;
 

@@ -212,7 +212,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
                 return Some(ExitReason::Error(format!(
                     "vcpu{}: KVM internal error (emulation failure?){}",
                     ctx.cpu,
-                    describe_regs(fd)
+                    describe_regs(fd, &ctx.memory)
                 )));
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
@@ -220,7 +220,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
                 return Some(ExitReason::Error(format!(
                     "vcpu{}: VM entry failed (hardware reason {reason:#x}){}",
                     ctx.cpu,
-                    describe_regs(fd)
+                    describe_regs(fd, &ctx.memory)
                 )));
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
@@ -257,12 +257,41 @@ fn io_element_size(run: *const kvm_bindings::kvm_run) -> usize {
     }
 }
 
-fn describe_regs(fd: &VcpuFd) -> String {
+fn describe_regs(fd: &VcpuFd, memory: &AddressSpace) -> String {
     match (fd.get_regs(), fd.get_sregs()) {
-        (Ok(r), Ok(s)) => format!(
-            ": rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-            r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr3, s.cr4, s.efer
-        ),
+        (Ok(r), Ok(s)) => {
+            let mut text = format!(
+                ": rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr3, s.cr4, s.efer
+            );
+            if let Some(pa) = translate(memory, s.cr3, r.rip) {
+                let mut code = [0u8; 16];
+                memory.read(pa, &mut code);
+                let bytes: Vec<String> = code.iter().map(|b| format!("{b:02x}")).collect();
+                text.push_str(&format!(" code@rip: {}", bytes.join(" ")));
+            }
+            text
+        }
         _ => String::new(),
     }
+}
+
+/// Guest-virtual to guest-physical through 4-level page tables at `cr3` (for diagnostics).
+fn translate(memory: &AddressSpace, cr3: u64, va: u64) -> Option<u64> {
+    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    let mut table = cr3 & ADDR;
+    for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+        let mut entry = [0u8; 8];
+        memory.read(table + ((va >> shift) & 511) * 8, &mut entry);
+        let entry = u64::from_le_bytes(entry);
+        if entry & 1 == 0 {
+            return None;
+        }
+        let page_size = 1u64 << shift;
+        if level == 1 || ((level == 2 || level == 3) && entry & 0x80 != 0) {
+            return Some((entry & ADDR & !(page_size - 1)) | (va & (page_size - 1)));
+        }
+        table = entry & ADDR;
+    }
+    None
 }

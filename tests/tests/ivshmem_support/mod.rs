@@ -121,6 +121,8 @@ impl Vm {
         for spec in ivshmem {
             cmd.arg("--ivshmem").arg(spec);
         }
+        // The device logs joins and leaves at info level: tests watch for them.
+        cmd.env("RUST_LOG", "vmm::devices::ivshmem=info");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -146,6 +148,24 @@ impl Vm {
 
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the VMM logged `text` on stderr (true) or `timeout` passed / it ended.
+    pub fn wait_stderr(&mut self, text: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            if start.elapsed() > timeout || matches!(self.child.try_wait(), Ok(Some(_))) {
+                return self.stderr().contains(text);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until the guest printed `text` (true) or `timeout` passed / the VM ended (false).
@@ -225,13 +245,24 @@ pub struct HostPeer {
     pub peer: Peer,
     /// Doorbells received so far, per vector.
     pub received: Vec<u64>,
+    /// Server news not yet consumed by `wait_join` / `wait_left`.
+    pub events: std::collections::VecDeque<ServerEvent>,
 }
 
 impl HostPeer {
-    pub fn connect(socket: &Path) -> HostPeer {
-        let peer = Peer::connect(socket).expect("host peer connects");
+    /// Connects and waits until the server has sent all `vectors` of our own vectors.
+    pub fn connect(socket: &Path, vectors: u32) -> HostPeer {
+        let options = peer::ConnectOptions {
+            vectors: Some(vectors),
+            ..peer::ConnectOptions::default()
+        };
+        let peer = Peer::connect_with(socket, &options).expect("host peer connects");
         let received = vec![0; peer.own_vector_count() as usize];
-        HostPeer { peer, received }
+        HostPeer {
+            peer,
+            received,
+            events: Default::default(),
+        }
     }
 
     pub fn id(&self) -> u16 {
@@ -264,9 +295,10 @@ impl HostPeer {
             .collect()
     }
 
-    /// Processes server news without blocking; returns the events.
-    pub fn news(&mut self) -> Vec<ServerEvent> {
-        self.peer.process_server_messages()
+    /// Processes server news without blocking (queued for `wait_join` / `wait_left`).
+    pub fn news(&mut self) {
+        let events = self.peer.process_server_messages();
+        self.events.extend(events);
     }
 
     /// Waits up to `timeout` for doorbells; adds them to `received`.
@@ -317,4 +349,85 @@ pub fn demo_id(vm: &VmOutcome) -> u16 {
                 .ok()
         })
         .unwrap_or_else(|| panic!("{} printed no id:\n{}", vm.name, vm.stdout))
+}
+
+impl HostPeer {
+    /// Waits for the next doorbell on `vector` (up to `timeout`); panics if none comes.
+    pub fn expect_doorbell(&mut self, vector: u32, timeout: Duration) {
+        let got = self
+            .peer
+            .wait_vector(vector, Some(timeout))
+            .expect("wait for a doorbell");
+        assert!(
+            got.is_some(),
+            "host peer {}: no doorbell on vector {vector} within {timeout:?}",
+            self.id()
+        );
+        self.received[vector as usize] += got.unwrap_or(0);
+    }
+
+    /// Waits until the server announces a peer joining; returns its id.
+    pub fn wait_join(&mut self, timeout: Duration) -> u16 {
+        self.wait_event(timeout, |e| match e {
+            ServerEvent::Joined { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("nobody joined within {timeout:?}"))
+    }
+
+    /// Waits until the server announces a peer leaving; returns its id.
+    pub fn wait_left(&mut self, timeout: Duration) -> u16 {
+        self.wait_event(timeout, |e| match e {
+            ServerEvent::Left { peer } => Some(*peer),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("nobody left within {timeout:?}"))
+    }
+
+    /// Takes the first queued server event `pick` accepts, polling the server until `timeout`.
+    fn wait_event<T>(
+        &mut self,
+        timeout: Duration,
+        pick: impl Fn(&ServerEvent) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| pick(e).is_some()) {
+                return self.events.remove(i).and_then(|e| pick(&e));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let events = self.peer.poll_server(Some(Duration::from_millis(50)));
+            self.events.extend(events);
+        }
+    }
+
+    pub fn write_u64(&self, offset: usize, value: u64) {
+        self.peer.shm().write(offset, &value.to_le_bytes()).unwrap();
+    }
+
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.peer.shm().read(offset, &mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+}
+
+/// A host echo on a thread: for the first peer that joins after `host` connected, answers
+/// `rounds` doorbells on vector 0 with one doorbell back. Returns the host id and the thread
+/// (which yields the number of rounds answered).
+pub fn spawn_host_echo(mut host: HostPeer, rounds: u64) -> (u16, std::thread::JoinHandle<u64>) {
+    let id = host.id();
+    let thread = std::thread::spawn(move || {
+        let partner = host.wait_join(VM_TIMEOUT);
+        for i in 0..rounds {
+            match host.peer.wait_vector(0, Some(Duration::from_secs(30))) {
+                Ok(Some(_)) => host.ring(partner, 0, Duration::from_secs(10)),
+                _ => return i,
+            }
+        }
+        rounds
+    });
+    (id, thread)
 }

@@ -1,0 +1,243 @@
+//! The ivshmem PCI device as a guest sees it (the `ivshmem_check` guest program walks the spec:
+//! identity, BARs, MSI-X, registers, shared memory), what reaches the VMM (exit counters from
+//! `vmm --stats`), and `--ivshmem` errors.
+
+mod ivshmem_support;
+
+use std::time::Duration;
+
+use harness::{kvm_available, Scratch, Server};
+use ivshmem_support::*;
+
+#[test]
+fn plain_device_passes_the_register_check() {
+    if !kvm_available("plain_device_passes_the_register_check") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-check-plain");
+    let file = scratch.join("mem");
+    let spec = [format!("plain,path={},size=2M", file.display())];
+    let out = run_vm(
+        "plain",
+        "ivshmem_check",
+        &spec,
+        "variant=plain size=2097152",
+        &[],
+    );
+    out.assert_code(0);
+    assert!(out.stdout.contains("ok: plain device #0"), "{}", out.stdout);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 2 << 20);
+
+    // memfd, and the legacy `shm=NAME,size=MB` spelling (/dev/shm/NAME).
+    run_vm(
+        "memfd",
+        "ivshmem_check",
+        &["plain,memfd,size=1M".to_string()],
+        "variant=plain size=1048576",
+        &[],
+    )
+    .assert_code(0);
+    let name = format!("ivshmem-test-legacy-{}", std::process::id());
+    let out = run_vm(
+        "legacy",
+        "ivshmem_check",
+        &[format!("shm={name},size=1")],
+        "variant=plain size=1048576",
+        &[],
+    );
+    let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+    out.assert_code(0);
+}
+
+#[test]
+fn doorbell_device_passes_the_register_check_with_its_server_id() {
+    if !kvm_available("doorbell_device_passes_the_register_check_with_its_server_id") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-check-doorbell");
+    let socket = scratch.join("sock");
+    // -l 3M is rounded up to 4M by the server.
+    let _server = Server::start(&socket, &["--memfd", "-l", "3M", "-n", "4"]);
+    let mut host = HostPeer::connect(&socket, 4);
+    let vm = Vm::start(
+        "doorbell",
+        "ivshmem_check",
+        &[doorbell(&socket, 4)],
+        "variant=doorbell size=4194304 vectors=4",
+        &[],
+    );
+    let vm_id = host.wait_join(VM_TIMEOUT);
+    let out = vm.finish(VM_TIMEOUT);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains(&format!("id={vm_id} shm_size=4194304")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("msix_vectors=4"), "{}", out.stdout);
+}
+
+/// A plain and a doorbell device in one VM: each is checked as what it is.
+#[test]
+fn mixed_devices_in_one_vm_each_pass_the_check() {
+    if !kvm_available("mixed_devices_in_one_vm_each_pass_the_check") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-check-mixed");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["--memfd", "-l", "1M", "-n", "2"]);
+    let specs = ["plain,memfd,size=8M".to_string(), doorbell(&socket, 2)];
+    run_vm(
+        "mixed0",
+        "ivshmem_check",
+        &specs,
+        "index=0 variant=plain size=8388608",
+        &[],
+    )
+    .assert_code(0);
+    run_vm(
+        "mixed1",
+        "ivshmem_check",
+        &specs,
+        "index=1 variant=doorbell size=1048576 vectors=2",
+        &[],
+    )
+    .assert_code(0);
+    // A check that expects the wrong variant fails with its documented code.
+    run_vm(
+        "wrong",
+        "ivshmem_check",
+        &specs,
+        "index=0 variant=doorbell",
+        &[],
+    )
+    .assert_code(24);
+}
+
+/// Runs `rounds` doorbell round trips between a VM (ping) and a host echo; returns the VM.
+fn ping_host(socket: &std::path::Path, rounds: u64, spec: String) -> VmOutcome {
+    let host = HostPeer::connect(socket, 1);
+    let (host_id, echo) = spawn_host_echo(host, rounds);
+    let out = run_vm(
+        "ping",
+        "ivshmem_pingpong",
+        &[spec],
+        &format!("role=ping peer={host_id} rounds={rounds} warmup=0 timeout_ms=30000"),
+        &[],
+    );
+    assert_eq!(echo.join().unwrap(), rounds, "host echo answered");
+    out.assert_code(0);
+    out
+}
+
+/// Doorbells matched by an ioeventfd and MSI-X deliveries through irqfd never exit to the VMM:
+/// 1000 round trips cost (almost) no more MMIO exits than 10. With `ioeventfd=off` every
+/// doorbell is an exit served by the VMM's slow path.
+#[test]
+fn doorbells_do_not_exit_to_the_vmm() {
+    if !kvm_available("doorbells_do_not_exit_to_the_vmm") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-exits-doorbell");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["--memfd", "-l", "1M"]);
+    let few = ping_host(&socket, 10, doorbell(&socket, 1));
+    let many = ping_host(&socket, 1000, doorbell(&socket, 1));
+    let (e_few, e_many) = (few.stat("exits_mmio"), many.stat("exits_mmio"));
+    assert!(
+        e_many < e_few + 50,
+        "exits_mmio: {e_few} for 10 round trips, {e_many} for 1000"
+    );
+    assert_eq!(many.stat("ivshmem_slow_doorbells"), 0);
+
+    let slow = ping_host(
+        &socket,
+        200,
+        format!("doorbell,socket={},ioeventfd=off", socket.display()),
+    );
+    assert_eq!(slow.stat("ivshmem_slow_doorbells"), 200);
+    assert!(
+        slow.stat("exits_mmio") >= e_few + 200 - 50,
+        "{}",
+        slow.stderr
+    );
+}
+
+/// Writing 256 MiB into BAR2 costs no exits when it is a memory slot (`mapping=slot`, the
+/// default), and one exit per store with `mapping=trap`.
+#[test]
+fn shared_memory_traffic_exits_only_with_mapping_trap() {
+    if !kvm_available("shared_memory_traffic_exits_only_with_mapping_trap") {
+        return;
+    }
+    let small = run_vm(
+        "slot-4M",
+        "ivshmem_bandwidth",
+        &["plain,memfd,size=4M".to_string()],
+        "total_mb=4 window_mb=1",
+        &[],
+    );
+    let big = run_vm(
+        "slot-256M",
+        "ivshmem_bandwidth",
+        &["plain,memfd,size=4M".to_string()],
+        "total_mb=256 window_mb=1 max_ms=20000",
+        &[],
+    );
+    small.assert_code(0);
+    big.assert_code(0);
+    assert_eq!(
+        big.value("bar2_bytes").as_deref(),
+        Some("268435456"),
+        "{}",
+        big.stdout
+    );
+    let (e_small, e_big) = (small.stat("exits_mmio"), big.stat("exits_mmio"));
+    assert!(
+        e_big < e_small + 20,
+        "exits_mmio: {e_small} for 4 MiB, {e_big} for 256 MiB"
+    );
+
+    let trap = run_vm(
+        "trap",
+        "ivshmem_bandwidth",
+        &["plain,memfd,size=4M,mapping=trap".to_string()],
+        "total_mb=1 window_mb=1 max_ms=200",
+        &[],
+    );
+    trap.assert_code(0);
+    let stores = trap.value("bar2_bytes").unwrap().parse::<u64>().unwrap() / 8;
+    assert!(stores > 0, "{}", trap.stdout);
+    assert!(
+        trap.stat("exits_mmio") >= e_small + stores,
+        "{} stores but exits_mmio={} (slot: {e_small})\n{}",
+        stores,
+        trap.stat("exits_mmio"),
+        trap.stdout
+    );
+}
+
+/// Bad `--ivshmem` values and an absent server end the vmm with status 1 and a message naming
+/// the problem, before the guest runs.
+#[test]
+fn bad_ivshmem_options_are_reported() {
+    if !kvm_available("bad_ivshmem_options_are_reported") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-bad-options");
+    let missing = scratch.join("no-such-socket");
+    let cases = [
+        ("plain,memfd,size=3M".to_string(), "not a power of two"),
+        ("plain,memfd".to_string(), "needs size="),
+        ("doorbell".to_string(), "needs socket="),
+        ("virtio".to_string(), "--ivshmem"),
+        (doorbell(&missing, 1), "no-such-socket"),
+    ];
+    for (spec, message) in cases {
+        let out = Vm::start("bad", "ivshmem_check", &[spec.clone()], "", &[])
+            .finish(Duration::from_secs(30));
+        assert_eq!(out.code, Some(1), "{spec}: {out:?}");
+        assert!(out.stderr.contains(message), "{spec}: {}", out.stderr);
+        assert!(!out.stdout.contains("ivshmem_check"), "{spec}: guest ran");
+    }
+}

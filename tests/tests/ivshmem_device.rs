@@ -234,7 +234,7 @@ fn bad_ivshmem_options_are_reported() {
         (doorbell(&missing, 1), "no-such-socket"),
     ];
     for (spec, message) in cases {
-        let out = Vm::start("bad", "ivshmem_check", &[spec.clone()], "", &[])
+        let out = Vm::start("bad", "ivshmem_check", std::slice::from_ref(&spec), "", &[])
             .finish(Duration::from_secs(30));
         assert_eq!(out.code, Some(1), "{spec}: {out:?}");
         assert!(out.stderr.contains(message), "{spec}: {}", out.stderr);

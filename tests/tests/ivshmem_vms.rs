@@ -321,3 +321,46 @@ fn one_vm_with_two_devices_on_two_servers() {
     );
     assert_eq!(vm.stat("ivshmem_slow_doorbells"), 0);
 }
+
+/// When the server dies, the VM and the host peer keep the memory and the doorbells they
+/// already had: they keep exchanging data and doorbells (and a VM can ring itself).
+#[test]
+fn vm_and_host_keep_working_after_the_server_dies() {
+    if !kvm_available("vm_and_host_keep_working_after_the_server_dies") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-server-dies");
+    let socket = scratch.join("sock");
+    let server = Server::start(&socket, &["--memfd", "-l", "1M", "-n", "2"]);
+    let mut host = HostPeer::connect(&socket, 2);
+    host.write_u64(0x400, host.id() as u64);
+    let ops = "ops=ringself:1,irq:1,wid:0x408,until:0x410:1,ringat:0x400:0,irq:1,ringself:0,irq:0,\
+               show timeout_ms=60000";
+    let mut vm = Vm::start(
+        "survivor",
+        "ivshmem_script",
+        &[doorbell(&socket, 2)],
+        ops,
+        &[],
+    );
+    assert!(
+        vm.wait_output("ok wid:0x408", VM_TIMEOUT),
+        "{}",
+        vm.stdout()
+    );
+    let vm_id = host.read_u64(0x408) as u16;
+    host.news();
+
+    drop(server);
+    assert!(
+        vm.wait_stderr("server connection ended", VM_TIMEOUT),
+        "{}",
+        vm.stderr()
+    );
+    host.write_u64(0x410, 1);
+    host.expect_doorbell(0, VM_TIMEOUT);
+    host.ring(vm_id, 1, Duration::from_secs(10));
+    let vm = vm.finish(VM_TIMEOUT);
+    vm.assert_code(0);
+    assert_eq!(vm.stat("ivshmem_slow_doorbells"), 0, "{}", vm.stderr);
+}

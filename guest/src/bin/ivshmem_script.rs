@@ -16,6 +16,7 @@
 //! | `nz:OFF`        | wait until the u64 at OFF != 0                                  |
 //! | `ring:PEER:V`   | ring vector V of PEER                                           |
 //! | `ringat:OFF:V`  | ring vector V of the peer whose id is the u64 at OFF            |
+//! | `ringself:V`    | ring our own vector V                                           |
 //! | `irq:V`         | wait for the next doorbell on our vector V (consumes one)       |
 //! | `quiet:V:MS`    | check no doorbell arrives on vector V for MS milliseconds       |
 //! | `sleep:MS`      | pause                                                           |
@@ -138,6 +139,11 @@ impl State {
                 let peer = dev.read_u64(offset) as u16;
                 dev.ring(peer, vector as u16);
                 println!("ivshmem_script: rang peer {peer} vector {vector}");
+            }
+            "ringself" => {
+                let vector = arg()?;
+                let dev = self.dev()?;
+                dev.ring(dev.id(), vector as u16);
             }
             "irq" | "quiet" => {
                 let vector = arg()? as u16;

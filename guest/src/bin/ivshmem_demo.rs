@@ -19,7 +19,7 @@
 #![no_std]
 #![no_main]
 
-use guest::ivshmem::{directory, Ivshmem};
+use guest::ivshmem::{directory, Deadline, Ivshmem};
 use guest::pci::BarAllocator;
 use guest::{args, clock, interrupts, println};
 
@@ -124,8 +124,9 @@ fn main() -> i32 {
         // Sleep until a doorbell (or the rescan timer) wakes us.
         let seen0 = dev.received(0);
         if counts[0] == seen0 {
-            interrupts::arm_timer(SCAN_NS.min(timeout_ns - elapsed));
+            let tick = Deadline::start(SCAN_NS.min(timeout_ns - elapsed));
             interrupts::halt_until_changed(dev.cpu_vector(0), seen0);
+            tick.cancel();
         }
     };
     if result == 0 {

@@ -115,6 +115,26 @@ impl Ivshmem {
         })
     }
 
+    /// Moves BAR `index` (0, 1 or 2) to a fresh address from `allocator`, with memory decoding
+    /// left on (the VMM remaps at the config write, as a guest OS may do at any time). Returns
+    /// the new address.
+    pub fn move_bar(&mut self, index: u8, allocator: &mut BarAllocator) -> Option<u64> {
+        let bar = match index {
+            0 => self.bar0,
+            2 => self.bar2,
+            1 => pci::size_bar(self.bdf, 1)?,
+            _ => return None,
+        };
+        let address = allocator.allocate(bar.kind, bar.size)?;
+        pci::set_bar_address(self.bdf, &bar, address);
+        match index {
+            0 => self.regs = address,
+            2 => self.shm = address,
+            _ => self.msix = Msix::find(self.bdf),
+        }
+        Some(address)
+    }
+
     /// True for ivshmem-doorbell (it has MSI-X), false for ivshmem-plain.
     pub fn is_doorbell(&self) -> bool {
         self.msix.is_some()

@@ -241,3 +241,59 @@ fn bad_ivshmem_options_are_reported() {
         assert!(!out.stdout.contains("ivshmem_check"), "{spec}: guest ran");
     }
 }
+
+/// The guest moves all three BARs while the device is live (decoding on): the shared memory,
+/// the doorbell (still an ioeventfd: no slow path) and MSI-X delivery all follow.
+#[test]
+fn bars_moved_by_the_guest_keep_memory_doorbells_and_interrupts_working() {
+    if !kvm_available("bars_moved_by_the_guest_keep_memory_doorbells_and_interrupts_working") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-move-bars");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["--memfd", "-l", "1M"]);
+    let mut host = HostPeer::connect(&socket, 1);
+    host.write_u64(0x500, host.id() as u64);
+    host.write_u64(0x508, 0x77);
+    let ops = "ops=until:0x508:0x77,wid:0x518,move:2,until:0x508:0x77,w64:0x510:0x88,move:0,\
+               ringat:0x500:0,move:1,irq:0 timeout_ms=60000";
+    let vm = Vm::start("mover", "ivshmem_script", &[doorbell(&socket, 1)], ops, &[]);
+    host.expect_doorbell(0, VM_TIMEOUT);
+    assert_eq!(host.read_u64(0x510), 0x88, "written through the moved BAR2");
+    let vm_id = host.read_u64(0x518) as u16;
+    host.ring(vm_id, 0, Duration::from_secs(10));
+    let out = vm.finish(VM_TIMEOUT);
+    out.assert_code(0);
+    assert_eq!(out.stdout.matches("now at").count(), 3, "{}", out.stdout);
+    assert_eq!(out.stat("ivshmem_slow_doorbells"), 0, "{}", out.stderr);
+}
+
+/// A doorbell to a masked MSI-X vector is held: no interrupt, the PBA bit is set; unmasking
+/// delivers it once and clears the bit (QEMU's mask/unmask/poll behaviour).
+#[test]
+fn a_doorbell_to_a_masked_vector_is_held_pending_until_unmask() {
+    if !kvm_available("a_doorbell_to_a_masked_vector_is_held_pending_until_unmask") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-masked");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["--memfd", "-l", "1M"]);
+    let mut host = HostPeer::connect(&socket, 1);
+    let ops = "ops=wid:0x600,mask:0,w64:0x608:1,until:0x610:1,quiet:0:300,pending:0:1,unmask:0,\
+               irq:0,pending:0:0,quiet:0:100 timeout_ms=60000";
+    let vm = Vm::start(
+        "masked",
+        "ivshmem_script",
+        &[doorbell(&socket, 1)],
+        ops,
+        &[],
+    );
+    assert!(
+        harness::wait_until(VM_TIMEOUT, || host.read_u64(0x608) == 1),
+        "the VM did not get ready"
+    );
+    let vm_id = host.read_u64(0x600) as u16;
+    host.ring(vm_id, 0, Duration::from_secs(10));
+    host.write_u64(0x610, 1);
+    vm.finish(VM_TIMEOUT).assert_code(0);
+}

@@ -20,6 +20,9 @@
 //! | `irq:V`         | wait for the next doorbell on our vector V (consumes one)       |
 //! | `quiet:V:MS`    | check no doorbell arrives on vector V for MS milliseconds       |
 //! | `sleep:MS`      | pause                                                           |
+//! | `mask:V` / `unmask:V` | mask / unmask our MSI-X entry V                           |
+//! | `pending:V:B`   | check entry V's PBA bit is B (0 or 1)                           |
+//! | `move:BAR`      | move BAR 0, 1 or 2 to a new address (decoding stays on)         |
 //!
 //! Prints `ivshmem_script: ok OP` per step and `ivshmem_script: done`.
 //! Exit status: 0 all done; 1 a wait timed out or a check failed; 2 a malformed op;
@@ -61,6 +64,7 @@ struct State {
     consumed: [[u64; MAX_VECTORS as usize]; MAX_DEVICES],
     current: usize,
     timeout_ns: u64,
+    allocator: BarAllocator,
 }
 
 enum Failure {
@@ -173,6 +177,28 @@ impl State {
                     return Err(Failure::Failed);
                 }
             }
+            "mask" | "unmask" => {
+                let vector = arg()? as u16;
+                let msix = self.dev()?.msix.ok_or(Failure::NoDevice)?;
+                msix.mask(vector, name == "mask");
+            }
+            "pending" => {
+                let (vector, want) = (arg()? as u16, arg()?);
+                let msix = self.dev()?.msix.ok_or(Failure::NoDevice)?;
+                if msix.is_pending(vector) as u64 != want {
+                    println!("ivshmem_script: {op}: pending bit is {}", (want == 0) as u8);
+                    return Err(Failure::Failed);
+                }
+            }
+            "move" => {
+                let bar = arg()? as u8;
+                let current = self.current;
+                let dev = self.devices[current].as_mut().ok_or(Failure::NoDevice)?;
+                let Some(address) = dev.move_bar(bar, &mut self.allocator) else {
+                    return Err(Failure::Failed);
+                };
+                println!("ivshmem_script: BAR{bar} now at {address:#x}");
+            }
             "sleep" => {
                 let ms = arg()?;
                 poll(ms * 1_000_000, || false);
@@ -199,6 +225,7 @@ fn main() -> i32 {
         consumed: [[0; MAX_VECTORS as usize]; MAX_DEVICES],
         current: 0,
         timeout_ns,
+        allocator,
     };
     for op in args::str_or("ops", "").split(',').filter(|o| !o.is_empty()) {
         match state.run(op) {

@@ -257,7 +257,13 @@ fn bars_moved_by_the_guest_keep_memory_doorbells_and_interrupts_working() {
     host.write_u64(0x508, 0x77);
     let ops = "ops=until:0x508:0x77,wid:0x518,move:2,until:0x508:0x77,w64:0x510:0x88,move:0,\
                ringat:0x500:0,move:1,irq:0 timeout_ms=60000";
-    let vm = Vm::start("mover", "ivshmem_script", &[doorbell(&socket, 1)], ops, &[]);
+    let mut vm = Vm::start("mover", "ivshmem_script", &[doorbell(&socket, 1)], ops, &[]);
+    assert!(
+        vm.wait_output("rang peer", VM_TIMEOUT),
+        "{}\n{}",
+        vm.stdout(),
+        vm.stderr()
+    );
     host.expect_doorbell(0, VM_TIMEOUT);
     assert_eq!(host.read_u64(0x510), 0x88, "written through the moved BAR2");
     let vm_id = host.read_u64(0x518) as u16;
@@ -281,7 +287,7 @@ fn a_doorbell_to_a_masked_vector_is_held_pending_until_unmask() {
     let mut host = HostPeer::connect(&socket, 1);
     let ops = "ops=wid:0x600,mask:0,w64:0x608:1,until:0x610:1,quiet:0:300,pending:0:1,unmask:0,\
                irq:0,pending:0:0,quiet:0:100 timeout_ms=60000";
-    let vm = Vm::start(
+    let mut vm = Vm::start(
         "masked",
         "ivshmem_script",
         &[doorbell(&socket, 1)],
@@ -289,8 +295,10 @@ fn a_doorbell_to_a_masked_vector_is_held_pending_until_unmask() {
         &[],
     );
     assert!(
-        harness::wait_until(VM_TIMEOUT, || host.read_u64(0x608) == 1),
-        "the VM did not get ready"
+        vm.wait_output("ok w64:0x608:1", VM_TIMEOUT),
+        "{}\n{}",
+        vm.stdout(),
+        vm.stderr()
     );
     let vm_id = host.read_u64(0x600) as u16;
     host.ring(vm_id, 0, Duration::from_secs(10));

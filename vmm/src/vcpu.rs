@@ -209,6 +209,9 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::InternalError) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                if complete_unemulated(fd, &ctx.memory) {
+                    continue;
+                }
                 return Some(ExitReason::Error(format!(
                     "vcpu{}: KVM internal error (emulation failure?){}",
                     ctx.cpu,
@@ -273,6 +276,44 @@ fn describe_regs(fd: &VcpuFd, memory: &AddressSpace) -> String {
             text
         }
         _ => String::new(),
+    }
+}
+
+/// This project's KVM emulates guest ring 0, and its emulator gives up on a few instructions
+/// Linux executes while booting. For two of them the VMM does what the CPU would:
+/// - `int3` (0xCC): deliver #BP, a trap (the saved RIP is the next instruction);
+/// - `fwait` (0x9B): nothing to wait for unless CR0.TS and CR0.MP are set (#NM) — we never
+///   leave x87 exceptions pending (FPU state is only set by the VMM), so skip it.
+///
+/// Returns whether the guest can go on.
+fn complete_unemulated(fd: &VcpuFd, memory: &AddressSpace) -> bool {
+    const CR0_MP: u64 = 1 << 1;
+    const CR0_TS: u64 = 1 << 3;
+    let (Ok(mut regs), Ok(sregs), Ok(mut events)) =
+        (fd.get_regs(), fd.get_sregs(), fd.get_vcpu_events())
+    else {
+        return false;
+    };
+    let Some(pa) = translate(memory, sregs.cr3, regs.rip) else {
+        return false;
+    };
+    let mut opcode = [0u8; 1];
+    memory.read(pa, &mut opcode);
+    match opcode[0] {
+        0xCC if events.exception.injected == 0 => {
+            regs.rip += 1;
+            events.exception.injected = 1;
+            events.exception.nr = 3;
+            events.exception.has_error_code = 0;
+            events.exception.error_code = 0;
+            log::debug!("injecting #BP for int3 at {:#x}", regs.rip - 1);
+            fd.set_regs(&regs).is_ok() && fd.set_vcpu_events(&events).is_ok()
+        }
+        0x9B if sregs.cr0 & (CR0_MP | CR0_TS) != (CR0_MP | CR0_TS) => {
+            regs.rip += 1;
+            fd.set_regs(&regs).is_ok()
+        }
+        _ => false,
     }
 }
 

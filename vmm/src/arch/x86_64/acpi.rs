@@ -1,6 +1,6 @@
 //! ACPI tables for Linux guests: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG.
 //!
-//! The platform is "hardware-reduced" ACPI (no PM timer, SCI or GPE blocks to emulate); the
+//! The DSDT describes the PCI host bridge (bus 0, its windows). The platform is "hardware-reduced" ACPI (no PM timer, SCI or GPE blocks to emulate); the
 //! FADT's reset register is the i8042 command port with value 0xFE, so an ACPI reboot ends the
 //! VM like a keyboard-controller reset. MADT: one enabled LAPIC per vCPU, the IOAPIC at
 //! `IOAPIC_ADDR` (GSI base 0), ISA IRQ 0 → GSI 2, PCAT_COMPAT (a legacy PIC pair exists). MCFG:
@@ -35,11 +35,61 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
     out
 }
 
-/// An empty DSDT (the header alone is valid AML).
+/// DSDT: the PCI host bridge `\_SB.PCI0` (PNP0A08, segment 0, bus 0) with its resources — conf1
+/// ports, the I/O ports around them, the 32-bit MMIO window and the 64-bit window — so Linux
+/// finds bus 0 through ACPI and knows where BARs may go. No _PRT: our devices use MSI/MSI-X.
 fn dsdt() -> Vec<u8> {
-    Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION)
-        .as_slice()
-        .to_vec()
+    use acpi_tables::aml::{
+        self, AddressSpaceCacheable, Device, EISAName, Name, Path, ResourceTemplate, Scope,
+    };
+    let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
+    let conf1 = aml::IO::new(0xCF8, 0xCF8, 1, 8);
+    let io_low = aml::AddressSpace::<u16>::new_io(0, 0xCF7, None);
+    let io_high = aml::AddressSpace::<u16>::new_io(0xD00, 0xFFFF, None);
+    let mmio32 = aml::AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32_ADDR as u32,
+        (PCI_MMIO32_END - 1) as u32,
+        None,
+    );
+    let mmio64 = aml::AddressSpace::<u64>::new_memory(
+        AddressSpaceCacheable::Cacheable,
+        true,
+        PCI_MMIO64_ADDR,
+        PCI_MMIO64_ADDR + PCI_MMIO64_SIZE - 1,
+        None,
+    );
+    let crs = ResourceTemplate::new(vec![&bus, &conf1, &io_low, &io_high, &mmio32, &mmio64]);
+    let hid = EISAName::new("PNP0A08");
+    let cid = EISAName::new("PNP0A03");
+    let zero = aml::ZERO;
+    let names = [
+        Name::new(Path::new("_HID"), &hid),
+        Name::new(Path::new("_CID"), &cid),
+        Name::new(Path::new("_ADR"), &zero),
+        Name::new(Path::new("_SEG"), &zero),
+        Name::new(Path::new("_UID"), &zero),
+        Name::new(Path::new("_BBN"), &zero),
+        Name::new(Path::new("_CRS"), &crs),
+    ];
+    let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    let pci0 = Device::new(Path::new("PCI0"), children);
+    let sb = Scope::new(Path::new("\\_SB_"), vec![&pci0]);
+    let mut body = Vec::new();
+    sb.to_aml_bytes(&mut body);
+
+    let mut sdt = Sdt::new(
+        *b"DSDT",
+        36 + body.len() as u32,
+        6,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    sdt.write_bytes(36, &body);
+    sdt.update_checksum();
+    sdt.as_slice().to_vec()
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
@@ -162,5 +212,38 @@ mod tests {
         assert_eq!(madt[44], 0, "first MADT entry is a local APIC");
         assert_eq!(madt[52], 0, "second local APIC");
         assert_eq!(madt[60], 1, "then the IOAPIC");
+    }
+
+    /// Disassembles the DSDT with ACPICA's `iasl` when it is installed (skipped otherwise).
+    #[test]
+    fn dsdt_disassembles() {
+        let dir = std::env::temp_dir().join(format!("vmm-dsdt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let aml = dir.join("dsdt.aml");
+        std::fs::write(&aml, dsdt()).unwrap();
+        let out = std::process::Command::new("iasl")
+            .arg("-d")
+            .arg(&aml)
+            .output();
+        let Ok(out) = out else {
+            eprintln!("SKIP: iasl not installed");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        };
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for needle in [
+            "Device (PCI0)",
+            "PNP0A08",
+            "0xC0000000",
+            "0x0000001000000000",
+        ] {
+            assert!(dsl.contains(needle), "{needle} missing in\n{dsl}");
+        }
     }
 }

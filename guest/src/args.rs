@@ -48,6 +48,12 @@ pub fn u64_or(key: &str, default: u64) -> u64 {
     }
 }
 
+/// `key` as a number when given; a malformed value is reported and ends the program (exit
+/// status 2), as in [`u64_or`].
+pub fn opt_u64(key: &str) -> Option<u64> {
+    get(key).map(|_| u64_or(key, 0))
+}
+
 /// `key`'s value, or `default` when missing.
 pub fn str_or(key: &str, default: &'static str) -> &'static str {
     get(key).unwrap_or(default)

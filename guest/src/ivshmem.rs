@@ -200,7 +200,7 @@ impl Ivshmem {
                 break None;
             }
             if spin {
-                core::hint::spin_loop();
+                // No `pause` (spin_loop hint): under a hypervisor it may trap and yield the vCPU.
             } else {
                 interrupts::halt_until_changed(cpu_vector, seen);
             }

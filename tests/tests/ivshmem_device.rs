@@ -305,3 +305,32 @@ fn a_doorbell_to_a_masked_vector_is_held_pending_until_unmask() {
     host.write_u64(0x610, 1);
     vm.finish(VM_TIMEOUT).assert_code(0);
 }
+
+/// `--guest-args` reaches the program (here: which device to check), a malformed number is
+/// reported by the guest (exit 2), and arguments longer than the 4 KiB page are refused by the
+/// vmm before the guest runs.
+#[test]
+fn guest_args_reach_the_program() {
+    if !kvm_available("guest_args_reach_the_program") {
+        return;
+    }
+    let spec = ["plain,memfd,size=1M".to_string()];
+    let out = run_vm("args", "ivshmem_check", &spec, "index=3", &[]);
+    out.assert_code(10);
+    assert!(
+        out.stdout.contains("no ivshmem device #3"),
+        "{}",
+        out.stdout
+    );
+    let out = run_vm("args", "ivshmem_check", &spec, "size=lots", &[]);
+    out.assert_code(2);
+    assert!(
+        out.stdout.contains("size=lots is not a number"),
+        "{}",
+        out.stdout
+    );
+    let long = format!("x={}", "y".repeat(5000));
+    let out = run_vm("args", "ivshmem_check", &spec, &long, &[]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("--guest-args"), "{}", out.stderr);
+}

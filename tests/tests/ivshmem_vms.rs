@@ -364,3 +364,43 @@ fn vm_and_host_keep_working_after_the_server_dies() {
     vm.assert_code(0);
     assert_eq!(vm.stat("ivshmem_slow_doorbells"), 0, "{}", vm.stderr);
 }
+
+/// Two VMs with plain devices on one file play ping-pong through shared memory alone (both
+/// spin on a word of BAR2; no doorbells, no exits).
+#[test]
+fn two_vms_play_ping_pong_through_plain_shared_memory() {
+    if !kvm_available("two_vms_play_ping_pong_through_plain_shared_memory") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-memory-pingpong");
+    let spec = [format!(
+        "plain,path={},size=1M",
+        scratch.join("shared").display()
+    )];
+    let args = "transport=memory rounds=200 warmup=20 timeout_ms=60000";
+    let pong = Vm::start(
+        "pong",
+        "ivshmem_pingpong",
+        &spec,
+        &format!("role=pong {args}"),
+        &[],
+    );
+    let ping = Vm::start(
+        "ping",
+        "ivshmem_pingpong",
+        &spec,
+        &format!("role=ping {args}"),
+        &[],
+    );
+    let ping = ping.finish(VM_TIMEOUT);
+    let pong = pong.finish(VM_TIMEOUT);
+    ping.assert_code(0);
+    pong.assert_code(0);
+    assert!(ping.value("rtt_ns").is_some(), "{}", ping.stdout);
+    assert!(
+        pong.stdout.contains("answered 220 rounds"),
+        "{}",
+        pong.stdout
+    );
+    assert!(ping.stat("exits_mmio") < 200, "{}", ping.stderr);
+}

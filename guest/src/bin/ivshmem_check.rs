@@ -86,7 +86,7 @@ fn main() -> i32 {
         Some(b) if ivshmem::is_64bit_prefetchable(&b) && b.size.is_power_of_two() => b,
         other => return fail(17, format_args!("BAR2 {other:?}")),
     };
-    if let Some(size) = args::get_u64("size") {
+    if let Some(size) = args::opt_u64("size") {
         if bar2.size != size {
             return fail(
                 17,
@@ -124,7 +124,7 @@ fn main() -> i32 {
                 format_args!("MSI-X table {table:#x}, PBA {pba:#x}, BAR1 {bar1:#x} bytes"),
             );
         }
-        if let Some(want) = args::get_u64("vectors") {
+        if let Some(want) = args::opt_u64("vectors") {
             if msix.vectors as u64 != want {
                 return fail(
                     16,
@@ -162,7 +162,7 @@ fn main() -> i32 {
     }
     let id = dev.read_reg(reg::IV_POSITION);
     let want_id = if has_msix {
-        args::get_u64("id")
+        args::opt_u64("id")
     } else {
         Some(0)
     };

@@ -9,6 +9,10 @@
 //! directory: each side publishes "pingpong ping" / "pingpong pong" in its slot and looks for
 //! the other role. A host partner needs `peer=ID` (it answers `warmup + rounds` rings).
 //!
+//! With `transport=memory` there are no doorbells: both sides spin on two words of shared memory
+//! at `offset` (default 0x10000), as the host's `bench spin` / `bench spin-echo` do (compatible
+//! with them), on a doorbell or a plain device.
+//!
 //! Guest args: `role=ping|pong` (default ping), `peer=ID|auto`, `rounds=N` (default 10000),
 //! `warmup=W` (default rounds/10), `vector=V` (default 0), `wait=halt|spin` (default halt: the
 //! vCPU sleeps in the halt gate; spin polls the interrupt counter), `timeout_ms=T` per wait
@@ -18,7 +22,7 @@
 #![no_std]
 #![no_main]
 
-use guest::ivshmem::{directory, Ivshmem};
+use guest::ivshmem::{directory, Deadline, Ivshmem};
 use guest::pci::BarAllocator;
 use guest::{args, clock, println};
 
@@ -68,10 +72,23 @@ fn main() -> i32 {
     for earlier in 0..index {
         let _ = Ivshmem::open(earlier, &mut allocator);
     }
-    let Some(dev) = Ivshmem::open(index, &mut allocator).filter(|d| d.is_doorbell()) else {
+    let memory = match args::str_or("transport", "doorbell") {
+        "doorbell" => false,
+        "memory" => true,
+        other => {
+            println!("ivshmem_pingpong: transport must be doorbell or memory, not {other}");
+            return 2;
+        }
+    };
+    let Some(dev) = Ivshmem::open(index, &mut allocator).filter(|d| memory || d.is_doorbell())
+    else {
         println!("ivshmem_pingpong: no ivshmem-doorbell device #{index}");
         return 10;
     };
+    if memory {
+        let offset = args::u64_or("offset", 0x10000);
+        return memory_pingpong(&dev, role, offset, warmup, rounds, timeout_ns);
+    }
     if vector >= dev.vectors {
         println!(
             "ivshmem_pingpong: vector {vector} but the device has {}",
@@ -161,6 +178,70 @@ fn main() -> i32 {
     if explicit.is_none() {
         directory::withdraw(&dev, own);
     }
+    0
+}
+
+/// Round trips through two shared-memory words (no doorbells, both sides spin), the protocol
+/// of the host's `bench spin` / `bench spin-echo`: ping stores round `r` (1, 2, ...) at `offset`,
+/// pong answers by storing `r` at `offset + 64`.
+fn memory_pingpong(
+    dev: &Ivshmem,
+    role: &str,
+    offset: u64,
+    warmup: u64,
+    rounds: u64,
+    timeout_ns: u64,
+) -> i32 {
+    let (ping, pong) = (offset, offset + 64);
+    if pong + 8 > dev.shm_size {
+        println!("ivshmem_pingpong: offset {offset:#x} outside the shared memory");
+        return 2;
+    }
+    let total = warmup + rounds;
+    let spin_until = |at: u64, value: u64| -> bool {
+        let deadline = Deadline::start(timeout_ns);
+        let mut ok = true;
+        while dev.read_u64(at) != value {
+            if deadline.passed() {
+                ok = false;
+                break;
+            }
+            // No `pause` (spin_loop hint): under a hypervisor it may trap and yield the vCPU.
+        }
+        deadline.cancel();
+        ok
+    };
+    if role == "pong" {
+        println!("ivshmem_pingpong: pong: answering {total} rounds through memory at {offset:#x}");
+        for round in 1..=total {
+            if !spin_until(ping, round) {
+                println!("ivshmem_pingpong: pong: round {round} of {total} never came");
+                return 1;
+            }
+            dev.write_u64(pong, round);
+        }
+        println!("ivshmem_pingpong: pong: answered {total} rounds");
+        return 0;
+    }
+    dev.write_u64(pong, 0);
+    println!("ivshmem_pingpong: ping: memory at {offset:#x}, {warmup} warm-up + {rounds} rounds");
+    let mut start = clock::now_ns();
+    for round in 1..=total {
+        if round == warmup + 1 {
+            start = clock::now_ns();
+        }
+        dev.write_u64(ping, round);
+        if !spin_until(pong, round) {
+            println!("ivshmem_pingpong: ping: round {round} of {total} not answered in time");
+            return 1;
+        }
+    }
+    let elapsed = clock::now_ns() - start;
+    println!(
+        "ivshmem_pingpong: ping: transport=memory rounds={rounds} rtt_ns={} total_ms={}",
+        elapsed / rounds.max(1),
+        elapsed / 1_000_000
+    );
     0
 }
 

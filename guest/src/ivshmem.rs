@@ -191,22 +191,20 @@ impl Ivshmem {
         }
         let cpu_vector = self.cpu_vector(vector);
         let deadline = Deadline::start(timeout_ns);
-        let result = loop {
+        loop {
             let now = interrupts::count(cpu_vector);
             if now != seen {
-                break Some(now);
+                return Some(now);
             }
             if deadline.passed() {
-                break None;
+                return None;
             }
             if spin {
                 // No `pause` (spin_loop hint): under a hypervisor it may trap and yield the vCPU.
             } else {
                 interrupts::halt_until_changed(cpu_vector, seen);
             }
-        };
-        deadline.cancel();
-        result
+        }
     }
 
     /// Address of shared-memory byte `offset` (panics outside BAR2).
@@ -275,12 +273,19 @@ impl Ivshmem {
     }
 }
 
-/// A timeout measured by the LAPIC timer in periodic mode (vector `VECTOR_TIMER`): no exit to
-/// the VMM (the LAPIC is in KVM, and no clock register is read), and a halted vCPU wakes at
-/// every tick. Periodic rather than one-shot because the halt gate only re-checks the vector it
-/// waits for: a one-shot expiry landing between our check and the halt would be lost and the
-/// halt would never end; with ticks the next one ends it, so a wait overshoots by at most one
-/// period.
+/// A timeout counted in ticks of the LAPIC timer, which runs periodically (every
+/// [`TICK_NS`], vector `VECTOR_TIMER`) from the first `Deadline` on:
+/// - no exit to the VMM, and no LAPIC access per wait: LAPIC register accesses are expensive on
+///   this project's KVM (a start/stop pair of a one-shot timer measured ~60-120 µs), so the
+///   timer is programmed once and a deadline is just a tick count;
+/// - periodic rather than one-shot because the halt gate only re-checks the vector it waits
+///   for: a one-shot expiry landing between our check and the `hlt` would be lost and the halt
+///   would never end; with ticks the next one ends it.
+///
+/// A deadline passes between `timeout` and `timeout + 2 ticks` after it started. Do not mix with
+/// `interrupts::arm_timer` / `wait_interrupt_timeout` (they reprogram the same timer to one-shot);
+/// call [`restart_ticks`] after using them.
+#[derive(Clone, Copy, Debug)]
 pub struct Deadline {
     start_ticks: u64,
     ticks: u64,
@@ -290,41 +295,67 @@ const LAPIC_LVT_TIMER: u64 = 0x320;
 const LAPIC_TIMER_INITIAL: u64 = 0x380;
 const LAPIC_TIMER_DIVIDE: u64 = 0x3E0;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
-/// Timer period of a [`Deadline`] (KVM's LAPIC timer counts nanoseconds with divide-by-1).
-pub const DEADLINE_TICK_NS: u64 = 10_000_000;
+/// Period of the tick behind [`Deadline`] (KVM's LAPIC timer counts nanoseconds with
+/// divide-by-1).
+pub const TICK_NS: u64 = 10_000_000;
+static TICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// (Re)programs the LAPIC timer as the periodic tick.
+pub fn restart_ticks() {
+    TICKING.store(true, core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: LAPIC registers, identity-mapped for ring 3.
+    unsafe {
+        mmio::write32(crate::layout::LAPIC_ADDR + LAPIC_TIMER_DIVIDE, 0xB);
+        mmio::write32(
+            crate::layout::LAPIC_ADDR + LAPIC_LVT_TIMER,
+            crate::layout::VECTOR_TIMER as u32 | LVT_TIMER_PERIODIC,
+        );
+        mmio::write32(
+            crate::layout::LAPIC_ADDR + LAPIC_TIMER_INITIAL,
+            TICK_NS as u32,
+        );
+    }
+}
+
+/// Stops the tick (e.g. before a measurement that must not be interrupted).
+pub fn stop_ticks() {
+    TICKING.store(false, core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: LAPIC register; an initial count of 0 stops the timer.
+    unsafe { mmio::write32(crate::layout::LAPIC_ADDR + LAPIC_TIMER_INITIAL, 0) };
+}
 
 impl Deadline {
-    /// Starts the periodic timer for about `timeout_ns`.
+    /// A deadline `timeout_ns` from now (starts the tick if it is not running).
     pub fn start(timeout_ns: u64) -> Deadline {
-        let period = DEADLINE_TICK_NS.min(timeout_ns).max(1000);
-        let deadline = Deadline {
-            start_ticks: interrupts::count(crate::layout::VECTOR_TIMER),
-            ticks: timeout_ns.div_ceil(period).max(1),
-        };
-        // SAFETY: LAPIC registers, identity-mapped for ring 3.
-        unsafe {
-            mmio::write32(crate::layout::LAPIC_ADDR + LAPIC_TIMER_DIVIDE, 0xB);
-            mmio::write32(
-                crate::layout::LAPIC_ADDR + LAPIC_LVT_TIMER,
-                crate::layout::VECTOR_TIMER as u32 | LVT_TIMER_PERIODIC,
-            );
-            mmio::write32(
-                crate::layout::LAPIC_ADDR + LAPIC_TIMER_INITIAL,
-                period as u32,
-            );
+        if !TICKING.load(core::sync::atomic::Ordering::Relaxed) {
+            restart_ticks();
         }
-        deadline
+        Deadline {
+            start_ticks: interrupts::count(crate::layout::VECTOR_TIMER),
+            // +1: we may start just before a tick.
+            ticks: timeout_ns.div_ceil(TICK_NS) + 1,
+        }
     }
 
     pub fn passed(&self) -> bool {
         interrupts::count(crate::layout::VECTOR_TIMER) - self.start_ticks >= self.ticks
     }
 
-    /// Stops the timer.
-    pub fn cancel(self) {
-        // SAFETY: LAPIC register; an initial count of 0 stops the timer.
-        unsafe { mmio::write32(crate::layout::LAPIC_ADDR + LAPIC_TIMER_INITIAL, 0) };
+    /// Halts until the deadline passes (waking at each tick).
+    pub fn sleep(self) {
+        loop {
+            let seen = interrupts::count(crate::layout::VECTOR_TIMER);
+            if self.passed() {
+                return;
+            }
+            interrupts::halt_until_changed(crate::layout::VECTOR_TIMER, seen);
+        }
     }
+}
+
+/// Halts for about `ns` nanoseconds (at tick granularity, at least one tick).
+pub fn sleep_ns(ns: u64) {
+    Deadline::start(ns).sleep()
 }
 
 /// Whether a BAR is 64-bit prefetchable memory (what BAR2 must be).

@@ -44,7 +44,7 @@ fn find_partner(dev: &Ivshmem, own: u16, role: &str, timeout_ns: u64) -> Option<
             return None;
         }
         // Nothing to wait on yet (the partner does not know us): poll at a modest pace.
-        guest::interrupts::wait_interrupt_timeout(0, 0, 1_000_000);
+        guest::ivshmem::sleep_ns(1_000_000);
     }
 }
 
@@ -208,7 +208,6 @@ fn memory_pingpong(
             }
             // No `pause` (spin_loop hint): under a hypervisor it may trap and yield the vCPU.
         }
-        deadline.cancel();
         ok
     };
     if role == "pong" {

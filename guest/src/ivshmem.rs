@@ -317,6 +317,13 @@ pub fn restart_ticks() {
     }
 }
 
+/// Starts the tick unless it is running.
+pub fn start_ticks() {
+    if !TICKING.load(core::sync::atomic::Ordering::Relaxed) {
+        restart_ticks();
+    }
+}
+
 /// Stops the tick (e.g. before a measurement that must not be interrupted).
 pub fn stop_ticks() {
     TICKING.store(false, core::sync::atomic::Ordering::Relaxed);
@@ -327,9 +334,7 @@ pub fn stop_ticks() {
 impl Deadline {
     /// A deadline `timeout_ns` from now (starts the tick if it is not running).
     pub fn start(timeout_ns: u64) -> Deadline {
-        if !TICKING.load(core::sync::atomic::Ordering::Relaxed) {
-            restart_ticks();
-        }
+        start_ticks();
         Deadline {
             start_ticks: interrupts::count(crate::layout::VECTOR_TIMER),
             // +1: we may start just before a tick.

@@ -404,3 +404,63 @@ fn two_vms_play_ping_pong_through_plain_shared_memory() {
     );
     assert!(ping.stat("exits_mmio") < 200, "{}", ping.stderr);
 }
+
+/// The demo as scripts/demo.sh runs it: `ivshmem-client` as the host peer writes its slot and
+/// rings everyone (`int all`) once a VM has rung it; two VMs run `ivshmem_demo peers=2`.
+#[test]
+fn demo_with_ivshmem_client_and_two_vms() {
+    if !kvm_available("demo_with_ivshmem_client_and_two_vms") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-demo");
+    let socket = scratch.join("sock");
+    let server = Server::start(&socket, &["--memfd", "-l", "1M"]);
+    // The harness's readiness probe was peer 0, so the client is peer 1: slot 1 at offset 64.
+    let client = std::process::Command::new(harness::bin("ivshmem-client"))
+        .arg("-S")
+        .arg(&socket)
+        .args([
+            "-c",
+            "write 80 hello from the host\\0; write 64 IVSH; wait 0 60000; int all; \
+             sleep 500; int all",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ivshmem-client");
+    assert!(
+        harness::wait_until(VM_TIMEOUT, || server.log_text().contains("peer 1 joined")),
+        "{}",
+        server.log_text()
+    );
+    let spec = [doorbell(&socket, 1)];
+    let args = "peers=2 timeout_ms=60000";
+    let vm1 = Vm::start("vm1", "ivshmem_demo", &spec, args, &[]);
+    let vm2 = Vm::start("vm2", "ivshmem_demo", &spec, args, &[]);
+    let (vm1, vm2) = (vm1.finish(VM_TIMEOUT), vm2.finish(VM_TIMEOUT));
+    let host = client.wait_with_output().expect("ivshmem-client output");
+    assert!(host.status.success(), "ivshmem-client: {host:?}");
+    let host_out = String::from_utf8_lossy(&host.stdout);
+    // Both VMs ring the host; two rings close together are one notification (eventfd).
+    assert!(
+        host_out.contains("receive notification from peer_id=1 vector=0"),
+        "{host_out}"
+    );
+    for (vm, other) in [(&vm1, &vm2), (&vm2, &vm1)] {
+        vm.assert_code(0);
+        let other_id = demo_id(other);
+        assert!(
+            vm.stdout.contains("peer 1 says: \"hello from the host\""),
+            "{}",
+            vm.stdout
+        );
+        assert!(
+            vm.stdout.contains(&format!(
+                "peer {other_id} says: \"hello from VM {other_id}\""
+            )),
+            "{}",
+            vm.stdout
+        );
+        assert!(vm.stdout.contains("ivshmem-demo: done"), "{}", vm.stdout);
+    }
+}

@@ -334,3 +334,38 @@ fn guest_args_reach_the_program() {
     out.assert_code(1);
     assert!(out.stderr.contains("--guest-args"), "{}", out.stderr);
 }
+
+/// BAR2 larger than 4 GiB-aligned 32-bit space can describe: a 4 GiB plain device (sparse
+/// memfd) next to a 1 GiB one; both pass the check and their last words are usable.
+#[test]
+fn a_4_gib_shared_memory_is_a_64_bit_bar() {
+    if !kvm_available("a_4_gib_shared_memory_is_a_64_bit_bar") {
+        return;
+    }
+    let specs = [
+        "plain,memfd,size=4G".to_string(),
+        "plain,memfd,size=1G".to_string(),
+    ];
+    run_vm(
+        "big",
+        "ivshmem_check",
+        &specs,
+        "index=0 size=4294967296",
+        &[],
+    )
+    .assert_code(0);
+    let out = run_vm(
+        "big",
+        "ivshmem_script",
+        &specs,
+        "ops=w64:0xFFFFFFF8:5,dev:1,w64:0x3FFFFFF8:7,dev:0,until:0xFFFFFFF8:5,dev:1,\
+         until:0x3FFFFFF8:7,show",
+        &[],
+    );
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("dev=1 id=0 shm_size=1073741824"),
+        "{}",
+        out.stdout
+    );
+}

@@ -335,7 +335,7 @@ fn guest_args_reach_the_program() {
     assert!(out.stderr.contains("--guest-args"), "{}", out.stderr);
 }
 
-/// BAR2 larger than 4 GiB-aligned 32-bit space can describe: a 4 GiB plain device (sparse
+/// A 4 GiB BAR2 (more than a 32-bit BAR can describe): a 4 GiB plain device (sparse
 /// memfd) next to a 1 GiB one; both pass the check and their last words are usable.
 #[test]
 fn a_4_gib_shared_memory_is_a_64_bit_bar() {

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Benchmarks: every figure is a ratio against a baseline measured in the same run.
+# Writes BENCHMARKS.md (or the file given as $1) and prints it.
+#
+#   scripts/bench.sh                 # all sections
+#   SECTIONS="host server" scripts/bench.sh
+#
+# Sections: host (peer library vs raw eventfd / memcpy), server (connect and join/leave load
+# vs a minimal broker), vmm (exit dispatch, guest RAM bandwidth, start-up, RSS), ivshmem
+# (VM doorbells and BAR2 bandwidth). Run it on a quiet machine: the round trips are sensitive
+# to other load, which is why medians are reported next to means.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-BENCHMARKS.md}
+sections=${SECTIONS:-host server ivshmem}
+
+echo "bench.sh: building (release)" >&2
+cargo build --release --quiet --workspace --bins
+cargo build --release --quiet -p ivshmem-peer --examples
+cargo build --release --quiet -p ivshmem-server --examples
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+R=$target/release
+export PATH="$R:$PATH"
+
+work=$(mktemp -d /tmp/ivshmem-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+rows=()
+# row METRIC RESULT BASELINE RATIO TARGET COMMAND
+row() { rows+=("| $1 | $2 | $3 | $4 | $5 | \`$6\` |"); echo "  $1: $2 vs $3 -> $4 (target $5)" >&2; }
+# value KEY TEXT: the value of the first `KEY=value` line in TEXT
+value() { printf '%s\n' "$2" | sed -n "s/^$1=//p" | head -n1; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}')" "$1" "$2"; }
+
+# start_server SOCK ARGS...: a foreground server, waited for
+start_server() {
+    local sock=$1; shift
+    ivshmem-server -F -S "$sock" "$@" 2>>"$work/server.log" &
+    pids+=("$!")
+    for _ in $(seq 200); do [ -S "$sock" ] && return 0; sleep 0.05; done
+    echo "bench.sh: server on $sock did not start" >&2; cat "$work/server.log" >&2; exit 1
+}
+
+# median NUMBERS...: the median of its arguments
+median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+
+# Round trips are sensitive to whatever else the machine runs, so the doorbell and its raw
+# eventfd baseline are measured in alternation, three times each, and the medians compared.
+host_section() {
+    echo "== host peers" >&2
+    local sock=$work/host.sock
+    start_server "$sock" --memfd -l 256M -n 1
+    local base door spin bw i
+    local base_p50=() base_mean=() door_p50=() door_mean=()
+    for i in 1 2 3; do
+        base=$("$R/examples/bench" eventfd -n 40000 --warmup 4000)
+        door=$("$R/examples/bench" doorbell -S "$sock" -n 40000 --warmup 4000)
+        base_p50+=("$(value rtt_p50_ns "$base")"); base_mean+=("$(value rtt_ns "$base")")
+        door_p50+=("$(value rtt_p50_ns "$door")"); door_mean+=("$(value rtt_ns "$door")")
+    done
+    EVENTFD_P50=$(median "${base_p50[@]}")
+    EVENTFD_MEAN=$(median "${base_mean[@]}")
+    local dp50 dmean
+    dp50=$(median "${door_p50[@]}")
+    dmean=$(median "${door_mean[@]}")
+    row "doorbell round trip host↔host, median of p50s (3 runs)" "$dp50 ns" \
+        "raw eventfd pair $EVENTFD_P50 ns" "$(ratio "$dp50" "$EVENTFD_P50")" "≤ 1.10" \
+        "bench doorbell -S SOCK -n 40000 vs bench eventfd -n 40000, alternated 3×"
+    row "doorbell round trip host↔host, median of means (3 runs)" "$dmean ns" \
+        "raw eventfd pair $EVENTFD_MEAN ns" "$(ratio "$dmean" "$EVENTFD_MEAN")" "≤ 1.10" \
+        "same runs"
+    spin=$("$R/examples/bench" spin -S "$sock" -n 1000000 --warmup 100000)
+    row "round trip by spinning on a shared flag, median" "$(value rtt_p50_ns "$spin") ns" \
+        "raw eventfd pair $EVENTFD_P50 ns" \
+        "$(ratio "$(value rtt_p50_ns "$spin")" "$EVENTFD_P50")" "(memory path)" \
+        "bench spin -S SOCK -n 1000000"
+    local shm=() private=()
+    for i in 1 2 3; do
+        bw=$("$R/examples/bench" bandwidth -S "$sock" --size $((64 << 20)) --millis 1000)
+        shm+=("$(value shm_gbps "$bw")"); private+=("$(value private_gbps "$bw")")
+    done
+    local shm_med private_med
+    shm_med=$(median "${shm[@]}"); private_med=$(median "${private[@]}")
+    row "write bandwidth into shared memory, median of 3" "$shm_med GB/s" \
+        "memcpy to private memory $private_med GB/s" \
+        "$(ratio "$shm_med" "$private_med")" "≥ 0.95" \
+        "bench bandwidth -S SOCK --size 67108864 --millis 1000, 3×"
+}
+
+server_section() {
+    echo "== server load" >&2
+    local load cycles
+    load=$("$R/examples/load" connect --server "$R/ivshmem-server" --peers 1000 --vectors 4)
+    row "connect 1,000 peers × 4 vectors" "$(value connect_ms "$load") ms, server RSS $(value server_rss_kib "$load") KiB" \
+        "minimal blocking broker $(value floor_connect_ms "$load") ms" \
+        "$(value connect_ratio "$load")" "close to 1" \
+        "load connect --server ivshmem-server --peers 1000 --vectors 4"
+    cycles=$("$R/examples/load" cycles --server "$R/ivshmem-server" --secs 3)
+    row "join/leave cycles per second" "$(value cycles_per_sec "$cycles")/s (fds $(value server_fds_before "$cycles")→$(value server_fds_after "$cycles"))" \
+        "minimal blocking broker $(value floor_cycles_per_sec "$cycles")/s" \
+        "$(value cycles_ratio "$cycles")" "close to 1" \
+        "load cycles --server ivshmem-server --secs 3"
+}
+
+ivshmem_section() {
+    echo "== ivshmem VMs" >&2
+    local sock=$work/ivshmem.sock
+    # A fresh server: the first peer to connect is id 0, the next id 1 (no probe connection).
+    start_server "$sock" --memfd -l 64M -n 1
+    local base echo_pid vm pong_pid vmvm mem memvm bw trap few many off
+    base=$("$R/examples/bench" eventfd -n 100000 --warmup 10000)
+
+    # VM <-> host doorbell round trip: host echo is peer 0, the VM (ping) peer 1.
+    "$R/examples/bench" doorbell-echo -S "$sock" --partner 1 --rounds 22000 &
+    echo_pid=$!; pids+=("$echo_pid"); sleep 0.3
+    vm=$(vmm --guest builtin:ivshmem_pingpong --ivshmem "doorbell,socket=$sock" \
+        --guest-args "role=ping peer=0 rounds=20000 warmup=2000" --stats 2>&1)
+    wait "$echo_pid"
+    row "doorbell round trip VM↔host, mean" "$(value rtt_ns "$(tr ' ' '\n' <<<"$vm")") ns" \
+        "raw eventfd pair $(value rtt_ns "$base") ns" \
+        "$(ratio "$(value rtt_ns "$(tr ' ' '\n' <<<"$vm")")" "$(value rtt_ns "$base")")" "(interrupt path)" \
+        "vmm --guest builtin:ivshmem_pingpong --guest-args 'role=ping peer=0' + bench doorbell-echo"
+    row "VMM exits per doorbell round trip (ioeventfd + irqfd)" \
+        "$(value exits_mmio "$(tr ' ' '\n' <<<"$vm")") exits for 22,000 round trips" \
+        "slow doorbells $(value ivshmem_slow_doorbells "$(tr ' ' '\n' <<<"$vm")")" "—" "≈ set-up only" \
+        "vmm --stats (exits_mmio, ivshmem_slow_doorbells)"
+
+    # VM <-> VM doorbell round trip (partners found through the shared-memory directory).
+    vmm --name pong --guest builtin:ivshmem_pingpong --ivshmem "doorbell,socket=$sock" \
+        --guest-args "role=pong rounds=20000 warmup=2000" >/dev/null 2>&1 &
+    pong_pid=$!; pids+=("$pong_pid")
+    vmvm=$(vmm --guest builtin:ivshmem_pingpong --ivshmem "doorbell,socket=$sock" \
+        --guest-args "role=ping rounds=20000 warmup=2000" 2>&1)
+    wait "$pong_pid"
+    row "doorbell round trip VM↔VM, mean" "$(value rtt_ns "$(tr ' ' '\n' <<<"$vmvm")") ns" \
+        "raw eventfd pair $(value rtt_ns "$base") ns" \
+        "$(ratio "$(value rtt_ns "$(tr ' ' '\n' <<<"$vmvm")")" "$(value rtt_ns "$base")")" "(2 interrupt paths)" \
+        "vmm ... ivshmem_pingpong role=pong & vmm ... role=ping"
+
+    # VM <-> host through shared memory only (both spin), against host <-> host.
+    "$R/examples/bench" spin-echo -S "$sock" --offset 65536 --rounds 220000 &
+    echo_pid=$!; pids+=("$echo_pid"); sleep 0.3
+    mem=$(vmm --guest builtin:ivshmem_pingpong --ivshmem "doorbell,socket=$sock" \
+        --guest-args "role=ping transport=memory rounds=200000 warmup=20000" 2>&1)
+    wait "$echo_pid"
+    memvm=$("$R/examples/bench" spin -S "$sock" -n 200000 --warmup 20000)
+    row "round trip VM↔host spinning on BAR2, mean" "$(value rtt_ns "$(tr ' ' '\n' <<<"$mem")") ns" \
+        "host↔host (bench spin) $(value rtt_ns "$memvm") ns" \
+        "$(ratio "$(value rtt_ns "$(tr ' ' '\n' <<<"$mem")")" "$(value rtt_ns "$memvm")")" "close to 1" \
+        "ivshmem_pingpong transport=memory + bench spin-echo --offset 65536"
+
+    # BAR2 write bandwidth (memory slot) vs guest RAM, and with mapping=trap.
+    bw=$(vmm --guest builtin:ivshmem_bandwidth --ivshmem "doorbell,socket=$sock" \
+        --guest-args "total_mb=2048" 2>&1)
+    row "guest write bandwidth into BAR2 (16 MiB window)" "$(value bar2_gbps "$(tr ' ' '\n' <<<"$bw")") GB/s" \
+        "guest RAM $(value ram_gbps "$(tr ' ' '\n' <<<"$bw")") GB/s" \
+        "$(ratio "$(value bar2_gbps "$(tr ' ' '\n' <<<"$bw")")" "$(value ram_gbps "$(tr ' ' '\n' <<<"$bw")")")" "≥ 0.95" \
+        "vmm --guest builtin:ivshmem_bandwidth --guest-args total_mb=2048"
+    trap=$(vmm --guest builtin:ivshmem_bandwidth --ivshmem "plain,memfd,size=64M,mapping=trap" \
+        --guest-args "total_mb=1 window_mb=1 max_ms=500" --stats 2>&1)
+    row "guest write bandwidth into BAR2 with mapping=trap" "$(value bar2_mbps "$(tr ' ' '\n' <<<"$trap")") MB/s" \
+        "mapping=slot $(value bar2_gbps "$(tr ' ' '\n' <<<"$bw")") GB/s" \
+        "$(python3 -c "import sys; print(f'{float(sys.argv[1])/1000/float(sys.argv[2]):.5f}')" \
+            "$(value bar2_mbps "$(tr ' ' '\n' <<<"$trap")")" "$(value bar2_gbps "$(tr ' ' '\n' <<<"$bw")")")" \
+        "(every store exits)" \
+        "vmm ... --ivshmem plain,memfd,size=64M,mapping=trap --guest-args 'total_mb=1 window_mb=1 max_ms=500'"
+}
+
+for section in $sections; do
+    "${section}_section"
+done
+
+{
+    echo "# Benchmarks"
+    echo
+    echo "Produced by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r);"
+    echo "KVM modules: $(ls /sys/module 2>/dev/null | grep -E '^kvm' | paste -sd, -))."
+    echo "Each line is one run; the baseline was measured in the same run. Binaries are in"
+    echo "\`target/release\` (\`examples/bench\`, \`examples/load\`, \`vmm\`). Re-run: \`scripts/bench.sh\`."
+    echo
+    echo "| what | result | baseline (same run) | ratio | target | command |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+} >"$out"
+cat "$out"

@@ -18,6 +18,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::layout::{testdev, testdev_pio, TESTDEV_ADDR, TESTDEV_PIO_BASE};
+use crate::arch::x86_64::unemulated;
 use crate::memory::AddressSpace;
 use crate::vm::{ExitReason, VmControl};
 
@@ -209,7 +210,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::InternalError) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
-                if complete_unemulated(fd, &ctx.memory) {
+                if unemulated::complete(fd, &ctx.memory) {
                     continue;
                 }
                 return Some(ExitReason::Error(format!(
@@ -267,7 +268,7 @@ fn describe_regs(fd: &VcpuFd, memory: &AddressSpace) -> String {
                 ": rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
                 r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr3, s.cr4, s.efer
             );
-            if let Some(pa) = translate(memory, s.cr3, r.rip) {
+            if let Some(pa) = unemulated::translate(memory, s.cr3, r.rip) {
                 let mut code = [0u8; 16];
                 memory.read(pa, &mut code);
                 let bytes: Vec<String> = code.iter().map(|b| format!("{b:02x}")).collect();
@@ -277,62 +278,4 @@ fn describe_regs(fd: &VcpuFd, memory: &AddressSpace) -> String {
         }
         _ => String::new(),
     }
-}
-
-/// This project's KVM emulates guest ring 0, and its emulator gives up on a few instructions
-/// Linux executes while booting. For two of them the VMM does what the CPU would:
-/// - `int3` (0xCC): deliver #BP, a trap (the saved RIP is the next instruction);
-/// - `fwait` (0x9B): nothing to wait for unless CR0.TS and CR0.MP are set (#NM) — we never
-///   leave x87 exceptions pending (FPU state is only set by the VMM), so skip it.
-///
-/// Returns whether the guest can go on.
-fn complete_unemulated(fd: &VcpuFd, memory: &AddressSpace) -> bool {
-    const CR0_MP: u64 = 1 << 1;
-    const CR0_TS: u64 = 1 << 3;
-    let (Ok(mut regs), Ok(sregs), Ok(mut events)) =
-        (fd.get_regs(), fd.get_sregs(), fd.get_vcpu_events())
-    else {
-        return false;
-    };
-    let Some(pa) = translate(memory, sregs.cr3, regs.rip) else {
-        return false;
-    };
-    let mut opcode = [0u8; 1];
-    memory.read(pa, &mut opcode);
-    match opcode[0] {
-        0xCC if events.exception.injected == 0 => {
-            regs.rip += 1;
-            events.exception.injected = 1;
-            events.exception.nr = 3;
-            events.exception.has_error_code = 0;
-            events.exception.error_code = 0;
-            log::debug!("injecting #BP for int3 at {:#x}", regs.rip - 1);
-            fd.set_regs(&regs).is_ok() && fd.set_vcpu_events(&events).is_ok()
-        }
-        0x9B if sregs.cr0 & (CR0_MP | CR0_TS) != (CR0_MP | CR0_TS) => {
-            regs.rip += 1;
-            fd.set_regs(&regs).is_ok()
-        }
-        _ => false,
-    }
-}
-
-/// Guest-virtual to guest-physical through 4-level page tables at `cr3` (for diagnostics).
-fn translate(memory: &AddressSpace, cr3: u64, va: u64) -> Option<u64> {
-    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
-    let mut table = cr3 & ADDR;
-    for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
-        let mut entry = [0u8; 8];
-        memory.read(table + ((va >> shift) & 511) * 8, &mut entry);
-        let entry = u64::from_le_bytes(entry);
-        if entry & 1 == 0 {
-            return None;
-        }
-        let page_size = 1u64 << shift;
-        if level == 1 || ((level == 2 || level == 3) && entry & 0x80 != 0) {
-            return Some((entry & ADDR & !(page_size - 1)) | (va & (page_size - 1)));
-        }
-        table = entry & ADDR;
-    }
-    None
 }

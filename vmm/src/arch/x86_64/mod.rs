@@ -1,6 +1,7 @@
 //! x86-64 guest set-up: the guest physical layout (`layout`), the tables and ring-0 code for
 //! guest programs entered directly in 64-bit mode (`descriptors`, `stubs`, `paging`), per-vCPU
-//! state (`cpu`), loading guest programs (`program`) and the Linux boot protocol (`linux`, `acpi`).
+//! state (`cpu`), loading guest programs (`program`), the Linux boot protocol (`linux`, `acpi`)
+//! and instructions the VMM completes for this project's KVM (`unemulated`).
 pub mod acpi;
 pub mod cpu;
 pub mod descriptors;
@@ -9,6 +10,7 @@ pub mod linux;
 pub mod paging;
 pub mod program;
 pub mod stubs;
+pub mod unemulated;
 
 /// Errors setting up a guest.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,8 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("guest-target");
     println!("cargo:rerun-if-changed=../guest/src");
+    // The guest compiles the VMM's layout file as its own `layout` module.
+    println!("cargo:rerun-if-changed=src/arch/x86_64/layout.rs");
     println!("cargo:rerun-if-changed=../guest/Cargo.toml");
     println!("cargo:rerun-if-changed=../guest/.cargo/config.toml");
 

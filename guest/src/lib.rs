@@ -12,6 +12,8 @@ pub mod clock;
 pub mod console;
 pub mod interrupts;
 pub mod ivshmem;
+/// The VMM's layout file, compiled here too, so both sides agree by construction.
+#[path = "../../vmm/src/arch/x86_64/layout.rs"]
 pub mod layout;
 mod mem;
 pub mod mmio;

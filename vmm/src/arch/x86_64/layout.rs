@@ -1,6 +1,7 @@
-//! Guest physical layout and the guest ABI (the contract in briefs/guest-abi.md).
+//! Guest physical layout and the guest ABI.
 //!
-//! Mirrored, constant for constant, in `guest/src/layout.rs`; change both together.
+//! One file for both sides: the guest runtime compiles this same file as `guest::layout`
+//! (`#[path]` in guest/src/lib.rs), so it must stay plain `core`-only constants.
 //!
 //! ```text
 //! 0x0000_0000  page 0: not present (catches null pointers)

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-BENCHMARKS.md}
-sections=${SECTIONS:-host server ivshmem}
+sections=${SECTIONS:-host server vmm ivshmem}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -106,6 +106,69 @@ server_section() {
         "minimal blocking broker $(value floor_cycles_per_sec "$cycles")/s" \
         "$(value cycles_ratio "$cycles")" "close to 1" \
         "load cycles --server ivshmem-server --secs 3"
+}
+
+# wall_ms N CMD...: median wall time of N runs of CMD, in ms
+wall_ms() {
+    python3 - "$@" <<'PY'
+import statistics, subprocess, sys, time
+n, cmd = int(sys.argv[1]), sys.argv[2:]
+times = []
+for _ in range(n):
+    t = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    times.append((time.perf_counter() - t) * 1000)
+print(f"{statistics.median(times):.2f}")
+PY
+}
+
+vmm_section() {
+    echo "== vmm" >&2
+    local i out mmio=() pio=() bare_mmio=() bare_pio=() ram=() host=()
+    for i in 1 2 3; do
+        out=$(vmm --guest builtin:exit_bench 2>&1 | tr ' ' '\n')
+        mmio+=("$(value mmio_exits_per_sec "$out")"); pio+=("$(value pio_exits_per_sec "$out")")
+        out=$(vmm --guest builtin:exit_bench --bench-bare-exits 2>&1 | tr ' ' '\n')
+        bare_mmio+=("$(value mmio_exits_per_sec "$out")"); bare_pio+=("$(value pio_exits_per_sec "$out")")
+    done
+    local m p bm bp
+    m=$(median "${mmio[@]}"); p=$(median "${pio[@]}")
+    bm=$(median "${bare_mmio[@]}"); bp=$(median "${bare_pio[@]}")
+    row "MMIO exits per second through the memory-model dispatch, median of 3" "$m/s" \
+        "bare KVM_RUN loop answering in the vCPU thread $bm/s" "$(ratio "$m" "$bm")" "close to 1" \
+        "vmm --guest builtin:exit_bench [--bench-bare-exits], alternated 3×"
+    row "PIO exits per second through the memory-model dispatch, median of 3" "$p/s" \
+        "bare KVM_RUN loop $bp/s" "$(ratio "$p" "$bp")" "close to 1" \
+        "vmm --guest builtin:exit_bench [--bench-bare-exits], alternated 3×"
+    for i in 1 2 3; do
+        out=$(vmm --guest builtin:ram_bandwidth --memory 1G 2>&1 | tr ' ' '\n')
+        ram+=("$(value ram_write_gbps "$out")")
+        out=$(vmm --bench-host-memcpy 509M 2>&1 | tr ' ' '\n')
+        host+=("$(value host_memset_gbps "$out")")
+    done
+    local rm hm
+    rm=$(median "${ram[@]}"); hm=$(median "${host[@]}")
+    row "guest RAM write bandwidth (ring 3), median of 3" "$rm GB/s" \
+        "host memset, same size $hm GB/s" "$(ratio "$rm" "$hm")" "close to 1" \
+        "vmm --guest builtin:ram_bandwidth --memory 1G vs vmm --bench-host-memcpy 509M"
+    local first spawn run
+    first=$(vmm --guest builtin:hello --stats 2>&1 | tr ' ' '\n')
+    spawn=$(wall_ms 20 vmm --version)
+    run=$(wall_ms 20 vmm --guest builtin:hello)
+    row "VM creation to first guest exit" "$(value first_exit_us "$first") µs; whole hello run $run ms (median of 20)" \
+        "starting the vmm binary (--version) $spawn ms" "$(ratio "$run" "$spawn")" "(set-up cost)" \
+        "vmm --guest builtin:hello --stats (first_exit_us); wall time vs vmm --version"
+    local rss qemu_rss qpid
+    rss=$(value rss_kib "$first")
+    if command -v qemu-system-x86_64 >/dev/null; then
+        qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64 &
+        qpid=$!; pids+=("$qpid"); sleep 2
+        qemu_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$qpid/status")
+        kill "$qpid"; wait "$qpid" 2>/dev/null || true
+        row "VMM resident memory (hello guest, 64 MiB RAM)" "$rss KiB" \
+            "QEMU 64 MiB, paused, no devices $qemu_rss KiB" "$(ratio "$rss" "$qemu_rss")" "< 1" \
+            "vmm --guest builtin:hello --stats (rss_kib) vs qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64"
+    fi
 }
 
 ivshmem_section() {

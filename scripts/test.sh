@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Debian's qemu-system-x86 for the QEMU
-# interoperability test), builds every binary (the guest programs are built and embedded by
+# interoperability test, acpica-tools to check the VMM's ACPI tables with iasl), builds every binary (the guest programs are built and embedded by
 # vmm/build.rs), checks formatting and lints, and runs unit and multi-process integration tests.
 #
 #   scripts/test.sh              # everything
@@ -14,12 +14,13 @@ cd "$(dirname "$0")/.."
 install_packages() {
     local missing=()
     command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+    command -v iasl >/dev/null || missing+=(acpica-tools)
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
     echo "test.sh: installing ${missing[*]} (apt-get)"
     if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null; then
-        echo "test.sh: could not install ${missing[*]}; the QEMU interop test will skip" >&2
+        echo "test.sh: could not install ${missing[*]}; the tests that need them will skip" >&2
     fi
 }
 

@@ -32,6 +32,8 @@ fi
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The guest programs are their own no_std workspace (no test harness: clippy without --all-targets).
+(cd guest && cargo fmt -- --check && cargo clippy --release --quiet -- -D warnings)
 
 echo "== build"
 cargo build --workspace --quiet

@@ -464,3 +464,79 @@ fn demo_with_ivshmem_client_and_two_vms() {
         assert!(vm.stdout.contains("ivshmem-demo: done"), "{}", vm.stdout);
     }
 }
+
+/// A server that completes the handshake correctly and then sends nonsense (values out of
+/// range, a leave for a peer nobody announced, a second shared memory): the VM reports the
+/// first bad message once, ignores them all, and keeps its memory and its doorbells.
+#[test]
+fn a_misbehaving_server_is_reported_once_and_ignored() {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::net::UnixListener;
+
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use protocol::fdpass::send_message_all;
+
+    if !kvm_available("a_misbehaving_server_is_reported_once_and_ignored") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-bad-server");
+    let socket = scratch.join("sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let shm = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"bad-server", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap(),
+    );
+    shm.set_len(1 << 20).unwrap();
+    let own: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap())
+        .collect();
+
+    let mut vm = Vm::start(
+        "victim",
+        "ivshmem_script",
+        &[doorbell(&socket, 2)],
+        "ops=id:1,show,irq:0,w64:0:7 timeout_ms=60000",
+        &[],
+    );
+    let (sock, _) = listener.accept().unwrap();
+    let send = |value: i64, fd: Option<std::os::fd::BorrowedFd<'_>>| {
+        send_message_all(sock.as_fd(), value, fd).unwrap()
+    };
+    send(0, None);
+    send(1, None);
+    send(-1, Some(shm.as_fd()));
+    for fd in &own {
+        send(1, Some(fd.as_fd()));
+    }
+    assert!(vm.wait_output("ok show", VM_TIMEOUT), "{}", vm.stdout());
+
+    for _ in 0..20 {
+        send(-5, None);
+    }
+    send(70_000, None);
+    send(7, None);
+    send(-1, Some(shm.as_fd()));
+    assert!(
+        vm.wait_stderr("bad message from the server", VM_TIMEOUT),
+        "{}",
+        vm.stderr()
+    );
+    own[0].write(1).unwrap();
+    let vm = vm.finish(VM_TIMEOUT);
+    vm.assert_code(0);
+    assert_eq!(
+        vm.stderr.matches("bad message from the server").count(),
+        1,
+        "reported once: {}",
+        vm.stderr
+    );
+    let mut word = [0u8; 8];
+    shm.read_exact_at(&mut word, 0).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(word),
+        7,
+        "the VM's write reached the memory"
+    );
+    drop(sock);
+}

@@ -83,40 +83,54 @@ pub fn follow(mut server: Peer, wiring: Wiring) {
     let name = wiring.name.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("{name}-server"))
-        .spawn(move || loop {
-            let events = server.poll_server(None);
-            let mut gone = false;
-            for event in &events {
-                match event {
-                    ServerEvent::Joined { peer, vectors } => {
-                        log::info!("{}: peer {peer} joined ({vectors} vectors)", wiring.name)
-                    }
-                    ServerEvent::Left { peer } => log::info!("{}: peer {peer} left", wiring.name),
-                    ServerEvent::ProtocolViolation(e) => {
-                        log::warn!(
-                            "{}: ignoring a bad message from the server: {e}",
-                            wiring.name
-                        )
-                    }
-                    ServerEvent::ServerGone { reason } => {
-                        log::warn!(
-                            "{}: server connection ended ({reason}); the device keeps its memory \
-                             and known peers",
-                            wiring.name
-                        );
-                        gone = true;
-                    }
-                    other => log::debug!("{}: {other:?}", wiring.name),
+        .spawn(move || {
+            let mut violations = 0u64;
+            loop {
+                let events = server.poll_server(None);
+                let mut gone = false;
+                for event in &events {
+                    gone |= report(&wiring.name, event, &mut violations);
                 }
-            }
-            if let Err(e) = wiring.sync_with(&server) {
-                log::warn!("{}: applying server news: {e}", wiring.name);
-            }
-            if gone || (events.is_empty() && !server.server_connected()) {
-                break;
+                if let Err(e) = wiring.sync_with(&server) {
+                    log::warn!("{}: applying server news: {e}", wiring.name);
+                }
+                if gone || (events.is_empty() && !server.server_connected()) {
+                    break;
+                }
             }
         });
     if let Err(e) = spawned {
         log::error!("{name}: cannot start the server thread: {e}; joins and leaves won't be seen");
     }
+}
+
+/// Logs one piece of server news; returns true when the server is gone. Bad messages are
+/// reported once and then only counted: a broken server must not flood the log.
+fn report(name: &str, event: &ServerEvent, violations: &mut u64) -> bool {
+    match event {
+        ServerEvent::Joined { peer, vectors } => {
+            log::info!("{name}: peer {peer} joined ({vectors} vectors)")
+        }
+        ServerEvent::Left { peer } => log::info!("{name}: peer {peer} left"),
+        ServerEvent::ProtocolViolation(e) => {
+            *violations += 1;
+            if *violations == 1 {
+                log::warn!(
+                    "{name}: ignoring a bad message from the server: {e} (later ones are \
+                     ignored and counted)"
+                );
+            } else {
+                log::debug!("{name}: ignoring a bad message from the server: {e}");
+            }
+        }
+        ServerEvent::ServerGone { reason } => {
+            log::warn!(
+                "{name}: server connection ended ({reason}; {violations} bad message(s) \
+                 ignored); the device keeps its memory and known peers"
+            );
+            return true;
+        }
+        other => log::debug!("{name}: {other:?}"),
+    }
+    false
 }

@@ -94,9 +94,8 @@ fn server_memfd_above_4gib_is_sparse_and_sized() {
     let c = RawClient::connect(&sock, 1);
     assert_eq!(shm_size(&c), 8 << 30);
     // Sparse: touching the last page works without allocating the rest.
-    let m = Mapping::new(c.shm.as_ref().unwrap());
-    // SAFETY: inside the mapping.
-    unsafe { m.ptr.add(m.len - 1).write_volatile(7) };
+    let m = map_shm(c.shm.as_ref().unwrap());
+    m.write(m.len() - 1, &[7]).unwrap();
 }
 
 #[test]
@@ -139,14 +138,13 @@ fn server_shm_in_a_directory() {
         "file unlinked right away"
     );
     let (ma, mb) = (
-        Mapping::new(a.shm.as_ref().unwrap()),
-        Mapping::new(b.shm.as_ref().unwrap()),
+        map_shm(a.shm.as_ref().unwrap()),
+        map_shm(b.shm.as_ref().unwrap()),
     );
-    // SAFETY: inside both mappings.
-    unsafe {
-        ma.ptr.add(12345).write_volatile(0xab);
-        assert_eq!(mb.ptr.add(12345).read_volatile(), 0xab);
-    }
+    ma.write(12345, &[0xab]).unwrap();
+    let mut byte = [0u8];
+    mb.read(12345, &mut byte).unwrap();
+    assert_eq!(byte[0], 0xab);
 }
 
 #[test]

@@ -144,19 +144,16 @@ fn server_shared_memory_is_shared() {
     let server = start_server(&sock, &["-M", &name, "--unlink-shm", "-l", "1M"]);
     let a = RawClient::connect(&sock, 1);
     let b = RawClient::connect(&sock, 1);
-    let ma = Mapping::new(a.shm.as_ref().unwrap());
-    let mb = Mapping::new(b.shm.as_ref().unwrap());
-    assert_eq!((ma.len, mb.len), (1 << 20, 1 << 20));
-    for i in (0..ma.len).step_by(4096) {
-        // SAFETY: within the mapping.
-        unsafe { ma.ptr.add(i).write_volatile((i / 4096) as u8 ^ 0x5a) };
+    let ma = map_shm(a.shm.as_ref().unwrap());
+    let mb = map_shm(b.shm.as_ref().unwrap());
+    assert_eq!((ma.len(), mb.len()), (1 << 20, 1 << 20));
+    for i in (0..ma.len()).step_by(4096) {
+        ma.write(i, &[(i / 4096) as u8 ^ 0x5a]).unwrap();
     }
-    for i in (0..mb.len).step_by(4096) {
-        // SAFETY: within the mapping.
-        assert_eq!(
-            unsafe { mb.ptr.add(i).read_volatile() },
-            (i / 4096) as u8 ^ 0x5a
-        );
+    for i in (0..mb.len()).step_by(4096) {
+        let mut byte = [0u8];
+        mb.read(i, &mut byte).unwrap();
+        assert_eq!(byte[0], (i / 4096) as u8 ^ 0x5a);
     }
     assert!(std::path::Path::new(&format!("/dev/shm/{name}")).exists());
     assert!(server.terminate().success());

@@ -213,37 +213,8 @@ pub fn wait_rung(fd: &OwnedFd, ms: i32) -> Option<u64> {
     }
 }
 
-/// Maps a shared-memory fd (whole object) read-write and shared.
-pub struct Mapping {
-    pub ptr: *mut u8,
-    pub len: usize,
-}
-
-impl Mapping {
-    pub fn new(fd: &OwnedFd) -> Mapping {
-        let len = nix::sys::stat::fstat(fd.as_fd()).unwrap().st_size as usize;
-        // SAFETY: mapping a shared fd of `len` bytes at an address the kernel picks.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Mapping {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+/// Maps a client's shared-memory fd (whole object) read-write and shared, with the `peer`
+/// library's bounds-checked mapping.
+pub fn map_shm(fd: &OwnedFd) -> peer::SharedMemory {
+    peer::SharedMemory::map(fd.try_clone().expect("dup the shm fd")).expect("map the shm fd")
 }

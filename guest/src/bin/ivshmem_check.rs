@@ -10,7 +10,8 @@
 //! 16 BAR1/MSI-X wrong (or present on plain); 17 BAR2 not 64-bit prefetchable or wrong size;
 //! 18 IntrMask not plain storage; 19 IntrStatus not cleared on read; 20 IVPosition wrong or
 //! writable; 21 Doorbell does not read 0; 22 reserved registers not 0; 23 shared memory does not
-//! read back; 24 variant differs from `variant=`; 2 bad guest args.
+//! read back; 24 variant differs from `variant=`; 25 command register without I/O and memory
+//! decoding (QEMU's realize sets both); 2 bad guest args.
 #![no_std]
 #![no_main]
 
@@ -54,6 +55,11 @@ fn main() -> i32 {
     let pin = bdf.read8(0x3D);
     if pin != 0 {
         return fail(14, format_args!("interrupt pin {pin}"));
+    }
+    // QEMU's realize turns I/O and memory decoding on.
+    let decode = pci::COMMAND_IO | pci::COMMAND_MEMORY;
+    if bdf.command() & decode != decode {
+        return fail(25, format_args!("command register {:#06x}", bdf.command()));
     }
 
     // BARs, sized before assignment.

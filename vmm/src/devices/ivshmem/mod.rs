@@ -26,6 +26,7 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::{AccessSizes, IoAccess, MemoryError, MemoryRegion};
+use crate::pci::config as pci_config;
 use crate::pci::{Bar, Bdf, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
 use crate::vm::Vm;
 pub use options::{Bar2Mapping, IvshmemOptions, IvshmemVariant};
@@ -101,6 +102,17 @@ fn identity() -> PciIds {
     }
 }
 
+/// A function with the device's identity. Like QEMU's realize, the command register starts with
+/// I/O and memory decoding on (nothing decodes until the guest gives the BARs addresses).
+fn new_function(name: &str) -> PciFunction {
+    let mut function = PciFunction::new(name, identity());
+    function.config_mut().set_word(
+        pci_config::COMMAND,
+        pci_config::COMMAND_IO | pci_config::COMMAND_MEMORY,
+    );
+    function
+}
+
 /// BAR0: 32-bit registers; other sizes are converted by the memory core, as in QEMU.
 fn bar0_region(name: &str, registers: Arc<Registers>) -> MemoryRegion {
     let access = IoAccess {
@@ -140,7 +152,7 @@ pub fn add_to_vm(vm: &Vm, spec: &str, index: usize) -> Result<Arc<IvshmemDevice>
             let shm = backend::open(source, *size)?;
             let peers = Arc::new(PeerTable::default());
             let registers = Arc::new(Registers::new(0, peers.clone()));
-            let mut function = PciFunction::new("ivshmem-plain", identity());
+            let mut function = new_function("ivshmem-plain");
             function.set_bar(
                 0,
                 Bar::memory32(bar0_region(&name, registers.clone()), false),
@@ -181,7 +193,7 @@ pub fn add_to_vm(vm: &Vm, spec: &str, index: usize) -> Result<Arc<IvshmemDevice>
             let registers = Arc::new(Registers::new(own_id, peers.clone()));
             let bar0 = bar0_region(&name, registers.clone());
             let msix = Msix::new(&name, *vectors as usize, vm.interrupts().clone())?;
-            let mut function = PciFunction::new("ivshmem-doorbell", identity());
+            let mut function = new_function("ivshmem-doorbell");
             function.set_bar(0, Bar::memory32(bar0.clone(), false))?;
             function.add_msix(&msix, 1)?;
             let bar2 = bar2_region(&name, server.shm().fd(), size, options.mapping)?;

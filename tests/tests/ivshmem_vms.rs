@@ -540,3 +540,42 @@ fn a_misbehaving_server_is_reported_once_and_ignored() {
     );
     drop(sock);
 }
+
+/// 50 host peers join and leave while a VM with a doorbell device runs: the VMM follows every
+/// one (ioeventfds added and removed, eventfds closed) and ends with the fds it started with.
+#[test]
+fn peers_coming_and_going_leak_no_fds_in_the_vmm() {
+    if !kvm_available("peers_coming_and_going_leak_no_fds_in_the_vmm") {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-vmm-fds");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["--memfd", "-l", "1M", "-n", "2"]);
+    let mut vm = Vm::start("idler", "idle", &[doorbell(&socket, 2)], "", &[]);
+    assert!(
+        vm.wait_output("idle: waiting", VM_TIMEOUT),
+        "{}",
+        vm.stdout()
+    );
+    let before = harness::fd_count(vm.pid());
+    let mut last = 0;
+    for _ in 0..50 {
+        let peer = HostPeer::connect(&socket, 2);
+        last = peer.id();
+        drop(peer);
+    }
+    assert!(
+        vm.wait_stderr(&format!("peer {last} left"), VM_TIMEOUT),
+        "{}",
+        vm.stderr()
+    );
+    let settled = harness::wait_until(Duration::from_secs(10), || {
+        harness::fd_count(vm.pid()) == before
+    });
+    assert!(
+        settled,
+        "VMM fds: {before} before, {} after 50 peers came and went",
+        harness::fd_count(vm.pid())
+    );
+    vm.kill();
+}

@@ -29,6 +29,20 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `vmm ARGS` to completion (stdin closed) and returns its output.
+pub fn run_vmm(args: &[&str]) -> std::process::Output {
+    Command::new(bin("vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vmm")
+}
+
+/// Lossy UTF-8 text of captured output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// A scratch directory removed on drop.
 pub struct Scratch {
     pub path: PathBuf,

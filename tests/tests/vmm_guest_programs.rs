@@ -4,19 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{bin, kvm_available, Scratch};
-
-fn vmm(args: &[&str]) -> Output {
-    Command::new(bin("vmm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vmm")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use harness::{bin, kvm_available, run_vmm as vmm, text, Scratch};
 
 fn check(out: &Output, status: i32, stdout_has: &str) {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));

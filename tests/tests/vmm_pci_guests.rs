@@ -6,19 +6,7 @@
 //! at once.
 use std::process::{Command, Output, Stdio};
 
-use harness::kvm_available;
-
-fn vmm(args: &[&str]) -> Output {
-    Command::new(harness::bin("vmm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vmm")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use harness::{kvm_available, run_vmm as vmm, text};
 
 /// Asserts the exit status and that stdout contains every string in `want`; returns stdout.
 fn check(out: &Output, status: i32, want: &[&str]) -> String {

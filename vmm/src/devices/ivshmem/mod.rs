@@ -149,80 +149,99 @@ pub fn add_to_vm(vm: &Vm, spec: &str, index: usize) -> Result<Arc<IvshmemDevice>
     let name = format!("ivshmem{index}");
     match &options.variant {
         IvshmemVariant::Plain { source, size } => {
-            let shm = backend::open(source, *size)?;
-            let peers = Arc::new(PeerTable::default());
-            let registers = Arc::new(Registers::new(0, peers.clone()));
-            let mut function = new_function("ivshmem-plain");
-            function.set_bar(
-                0,
-                Bar::memory32(bar0_region(&name, registers.clone()), false),
-            )?;
-            let bar2 = bar2_region(&name, shm.fd.as_fd(), shm.size, options.mapping)?;
-            function.set_bar(2, Bar::memory64(bar2, true))?;
-            let bdf = vm.pci().add_device(function)?;
-            log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
-            Ok(Arc::new(IvshmemDevice {
-                bdf,
-                own_id: 0,
-                shm_size: shm.size,
-                registers,
-                peers,
-            }))
+            add_plain(vm, &name, source, *size, options.mapping)
         }
         IvshmemVariant::Doorbell {
             socket,
             vectors,
             ioeventfd,
-        } => {
-            let connect = peer::ConnectOptions {
-                vectors: None,
-                timeout: HANDSHAKE_TIMEOUT,
-            };
-            let server = peer::Peer::connect_with(socket, &connect).map_err(|source| {
-                IvshmemError::Connect {
-                    socket: socket.display().to_string(),
-                    source,
-                }
-            })?;
-            let size = server.shm().len() as u64;
-            if !size.is_power_of_two() {
-                return Err(IvshmemError::ServerShmSize(size));
-            }
-            let own_id = server.id();
-            let peers = Arc::new(PeerTable::default());
-            let registers = Arc::new(Registers::new(own_id, peers.clone()));
-            let bar0 = bar0_region(&name, registers.clone());
-            let msix = Msix::new(&name, *vectors as usize, vm.interrupts().clone())?;
-            let mut function = new_function("ivshmem-doorbell");
-            function.set_bar(0, Bar::memory32(bar0.clone(), false))?;
-            function.add_msix(&msix, 1)?;
-            let bar2 = bar2_region(&name, server.shm().fd(), size, options.mapping)?;
-            function.set_bar(2, Bar::memory64(bar2, true))?;
-
-            let wiring = link::Wiring {
-                name: name.clone(),
-                peers: peers.clone(),
-                bar0,
-                memory: vm.memory().clone(),
-                msix,
-                own_id,
-                vectors: *vectors,
-                ioeventfd: *ioeventfd,
-            };
-            wiring.sync_with(&server)?;
-            let bdf = vm.pci().add_device(function)?;
-            log::info!(
-                "{name}: ivshmem-doorbell at {bdf}, peer id {own_id}, {size} bytes, peers {:?}",
-                peers.snapshot()
-            );
-            link::follow(server, wiring);
-            Ok(Arc::new(IvshmemDevice {
-                bdf,
-                own_id,
-                shm_size: size,
-                registers,
-                peers,
-            }))
-        }
+        } => add_doorbell(vm, &name, socket, *vectors, *ioeventfd, options.mapping),
     }
+}
+
+/// ivshmem-plain: BAR0 and BAR2, no peers, IVPosition 0.
+fn add_plain(
+    vm: &Vm,
+    name: &str,
+    source: &options::SharedMemorySource,
+    size: Option<u64>,
+    mapping: Bar2Mapping,
+) -> Result<Arc<IvshmemDevice>, IvshmemError> {
+    let shm = backend::open(source, size)?;
+    let peers = Arc::new(PeerTable::default());
+    let registers = Arc::new(Registers::new(0, peers.clone()));
+    let mut function = new_function("ivshmem-plain");
+    let bar0 = bar0_region(name, registers.clone());
+    function.set_bar(0, Bar::memory32(bar0, false))?;
+    let bar2 = bar2_region(name, shm.fd.as_fd(), shm.size, mapping)?;
+    function.set_bar(2, Bar::memory64(bar2, true))?;
+    let bdf = vm.pci().add_device(function)?;
+    log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
+    Ok(Arc::new(IvshmemDevice {
+        bdf,
+        own_id: 0,
+        shm_size: shm.size,
+        registers,
+        peers,
+    }))
+}
+
+/// ivshmem-doorbell: connects to the server (the handshake happens here, like QEMU's realize),
+/// wires what it announced, then follows it on a thread.
+fn add_doorbell(
+    vm: &Vm,
+    name: &str,
+    socket: &std::path::Path,
+    vectors: u32,
+    ioeventfd: bool,
+    mapping: Bar2Mapping,
+) -> Result<Arc<IvshmemDevice>, IvshmemError> {
+    let connect = peer::ConnectOptions {
+        vectors: None,
+        timeout: HANDSHAKE_TIMEOUT,
+    };
+    let server =
+        peer::Peer::connect_with(socket, &connect).map_err(|source| IvshmemError::Connect {
+            socket: socket.display().to_string(),
+            source,
+        })?;
+    let size = server.shm().len() as u64;
+    if !size.is_power_of_two() {
+        return Err(IvshmemError::ServerShmSize(size));
+    }
+    let own_id = server.id();
+    let peers = Arc::new(PeerTable::default());
+    let registers = Arc::new(Registers::new(own_id, peers.clone()));
+    let bar0 = bar0_region(name, registers.clone());
+    let msix = Msix::new(name, vectors as usize, vm.interrupts().clone())?;
+    let mut function = new_function("ivshmem-doorbell");
+    function.set_bar(0, Bar::memory32(bar0.clone(), false))?;
+    function.add_msix(&msix, 1)?;
+    let bar2 = bar2_region(name, server.shm().fd(), size, mapping)?;
+    function.set_bar(2, Bar::memory64(bar2, true))?;
+
+    let wiring = link::Wiring {
+        name: name.to_string(),
+        peers: peers.clone(),
+        bar0,
+        memory: vm.memory().clone(),
+        msix,
+        own_id,
+        vectors,
+        ioeventfd,
+    };
+    wiring.sync_with(&server)?;
+    let bdf = vm.pci().add_device(function)?;
+    log::info!(
+        "{name}: ivshmem-doorbell at {bdf}, peer id {own_id}, {size} bytes, peers {:?}",
+        peers.snapshot()
+    );
+    link::follow(server, wiring);
+    Ok(Arc::new(IvshmemDevice {
+        bdf,
+        own_id,
+        shm_size: size,
+        registers,
+        peers,
+    }))
 }

@@ -89,6 +89,27 @@ pub fn kvm_available(test: &str) -> bool {
     ok
 }
 
+/// True when `qemu-system-x86_64` runs. Without it QEMU tests skip with a printed reason,
+/// unless `IVSHMEM_REQUIRE_QEMU=1` (scripts/test.sh installs Debian's qemu-system-x86).
+pub fn qemu_available(test: &str) -> bool {
+    let found = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("IVSHMEM_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("{test}: qemu-system-x86_64 is not available and IVSHMEM_REQUIRE_QEMU=1");
+        }
+        eprintln!(
+            "SKIP {test}: qemu-system-x86_64 not found on PATH (install qemu-system-x86, or set \
+             IVSHMEM_REQUIRE_QEMU=1 to fail instead)"
+        );
+    }
+    found
+}
+
 /// Polls `cond` every 5 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -579,3 +579,72 @@ fn peers_coming_and_going_leak_no_fds_in_the_vmm() {
     );
     vm.kill();
 }
+
+/// A VM and a real QEMU `ivshmem-doorbell` device (Debian's QEMU, paused: it connects while the
+/// device is created) on one server: the VM's device sees QEMU join with its 2 vectors, rings
+/// both through ioeventfds (no slow doorbell), and sees QEMU leave when it is killed.
+#[test]
+fn a_vm_and_a_qemu_device_share_a_server() {
+    use std::process::{Command, Stdio};
+
+    if !kvm_available("a_vm_and_a_qemu_device_share_a_server")
+        || !harness::qemu_available("a_vm_and_a_qemu_device_share_a_server")
+    {
+        return;
+    }
+    let scratch = Scratch::new("ivshmem-vm-qemu");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["--memfd", "-l", "1M", "-n", "2"]);
+    // The VM publishes its id, waits to be told QEMU's, rings both of QEMU's vectors, reports,
+    // then waits for our doorbell.
+    let ops = "ops=wid:0x408,nz:0x400,ringat:0x400:0,ringat:0x400:1,w64:0x410:1,irq:0 \
+               timeout_ms=60000";
+    let mut vm = Vm::start(
+        "with-qemu",
+        "ivshmem_script",
+        &[doorbell(&socket, 2)],
+        ops,
+        &[],
+    );
+    assert!(
+        vm.wait_output("ok wid:0x408", VM_TIMEOUT),
+        "{}",
+        vm.stdout()
+    );
+
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-S", "-display", "none", "-nodefaults"])
+        .arg("-chardev")
+        .arg(format!("socket,path={},id=c", socket.display()))
+        .args(["-device", "ivshmem-doorbell,chardev=c,vectors=2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    let joined = vm.wait_stderr("joined (2 vectors)", VM_TIMEOUT);
+    let mut host = HostPeer::connect(&socket, 2);
+    let vm_id = host.read_u64(0x408) as u16;
+    // Ids are handed out in connect order: QEMU came right after the VM.
+    let qemu_id = vm_id + 1;
+    let told = joined
+        && vm
+            .stderr()
+            .contains(&format!("peer {qemu_id} joined (2 vectors)"));
+    if told {
+        host.write_u64(0x400, qemu_id as u64);
+    }
+    let rang = told && vm.wait_output("ok w64:0x410:1", VM_TIMEOUT);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert!(rang, "{}\n{}", vm.stdout(), vm.stderr());
+    assert!(
+        vm.wait_stderr(&format!("peer {qemu_id} left"), VM_TIMEOUT),
+        "{}",
+        vm.stderr()
+    );
+    host.ring(vm_id, 0, Duration::from_secs(10));
+    let vm = vm.finish(VM_TIMEOUT);
+    vm.assert_code(0);
+    assert_eq!(vm.stat("ivshmem_slow_doorbells"), 0, "{}", vm.stderr);
+}

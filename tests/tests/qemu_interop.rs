@@ -12,25 +12,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::{wait_until, Scratch};
+use harness::{qemu_available, wait_until, Scratch};
 use protocol::client::ClientEvent;
 use server_support::*;
-
-fn qemu_available(test: &str) -> bool {
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("IVSHMEM_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("{test}: qemu-system-x86_64 is not available and IVSHMEM_REQUIRE_QEMU=1");
-        }
-        eprintln!("SKIP {test}: qemu-system-x86_64 not found on PATH (install qemu-system-x86, or set IVSHMEM_REQUIRE_QEMU=1 to fail instead)");
-    }
-    found
-}
 
 /// Kills QEMU on drop.
 struct Qemu(Child);

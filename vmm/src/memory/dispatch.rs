@@ -23,58 +23,52 @@ use std::time::Instant;
 use super::flat_view::{FlatRange, FlatView};
 use super::region::{AccessSizes, IoAccess, RegionKind, RegionOps};
 
-pub(crate) fn read(view: &FlatView, space: &str, mut addr: u64, data: &mut [u8]) {
-    let mut done = 0;
-    while done < data.len() {
-        let remaining = data.len() - done;
-        let len = match view.find(addr) {
-            Ok(index) => {
-                let range = &view.ranges()[index];
-                let len = piece_len(range, addr, remaining);
-                read_range(range, space, addr, &mut data[done..done + len]);
-                len
-            }
-            Err(index) => {
-                let len = gap_len(view, index, addr, remaining);
-                data[done..done + len].fill(0xff);
-                unassigned(space, "read", addr, len);
-                len
-            }
-        };
-        done += len;
-        match addr.checked_add(len as u64) {
-            Some(next) => addr = next,
-            None => {
-                data[done..].fill(0xff);
-                return;
-            }
+pub(crate) fn read(view: &FlatView, space: &str, addr: u64, data: &mut [u8]) {
+    let covered = for_each_piece(view, addr, data.len(), |range, addr, part| match range {
+        Some(range) => read_range(range, space, addr, &mut data[part]),
+        None => {
+            unassigned(space, "read", addr, part.len());
+            data[part].fill(0xff);
         }
-    }
+    });
+    // Past the top of the address space.
+    data[covered..].fill(0xff);
 }
 
-pub(crate) fn write(view: &FlatView, space: &str, mut addr: u64, data: &[u8]) {
+pub(crate) fn write(view: &FlatView, space: &str, addr: u64, data: &[u8]) {
+    for_each_piece(view, addr, data.len(), |range, addr, part| match range {
+        Some(range) => write_range(range, space, addr, &data[part]),
+        None => unassigned(space, "write", addr, part.len()),
+    });
+}
+
+/// Cuts the access `[addr, addr + len)` at range boundaries and hands each piece, in order, to
+/// `piece`: the range serving it (`None` for unassigned space), its guest address and its part
+/// of the access buffer. Stops at the top of the address space; returns the bytes covered.
+fn for_each_piece(
+    view: &FlatView,
+    mut addr: u64,
+    len: usize,
+    mut piece: impl FnMut(Option<&FlatRange>, u64, std::ops::Range<usize>),
+) -> usize {
     let mut done = 0;
-    while done < data.len() {
-        let remaining = data.len() - done;
-        let len = match view.find(addr) {
+    while done < len {
+        let remaining = len - done;
+        let (range, n) = match view.find(addr) {
             Ok(index) => {
                 let range = &view.ranges()[index];
-                let len = piece_len(range, addr, remaining);
-                write_range(range, space, addr, &data[done..done + len]);
-                len
+                (Some(range), piece_len(range, addr, remaining))
             }
-            Err(index) => {
-                let len = gap_len(view, index, addr, remaining);
-                unassigned(space, "write", addr, len);
-                len
-            }
+            Err(index) => (None, gap_len(view, index, addr, remaining)),
         };
-        done += len;
-        match addr.checked_add(len as u64) {
+        piece(range, addr, done..done + n);
+        done += n;
+        match addr.checked_add(n as u64) {
             Some(next) => addr = next,
-            None => return,
+            None => break,
         }
     }
+    done
 }
 
 fn piece_len(range: &FlatRange, addr: u64, remaining: usize) -> usize {

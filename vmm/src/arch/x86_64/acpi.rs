@@ -79,15 +79,20 @@ fn dsdt() -> Vec<u8> {
     let mut body = Vec::new();
     sb.to_aml_bytes(&mut body);
 
+    table(*b"DSDT", 6, &body)
+}
+
+/// A table with our OEM fields: the 36-byte header, then `body`, checksummed.
+fn table(signature: [u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let mut sdt = Sdt::new(
-        *b"DSDT",
+        signature,
         36 + body.len() as u32,
-        6,
+        revision,
         OEM_ID,
         OEM_TABLE_ID,
         OEM_REVISION,
     );
-    sdt.write_bytes(36, &body);
+    sdt.write_bytes(36, body);
     sdt.update_checksum();
     sdt.as_slice().to_vec()
 }
@@ -121,17 +126,7 @@ fn madt(ncpus: u32) -> Vec<u8> {
     // Local APIC NMI: type 4, length 6, all processors, flags, LINT1.
     body.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
 
-    let mut sdt = Sdt::new(
-        *b"APIC",
-        36 + body.len() as u32,
-        5,
-        OEM_ID,
-        OEM_TABLE_ID,
-        OEM_REVISION,
-    );
-    sdt.write_bytes(36, &body);
-    sdt.update_checksum();
-    sdt.as_slice().to_vec()
+    table(*b"APIC", 5, &body)
 }
 
 fn mcfg() -> Vec<u8> {

@@ -181,6 +181,24 @@ fn finish_partner(mut child: Child) -> anyhow::Result<()> {
 }
 
 /// Per-iteration round-trip times; prints the detail line and the `rtt_ns=` line.
+/// Runs `round` `warmup + iters` times and returns the wall time of each of the last `iters`
+/// rounds, in ns.
+fn time_rounds(
+    iters: u64,
+    warmup: u64,
+    mut round: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(iters as usize);
+    for i in 0..iters + warmup {
+        let start = Instant::now();
+        round(i)?;
+        if i >= warmup {
+            samples.push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(samples)
+}
+
 fn report_rtt(what: &str, samples: &mut [u64]) {
     if samples.is_empty() {
         println!("rtt_ns=0");
@@ -235,18 +253,14 @@ fn doorbell(socket: &str, iters: u64, warmup: u64) -> anyhow::Result<()> {
         (iters + warmup).to_string(),
     ])?;
     let partner = await_partner(&mut peer)?;
-    let mut samples = Vec::with_capacity(iters as usize);
-    for i in 0..iters + warmup {
-        let start = Instant::now();
+    let mut samples = time_rounds(iters, warmup, |i| {
         peer.ring(partner, 0)?;
         ensure!(
             peer.wait_vector(0, Some(PARTNER_TIMEOUT))?.is_some(),
             "partner did not answer round {i}"
         );
-        if i >= warmup {
-            samples.push(start.elapsed().as_nanos() as u64);
-        }
-    }
+        Ok(())
+    })?;
     finish_partner(child)?;
     report_rtt(
         "doorbell round trip via ivshmem-server eventfds",
@@ -307,15 +321,11 @@ fn spin(socket: &str, iters: u64, warmup: u64, offset: usize) -> anyhow::Result<
     await_partner(&mut peer)?;
     let shm = peer.shm();
     let (ping, pong) = (shm.atomic_u64(offset)?, shm.atomic_u64(offset + 64)?);
-    let mut samples = Vec::with_capacity(iters as usize);
-    for round in 1..=iters + warmup {
-        let start = Instant::now();
-        ping.store(round, Ordering::Release);
-        spin_until(pong, round)?;
-        if round > warmup {
-            samples.push(start.elapsed().as_nanos() as u64);
-        }
-    }
+    // Round numbers start at 1: the flags start at 0.
+    let mut samples = time_rounds(iters, warmup, |i| {
+        ping.store(i + 1, Ordering::Release);
+        spin_until(pong, i + 1)
+    })?;
     finish_partner(child)?;
     report_rtt(
         "round trip by spinning on a shared-memory flag",
@@ -398,18 +408,14 @@ fn eventfd_pair(iters: u64, warmup: u64) -> anyhow::Result<()> {
         (iters + warmup).to_string(),
     ])?;
     let (ring, wait) = (Vector::new(to_child), Vector::new(to_parent));
-    let mut samples = Vec::with_capacity(iters as usize);
-    for i in 0..iters + warmup {
-        let start = Instant::now();
+    let mut samples = time_rounds(iters, warmup, |i| {
         ring.ring()?;
         ensure!(
             wait.wait(Some(PARTNER_TIMEOUT))? > 0,
             "partner did not answer round {i}"
         );
-        if i >= warmup {
-            samples.push(start.elapsed().as_nanos() as u64);
-        }
-    }
+        Ok(())
+    })?;
     finish_partner(child)?;
     report_rtt(
         "raw eventfd pair between two processes (no server)",

@@ -27,7 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::{AccessSizes, IoAccess, MemoryError, MemoryRegion};
 use crate::pci::config as pci_config;
-use crate::pci::{Bar, Bdf, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
+use crate::pci::{Bar, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
 use crate::vm::Vm;
 pub use options::{Bar2Mapping, IvshmemOptions, IvshmemVariant};
 use registers::{PeerTable, Registers, BAR0_SIZE};
@@ -68,24 +68,15 @@ pub enum IvshmemError {
     Dup(std::io::Error),
 }
 
-/// A plugged ivshmem device: what tests and the VM's reports need to see of it.
+/// A plugged ivshmem device, as the VM's exit report sees it.
 pub struct IvshmemDevice {
-    pub bdf: Bdf,
-    pub own_id: u16,
-    pub shm_size: u64,
     registers: Arc<Registers>,
-    peers: Arc<PeerTable>,
 }
 
 impl IvshmemDevice {
     /// Doorbell writes that matched no ioeventfd and reached the VMM.
     pub fn slow_doorbells(&self) -> u64 {
         self.registers.slow_doorbells()
-    }
-
-    /// Known peers (own id included) and their vector counts.
-    pub fn peers(&self) -> Vec<(u16, u32)> {
-        self.peers.snapshot()
     }
 }
 
@@ -177,13 +168,7 @@ fn add_plain(
     function.set_bar(2, Bar::memory64(bar2, true))?;
     let bdf = vm.pci().add_device(function)?;
     log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
-    Ok(Arc::new(IvshmemDevice {
-        bdf,
-        own_id: 0,
-        shm_size: shm.size,
-        registers,
-        peers,
-    }))
+    Ok(Arc::new(IvshmemDevice { registers }))
 }
 
 /// ivshmem-doorbell: connects to the server (the handshake happens here, like QEMU's realize),
@@ -237,11 +222,5 @@ fn add_doorbell(
         peers.snapshot()
     );
     link::follow(server, wiring);
-    Ok(Arc::new(IvshmemDevice {
-        bdf,
-        own_id,
-        shm_size: size,
-        registers,
-        peers,
-    }))
+    Ok(Arc::new(IvshmemDevice { registers }))
 }

@@ -176,13 +176,11 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits for the exit status. (Drop then finds the child reaped.)
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let status = self.child.wait().expect("wait server");
-        std::mem::forget(self);
-        status
+        self.child.wait().expect("wait server")
     }
 }
 

@@ -11,6 +11,7 @@
 # to other load, which is why medians are reported next to means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 out=${1:-BENCHMARKS.md}
 sections=${SECTIONS:-host server vmm ivshmem}
 
@@ -18,18 +19,9 @@ echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
 cargo build --release --quiet -p ivshmem-peer --examples
 cargo build --release --quiet -p ivshmem-server --examples
-target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-R=$target/release
+R=$(target_dir)/release
 export PATH="$R:$PATH"
-
-work=$(mktemp -d /tmp/ivshmem-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+start_scratch bench
 
 rows=()
 # row METRIC RESULT BASELINE RATIO TARGET COMMAND

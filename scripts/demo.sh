@@ -5,23 +5,17 @@
 # No download needed. Run from anywhere: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 say() { printf '\033[1m== %s\033[0m\n' "$*"; }
 
 say "building (cargo build --workspace)"
 cargo build --workspace --quiet
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+bin=$(target_dir)/debug
 
-work=$(mktemp -d /tmp/ivshmem-demo.XXXXXX)
+start_scratch demo
 sock="$work/ivshmem.sock"
-pids=()
 vms=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 say "starting ivshmem-server (16 MiB memfd, 2 vectors per peer) on $sock"
 "$bin/ivshmem-server" -F -S "$sock" --memfd -l 16M -n 2 2> >(sed 's/^/[server] /' >&2) &

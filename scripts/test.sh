@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Debian's qemu-system-x86 for the QEMU
-# interoperability test, acpica-tools to check the VMM's ACPI tables with iasl), builds every binary (the guest programs are built and embedded by
+# interoperability test and the nested ordinary-KVM bed, cpio for the bed's initramfs,
+# acpica-tools to check the VMM's ACPI tables with iasl), builds every binary (the guest programs are built and embedded by
 # vmm/build.rs), checks formatting and lints, and runs unit and multi-process integration tests.
 #
 #   scripts/test.sh              # everything
 #   scripts/test.sh server_      # only tests whose name matches a filter (passed to cargo test)
 #
 # Environment: IVSHMEM_REQUIRE_KVM=1 makes tests that need /dev/kvm fail instead of skipping
-# (CI sets it); IVSHMEM_REQUIRE_QEMU=1 does the same for the QEMU interop test.
+# (CI sets it; it also makes the nested-KVM tests fail when their bed cannot run);
+# IVSHMEM_REQUIRE_QEMU=1 does the same for the QEMU interop test; IVSHMEM_NESTED=0 skips the
+# nested-KVM tests (scripts/nested-kvm.sh, about a minute each) for quick local runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +18,7 @@ install_packages() {
     local missing=()
     command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
     command -v iasl >/dev/null || missing+=(acpica-tools)
+    command -v cpio >/dev/null || missing+=(cpio)
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

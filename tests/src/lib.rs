@@ -1,6 +1,8 @@
 //! Shared harness for the multi-process integration tests: finds the workspace's binaries,
 //! makes scratch directories, starts and stops servers, and decides whether KVM tests run.
 
+pub mod nested;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# The ordinary-KVM test bed: QEMU in TCG mode emulates an AMD CPU with SVM and nested paging; a
+# stock Debian kernel booted in it (L1) loads kvm_amd and has an ordinary /dev/kvm, on which our
+# VMM runs guest programs and boots Linux (L2). See docs/nested-kvm.md.
+#
+#   scripts/nested-kvm.sh prepare                  # fetch kernel + busybox (Debian), cache them
+#   scripts/nested-kvm.sh run SCENARIO_DIR [options] [-- QEMU_ARGS...]
+#
+# A scenario is a directory with `l1.sh` (run by L1's /init after the kvm modules are loaded,
+# with our binaries on PATH) and optionally `l2.sh` (becomes /scenario.sh in the L2 initramfs
+# at /l2/initrd.gz; /l2/vmlinuz is the kernel, the same one L1 runs). Options:
+#   --bins DIR      where vmm, ivshmem-server, ivshmem-client are (default: target/debug)
+#   --arg K=V       exported to l1.sh (repeatable); also written to /scenario.env
+#   --file SRC:DST  an extra file in the L1 initramfs (repeatable)
+#   --vmlinux       also put the ELF kernel at /l2/vmlinux (large: only when a scenario boots it)
+#   --smp N         L1 vCPUs (default 2)
+#   --timeout S     give up after S seconds (default 900)
+# QEMU_ARGS are appended to the L1 QEMU command line (e.g. QEMU's own ivshmem devices).
+# Everything L1 prints goes to stdout; the exit status is l1.sh's (125: the bed failed: no KVM
+# in L1, timeout, QEMU error).
+#
+# Cache: $NESTED_CACHE or <target>/nested (kernel and busybox packages resolved at run time from
+# apt: the kernel is the package linux-image-amd64 depends on, so its ABI number may change).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+die() { echo "nested-kvm: $*" >&2; exit 125; }
+
+cache=${NESTED_CACHE:-}
+[ -n "$cache" ] || cache="$(target_dir)/nested"
+mkdir -p "$cache"
+
+# deb_of PACKAGE: downloads the package's .deb into the cache once; prints its path.
+deb_of() {
+    local pkg=$1 found
+    found=$(ls "$cache"/debs/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+    if [ -z "$found" ]; then
+        mkdir -p "$cache/debs"
+        (cd "$cache/debs" && apt-get download -q "$pkg" >/dev/null 2>&1) ||
+            { apt-get update -qq >/dev/null 2>&1 && (cd "$cache/debs" && apt-get download -q "$pkg" >/dev/null); } ||
+            die "apt-get download $pkg failed"
+        found=$(ls "$cache"/debs/"${pkg}"_*.deb | head -n1)
+    fi
+    echo "$found"
+}
+
+# kernel_package: the versioned package linux-image-amd64 points at (e.g. linux-image-6.1.0-48-amd64).
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+
+# vmlinux_of BZIMAGE OUT: the ELF kernel inside a bzImage (its payload is xz- or gzip-compressed).
+vmlinux_of() {
+    python3 - "$1" "$2" <<'EOF'
+import gzip, lzma, sys
+data = open(sys.argv[1], "rb").read()
+for magic, unpack in ((b"\xfd7zXZ\x00", lambda b: lzma.LZMADecompressor().decompress(b)),
+                      (b"\x1f\x8b\x08", lambda b: gzip.GzipFile(fileobj=__import__("io").BytesIO(b)).read())):
+    at = data.find(magic)
+    while at >= 0:
+        try:
+            out = unpack(data[at:])
+        except Exception:
+            out = b""
+        if out[:4] == b"\x7fELF":
+            open(sys.argv[2], "wb").write(out)
+            sys.exit(0)
+        at = data.find(magic, at + 1)
+sys.exit("no ELF kernel found inside " + sys.argv[1])
+EOF
+}
+
+# prepare: kernel (bzImage, ELF vmlinux, the four kvm modules) and busybox under $cache/base.
+prepare() {
+    command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+    command -v cpio >/dev/null || die "cpio not found (apt-get install cpio)"
+    local pkg
+    pkg=$(kernel_package)
+    [ -n "$pkg" ] || die "cannot resolve linux-image-amd64's kernel package (apt-get update?)"
+    local base="$cache/base-$pkg"
+    # Concurrent runs (parallel tests) prepare the cache once.
+    exec 9>"$cache/lock"
+    flock 9
+    if [ -f "$base/ready" ]; then echo "$base"; return; fi
+    rm -rf "$base" && mkdir -p "$base/x"
+    dpkg-deb -x "$(deb_of "$pkg")" "$base/x"
+    dpkg-deb -x "$(deb_of busybox-static)" "$base/x"
+    cp "$base"/x/boot/vmlinuz-* "$base/vmlinuz"
+    vmlinux_of "$base/vmlinuz" "$base/vmlinux" || die "could not extract vmlinux"
+    mkdir -p "$base/modules"
+    local m
+    for m in virt/lib/irqbypass drivers/crypto/ccp/ccp arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+        cp "$base"/x/lib/modules/*/kernel/$m.ko "$base/modules/" || die "module $m.ko missing in $pkg"
+    done
+    cp "$base/x/bin/busybox" "$base/busybox"
+    rm -rf "$base/x"
+    touch "$base/ready"
+    echo "$base"
+}
+
+# add_binary ROOT FILE [DEST]: a binary and the shared libraries ldd lists, at their paths.
+add_binary() {
+    local root=$1 file=$2 dest=${3:-/bin/$(basename "$2")} lib
+    install -D -m 0755 "$file" "$root$dest"
+    for lib in $(ldd "$file" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        [ -e "$root$lib" ] || install -D -m 0755 "$lib" "$root$lib"
+    done
+}
+
+# busybox_root DIR BASE: a root with busybox and the usual directories.
+busybox_root() {
+    local root=$1 base=$2
+    mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,root}
+    install -m 0755 "$base/busybox" "$root/bin/busybox"
+    ln -sf busybox "$root/bin/sh"
+}
+
+# cpio_of DIR OUT: a gzip'd newc archive of DIR.
+cpio_of() {
+    (cd "$1" && find . -print0 | cpio --null -o -H newc --quiet --owner 0:0) | gzip -1 >"$2"
+}
+
+write_l1_init() {
+    cat >"$1/init" <<'EOF'
+#!/bin/sh
+# L1: mount, load kvm_amd, run the scenario, report its status, power off.
+/bin/busybox --install -s
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/shm /dev/pts; mount -t tmpfs shm /dev/shm; mount -t tmpfs tmp /tmp
+for m in irqbypass ccp kvm kvm-amd; do insmod /modules/$m.ko || echo "nested-kvm: insmod $m failed"; done
+export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+if [ ! -c /dev/kvm ]; then
+    echo "NESTED-NO-KVM"; dmesg | tail -n 20
+    poweroff -f
+fi
+echo "NESTED-L1-READY $(uname -r) $(nproc) cpus"
+set -a; [ -f /scenario.env ] && . /scenario.env; set +a
+cd /scenario && sh ./l1.sh
+echo "NESTED-EXIT $?"
+poweroff -f
+EOF
+    chmod 0755 "$1/init"
+}
+
+write_l2_init() {
+    cat >"$1/init" <<'EOF'
+#!/bin/sh
+# L2: mount, run /scenario.sh, report its status, power off.
+/bin/busybox --install -s
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+echo "L2-READY $(nproc) cpus"
+sh /scenario.sh
+echo "L2-EXIT $?"
+poweroff -f
+EOF
+    chmod 0755 "$1/init"
+}
+
+run() {
+    local scenario=${1:?scenario directory}
+    shift
+    [ -f "$scenario/l1.sh" ] || die "$scenario/l1.sh not found"
+    local bins="" smp=2 timeout_s=900 vmlinux="" args=() files=() qemu_extra=()
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --bins) bins=$2; shift 2 ;;
+            --arg) args+=("$2"); shift 2 ;;
+            --file) files+=("$2"); shift 2 ;;
+            --smp) smp=$2; shift 2 ;;
+            --vmlinux) vmlinux=1; shift ;;
+            --timeout) timeout_s=$2; shift 2 ;;
+            --) shift; qemu_extra=("$@"); break ;;
+            *) die "unknown option $1" ;;
+        esac
+    done
+    [ -n "$bins" ] || bins="$(target_dir)/debug"
+    local base
+    base=$(prepare)
+    start_scratch nested
+
+    # L2 initramfs: busybox, /init, the scenario's l2.sh.
+    local l2="$work/l2root"
+    busybox_root "$l2" "$base"
+    write_l2_init "$l2"
+    if [ -f "$scenario/l2.sh" ]; then cp "$scenario/l2.sh" "$l2/scenario.sh"; else echo 'true' >"$l2/scenario.sh"; fi
+
+    # L1 initramfs: busybox, modules, our binaries with their libraries, the L2 kernel and initramfs.
+    local l1="$work/l1root"
+    busybox_root "$l1" "$base"
+    write_l1_init "$l1"
+    mkdir -p "$l1/modules" "$l1/l2" "$l1/scenario"
+    cp "$base"/modules/*.ko "$l1/modules/"
+    cp "$base/vmlinuz" "$l1/l2/"
+    [ -z "$vmlinux" ] || cp "$base/vmlinux" "$l1/l2/"
+    cpio_of "$l2" "$l1/l2/initrd.gz"
+    local b
+    for b in vmm ivshmem-server ivshmem-client; do
+        [ -x "$bins/$b" ] || die "$bins/$b not found (cargo build --workspace)"
+        add_binary "$l1" "$bins/$b" "/usr/local/bin/$b"
+    done
+    cp -r "$scenario"/. "$l1/scenario/"
+    # Helpers shared by the scenarios next to this one (sourced as ../lib.sh).
+    [ ! -f "$scenario/../lib.sh" ] || cp "$scenario/../lib.sh" "$l1/lib.sh"
+    : >"$l1/scenario.env"
+    local kv
+    for kv in "${args[@]}"; do printf '%s\n' "$kv" >>"$l1/scenario.env"; done
+    local f
+    for f in "${files[@]}"; do install -D "${f%%:*}" "$l1${f#*:}"; done
+    cpio_of "$l1" "$work/l1.gz"
+
+    local log="$work/console.log"
+    local status=0
+    timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max,-xsave -m 2G \
+        -smp "$smp" -nographic -no-reboot -nodefaults -serial stdio \
+        -kernel "$base/vmlinuz" -initrd "$work/l1.gz" \
+        -append "console=ttyS0 quiet loglevel=3 panic=-1" "${qemu_extra[@]}" </dev/null |
+        tee "$log" || status=$?
+    [ "$status" -eq 124 ] && die "timed out after ${timeout_s}s"
+    grep -q NESTED-NO-KVM "$log" && die "L1 has no /dev/kvm (kvm_amd did not load)"
+    local exit_line
+    exit_line=$(grep -a -o 'NESTED-EXIT [0-9]*' "$log" | tail -n1 || true)
+    [ -n "$exit_line" ] || die "L1 ended without reporting the scenario's status (QEMU status $status)"
+    return "${exit_line#NESTED-EXIT }"
+}
+
+case ${1:-} in
+    prepare) prepare ;;
+    run) shift; run "$@" ;;
+    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,45 @@
+# Our VMM's basics on ordinary KVM (guest ring 0 native): exits, faults, SMP, interrupts,
+# PCI/MSI-X, ivshmem plain and doorbell with a server, two VMs and a host peer.
+. ../lib.sh
+
+check hello 0 '^Hello from guest' vmm --guest builtin:hello
+check exit_code 42 '' vmm --guest builtin:exit_code
+check fault 3 'vector 14 \(#PF page fault\).*cr2=0x0' vmm --guest builtin:fault
+check string_pio 0 'rep insd ok \[1, 2, 3, 4, 5, 6, 7, 8\]' vmm --guest builtin:string_pio
+check smp 0 'smp: all 2 cpus up' vmm --guest builtin:smp --cpus 2
+check irq_selftest 0 'irq_selftest: ok' vmm --guest builtin:irq_selftest
+check reset 0 'reset: pulsing' vmm --guest builtin:reset
+check pci_enum 0 '' vmm --guest builtin:pci_enum --device pci-testdev
+check pci_bar 0 '' vmm --guest builtin:pci_bar --device pci-testdev
+check pci_ram 0 '' vmm --guest builtin:pci_ram --device pci-testdev,ram=2M
+check pci_msix 0 '' vmm --guest builtin:pci_msix --device pci-testdev
+
+dd if=/dev/zero of=/dev/shm/plain bs=1M count=2 2>/dev/null
+check ivshmem_plain 0 '' vmm --guest builtin:ivshmem_check --ivshmem plain,path=/dev/shm/plain --guest-args 'variant=plain size=2097152'
+
+# The demo scene (scripts/demo.sh): a server, a host peer (peer 0) and two VMs greeting and ringing each other.
+ivshmem-server -F -S /tmp/sock --memfd -l 16M -n 2 2>/tmp/server.log &
+server=$!
+wait_for /tmp/server.log 'listening' 10 || sleep 1
+ivshmem-client -S /tmp/sock -c 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH;
+    wait 0 60000; sleep 1500; int 1 1; int 2 1; read 64 48; read 128 48' >/tmp/host.log 2>&1 &
+host=$!
+wait_for /tmp/server.log 'joined' 10
+for name in vm-a vm-b; do
+    vmm --name $name --guest builtin:ivshmem_demo --guest-args "peers=2 doorbells=2 timeout_ms=60000" \
+        --ivshmem doorbell,socket=/tmp/sock,vectors=2 --stats >/tmp/$name.log 2>&1 &
+    eval "pid_$(echo $name | tr - _)=\$!"
+    wait_for /tmp/server.log "peer [12] joined" 10
+done
+for name in vm-a vm-b; do
+    eval "wait \$pid_$(echo $name | tr - _)"
+    check "demo_${name}_no_slow_doorbells" 0 'ivshmem_slow_doorbells=0' cat /tmp/$name.log
+    check "demo_${name}_hears_host" 0 'peer 0 says: "hello from the host peer"' cat /tmp/$name.log
+done
+wait $host
+check ivshmem_doorbell_check 0 '' vmm --guest builtin:ivshmem_check --ivshmem doorbell,socket=/tmp/sock,vectors=2 --guest-args 'variant=doorbell vectors=2'
+check demo_host 0 'hello from VM' cat /tmp/host.log
+kill $server
+wait $server
+check server_shutdown 0 '' test ! -e /tmp/sock
+exit 0

@@ -1,0 +1,163 @@
+//! The ordinary-KVM test bed from Rust: runs `scripts/nested-kvm.sh run tests/nested/<scenario>`
+//! (QEMU TCG with an SVM CPU, a Debian kernel loading kvm_amd, our binaries inside) and hands
+//! back what the scenario printed. Scenarios print one `RESULT <name> pass|fail ...` line per
+//! check; see tests/nested/lib.sh and docs/nested-kvm.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::bin_dir;
+
+/// The repository's root (tests/ is one level down).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// True when the nested bed can run here: `qemu-system-x86_64`, `cpio` and `apt-get` (the
+/// kernel and busybox are Debian packages fetched on first use). Without them the test skips
+/// with a printed reason, unless `IVSHMEM_REQUIRE_KVM=1` (CI), where it fails. `IVSHMEM_NESTED=0`
+/// skips the nested tests on purpose (quick local runs); CI does not set it.
+pub fn nested_available(test: &str) -> bool {
+    if std::env::var("IVSHMEM_NESTED").as_deref() == Ok("0") {
+        eprintln!("SKIP {test}: IVSHMEM_NESTED=0");
+        return false;
+    }
+    let missing: Vec<&str> = ["qemu-system-x86_64", "cpio", "apt-get"]
+        .into_iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("IVSHMEM_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("{test}: the nested KVM bed needs {missing:?} and IVSHMEM_REQUIRE_KVM=1");
+    }
+    eprintln!("SKIP {test}: the nested KVM bed needs {missing:?} (scripts/test.sh installs them)");
+    false
+}
+
+/// One run of a scenario on the bed.
+pub struct Nested {
+    scenario: String,
+    options: Vec<String>,
+    qemu_args: Vec<String>,
+}
+
+impl Nested {
+    /// The scenario in `tests/nested/<name>`.
+    pub fn scenario(name: &str) -> Nested {
+        Nested {
+            scenario: name.to_string(),
+            options: Vec::new(),
+            qemu_args: Vec::new(),
+        }
+    }
+
+    /// `KEY=VALUE`, exported to the scenario's l1.sh.
+    pub fn arg(mut self, key_value: &str) -> Nested {
+        self.options.extend(["--arg".into(), key_value.into()]);
+        self
+    }
+
+    /// Also ship the ELF vmlinux to L1 (at /l2/vmlinux).
+    pub fn with_vmlinux(mut self) -> Nested {
+        self.options.push("--vmlinux".into());
+        self
+    }
+
+    /// Extra arguments for the L1 QEMU (e.g. QEMU's own ivshmem devices).
+    pub fn qemu_args(mut self, args: &[&str]) -> Nested {
+        self.qemu_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Runs the scenario to the end (the script's own timeout bounds it).
+    pub fn run(self) -> NestedOutcome {
+        let scenario = repo_root().join("tests/nested").join(&self.scenario);
+        let mut cmd = Command::new(repo_root().join("scripts/nested-kvm.sh"));
+        cmd.arg("run")
+            .arg(&scenario)
+            .arg("--bins")
+            .arg(bin_dir())
+            .args(&self.options)
+            .arg("--")
+            .args(&self.qemu_args)
+            .stdin(Stdio::null());
+        let out = cmd.output().expect("run scripts/nested-kvm.sh");
+        NestedOutcome {
+            scenario: self.scenario,
+            status: out.status.code(),
+            console: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// What a scenario run printed.
+pub struct NestedOutcome {
+    pub scenario: String,
+    /// l1.sh's exit status; 125 when the bed itself failed.
+    pub status: Option<i32>,
+    /// Everything L1 (and L2 through our VMM's console) printed.
+    pub console: String,
+    /// The script's own messages.
+    pub stderr: String,
+}
+
+impl NestedOutcome {
+    /// The `RESULT name ...` line's verdict: Some(true) for pass.
+    pub fn result(&self, name: &str) -> Option<bool> {
+        self.console.lines().find_map(|line| {
+            let rest = line.trim_end_matches('\r').strip_prefix("RESULT ")?;
+            let (check, verdict) = rest.split_once(' ')?;
+            (check == name).then(|| verdict.starts_with("pass"))
+        })
+    }
+
+    /// Asserts the run completed and every named check printed `pass`.
+    pub fn assert_passed(&self, names: &[&str]) {
+        assert_ne!(
+            self.status,
+            Some(125),
+            "the nested bed failed for {}:\n{}\n{}",
+            self.scenario,
+            self.stderr,
+            self.console
+        );
+        let failed: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|name| self.result(name) != Some(true))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{}: checks failed or missing: {failed:?}\n--- console ---\n{}\n--- stderr ---\n{}",
+            self.scenario,
+            self.console,
+            self.stderr
+        );
+    }
+
+    /// The console lines between a line containing `begin` and the next containing `end`.
+    pub fn section(&self, begin: &str, end: &str) -> Option<Vec<String>> {
+        let mut lines = self.console.lines().map(|l| l.trim_end_matches('\r'));
+        lines.by_ref().find(|l| l.contains(begin))?;
+        let mut body = Vec::new();
+        for line in lines {
+            if line.contains(end) {
+                return Some(body);
+            }
+            body.push(line.to_string());
+        }
+        None
+    }
+}

@@ -7,7 +7,10 @@
 //! `vm` wires it all together and `guest_images` carries the built-in guest programs.
 
 pub mod arch;
+pub mod background;
+pub mod bench;
 pub mod devices;
+pub mod exit;
 pub mod guest_images;
 pub mod interrupts;
 pub mod memory;

@@ -103,32 +103,6 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
     }
 }
 
-/// Host floor for the guest's ram_bandwidth program: the same fill and copy, 8 rounds each.
-fn host_memory_bench(size: usize) -> String {
-    const ROUNDS: usize = 8;
-    let mut a = vec![1u8; size];
-    let mut b = vec![2u8; size];
-    let start = std::time::Instant::now();
-    for round in 0..ROUNDS {
-        a.fill(round as u8);
-        std::hint::black_box(&mut a);
-    }
-    let fill = start.elapsed();
-    let start = std::time::Instant::now();
-    for _ in 0..ROUNDS {
-        b.copy_from_slice(&a);
-        std::hint::black_box(&mut b);
-    }
-    let copy = start.elapsed();
-    let gbps = |t: std::time::Duration| (size * ROUNDS) as f64 / t.as_nanos() as f64;
-    format!(
-        "host_memory: buffer={}MiB host_memset_gbps={:.2} host_memcpy_gbps={:.2}",
-        size >> 20,
-        gbps(fill),
-        gbps(copy)
-    )
-}
-
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -143,7 +117,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if let Some(size) = args.bench_host_memcpy {
-        println!("{}", host_memory_bench(size as usize));
+        println!("{}", vmm::bench::host_memory(size as usize));
         return Ok(0);
     }
     if let Some(name) = &args.dump_builtin {
@@ -174,16 +148,19 @@ fn run(args: Args) -> anyhow::Result<i32> {
         cpus: args.cpus,
         name: args.name.clone(),
         serial: args.serial.clone(),
-        bare_nop_exits: args.bench_bare_exits,
         serial_input: args.kernel.is_some() && args.serial == SerialConfig::Stdio,
     };
-    let vm = Vm::new(config)?;
+    let mut vm = Vm::new(config)?;
+    if args.bench_bare_exits {
+        vm.set_exit_shortcut(std::sync::Arc::new(vmm::bench::BareNopExits));
+    }
+    let devices = vm.device_context();
     for device in &args.device {
-        vmm::devices::pci_testdev::add_to_vm(&vm, device)?;
+        vmm::devices::pci_testdev::add(&devices, device)?;
     }
     let mut ivshmem = Vec::new();
     for (index, spec) in args.ivshmem.iter().enumerate() {
-        ivshmem.push(vmm::devices::ivshmem::add_to_vm(&vm, spec, index)?);
+        ivshmem.push(vmm::devices::ivshmem::add(&devices, spec, index)?);
     }
     match &args.kernel {
         Some(kernel) => vmm::arch::x86_64::linux::boot(

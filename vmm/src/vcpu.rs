@@ -2,7 +2,8 @@
 //!
 //! Every exit is handled exactly once: `KVM_EXIT_IO` goes to the I/O address space (string I/O
 //! with `count > 1` is dispatched element by element, in order), `KVM_EXIT_MMIO` to system
-//! memory. Exits are counted per kind (`ExitStats`) for `--stats`.
+//! memory. Exits are counted per kind (`ExitStats`) for `--stats`. A benchmark may put an
+//! [`ExitShortcut`] ahead of dispatch; the loop itself knows no device.
 //!
 //! Stopping: `VmControl::request_exit` sets the stop flag; the thread that handled the exit
 //! returns by itself, the others may be blocked in `KVM_RUN` (e.g. in HLT), so `kick` sends them
@@ -17,10 +18,9 @@ use std::time::Instant;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::x86_64::layout::{testdev, testdev_pio, TESTDEV_ADDR, TESTDEV_PIO_BASE};
 use crate::arch::x86_64::unemulated;
+use crate::exit::{ExitReason, VmControl};
 use crate::memory::AddressSpace;
-use crate::vm::{ExitReason, VmControl};
 
 thread_local! {
     static CURRENT_CPU: Cell<Option<u32>> = const { Cell::new(None) };
@@ -81,6 +81,21 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// One side of an exit's data: what the guest reads (to fill) or writes.
+pub enum ExitData<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// A hook ahead of the memory-model dispatch that may answer an exit itself (the
+/// `--bench-bare-exits` floor, `bench::BareNopExits`). Exits are counted before it is asked.
+pub trait ExitShortcut: Send + Sync {
+    /// True when it answered the MMIO access at `addr` (reads: `data` filled).
+    fn answer_mmio(&self, addr: u64, data: ExitData<'_>) -> bool;
+    /// True when it answered the port access at `port` (all of a string I/O's elements).
+    fn answer_pio(&self, port: u16, data: ExitData<'_>) -> bool;
+}
+
 /// What a vCPU thread needs.
 pub struct VcpuContext {
     pub cpu: u32,
@@ -89,9 +104,8 @@ pub struct VcpuContext {
     pub control: Arc<VmControl>,
     pub stats: Arc<ExitStats>,
     pub created: Instant,
-    /// Benchmark floor: answer the testdev NOP register (MMIO and PIO) right in the loop,
-    /// bypassing dispatch.
-    pub bare_nop_exits: bool,
+    /// Answers some exits before dispatch (benchmarks); None for every real VM.
+    pub shortcut: Option<Arc<dyn ExitShortcut>>,
 }
 
 /// A running vCPU thread.
@@ -144,9 +158,8 @@ fn run(mut fd: VcpuFd, ctx: VcpuContext) {
 
 /// Runs until the VM stops; returns a reason if this vCPU ended the VM itself.
 fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
-    let nop_addr = TESTDEV_ADDR + testdev::NOP;
-    let nop_port = TESTDEV_PIO_BASE + testdev_pio::NOP;
     let kvm_run: *const kvm_bindings::kvm_run = fd.get_kvm_run();
+    let shortcut = ctx.shortcut.as_deref();
     let mut first = true;
     while !ctx.control.stopping() {
         let exit = fd.run();
@@ -163,22 +176,19 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
         match exit {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 ctx.stats.mmio.fetch_add(1, Ordering::Relaxed);
-                if ctx.bare_nop_exits && addr == nop_addr {
-                    data.fill(0);
-                } else {
+                if !shortcut.is_some_and(|s| s.answer_mmio(addr, ExitData::Read(&mut *data))) {
                     ctx.memory.read(addr, data);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 ctx.stats.mmio.fetch_add(1, Ordering::Relaxed);
-                if !(ctx.bare_nop_exits && addr == nop_addr) {
+                if !shortcut.is_some_and(|s| s.answer_mmio(addr, ExitData::Write(data))) {
                     ctx.memory.write(addr, data);
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.stats.pio.fetch_add(1, Ordering::Relaxed);
-                if ctx.bare_nop_exits && port == nop_port {
-                    data.fill(0);
+                if shortcut.is_some_and(|s| s.answer_pio(port, ExitData::Read(&mut *data))) {
                     continue;
                 }
                 let size = io_element_size(kvm_run);
@@ -188,7 +198,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 ctx.stats.pio.fetch_add(1, Ordering::Relaxed);
-                if ctx.bare_nop_exits && port == nop_port {
+                if shortcut.is_some_and(|s| s.answer_pio(port, ExitData::Write(data))) {
                     continue;
                 }
                 let size = io_element_size(kvm_run);

@@ -1,13 +1,14 @@
 //! The virtual machine: KVM VM with in-kernel irqchip and PIT, the system memory and I/O address
-//! spaces (`vmm::memory`, each followed by a `KvmMemoryListener`), guest RAM, the base devices
-//! (testdev, i8042, serial), the vCPU threads and the main wait loop (exit requests, signals).
+//! spaces (`vmm::memory`, each followed by a `KvmMemoryListener`), guest RAM, the legacy devices
+//! (testdev, i8042, serial: `Vm::add_legacy_devices`), the vCPU threads and the main wait loop
+//! (exit requests, signals). `vm` is the top of the crate's dependency order (docs/vmm.md):
+//! nothing below it names `Vm`, except the Linux loader, which reads RAM and vCPUs from it.
 //!
 //! Other parts of the VMM extend a `Vm` between `Vm::new` and `Vm::run` through its seams:
-//! `vm_fd()` (interrupt routing, irqfds), `memory()`/`io()` (map device regions, then `commit()`),
-//! `control()` (ask the VM to end), `guest_memory()` (load images).
+//! `device_context()` (plug PCI devices), `memory()`/`io()` (map regions, then `commit()`),
+//! `guest_memory()`, `vcpus()` (load and set up a guest), `set_exit_shortcut()` (benchmarks).
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -20,174 +21,19 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{self, TESTDEV_PIO_BASE, TESTDEV_PIO_SIZE};
 use crate::arch::x86_64::BootError;
+use crate::background::BackgroundThreads;
 use crate::devices::console::{Console, ConsoleSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_SIZE};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_GSI, COM1_SIZE};
 use crate::devices::testdev::{TestDev, TestDevMmio, TestDevPio};
+use crate::devices::DeviceContext;
+use crate::exit::{ExitReason, VmControl};
 use crate::interrupts::InterruptRouter;
 use crate::memory::{
-    AddressSpace, IoAccess, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind,
+    AddressSpace, IoAccess, KvmMemoryListener, MemoryError, MemoryRegion, RegionOps, SpaceKind,
 };
-use crate::vcpu::{self, ExitStats, VcpuContext, VcpuThread};
-
-/// Why a VM ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The guest wrote its exit code to the testdev.
-    GuestExit(i32),
-    /// i8042 reset (or a KVM reset event): a normal power-off for our purposes.
-    Reset,
-    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
-    TripleFault { cpu: u32 },
-    /// The guest-program exception stub reported an unexpected exception.
-    Crash(CrashRecord),
-    /// SIGINT/SIGTERM.
-    Signal(i32),
-    /// The VMM could not continue running the guest.
-    Error(String),
-}
-
-/// What the exception stub saved (see `layout::MAILBOX_CRASH`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrashRecord {
-    pub cpu: u32,
-    pub vector: u8,
-    pub error_code: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-    pub cr2: u64,
-}
-
-const EXCEPTION_NAMES: [&str; 32] = [
-    "#DE divide error",
-    "#DB debug",
-    "NMI",
-    "#BP breakpoint",
-    "#OF overflow",
-    "#BR bound range",
-    "#UD invalid opcode",
-    "#NM device not available",
-    "#DF double fault",
-    "coprocessor overrun",
-    "#TS invalid TSS",
-    "#NP segment not present",
-    "#SS stack fault",
-    "#GP general protection",
-    "#PF page fault",
-    "reserved",
-    "#MF x87 error",
-    "#AC alignment check",
-    "#MC machine check",
-    "#XM SIMD error",
-    "#VE virtualization",
-    "#CP control protection",
-    "reserved",
-    "reserved",
-    "reserved",
-    "reserved",
-    "reserved",
-    "reserved",
-    "#HV",
-    "#VC",
-    "#SX",
-    "reserved",
-];
-
-impl std::fmt::Display for CrashRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = EXCEPTION_NAMES.get(self.vector as usize).unwrap_or(&"?");
-        write!(
-            f,
-            "guest exception on vcpu{}: vector {} ({name}) error_code={:#x} rip={:#x} cs={:#x} \
-             rflags={:#x} rsp={:#x} ss={:#x}",
-            self.cpu,
-            self.vector,
-            self.error_code,
-            self.rip,
-            self.cs,
-            self.rflags,
-            self.rsp,
-            self.ss
-        )?;
-        if self.vector == 14 {
-            write!(f, " cr2={:#x}", self.cr2)?;
-        }
-        Ok(())
-    }
-}
-
-impl ExitReason {
-    /// The vmm's process exit status for this reason.
-    pub fn exit_status(&self) -> i32 {
-        match self {
-            ExitReason::GuestExit(code) => code & 0xFF,
-            ExitReason::Reset | ExitReason::Signal(_) => 0,
-            ExitReason::Crash(_) => layout::EXIT_STATUS_CRASH,
-            ExitReason::TripleFault { .. } => 2,
-            ExitReason::Error(_) => 1,
-        }
-    }
-
-    /// A line for stderr, if this reason deserves one.
-    pub fn message(&self) -> Option<String> {
-        match self {
-            ExitReason::GuestExit(_) | ExitReason::Reset => None,
-            ExitReason::TripleFault { cpu } => Some(format!(
-                "vmm: guest triple fault (KVM_EXIT_SHUTDOWN) on vcpu{cpu}"
-            )),
-            ExitReason::Crash(record) => Some(format!("vmm: {record}")),
-            ExitReason::Signal(sig) => Some(format!("vmm: terminating on signal {sig}")),
-            ExitReason::Error(e) => Some(format!("vmm: {e}")),
-        }
-    }
-}
-
-/// How a VM is asked to end, from any thread (devices, vCPUs, the signal loop). The first
-/// request wins.
-pub struct VmControl {
-    reason: Mutex<Option<ExitReason>>,
-    stop: AtomicBool,
-    event: EventFd,
-}
-
-impl VmControl {
-    fn new() -> std::io::Result<VmControl> {
-        Ok(VmControl {
-            reason: Mutex::new(None),
-            stop: AtomicBool::new(false),
-            event: EventFd::new(EFD_NONBLOCK)?,
-        })
-    }
-
-    pub fn request_exit(&self, reason: ExitReason) {
-        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(reason);
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.event.write(1);
-    }
-
-    /// True once an exit was requested: vCPU loops stop.
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Readable when an exit was requested (for poll loops).
-    pub fn event(&self) -> &EventFd {
-        &self.event
-    }
-}
+use crate::pci::PciBus;
+use crate::vcpu::{self, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
 
 /// Where the serial port's output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,8 +51,6 @@ pub struct VmConfig {
     /// Prefix for console lines (`[NAME] `).
     pub name: Option<String>,
     pub serial: SerialConfig,
-    /// Answer testdev NOP MMIO exits in the vCPU loop (benchmark floor).
-    pub bare_nop_exits: bool,
     /// Forward the vmm's stdin to the serial port (Linux consoles).
     pub serial_input: bool,
 }
@@ -218,7 +62,6 @@ impl Default for VmConfig {
             cpus: 1,
             name: None,
             serial: SerialConfig::Stdio,
-            bare_nop_exits: false,
             serial_input: false,
         }
     }
@@ -240,6 +83,14 @@ pub enum VmError {
     Boot(#[from] BootError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("guest RAM view: {0}")]
+    RamView(#[from] vm_memory::mmap::MmapRegionError),
+    #[error("guest RAM view: {0}")]
+    RamRegions(#[from] vm_memory::GuestRegionCollectionError),
+    #[error("guest RAM has no host mapping")]
+    RamUnmapped,
+    #[error("guest RAM of {0:#x} bytes does not fit the guest address space")]
+    RamTooLarge(u64),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -282,7 +133,8 @@ pub struct Vm {
     config: VmConfig,
     memory: AddressSpace,
     io: AddressSpace,
-    ram: MemoryRegion,
+    /// Keeps the RAM mapping that `guest_memory` views alive.
+    _ram: MemoryRegion,
     guest_memory: GuestMemoryMmap,
     control: Arc<VmControl>,
     console: Arc<Console>,
@@ -291,7 +143,9 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     serial: Option<Arc<SerialPort>>,
     interrupts: Arc<InterruptRouter>,
-    pci: Arc<crate::pci::PciBus>,
+    pci: Arc<PciBus>,
+    threads: Arc<BackgroundThreads>,
+    exit_shortcut: Option<Arc<dyn ExitShortcut>>,
 }
 
 impl Vm {
@@ -349,25 +203,7 @@ impl Vm {
         let interrupts = InterruptRouter::new(vm_fd.clone());
         let pci = crate::pci::attach(&memory, &io_space, layout::PCI_ECAM_ADDR);
 
-        let host = ram
-            .host_addr()
-            .ok_or_else(|| VmError::Config("RAM region has no host mapping".into()))?;
-        // SAFETY: `host` is the RAM region's live mapping of `ram_size` bytes; `Vm` keeps the
-        // region (and so the mapping) alive for as long as it hands out this view, and the
-        // devices holding clones are dropped with the VM.
-        let mapping = unsafe {
-            MmapRegion::build_raw(
-                host,
-                config.ram_size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            )
-        }
-        .map_err(|e| VmError::Config(format!("RAM view: {e}")))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(0))
-            .ok_or_else(|| VmError::Config("RAM view overflows".into()))?;
-        let guest_memory = GuestMemoryMmap::from_regions(vec![region])
-            .map_err(|e| VmError::Config(format!("RAM view: {e}")))?;
+        let guest_memory = ram_view(&ram, config.ram_size)?;
 
         let control = Arc::new(VmControl::new().map_err(io("eventfd"))?);
         let sink = match &config.serial {
@@ -389,7 +225,7 @@ impl Vm {
             config,
             memory,
             io: io_space,
-            ram,
+            _ram: ram,
             guest_memory,
             control,
             console,
@@ -399,8 +235,10 @@ impl Vm {
             serial: None,
             interrupts,
             pci,
+            threads: BackgroundThreads::new(),
+            exit_shortcut: None,
         };
-        vm.add_base_devices()?;
+        vm.add_legacy_devices()?;
         for cpu in 0..vm.config.cpus {
             let fd = vm
                 .vm_fd
@@ -413,7 +251,9 @@ impl Vm {
         Ok(vm)
     }
 
-    fn add_base_devices(&mut self) -> Result<(), VmError> {
+    /// The fixed ISA-style devices every VM has. A new legacy device is one more block here:
+    /// build its ops, then `map_pio` (or `map_mmio`) them at the device's fixed address.
+    fn add_legacy_devices(&mut self) -> Result<(), VmError> {
         let testdev = Arc::new(TestDev::new(
             self.control.clone(),
             self.console.clone(),
@@ -422,47 +262,63 @@ impl Vm {
             self.config.ram_size,
             self.created,
         ));
-        let mmio = MemoryRegion::io(
+        self.map_mmio(
             "testdev",
+            layout::TESTDEV_ADDR,
             layout::TESTDEV_SIZE,
             Arc::new(TestDevMmio(testdev.clone())),
             IoAccess::sizes(1, 8),
         );
-        self.memory
-            .root()
-            .add_subregion(layout::TESTDEV_ADDR, &mmio, 0);
-        let pio = MemoryRegion::io(
+        self.map_pio(
             "testdev-pio",
-            TESTDEV_PIO_SIZE as u64,
+            TESTDEV_PIO_BASE,
+            TESTDEV_PIO_SIZE,
             Arc::new(TestDevPio(testdev)),
             IoAccess::sizes(1, 4),
         );
-        self.io
-            .root()
-            .add_subregion(TESTDEV_PIO_BASE as u64, &pio, 0);
 
-        let i8042 = MemoryRegion::io(
+        let i8042 = Arc::new(I8042::new(self.control.clone()));
+        self.map_pio(
             "i8042",
-            I8042_SIZE as u64,
-            Arc::new(I8042::new(self.control.clone())),
+            I8042_BASE,
+            I8042_SIZE,
+            i8042,
             IoAccess::sizes(1, 1),
         );
-        self.io.root().add_subregion(I8042_BASE as u64, &i8042, 0);
 
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
         self.vm_fd
             .register_irqfd(&irq, COM1_GSI)
             .map_err(kvm_err("irqfd for COM1"))?;
         let serial = Arc::new(SerialPort::new(irq, self.console.clone()));
-        let region = MemoryRegion::io(
+        self.map_pio(
             "serial",
-            COM1_SIZE as u64,
+            COM1_BASE,
+            COM1_SIZE,
             serial.clone(),
             IoAccess::sizes(1, 1),
         );
-        self.io.root().add_subregion(COM1_BASE as u64, &region, 0);
         self.serial = Some(serial);
         Ok(())
+    }
+
+    /// Maps `ops` at `port..port + size` of the I/O space (visible at the next commit).
+    fn map_pio(&self, name: &str, port: u16, size: u16, ops: Arc<dyn RegionOps>, access: IoAccess) {
+        let region = MemoryRegion::io(name, u64::from(size), ops, access);
+        self.io.root().add_subregion(u64::from(port), &region, 0);
+    }
+
+    /// Maps `ops` at `addr..addr + size` of system memory (visible at the next commit).
+    fn map_mmio(
+        &self,
+        name: &str,
+        addr: u64,
+        size: u64,
+        ops: Arc<dyn RegionOps>,
+        access: IoAccess,
+    ) {
+        let region = MemoryRegion::io(name, size, ops, access);
+        self.memory.root().add_subregion(addr, &region, 0);
     }
 
     pub fn kvm(&self) -> &Kvm {
@@ -484,14 +340,9 @@ impl Vm {
     pub fn guest_memory(&self) -> &GuestMemoryMmap {
         &self.guest_memory
     }
-    pub fn ram(&self) -> &MemoryRegion {
-        &self.ram
-    }
+    /// Ask the VM to end, from any thread.
     pub fn control(&self) -> &Arc<VmControl> {
         &self.control
-    }
-    pub fn console(&self) -> &Arc<Console> {
-        &self.console
     }
     pub fn stats(&self) -> &Arc<ExitStats> {
         &self.stats
@@ -502,20 +353,20 @@ impl Vm {
     pub fn vcpus(&self) -> &[VcpuFd] {
         &self.vcpus
     }
-    /// The VM's GSI routing table and irqfds (MSI-X vectors of PCI devices).
-    pub fn interrupts(&self) -> &Arc<InterruptRouter> {
-        &self.interrupts
+    /// What PCI device models get instead of the `Vm`: bus 0, the interrupt router, system
+    /// memory and the VM's background threads.
+    pub fn device_context(&self) -> DeviceContext {
+        DeviceContext {
+            pci: self.pci.clone(),
+            interrupts: self.interrupts.clone(),
+            memory: self.memory.clone(),
+            threads: self.threads.clone(),
+        }
     }
-    /// PCI bus 0: plug devices with `pci().add_device(..)`.
-    pub fn pci(&self) -> &Arc<crate::pci::PciBus> {
-        &self.pci
-    }
-    pub fn serial(&self) -> Option<&Arc<SerialPort>> {
-        self.serial.as_ref()
-    }
-    /// When `Vm::new` started.
-    pub fn created(&self) -> Instant {
-        self.created
+
+    /// Lets `shortcut` answer exits before the memory-model dispatch (benchmark floors).
+    pub fn set_exit_shortcut(&mut self, shortcut: Arc<dyn ExitShortcut>) {
+        self.exit_shortcut = Some(shortcut);
     }
 
     /// Loads a guest program (static ELF) and puts every vCPU at its entry in ring 3.
@@ -578,7 +429,7 @@ impl Vm {
                 control: self.control.clone(),
                 stats: self.stats.clone(),
                 created: self.created,
-                bare_nop_exits: self.config.bare_nop_exits,
+                shortcut: self.exit_shortcut.clone(),
             };
             match VcpuThread::spawn(fd, ctx) {
                 Ok(t) => threads.push(t),
@@ -645,10 +496,32 @@ impl Vm {
                 log::error!("vcpu{} did not stop", t.cpu);
             }
         }
+        // Device threads (ivshmem server links) end with the vCPUs.
+        self.threads.shutdown();
         self.console.flush();
         Ok(self
             .control
             .reason()
             .unwrap_or(ExitReason::Error("VM stopped without a reason".into())))
     }
+}
+
+/// Guest RAM as a vm-memory view over the RAM region's own mapping (for loaders and devices
+/// reading guest memory).
+fn ram_view(ram: &MemoryRegion, size: u64) -> Result<GuestMemoryMmap, VmError> {
+    let host = ram.host_addr().ok_or(VmError::RamUnmapped)?;
+    // SAFETY: `host` is the RAM region's live mapping of `size` bytes. The view does not own it
+    // (`build_raw`: never unmapped by the view); `Vm` keeps the region alive as long as it hands
+    // out the view, and the devices holding clones of the view are dropped with the VM.
+    let mapping = unsafe {
+        MmapRegion::build_raw(
+            host,
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        )
+    }?;
+    let region =
+        GuestRegionMmap::new(mapping, GuestAddress(0)).ok_or(VmError::RamTooLarge(size))?;
+    Ok(GuestMemoryMmap::from_regions(vec![region])?)
 }

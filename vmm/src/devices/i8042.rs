@@ -3,8 +3,8 @@
 //! Reads return 0 (no data, input buffer empty), so polling guests don't spin.
 use std::sync::Arc;
 
+use crate::exit::{ExitReason, VmControl};
 use crate::memory::RegionOps;
-use crate::vm::{ExitReason, VmControl};
 
 /// Base port of the region (0x60..0x65 covers data 0x60 and command/status 0x64).
 pub const I8042_BASE: u16 = 0x60;

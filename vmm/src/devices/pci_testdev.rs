@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::DeviceContext;
 use crate::interrupts::InterruptRouter;
 use crate::memory::{IoAccess, MemoryError, MemoryRegion, RegionOps};
 use crate::pci::{Bar, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
-use crate::vm::Vm;
 
 pub const VENDOR_ID: u16 = 0x1b36;
 pub const DEVICE_ID: u16 = 0x0005;
@@ -121,16 +121,16 @@ fn parse_size(s: &str) -> Option<u64> {
     n.checked_shl(shift).filter(|v| v >> shift == n)
 }
 
-/// `--device pci-testdev[,vectors=N][,ram=SIZE]`: create the device and plug it into `vm`'s bus.
-pub fn add_to_vm(vm: &Vm, spec: &str) -> Result<Arc<PciTestDev>, PciTestDevError> {
+/// `--device pci-testdev[,vectors=N][,ram=SIZE]`: create the device and plug it into the bus.
+pub fn add(ctx: &DeviceContext, spec: &str) -> Result<Arc<PciTestDev>, PciTestDevError> {
     let options = match spec.strip_prefix("pci-testdev") {
         Some("") => "",
         Some(rest) if rest.starts_with(',') => &rest[1..],
         _ => return Err(PciTestDevError::UnknownDevice(spec.to_string())),
     };
     let config = PciTestDevConfig::parse_options(options)?;
-    let (function, device) = PciTestDev::create(config, vm.interrupts().clone())?;
-    vm.pci().add_device(function)?;
+    let (function, device) = PciTestDev::create(config, ctx.interrupts.clone())?;
+    ctx.pci.add_device(function)?;
     Ok(device)
 }
 

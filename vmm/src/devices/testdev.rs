@@ -12,8 +12,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::console::Console;
 use crate::arch::x86_64::layout::{testdev as reg, testdev_pio, CRASH_FIELDS, MAILBOX_CRASH};
+use crate::exit::{CrashRecord, ExitReason, VmControl};
 use crate::memory::RegionOps;
-use crate::vm::{CrashRecord, ExitReason, VmControl};
 
 /// Longest console string accepted in one CONSOLE_STR write.
 const MAX_STRING: u64 = 0xFFFF;

@@ -3,14 +3,20 @@
 //! what the connection knows: new vectors become ioeventfds on BAR0 (and MSI-X sources for our
 //! own), departed peers lose theirs. A misbehaving server's messages are reported and ignored;
 //! a vanished server is reported once, and the device keeps its memory and known peers.
+//!
+//! The thread is one of the VM's [`BackgroundThreads`]: it waits on the server socket and its
+//! stop signal together, so shutting the VM down ends it (and closes the connection) at once.
 
 use std::sync::Arc;
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use peer::{Peer, ServerEvent};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::registers::{doorbell_value, PeerTable, DOORBELL};
 use super::{own_eventfd, IvshmemError};
+use crate::background::{BackgroundThreads, StopSignal};
 use crate::memory::{AddressSpace, MemoryRegion};
 use crate::pci::Msix;
 
@@ -78,15 +84,20 @@ impl Wiring {
     }
 }
 
-/// Follows `server` on a thread for as long as it is connected.
-pub fn follow(mut server: Peer, wiring: Wiring) {
-    let name = wiring.name.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("{name}-server"))
-        .spawn(move || {
+/// Follows `server` on a background thread until the server is gone or the VM shuts down
+/// (`threads.shutdown()` stops and joins it, closing the connection).
+pub fn follow(
+    mut server: Peer,
+    wiring: Wiring,
+    threads: &BackgroundThreads,
+) -> Result<(), IvshmemError> {
+    let name = format!("{}-server", wiring.name);
+    threads
+        .spawn(&name, move |stop| {
             let mut violations = 0u64;
             loop {
-                let events = server.poll_server(None);
+                // News first: the handshake may have left some (a server already gone).
+                let events = server.process_server_messages();
                 let mut gone = false;
                 for event in &events {
                     gone |= report(&wiring.name, event, &mut violations);
@@ -94,13 +105,38 @@ pub fn follow(mut server: Peer, wiring: Wiring) {
                 if let Err(e) = wiring.sync_with(&server) {
                     log::warn!("{}: applying server news: {e}", wiring.name);
                 }
-                if gone || (events.is_empty() && !server.server_connected()) {
+                if gone || !server.server_connected() {
+                    break;
+                }
+                if !wait_for_news(&wiring.name, &server, &stop) {
                     break;
                 }
             }
-        });
-    if let Err(e) = spawned {
-        log::error!("{name}: cannot start the server thread: {e}; joins and leaves won't be seen");
+        })
+        .map_err(IvshmemError::Thread)
+}
+
+/// Blocks until the server sends something (true) or the VM stops the thread (false).
+fn wait_for_news(name: &str, server: &Peer, stop: &StopSignal) -> bool {
+    let Some(server_fd) = server.server_fd() else {
+        return false;
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(stop.fd(), PollFlags::POLLIN),
+            PollFd::new(server_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+                return !ready(&fds[0]);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::warn!("{name}: waiting for the server: {e}; no more joins and leaves");
+                return false;
+            }
+        }
     }
 }
 
@@ -133,4 +169,84 @@ fn report(name: &str, event: &ServerEvent, violations: &mut u64) -> bool {
         other => log::debug!("{name}: {other:?}"),
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::net::UnixListener;
+    use std::time::Duration;
+
+    use super::super::registers::Registers;
+    use super::super::{bar0_region, IvshmemError};
+    use super::*;
+    use crate::interrupts::fake::FakeIrqBackend;
+    use crate::interrupts::InterruptRouter;
+    use crate::memory::SpaceKind;
+
+    /// A one-peer ivshmem server: sends the handshake, then reports how the client's connection
+    /// ended (Ok(0) = it hung up) within `deadline`.
+    fn serve_one_peer(listener: UnixListener, deadline: Duration) -> std::io::Result<usize> {
+        let (stream, _) = listener.accept()?;
+        let shm: OwnedFd =
+            nix::sys::memfd::memfd_create(c"link-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        std::fs::File::from(shm.try_clone()?).set_len(4096)?;
+        let vector = nix::sys::eventfd::EventFd::new()?;
+        let messages = protocol::server::new_peer_sequence(
+            0,
+            shm.as_fd(),
+            &[vector.as_fd()],
+            std::iter::empty(),
+        );
+        for message in messages {
+            protocol::fdpass::send_message_all(stream.as_fd(), message.value, message.fd)?;
+        }
+        stream.set_read_timeout(Some(deadline))?;
+        (&stream).read(&mut [0u8; 8])
+    }
+
+    #[test]
+    fn vm_shutdown_joins_the_server_thread_and_hangs_up() -> Result<(), IvshmemError> {
+        let dir = std::env::temp_dir().join(format!("vmm-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("server.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || serve_one_peer(listener, Duration::from_secs(10)));
+
+        let peer = Peer::connect(&socket).expect("handshake with the test server");
+        let peers = Arc::new(PeerTable::default());
+        let router = InterruptRouter::new(FakeIrqBackend::new());
+        let wiring = Wiring {
+            name: "ivshmem-test".into(),
+            peers: peers.clone(),
+            bar0: bar0_region("ivshmem-test", Arc::new(Registers::new(0, peers.clone()))),
+            memory: AddressSpace::new(
+                "memory",
+                MemoryRegion::container("system", u64::MAX),
+                SpaceKind::Memory,
+            ),
+            msix: Msix::new("ivshmem-test", 1, router)?,
+            own_id: peer.id(),
+            vectors: 1,
+            ioeventfd: true,
+        };
+        wiring.sync_with(&peer)?;
+        assert_eq!(peers.snapshot(), vec![(0, 1)], "own vector wired");
+
+        let threads = BackgroundThreads::new();
+        follow(peer, wiring, &threads)?;
+        assert_eq!(threads.count(), 1);
+        // The server is still there: only the VM's shutdown can end the thread.
+        threads.shutdown();
+        assert_eq!(threads.count(), 0);
+        let ended = server.join().unwrap();
+        assert_eq!(
+            ended.expect("the connection closes before the deadline"),
+            0,
+            "the thread dropped its connection"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        Ok(())
+    }
 }

@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use super::DeviceContext;
 use crate::memory::{AccessSizes, IoAccess, MemoryError, MemoryRegion};
 use crate::pci::config as pci_config;
 use crate::pci::{Bar, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
-use crate::vm::Vm;
 pub use options::{Bar2Mapping, IvshmemOptions, IvshmemVariant};
 use registers::{PeerTable, Registers, BAR0_SIZE};
 
@@ -66,6 +66,8 @@ pub enum IvshmemError {
     Bus(#[from] BusError),
     #[error("ivshmem: duplicating an eventfd from the server: {0}")]
     Dup(std::io::Error),
+    #[error("ivshmem: cannot start the thread following the server: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A plugged ivshmem device, as the VM's exit report sees it.
@@ -134,25 +136,29 @@ fn own_eventfd(fd: BorrowedFd<'_>) -> Result<Arc<EventFd>, IvshmemError> {
     Ok(Arc::new(unsafe { EventFd::from_raw_fd(raw) }))
 }
 
-/// `--ivshmem SPEC`: create the device and plug it into `vm`'s PCI bus. `index` names it.
-pub fn add_to_vm(vm: &Vm, spec: &str, index: usize) -> Result<Arc<IvshmemDevice>, IvshmemError> {
+/// `--ivshmem SPEC`: create the device and plug it into the PCI bus. `index` names it.
+pub fn add(
+    ctx: &DeviceContext,
+    spec: &str,
+    index: usize,
+) -> Result<Arc<IvshmemDevice>, IvshmemError> {
     let options = IvshmemOptions::parse(spec)?;
     let name = format!("ivshmem{index}");
     match &options.variant {
         IvshmemVariant::Plain { source, size } => {
-            add_plain(vm, &name, source, *size, options.mapping)
+            add_plain(ctx, &name, source, *size, options.mapping)
         }
         IvshmemVariant::Doorbell {
             socket,
             vectors,
             ioeventfd,
-        } => add_doorbell(vm, &name, socket, *vectors, *ioeventfd, options.mapping),
+        } => add_doorbell(ctx, &name, socket, *vectors, *ioeventfd, options.mapping),
     }
 }
 
 /// ivshmem-plain: BAR0 and BAR2, no peers, IVPosition 0.
 fn add_plain(
-    vm: &Vm,
+    ctx: &DeviceContext,
     name: &str,
     source: &options::SharedMemorySource,
     size: Option<u64>,
@@ -166,15 +172,15 @@ fn add_plain(
     function.set_bar(0, Bar::memory32(bar0, false))?;
     let bar2 = bar2_region(name, shm.fd.as_fd(), shm.size, mapping)?;
     function.set_bar(2, Bar::memory64(bar2, true))?;
-    let bdf = vm.pci().add_device(function)?;
+    let bdf = ctx.pci.add_device(function)?;
     log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
     Ok(Arc::new(IvshmemDevice { registers }))
 }
 
 /// ivshmem-doorbell: connects to the server (the handshake happens here, like QEMU's realize),
-/// wires what it announced, then follows it on a thread.
+/// wires what it announced, then follows it on one of the VM's background threads.
 fn add_doorbell(
-    vm: &Vm,
+    ctx: &DeviceContext,
     name: &str,
     socket: &std::path::Path,
     vectors: u32,
@@ -198,7 +204,7 @@ fn add_doorbell(
     let peers = Arc::new(PeerTable::default());
     let registers = Arc::new(Registers::new(own_id, peers.clone()));
     let bar0 = bar0_region(name, registers.clone());
-    let msix = Msix::new(name, vectors as usize, vm.interrupts().clone())?;
+    let msix = Msix::new(name, vectors as usize, ctx.interrupts.clone())?;
     let mut function = new_function("ivshmem-doorbell");
     function.set_bar(0, Bar::memory32(bar0.clone(), false))?;
     function.add_msix(&msix, 1)?;
@@ -209,18 +215,18 @@ fn add_doorbell(
         name: name.to_string(),
         peers: peers.clone(),
         bar0,
-        memory: vm.memory().clone(),
+        memory: ctx.memory.clone(),
         msix,
         own_id,
         vectors,
         ioeventfd,
     };
     wiring.sync_with(&server)?;
-    let bdf = vm.pci().add_device(function)?;
+    let bdf = ctx.pci.add_device(function)?;
     log::info!(
         "{name}: ivshmem-doorbell at {bdf}, peer id {own_id}, {size} bytes, peers {:?}",
         peers.snapshot()
     );
-    link::follow(server, wiring);
+    link::follow(server, wiring, &ctx.threads)?;
     Ok(Arc::new(IvshmemDevice { registers }))
 }

@@ -14,8 +14,9 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("guest-target");
     println!("cargo:rerun-if-changed=../guest/src");
-    // The guest compiles the VMM's layout file as its own `layout` module.
+    // The guest compiles the VMM's layout and guest-ABI files as its own `layout` and `abi`.
     println!("cargo:rerun-if-changed=src/arch/x86_64/layout.rs");
+    println!("cargo:rerun-if-changed=src/guest_abi.rs");
     println!("cargo:rerun-if-changed=../guest/Cargo.toml");
     println!("cargo:rerun-if-changed=../guest/.cargo/config.toml");
 

@@ -16,21 +16,13 @@ use crate::interrupts;
 use crate::mmio;
 use crate::pci::{self, BarAllocator, BarInfo, BarKind, Bdf, Msix};
 
-pub const VENDOR_ID: u16 = 0x1af4;
-pub const DEVICE_ID: u16 = 0x1110;
-pub const REVISION: u8 = 1;
-pub const CLASS: u32 = 0x05_00_00;
-pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
-pub const SUBSYSTEM_ID: u16 = 0x1100;
-pub const BAR0_SIZE: u64 = 0x100;
-
-/// BAR0 register offsets.
-pub mod reg {
-    pub const INTR_MASK: u64 = 0x00;
-    pub const INTR_STATUS: u64 = 0x04;
-    pub const IV_POSITION: u64 = 0x08;
-    pub const DOORBELL: u64 = 0x0C;
-}
+/// Identity, BAR0 size and register offsets (`reg`): the VMM's device reads the same file.
+pub use crate::abi::ivshmem::{
+    doorbell_value, reg, BAR0_SIZE, DEVICE_ID, REVISION, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
+    VENDOR_ID,
+};
+/// Class code as `Bdf::class` reads it.
+pub const CLASS: u32 = crate::abi::ivshmem::CLASS_CODE;
 
 /// First CPU vector used for device `index`'s MSI-X entries (32 per device).
 pub const fn default_first_vector(index: usize) -> u8 {
@@ -158,7 +150,7 @@ impl Ivshmem {
     /// Rings `vector` of `peer` (Doorbell register). With ioeventfd this never leaves KVM.
     #[inline(always)]
     pub fn ring(&self, peer: u16, vector: u16) {
-        self.write_reg(reg::DOORBELL, (peer as u32) << 16 | vector as u32)
+        self.write_reg(reg::DOORBELL, doorbell_value(peer, vector as u32))
     }
 
     /// CPU vector on which our MSI-X entry `vector` arrives.

@@ -4,9 +4,12 @@
 //! `rsi` = number of cpus, `rdx` = RAM size (see `layout`). A program names its entry points with
 //! [`entry!`]; vCPU 0 runs `main` and exits the VM with its return value, the others run the
 //! optional `ap_main` and then park. Everything talks to the VMM through MMIO (`testdev`), because
-//! ring-3 port I/O is not reliable on this project's KVM (ENVIRONMENT.md).
+//! ring-3 port I/O is not reliable on this project's KVM (docs/environment.md).
 #![no_std]
 
+/// The VMM's guest-ABI file (PCI device identities and registers), compiled here too.
+#[path = "../../vmm/src/guest_abi.rs"]
+pub mod abi;
 pub mod args;
 pub mod clock;
 pub mod console;

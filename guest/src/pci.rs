@@ -2,7 +2,7 @@
 //! from the layout's MMIO windows, command register, capabilities and MSI-X set-up.
 //!
 //! Everything goes through ECAM (MMIO), never the 0xCF8 ports: ring-3 port I/O is not reliable on
-//! this project's KVM (see ENVIRONMENT.md). BARs are sized with decoding off, as firmware does.
+//! this project's KVM (see docs/environment.md). BARs are sized with decoding off, as firmware does.
 use crate::layout::{
     LAPIC_ADDR, PCI_ECAM_ADDR, PCI_MMIO32_ADDR, PCI_MMIO32_END, PCI_MMIO64_ADDR, PCI_MMIO64_SIZE,
 };
@@ -395,20 +395,9 @@ impl Msix {
     }
 }
 
-/// The VMM's `pci-testdev` (vmm/src/devices/pci_testdev.rs): IDs and BAR0 registers.
+/// The VMM's `pci-testdev`: IDs, MAGIC and BAR0 registers (`reg`), from the shared ABI file.
 pub mod testdev {
-    pub const VENDOR_ID: u16 = 0x1b36;
-    pub const DEVICE_ID: u16 = 0x0005;
-    pub const MAGIC: u32 = 0x5443_4950;
-    pub const REG_MAGIC: u64 = 0x00;
-    pub const REG_SCRATCH: u64 = 0x04;
-    pub const REG_VECTORS: u64 = 0x08;
-    pub const REG_RAISE: u64 = 0x0C;
-    pub const REG_ACCESSES: u64 = 0x10;
-    pub const REG_RAM_SIZE_LO: u64 = 0x14;
-    pub const REG_RAM_SIZE_HI: u64 = 0x18;
-    pub const REG_RAISED: u64 = 0x1C;
-    pub const REG_RAISE_FAST: u64 = 0x20;
+    pub use crate::abi::pci_testdev::{reg, DEVICE_ID, MAGIC, VENDOR_ID};
 }
 
 /// Configuration mechanism #1 (ports 0xCF8/0xCFC), for cross-checking ECAM. Ring-3 port I/O

@@ -11,6 +11,7 @@ pub mod background;
 pub mod bench;
 pub mod devices;
 pub mod exit;
+pub mod guest_abi;
 pub mod guest_images;
 pub mod interrupts;
 pub mod memory;

@@ -42,16 +42,16 @@ fn main() -> i32 {
     // SAFETY (all MMIO below): addresses inside BARs we just assigned, or the old/new
     // addresses of moved BARs, all inside the identity-mapped PCI windows.
     unsafe {
-        if read32(regs + td::REG_MAGIC) != td::MAGIC {
-            println!("pci_bar: bad magic {:#x}", read32(regs + td::REG_MAGIC));
+        if read32(regs + td::reg::MAGIC) != td::MAGIC {
+            println!("pci_bar: bad magic {:#x}", read32(regs + td::reg::MAGIC));
             return 21;
         }
-        write32(regs + td::REG_SCRATCH, 0x1234_5678);
-        if read32(regs + td::REG_SCRATCH) != 0x1234_5678 {
+        write32(regs + td::reg::SCRATCH, 0x1234_5678);
+        if read32(regs + td::reg::SCRATCH) != 0x1234_5678 {
             return 21;
         }
-        let size = (read32(regs + td::REG_RAM_SIZE_HI) as u64) << 32
-            | read32(regs + td::REG_RAM_SIZE_LO) as u64;
+        let size = (read32(regs + td::reg::RAM_SIZE_HI) as u64) << 32
+            | read32(regs + td::reg::RAM_SIZE_LO) as u64;
         if size != ram_bar.size {
             println!(
                 "pci_bar: device says RAM is {size:#x}, BAR says {:#x}",
@@ -95,9 +95,9 @@ fn main() -> i32 {
             .allocate(regs_bar.kind, regs_bar.size)
             .unwrap_or(0);
         pci::set_bar_address(dev, &regs_bar, new_regs);
-        if read32(regs + td::REG_MAGIC) != u32::MAX
-            || read32(new_regs + td::REG_MAGIC) != td::MAGIC
-            || read32(new_regs + td::REG_SCRATCH) != 0x1234_5678
+        if read32(regs + td::reg::MAGIC) != u32::MAX
+            || read32(new_regs + td::reg::MAGIC) != td::MAGIC
+            || read32(new_regs + td::reg::SCRATCH) != 0x1234_5678
         {
             return 24;
         }
@@ -105,11 +105,11 @@ fn main() -> i32 {
 
         // Memory decoding off: nothing answers; on again: all back.
         dev.enable_memory(false);
-        if read32(new_regs + td::REG_MAGIC) != u32::MAX || read64(ram) != u64::MAX {
+        if read32(new_regs + td::reg::MAGIC) != u32::MAX || read64(ram) != u64::MAX {
             return 25;
         }
         dev.enable_memory(true);
-        if read32(new_regs + td::REG_MAGIC) != td::MAGIC || !check_ram(ram) {
+        if read32(new_regs + td::reg::MAGIC) != td::MAGIC || !check_ram(ram) {
             return 26;
         }
     }

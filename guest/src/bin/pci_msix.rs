@@ -29,17 +29,17 @@ const ROUNDS: u64 = 200;
 
 fn raise_fast(regs: u64, index: u16) {
     // SAFETY: BAR0 of the device, assigned by us.
-    unsafe { write32(regs + td::REG_RAISE_FAST, index as u32) };
+    unsafe { write32(regs + td::reg::RAISE_FAST, index as u32) };
 }
 
 fn accesses(regs: u64) -> u32 {
     // SAFETY: BAR0 of the device, assigned by us.
-    unsafe { read32(regs + td::REG_ACCESSES) }
+    unsafe { read32(regs + td::reg::ACCESSES) }
 }
 
 fn raise(regs: u64, index: u16) {
     // SAFETY: BAR0 of the device, assigned by us.
-    unsafe { write32(regs + td::REG_RAISE, index as u32) };
+    unsafe { write32(regs + td::reg::RAISE, index as u32) };
 }
 
 /// Waits (polling the mailbox counter, so it does not depend on the halt gate) until `vector`

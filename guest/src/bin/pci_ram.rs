@@ -25,7 +25,7 @@ fn main() -> i32 {
     let mut sum = 0u64;
     // SAFETY: all addresses are inside the assigned RAM BAR / BAR0.
     unsafe {
-        let before = read32(regs + td::REG_ACCESSES);
+        let before = read32(regs + td::reg::ACCESSES);
         for pass in 0..PASSES {
             for i in 0..words {
                 write64(ram + 8 * i, i ^ pass);
@@ -39,7 +39,7 @@ fn main() -> i32 {
                 sum = sum.wrapping_add(v);
             }
         }
-        let after = read32(regs + td::REG_ACCESSES);
+        let after = read32(regs + td::reg::ACCESSES);
         let ns = (guest::clock::now_ns() - start).max(1);
         let bytes = 2 * PASSES * bar.size;
         println!(

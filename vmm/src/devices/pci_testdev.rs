@@ -21,34 +21,10 @@ use crate::interrupts::InterruptRouter;
 use crate::memory::{IoAccess, MemoryError, MemoryRegion, RegionOps};
 use crate::pci::{Bar, BusError, FunctionError, Msix, MsixError, PciFunction, PciIds};
 
-pub const VENDOR_ID: u16 = 0x1b36;
-pub const DEVICE_ID: u16 = 0x0005;
-pub const REGS_SIZE: u64 = 0x1000;
-/// "PCIT"
-pub const MAGIC: u32 = 0x5443_4950;
-
-/// BAR0 register offsets (32-bit accesses).
-pub mod regs {
-    /// RO: [`super::MAGIC`].
-    pub const MAGIC: u64 = 0x00;
-    /// RW: plain storage.
-    pub const SCRATCH: u64 = 0x04;
-    /// RO: number of MSI-X vectors.
-    pub const VECTORS: u64 = 0x08;
-    /// WO: signal the eventfd of vector N (ignored for N out of range).
-    pub const RAISE: u64 = 0x0C;
-    /// RO: BAR0 accesses served so far (this one included): every one is a VM exit.
-    pub const ACCESSES: u64 = 0x10;
-    /// RO: BAR2 size, low and high dword.
-    pub const RAM_SIZE_LO: u64 = 0x14;
-    pub const RAM_SIZE_HI: u64 = 0x18;
-    /// RO: RAISE writes that signalled a vector.
-    pub const RAISED: u64 = 0x1C;
-    /// WO: like RAISE, but a KVM ioeventfd (datamatch = vector) per vector signals the vector's
-    /// eventfd inside the kernel: the write never reaches the VMM (like ivshmem's doorbell).
-    /// Only writes that match no ioeventfd arrive here; they are handled as RAISE.
-    pub const RAISE_FAST: u64 = 0x20;
-}
+// Identity and registers are the guest ABI, shared with the guest runtime.
+pub use crate::guest_abi::pci_testdev::{
+    reg as regs, CLASS_CODE, DEVICE_ID, MAGIC, REGS_SIZE, VENDOR_ID,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PciTestDevConfig {
@@ -171,9 +147,9 @@ impl PciTestDev {
                 vendor_id: VENDOR_ID,
                 device_id: DEVICE_ID,
                 revision: 0,
-                class: 0x00,
-                subclass: 0xFF,
-                prog_if: 0,
+                class: (CLASS_CODE >> 16) as u8,
+                subclass: (CLASS_CODE >> 8) as u8,
+                prog_if: CLASS_CODE as u8,
                 subsystem_vendor_id: 0x1AF4,
                 subsystem_id: 0x1100,
             },
@@ -267,6 +243,8 @@ mod tests {
         let router = InterruptRouter::new(FakeIrqBackend::new());
         let (function, dev) = PciTestDev::create(PciTestDevConfig::default(), router).unwrap();
         assert_eq!(function.config().dword(0), 0x0005_1b36);
+        assert_eq!(function.config().dword(8), 0x00FF_0000, "class 0x00, subclass 0xFF");
+        assert_eq!((regs::RAISE, regs::RAISE_FAST, MAGIC), (0x0C, 0x20, 0x5443_4950));
         assert_eq!(dev.read(regs::MAGIC, 4), MAGIC as u64);
         dev.write(regs::SCRATCH, 4, 0xABCD);
         assert_eq!(dev.read(regs::SCRATCH, 4), 0xABCD);

@@ -1,14 +1,16 @@
 .intel_syntax noprefix
 .code64
+# Absolute addresses are symbols with no value here: the VMM fills them in from its layout
+# (stubs.rs, ADDRESSES), and its test assembles this file with `--defsym SYMBOL=VALUE` for each.
 # Frame on entry to both commons: [rsp]=vector [rsp+8]=error code (0 if none) [rsp+16]=RIP ...
 irq_common:
     push rax
     push rdx
     mov rax, [rsp+16]
     and eax, 0xff
-    movabs rdx, 0x3000
+    movabs rdx, offset MAILBOX_COUNTERS
     lock inc qword ptr [rdx+rax*8]
-    movabs rdx, 0xfee000b0
+    movabs rdx, offset LAPIC_EOI
     xor eax, eax
     mov dword ptr [rdx], eax
     pop rdx
@@ -17,7 +19,7 @@ irq_common:
     iretq
 .balign 64
 exc_common:
-    movabs rdx, 0x3800
+    movabs rdx, offset MAILBOX_CRASH
     mov rax, [rsp]
     mov [rdx], rax
     mov rax, [rsp+8]
@@ -35,7 +37,7 @@ exc_common:
     mov rax, cr2
     mov [rdx+56], rax
     mov rax, [rsp]
-    movabs rdx, 0xfeb00040
+    movabs rdx, offset TESTDEV_CRASH
     mov [rdx], rax
 1:  hlt
     jmp 1b
@@ -54,7 +56,7 @@ gp_entry:
     inc qword ptr [rsp+24]
     mov rax, rdi
     and eax, 0xff
-    movabs rdx, 0x3000
+    movabs rdx, offset MAILBOX_COUNTERS
     cmp [rdx+rax*8], rsi
     jne 5f
     sti

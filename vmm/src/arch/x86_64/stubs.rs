@@ -1,10 +1,13 @@
 //! Ring-0 code for guest programs, written by the VMM into guest memory at `STUBS_ADDR`.
 //!
-//! Ring 0 is emulated on this project's KVM (ENVIRONMENT.md), so this code uses only plain
+//! Ring 0 is emulated on this project's KVM (docs/environment.md), so this code uses only plain
 //! moves, stack operations, a locked increment, `hlt`, `sti` and `iretq` — no SSE, no xsave, no
 //! int3. It is hand-assembled: the source is `stubs.S` next to this file (GNU as, Intel syntax),
-//! and `COMMON` below is its `objdump -d` output byte for byte; the `assembles_to_the_same_bytes`
-//! test re-assembles the source and compares when `as` is installed.
+//! and `COMMON` below is its `objdump -d` output byte for byte, except the absolute addresses:
+//! the source names them (`MAILBOX_COUNTERS`, `LAPIC_EOI`, `MAILBOX_CRASH`, `TESTDEV_CRASH`) and
+//! [`ADDRESSES`] fills them in from `layout`, so no address is written twice. The
+//! `assembles_to_the_same_bytes` test re-assembles the source with those symbols defined from
+//! the layout and compares when `as` is installed.
 //!
 //! Per-vector entry stubs (16 bytes each, generated here) make every frame look alike —
 //! `[rsp]` = vector, `[rsp+8]` = error code (0 pushed for vectors without one), then the CPU's
@@ -30,7 +33,8 @@ const ENTRY_SIZE: u64 = 16;
 /// Address of the #GP handler (and ring-3 `hlt` gate).
 pub const GP_ENTRY_ADDR: u64 = STUBS_ADDR + GP_ENTRY_OFFSET;
 
-/// `stubs.S`, assembled.
+/// `stubs.S`, assembled, with the absolute addresses left zero: [`common`] fills them in from
+/// [`ADDRESSES`], so the layout constants are their only source.
 #[rustfmt::skip]
 const COMMON: &[u8] = &[
     // irq_common:
@@ -38,9 +42,9 @@ const COMMON: &[u8] = &[
     0x52, // 0x01: push rdx
     0x48, 0x8b, 0x44, 0x24, 0x10, // 0x02: mov rax,QWORD PTR [rsp+0x10]
     0x25, 0xff, 0x00, 0x00, 0x00, // 0x07: and eax,0xff
-    0x48, 0xba, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0x0c: movabs rdx,0x3000
+    0x48, 0xba, 0, 0, 0, 0, 0, 0, 0, 0, // 0x0c: movabs rdx,MAILBOX_COUNTERS
     0xf0, 0x48, 0xff, 0x04, 0xc2, // 0x16: lock inc QWORD PTR [rdx+rax*8]
-    0x48, 0xba, 0xb0, 0x00, 0xe0, 0xfe, 0x00, 0x00, 0x00, 0x00, // 0x1b: movabs rdx,0xfee000b0
+    0x48, 0xba, 0, 0, 0, 0, 0, 0, 0, 0, // 0x1b: movabs rdx,LAPIC_EOI
     0x31, 0xc0, // 0x25: xor eax,eax
     0x89, 0x02, // 0x27: mov DWORD PTR [rdx],eax
     0x5a, // 0x29: pop rdx
@@ -50,7 +54,7 @@ const COMMON: &[u8] = &[
     0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, // 0x31: (padding)
     0x0f, 0x1f, 0x40, 0x00, // 0x3c: (padding)
     // exc_common:
-    0x48, 0xba, 0x00, 0x38, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0x40: movabs rdx,0x3800
+    0x48, 0xba, 0, 0, 0, 0, 0, 0, 0, 0, // 0x40: movabs rdx,MAILBOX_CRASH
     0x48, 0x8b, 0x04, 0x24, // 0x4a: mov rax,QWORD PTR [rsp]
     0x48, 0x89, 0x02, // 0x4e: mov QWORD PTR [rdx],rax
     0x48, 0x8b, 0x44, 0x24, 0x08, // 0x51: mov rax,QWORD PTR [rsp+0x8]
@@ -68,7 +72,7 @@ const COMMON: &[u8] = &[
     0x0f, 0x20, 0xd0, // 0x87: mov rax,cr2
     0x48, 0x89, 0x42, 0x38, // 0x8a: mov QWORD PTR [rdx+0x38],rax
     0x48, 0x8b, 0x04, 0x24, // 0x8e: mov rax,QWORD PTR [rsp]
-    0x48, 0xba, 0x40, 0x00, 0xb0, 0xfe, 0x00, 0x00, 0x00, 0x00, // 0x92: movabs rdx,0xfeb00040
+    0x48, 0xba, 0, 0, 0, 0, 0, 0, 0, 0, // 0x92: movabs rdx,TESTDEV_CRASH
     0x48, 0x89, 0x02, // 0x9c: mov QWORD PTR [rdx],rax
     0xf4, // 0x9f: hlt
     0xeb, 0xfd, // 0xa0: jmp 9f <exc_common+0x5f>
@@ -86,7 +90,7 @@ const COMMON: &[u8] = &[
     0x48, 0xff, 0x44, 0x24, 0x18, // 0xd3: inc QWORD PTR [rsp+0x18]
     0x48, 0x89, 0xf8, // 0xd8: mov rax,rdi
     0x25, 0xff, 0x00, 0x00, 0x00, // 0xdb: and eax,0xff
-    0x48, 0xba, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0xe0: movabs rdx,0x3000
+    0x48, 0xba, 0, 0, 0, 0, 0, 0, 0, 0, // 0xe0: movabs rdx,MAILBOX_COUNTERS
     0x48, 0x39, 0x34, 0xc2, // 0xea: cmp QWORD PTR [rdx+rax*8],rsi
     0x75, 0x02, // 0xee: jne f2 <gp_entry+0x32>
     0xfb, // 0xf0: sti
@@ -101,9 +105,28 @@ const COMMON: &[u8] = &[
     0xe9, 0x3d, 0xff, 0xff, 0xff, // 0xfe: jmp 40 <exc_common>
 ];
 
-// The absolute addresses baked into COMMON.
-const _: () = assert!(MAILBOX_COUNTERS == 0x3000 && MAILBOX_CRASH == 0x3800);
-const _: () = assert!(TESTDEV_ADDR + testdev::CRASH == 0xFEB0_0040 && LAPIC_ADDR == 0xFEE0_0000);
+/// The LAPIC's end-of-interrupt register.
+const LAPIC_EOI: u64 = LAPIC_ADDR + 0xB0;
+
+/// The addresses the stubs use, as (symbol in stubs.S, offset in COMMON of the 8-byte immediate
+/// of the `movabs` that loads it, value from the layout). The test assembles stubs.S with each
+/// symbol defined to its value and compares with [`common`].
+const ADDRESSES: [(&str, usize, u64); 5] = [
+    ("MAILBOX_COUNTERS", 0x0e, MAILBOX_COUNTERS),
+    ("LAPIC_EOI", 0x1d, LAPIC_EOI),
+    ("MAILBOX_CRASH", 0x42, MAILBOX_CRASH),
+    ("TESTDEV_CRASH", 0x94, TESTDEV_ADDR + testdev::CRASH),
+    ("MAILBOX_COUNTERS", 0xe2, MAILBOX_COUNTERS),
+];
+
+/// COMMON with the layout's addresses in place.
+fn common() -> Vec<u8> {
+    let mut code = COMMON.to_vec();
+    for (_, at, value) in ADDRESSES {
+        code[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    code
+}
 
 /// Exceptions for which the CPU pushes an error code.
 fn has_error_code(vector: u8) -> bool {
@@ -127,7 +150,7 @@ pub fn entry_addr(vector: u8) -> u64 {
 /// The whole stub area (`STUBS_SIZE` bytes) as it goes into guest memory at `STUBS_ADDR`.
 pub fn image() -> Vec<u8> {
     let mut image = vec![0xF4u8; STUBS_SIZE as usize]; // hlt everywhere else
-    image[..COMMON.len()].copy_from_slice(COMMON);
+    image[..COMMON.len()].copy_from_slice(&common());
     for vector in 0..=255u8 {
         let at = entry_addr(vector);
         let mut code = Vec::with_capacity(ENTRY_SIZE as usize);
@@ -178,7 +201,27 @@ mod tests {
         assert_eq!(image[EXC_COMMON_OFFSET as usize], 0x48);
     }
 
-    /// Re-assembles stubs.S and compares it with COMMON (skipped without GNU as/objcopy).
+    /// Every patched immediate belongs to a `movabs rdx, imm64` (48 BA) and receives the layout's
+    /// value; checked without an assembler.
+    #[test]
+    fn addresses_land_in_movabs_immediates() {
+        let image = image();
+        for (symbol, at, value) in ADDRESSES {
+            assert_eq!(&COMMON[at - 2..at], &[0x48, 0xBA], "{symbol} at {at:#x}");
+            assert_eq!(
+                &COMMON[at..at + 8],
+                &[0; 8],
+                "{symbol}: COMMON leaves it zero"
+            );
+            let placed = u64::from_le_bytes(image[at..at + 8].try_into().unwrap());
+            assert_eq!(placed, value, "{symbol}");
+        }
+        let crash_store = ADDRESSES.iter().find(|a| a.0 == "TESTDEV_CRASH").unwrap();
+        assert_eq!(crash_store.2, TESTDEV_ADDR + testdev::CRASH);
+    }
+
+    /// Re-assembles stubs.S with its address symbols defined from the layout and compares it
+    /// with [`common`] (skipped without GNU as/objcopy).
     #[test]
     fn assembles_to_the_same_bytes() {
         let dir = std::env::temp_dir().join(format!("vmm-stubs-{}", std::process::id()));
@@ -186,8 +229,13 @@ mod tests {
         let obj = dir.join("stubs.o");
         let bin = dir.join("stubs.bin");
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/arch/x86_64/stubs.S");
-        let assembled = std::process::Command::new("as")
-            .args(["--64", src, "-o"])
+        let mut assemble = std::process::Command::new("as");
+        assemble.arg("--64");
+        for (symbol, _, value) in ADDRESSES {
+            assemble.arg("--defsym").arg(format!("{symbol}={value:#x}"));
+        }
+        let assembled = assemble
+            .args([src, "-o"])
             .arg(&obj)
             .status()
             .map(|s| s.success())
@@ -205,6 +253,6 @@ mod tests {
         }
         let bytes = std::fs::read(&bin).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(bytes, COMMON);
+        assert_eq!(bytes, common());
     }
 }

@@ -1,6 +1,6 @@
 //! Instructions this project's KVM cannot emulate, completed by the VMM.
 //!
-//! Guest ring 0 is emulated on this project's nested KVM (ENVIRONMENT.md), and the emulator gives
+//! Guest ring 0 is emulated on this project's nested KVM (docs/environment.md), and the emulator gives
 //! up on a few instructions a Linux kernel executes while booting (`KVM_EXIT_INTERNAL_ERROR`).
 //! For those listed in [`complete`] the VMM does what the CPU would and the guest goes on; on
 //! hardware KVM this code never runs.

@@ -32,11 +32,9 @@ use crate::pci::{Bar, BusError, FunctionError, Msix, MsixError, PciFunction, Pci
 pub use options::{Bar2Mapping, IvshmemOptions, IvshmemVariant};
 use registers::{PeerTable, Registers, BAR0_SIZE};
 
-pub const VENDOR_ID: u16 = 0x1af4;
-pub const DEVICE_ID: u16 = 0x1110;
-pub const REVISION: u8 = 1;
-pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
-pub const SUBSYSTEM_ID: u16 = 0x1100;
+use crate::guest_abi::ivshmem::{
+    CLASS_CODE, DEVICE_ID, REVISION, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
+};
 
 /// How long creating a doorbell device waits for the server's handshake (QEMU waits forever).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,9 +85,9 @@ fn identity() -> PciIds {
         vendor_id: VENDOR_ID,
         device_id: DEVICE_ID,
         revision: REVISION,
-        class: 0x05,
-        subclass: 0x00,
-        prog_if: 0,
+        class: (CLASS_CODE >> 16) as u8,
+        subclass: (CLASS_CODE >> 8) as u8,
+        prog_if: CLASS_CODE as u8,
         subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
         subsystem_id: SUBSYSTEM_ID,
     }
@@ -229,4 +227,25 @@ fn add_doorbell(
     );
     link::follow(server, wiring, &ctx.threads)?;
     Ok(Arc::new(IvshmemDevice { registers }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// QEMU's identity, written out here rather than taken from the shared ABI file, so a wrong
+    /// edit there (which the guest programs would follow) still fails.
+    #[test]
+    fn config_space_shows_qemus_identity() {
+        let function = new_function("ivshmem-test");
+        let config = function.config();
+        assert_eq!(config.dword(0x00) & 0xFFFF, 0x1af4);
+        assert_eq!(config.dword(0x00) >> 16, 0x1110);
+        assert_eq!(config.dword(0x08), 0x0500_0001, "class 0x0500, revision 1");
+        assert_eq!(config.dword(0x2C), 0x1100_1af4, "subsystem 1af4:1100");
+        assert_eq!(BAR0_SIZE, 0x100);
+        assert_eq!((registers::INTR_MASK, registers::INTR_STATUS), (0x00, 0x04));
+        assert_eq!((registers::IV_POSITION, registers::DOORBELL), (0x08, 0x0C));
+        assert_eq!(registers::doorbell_value(3, 0x1_0002), 0x0003_0002);
+    }
 }

@@ -21,16 +21,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::RegionOps;
 
-pub const BAR0_SIZE: u64 = 0x100;
-pub const INTR_MASK: u64 = 0x00;
-pub const INTR_STATUS: u64 = 0x04;
-pub const IV_POSITION: u64 = 0x08;
-pub const DOORBELL: u64 = 0x0C;
-
-/// Doorbell value for (peer, vector), the datamatch of its ioeventfd.
-pub fn doorbell_value(peer: u16, vector: u32) -> u32 {
-    (u32::from(peer) << 16) | (vector & 0xffff)
-}
+// Offsets and the doorbell encoding are the guest ABI, shared with the guest runtime.
+// `doorbell_value` is also the datamatch of each (peer, vector)'s ioeventfd.
+pub use crate::guest_abi::ivshmem::reg::{DOORBELL, INTR_MASK, INTR_STATUS, IV_POSITION};
+pub use crate::guest_abi::ivshmem::{doorbell_value, BAR0_SIZE};
 
 /// The eventfds of every known peer (own id included), indexed by vector.
 #[derive(Default)]

@@ -243,8 +243,15 @@ mod tests {
         let router = InterruptRouter::new(FakeIrqBackend::new());
         let (function, dev) = PciTestDev::create(PciTestDevConfig::default(), router).unwrap();
         assert_eq!(function.config().dword(0), 0x0005_1b36);
-        assert_eq!(function.config().dword(8), 0x00FF_0000, "class 0x00, subclass 0xFF");
-        assert_eq!((regs::RAISE, regs::RAISE_FAST, MAGIC), (0x0C, 0x20, 0x5443_4950));
+        assert_eq!(
+            function.config().dword(8),
+            0x00FF_0000,
+            "class 0x00, subclass 0xFF"
+        );
+        assert_eq!(
+            (regs::RAISE, regs::RAISE_FAST, MAGIC),
+            (0x0C, 0x20, 0x5443_4950)
+        );
         assert_eq!(dev.read(regs::MAGIC, 4), MAGIC as u64);
         dev.write(regs::SCRATCH, 4, 0xABCD);
         assert_eq!(dev.read(regs::SCRATCH, 4), 0xABCD);

@@ -118,7 +118,7 @@ fn write_range(range: &FlatRange, space: &str, addr: u64, buf: &[u8]) {
 
 fn mapping_len(range: &FlatRange) -> usize {
     match range.region.kind() {
-        RegionKind::Ram(mapping) => mapping.len(),
+        RegionKind::Ram(mapping) => mapping.size(),
         _ => 0,
     }
 }

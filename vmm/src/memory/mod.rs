@@ -44,6 +44,12 @@ pub enum MemoryError {
         name: String,
         size: u64,
         #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("memory region {name}: duplicating the backing fd: {source}")]
+    DupFd {
+        name: String,
+        #[source]
         source: std::io::Error,
     },
 }

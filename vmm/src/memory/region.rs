@@ -12,11 +12,12 @@
 //! claim an address wins.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use vm_memory::mmap::MmapRegionError;
+use vm_memory::{FileOffset, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::MemoryError;
@@ -82,105 +83,51 @@ impl IoAccess {
     }
 }
 
-/// Page-aligned host mapping backing a RAM region; unmapped when the last handle goes.
-pub(crate) struct RamMapping {
-    ptr: NonNull<u8>,
-    len: usize,
+/// The host mapping behind a RAM region: vm-memory's `MmapRegion`, which owns the mapping and
+/// unmaps it when the last handle to the region goes (and, for a file mapping, keeps a
+/// duplicate of the fd open as long). Its length is the region size rounded up to a page.
+pub(crate) type RamMapping = MmapRegion;
+
+/// Anonymous private memory, zero-filled, without swap reservation (as `MmapRegion::new`).
+fn map_anonymous(name: &str, size: u64) -> Result<RamMapping, MemoryError> {
+    let len = mapping_len(name, size)?;
+    MmapRegion::new(len).map_err(|source| mmap_failed(name, len, source))
 }
 
-// SAFETY: the mapping is plain memory owned by this struct; the pointer is only used for raw
-// copies whose synchronisation is the guest's business (as on real hardware).
-unsafe impl Send for RamMapping {}
-// SAFETY: as above; shared references only hand out the raw pointer.
-unsafe impl Sync for RamMapping {}
-
-impl RamMapping {
-    fn anonymous(name: &str, size: u64) -> Result<Self, MemoryError> {
-        let len = mapping_len(name, size)?;
-        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        Self::from_mmap_result(name, ptr, len)
-    }
-
-    fn shared_fd(
-        name: &str,
-        fd: BorrowedFd<'_>,
-        offset: u64,
-        size: u64,
-    ) -> Result<Self, MemoryError> {
-        let len = mapping_len(name, size)?;
-        if !offset.is_multiple_of(super::PAGE_SIZE) {
-            return Err(MemoryError::UnalignedOffset {
-                name: name.to_string(),
-                offset,
-            });
-        }
-        let file_offset =
-            libc::off_t::try_from(offset).map_err(|_| MemoryError::UnalignedOffset {
-                name: name.to_string(),
-                offset,
-            })?;
-        // SAFETY: a fresh shared mapping of a file descriptor we borrow for the duration of the
-        // call; the kernel keeps its own reference to the file. No existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                file_offset,
-            )
-        };
-        Self::from_mmap_result(name, ptr, len)
-    }
-
-    fn from_mmap_result(
-        name: &str,
-        ptr: *mut libc::c_void,
-        len: usize,
-    ) -> Result<Self, MemoryError> {
-        if ptr == libc::MAP_FAILED {
-            return Err(MemoryError::Mmap {
-                name: name.to_string(),
-                size: len as u64,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| MemoryError::Mmap {
+/// A `MAP_SHARED` read/write mapping of `fd` from `offset` (page-aligned).
+fn map_shared_fd(
+    name: &str,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    size: u64,
+) -> Result<RamMapping, MemoryError> {
+    let len = mapping_len(name, size)?;
+    if !offset.is_multiple_of(super::PAGE_SIZE) || libc::off_t::try_from(offset).is_err() {
+        return Err(MemoryError::UnalignedOffset {
             name: name.to_string(),
-            size: len as u64,
-            source: std::io::Error::other("mmap returned NULL"),
+            offset,
+        });
+    }
+    let file = fd
+        .try_clone_to_owned()
+        .map_err(|source| MemoryError::DupFd {
+            name: name.to_string(),
+            source,
         })?;
-        Ok(RamMapping { ptr, len })
-    }
-
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Mapped length (the region size rounded up to a page).
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
+    MmapRegion::build(
+        Some(FileOffset::new(std::fs::File::from(file), offset)),
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    )
+    .map_err(|source| mmap_failed(name, len, source))
 }
 
-impl Drop for RamMapping {
-    fn drop(&mut self) {
-        // SAFETY: we own this mapping (created by mmap with this length) and no handle to the
-        // region survives, so no flat view or KVM slot refers to it any more.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+fn mmap_failed(name: &str, len: usize, source: MmapRegionError) -> MemoryError {
+    MemoryError::Mmap {
+        name: name.to_string(),
+        size: len as u64,
+        source,
     }
 }
 
@@ -314,7 +261,7 @@ impl MemoryRegion {
 
     /// Anonymous private RAM of `size` bytes (zero-filled).
     pub fn ram(name: &str, size: u64) -> Result<Self, MemoryError> {
-        let mapping = RamMapping::anonymous(name, size)?;
+        let mapping = map_anonymous(name, size)?;
         Ok(Self::with_kind(name, size, RegionKind::Ram(mapping)))
     }
 
@@ -326,7 +273,7 @@ impl MemoryRegion {
         offset: u64,
         size: u64,
     ) -> Result<Self, MemoryError> {
-        let mapping = RamMapping::shared_fd(name, fd, offset, size)?;
+        let mapping = map_shared_fd(name, fd, offset, size)?;
         Ok(Self::with_kind(name, size, RegionKind::Ram(mapping)))
     }
 
@@ -479,11 +426,11 @@ impl MemoryRegion {
     /// its mapping: such a request is refused (logged).
     pub fn set_size(&self, size: u64) {
         if let RegionKind::Ram(mapping) = &self.node.kind {
-            if size > mapping.len as u64 {
+            if size > mapping.size() as u64 {
                 log::error!(
                     "memory: RAM region {} cannot grow to {size:#x} (mapping is {:#x})",
                     self.node.name,
-                    mapping.len
+                    mapping.size()
                 );
                 return;
             }

@@ -286,14 +286,6 @@ impl Msix {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.shared.lock().enabled
-    }
-
-    pub fn is_function_masked(&self) -> bool {
-        self.shared.lock().function_masked
-    }
-
     /// Whether the guest sees `vector` as masked (disabled, function mask, or vector mask).
     pub fn is_masked(&self, vector: usize) -> bool {
         let state = self.shared.lock();

@@ -18,3 +18,6 @@ pub mod memory;
 pub mod pci;
 pub mod vcpu;
 pub mod vm;
+
+#[cfg(test)]
+mod layering;

@@ -1,10 +1,21 @@
 //! ivshmem-rs VMM: a small KVM virtual machine monitor.
 //!
-//! Layout (see ARCHITECTURE.md, "The VMM"): `memory` is QEMU's memory model (regions, address
-//! spaces, flat views, the KVM listener, dispatch); `vcpu` runs KVM_RUN loops; `pci` is the bus,
-//! config space, BARs and MSI-X; `interrupts` keeps the GSI routing table and irqfds; `devices`
-//! holds the device models; `arch::x86_64` sets up guests (64-bit entry, page tables, Linux boot);
-//! `vm` wires it all together and `guest_images` carries the built-in guest programs.
+//! docs/vmm.md describes the modules, their dependency order and the lock order; in short,
+//! lowest first (a module uses only modules before it, which the `layering` test checks):
+//!
+//! 1. `guest_abi`, `arch::x86_64::layout` (constants shared with the guest runtime), `memory`
+//!    (QEMU's memory model), `interrupts` (GSI routes, irqfds), `background` (device threads
+//!    joined at shutdown);
+//! 2. `exit` (why a VM ended, `VmControl`);
+//! 3. `arch::x86_64` (guest set-up; `unemulated` uses `memory`);
+//! 4. `pci` (bus, config space, BARs, MSI-X);
+//! 5. `vcpu` (`KVM_RUN` loops, the `ExitShortcut` hook);
+//! 6. `bench` (benchmark floors);
+//! 7. `devices` (legacy devices; PCI devices plugged through a `DeviceContext`);
+//! 8. `vm` (wires it all together);
+//! 9. `arch::x86_64::linux` (boots a kernel into a `Vm`).
+//!
+//! `guest_images` carries the built-in guest programs.
 
 pub mod arch;
 pub mod background;

@@ -324,10 +324,6 @@ impl Vm {
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
     }
-    /// The KVM VM (interrupt routing, irqfds, ioeventfds).
-    pub fn vm_fd(&self) -> &Arc<VmFd> {
-        &self.vm_fd
-    }
     /// System memory address space: map device regions under `memory().root()`, then `commit()`.
     pub fn memory(&self) -> &AddressSpace {
         &self.memory

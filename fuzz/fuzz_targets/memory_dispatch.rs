@@ -110,7 +110,7 @@ fn resolve(nodes: &[Node], region: &MemoryRegion, offset: u128) -> Option<(Memor
     let is_container = nodes
         .iter()
         .find(|n| n.region == *region)
-        .map_or(true, |n| n.kind == Kind::Container);
+        .is_none_or(|n| n.kind == Kind::Container);
     (!is_container).then(|| (region.clone(), offset))
 }
 
@@ -217,7 +217,7 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let size = number(&mut input) % MAX_RAM + 1;
                 let region = MemoryRegion::ram(&name, size).expect("small RAM");
-                region.set_ram_device(size % 2 == 0);
+                region.set_ram_device(size.is_multiple_of(2));
                 nodes.push(Node {
                     region,
                     kind: Kind::Ram,

@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
                 let offset = u64::from(input.u32()) % ECAM_SPAN;
                 let size = size(&mut input);
                 let value = Machine::read(&m.memory, ECAM_BASE + offset, size);
-                let aligned = matches!(size, 1 | 2 | 4) && offset % size as u64 == 0;
+                let aligned = matches!(size, 1 | 2 | 4) && offset.is_multiple_of(size as u64);
                 let ecam_serves = m
                     .memory
                     .lookup(ECAM_BASE + offset)

@@ -5,7 +5,8 @@
 # vmm/build.rs), checks formatting and lints, and runs unit and multi-process integration tests.
 #
 #   scripts/test.sh              # everything
-#   scripts/test.sh server_      # only tests whose name matches a filter (passed to cargo test)
+#   scripts/test.sh server_      # only tests whose name matches a filter (passed to cargo test;
+#                                # the fuzzing step, scripts/fuzz.sh, runs only without a filter)
 #
 # Environment: IVSHMEM_REQUIRE_KVM=1 makes tests that need /dev/kvm fail instead of skipping
 # (CI sets it; it also makes the nested-KVM tests fail when their bed cannot run);
@@ -44,4 +45,10 @@ cargo build --workspace --quiet
 
 echo "== tests"
 cargo test --workspace --quiet -- "$@"
+
+# Fuzzing (fuzz/, cargo fuzz): every target for a bounded time; skipped when only some tests run.
+if [ $# -eq 0 ]; then
+    echo "== fuzz"
+    scripts/fuzz.sh
+fi
 echo "test.sh: all tests passed"

@@ -83,24 +83,34 @@ impl Server {
 
     /// Runs until SIGINT/SIGTERM/SIGHUP, then announces departures and closes every peer.
     pub fn run(&mut self) -> io::Result<()> {
-        let mut events = vec![EpollEvent::empty(); 256];
         while !self.quitting {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for event in &events[..n] {
-                match event.data() {
-                    LISTENER_TOKEN => self.accept_all(),
-                    SIGNAL_TOKEN => self.read_signals(),
-                    token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
-                }
-                self.drop_doomed();
-            }
+            self.run_once(EpollTimeout::NONE)?;
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// One turn of the loop: waits up to `timeout` for events and handles them (accepts, peers
+    /// leaving, queued sends). Returns whether a shutdown signal has been received. [`run`] is
+    /// this in a loop; tests and the fuzzer call it directly to drive the server step by step.
+    ///
+    /// [`run`]: Server::run
+    pub fn run_once(&mut self, timeout: EpollTimeout) -> io::Result<bool> {
+        let mut events = [EpollEvent::empty(); 256];
+        let n = match self.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for event in &events[..n] {
+            match event.data() {
+                LISTENER_TOKEN => self.accept_all(),
+                SIGNAL_TOKEN => self.read_signals(),
+                token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
+            }
+            self.drop_doomed();
+        }
+        Ok(self.quitting)
     }
 
     fn read_signals(&mut self) {

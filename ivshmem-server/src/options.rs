@@ -396,7 +396,11 @@ pub fn parse_size(text: &str) -> Result<u64, UsageError> {
             frac.parse().map_err(|_| bad())?
         };
         let scale = 10u128.pow(frac.len() as u32);
-        (int << shift) + ((frac_value << shift) / scale)
+        // `<<` would silently drop the high bits of a 30-digit number shifted by 40.
+        let whole = int
+            .checked_mul(1u128 << shift)
+            .ok_or_else(|| UsageError::SizeTooLarge(text.into()))?;
+        whole + ((frac_value << shift) / scale)
     };
     if value == 0 {
         return Err(UsageError::ZeroSize(text.into()));
@@ -588,6 +592,24 @@ mod tests {
         let o = run(&["-l", "3000000"]).unwrap();
         assert_eq!(o.shm_size(), 4194304);
         assert_eq!(run(&["-l", "5G"]).unwrap().shm_size(), 8 << 30);
+    }
+
+    /// Found by fuzz/fuzz_targets/server_options.rs: 2^88 + 1 tebibytes wrapped around u128
+    /// to exactly 1 TiB and was accepted.
+    #[test]
+    fn huge_sizes_with_a_suffix_do_not_wrap() {
+        for huge in [
+            "309485009821345068724781057T",
+            "309485009821345068724781057.5T",
+            "999999999999999999999999999999T",
+            "999999999999999999999999999999B",
+        ] {
+            assert!(
+                matches!(parse_size(huge), Err(UsageError::SizeTooLarge(_))),
+                "{huge}: {:?}",
+                parse_size(huge)
+            );
+        }
     }
 
     #[test]

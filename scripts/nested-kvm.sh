@@ -12,6 +12,7 @@
 #   --bins DIR      where vmm, ivshmem-server, ivshmem-client are (default: target/debug)
 #   --arg K=V       exported to l1.sh (repeatable); also written to /scenario.env
 #   --file SRC:DST  an extra file in the L1 initramfs (repeatable)
+#   --binary PATH   an extra program in L1 at the same path, with the libraries ldd lists
 #   --vmlinux       also put the ELF kernel at /l2/vmlinux (large: only when a scenario boots it)
 #   --smp N         L1 vCPUs (default 2)
 #   --timeout S     give up after S seconds (default 900)
@@ -163,12 +164,13 @@ run() {
     local scenario=${1:?scenario directory}
     shift
     [ -f "$scenario/l1.sh" ] || die "$scenario/l1.sh not found"
-    local bins="" smp=2 timeout_s=900 vmlinux="" args=() files=() qemu_extra=()
+    local bins="" smp=2 timeout_s=900 vmlinux="" args=() files=() binaries=() qemu_extra=()
     while [ $# -gt 0 ]; do
         case $1 in
             --bins) bins=$2; shift 2 ;;
             --arg) args+=("$2"); shift 2 ;;
             --file) files+=("$2"); shift 2 ;;
+            --binary) binaries+=("$2"); shift 2 ;;
             --smp) smp=$2; shift 2 ;;
             --vmlinux) vmlinux=1; shift ;;
             --timeout) timeout_s=$2; shift 2 ;;
@@ -209,6 +211,7 @@ run() {
     for kv in "${args[@]}"; do printf '%s\n' "$kv" >>"$l1/scenario.env"; done
     local f
     for f in "${files[@]}"; do install -D "${f%%:*}" "$l1${f#*:}"; done
+    for f in "${binaries[@]}"; do add_binary "$l1" "$f" "$f"; done
     cpio_of "$l1" "$work/l1.gz"
 
     local log="$work/console.log"

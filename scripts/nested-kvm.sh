@@ -215,11 +215,12 @@ run() {
     cpio_of "$l1" "$work/l1.gz"
 
     local log="$work/console.log"
-    local status=0
+    local status=0 input=/dev/null
+    [ -t 0 ] && input=/dev/stdin    # interactive use: a terminal reaches L1's console
     timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max,-xsave -m 2G \
         -smp "$smp" -nographic -no-reboot -nodefaults -serial stdio \
         -kernel "$base/vmlinuz" -initrd "$work/l1.gz" \
-        -append "console=ttyS0 quiet loglevel=3 panic=-1" "${qemu_extra[@]}" </dev/null |
+        -append "console=ttyS0 quiet loglevel=3 panic=-1" "${qemu_extra[@]}" <"$input" |
         tee "$log" || status=$?
     [ "$status" -eq 124 ] && die "timed out after ${timeout_s}s"
     grep -q NESTED-NO-KVM "$log" && die "L1 has no /dev/kvm (kvm_amd did not load)"

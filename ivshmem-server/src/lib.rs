@@ -4,11 +4,13 @@
 //!
 //! Modules: [`options`] (command line), [`shm`] (shared-memory creation), [`listener`] (the
 //! socket file), [`peer`] (ids, per-peer state, bounded queues), [`event_loop`] (epoll broker),
-//! [`process`] (fd limit, daemon, PID file, signals). [`run`] wires them in QEMU's order: shared
+//! [`process`] (fd limit, daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
+//! loop). [`run`] wires them in QEMU's order: shared
 //! memory, socket, daemonize, PID file, loop.
 
 pub mod event_loop;
 pub mod listener;
+pub mod log_sink;
 pub mod options;
 pub mod peer;
 pub mod process;
@@ -67,6 +69,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
+    // Signals are blocked and we are the daemon (if any): the log writer thread may start.
+    if let Err(e) = log_sink::start_writer() {
+        listener.remove_file();
+        return Err(e).context("cannot start the log writer thread");
+    }
     log::info!(
         "ivshmem-server: listening on {} (shared memory: {}, {} bytes; {} vector{} per peer)",
         opts.socket_path.display(),

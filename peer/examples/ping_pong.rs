@@ -48,26 +48,27 @@ fn main() -> anyhow::Result<()> {
     // Nobody else here yet: we wait and play pong. If two processes start at the same moment
     // and see each other, the lower id plays pong, so there is always exactly one of each.
     match peer.peers().first() {
-        Some(partner) if partner.id < peer.id() => ping(&peer, partner.id, args.rounds),
+        Some(partner) if partner.id < peer.id() => ping(&mut peer, partner.id, args.rounds),
         _ => pong(&mut peer),
     }
 }
 
-fn ping(peer: &Peer, partner: u16, rounds: u64) -> anyhow::Result<()> {
+fn ping(peer: &mut Peer, partner: u16, rounds: u64) -> anyhow::Result<()> {
+    // The atomics are looked up again after each wait: waiting may take in server news, so it
+    // borrows the peer mutably.
     let shm = peer.shm();
-    let (ball, reply) = (shm.atomic_u64(BALL)?, shm.atomic_u64(REPLY)?);
     shm.atomic_u64(ROUNDS)?.store(rounds, Ordering::Relaxed);
-    reply.store(0, Ordering::Relaxed);
+    shm.atomic_u64(REPLY)?.store(0, Ordering::Relaxed);
     println!("ping: playing {rounds} round(s) with peer {partner}");
     let start = Instant::now();
     for n in 1..=rounds {
         // Release: the partner that sees the ring and loads the ball also sees ROUNDS.
-        ball.store(n, Ordering::Release);
+        peer.shm().atomic_u64(BALL)?.store(n, Ordering::Release);
         peer.ring(partner, 0)?;
         if peer.wait_vector(0, Some(TIMEOUT))?.is_none() {
             anyhow::bail!("ping: peer {partner} did not answer ball {n} within {TIMEOUT:?}");
         }
-        let got = reply.load(Ordering::Acquire);
+        let got = peer.shm().atomic_u64(REPLY)?.load(Ordering::Acquire);
         anyhow::ensure!(got == n, "ping: expected reply {n}, found {got}");
         println!("ping: ball {n} came back");
     }
@@ -95,21 +96,16 @@ fn pong(peer: &mut Peer) -> anyhow::Result<()> {
         },
     };
     println!("pong: peer {partner} joined");
-    let shm = peer.shm();
-    let (ball, reply, rounds) = (
-        shm.atomic_u64(BALL)?,
-        shm.atomic_u64(REPLY)?,
-        shm.atomic_u64(ROUNDS)?,
-    );
     loop {
         if peer.wait_vector(0, Some(TIMEOUT))?.is_none() {
             anyhow::bail!("pong: no ball from peer {partner} within {TIMEOUT:?}");
         }
-        let n = ball.load(Ordering::Acquire);
-        reply.store(n, Ordering::Release);
+        let shm = peer.shm();
+        let n = shm.atomic_u64(BALL)?.load(Ordering::Acquire);
+        shm.atomic_u64(REPLY)?.store(n, Ordering::Release);
         peer.ring(partner, 0)?;
         println!("pong: returned ball {n}");
-        if n >= rounds.load(Ordering::Relaxed) {
+        if n >= shm.atomic_u64(ROUNDS)?.load(Ordering::Relaxed) {
             println!("pong: done");
             return Ok(());
         }

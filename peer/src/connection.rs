@@ -2,10 +2,13 @@
 //! own vectors (to wait on) and the other peers' vectors (to ring).
 //!
 //! Design decisions:
-//! - The handshake arrives in one burst (spec §1.2), so `connect` returns once it has the version,
-//!   our id, the shared memory and our own vectors (at least one, or as many as the caller
-//!   expects), then also takes whatever else is already queued, so the initial peer list is
-//!   complete without waiting for a timeout.
+//! - The handshake has no end marker, so `connect` returns once it has the version, our id, the
+//!   shared memory and our own vectors (at least one, or as many as the caller expects), plus
+//!   whatever else is already queued. On a loaded machine the rest of the burst (more own
+//!   vectors, other peers) can arrive later: the calls that need a vector or peer we do not know
+//!   yet ([`Peer::wait_vector`], [`Peer::wait`], [`Peer::ring_within`], [`Peer::await_vector`])
+//!   take in server messages within their timeout before saying it does not exist; events met on
+//!   the way are kept for the next [`Peer::process_server_messages`].
 //! - Everything after the handshake is processed only when the caller asks
 //!   ([`Peer::process_server_messages`], [`Peer::poll_server`]), so the caller's own event loop
 //!   stays in charge; the raw fds are available for epoll/async loops.
@@ -29,6 +32,9 @@ pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ivshmem_socket";
 
 /// How long [`Peer::connect`] waits for the handshake by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a wait re-reads a server socket that holds half a message.
+const ANNOUNCE_RECHECK: Duration = Duration::from_millis(5);
 
 /// How long a server may leave a message half-sent before we call it broken.
 pub(crate) const PARTIAL_MESSAGE_LIMIT: Duration = Duration::from_secs(1);
@@ -301,18 +307,33 @@ impl Peer {
 
     /// Waits until at least one of our vectors fires or `timeout` passes (`None` = forever).
     /// Returns the vectors that fired, with their counters, which are drained (reset); an empty
-    /// list means the timeout passed. Server messages are not processed meanwhile.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<Vec<Notification>, WaitError> {
+    /// list means the timeout passed. Own vectors announced meanwhile are waited on too; other
+    /// server news met on the way is kept for [`process_server_messages`](Self::process_server_messages).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<Notification>, WaitError> {
         if self.roster.own.is_empty() {
             return Err(WaitError::NoVectors);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        let fds = self.own_vector_fds();
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let ready = poller::wait_readable(&fds, left)?;
+            // The server socket is watched for late own vectors, unless it holds half a message
+            // (readable until the rest comes): then look again after a short pause.
+            let watch_server = self.link.is_some() && self.partial_since.is_none();
+            let poll_for = if self.link.is_some() && !watch_server {
+                Some(left.map_or(ANNOUNCE_RECHECK, |l| l.min(ANNOUNCE_RECHECK)))
+            } else {
+                left
+            };
+            let ready = {
+                let mut fds = self.own_vector_fds();
+                if watch_server {
+                    fds.extend(self.server_fd());
+                }
+                poller::wait_readable(&fds, poll_for)?
+            };
+            let own = self.roster.own.len();
             let mut fired = Vec::new();
-            for (vector, r) in ready.iter().enumerate() {
+            for (vector, r) in ready[..own].iter().enumerate() {
                 if r.any() {
                     let count = self.roster.own[vector].drain()?;
                     if count > 0 {
@@ -323,6 +344,9 @@ impl Peer {
                     }
                 }
             }
+            if !watch_server || ready[own..].iter().any(|r| r.any()) {
+                self.take_in_server_news();
+            }
             // Empty although something looked ready: someone else drained it first; wait on.
             if !fired.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(fired);
@@ -332,13 +356,80 @@ impl Peer {
 
     /// Waits until our `vector` fires or `timeout` passes (`None` = forever). Returns the drained
     /// count, or `None` on timeout. Other vectors are left pending.
+    ///
+    /// A vector not announced yet is awaited first, within the same timeout (see the module
+    /// docs); `UnknownVector` means it was not announced in time.
     pub fn wait_vector(
-        &self,
+        &mut self,
         vector: u32,
         timeout: Option<Duration>,
     ) -> Result<Option<u64>, WaitError> {
-        let count = self.own_vector(vector)?.wait(timeout)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        if vector >= self.own_vector_count() {
+            self.await_vector(self.id, vector, timeout);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let count = self.own_vector(vector)?.wait(left)?;
         Ok((count > 0).then_some(count))
+    }
+
+    /// Rings (`peer`, `vector`) like [`ring`](Self::ring), first waiting up to `timeout`
+    /// (`None` = forever) for the server to announce it if we do not know it yet.
+    pub fn ring_within(
+        &mut self,
+        peer: u16,
+        vector: u32,
+        timeout: Option<Duration>,
+    ) -> Result<(), RingError> {
+        self.await_vector(peer, vector, timeout);
+        self.ring(peer, vector)
+    }
+
+    /// Takes in server messages until (`peer`, `vector`) is known (`peer` may be our own id),
+    /// `timeout` passes (`None` = forever) or the server is gone; returns whether it is known.
+    /// The events met on the way are kept for [`process_server_messages`](Self::process_server_messages).
+    pub fn await_vector(&mut self, peer: u16, vector: u32, timeout: Option<Duration>) -> bool {
+        self.await_roster(timeout, |p| {
+            p.peer_vector_count(peer).is_some_and(|n| n > vector)
+        })
+    }
+
+    /// Takes in server messages until `peer` is known (see [`await_vector`](Self::await_vector)).
+    pub fn await_peer(&mut self, peer: u16, timeout: Option<Duration>) -> bool {
+        self.await_roster(timeout, |p| p.peer_vector_count(peer).is_some())
+    }
+
+    fn await_roster(&mut self, timeout: Option<Duration>, known: impl Fn(&Peer) -> bool) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if known(self) {
+                return true;
+            }
+            if self.link.is_none() {
+                return false;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            if self.partial_since.is_some() {
+                // Half a message keeps the socket readable: pause instead of spinning.
+                std::thread::sleep(left.map_or(ANNOUNCE_RECHECK, |l| l.min(ANNOUNCE_RECHECK)));
+                self.take_in_server_news();
+            } else if let Some(fd) = self.server_fd() {
+                let ready = poller::wait_readable(&[fd], left).map(|r| r[0].any());
+                if !matches!(ready, Ok(false)) {
+                    self.take_in_server_news();
+                }
+            }
+        }
+    }
+
+    /// Applies what the server sent and keeps the events for the caller's next
+    /// [`process_server_messages`](Self::process_server_messages).
+    fn take_in_server_news(&mut self) {
+        let mut events = self.process_server_messages();
+        self.pending.append(&mut events);
     }
 
     /// Drains our `vector` without waiting; returns how many rings were pending (0 if none).

@@ -141,7 +141,7 @@ fn bad_scripts_exit_1_without_connecting() {
     let dir = Scratch::new("cli-parse");
     for (script, expected) in [
         ("dump; bogus", "unknown command `bogus`"),
-        ("int 1", "usage: `int PEER VECTOR`"),
+        ("int 1", "usage: `int PEER VECTOR [MS]`"),
         ("read 0x 4", "invalid offset `0x`"),
         ("int 65536 0", "peer id 65536 is out of range"),
         ("write 0 \\q", "unknown escape"),

@@ -67,7 +67,7 @@ fn handshake_maps_memory_and_knows_peers() {
 fn ring_hits_exactly_the_chosen_eventfd_and_wait_reports_our_vector() {
     let dir = Scratch::new("peer-ring");
     let server = FakeServer::start(&dir.join("sock"), standard_handshake());
-    let peer = connect_standard(&server);
+    let mut peer = connect_standard(&server);
     let sent: Vec<_> = (0..4).map(|_| server.next_vector()).collect();
     // sent[0..2] = peer 1's vectors, sent[2..4] = ours.
     peer.ring(1, 1).unwrap();
@@ -345,7 +345,7 @@ fn expected_vector_count_limits_and_waits() {
     // Some(0): a server without vectors (-n 0) is fine.
     let dir = Scratch::new("peer-novectors");
     let server = FakeServer::start(&dir.join("sock"), welcome(4, 4096));
-    let peer = Peer::connect_with(&server.path, &options(Some(0), 3000)).expect("connect");
+    let mut peer = Peer::connect_with(&server.path, &options(Some(0), 3000)).expect("connect");
     assert_eq!(peer.own_vector_count(), 0);
     assert!(peer.wait(Some(Duration::from_millis(1))).is_err());
     server.finish();

@@ -23,7 +23,12 @@ pub enum Command {
     Help,
     Dump,
     Peers,
-    Int(IntTarget),
+    /// Ring; a peer or vector not known yet is awaited up to `timeout_ms` (default
+    /// [`DEFAULT_ANNOUNCE_WAIT_MS`]), since the server may still be announcing it.
+    Int {
+        target: IntTarget,
+        timeout_ms: Option<u64>,
+    },
     Read {
         offset: usize,
         len: usize,
@@ -64,18 +69,24 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ParseError> {
     Err(ParseError(msg.into()))
 }
 
+/// How long `int` waits for a peer or vector the server has not announced yet, when no
+/// timeout is given.
+pub const DEFAULT_ANNOUNCE_WAIT_MS: u64 = 1000;
+
 /// The help text printed by `help` and `?`.
 pub const HELP: &str = "\
 available commands:
   help, ?                 show this help
   dump                    our id and vectors, then every peer with its vectors
   peers                   one line per other peer: peer_id=ID vectors=N
-  int PEER VECTOR         ring VECTOR of PEER (PEER may be our own id)
-  int PEER all            ring every vector of PEER
+  int PEER VECTOR [MS]    ring VECTOR of PEER (PEER may be our own id); waits up to
+                          MS (default 1000) for it to be announced if not known yet
+  int PEER all [MS]       ring every vector of PEER
   int all                 ring every vector of every other peer
   read OFFSET LEN         hex dump of LEN bytes of shared memory at OFFSET
   write OFFSET TEXT       write TEXT at OFFSET (escapes: \\n \\t \\0 \\\\ \\; \\xHH)
-  wait [VECTOR|any] [MS]  wait for a notification (default: any vector, forever)
+  wait [VECTOR|any] [MS]  wait for a notification (default: any vector, forever);
+                          a vector not announced yet is awaited within MS
   wait-peer [PEER|any] [MS]  wait until PEER (or any other peer) is connected
   sleep MS                pause
   quit, exit              leave
@@ -172,19 +183,35 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         "dump" => no_args(Command::Dump),
         "peers" => no_args(Command::Peers),
         "quit" | "exit" => no_args(Command::Quit),
-        "int" => match args.as_slice() {
-            ["all"] => Ok(Command::Int(IntTarget::Everyone)),
-            [peer, "all"] => Ok(Command::Int(IntTarget::AllOf {
-                peer: parse_peer(peer)?,
-            })),
-            [peer, vector] => Ok(Command::Int(IntTarget::One {
-                peer: parse_peer(peer)?,
-                vector: parse_vector(vector)?,
-            })),
-            _ => err(format!(
-                "usage: `int PEER VECTOR`, `int PEER all` or `int all` (got `int {rest}`)"
-            )),
-        },
+        "int" => {
+            let (target, timeout) = match args.as_slice() {
+                ["all"] => (IntTarget::Everyone, None),
+                [peer, "all", timeout @ ..] if timeout.len() <= 1 => (
+                    IntTarget::AllOf {
+                        peer: parse_peer(peer)?,
+                    },
+                    timeout.first(),
+                ),
+                [peer, vector, timeout @ ..] if timeout.len() <= 1 => (
+                    IntTarget::One {
+                        peer: parse_peer(peer)?,
+                        vector: parse_vector(vector)?,
+                    },
+                    timeout.first(),
+                ),
+                _ => {
+                    return err(format!(
+                        "usage: `int PEER VECTOR [MS]`, `int PEER all [MS]` or `int all` (got `int {rest}`)"
+                    ))
+                }
+            };
+            Ok(Command::Int {
+                target,
+                timeout_ms: timeout
+                    .map(|t| parse_number(t, "timeout (ms)"))
+                    .transpose()?,
+            })
+        }
         "read" => match args.as_slice() {
             [offset, len] => Ok(Command::Read {
                 offset: parse_usize(offset, "offset")?,
@@ -321,18 +348,29 @@ mod tests {
         assert_eq!(parse("help"), Ok(Command::Help));
         assert_eq!(parse("?"), Ok(Command::Help));
         assert_eq!(parse("dump"), Ok(Command::Dump));
+        let int = |target, timeout_ms| Ok(Command::Int { target, timeout_ms });
         assert_eq!(
             parse("int 3 1"),
-            Ok(Command::Int(IntTarget::One { peer: 3, vector: 1 }))
+            int(IntTarget::One { peer: 3, vector: 1 }, None)
         );
         assert_eq!(
             parse("int 0x10 all"),
-            Ok(Command::Int(IntTarget::AllOf { peer: 16 }))
+            int(IntTarget::AllOf { peer: 16 }, None)
         );
-        assert_eq!(parse("int all"), Ok(Command::Int(IntTarget::Everyone)));
+        assert_eq!(parse("int all"), int(IntTarget::Everyone, None));
+        assert_eq!(
+            parse("int 1 2 300"),
+            int(IntTarget::One { peer: 1, vector: 2 }, Some(300))
+        );
+        assert_eq!(
+            parse("int 1 all 0"),
+            int(IntTarget::AllOf { peer: 1 }, Some(0))
+        );
         assert!(parse("int").is_err());
         assert!(parse("int 1").is_err());
-        assert!(parse("int 1 2 3").is_err());
+        assert!(parse("int 1 2 3 4").is_err());
+        assert!(parse("int all 5").is_err());
+        assert!(parse("int 1 2 x").unwrap_err().0.contains("timeout"));
         assert!(parse("int 65536 0").unwrap_err().0.contains("65536"));
         assert!(parse("int x 0").unwrap_err().0.contains("peer id `x`"));
         assert!(parse("dump now").is_err());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use peer::{Peer, ServerEvent};
 
-use crate::commands::{Command, IntTarget, HELP};
+use crate::commands::{Command, IntTarget, DEFAULT_ANNOUNCE_WAIT_MS, HELP};
 use crate::hexdump;
 
 /// Prints `ivshmem-client: <message>` on stderr, ignoring write errors.
@@ -60,7 +60,7 @@ impl Session {
                     say!("peer_id={} vectors={}", p.id, p.vectors);
                 }
             }
-            Command::Int(target) => self.int(*target)?,
+            Command::Int { target, timeout_ms } => self.int(*target, *timeout_ms)?,
             Command::Read { offset, len } => self.read(*offset, *len)?,
             Command::Write { offset, data } => self
                 .peer
@@ -99,11 +99,30 @@ impl Session {
         );
     }
 
-    fn int(&self, target: IntTarget) -> Result<(), CommandFailed> {
-        let failed = |e: peer::RingError| CommandFailed(format!("int: {e}"));
+    /// Rings; a peer or vector the server has not announced yet is awaited up to the timeout,
+    /// since the handshake has no end marker and may still be arriving.
+    fn int(&mut self, target: IntTarget, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
+        let ms = timeout_ms.unwrap_or(DEFAULT_ANNOUNCE_WAIT_MS);
+        let timeout = Some(Duration::from_millis(ms));
+        let failed = |e: peer::RingError| {
+            let late = matches!(
+                e,
+                peer::RingError::UnknownPeer(_) | peer::RingError::UnknownVector { .. }
+            );
+            let waited = if late {
+                format!(" (not announced within {ms} ms)")
+            } else {
+                String::new()
+            };
+            CommandFailed(format!("int: {e}{waited}"))
+        };
         match target {
-            IntTarget::One { peer, vector } => self.peer.ring(peer, vector).map_err(failed)?,
+            IntTarget::One { peer, vector } => self
+                .peer
+                .ring_within(peer, vector, timeout)
+                .map_err(failed)?,
             IntTarget::AllOf { peer } => {
+                self.peer.await_peer(peer, timeout);
                 self.peer.ring_all(peer).map_err(failed)?;
             }
             IntTarget::Everyone => {
@@ -131,9 +150,17 @@ impl Session {
         Ok(())
     }
 
-    fn wait(&self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
+    fn wait(&mut self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
         let timeout = timeout_ms.map(Duration::from_millis);
-        let failed = |e: peer::WaitError| CommandFailed(format!("wait: {e}"));
+        let failed = |e: peer::WaitError| {
+            let waited = match (&e, timeout_ms) {
+                (peer::WaitError::UnknownVector { .. }, Some(ms)) => {
+                    format!(" (not announced within {ms} ms)")
+                }
+                _ => String::new(),
+            };
+            CommandFailed(format!("wait: {e}{waited}"))
+        };
         let own = self.peer.id();
         match vector {
             Some(v) => match self.peer.wait_vector(v, timeout).map_err(failed)? {

@@ -2,6 +2,9 @@
 //! socket. New connections get an id, eventfds and the handshake; anything a peer sends (data
 //! or EOF) makes it leave, as in QEMU; leaves are announced to the others.
 //!
+//! Join and leave lines go through a per-pid rate limit ([`crate::log_limit`]), so a client that
+//! reconnects in a loop is logged once per window with a count, not once per cycle.
+//!
 //! Failure containment: everything that can go wrong with one connection (accept, id
 //! allocation, eventfd creation, a send, an overflowing queue) costs that connection only.
 //! Peers to drop are collected in a work list and processed one at a time, because announcing
@@ -22,6 +25,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use protocol::server::{leave, new_peer_sequence, peer_vectors};
 
+use crate::log_limit::{RateLimiter, BURST, WINDOW};
 use crate::peer::{Flush, OutQueue, Peer, PeerTable};
 
 const LISTENER_TOKEN: u64 = 0;
@@ -52,6 +56,8 @@ pub struct Server {
     /// fd table is full; otherwise the listener would stay readable and the loop would spin.
     reserve_fd: Option<File>,
     quitting: bool,
+    /// Join and leave lines, rate-limited per (pid, what happened): reconnect storms.
+    peer_log: RateLimiter<(Option<i32>, String)>,
 }
 
 impl Server {
@@ -78,13 +84,19 @@ impl Server {
             doomed_set: HashSet::new(),
             reserve_fd: File::open("/dev/null").ok(),
             quitting: false,
+            peer_log: RateLimiter::new(BURST, WINDOW),
         })
     }
 
     /// Runs until SIGINT/SIGTERM/SIGHUP, then announces departures and closes every peer.
     pub fn run(&mut self) -> io::Result<()> {
         while !self.quitting {
-            self.run_once(EpollTimeout::NONE)?;
+            // Wake up when a rate-limit window ends, to log its summary.
+            let timeout = match self.peer_log.next_deadline() {
+                Some(at) => timeout_until(at),
+                None => EpollTimeout::NONE,
+            };
+            self.run_once(timeout)?;
         }
         self.shutdown();
         Ok(())
@@ -109,6 +121,9 @@ impl Server {
                 token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
             }
             self.drop_doomed();
+        }
+        for summary in self.peer_log.expire(Instant::now()) {
+            log::info!("{summary}");
         }
         Ok(self.quitting)
     }
@@ -215,11 +230,12 @@ impl Server {
             queue,
             wants_write: false,
         });
-        log::info!(
+        let line = format!(
             "peer {id} joined ({pid_text}, {} vector{})",
             self.config.vectors,
             if self.config.vectors == 1 { "" } else { "s" }
         );
+        self.log_peer(pid, "joined".into(), line);
         self.flush(id);
     }
 
@@ -329,7 +345,8 @@ impl Server {
             next += 1;
             if let Some(peer) = self.peers.remove(id) {
                 let _ = self.epoll.delete(&peer.socket);
-                log::info!("peer {id} left ({}): {reason}", peer.pid_text());
+                let line = format!("peer {id} left ({}): {reason}", peer.pid_text());
+                self.log_peer(peer.pid, format!("left: {reason}"), line);
                 drop(peer); // closes its socket; queued fds live on in other queues
                 for other in self.peers.ids_in_order() {
                     self.notify(other, vec![leave(id)]);
@@ -409,8 +426,19 @@ impl Server {
         }
         for id in order {
             if let Some(peer) = self.peers.remove(id) {
-                log::info!("peer {id} left ({}): server shutting down", peer.pid_text());
+                let line = format!("peer {id} left ({}): server shutting down", peer.pid_text());
+                self.log_peer(peer.pid, "left: shutdown".into(), line);
             }
+        }
+        for summary in self.peer_log.flush() {
+            log::info!("{summary}");
+        }
+    }
+
+    /// Logs a join or leave line unless the same kind of line from the same pid is storming.
+    fn log_peer(&mut self, pid: Option<i32>, what: String, line: String) {
+        if self.peer_log.admit((pid, what), &line, Instant::now()) {
+            log::info!("{line}");
         }
     }
 
@@ -418,4 +446,11 @@ impl Server {
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
+}
+
+/// An epoll timeout that ends at `at` (rounded up to whole milliseconds, at most u16::MAX ms).
+fn timeout_until(at: Instant) -> EpollTimeout {
+    let left = at.saturating_duration_since(Instant::now());
+    let ms = left.as_micros().div_ceil(1000);
+    EpollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
 }

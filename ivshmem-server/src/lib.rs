@@ -5,11 +5,12 @@
 //! Modules: [`options`] (command line), [`shm`] (shared-memory creation), [`listener`] (the
 //! socket file), [`peer`] (ids, per-peer state, bounded queues), [`event_loop`] (epoll broker),
 //! [`process`] (fd limit, daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
-//! loop). [`run`] wires them in QEMU's order: shared
+//! loop), [`log_limit`] (join/leave storms logged once). [`run`] wires them in QEMU's order: shared
 //! memory, socket, daemonize, PID file, loop.
 
 pub mod event_loop;
 pub mod listener;
+pub mod log_limit;
 pub mod log_sink;
 pub mod options;
 pub mod peer;

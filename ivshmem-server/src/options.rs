@@ -463,7 +463,10 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
                            (1K = 1024); rounded up to a power of two
                            (default {DEFAULT_SHM_SIZE})
   -n, --vectors N          interrupt vectors per peer, 0..{MAX_VECTORS}; decimal, 0x hex
-                           or 0 octal (default {DEFAULT_VECTORS})
+                           or 0 octal (default {DEFAULT_VECTORS}). QEMU's ivshmem-client
+                           refuses more than 64 ('Too many vectors received')
+                           and reconnects in a loop; QEMU's device takes its own
+                           `vectors` and closes the rest
       --unlink-shm         remove the -M shared-memory object on exit
       --mode OCTAL         permissions of the socket and the shared memory
                            (default 0600, or 0660 with --group)
@@ -471,7 +474,8 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
       --queue-limit N      join/leave messages queued for a peer that does not
                            read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
 
-Peers that send anything or hang up leave; every join and leave is logged on stderr.
+Peers that send anything or hang up leave; every join and leave is logged on stderr
+(more than 10 alike from one pid within 10 s are summed up in one line).
 SIGINT, SIGTERM and SIGHUP announce departures, remove the socket (and the PID file)
 and exit.
 "

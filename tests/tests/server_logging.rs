@@ -97,3 +97,75 @@ fn server_keeps_working_when_stderr_blocks() {
     let last = text.lines().last().unwrap_or_default();
     assert!(last.contains("log lines dropped in all"), "{last}");
 }
+
+/// The numbers N in "(N similar lines suppressed)" of lines containing `needle`.
+fn suppressed_counts(log: &str, needle: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let (_, tail) = l.rsplit_once(" (")?;
+            tail.split(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn server_rate_limits_a_reconnect_storm() {
+    let dir = Scratch::new("srv-storm");
+    let sock = dir.join("sock");
+    let server = start_server(&sock, &["--memfd"]);
+    // Like QEMU's ivshmem-client refusing our vector count: connect, give up, reconnect.
+    const CYCLES: u64 = 300;
+    for _ in 0..CYCLES {
+        drop(RawClient::connect_light(&sock, 1));
+    }
+    // Another pid is not affected.
+    let out = Command::new(bin("ivshmem-client"))
+        .arg("-S")
+        .arg(&sock)
+        .args(["-c", "dump"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let own_pid = std::process::id();
+    assert!(
+        wait_until(TIMEOUT, || server.log_text().lines().any(|l| l
+            .contains(" joined (pid ")
+            && !l.contains(&format!("(pid {own_pid},")))),
+        "{}",
+        server.log_text()
+    );
+
+    let log = server.log_text();
+    let own = format!("(pid {own_pid}, 1 vector)");
+    let joins = log
+        .lines()
+        .filter(|l| l.contains(&own) && !l.contains("suppressed"))
+        .count() as u64;
+    assert_eq!(joins, 10, "{log}");
+
+    // Leaves are keyed by reason too ("disconnected" or "hung up", depending on timing).
+    let leaves = format!(" left (pid {own_pid}): ");
+    let leave_total = |log: &str| {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(&leaves) && !l.contains("suppressed"))
+            .count() as u64;
+        lines + suppressed_counts(log, &leaves)
+    };
+    // The summaries of the open windows come at shutdown; the reader thread may trail.
+    let log_lines = server.log.clone();
+    let status = server.terminate();
+    assert!(status.success());
+    let text = || log_lines.lock().unwrap().join("\n");
+    wait_until(TIMEOUT, || {
+        let log = text();
+        joins + suppressed_counts(&log, &own) == CYCLES && leave_total(&log) == CYCLES
+    });
+    let log = text();
+    assert!(log.contains("similar lines suppressed)"), "{log}");
+    assert_eq!(joins + suppressed_counts(&log, &own), CYCLES, "{log}");
+    assert_eq!(leave_total(&log), CYCLES, "{log}");
+    assert!(log.lines().count() < 60, "{log}");
+}

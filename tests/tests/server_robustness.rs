@@ -39,9 +39,9 @@ fn server_handles_400_simultaneous_peers() {
         }
         assert_eq!(client.state.peers().len(), N - 1);
     }
-    assert!(server
-        .log_text()
-        .contains(&format!("peer {} joined", N - 1)));
+    // All from this test's pid: the first 10 joins are logged, the rest summed up later
+    // (rate limit, see server_logging.rs).
+    assert!(server.log_text().contains("peer 9 joined"));
     assert!(fd_count(server.pid()) > 1024, "past FD_SETSIZE");
     // Everyone leaves; the last one hears every departure.
     let mut last = clients.pop().unwrap();

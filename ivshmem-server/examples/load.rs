@@ -33,13 +33,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{
     connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use nix::unistd::Pid;
+use protocol::fd_limit::raise_fd_limit;
 use protocol::fdpass::{recv_message, send_message_all, Received};
 use protocol::server::new_peer_sequence;
 use protocol::wire::{MAX_PEER_ID, MAX_VECTORS, PROTOCOL_VERSION, SHM_MESSAGE};
@@ -127,7 +127,7 @@ fn connect_benchmark(
         );
     }
     check_vectors(vectors)?;
-    let fd_limit = raise_fd_limit()?;
+    let fd_limit = raise_fd_limit().context("raise RLIMIT_NOFILE")?;
     // The floor runs in this process: its sockets and eventfds plus our client sockets.
     let needed = peers as u64 * (2 + u64::from(vectors)) + 64;
     if needed > fd_limit {
@@ -507,7 +507,7 @@ fn cycles_benchmark(server_bin: &Path, secs: f64, vectors: u32, warmup: u32) -> 
         bail!("--secs must be between 0 and 3600");
     }
     check_vectors(vectors)?;
-    raise_fd_limit()?;
+    raise_fd_limit().context("raise RLIMIT_NOFILE")?;
     let duration = Duration::from_secs_f64(secs);
     println!("# cycles: one peer joins and leaves for {secs} s, {vectors} vectors, {warmup} warm-up cycles");
     let scratch = Scratch::new()?;
@@ -1023,15 +1023,6 @@ fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Raises the soft open-file limit to the hard one; returns the new soft limit.
-fn raise_fd_limit() -> Result<u64> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit RLIMIT_NOFILE")?;
-    }
-    Ok(hard)
 }
 
 fn check_vectors(vectors: u32) -> Result<()> {

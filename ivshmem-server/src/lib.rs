@@ -4,7 +4,7 @@
 //!
 //! Modules: [`options`] (command line), [`shm`] (shared-memory creation), [`listener`] (the
 //! socket file), [`peer`] (ids, per-peer state, bounded queues), [`event_loop`] (epoll broker),
-//! [`process`] (fd limit, daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
+//! [`process`] (daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
 //! loop), [`log_limit`] (join/leave storms logged once). [`run`] wires them in QEMU's order: shared
 //! memory, socket, daemonize, PID file, loop.
 
@@ -35,8 +35,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             opts.requested_size
         );
     }
-    let fd_limit = process::raise_fd_limit();
-    log::debug!("open-file limit: {fd_limit}");
+    // Each peer costs 1 + vectors fds.
+    match protocol::fd_limit::raise_fd_limit() {
+        Ok(limit) => log::debug!("open-file limit: {limit}"),
+        Err(e) => log::warn!("ivshmem-server: cannot raise the open-file limit: {e}"),
+    }
     let signals = process::shutdown_signals().context("cannot set up signal handling")?;
 
     let gid = opts.group.as_ref().map(|g| g.gid);

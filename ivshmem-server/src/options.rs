@@ -9,10 +9,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use protocol::size::SizeError;
 use protocol::wire::MAX_VECTORS;
 
 pub const DEFAULT_PID_FILE: &str = "/var/run/ivshmem-server.pid";
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ivshmem_socket";
+pub use protocol::DEFAULT_SOCKET_PATH;
 pub const DEFAULT_SHM_NAME: &str = "ivshmem";
 pub const DEFAULT_SHM_SIZE: u64 = 4 * 1024 * 1024;
 pub const DEFAULT_VECTORS: u32 = 1;
@@ -348,68 +349,20 @@ fn parse_vectors(text: &str) -> Result<u32, UsageError> {
     Ok(n as u32)
 }
 
-/// A size like QEMU's `-l`: a decimal number (a fraction allowed with a suffix, e.g. `1.5G`) or
-/// a `0x` hex number, then an optional binary suffix B, K, M, G or T (any case).
+/// A size for `-l`: the shared syntax ([`protocol::size`]), greater than 0 and small enough that
+/// its rounded-up power of two fits in an off_t.
 pub fn parse_size(text: &str) -> Result<u64, UsageError> {
-    let bad = || UsageError::BadSize(text.into());
-    let (number, shift) = match text.chars().last() {
-        Some(c)
-            if c.is_ascii_alphabetic() && !text.starts_with("0x") && !text.starts_with("0X") =>
-        {
-            let shift = match c.to_ascii_uppercase() {
-                'B' => 0,
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(bad()),
-            };
-            (&text[..text.len() - 1], shift)
-        }
-        _ => (text, 0),
-    };
-    let value: u128 = if let Some(hex) = number
-        .strip_prefix("0x")
-        .or_else(|| number.strip_prefix("0X"))
-    {
-        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        u128::from(u64::from_str_radix(hex, 16).map_err(|_| UsageError::SizeTooLarge(text.into()))?)
-    } else {
-        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-        let digits_ok = |s: &str| s.chars().all(|c| c.is_ascii_digit());
-        if int.is_empty()
-            || !digits_ok(int)
-            || !digits_ok(frac)
-            || (number.contains('.') && (frac.is_empty() || shift == 0))
-        {
-            return Err(bad());
-        }
-        if int.len() > 30 || frac.len() > 12 {
-            return Err(UsageError::SizeTooLarge(text.into()));
-        }
-        let int: u128 = int.parse().map_err(|_| bad())?;
-        let frac_value: u128 = if frac.is_empty() {
-            0
-        } else {
-            frac.parse().map_err(|_| bad())?
-        };
-        let scale = 10u128.pow(frac.len() as u32);
-        // `<<` would silently drop the high bits of a 30-digit number shifted by 40.
-        let whole = int
-            .checked_mul(1u128 << shift)
-            .ok_or_else(|| UsageError::SizeTooLarge(text.into()))?;
-        whole + ((frac_value << shift) / scale)
-    };
+    let value = protocol::size::parse_size(text).map_err(|e| match e {
+        SizeError::Invalid(_) => UsageError::BadSize(text.into()),
+        SizeError::TooLarge(_) => UsageError::SizeTooLarge(text.into()),
+    })?;
     if value == 0 {
         return Err(UsageError::ZeroSize(text.into()));
     }
-    // The rounded-up power of two must fit in a u64 (and in an off_t).
-    if value > 1u128 << 62 {
+    if value > 1 << 62 {
         return Err(UsageError::SizeTooLarge(text.into()));
     }
-    Ok(value as u64)
+    Ok(value)
 }
 
 fn parse_mode(text: &str) -> Result<u32, UsageError> {

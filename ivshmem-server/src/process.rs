@@ -1,32 +1,15 @@
-//! Process-level concerns: the fd limit, daemonizing, the PID file, and turning SIGINT/SIGTERM
+//! Process-level concerns: daemonizing, the PID file, and turning SIGINT/SIGTERM
 //! (and SIGHUP) into a readable signalfd for the event loop.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{signal, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::unistd::{fork, pipe2, read, setsid, write, ForkResult};
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit (each peer costs 1 + vectors fds); returns
-/// the new soft limit.
-pub fn raise_fd_limit() -> u64 {
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                log::warn!("ivshmem-server: cannot raise the open-file limit to {hard}: {e}");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
-    }
-}
 
 /// Ignores SIGPIPE (sends use MSG_NOSIGNAL anyway) and blocks the shutdown signals, which are
 /// then read from the returned signalfd. Call before creating anything that needs cleanup.

@@ -28,7 +28,7 @@ use crate::server_link::{Incoming, ServerLink};
 use crate::shm::SharedMemory;
 
 /// The default socket path, as in QEMU's ivshmem-server and ivshmem-client.
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ivshmem_socket";
+pub use protocol::DEFAULT_SOCKET_PATH;
 
 /// How long [`Peer::connect`] waits for the handshake by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -15,7 +15,7 @@ use server_support::*;
 
 #[test]
 fn server_handles_400_simultaneous_peers() {
-    raise_fd_limit();
+    protocol::fd_limit::raise_fd_limit().expect("raise the open-file limit");
     let dir = Scratch::new("srv-many");
     let sock = dir.join("sock");
     // 2 vectors: the server holds 3 fds per peer, well past select()'s 1024.

@@ -76,20 +76,10 @@ struct Args {
     guest_args: Option<String>,
 }
 
+/// `--memory` and `--bench-host-memcpy` sizes in the shared syntax ([`protocol::size`]); a bare
+/// number is MiB, as in QEMU's `-m`.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 30),
-        _ => (s, 20), // plain numbers are MiB, as QEMU's -m
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 64M or 1G"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    protocol::size::parse_size_in(s, 1 << 20).map_err(|e| e.to_string())
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {

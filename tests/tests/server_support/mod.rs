@@ -176,14 +176,6 @@ impl RawClient {
     }
 }
 
-/// Raises this process's soft fd limit to its hard limit.
-pub fn raise_fd_limit() -> u64 {
-    let (_, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    hard
-}
-
 /// Writes 1 to an eventfd (ring it).
 pub fn ring(fd: &OwnedFd) {
     nix::unistd::write(fd, &1u64.to_ne_bytes()).expect("ring eventfd");

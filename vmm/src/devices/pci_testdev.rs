@@ -75,7 +75,8 @@ impl PciTestDevConfig {
                         .ok_or_else(|| bad("expected a number 1..=2048"))?;
                 }
                 Some(("ram", size)) => {
-                    config.ram_size = parse_size(size)
+                    config.ram_size = protocol::size::parse_size(size)
+                        .ok()
                         .filter(|s| s.is_power_of_two() && *s >= 4096 && *s <= 1 << 40)
                         .ok_or_else(|| bad("expected a power of two from 4K to 1T"))?;
                 }
@@ -84,17 +85,6 @@ impl PciTestDevConfig {
         }
         Ok(config)
     }
-}
-
-fn parse_size(s: &str) -> Option<u64> {
-    let (digits, shift) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 20),
-        b'g' | b'G' => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().ok()?;
-    n.checked_shl(shift).filter(|v| v >> shift == n)
 }
 
 /// `--device pci-testdev[,vectors=N][,ram=SIZE]`: create the device and plug it into the bus.

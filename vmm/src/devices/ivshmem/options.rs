@@ -83,25 +83,11 @@ pub enum OptionsError {
     ShmName(String),
 }
 
-/// Parses a size with an optional binary suffix; `default_unit` applies to a bare number.
+/// Parses a size in the shared syntax ([`protocol::size`]); `default_unit` applies to a bare
+/// number.
 pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, OptionsError> {
-    let bad = || OptionsError::BadSize(text.to_string());
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let unit = match c.to_ascii_uppercase() {
-                'B' => 1,
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(bad()),
-            };
-            (&text[..i], unit)
-        }
-        _ => (text, default_unit),
-    };
-    let value: u64 = digits.parse().map_err(|_| bad())?;
-    value.checked_mul(unit).ok_or_else(bad)
+    protocol::size::parse_size_in(text, default_unit)
+        .map_err(|_| OptionsError::BadSize(text.to_string()))
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, OptionsError> {

@@ -1,10 +1,12 @@
-//! The command line: QEMU's `ivshmem-server` flags with the same defaults, parsed the way
-//! getopt parses `hvFp:S:m:M:l:n:` (combined flags `-vF`, attached or separate arguments `-l4M`
-//! / `-l 4M`, `--` ends options), plus long options for our extensions.
+//! The command line: QEMU's `ivshmem-server` flags with the same defaults and getopt's
+//! spellings (`hvFp:S:m:M:l:n:`: combined flags `-vF`, a flag cluster ending in an option with
+//! its value attached `-Fl4M`, attached or separate arguments `-l4M` / `-l 4M`, any next word as
+//! a value `-n -1`, `--` ends options), plus long options for our extensions.
 //!
-//! Hand-written rather than clap: clap does not reproduce getopt's clustering of a flag with an
-//! option that takes an attached argument (`-Fl4M`) nor QEMU's number syntaxes. Every error is a
-//! [`UsageError`] naming the offending option and value; nothing here panics or exits.
+//! clap (builder API) does the tokenizing; values are checked here in command-line order, so
+//! the first bad one is reported and the last of `-M`, `-m`, `--memfd` wins, as with getopt.
+//! Every error is a [`UsageError`] naming the offending option and value; nothing here panics
+//! or exits, and `-h` prints our own text ([`help_text`]), not clap's.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -137,28 +139,60 @@ pub enum UsageError {
     Invalid { option: String, reason: String },
 }
 
-/// Short options that take an argument (getopt's `p:S:m:M:l:n:`).
-const SHORT_WITH_ARG: &[char] = &['p', 'S', 'm', 'M', 'l', 'n'];
-/// Short flags (`hvF`).
-const SHORT_FLAGS: &[char] = &['h', 'v', 'F'];
-/// Long options that take an argument, with the short option they alias (if any).
-const LONG_WITH_ARG: &[(&str, Option<char>)] = &[
-    ("pid-file", Some('p')),
-    ("socket", Some('S')),
-    ("shm-dir", Some('m')),
-    ("shm-name", Some('M')),
-    ("size", Some('l')),
-    ("vectors", Some('n')),
-    ("mode", None),
-    ("group", None),
-    ("queue-limit", None),
-];
-const LONG_FLAGS: &[(&str, Option<char>)] = &[
-    ("help", Some('h')),
-    ("verbose", Some('v')),
-    ("foreground", Some('F')),
-    ("memfd", None),
-    ("unlink-shm", None),
+/// The options clap parses; ids are the short letter (or the long name when there is none).
+fn command() -> clap::Command {
+    use clap::{Arg, ArgAction};
+    let flag = |id: &'static str, short: Option<char>, long: &'static str| {
+        let arg = Arg::new(id).long(long).action(ArgAction::SetTrue);
+        match short {
+            Some(c) => arg.short(c),
+            None => arg,
+        }
+    };
+    // getopt takes the next word as the value whatever it looks like (`-n -1`, `-l -F`).
+    let value = |id: &'static str, short: Option<char>, long: &'static str| {
+        let arg = Arg::new(id)
+            .long(long)
+            .action(ArgAction::Append)
+            .allow_hyphen_values(true)
+            .value_parser(clap::value_parser!(OsString));
+        match short {
+            Some(c) => arg.short(c),
+            None => arg,
+        }
+    };
+    clap::Command::new("ivshmem-server")
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        // getopt lets a flag repeat (`-F -F`); the last value of an option wins.
+        .args_override_self(true)
+        .arg(flag("h", Some('h'), "help"))
+        .arg(flag("v", Some('v'), "verbose"))
+        .arg(flag("F", Some('F'), "foreground"))
+        .arg(flag("memfd", None, "memfd"))
+        .arg(flag("unlink-shm", None, "unlink-shm"))
+        .arg(value("p", Some('p'), "pid-file"))
+        .arg(value("S", Some('S'), "socket"))
+        .arg(value("m", Some('m'), "shm-dir"))
+        .arg(value("M", Some('M'), "shm-name"))
+        .arg(value("l", Some('l'), "size"))
+        .arg(value("n", Some('n'), "vectors"))
+        .arg(value("mode", None, "mode"))
+        .arg(value("group", None, "group"))
+        .arg(value("queue-limit", None, "queue-limit"))
+}
+
+/// Option ids that take a value, with how errors name them.
+const VALUE_OPTIONS: &[(&str, &str)] = &[
+    ("p", "-p"),
+    ("S", "-S"),
+    ("m", "-m"),
+    ("M", "-M"),
+    ("l", "-l"),
+    ("n", "-n"),
+    ("mode", "--mode"),
+    ("group", "--group"),
+    ("queue-limit", "--queue-limit"),
 ];
 
 /// Parses the arguments after the program name.
@@ -168,72 +202,47 @@ where
     S: Into<OsString>,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let mut opts = Options::default();
-    let mut help = false;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].to_string_lossy().into_owned();
-        i += 1;
-        if arg == "--" {
-            if let Some(extra) = args.get(i) {
-                return Err(UsageError::UnexpectedPositional(
-                    extra.to_string_lossy().into(),
-                ));
-            }
-            break;
-        }
-        if let Some(long) = arg.strip_prefix("--") {
-            let (name, inline) = match long.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (long, None),
-            };
-            if let Some((_, short)) = LONG_FLAGS.iter().find(|(n, _)| *n == name) {
-                if inline.is_some() {
-                    return Err(UsageError::UnexpectedArgument(format!("--{name}")));
-                }
-                apply_flag(
-                    &mut opts,
-                    &mut help,
-                    short.map_or(Flag::Long(name), Flag::Short),
-                );
-            } else if let Some((_, short)) = LONG_WITH_ARG.iter().find(|(n, _)| *n == name) {
-                let value = match inline {
-                    Some(v) => v,
-                    None => take_next(&args, &mut i, &format!("--{name}"))?,
-                };
-                let key = short.map_or(Flag::Long(name), Flag::Short);
-                apply_value(&mut opts, key, &format!("--{name}"), &value)?;
-            } else {
-                return Err(UsageError::UnknownOption(format!("--{name}")));
-            }
-            continue;
-        }
-        if arg.len() > 1 && arg.starts_with('-') {
-            let cluster: Vec<char> = arg[1..].chars().collect();
-            let mut k = 0;
-            while k < cluster.len() {
-                let c = cluster[k];
-                k += 1;
-                if SHORT_FLAGS.contains(&c) {
-                    apply_flag(&mut opts, &mut help, Flag::Short(c));
-                } else if SHORT_WITH_ARG.contains(&c) {
-                    let value = if k < cluster.len() {
-                        cluster[k..].iter().collect()
-                    } else {
-                        take_next(&args, &mut i, &format!("-{c}"))?
-                    };
-                    apply_value(&mut opts, Flag::Short(c), &format!("-{c}"), &value)?;
-                    break;
-                } else {
-                    return Err(UsageError::UnknownOption(format!("-{c}")));
-                }
-            }
-            continue;
-        }
-        return Err(UsageError::UnexpectedPositional(arg));
-    }
-    if help {
+    let program = std::iter::once(OsString::from("ivshmem-server"));
+    let matches = command()
+        .try_get_matches_from(program.chain(args.iter().cloned()))
+        .map_err(|e| usage_error(&e, &args))?;
+    if matches.get_flag("h") {
         return Ok(Command::Help);
+    }
+    let mut opts = Options {
+        verbose: matches.get_flag("v"),
+        foreground: matches.get_flag("F"),
+        unlink_shm: matches.get_flag("unlink-shm"),
+        ..Options::default()
+    };
+    // Values in command-line order, so the first bad one is reported and the last of
+    // -M / -m / --memfd wins.
+    let mut given: Vec<(usize, &str, &str, &OsString)> = Vec::new();
+    for &(id, name) in VALUE_OPTIONS {
+        if let (Some(indices), Some(values)) =
+            (matches.indices_of(id), matches.get_many::<OsString>(id))
+        {
+            given.extend(indices.zip(values).map(|(i, v)| (i, id, name, v)));
+        }
+    }
+    given.sort_by_key(|(index, ..)| *index);
+    let memfd_at = matches
+        .get_flag("memfd")
+        .then(|| matches.index_of("memfd"))
+        .flatten();
+    let mut memfd_applied = false;
+    for (index, id, name, value) in given {
+        if memfd_at.is_some_and(|at| at < index) && !memfd_applied {
+            opts.shm = ShmBacking::Memfd;
+            memfd_applied = true;
+        }
+        let value = value.to_str().ok_or_else(|| UsageError::NotUtf8 {
+            option: name.to_string(),
+        })?;
+        apply_value(&mut opts, id, name, value)?;
+    }
+    if memfd_at.is_some() && !memfd_applied {
+        opts.shm = ShmBacking::Memfd;
     }
     if opts.verbose && !opts.foreground {
         return Err(UsageError::VerboseNeedsForeground);
@@ -244,58 +253,68 @@ where
     Ok(Command::Run(opts))
 }
 
-#[derive(Clone, Copy)]
-enum Flag<'a> {
-    Short(char),
-    Long(&'a str),
-}
-
-fn take_next(args: &[OsString], i: &mut usize, option: &str) -> Result<String, UsageError> {
-    let value = args
-        .get(*i)
-        .ok_or_else(|| UsageError::MissingArgument(option.to_string()))?;
-    *i += 1;
-    value
-        .to_str()
-        .map(str::to_string)
-        .ok_or_else(|| UsageError::NotUtf8 {
-            option: option.to_string(),
-        })
-}
-
-fn apply_flag(opts: &mut Options, help: &mut bool, flag: Flag<'_>) {
-    match flag {
-        Flag::Short('h') => *help = true,
-        Flag::Short('v') => opts.verbose = true,
-        Flag::Short('F') => opts.foreground = true,
-        Flag::Long("memfd") => opts.shm = ShmBacking::Memfd,
-        Flag::Long("unlink-shm") => opts.unlink_shm = true,
-        Flag::Short(_) | Flag::Long(_) => unreachable!("flag tables and apply_flag agree"),
+/// Turns clap's error into ours, naming the option as the user spelled it.
+fn usage_error(e: &clap::Error, args: &[OsString]) -> UsageError {
+    use clap::error::{ContextKind, ErrorKind};
+    let invalid_arg = || {
+        e.get(ContextKind::InvalidArg)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    match e.kind() {
+        ErrorKind::UnknownArgument => {
+            let arg = invalid_arg();
+            if arg.starts_with('-') && arg.len() > 1 {
+                UsageError::UnknownOption(arg)
+            } else {
+                UsageError::UnexpectedPositional(arg)
+            }
+        }
+        // Only the last word can lack its value: name it as typed (`-l`, `-Fl`, `--size`).
+        ErrorKind::InvalidValue => {
+            let last = args.last().map(|a| a.to_string_lossy().into_owned());
+            let option = match last {
+                Some(long) if long.starts_with("--") => long,
+                Some(short) => format!("-{}", short.chars().last().unwrap_or('?')),
+                None => invalid_arg(),
+            };
+            UsageError::MissingArgument(option)
+        }
+        ErrorKind::TooManyValues => {
+            UsageError::UnexpectedArgument(invalid_arg().split(' ').next().unwrap_or("").into())
+        }
+        ErrorKind::InvalidUtf8 => UsageError::NotUtf8 {
+            option: invalid_arg(),
+        },
+        _ => UsageError::Invalid {
+            option: invalid_arg(),
+            reason: e.kind().as_str().unwrap_or("invalid command line").into(),
+        },
     }
 }
 
-fn apply_value(
-    opts: &mut Options,
-    key: Flag<'_>,
-    option: &str,
-    value: &str,
-) -> Result<(), UsageError> {
-    match key {
-        Flag::Short('p') => opts.pid_file = non_empty(option, value)?.into(),
-        Flag::Short('S') => opts.socket_path = non_empty(option, value)?.into(),
-        Flag::Short('m') => opts.shm = ShmBacking::Directory(non_empty(option, value)?.into()),
-        Flag::Short('M') => opts.shm = ShmBacking::PosixName(parse_shm_name(option, value)?),
-        Flag::Short('l') => opts.requested_size = parse_size(value)?,
-        Flag::Short('n') => opts.vectors = parse_vectors(value)?,
-        Flag::Long("mode") => opts.mode_arg = Some(parse_mode(value)?),
-        Flag::Long("group") => opts.group = Some(parse_group(value)?),
-        Flag::Long("queue-limit") => {
+fn apply_value(opts: &mut Options, id: &str, option: &str, value: &str) -> Result<(), UsageError> {
+    match id {
+        "p" => opts.pid_file = non_empty(option, value)?.into(),
+        "S" => opts.socket_path = non_empty(option, value)?.into(),
+        "m" => opts.shm = ShmBacking::Directory(non_empty(option, value)?.into()),
+        "M" => opts.shm = ShmBacking::PosixName(parse_shm_name(option, value)?),
+        "l" => opts.requested_size = parse_size(value)?,
+        "n" => opts.vectors = parse_vectors(value)?,
+        "mode" => opts.mode_arg = Some(parse_mode(value)?),
+        "group" => opts.group = Some(parse_group(value)?),
+        "queue-limit" => {
             opts.queue_limit = match parse_unsigned(value) {
                 Some(n) if n >= 1 && n <= usize::MAX as u64 => n as usize,
                 _ => return Err(UsageError::BadQueueLimit(value.into())),
             }
         }
-        Flag::Short(_) | Flag::Long(_) => unreachable!("option tables and apply_value agree"),
+        other => {
+            return Err(UsageError::Invalid {
+                option: other.into(),
+                reason: "not an option that takes a value".into(),
+            })
+        }
     }
     Ok(())
 }
@@ -472,6 +491,33 @@ mod tests {
         let o = run(&["-Fn0x10", "--"]).unwrap();
         assert_eq!(o.vectors, 16);
         assert_eq!(run(&["-F", "-n", "010"]).unwrap().vectors, 8);
+        let o = run(&["-F", "-F", "-l", "1M", "-l2M", "-n", "-1"]);
+        assert_eq!(
+            o,
+            Err(UsageError::BadVectors("-1".into())),
+            "getopt takes any next word"
+        );
+        assert_eq!(run(&["-l", "1M", "-l2M"]).unwrap().requested_size, 2 << 20);
+        assert_eq!(run(&["-Fl"]), Err(UsageError::MissingArgument("-l".into())));
+        assert_eq!(
+            run(&["-n", "2000", "-l", "bad"]),
+            Err(UsageError::TooManyVectors(2000)),
+            "the first bad value is reported"
+        );
+        assert_eq!(
+            run(&["--", "x"]),
+            Err(UsageError::UnexpectedPositional("x".into()))
+        );
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = std::ffi::OsStr::from_bytes(b"\xff");
+            assert_eq!(
+                parse([std::ffi::OsStr::new("-l"), bad]),
+                Err(UsageError::NotUtf8 {
+                    option: "-l".into()
+                })
+            );
+        }
         assert_eq!(parse(["-h"]).unwrap(), Command::Help);
         assert_eq!(parse(["-F", "--help"]).unwrap(), Command::Help);
     }

@@ -358,7 +358,8 @@ impl Peer {
     /// count, or `None` on timeout. Other vectors are left pending.
     ///
     /// A vector not announced yet is awaited first, within the same timeout (see the module
-    /// docs); `UnknownVector` means it was not announced in time.
+    /// docs); `UnknownVector` means it was not announced in time (with `None`, only once the
+    /// server is gone).
     pub fn wait_vector(
         &mut self,
         vector: u32,

@@ -286,6 +286,11 @@ impl Msix {
         }
     }
 
+    /// Whether the guest has set MSI-X Enable (the fuzz targets check their model against it).
+    pub fn is_enabled(&self) -> bool {
+        self.shared.lock().enabled
+    }
+
     /// Whether the guest sees `vector` as masked (disabled, function mask, or vector mask).
     pub fn is_masked(&self, vector: usize) -> bool {
         let state = self.shared.lock();

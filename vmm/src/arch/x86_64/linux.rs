@@ -3,8 +3,9 @@
 //! The kernel (bzImage via linux-loader's BzImage loader, or an ELF vmlinux) is loaded at 1 MiB
 //! (a vmlinux at its physical addresses), the command line at `CMDLINE_ADDR`, the initramfs at
 //! the top of RAM, the boot parameters ("zero page") with an e820 map at `ZERO_PAGE_ADDR`, ACPI
-//! tables in the BIOS area (see `acpi`). vCPU 0 starts at the 64-bit entry with paging on
-//! (identity map of the first 4 GiB), CS = 0x10 / DS = 0x18 in a GDT at `GDT_ADDR`, interrupts
+//! tables in the BIOS area (see `acpi`), and the two BIOS data area fields Linux reads (see
+//! `bios_data_area`). vCPU 0 starts at the 64-bit entry with paging on (`paging::linux_tables`:
+//! identity map of the first 4 GiB, page 0 included), CS = 0x10 / DS = 0x18 in a GDT at `GDT_ADDR`, interrupts
 //! off and `rsi` = the zero page. Every vCPU gets CPUID, MSRs, FPU and LAPIC state; the APs stay
 //! in wait-for-SIPI, as on real hardware, and Linux starts them itself.
 use std::fs::File;
@@ -30,6 +31,9 @@ const BOOT_STACK_TOP: u64 = 0x7_FFF0;
 pub const KERNEL_ADDR: u64 = 0x10_0000;
 /// The end of conventional memory / start of the EBDA-VGA-BIOS hole.
 const LOW_RAM_END: u64 = 0x9_FC00;
+/// BIOS data area fields: the EBDA's segment and the base memory size in KiB.
+const BDA_EBDA_SEGMENT: u64 = 0x40E;
+const BDA_BASE_MEMORY_KIB: u64 = 0x413;
 
 const _: () = assert!(acpi::RSDP_ADDR >= LOW_RAM_END && acpi::ACPI_END <= KERNEL_ADDR);
 
@@ -65,6 +69,23 @@ pub fn e820(ram_size: u64) -> Vec<(u64, u64, u32)> {
     ]
 }
 
+/// The BIOS data area as firmware leaves it, (address, bytes): the EBDA starts at `LOW_RAM_END`
+/// (an empty 1 KiB one, inside the reserved hole) and base memory is the 639 KiB below it.
+/// Zeros would also work (Linux then assumes the worst and reserves 128 KiB..1 MiB for the
+/// BIOS), but real values keep conventional memory usable and match our e820 map.
+pub fn bios_data_area() -> [(u64, Vec<u8>); 2] {
+    [
+        (
+            BDA_EBDA_SEGMENT,
+            ((LOW_RAM_END >> 4) as u16).to_le_bytes().to_vec(),
+        ),
+        (
+            BDA_BASE_MEMORY_KIB,
+            ((LOW_RAM_END >> 10) as u16).to_le_bytes().to_vec(),
+        ),
+    ]
+}
+
 /// Loads `kernel` (+ initrd, cmdline) and sets up every vCPU.
 pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Result<(), BootError> {
     let mem = vm.guest_memory();
@@ -84,10 +105,11 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
                 match Elf::load(mem, None, &mut file, Some(GuestAddress(KERNEL_ADDR))) {
                     Ok(loaded) => (loaded.kernel_load.0, None),
                     Err(elf_err) => {
-                        return Err(BootError::Other(format!(
-                            "{} is neither a bzImage ({bz_err}) nor an ELF vmlinux ({elf_err})",
-                            kernel.display()
-                        )))
+                        return Err(BootError::NotAKernel {
+                            path: kernel.display().to_string(),
+                            bzimage: bz_err,
+                            elf: elf_err,
+                        })
                     }
                 }
             }
@@ -123,12 +145,10 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
             .checked_sub(image.len() as u64)
             .map(|a| a & !0xFFF)
             .filter(|&a| a >= KERNEL_ADDR + (16 << 20))
-            .ok_or_else(|| {
-                BootError::Other(format!(
-                    "initrd {} ({} bytes) does not fit in RAM; raise --memory",
-                    path.display(),
-                    image.len()
-                ))
+            .ok_or_else(|| BootError::InitrdTooLarge {
+                path: path.display().to_string(),
+                size: image.len() as u64,
+                ram_size,
             })?;
         write(mem, addr, &image)?;
         params.hdr.ramdisk_image = addr as u32;
@@ -154,12 +174,15 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
     for (addr, table) in acpi::tables(ncpus) {
         write(mem, addr, &table)?;
     }
+    for (addr, bytes) in bios_data_area() {
+        write(mem, addr, &bytes)?;
+    }
 
     // GDT with the boot protocol's selectors; identity-mapping page tables.
     let gdt = descriptors::linux_boot_gdt();
     let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|w| w.to_le_bytes()).collect();
     write(mem, GDT_ADDR, &gdt_bytes)?;
-    for (addr, table) in paging::tables(ram_size) {
+    for (addr, table) in paging::linux_tables() {
         let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_le_bytes()).collect();
         write(mem, addr, &bytes)?;
     }
@@ -203,5 +226,20 @@ mod tests {
         assert!(map
             .iter()
             .any(|e| e.0 == PCI_ECAM_ADDR && e.2 == E820_RESERVED));
+    }
+
+    #[test]
+    fn bios_data_area_points_at_the_reserved_ebda() {
+        let [(ebda_at, ebda), (base_at, base)] = bios_data_area();
+        assert_eq!((ebda_at, base_at), (0x40E, 0x413));
+        let ebda = u16::from_le_bytes([ebda[0], ebda[1]]) as u64;
+        let base = u16::from_le_bytes([base[0], base[1]]) as u64;
+        assert_eq!((ebda, base), (0x9FC0, 639));
+        // The EBDA lies in the e820 hole, right after the last conventional RAM byte.
+        let map = e820(64 << 20);
+        assert!(map
+            .iter()
+            .any(|&(a, s, t)| a == ebda << 4 && t == E820_RESERVED && s >= 1024));
+        assert_eq!(base << 10, ebda << 4);
     }
 }

@@ -1,8 +1,14 @@
-//! Identity-mapping page tables for guest programs (4-level, 2 MiB pages except the first 2 MiB).
+//! Identity-mapping page tables (4-level), two sets at the same place (`PAGE_TABLES_ADDR`):
 //!
-//! Mapped, all user-accessible and writable: RAM `[4 KiB, ram_size)` write-back (page 0 is not
-//! present so null pointers fault), the device area `[0xB000_0000, 4 GiB)` uncached (PCD|PWT),
-//! and the 64-bit PCI window write-back (ivshmem BAR2 is shared RAM and must run at memory speed).
+//! - `tables`, for guest programs (2 MiB pages except the first 2 MiB). Mapped, all
+//!   user-accessible and writable: RAM `[4 KiB, ram_size)` write-back (page 0 is not present so
+//!   null pointers fault), the device area `[0xB000_0000, 4 GiB)` uncached (PCD|PWT), and the
+//!   64-bit PCI window write-back (ivshmem BAR2 is shared RAM and must run at memory speed).
+//! - `linux_tables`, for the Linux 64-bit boot protocol, which asks for an identity map of the
+//!   kernel, zero page and command line and which real firmware extends to all of low memory:
+//!   the decompressor reads the BIOS data area in page 0 (0x40E, 0x413) before it has a
+//!   page-fault handler. So the whole first 4 GiB is mapped with 2 MiB pages, supervisor-only,
+//!   page 0 included: RAM write-back, the device area uncached. Linux replaces these tables early.
 use super::layout::*;
 
 const PRESENT: u64 = 1;
@@ -76,6 +82,34 @@ pub fn tables(ram_size: u64) -> Vec<(u64, Vec<u64>)> {
     out
 }
 
+/// The Linux boot page tables as (guest address, 4 KiB table) pairs: `[0, 4 GiB)` identity-mapped
+/// with 2 MiB pages, uncached from `DEVICE_AREA_ADDR` up. They use the PML4, the PDPT and the four
+/// low page directories' slots of the guest-program set (a VM uses one set or the other).
+pub fn linux_tables() -> Vec<(u64, Vec<u64>)> {
+    const KERNEL_PAGE: u64 = PRESENT | WRITABLE | HUGE;
+    let mut pml4 = vec![0u64; 512];
+    pml4[0] = PDPT_ADDR | PRESENT | WRITABLE;
+    let mut pdpt = vec![0u64; 512];
+    for gib in 0..4 {
+        pdpt[gib as usize] = (PD_LOW_ADDR + gib * PAGE) | PRESENT | WRITABLE;
+    }
+    let mut out = vec![(PML4_ADDR, pml4), (PDPT_ADDR, pdpt)];
+    for gib in 0..4u64 {
+        let pd = (0..512u64)
+            .map(|i| {
+                let addr = gib * GIB + i * MIB2;
+                if addr >= DEVICE_AREA_ADDR {
+                    addr | KERNEL_PAGE | CACHE_DISABLE | WRITE_THROUGH
+                } else {
+                    addr | KERNEL_PAGE
+                }
+            })
+            .collect();
+        out.push((PD_LOW_ADDR + gib * PAGE, pd));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +156,26 @@ mod tests {
         assert_eq!(pa, high);
         assert_eq!(e & CACHE_DISABLE, 0);
         assert_eq!(walk(&t, PCI_MMIO64_ADDR + PCI_MMIO64_SIZE), None);
+    }
+
+    #[test]
+    fn linux_tables_identity_map_low_memory_and_all_ram() {
+        let t = linux_tables();
+        // Page 0 (BIOS data area), the zero page, the command line, the kernel, and RAM up to
+        // the largest --memory: mapped, supervisor-only, write-back.
+        for va in [0, 0x40E, 0x413, 0x7000, 0x8_0000, 0x10_0000, 0xAFFF_FFF8] {
+            let (pa, e) = walk(&t, va).unwrap();
+            assert_eq!(pa, va, "{va:#x}");
+            assert_eq!(e & (USER | CACHE_DISABLE | WRITABLE), WRITABLE, "{va:#x}");
+        }
+        for va in [PCI_ECAM_ADDR, IOAPIC_ADDR, LAPIC_ADDR + 0xB0, (1 << 32) - 8] {
+            let (pa, e) = walk(&t, va).unwrap();
+            assert_eq!(pa, va);
+            assert_eq!(e & CACHE_DISABLE, CACHE_DISABLE, "{va:#x} uncached");
+        }
+        assert_eq!(walk(&t, 1 << 32), None);
+        assert!(t
+            .iter()
+            .all(|(addr, _)| (PAGE_TABLES_ADDR..PAGE_TABLES_END).contains(addr)));
     }
 }

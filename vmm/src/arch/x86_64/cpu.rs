@@ -93,7 +93,7 @@ pub fn set_boot_msrs(vcpu: &VcpuFd) -> Result<(), BootError> {
             })
             .collect::<Vec<_>>(),
     )
-    .map_err(|e| BootError::Other(format!("msr list: {e:?}")))?;
+    .map_err(BootError::MsrList)?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("set msrs"))?;
     if set != entries.len() {
         log::debug!("KVM accepted {set} of {} boot MSRs", entries.len());

@@ -33,8 +33,22 @@ pub enum BootError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("{path} is neither a bzImage ({bzimage}) nor an ELF vmlinux ({elf})")]
+    NotAKernel {
+        path: String,
+        bzimage: linux_loader::loader::Error,
+        elf: linux_loader::loader::Error,
+    },
+    #[error("initrd {path} ({size} bytes) does not fit in {} MiB of RAM with the kernel; raise --memory", ram_size >> 20)]
+    InitrdTooLarge {
+        path: String,
+        size: u64,
+        ram_size: u64,
+    },
+    #[error("--guest-args: at most {} bytes and no NUL byte (got {len} bytes)", layout::ARGS_SIZE - 1)]
+    BadGuestArgs { len: usize },
+    #[error("building the MSR list: {0:?}")]
+    MsrList(vmm_sys_util::fam::Error),
 }
 
 pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BootError {

@@ -192,11 +192,7 @@ pub fn setup_vcpu(
 /// runtime's `args` module reads them. At most `ARGS_SIZE - 1` bytes, no NUL inside.
 pub fn write_args(mem: &GuestMemoryMmap, args: &str) -> Result<(), BootError> {
     if args.len() >= ARGS_SIZE as usize || args.contains('\0') {
-        return Err(BootError::Other(format!(
-            "--guest-args: at most {} bytes and no NUL byte (got {} bytes)",
-            ARGS_SIZE - 1,
-            args.len()
-        )));
+        return Err(BootError::BadGuestArgs { len: args.len() });
     }
     let mut bytes = args.as_bytes().to_vec();
     bytes.push(0);

@@ -1,7 +1,7 @@
 //! The virtual machine: KVM VM with in-kernel irqchip and PIT, the system memory and I/O address
 //! spaces (`vmm::memory`, each followed by a `KvmMemoryListener`), guest RAM, the legacy devices
-//! (testdev, i8042, serial: `Vm::add_legacy_devices`), the vCPU threads and the main wait loop
-//! (exit requests, signals). `vm` is the top of the crate's dependency order (docs/vmm.md):
+//! (testdev, i8042, serial, CMOS RTC: `Vm::add_legacy_devices`), the vCPU threads and the main
+//! wait loop (exit requests, signals). `vm` is the top of the crate's dependency order (docs/vmm.md):
 //! nothing below it names `Vm`, except the Linux loader, which reads RAM and vCPUs from it.
 //!
 //! Other parts of the VMM extend a `Vm` between `Vm::new` and `Vm::run` through its seams:
@@ -24,6 +24,7 @@ use crate::arch::x86_64::BootError;
 use crate::background::BackgroundThreads;
 use crate::devices::console::{Console, ConsoleSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_SIZE};
+use crate::devices::rtc::{CmosRtc, RTC_BASE, RTC_SIZE};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_GSI, COM1_SIZE};
 use crate::devices::testdev::{TestDev, TestDevMmio, TestDevPio};
 use crate::devices::DeviceContext;
@@ -285,6 +286,9 @@ impl Vm {
             i8042,
             IoAccess::sizes(1, 1),
         );
+
+        let rtc = Arc::new(CmosRtc::new());
+        self.map_pio("rtc", RTC_BASE, RTC_SIZE, rtc, IoAccess::sizes(1, 1));
 
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
         self.vm_fd

@@ -3,6 +3,7 @@
 //! - `testdev`: the guest programs' debug/exit/console device (MMIO, plus a few PIO ports);
 //! - `i8042`: just enough keyboard controller for a guest to reset (end) the VM;
 //! - `serial`: a 16550A UART (vm-superio) on 0x3F8 for Linux guests;
+//! - `rtc`: the CMOS real-time clock (MC146818) on 0x70/0x71;
 //! - `console`: where testdev and serial output goes (stdout, a file, nowhere);
 //! - `pci_testdev`, `ivshmem`: PCI devices, plugged through a [`DeviceContext`].
 //!
@@ -21,6 +22,7 @@ pub mod console;
 pub mod i8042;
 pub mod ivshmem;
 pub mod pci_testdev;
+pub mod rtc;
 pub mod serial;
 pub mod testdev;
 

@@ -1,11 +1,17 @@
 //! ACPI tables for Linux guests: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG.
 //!
-//! The DSDT describes the PCI host bridge (bus 0, its windows). The platform is "hardware-reduced" ACPI (no PM timer, SCI or GPE blocks to emulate); the
-//! FADT's reset register is the i8042 command port with value 0xFE, so an ACPI reboot ends the
-//! VM like a keyboard-controller reset. MADT: one enabled LAPIC per vCPU, the IOAPIC at
-//! `IOAPIC_ADDR` (GSI base 0), ISA IRQ 0 → GSI 2, PCAT_COMPAT (a legacy PIC pair exists). MCFG:
-//! the ECAM window for bus 0. The RSDP goes at `RSDP_ADDR` in the BIOS area, where Linux scans,
-//! and its address is also passed in the boot parameters.
+//! The platform is "hardware-reduced" ACPI (no PM timer, SCI or GPE blocks to emulate), so Linux
+//! sets up no legacy PIC and routes ISA interrupts only for devices the DSDT describes. The DSDT
+//! therefore describes, as PC firmware does: the PCI host bridge (bus 0, its windows), COM1
+//! (PNP0501, ports 0x3F8-0x3FF, IRQ 4 through the IOAPIC: without it the serial port's interrupt
+//! is never routed and userspace writes to the console fail with EIO) and the CMOS RTC (PNP0B00,
+//! ports 0x70-0x71, no IRQ: see `devices::rtc`). The FADT names the RTC's century register, says
+//! there is no VGA and (by leaving the 8042 flag clear) no PS/2 controller to probe; its reset
+//! register is the i8042 command port with value 0xFE, so an ACPI reboot ends the VM like a
+//! keyboard-controller reset. MADT: one enabled LAPIC per vCPU, the IOAPIC at `IOAPIC_ADDR` (GSI
+//! base 0), ISA IRQ 0 → GSI 2 (the PIT's pin on KVM's IOAPIC; the other ISA IRQs are identity
+//! mapped), PCAT_COMPAT. MCFG: the ECAM window for bus 0. The RSDP goes at `RSDP_ADDR` in the
+//! BIOS area, where Linux scans, and its address is also passed in the boot parameters.
 use acpi_tables::fadt::FADTBuilder;
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::mcfg::MCFG;
@@ -15,6 +21,8 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
 use super::layout::*;
+use crate::devices::rtc::{CENTURY, RTC_BASE, RTC_SIZE};
+use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_SIZE};
 
 /// Where the RSDP goes (start of the BIOS area Linux scans); the other tables follow it.
 pub const RSDP_ADDR: u64 = 0xE_0000;
@@ -28,6 +36,9 @@ const OEM_REVISION: u32 = 1;
 /// FADT flags.
 const FADT_RESET_REG_SUP: u32 = 1 << 10;
 const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// IA-PC boot architecture flags: VGA is not present. (Bit 1, "8042", stays clear: the i8042
+/// here only resets; bit 5, "CMOS RTC not present", stays clear.)
+const IAPC_BOOT_NO_VGA: u16 = 1 << 2;
 
 fn bytes(table: &dyn Aml) -> Vec<u8> {
     let mut out = Vec::new();
@@ -75,7 +86,36 @@ fn dsdt() -> Vec<u8> {
     ];
     let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
     let pci0 = Device::new(Path::new("PCI0"), children);
-    let sb = Scope::new(Path::new("\\_SB_"), vec![&pci0]);
+
+    // COM1: edge-triggered, active-high ISA IRQ 4, identity-mapped to IOAPIC pin 4.
+    let com1_ports = aml::IO::new(COM1_BASE, COM1_BASE, 1, COM1_SIZE as u8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_GSI);
+    let com1_crs = ResourceTemplate::new(vec![&com1_ports, &com1_irq]);
+    let com1_hid = EISAName::new("PNP0501");
+    let one = aml::ONE;
+    let com1_names = [
+        Name::new(Path::new("_HID"), &com1_hid),
+        Name::new(Path::new("_UID"), &one),
+        Name::new(Path::new("_CRS"), &com1_crs),
+    ];
+    let com1 = Device::new(
+        Path::new("COM1"),
+        com1_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+
+    let rtc_ports = aml::IO::new(RTC_BASE, RTC_BASE, 1, RTC_SIZE as u8);
+    let rtc_crs = ResourceTemplate::new(vec![&rtc_ports]);
+    let rtc_hid = EISAName::new("PNP0B00");
+    let rtc_names = [
+        Name::new(Path::new("_HID"), &rtc_hid),
+        Name::new(Path::new("_CRS"), &rtc_crs),
+    ];
+    let rtc = Device::new(
+        Path::new("RTC_"),
+        rtc_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+
+    let sb = Scope::new(Path::new("\\_SB_"), vec![&pci0, &com1, &rtc]);
     let mut body = Vec::new();
     sb.to_aml_bytes(&mut body);
 
@@ -102,6 +142,8 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     builder.flags = (FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP).into();
     builder.reset_reg = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, 0x64);
     builder.reset_value = 0xFE;
+    builder.century = CENTURY;
+    builder.iapc_boot_arch = IAPC_BOOT_NO_VGA.into();
     bytes(&builder.finalize())
 }
 
@@ -207,6 +249,16 @@ mod tests {
         assert_eq!(madt[44], 0, "first MADT entry is a local APIC");
         assert_eq!(madt[52], 0, "second local APIC");
         assert_eq!(madt[60], 1, "then the IOAPIC");
+        let fadt = find(u64::from_le_bytes(xsdt[36..44].try_into().unwrap()));
+        assert_eq!(
+            fadt[108], CENTURY,
+            "FADT CENTURY names the RTC's century register"
+        );
+        let boot_arch = u16::from_le_bytes([fadt[109], fadt[110]]);
+        assert_eq!(
+            boot_arch, IAPC_BOOT_NO_VGA,
+            "no 8042 to probe, CMOS RTC present"
+        );
     }
 
     /// Disassembles the DSDT with ACPICA's `iasl` when it is installed (skipped otherwise).
@@ -237,6 +289,13 @@ mod tests {
             "PNP0A08",
             "0xC0000000",
             "0x0000001000000000",
+            "Device (COM1)",
+            "PNP0501",
+            "IO (Decode16,\n                    0x03F8,             // Range Minimum\n                    0x03F8,             // Range Maximum\n                    0x01,               // Alignment\n                    0x08,               // Length",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000004,",
+            "Device (RTC)",
+            "PNP0B00",
+            "0x0070,             // Range Minimum",
         ] {
             assert!(dsl.contains(needle), "{needle} missing in\n{dsl}");
         }

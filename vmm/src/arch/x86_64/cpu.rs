@@ -70,9 +70,48 @@ pub fn set_fpu(vcpu: &VcpuFd) -> Result<(), BootError> {
     vcpu.set_fpu(&fpu).map_err(kvm_err("set fpu"))
 }
 
-/// MSRs Linux expects sane values in (fast strings, no SYSENTER, PAT default).
-pub fn set_boot_msrs(vcpu: &VcpuFd) -> Result<(), BootError> {
-    let entries = [
+const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
+const MSR_MTRR_PHYS_BASE0: u32 = 0x200;
+const MTRR_ENABLE: u64 = 1 << 11;
+const MTRR_VALID: u64 = 1 << 11;
+const MTRR_UNCACHEABLE: u64 = 0;
+const MTRR_WRITE_BACK: u64 = 6;
+
+/// The guest's physical address width, from the CPUID KVM offers (leaf 0x8000_0008).
+pub fn phys_address_bits(kvm: &Kvm) -> Result<u8, BootError> {
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported cpuid"))?;
+    Ok(cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map(|e| e.eax as u8)
+        .filter(|&bits| bits >= 36)
+        .unwrap_or(36))
+}
+
+/// MTRRs as PC firmware leaves them: enabled, write-back by default, the device area
+/// (`[DEVICE_AREA_ADDR, 4 GiB)`: ECAM, PCI MMIO, IOAPIC, LAPIC) uncached by two variable ranges.
+/// With MTRRs off Linux also skips PAT set-up and has no write-combining mappings.
+pub fn mtrr_msrs(phys_bits: u8) -> Vec<(u32, u64)> {
+    let phys_mask = (1u64 << phys_bits) - 1;
+    let mut entries = vec![(MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_WRITE_BACK)];
+    // Power-of-two sized, size-aligned pieces: 0xB000_0000 + 256 MiB, 0xC000_0000 + 1 GiB.
+    let ranges = [(DEVICE_AREA_ADDR, 256u64 << 20), (PCI_MMIO32_ADDR, 1 << 30)];
+    const _: () = assert!(DEVICE_AREA_ADDR + (256 << 20) == PCI_MMIO32_ADDR);
+    const _: () = assert!(PCI_MMIO32_ADDR + (1 << 30) == DEVICE_AREA_END);
+    for (i, (base, size)) in ranges.into_iter().enumerate() {
+        let msr = MSR_MTRR_PHYS_BASE0 + 2 * i as u32;
+        entries.push((msr, base | MTRR_UNCACHEABLE));
+        entries.push((msr + 1, (!(size - 1) & phys_mask) | MTRR_VALID));
+    }
+    entries
+}
+
+/// MSRs Linux expects sane values in (fast strings, no SYSENTER, PAT default, MTRRs).
+pub fn set_boot_msrs(vcpu: &VcpuFd, phys_bits: u8) -> Result<(), BootError> {
+    let mut entries = vec![
         (0x174u32, 0u64),               // SYSENTER_CS
         (0x175, 0),                     // SYSENTER_ESP
         (0x176, 0),                     // SYSENTER_EIP
@@ -83,6 +122,7 @@ pub fn set_boot_msrs(vcpu: &VcpuFd) -> Result<(), BootError> {
         (0x1A0, 1),                     // MISC_ENABLE: fast strings
         (0x277, 0x0007_0406_0007_0406), // PAT
     ];
+    entries.extend(mtrr_msrs(phys_bits));
     let msrs = Msrs::from_entries(
         &entries
             .iter()
@@ -195,5 +235,44 @@ pub fn entry_regs(rip: u64, rsp: u64, rflags: u64, args: [u64; 3]) -> kvm_regs {
         rsi: args[1],
         rdx: args[2],
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtrrs_make_ram_write_back_and_the_device_area_uncached() {
+        let msrs = mtrr_msrs(40);
+        assert_eq!(msrs[0], (0x2FF, 0x806), "enabled, default write-back");
+        assert_eq!(
+            &msrs[1..],
+            [
+                (0x200, 0xB000_0000),
+                (0x201, 0xFF_F000_0800),
+                (0x202, 0xC000_0000),
+                (0x203, 0xFF_C000_0800),
+            ]
+        );
+        // A variable range covers addr when (addr & mask) == (base & mask).
+        let covered = |addr: u64| {
+            msrs[1..].chunks(2).any(|pair| {
+                let (base, mask) = (pair[0].1, pair[1].1 & !0xFFF);
+                addr & mask == base & mask
+            })
+        };
+        for addr in [
+            PCI_ECAM_ADDR,
+            PCI_MMIO32_ADDR,
+            IOAPIC_ADDR,
+            LAPIC_ADDR,
+            (1 << 32) - 1,
+        ] {
+            assert!(covered(addr), "{addr:#x} uncached");
+        }
+        for addr in [0, 0x10_0000, DEVICE_AREA_ADDR - 1, 1 << 32, PCI_MMIO64_ADDR] {
+            assert!(!covered(addr), "{addr:#x} write-back");
+        }
     }
 }

@@ -187,10 +187,11 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
         write(mem, addr, &bytes)?;
     }
 
+    let phys_bits = cpu::phys_address_bits(vm.kvm())?;
     for (index, vcpu) in vm.vcpus().iter().enumerate() {
         let cpu = index as u32;
         cpu::set_cpuid(vm.kvm(), vcpu, cpu, ncpus)?;
-        cpu::set_boot_msrs(vcpu)?;
+        cpu::set_boot_msrs(vcpu, phys_bits)?;
         cpu::set_fpu(vcpu)?;
         cpu::set_lapic(vcpu, cpu)?;
         if cpu == 0 {

@@ -1,8 +1,9 @@
 //! The virtual machine: KVM VM with in-kernel irqchip and PIT, the system memory and I/O address
 //! spaces (`vmm::memory`, each followed by a `KvmMemoryListener`), guest RAM, the legacy devices
-//! (testdev, i8042, serial, CMOS RTC: `Vm::add_legacy_devices`), the vCPU threads and the main
-//! wait loop (exit requests, signals). `vm` is the top of the crate's dependency order (docs/vmm.md):
-//! nothing below it names `Vm`, except the Linux loader, which reads RAM and vCPUs from it.
+//! (testdev, i8042, serial, CMOS RTC, ACPI sleep register: `Vm::add_legacy_devices`), the vCPU
+//! threads and the main wait loop (exit requests, signals). `vm` is the top of the crate's
+//! dependency order (docs/vmm.md): nothing below it names `Vm`, except the Linux loader, which
+//! reads RAM and vCPUs from it.
 //!
 //! Other parts of the VMM extend a `Vm` between `Vm::new` and `Vm::run` through its seams:
 //! `device_context()` (plug PCI devices), `memory()`/`io()` (map regions, then `commit()`),
@@ -22,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::layout::{self, TESTDEV_PIO_BASE, TESTDEV_PIO_SIZE};
 use crate::arch::x86_64::BootError;
 use crate::background::BackgroundThreads;
+use crate::devices::acpi_sleep::{AcpiSleep, ACPI_SLEEP_BASE, ACPI_SLEEP_SIZE};
 use crate::devices::console::{Console, ConsoleSink};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_SIZE};
 use crate::devices::rtc::{CmosRtc, RTC_BASE, RTC_SIZE};
@@ -289,6 +291,15 @@ impl Vm {
 
         let rtc = Arc::new(CmosRtc::new());
         self.map_pio("rtc", RTC_BASE, RTC_SIZE, rtc, IoAccess::sizes(1, 1));
+
+        let acpi_sleep = Arc::new(AcpiSleep::new(self.control.clone()));
+        self.map_pio(
+            "acpi-sleep",
+            ACPI_SLEEP_BASE,
+            ACPI_SLEEP_SIZE,
+            acpi_sleep,
+            IoAccess::sizes(1, 1),
+        );
 
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
         self.vm_fd

@@ -1,5 +1,6 @@
 //! Device models. Each implements `memory::RegionOps` for its registers.
 //!
+//! - `acpi_sleep`: the ACPI sleep control register, so that a guest's power-off ends the VM;
 //! - `testdev`: the guest programs' debug/exit/console device (MMIO, plus a few PIO ports);
 //! - `i8042`: just enough keyboard controller for a guest to reset (end) the VM;
 //! - `serial`: a 16550A UART (vm-superio) on 0x3F8 for Linux guests;
@@ -18,6 +19,7 @@ use crate::interrupts::InterruptRouter;
 use crate::memory::AddressSpace;
 use crate::pci::PciBus;
 
+pub mod acpi_sleep;
 pub mod console;
 pub mod i8042;
 pub mod ivshmem;

@@ -8,7 +8,8 @@
 //! ports 0x70-0x71, no IRQ: see `devices::rtc`). The FADT names the RTC's century register, says
 //! there is no VGA and (by leaving the 8042 flag clear) no PS/2 controller to probe; its reset
 //! register is the i8042 command port with value 0xFE, so an ACPI reboot ends the VM like a
-//! keyboard-controller reset. MADT: one enabled LAPIC per vCPU, the IOAPIC at `IOAPIC_ADDR` (GSI
+//! keyboard-controller reset, and its sleep control register with the DSDT's `\_S5` lets a
+//! power-off end it too (`devices::acpi_sleep`). MADT: one enabled LAPIC per vCPU, the IOAPIC at `IOAPIC_ADDR` (GSI
 //! base 0), ISA IRQ 0 → GSI 2 (the PIT's pin on KVM's IOAPIC; the other ISA IRQs are identity
 //! mapped), PCAT_COMPAT. MCFG: the ECAM window for bus 0. The RSDP goes at `RSDP_ADDR` in the
 //! BIOS area, where Linux scans, and its address is also passed in the boot parameters.
@@ -21,6 +22,9 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
 use super::layout::*;
+use crate::devices::acpi_sleep::{
+    ACPI_SLEEP_BASE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+};
 use crate::devices::rtc::{CENTURY, RTC_BASE, RTC_SIZE};
 use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_SIZE};
 
@@ -116,8 +120,13 @@ fn dsdt() -> Vec<u8> {
     );
 
     let sb = Scope::new(Path::new("\\_SB_"), vec![&pci0, &com1, &rtc]);
+    // S5 (soft off) is sleep type S5_SLEEP_TYPE in the FADT's sleep control register.
+    let s5_type = S5_SLEEP_TYPE;
+    let s5 = aml::Package::new(vec![&s5_type, &zero, &zero, &zero]);
+    let s5 = Name::new(Path::new("\\_S5_"), &s5);
     let mut body = Vec::new();
     sb.to_aml_bytes(&mut body);
+    s5.to_aml_bytes(&mut body);
 
     table(*b"DSDT", 6, &body)
 }
@@ -142,6 +151,12 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     builder.flags = (FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP).into();
     builder.reset_reg = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, 0x64);
     builder.reset_value = 0xFE;
+    let sleep_reg = |offset: u64| {
+        let port = ACPI_SLEEP_BASE as u64 + offset;
+        GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
+    };
+    builder.sleep_control_reg = sleep_reg(SLEEP_CONTROL_OFFSET);
+    builder.sleep_status_reg = sleep_reg(SLEEP_STATUS_OFFSET);
     builder.century = CENTURY;
     builder.iapc_boot_arch = IAPC_BOOT_NO_VGA.into();
     bytes(&builder.finalize())
@@ -296,6 +311,7 @@ mod tests {
             "Device (RTC)",
             "PNP0B00",
             "0x0070,             // Range Minimum",
+            "Name (\\_S5, Package (0x04)  // _S5_: S5 System State\n    {\n        0x05,",
         ] {
             assert!(dsl.contains(needle), "{needle} missing in\n{dsl}");
         }

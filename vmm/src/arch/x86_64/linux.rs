@@ -3,11 +3,12 @@
 //! The kernel (bzImage via linux-loader's BzImage loader, or an ELF vmlinux) is loaded at 1 MiB
 //! (a vmlinux at its physical addresses), the command line at `CMDLINE_ADDR`, the initramfs at
 //! the top of RAM, the boot parameters ("zero page") with an e820 map at `ZERO_PAGE_ADDR`, ACPI
-//! tables in the BIOS area (see `acpi`), and the two BIOS data area fields Linux reads (see
-//! `bios_data_area`). vCPU 0 starts at the 64-bit entry with paging on (`paging::linux_tables`:
-//! identity map of the first 4 GiB, page 0 included), CS = 0x10 / DS = 0x18 in a GDT at `GDT_ADDR`, interrupts
-//! off and `rsi` = the zero page. Every vCPU gets CPUID, MSRs, FPU and LAPIC state; the APs stay
-//! in wait-for-SIPI, as on real hardware, and Linux starts them itself.
+//! tables in the BIOS area (see `acpi`), the two BIOS data area fields Linux reads (see
+//! `bios_data_area`) and a reset vector that resets through the i8042. vCPU 0 starts at the
+//! 64-bit entry with paging on (`paging::linux_tables`: identity map of the first 4 GiB, page 0
+//! included), CS = 0x10 / DS = 0x18 in a GDT at `GDT_ADDR`, interrupts off and `rsi` = the zero
+//! page. Every vCPU gets CPUID, MSRs, FPU and LAPIC state; the APs stay in wait-for-SIPI, as on
+//! real hardware, and Linux starts them itself.
 use std::fs::File;
 use std::path::Path;
 
@@ -68,6 +69,16 @@ pub fn e820(ram_size: u64) -> Vec<(u64, u64, u32)> {
         (PCI_ECAM_ADDR, PCI_ECAM_SIZE, E820_RESERVED),
     ]
 }
+
+/// Where a real-mode jump to the BIOS (`F000:FFF0`, the reset vector) lands.
+pub const RESET_VECTOR_ADDR: u64 = 0xF_FFF0;
+const _: () = assert!(acpi::ACPI_END <= RESET_VECTOR_ADDR && RESET_VECTOR_ADDR < KERNEL_ADDR);
+
+/// What firmware's reset vector does for us: reset the machine, here through the i8042 (which
+/// ends the VM): `mov al, 0xFE; out 0x64, al; 1: hlt; jmp 1b`. Linux jumps there to reboot when
+/// the ACPI platform is hardware-reduced and there is no EFI (it then prefers an EFI reset, and
+/// falls back to the BIOS): without code there the vCPU would run zeros in real mode forever.
+pub const RESET_VECTOR_CODE: [u8; 7] = [0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFD];
 
 /// The BIOS data area as firmware leaves it, (address, bytes): the EBDA starts at `LOW_RAM_END`
 /// (an empty 1 KiB one, inside the reserved hole) and base memory is the 639 KiB below it.
@@ -177,6 +188,7 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
     for (addr, bytes) in bios_data_area() {
         write(mem, addr, &bytes)?;
     }
+    write(mem, RESET_VECTOR_ADDR, &RESET_VECTOR_CODE)?;
 
     // GDT with the boot protocol's selectors; identity-mapping page tables.
     let gdt = descriptors::linux_boot_gdt();
@@ -227,6 +239,18 @@ mod tests {
         assert!(map
             .iter()
             .any(|e| e.0 == PCI_ECAM_ADDR && e.2 == E820_RESERVED));
+    }
+
+    #[test]
+    fn reset_vector_pulses_the_i8042_reset_line_in_reserved_memory() {
+        // mov al, 0xFE / out 0x64, al: the i8042's "pulse reset" command.
+        assert_eq!(RESET_VECTOR_CODE[..4], [0xB0, 0xFE, 0xE6, 0x64]);
+        // hlt, then a short jump (-3) back to it.
+        assert_eq!(RESET_VECTOR_CODE[4..], [0xF4, 0xEB, 0xFD]);
+        assert!(RESET_VECTOR_ADDR + RESET_VECTOR_CODE.len() as u64 <= KERNEL_ADDR);
+        assert!(e820(64 << 20)
+            .iter()
+            .any(|&(a, s, t)| t == E820_RESERVED && (a..a + s).contains(&RESET_VECTOR_ADDR)));
     }
 
     #[test]

@@ -22,9 +22,13 @@ const ORDER: &[&str] = &[
     "devices::i8042",
     "devices::serial",
     "devices::testdev",
+    "devices::rtc",
+    "devices::acpi_sleep",
     "devices",
     "devices::pci_testdev",
     "devices::ivshmem",
+    // The ACPI tables describe the legacy devices (their ports and IRQs).
+    "arch::x86_64::acpi",
     "vm",
     // The Linux loader reads RAM and vCPUs from the `Vm` it boots.
     "arch::x86_64::linux",

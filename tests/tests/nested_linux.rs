@@ -1,8 +1,12 @@
 //! A stock Debian kernel (the one the nested bed's L1 runs) booted by our VMM on ordinary KVM:
 //! to a usable userspace with the console both ways, the UART's interrupt on the IOAPIC, the
 //! CMOS RTC (read, and set by the guest), write-combining, PCI, and a clean end (power-off, or a
-//! reboot through the BIOS reset vector). Scenario: tests/nested/linux-boot.
-use harness::nested::{nested_available, Nested};
+//! reboot through the BIOS reset vector). Scenario: tests/nested/linux-boot. And the same kernel
+//! sees our ivshmem devices as it sees QEMU's: tests/nested/device-conformance.
+use std::collections::HashMap;
+
+use harness::nested::{nested_available, Nested, NestedOutcome};
+use harness::{Scratch, Server};
 
 /// The checks every boot must pass (see tests/nested/linux-boot/l1.sh).
 const BOOT_CHECKS: &[&str] = &[
@@ -48,4 +52,80 @@ fn elf_vmlinux_boots_on_two_cpus_and_reboots() {
     checks.push("reboots");
     outcome.assert_passed(&checks);
     assert_eq!(outcome.status, Some(0));
+}
+
+/// Config-space bytes that legitimately differ between two machines: command and status
+/// (0x04..0x08: QEMU's firmware also sets SERR), the BARs (0x10..0x28: addresses), the interrupt
+/// line (0x3C: firmware's choice).
+fn masked(config: &[u8]) -> Vec<u8> {
+    let mut out = config.to_vec();
+    for at in (0x04..0x08).chain(0x10..0x28).chain([0x3C]) {
+        if let Some(byte) = out.get_mut(at) {
+            *byte = 0;
+        }
+    }
+    out
+}
+
+/// The `CONFIG <label> <hex>` dumps a scenario printed, by label.
+fn config_dumps(outcome: &NestedOutcome) -> HashMap<String, Vec<u8>> {
+    outcome
+        .console
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim_end_matches('\r');
+            let rest = &rest[rest.find("CONFIG ")? + "CONFIG ".len()..];
+            let (label, hex) = rest.split_once(' ')?;
+            let bytes = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((label.to_string(), bytes))
+        })
+        .collect()
+}
+
+#[test]
+fn linux_sees_our_ivshmem_devices_as_it_sees_qemus() {
+    if !nested_available("linux_sees_our_ivshmem_devices_as_it_sees_qemus") {
+        return;
+    }
+    // QEMU's own devices in L1: ivshmem-plain at 00:04.0 on a file, ivshmem-doorbell at
+    // 00:05.0 on a server here (the scenario runs its own server for our VM inside L1).
+    let scratch = Scratch::new("nested-conformance");
+    let server = Server::start(&scratch.join("sock"), &["-l", "4M", "-n", "2"]);
+    let plain = scratch.join("plain");
+    std::fs::write(&plain, vec![0u8; 4 << 20]).expect("plain memory file");
+    let memdev = format!(
+        "memory-backend-file,id=plainmem,mem-path={},size=4M,share=on",
+        plain.display()
+    );
+    let chardev = format!("socket,path={},id=doorbell", server.socket.display());
+    let outcome = Nested::scenario("device-conformance")
+        .qemu_args(&[
+            "-object",
+            &memdev,
+            "-device",
+            "ivshmem-plain,memdev=plainmem,addr=4",
+            "-chardev",
+            &chardev,
+            "-device",
+            "ivshmem-doorbell,chardev=doorbell,vectors=2,addr=5",
+        ])
+        .run();
+    outcome.assert_passed(&["host_writes", "l2_reads_host_data", "host_reads_l2_data"]);
+    let dumps = config_dumps(&outcome);
+    for kind in ["plain", "doorbell"] {
+        let (qemu, ours) = (format!("qemu-{kind}"), format!("ours-{kind}"));
+        let (Some(qemu_config), Some(our_config)) = (dumps.get(&qemu), dumps.get(&ours)) else {
+            panic!("{qemu} or {ours} config dump missing:\n{}", outcome.console);
+        };
+        assert_eq!(qemu_config.len(), 256, "{qemu}");
+        assert_eq!(
+            masked(qemu_config),
+            masked(our_config),
+            "ivshmem-{kind}: QEMU's config space, then ours (masked)"
+        );
+    }
+    assert_eq!(outcome.status, Some(0));
+    drop(server);
 }

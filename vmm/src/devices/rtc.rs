@@ -318,7 +318,8 @@ impl CmosState {
             SECONDS => time.second = field,
             MINUTES => time.minute = field,
             HOURS => time.hour = self.decode_hour(value),
-            // The chip does not check the weekday against the date; neither do we.
+            // The weekday follows from the date here (the chip counts it separately): a written
+            // weekday is not kept. Linux writes the one the date implies anyway.
             DAY_OF_WEEK => time.weekday = field,
             DAY_OF_MONTH => time.day = field,
             MONTH => time.month = field,

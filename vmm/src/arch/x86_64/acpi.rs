@@ -9,10 +9,15 @@
 //! there is no VGA and (by leaving the 8042 flag clear) no PS/2 controller to probe; its reset
 //! register is the i8042 command port with value 0xFE, so an ACPI reboot ends the VM like a
 //! keyboard-controller reset, and its sleep control register with the DSDT's `\_S5` lets a
-//! power-off end it too (`devices::acpi_sleep`). MADT: one enabled LAPIC per vCPU, the IOAPIC at `IOAPIC_ADDR` (GSI
-//! base 0), ISA IRQ 0 → GSI 2 (the PIT's pin on KVM's IOAPIC; the other ISA IRQs are identity
-//! mapped), PCAT_COMPAT. MCFG: the ECAM window for bus 0. The RSDP goes at `RSDP_ADDR` in the
-//! BIOS area, where Linux scans, and its address is also passed in the boot parameters.
+//! power-off end it too (`devices::acpi_sleep`).
+//!
+//! MADT: one enabled LAPIC per vCPU, the IOAPIC at `IOAPIC_ADDR` (GSI base 0), PCAT_COMPAT, and
+//! no interrupt source override: every ISA IRQ is the IOAPIC pin of the same number, as KVM's
+//! (and `interrupts::legacy_routes`') routing has it. PC firmware announces IRQ 0 → GSI 2 because
+//! its board wires the PIT to pin 2; KVM's in-kernel PIT raises GSI 0, which reaches pin 0. (On
+//! hardware-reduced ACPI Linux does not use the PIT's interrupt anyway.) MCFG: the ECAM window
+//! for bus 0. The RSDP goes at `RSDP_ADDR` in the BIOS area, where Linux scans, and its address is
+//! also passed in the boot parameters.
 use acpi_tables::fadt::FADTBuilder;
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::mcfg::MCFG;
@@ -162,7 +167,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     bytes(&builder.finalize())
 }
 
-/// MADT, written by hand: the crate's MADT cannot set flags or add interrupt source overrides.
+/// MADT, written by hand: the crate's MADT cannot set flags.
 fn madt(ncpus: u32) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
@@ -176,10 +181,6 @@ fn madt(ncpus: u32) -> Vec<u8> {
     body.extend_from_slice(&[1, 12, ncpus as u8, 0]);
     body.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes());
-    // Interrupt source override: type 2, length 10, bus ISA, IRQ 0 → GSI 2, flags conforming.
-    body.extend_from_slice(&[2, 10, 0, 0]);
-    body.extend_from_slice(&2u32.to_le_bytes());
-    body.extend_from_slice(&0u16.to_le_bytes());
     // Local APIC NMI: type 4, length 6, all processors, flags, LINT1.
     body.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
 
@@ -264,6 +265,21 @@ mod tests {
         assert_eq!(madt[44], 0, "first MADT entry is a local APIC");
         assert_eq!(madt[52], 0, "second local APIC");
         assert_eq!(madt[60], 1, "then the IOAPIC");
+        // No interrupt source override: ISA IRQ n is IOAPIC pin n in KVM's routing.
+        let mut at = 44;
+        while at < madt.len() {
+            assert_ne!(madt[at], 2, "interrupt source override at {at}");
+            at += madt[at + 1] as usize;
+        }
+        for irq in 0..16 {
+            assert!(crate::interrupts::legacy_routes().contains(
+                &crate::interrupts::Route::Irqchip {
+                    gsi: irq,
+                    chip: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+                    pin: irq,
+                }
+            ));
+        }
         let fadt = find(u64::from_le_bytes(xsdt[36..44].try_into().unwrap()));
         assert_eq!(
             fadt[108], CENTURY,

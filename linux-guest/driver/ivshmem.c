@@ -56,7 +56,7 @@ struct ivshmem_dev {
 	resource_size_t regs_len;
 	resource_size_t shm_start;
 	resource_size_t shm_len;
-	/* A kernel write-back mapping of BAR2: it holds the PAT memory type that user mappings get. */
+	/* A kernel write-back mapping of BAR2: it holds the PAT memory type user mappings get. */
 	void *shm_wb;
 	/* The rest of BAR0's page, claimed so that no other device's registers share the page. */
 	struct resource regs_page_rest;
@@ -67,7 +67,7 @@ struct ivshmem_dev {
 	struct rw_semaphore state;	/* writer: removal; readers: users of the BARs */
 	bool dead;
 	wait_queue_head_t hangup;
-	struct mutex files_lock;
+	struct mutex files_lock;	/* files */
 	struct list_head files;		/* struct ivshmem_file, for zapping mappings on removal */
 
 	unsigned int nvectors;
@@ -88,6 +88,7 @@ static struct ivshmem_dev *to_ivshmem(struct device *dev)
 	return container_of(dev, struct ivshmem_dev, dev);
 }
 
+/* Out of tree: built against several kernels, so the API changes are bridged here. */
 static void ivshmem_signal(struct eventfd_ctx *ctx)
 {
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)

@@ -14,11 +14,12 @@
 #ifndef IVSHMEM_UAPI_H
 #define IVSHMEM_UAPI_H
 
+#include <linux/const.h>
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
 #define IVSHMEM_SHM_MMAP_OFFSET 0ULL
-#define IVSHMEM_REGS_MMAP_OFFSET (1ULL << 40)
+#define IVSHMEM_REGS_MMAP_OFFSET _BITULL(40)
 
 /* Registers in BAR0 (the device's own layout). */
 #define IVSHMEM_REG_INTR_MASK 0x00
@@ -27,7 +28,7 @@
 #define IVSHMEM_REG_DOORBELL 0x0c
 
 /* ivshmem_info.flags */
-#define IVSHMEM_INFO_REGS_MMAP (1U << 0) /* the register page can be mmap'd */
+#define IVSHMEM_INFO_REGS_MMAP _BITUL(0) /* the register page can be mmap'd */
 
 struct ivshmem_info {
 	__u64 shm_size;		/* bytes of shared memory (BAR2) */
@@ -56,7 +57,7 @@ struct ivshmem_ring {
 	__u32 vector;
 };
 
-#define IVSHMEM_IOCTL_MAGIC 0xB5
+#define IVSHMEM_IOCTL_MAGIC 0xB9 /* free in Documentation/userspace-api/ioctl/ioctl-number.rst */
 #define IVSHMEM_IOCTL_INFO _IOR(IVSHMEM_IOCTL_MAGIC, 0x00, struct ivshmem_info)
 #define IVSHMEM_IOCTL_SET_EVENTFD _IOW(IVSHMEM_IOCTL_MAGIC, 0x01, struct ivshmem_eventfd)
 #define IVSHMEM_IOCTL_RING _IOW(IVSHMEM_IOCTL_MAGIC, 0x02, struct ivshmem_ring)

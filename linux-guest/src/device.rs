@@ -218,6 +218,8 @@ impl GuestDevice {
             .filter(|&v| self.vectors[v as usize].is_some())
             .collect();
         if all.is_empty() {
+            // Nothing to wait on; a gone device is the more useful answer.
+            self.wait_any(&[], Some(Duration::ZERO))?;
             return Err(WaitError::VectorBusy(0));
         }
         self.wait_any(&all, timeout)

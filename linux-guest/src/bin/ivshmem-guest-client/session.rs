@@ -15,8 +15,9 @@ pub const HELP: &str = "\
 available commands:
   help, ?                 show this help
   dump                    our id, vectors, shared memory and device
-  int PEER VECTOR         ring VECTOR of PEER (PEER may be our own id)
-  int PEER all            ring vectors 0..N-1 of PEER, N = our own vector count
+  int PEER VECTOR [MS]    ring VECTOR of PEER (PEER may be our own id; MS is accepted
+                          for ivshmem-client scripts and ignored: the ring is immediate)
+  int PEER all [MS]       ring vectors 0..N-1 of PEER, N = our own vector count
   read OFFSET LEN         hex dump of LEN bytes of shared memory at OFFSET
   write OFFSET TEXT       write TEXT at OFFSET (escapes: \\n \\t \\0 \\\\ \\; \\xHH)
   wait [VECTOR|any] [MS]  wait for a notification (default: any vector, forever)
@@ -63,13 +64,20 @@ impl Session {
         match command {
             Command::Help => say!("{HELP}"),
             Command::Dump => self.dump(),
-            Command::Peers | Command::WaitPeer { .. } | Command::Int(IntTarget::Everyone) => {
+            Command::Peers
+            | Command::WaitPeer { .. }
+            | Command::Int {
+                target: IntTarget::Everyone,
+                ..
+            } => {
                 return Err(
                     "not available in a guest: the device does not tell which peers are connected"
                         .to_string(),
                 )
             }
-            Command::Int(target) => self.int(*target).map_err(|e| format!("int: {e}"))?,
+            // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
+            // device cannot tell who is connected, so the doorbell is written at once.
+            Command::Int { target, .. } => self.int(*target).map_err(|e| format!("int: {e}"))?,
             Command::Read { offset, len } => self.read(*offset, *len)?,
             Command::Write { offset, data } => self
                 .device

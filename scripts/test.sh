@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (Debian's qemu-system-x86 for the QEMU
-# interoperability test and the nested ordinary-KVM bed, cpio for the bed's initramfs,
+# interoperability test and the nested ordinary-KVM bed, cpio for the bed's initramfs, the bed
+# kernel's linux-headers, make and gcc for the guest kernel module,
 # acpica-tools to check the VMM's ACPI tables with iasl), builds every binary (the guest programs are built and embedded by
 # vmm/build.rs), checks formatting and lints, and runs unit and multi-process integration tests.
 #
@@ -20,6 +21,12 @@ install_packages() {
     command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
     command -v iasl >/dev/null || missing+=(acpica-tools)
     command -v cpio >/dev/null || missing+=(cpio)
+    # The guest kernel module (linux-guest/driver) is built against the bed's kernel headers.
+    local abi
+    abi=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}')
+    [ -z "$abi" ] || [ -f "/usr/src/linux-headers-$abi/Makefile" ] || missing+=("linux-headers-$abi")
+    command -v make >/dev/null || missing+=(make)
+    command -v gcc >/dev/null || missing+=(gcc)
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

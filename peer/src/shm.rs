@@ -85,13 +85,21 @@ impl SharedMemory {
         if size == 0 {
             return Err(ShmError::ZeroSize);
         }
-        let len = usize::try_from(size)
-            .ok()
-            .filter(|&len| isize::try_from(len).is_ok())
-            .ok_or(ShmError::TooLarge(size))?;
+        let len = usize::try_from(size).map_err(|_| ShmError::TooLarge(size))?;
+        SharedMemory::map_len(fd, len)
+    }
+
+    /// Maps the first `len` bytes of `fd` read/write and `MAP_SHARED`, taking ownership of the
+    /// fd: for fds whose size `fstat` cannot tell, such as a device node (the guest driver's
+    /// `/dev/ivshmemN`). Refuses `len` 0 with [`ShmError::ZeroSize`].
+    pub fn map_len(fd: OwnedFd, len: usize) -> Result<SharedMemory, ShmError> {
+        if isize::try_from(len).is_err() {
+            return Err(ShmError::TooLarge(i64::try_from(len).unwrap_or(i64::MAX)));
+        }
         let nonzero = NonZeroUsize::new(len).ok_or(ShmError::ZeroSize)?;
         // SAFETY: we ask the kernel for a fresh mapping at an address of its choosing, so no
-        // existing Rust object is affected; the length comes from the fd's own size.
+        // existing Rust object is affected. The length is the fd's size (`map`) or the caller's
+        // (`map_len`, for device nodes, whose driver refuses mappings larger than the device).
         let ptr = unsafe {
             mmap(
                 None,
@@ -264,6 +272,17 @@ mod tests {
     fn zero_size_is_refused() {
         assert!(matches!(
             SharedMemory::map(memfd(0)),
+            Err(ShmError::ZeroSize)
+        ));
+    }
+
+    #[test]
+    fn map_len_maps_a_prefix_and_refuses_zero() {
+        let shm = SharedMemory::map_len(memfd(8192), 4096).unwrap();
+        assert_eq!(shm.len(), 4096);
+        assert!(shm.write(4095, b"ab").is_err());
+        assert!(matches!(
+            SharedMemory::map_len(memfd(4096), 0),
             Err(ShmError::ZeroSize)
         ));
     }

@@ -68,6 +68,13 @@ impl Nested {
         self
     }
 
+    /// An extra file in the L1 initramfs: `src` on the host at `dst` in L1.
+    pub fn file(mut self, src: &Path, dst: &str) -> Nested {
+        self.options
+            .extend(["--file".into(), format!("{}:{dst}", src.display())]);
+        self
+    }
+
     /// Also ship the ELF vmlinux to L1 (at /l2/vmlinux).
     pub fn with_vmlinux(mut self) -> Nested {
         self.options.push("--vmlinux".into());

@@ -1,0 +1,190 @@
+//! Running one command against the open device and printing what happens (stdout: results and
+//! notifications; errors are returned as messages). Write errors on stdout are ignored.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use ivshmem_guest::{GuestDevice, RingError, WaitError};
+
+use crate::commands::{Command, IntTarget};
+use crate::hexdump;
+
+/// The help text of `help` and `--help`.
+pub const HELP: &str = "\
+available commands:
+  help, ?                 show this help
+  dump                    our id, vectors, shared memory and device
+  int PEER VECTOR [MS]    ring VECTOR of PEER (PEER may be our own id; MS is accepted
+                          for ivshmem-client scripts and ignored: the ring is immediate)
+  int PEER all [MS]       ring vectors 0..N-1 of PEER, N = our own vector count
+  read OFFSET LEN         hex dump of LEN bytes of shared memory at OFFSET
+  write OFFSET TEXT       write TEXT at OFFSET (escapes: \\n \\t \\0 \\\\ \\; \\xHH)
+  wait [VECTOR|any] [MS]  wait for a notification (default: any vector, forever)
+  sleep MS                pause
+  quit, exit              leave
+numbers are decimal or 0x-prefixed hex; commands are separated by newline or ';'
+(`peers`, `wait-peer` and `int all` need the server's peer list, which a guest does not see)";
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+    }};
+}
+
+/// What the caller does after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+/// The open device and how doorbells are rung.
+pub struct Session {
+    pub device: GuestDevice,
+    /// Ring with the ioctl rather than the mapped register page.
+    pub ring_ioctl: bool,
+}
+
+impl Session {
+    /// Runs one command; the error is the message to print.
+    pub fn execute(&mut self, command: &Command) -> Result<Flow, String> {
+        // The mappings show a scratch page once the device is gone: say so instead.
+        if !matches!(
+            command,
+            Command::Help | Command::Quit | Command::Sleep { .. }
+        ) && self.device.is_gone()
+        {
+            return Err(format!(
+                "{}: the device is gone (unbound or unplugged)",
+                self.device.path().display()
+            ));
+        }
+        match command {
+            Command::Help => say!("{HELP}"),
+            Command::Dump => self.dump(),
+            Command::Peers
+            | Command::WaitPeer { .. }
+            | Command::Int {
+                target: IntTarget::Everyone,
+                ..
+            } => {
+                return Err(
+                    "not available in a guest: the device does not tell which peers are connected"
+                        .to_string(),
+                )
+            }
+            // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
+            // device cannot tell who is connected, so the doorbell is written at once.
+            Command::Int { target, .. } => self.int(*target).map_err(|e| format!("int: {e}"))?,
+            Command::Read { offset, len } => self.read(*offset, *len)?,
+            Command::Write { offset, data } => self
+                .device
+                .shm()
+                .write(*offset, data)
+                .map_err(|e| format!("write: {e}"))?,
+            Command::Wait { vector, timeout_ms } => self.wait(*vector, *timeout_ms)?,
+            Command::Sleep { ms } => std::thread::sleep(Duration::from_millis(*ms)),
+            Command::Quit => return Ok(Flow::Quit),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn dump(&self) {
+        let d = &self.device;
+        match d.id() {
+            Some(id) => say!("our_id = {id}"),
+            None => say!("our_id = none (IVPosition {})", d.info().iv_position),
+        }
+        for v in 0..d.own_vector_count() {
+            match d.own_vector_fd(v) {
+                Some(fd) => say!("  vector {v} is enabled (fd={})", fd.as_raw_fd()),
+                None => say!("  vector {v} is held by another program"),
+            }
+        }
+        say!(
+            "shared memory: {} bytes; device {}; doorbells by {}",
+            d.shm().len(),
+            d.path().display(),
+            if d.rings_without_syscall() && !self.ring_ioctl {
+                "the mapped register page"
+            } else {
+                "ioctl"
+            }
+        );
+    }
+
+    fn ring(&self, peer: u16, vector: u32) -> Result<(), RingError> {
+        if self.ring_ioctl {
+            self.device.ring_with_ioctl(peer, vector)
+        } else {
+            self.device.ring(peer, vector)
+        }
+    }
+
+    fn int(&self, target: IntTarget) -> Result<(), RingError> {
+        match target {
+            IntTarget::One { peer, vector } => self.ring(peer, vector),
+            IntTarget::AllOf { peer } => {
+                for vector in 0..self.device.own_vector_count() {
+                    self.ring(peer, vector)?;
+                }
+                Ok(())
+            }
+            IntTarget::Everyone => unreachable!("refused in execute"),
+        }
+    }
+
+    fn read(&self, offset: usize, len: usize) -> Result<(), String> {
+        let shm = self.device.shm();
+        shm.check_range(offset, len)
+            .map_err(|e| format!("read: {e}"))?;
+        let mut buf = [0u8; 16];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(16);
+            shm.read(offset + done, &mut buf[..n])
+                .map_err(|e| format!("read: {e}"))?;
+            say!("{}", hexdump::line(offset + done, &buf[..n]));
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn wait(&self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), String> {
+        let timeout = timeout_ms.map(Duration::from_millis);
+        let failed = |e: WaitError| format!("wait: {e}");
+        let own = self
+            .device
+            .id()
+            .map_or_else(|| "none".to_string(), |id| id.to_string());
+        match vector {
+            Some(v) => match self.device.wait_vector(v, timeout).map_err(failed)? {
+                Some(_) => say!("receive notification from peer_id={own} vector={v}"),
+                None => {
+                    return Err(format!(
+                        "wait: no notification on vector {v} within {} ms",
+                        timeout_ms.unwrap_or(0)
+                    ))
+                }
+            },
+            None => {
+                let fired = self.device.wait(timeout).map_err(failed)?;
+                if fired.is_empty() {
+                    return Err(format!(
+                        "wait: no notification on any vector within {} ms",
+                        timeout_ms.unwrap_or(0)
+                    ));
+                }
+                for n in fired {
+                    say!(
+                        "receive notification from peer_id={own} vector={}",
+                        n.vector
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

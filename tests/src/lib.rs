@@ -62,6 +62,36 @@ pub fn run_client_script(socket: &Path, script: &str) -> Output {
         .expect("run ivshmem-client")
 }
 
+/// Asserts a finished process's exit status and that its stdout contains every string in
+/// `want` (showing both streams otherwise); returns its stdout.
+pub fn check_output(out: &Output, status: i32, want: &[&str]) -> String {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(status),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for w in want {
+        assert!(
+            stdout.contains(w),
+            "expected {w:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    stdout
+}
+
+/// A number from the `vmm-stats: key=value ...` line that `vmm --stats` prints on stderr.
+pub fn vmm_stat(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("vmm-stats:"))
+        .unwrap_or_else(|| panic!("no vmm-stats line in stderr:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
 /// Lossy UTF-8 text of captured output.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -24,6 +24,11 @@ pub fn silent_for(sock: &UnixStream, ms: i32) -> bool {
     !poll_readable(sock, ms)
 }
 
+/// Size of a shared-memory fd (`fstat`).
+pub fn shm_size(fd: impl AsFd) -> u64 {
+    nix::sys::stat::fstat(fd).expect("fstat the shm fd").st_size as u64
+}
+
 /// Maps a client's shared-memory fd (whole object) read-write and shared, with the `peer`
 /// library's bounds-checked mapping.
 pub fn map_shm(fd: &OwnedFd) -> peer::SharedMemory {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{bin, collect_lines, wait_until};
+use crate::{bin, collect_lines, vmm_stat, wait_until};
 use peer::{Peer, ServerEvent};
 
 /// Generous: the machine has 2 cores and other tests run VMs too.
@@ -41,20 +41,7 @@ pub struct VmOutcome {
 impl VmOutcome {
     /// A number from the `vmm-stats:` line (`--stats`).
     pub fn stat(&self, key: &str) -> u64 {
-        let line = self
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("vmm-stats:"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: no vmm-stats line in stderr:\n{}",
-                    self.name, self.stderr
-                )
-            });
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{}: no {key}= in {line}", self.name))
+        vmm_stat(&self.stderr, key)
     }
 
     /// The value of `key=` in the first stdout line containing it (guest program results).

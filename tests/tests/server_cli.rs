@@ -1,19 +1,12 @@
 //! The command line and the shared memory it asks for: QEMU's flags and errors, sizes above
 //! 4 GiB, memfd and directory backings, power-of-two rounding, permissions, daemon mode.
 
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::raw_client::{map_shm, RawClient};
+use harness::raw_client::{map_shm, shm_size, RawClient};
 use harness::{bin, wait_until, Scratch, Server};
-
-fn shm_size(client: &RawClient) -> u64 {
-    nix::sys::stat::fstat(client.shm.as_ref().unwrap().as_fd())
-        .unwrap()
-        .st_size as u64
-}
 
 fn run_server(args: &[&str]) -> std::process::Output {
     Command::new(bin("ivshmem-server"))
@@ -90,7 +83,7 @@ fn server_memfd_above_4gib_is_sparse_and_sized() {
         server.log_text()
     );
     let c = RawClient::connect(&sock, 1);
-    assert_eq!(shm_size(&c), 8 << 30);
+    assert_eq!(shm_size(c.shm.as_ref().unwrap()), 8 << 30);
     // Sparse: touching the last page works without allocating the rest.
     let m = map_shm(c.shm.as_ref().unwrap());
     m.write(m.len() - 1, &[7]).unwrap();
@@ -114,7 +107,7 @@ fn server_posix_shm_above_4gib() {
         "owner-only shm by default"
     );
     let c = RawClient::connect(&sock, 2);
-    assert_eq!(shm_size(&c), 4 << 30);
+    assert_eq!(shm_size(c.shm.as_ref().unwrap()), 4 << 30);
     assert_eq!(c.vectors[&c.id].len(), 2, "-n 0x2 means 2 vectors");
     assert!(server.terminate().success());
     assert!(!std::path::Path::new(&path).exists());
@@ -130,7 +123,7 @@ fn server_shm_in_a_directory() {
         Server::start_without_probe(&sock, &["-m", shm_dir.to_str().unwrap(), "-l", "2M"]);
     let a = RawClient::connect(&sock, 1);
     let b = RawClient::connect(&sock, 1);
-    assert_eq!(shm_size(&a), 2 << 20);
+    assert_eq!(shm_size(a.shm.as_ref().unwrap()), 2 << 20);
     assert_eq!(
         std::fs::read_dir(&shm_dir).unwrap().count(),
         0,
@@ -159,7 +152,7 @@ fn server_rounds_size_up_with_a_notice() {
         server.log_text()
     );
     let c = RawClient::connect(&sock, 1);
-    assert_eq!(shm_size(&c), 4194304);
+    assert_eq!(shm_size(c.shm.as_ref().unwrap()), 4194304);
 }
 
 #[test]
@@ -278,7 +271,7 @@ fn server_shm_on_hugetlbfs_grows_to_the_page_size() {
     let sock = dir.join("sock");
     let server = Server::start_without_probe(&sock, &["-m", mount.to_str().unwrap(), "-l", "4K"]);
     let c = RawClient::connect(&sock, 1);
-    let size = shm_size(&c);
+    let size = shm_size(c.shm.as_ref().unwrap());
     assert!(size >= 4096 && size.is_power_of_two(), "size {size}");
     if size > 4096 {
         assert!(server.log_text().contains("could not hold 4096 bytes"));

@@ -1,11 +1,11 @@
 //! The server speaks QEMU's protocol exactly: handshake order and bytes, id rules, shared memory
 //! and eventfd routing, join and leave notices.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use harness::eventfd::{eventfd_count, ring_eventfd, wait_rung};
-use harness::raw_client::{map_shm, silent_for, RawClient};
+use harness::raw_client::{map_shm, shm_size, silent_for, RawClient};
 use harness::{Scratch, Server, TIMEOUT};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 
@@ -40,10 +40,6 @@ fn recv_raw_bytes(sock: &UnixStream) -> ([u8; 8], Vec<OwnedFd>) {
 
 fn le(v: i64) -> [u8; 8] {
     v.to_le_bytes()
-}
-
-fn shm_size(fd: &OwnedFd) -> i64 {
-    nix::sys::stat::fstat(fd.as_fd()).unwrap().st_size
 }
 
 #[test]

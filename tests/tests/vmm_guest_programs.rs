@@ -1,36 +1,25 @@
 //! The vmm running the built-in guest programs: output, exit codes, exceptions, string PIO,
 //! SMP, interrupts, signals, several VMs at once, and command-line errors.
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{bin, require_kvm, run_vmm as vmm, text, wait_until, Scratch};
-
-fn check(out: &Output, status: i32, stdout_has: &str) {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(status),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(
-        stdout.contains(stdout_has),
-        "expected {stdout_has:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-}
+use harness::{
+    bin, check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat, wait_until, Scratch,
+};
 
 #[test]
 fn hello_prints_and_exits_zero() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:hello"]);
-    check(&out, 0, "Hello from guest\n");
+    check(&out, 0, &["Hello from guest\n"]);
 }
 
 #[test]
 fn guest_exit_code_becomes_the_vmm_status() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:exit_code"]);
-    check(&out, 42, "");
+    check(&out, 42, &[""]);
 }
 
 #[test]
@@ -43,14 +32,14 @@ fn guest_from_an_elf_file() {
     let path = scratch.join("hello.elf");
     std::fs::write(&path, &elf.stdout).unwrap();
     let out = vmm(&["--guest", path.to_str().unwrap()]);
-    check(&out, 0, "Hello from guest");
+    check(&out, 0, &["Hello from guest"]);
 }
 
 #[test]
 fn faulting_guest_is_reported() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:fault"]);
-    check(&out, 3, "about to fault");
+    check(&out, 3, &["about to fault"]);
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("vector 14 (#PF page fault)") && stderr.contains("cr2=0x0"),
@@ -66,7 +55,7 @@ fn faulting_guest_is_reported() {
 fn string_pio_dispatches_every_element() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:string_pio"]);
-    check(&out, 0, "string pio: rep outsb ok\n");
+    check(&out, 0, &["string pio: rep outsb ok\n"]);
     assert!(text(&out.stdout).contains("rep insd ok [1, 2, 3, 4, 5, 6, 7, 8]"));
 }
 
@@ -74,7 +63,7 @@ fn string_pio_dispatches_every_element() {
 fn two_cpus_run() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:smp", "--cpus", "2"]);
-    check(&out, 0, "smp: all 2 cpus up");
+    check(&out, 0, &["smp: all 2 cpus up"]);
     assert!(text(&out.stdout).contains("smp: cpu 1 up (testdev says 1)"));
 }
 
@@ -82,14 +71,14 @@ fn two_cpus_run() {
 fn interrupts_reach_the_guest_and_halt_waits() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:irq_selftest"]);
-    check(&out, 0, "irq_selftest: ok");
+    check(&out, 0, &["irq_selftest: ok"]);
 }
 
 #[test]
 fn i8042_reset_ends_the_vm_with_zero() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:reset"]);
-    check(&out, 0, "reset: pulsing");
+    check(&out, 0, &["reset: pulsing"]);
     assert!(!text(&out.stdout).contains("still running"));
 }
 
@@ -97,22 +86,13 @@ fn i8042_reset_ends_the_vm_with_zero() {
 fn stats_line_counts_exits() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:string_pio", "--stats"]);
-    check(&out, 0, "");
+    check(&out, 0, &[""]);
     let stderr = text(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("vmm-stats: "))
-        .unwrap_or_else(|| panic!("no stats line in {stderr}"));
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in {line}"))
-    };
+    let field = |name: &str| vmm_stat(&stderr, name);
     // rep outsb (25 bytes) and rep insd (8 dwords) are at least 2 PIO exits; console lines and
     // the exit are MMIO.
-    assert!(field("exits_pio") >= 2, "{line}");
-    assert!(field("exits_mmio") >= 2, "{line}");
+    assert!(field("exits_pio") >= 2, "{stderr}");
+    assert!(field("exits_mmio") >= 2, "{stderr}");
     let _ = field("exits_other");
 }
 
@@ -120,7 +100,7 @@ fn stats_line_counts_exits() {
 fn dump_memory_shows_the_memory_map() {
     require_kvm!();
     let out = vmm(&["--guest", "builtin:hello", "--dump-memory"]);
-    check(&out, 0, "Hello from guest");
+    check(&out, 0, &["Hello from guest"]);
     let stderr = text(&out.stderr);
     for needle in ["testdev", "ram", "i8042", "serial"] {
         assert!(stderr.contains(needle), "{needle} missing in\n{stderr}");
@@ -142,7 +122,7 @@ fn several_vms_in_parallel() {
         .collect();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
-        check(&out, 0, &format!("[vm{i}] Hello from guest\n"));
+        check(&out, 0, &[&format!("[vm{i}] Hello from guest\n")]);
     }
 }
 
@@ -285,7 +265,7 @@ fn linux_boot_protocol_reaches_the_kernel() {
         "--cpus",
         "2",
     ]);
-    check(&out, 0, "probe: serial ok, boot protocol ok\n");
+    check(&out, 0, &["probe: serial ok, boot protocol ok\n"]);
     let stdout = text(&out.stdout);
     for needle in [
         "probe: cmdline \"console=ttyS0 probe=yes\"",
@@ -307,6 +287,6 @@ fn triple_fault_is_reported() {
     let kernel = scratch.join("triple.elf");
     std::fs::write(&kernel, &image.stdout).unwrap();
     let out = vmm(&["--kernel", kernel.to_str().unwrap()]);
-    check(&out, 2, "triple_fault: loading an empty IDT");
+    check(&out, 2, &["triple_fault: loading an empty IDT"]);
     assert!(text(&out.stderr).contains("triple fault (KVM_EXIT_SHUTDOWN) on vcpu0"));
 }

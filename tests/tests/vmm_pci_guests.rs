@@ -4,38 +4,9 @@
 //! taking effect, exit-free RAM BAR access (counted with `--stats`), MSI-X delivery through
 //! irqfd with mask/pending/unmask, an exit-free doorbell (ioeventfd -> irqfd), and several VMs
 //! at once.
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use harness::{require_kvm, run_vmm as vmm, text};
-
-/// Asserts the exit status and that stdout contains every string in `want`; returns stdout.
-fn check(out: &Output, status: i32, want: &[&str]) -> String {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(status),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    for w in want {
-        assert!(
-            stdout.contains(w),
-            "expected {w:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-    }
-    stdout
-}
-
-/// The `name=value` number from the vmm's `--stats` line.
-fn stat(stderr: &str, name: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("vmm-stats:"))
-        .unwrap_or_else(|| panic!("no vmm-stats line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-}
+use harness::{check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat};
 
 #[test]
 fn enumeration_finds_host_bridge_and_testdev() {
@@ -129,7 +100,7 @@ fn ram_bar_access_does_not_exit() {
     let stderr = text(&out.stderr);
     // 16 M RAM BAR accesses; the few hundred exits are enumeration, BAR programming, the clock
     // and the console. A trapped BAR would show millions.
-    let mmio_exits = stat(&stderr, "exits_mmio");
+    let mmio_exits = vmm_stat(&stderr, "exits_mmio");
     assert!(
         mmio_exits < 1000,
         "{mmio_exits} MMIO exits\n{stdout}\n{stderr}"

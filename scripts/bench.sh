@@ -31,14 +31,17 @@ row() { rows+=("| $1 | $2 | $3 | $4 | $5 | \`$6\` |"); echo "  $1: $2 vs $3 -> $
 value() { printf '%s\n' "$2" | sed -n "s/^$1=//p" | head -n1; }
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}')" "$1" "$2"; }
 
-# start_server SOCK ARGS...: a foreground server, waited for
+# start_server SOCK ARGS...: a foreground server logging to SOCK.log, waited for
 start_server() {
     local sock=$1; shift
-    ivshmem-server -F -S "$sock" "$@" 2>>"$work/server.log" &
+    ivshmem-server -F -S "$sock" "$@" 2>"$sock.log" &
     pids+=("$!")
-    for _ in $(seq 200); do [ -S "$sock" ] && return 0; sleep 0.05; done
-    echo "bench.sh: server on $sock did not start" >&2; cat "$work/server.log" >&2; exit 1
+    wait_for_line "$sock.log" "listening on" 10 && return 0
+    echo "bench.sh: server on $sock did not start" >&2; cat "$sock.log" >&2; exit 1
 }
+
+# wait_joined SOCK PID: waits until the server on SOCK logged process PID's join
+wait_joined() { wait_for_line "$1.log" "joined (pid $2," 10; }
 
 # median NUMBERS...: the median of its arguments
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
@@ -175,7 +178,7 @@ ivshmem_section() {
 
     # VM <-> host doorbell round trip: host echo is peer 0, the VM (ping) peer 1.
     "$R/examples/bench" doorbell-echo -S "$sock" --partner 1 --rounds 22000 &
-    echo_pid=$!; pids+=("$echo_pid"); sleep 0.3
+    echo_pid=$!; pids+=("$echo_pid"); wait_joined "$sock" "$echo_pid"
     vm=$(vmm --guest builtin:ivshmem_pingpong --ivshmem "doorbell,socket=$sock" \
         --guest-args "role=ping peer=0 rounds=20000 warmup=2000" --stats 2>&1)
     wait "$echo_pid"
@@ -202,7 +205,7 @@ ivshmem_section() {
 
     # VM <-> host through shared memory only (both spin), against host <-> host.
     "$R/examples/bench" spin-echo -S "$sock" --offset 65536 --rounds 220000 &
-    echo_pid=$!; pids+=("$echo_pid"); sleep 0.3
+    echo_pid=$!; pids+=("$echo_pid"); wait_joined "$sock" "$echo_pid"
     mem=$(vmm --guest builtin:ivshmem_pingpong --ivshmem "doorbell,socket=$sock" \
         --guest-args "role=ping transport=memory rounds=200000 warmup=20000" 2>&1)
     wait "$echo_pid"

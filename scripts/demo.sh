@@ -18,31 +18,46 @@ sock="$work/ivshmem.sock"
 vms=()
 
 say "starting ivshmem-server (16 MiB memfd, 2 vectors per peer) on $sock"
-"$bin/ivshmem-server" -F -S "$sock" --memfd -l 16M -n 2 2> >(sed 's/^/[server] /' >&2) &
+# Its log is kept in a file too: the demo waits on its lines (listening, each join).
+log="$work/server.log"
+"$bin/ivshmem-server" -F -S "$sock" --memfd -l 16M -n 2 2> >(tee "$log" | sed 's/^/[server] /' >&2) &
 server=$!
 pids+=("$server")
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+wait_for_line "$log" "listening on"
 
-say "host peer (ivshmem-client): publishes a greeting in its directory slot, waits for the VMs"
+say "host peer (ivshmem-client): publishes a greeting in its directory slot"
 # The guest demo keeps a directory of 64-byte slots at the start of the shared memory
 # (slot = peer id: magic "IVSH", id, counter, text). The host peer joins first, so it is peer 0.
-# The VMs ring each other on vector 0 and the host rings them on vector 1, so no two doorbells
-# merge into one interrupt (an eventfd counts, an MSI does not).
-"$bin/ivshmem-client" -S "$sock" -c 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH;
-    wait 0 30000; sleep 1500; int 1 1; int 2 1; read 64 48; read 128 48' \
-    2>&1 | sed 's/^/[host] /' &
+# It reads its commands from a FIFO that the demo feeds as the scene unfolds.
+mkfifo "$work/host.in"
+"$bin/ivshmem-client" -S "$sock" <"$work/host.in" 2>&1 | sed 's/^/[host] /' &
 host=$!
 pids+=("$host")
-sleep 0.3
+exec 3>"$work/host.in"
+printf '%s\n' 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH' >&3
+wait_for_line "$log" "peer 0 joined"
 
 say "two VMs (vmm + built-in guest program ivshmem_demo), each with an ivshmem-doorbell device"
+# One after the other, so that vm-a is peer 1 and vm-b peer 2 (the ids the host peer rings).
+id=1
 for name in vm-a vm-b; do
     "$bin/vmm" --name "$name" --guest builtin:ivshmem_demo --guest-args "peers=2 doorbells=2 timeout_ms=30000" \
-        --ivshmem "doorbell,socket=$sock,vectors=2" --stats 2> >(sed "s/^/[$name] /" >&2) &
+        --ivshmem "doorbell,socket=$sock,vectors=2" --stats \
+        > >(tee "$work/$name.out") 2> >(sed "s/^/[$name] /" >&2) &
     pids+=("$!")
     vms+=("$!")
-    sleep 0.2
+    wait_for_line "$log" "peer $id joined"
+    id=$((id + 1))
 done
+
+say "host peer: waits for a VM's doorbell, rings both VMs, reads their greetings"
+# A doorbell that arrives before the guest has enabled MSI-X is lost (as with QEMU's device),
+# so the host rings once both guests have written their slot, which they do after that.
+# The VMs ring each other on vector 0 and the host rings them on vector 1, so no two doorbells
+# merge into one interrupt (an eventfd counts, an MSI does not).
+for name in vm-a vm-b; do wait_for_line "$work/$name.out" 'wrote "hello from VM'; done
+printf '%s\n' 'wait 0 30000; int 1 1; int 2 1; read 64 48; read 128 48' >&3
+exec 3>&-
 status=0
 for vm in "${vms[@]}"; do wait "$vm" || status=1; done
 wait "$host" || status=1

@@ -20,3 +20,16 @@ cleanup_scratch() {
     wait 2>/dev/null || true
     rm -rf "$work"
 }
+
+# wait_for_line FILE TEXT [SECONDS]: waits until FILE has a line containing TEXT (a fixed
+# string), e.g. a server's "peer 0 joined"; fails with a message after SECONDS (default 30).
+wait_for_line() {
+    local deadline=$((SECONDS + ${3:-30}))
+    until grep -qF -- "$2" "$1" 2>/dev/null; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "timed out after ${3:-30} s waiting for '$2' in $1" >&2
+            return 1
+        fi
+        sleep 0.02
+    done
+}

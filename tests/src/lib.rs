@@ -1,14 +1,24 @@
 //! Shared harness for the multi-process integration tests: finds the workspace's binaries,
-//! makes scratch directories, starts and stops servers, and decides whether KVM tests run.
+//! makes scratch directories, starts and stops servers (real and fake), VMs and raw protocol
+//! clients, decides whether KVM and QEMU tests run, and waits on conditions with deadlines.
 
+pub mod eventfd;
+pub mod fake_server;
 pub mod nested;
+pub mod raw_client;
+pub mod server;
+pub mod vm;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixStream;
+pub use server::Server;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// How long the tests wait for something that normally takes milliseconds (a log line, a
+/// message, a socket file) before calling it missing: generous, the machine is shared.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Directory holding the workspace's built binaries (`target/<profile>`), found from the
 /// running test executable (`target/<profile>/deps/<test>-<hash>`).
@@ -32,12 +42,54 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Runs `vmm ARGS` to completion (stdin closed) and returns its output.
-pub fn run_vmm(args: &[&str]) -> std::process::Output {
+pub fn run_vmm(args: &[&str]) -> Output {
     Command::new(bin("vmm"))
         .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("run vmm")
+}
+
+/// Runs `ivshmem-client -S SOCKET -c SCRIPT` to completion (stdin closed).
+pub fn run_client_script(socket: &Path, script: &str) -> Output {
+    Command::new(bin("ivshmem-client"))
+        .arg("-S")
+        .arg(socket)
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ivshmem-client")
+}
+
+/// Asserts a finished process's exit status and that its stdout contains every string in
+/// `want` (showing both streams otherwise); returns its stdout.
+pub fn check_output(out: &Output, status: i32, want: &[&str]) -> String {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(status),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for w in want {
+        assert!(
+            stdout.contains(w),
+            "expected {w:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    stdout
+}
+
+/// A number from the `vmm-stats: key=value ...` line that `vmm --stats` prints on stderr.
+pub fn vmm_stat(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("vmm-stats:"))
+        .unwrap_or_else(|| panic!("no vmm-stats line in stderr:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
 /// Lossy UTF-8 text of captured output.
@@ -74,6 +126,7 @@ impl Drop for Scratch {
 
 /// True when KVM tests should run. Without /dev/kvm they skip with a printed reason,
 /// unless `IVSHMEM_REQUIRE_KVM=1`, in which case the missing device is a failure.
+/// Tests say [`require_kvm!`] instead of calling this.
 pub fn kvm_available(test: &str) -> bool {
     let ok = std::fs::OpenOptions::new()
         .read(true)
@@ -93,6 +146,7 @@ pub fn kvm_available(test: &str) -> bool {
 
 /// True when `qemu-system-x86_64` runs. Without it QEMU tests skip with a printed reason,
 /// unless `IVSHMEM_REQUIRE_QEMU=1` (scripts/test.sh installs Debian's qemu-system-x86).
+/// Tests say [`require_qemu!`] instead of calling this.
 pub fn qemu_available(test: &str) -> bool {
     let found = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -112,7 +166,53 @@ pub fn qemu_available(test: &str) -> bool {
     found
 }
 
-/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+/// The test's name as libtest prints it (`module::test`, without the crate), from the
+/// `std::any::type_name` of a function item declared inside the test by [`test_name!`].
+#[doc(hidden)]
+pub fn test_name_from_marker(marker_path: &str) -> &str {
+    let mut path = marker_path.strip_suffix("::marker").unwrap_or(marker_path);
+    // Inside a closure the path goes on with `::{{closure}}`: the test is what encloses it.
+    while let Some(outer) = path.strip_suffix("::{{closure}}") {
+        path = outer;
+    }
+    path.split_once("::").map_or(path, |(_crate, rest)| rest)
+}
+
+/// The name of the test (or function) this is expanded in, e.g. `"two_cpus_run"`.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn marker() {}
+        fn type_name_of<T>(_: T) -> &'static str {
+            ::std::any::type_name::<T>()
+        }
+        $crate::test_name_from_marker(type_name_of(marker))
+    }};
+}
+
+/// Returns from the test when /dev/kvm is not usable: skips with a printed reason, or fails
+/// when `IVSHMEM_REQUIRE_KVM=1` (see [`kvm_available`]).
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !$crate::kvm_available($crate::test_name!()) {
+            return;
+        }
+    };
+}
+
+/// Returns from the test when `qemu-system-x86_64` is missing: skips with a printed reason,
+/// or fails when `IVSHMEM_REQUIRE_QEMU=1` (see [`qemu_available`]).
+#[macro_export]
+macro_rules! require_qemu {
+    () => {
+        if !$crate::qemu_available($crate::test_name!()) {
+            return;
+        }
+    };
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes; the last answer counts.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -131,64 +231,42 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// A running `ivshmem-server -F` on a scratch socket; killed (SIGKILL) on drop if still alive.
-pub struct Server {
-    pub child: Child,
-    pub socket: PathBuf,
-    /// Lines the server printed on stderr, collected by a background thread.
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts the server with `-F -S <socket>` plus `args`, and waits until it accepts connections.
-    pub fn start(socket: &Path, args: &[&str]) -> Server {
-        let mut cmd = Command::new(bin("ivshmem-server"));
-        cmd.arg("-F").arg("-S").arg(socket).args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ivshmem-server");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let up = wait_until(Duration::from_secs(10), || {
-            socket.exists() && UnixStream::connect(socket).is_ok()
-        });
-        assert!(up, "server did not start listening on {}", socket.display());
-        // The probe connection above counts as a peer that joined and left; let it settle.
-        std::thread::sleep(Duration::from_millis(50));
-        Server {
-            child,
-            socket: socket.to_path_buf(),
-            log,
+/// Collects a child's output stream line by line on a background thread into `sink`, until
+/// the stream ends (the thread's end means the pipe is closed).
+pub fn collect_lines(
+    stream: impl std::io::Read + Send + 'static,
+    mut sink: impl FnMut(String) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink(line);
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the server has logged so far, one string.
-    pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Sends SIGTERM and waits for the exit status. (Drop then finds the child reaped.)
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        self.child.wait().expect("wait server")
-    }
+    })
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_name_is_the_enclosing_test_as_libtest_prints_it() {
+        assert_eq!(
+            test_name!(),
+            "tests::test_name_is_the_enclosing_test_as_libtest_prints_it"
+        );
+        let in_closure = || test_name!();
+        assert_eq!(
+            in_closure(),
+            "tests::test_name_is_the_enclosing_test_as_libtest_prints_it"
+        );
+    }
+
+    #[test]
+    fn marker_paths_lose_the_crate_the_marker_and_closures() {
+        use super::test_name_from_marker as name;
+        assert_eq!(name("vmm_pci_guests::two_cpus_run::marker"), "two_cpus_run");
+        assert_eq!(name("a::m::t::{{closure}}::{{closure}}::marker"), "m::t");
     }
 }

@@ -2,18 +2,14 @@
 //! identity, BARs, MSI-X, registers, shared memory), what reaches the VMM (exit counters from
 //! `vmm --stats`), and `--ivshmem` errors.
 
-mod ivshmem_support;
-
 use std::time::Duration;
 
-use harness::{kvm_available, Scratch, Server};
-use ivshmem_support::*;
+use harness::vm::*;
+use harness::{require_kvm, Scratch, Server};
 
 #[test]
 fn plain_device_passes_the_register_check() {
-    if !kvm_available("plain_device_passes_the_register_check") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-check-plain");
     let file = scratch.join("mem");
     let spec = [format!("plain,path={},size=2M", file.display())];
@@ -51,9 +47,7 @@ fn plain_device_passes_the_register_check() {
 
 #[test]
 fn doorbell_device_passes_the_register_check_with_its_server_id() {
-    if !kvm_available("doorbell_device_passes_the_register_check_with_its_server_id") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-check-doorbell");
     let socket = scratch.join("sock");
     // -l 3M is rounded up to 4M by the server.
@@ -80,9 +74,7 @@ fn doorbell_device_passes_the_register_check_with_its_server_id() {
 /// A plain and a doorbell device in one VM: each is checked as what it is.
 #[test]
 fn mixed_devices_in_one_vm_each_pass_the_check() {
-    if !kvm_available("mixed_devices_in_one_vm_each_pass_the_check") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-check-mixed");
     let socket = scratch.join("sock");
     let _server = Server::start(&socket, &["--memfd", "-l", "1M", "-n", "2"]);
@@ -135,9 +127,7 @@ fn ping_host(socket: &std::path::Path, rounds: u64, spec: String) -> VmOutcome {
 /// doorbell is an exit served by the VMM's slow path.
 #[test]
 fn doorbells_do_not_exit_to_the_vmm() {
-    if !kvm_available("doorbells_do_not_exit_to_the_vmm") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-exits-doorbell");
     let socket = scratch.join("sock");
     let _server = Server::start(&socket, &["--memfd", "-l", "1M"]);
@@ -167,9 +157,7 @@ fn doorbells_do_not_exit_to_the_vmm() {
 /// default), and one exit per store with `mapping=trap`.
 #[test]
 fn shared_memory_traffic_exits_only_with_mapping_trap() {
-    if !kvm_available("shared_memory_traffic_exits_only_with_mapping_trap") {
-        return;
-    }
+    require_kvm!();
     let small = run_vm(
         "slot-4M",
         "ivshmem_bandwidth",
@@ -221,9 +209,7 @@ fn shared_memory_traffic_exits_only_with_mapping_trap() {
 /// the problem, before the guest runs.
 #[test]
 fn bad_ivshmem_options_are_reported() {
-    if !kvm_available("bad_ivshmem_options_are_reported") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-bad-options");
     let missing = scratch.join("no-such-socket");
     let cases = [
@@ -246,9 +232,7 @@ fn bad_ivshmem_options_are_reported() {
 /// the doorbell (still an ioeventfd: no slow path) and MSI-X delivery all follow.
 #[test]
 fn bars_moved_by_the_guest_keep_memory_doorbells_and_interrupts_working() {
-    if !kvm_available("bars_moved_by_the_guest_keep_memory_doorbells_and_interrupts_working") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-move-bars");
     let socket = scratch.join("sock");
     let _server = Server::start(&socket, &["--memfd", "-l", "1M"]);
@@ -278,9 +262,7 @@ fn bars_moved_by_the_guest_keep_memory_doorbells_and_interrupts_working() {
 /// delivers it once and clears the bit (QEMU's mask/unmask/poll behaviour).
 #[test]
 fn a_doorbell_to_a_masked_vector_is_held_pending_until_unmask() {
-    if !kvm_available("a_doorbell_to_a_masked_vector_is_held_pending_until_unmask") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("ivshmem-masked");
     let socket = scratch.join("sock");
     let _server = Server::start(&socket, &["--memfd", "-l", "1M"]);
@@ -311,9 +293,7 @@ fn a_doorbell_to_a_masked_vector_is_held_pending_until_unmask() {
 /// vmm before the guest runs.
 #[test]
 fn guest_args_reach_the_program() {
-    if !kvm_available("guest_args_reach_the_program") {
-        return;
-    }
+    require_kvm!();
     let spec = ["plain,memfd,size=1M".to_string()];
     let out = run_vm("args", "ivshmem_check", &spec, "index=3", &[]);
     out.assert_code(10);
@@ -339,9 +319,7 @@ fn guest_args_reach_the_program() {
 /// memfd) next to a 1 GiB one; both pass the check and their last words are usable.
 #[test]
 fn a_4_gib_shared_memory_is_a_64_bit_bar() {
-    if !kvm_available("a_4_gib_shared_memory_is_a_64_bit_bar") {
-        return;
-    }
+    require_kvm!();
     let specs = [
         "plain,memfd,size=4G".to_string(),
         "plain,memfd,size=1G".to_string(),

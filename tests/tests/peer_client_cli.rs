@@ -1,15 +1,14 @@
 //! The `ivshmem-client` binary against a scripted fake server: commands, `-c` scripts, piped
 //! stdin, and the exit codes scripts rely on (0 ok, 1 command failed, 2 cannot connect).
 
-mod peer_support;
-
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use harness::{bin, Scratch};
-use peer_support::{eventfd_count, ring_eventfd, vectors, welcome, FakeServer, Step};
+use harness::eventfd::{eventfd_count, ring_eventfd};
+use harness::fake_server::{vectors, welcome, FakeServer, Step};
+use harness::{bin, run_client_script as client, text, Scratch};
 
 /// Us = 3 with 2 vectors, peer 1 with 2 vectors.
 fn handshake() -> Vec<Step> {
@@ -17,17 +16,6 @@ fn handshake() -> Vec<Step> {
     steps.extend(vectors(1, 2));
     steps.extend(vectors(3, 2));
     steps
-}
-
-fn client(socket: &Path, script: &str) -> Output {
-    Command::new(bin("ivshmem-client"))
-        .arg("-S")
-        .arg(socket)
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ivshmem-client")
 }
 
 fn client_stdin(socket: &Path, input: &str) -> Output {
@@ -46,10 +34,6 @@ fn client_stdin(socket: &Path, input: &str) -> Output {
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().expect("wait ivshmem-client")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -93,7 +77,8 @@ fn script_runs_qemu_and_memory_commands() {
 fn wait_reports_a_ring_that_came_before_it() {
     let dir = Scratch::new("cli-wait");
     let server = FakeServer::start(&dir.join("sock"), handshake());
-    let child = Command::new(bin("ivshmem-client"))
+    // The client's `sleep` is the gap under test: we ring while it sleeps, before `wait`.
+    let mut child = Command::new(bin("ivshmem-client"))
         .arg("-S")
         .arg(&server.path)
         .arg("-c")
@@ -103,10 +88,17 @@ fn wait_reports_a_ring_that_came_before_it() {
         .spawn()
         .unwrap();
     let sent: Vec<_> = (0..4).map(|_| server.next_vector()).collect();
+    // `wait-peer` printed its line: the client is connected and now sleeping.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "peer_id=1 vectors=2\n");
     ring_eventfd(&sent[3].fd);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let stdout = first + &rest;
     assert!(stdout.contains("peer_id=1 vectors=2\n"), "{stdout}");
     assert!(
         stdout.contains("receive notification from peer_id=3 vector=1\n"),
@@ -191,6 +183,7 @@ fn connection_problems_exit_2() {
     assert!(stderr.contains("size 0"), "{stderr}");
     server.finish();
 
+    // A server that accepts and stays silent past the connect timeout (the stall is the test).
     let server = FakeServer::start(&dir.join("sock"), vec![Step::Sleep(Duration::from_secs(2))]);
     let out = Command::new(bin("ivshmem-client"))
         .args(["--connect-timeout", "200", "-c", "dump", "-S"])
@@ -240,13 +233,25 @@ fn piped_stdin_is_a_script_that_stops_at_the_first_failure() {
 fn a_vanishing_server_is_reported_and_commands_keep_working() {
     let dir = Scratch::new("cli-gone");
     let mut steps = handshake();
-    steps.push(Step::Sleep(Duration::from_millis(100)));
+    steps.push(Step::AwaitGo);
     steps.push(Step::Close);
-    let server = FakeServer::start(&dir.join("sock"), steps);
-    let out = client(
-        &server.path,
-        "sleep 400; write 0 ok; read 0 2; int 1 0; wait-peer 5 100",
-    );
+    let mut server = FakeServer::start(&dir.join("sock"), steps);
+    // The client waits on its vector 0, which we ring once the server has closed.
+    let child = Command::new(bin("ivshmem-client"))
+        .arg("-S")
+        .arg(&server.path)
+        .arg("-c")
+        .arg("wait 0 10000; write 0 ok; read 0 2; int 1 0; wait-peer 5 100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sent: Vec<_> = (0..4).map(|_| server.next_vector()).collect();
+    server.go();
+    server.wait_closed();
+    ring_eventfd(&sent[2].fd);
+    let out = child.wait_with_output().unwrap();
     let stderr = text(&out.stderr);
     // wait-peer fails because the server is gone; everything before it worked.
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -255,11 +260,13 @@ fn a_vanishing_server_is_reported_and_commands_keep_working() {
     assert!(text(&out.stdout).contains("|ok|"));
     server.finish();
 
-    // Garbage after the handshake is reported, not fatal.
+    // Garbage after the handshake is reported, not fatal: the join that follows it is taken
+    // in after it, so once `wait-peer` sees peer 5 the garbage was handled.
     let mut steps = handshake();
     steps.push(Step::Value(-5));
+    steps.extend(vectors(5, 1));
     let server = FakeServer::start(&dir.join("sock"), steps);
-    let out = client(&server.path, "sleep 100; peers");
+    let out = client(&server.path, "wait-peer 5 10000; peers");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("invalid message -5"), "{stderr}");

@@ -1,15 +1,14 @@
 //! `ivshmem-client` on a terminal (run under `script(1)` for a pty): the `cmd> ` prompt, and
 //! notifications, joins and leaves printed while the prompt is idle.
 
-mod peer_support;
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use harness::eventfd::ring_eventfd;
+use harness::fake_server::{vectors, welcome, FakeServer, Step};
 use harness::{bin, wait_until, Scratch};
-use peer_support::{ring_eventfd, vectors, welcome, FakeServer, Step};
 
 #[test]
 fn interactive_prompt_prints_news_while_idle() {

@@ -2,9 +2,9 @@
 //! and every eventfd — also after joins, leaves and a server that went away. (Alone in its test
 //! binary so no other test opens fds meanwhile.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{fd_count, Scratch, Server};
+use harness::{fd_count, wait_until, Scratch, Server};
 use peer::{ConnectOptions, Peer, ServerEvent};
 
 fn mappings() -> usize {
@@ -32,13 +32,10 @@ fn dropping_peers_closes_all_fds_and_unmaps() {
         // a hears b join (4 more fds), then leave (closed again).
         let b_id = b.id();
         drop(b);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut left = false;
-        while !left && Instant::now() < deadline {
-            left = a
-                .poll_server(Some(Duration::from_millis(100)))
-                .contains(&ServerEvent::Left { peer: b_id });
-        }
+        let left = wait_until(Duration::from_secs(5), || {
+            a.poll_server(Some(Duration::from_millis(100)))
+                .contains(&ServerEvent::Left { peer: b_id })
+        });
         assert!(left, "a did not hear b leave");
         drop(a);
     }
@@ -48,15 +45,14 @@ fn dropping_peers_closes_all_fds_and_unmaps() {
     // A peer whose server went away also closes everything on drop.
     let mut a = Peer::connect_with(&server.socket, &options).unwrap();
     assert!(server.terminate().success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.server_connected() && Instant::now() < deadline {
+    // `terminate` returned after the harness closed its pipe from the server's stderr.
+    let gone = wait_until(Duration::from_secs(5), || {
         a.poll_server(Some(Duration::from_millis(100)));
-    }
-    assert!(!a.server_connected());
-    // The server is gone, and with it the harness's pipe from its stderr (closed by the
-    // harness's reader thread on its own schedule), so count from here: a holds the
-    // shared-memory fd and its 4 vectors; its socket closed when the server went away.
-    std::thread::sleep(Duration::from_millis(300));
+        !a.server_connected()
+    });
+    assert!(gone);
+    // Count from here: a holds the shared-memory fd and its 4 vectors; its socket closed when
+    // the server went away.
     let with_a = fd_count(me);
     drop(a);
     assert_eq!(

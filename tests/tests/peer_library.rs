@@ -1,14 +1,13 @@
 //! The `peer` library against a scripted fake server: the handshake, ringing and waiting, joins
 //! and leaves, and every way a server can misbehave (bad handshake, garbage, stalls, vanishing).
 
-mod peer_support;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use harness::Scratch;
+use harness::eventfd::{eventfd_count, ring_eventfd};
+use harness::fake_server::{vectors, welcome, FakeServer, Step};
+use harness::{wait_until, Scratch};
 use peer::{ConnectError, ConnectOptions, Peer, PeerInfo, RingError, ServerEvent, ShmError};
-use peer_support::{eventfd_count, ring_eventfd, vectors, welcome, FakeServer, Step};
 use protocol::ProtocolError;
 
 fn options(vectors: Option<u32>, timeout_ms: u64) -> ConnectOptions {
@@ -31,6 +30,16 @@ fn standard_handshake() -> Vec<Step> {
     steps.extend(vectors(1, 2));
     steps.extend(vectors(3, 2));
     steps
+}
+
+/// Polls the server until `count` events came in, or 5 s passed; returns them all.
+fn poll_events(peer: &mut Peer, count: usize) -> Vec<ServerEvent> {
+    let mut events = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        events.extend(peer.poll_server(Some(Duration::from_millis(100))));
+        events.len() >= count
+    });
+    events
 }
 
 #[test]
@@ -134,11 +143,7 @@ fn joins_and_leaves_are_followed() {
     let mut peer = connect_standard(&server);
     assert!(peer.process_server_messages().is_empty());
     server.go();
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while events.len() < 2 && Instant::now() < deadline {
-        events.extend(peer.poll_server(Some(Duration::from_millis(100))));
-    }
+    let events = poll_events(&mut peer, 2);
     assert_eq!(
         events,
         vec![
@@ -198,11 +203,7 @@ fn garbage_after_the_handshake_is_reported_and_ignored() {
     let server = FakeServer::start(&dir.join("sock"), steps);
     let mut peer = connect_standard(&server);
     server.go();
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while events.len() < 5 && Instant::now() < deadline {
-        events.extend(peer.poll_server(Some(Duration::from_millis(100))));
-    }
+    let events = poll_events(&mut peer, 5);
     assert_eq!(
         events,
         vec![
@@ -235,11 +236,7 @@ fn a_half_sent_message_that_stalls_ends_the_server_link() {
     let mut peer = connect_standard(&server);
     server.go();
     let start = Instant::now();
-    let mut events = Vec::new();
-    while events.is_empty() && start.elapsed() < Duration::from_secs(5) {
-        events.extend(peer.poll_server(Some(Duration::from_millis(50))));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let events = poll_events(&mut peer, 1);
     assert!(
         matches!(&events[..], [ServerEvent::ServerGone { reason }] if reason.contains("part of a message")),
         "{events:?}"
@@ -302,6 +299,7 @@ fn bad_handshakes_fail_with_a_clear_error() {
 
 #[test]
 fn silent_stalling_or_closing_servers_fail_the_connect() {
+    // A server that says nothing for longer than the connect timeout (the stall is the test).
     let err = connect_error(
         vec![Step::Sleep(Duration::from_secs(3))],
         options(None, 200),
@@ -337,7 +335,7 @@ fn expected_vector_count_limits_and_waits() {
     let dir = Scratch::new("peer-vectors");
     let mut steps = welcome(0, 4096);
     steps.extend(vectors(0, 1));
-    steps.push(Step::Sleep(Duration::from_millis(100))); // the rest comes late
+    steps.push(Step::Sleep(Duration::from_millis(100))); // the rest comes late: under test
     steps.extend(vectors(0, 2));
     let server = FakeServer::start(&dir.join("sock"), steps);
     let peer = Peer::connect_with(&server.path, &options(Some(2), 3000)).expect("connect");

@@ -2,16 +2,14 @@
 //! first vector, and what arrives later is taken in by the calls that need it, within their
 //! timeout, in the library and in `ivshmem-client`.
 
-mod peer_support;
-
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{bin, Scratch};
+use harness::eventfd::{eventfd_count, ring_eventfd};
+use harness::fake_server::{welcome, FakeServer, Step};
+use harness::{run_client_script as client, Scratch};
 use peer::{Peer, RingError, ServerEvent, WaitError};
-use peer_support::{eventfd_count, welcome, FakeServer, Step};
 
+/// How long the fake server pauses between messages: the slowness is what is under test.
 const PAUSE: Duration = Duration::from_millis(300);
 
 /// We are peer 1; our second vector comes late, then peer 0 joins slowly.
@@ -98,22 +96,11 @@ fn peer_wait_any_includes_vectors_announced_later() {
     assert_eq!(peer.own_vector_count(), 1);
     let own0 = server.next_vector();
     let own1 = server.next_vector(); // blocks until the fake server sent it
-    peer_support::ring_eventfd(&own1.fd);
+    ring_eventfd(&own1.fd);
     let fired = peer.wait(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(fired[0].vector, 1);
     drop(own0);
-}
-
-fn client(socket: &Path, script: &str) -> Output {
-    Command::new(bin("ivshmem-client"))
-        .arg("-S")
-        .arg(socket)
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ivshmem-client")
 }
 
 #[test]

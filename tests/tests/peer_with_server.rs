@@ -3,9 +3,9 @@
 //! follow joins, leaves and the server's shutdown.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{bin, Scratch, Server};
+use harness::{bin, run_client_script, wait_until, Scratch, Server};
 use peer::{ConnectOptions, Peer, ServerEvent};
 
 fn connect(server: &Server, vectors: u32) -> Peer {
@@ -25,15 +25,15 @@ fn expect_event(
     what: &str,
     mut pred: impl FnMut(&ServerEvent) -> bool,
 ) -> ServerEvent {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        for event in peer.poll_server(Some(Duration::from_millis(100))) {
-            if pred(&event) {
-                return event;
-            }
-        }
-    }
-    panic!("no {what} event within 10 s");
+    let mut found = None;
+    wait_until(Duration::from_secs(10), || {
+        found = peer
+            .poll_server(Some(Duration::from_millis(100)))
+            .into_iter()
+            .find(&mut pred);
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no {what} event within 10 s"))
 }
 
 #[test]
@@ -186,14 +186,7 @@ fn server_shutdown_is_reported_and_the_memory_stays() {
 fn client_exit_codes_against_the_real_server() {
     let dir = Scratch::new("peer-srv4");
     let server = Server::start(&dir.join("sock"), &["--memfd", "-l", "64K"]);
-    let run = |script: &str| {
-        Command::new(bin("ivshmem-client"))
-            .arg("-S")
-            .arg(&server.socket)
-            .args(["-c", script])
-            .output()
-            .unwrap()
-    };
+    let run = |script: &str| run_client_script(&server.socket, script);
     let ok = run("write 0 x; read 0 1; dump");
     assert_eq!(ok.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("shared memory: 65536 bytes"));
@@ -210,10 +203,10 @@ fn ringing_a_peer_never_wakes_the_ringer() {
     let server = Server::start(&dir.join("sock"), &["--memfd", "-n", "2"]);
     let mut a = connect(&server, 2);
     let b = connect(&server, 2);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.peer_vector_count(b.id()) != Some(2) && Instant::now() < deadline {
+    wait_until(Duration::from_secs(5), || {
         a.poll_server(Some(Duration::from_millis(50)));
-    }
+        a.peer_vector_count(b.id()) == Some(2)
+    });
     for vector in 0..2 {
         a.ring(b.id(), vector).unwrap();
         assert_eq!(a.drain_all().unwrap(), vec![], "a's ring of b woke a");

@@ -5,16 +5,14 @@
 //! Skips with a printed reason when `qemu-system-x86_64` is not on PATH, unless
 //! `IVSHMEM_REQUIRE_QEMU=1` (scripts/test.sh installs Debian's qemu-system-x86).
 
-mod server_support;
-
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use harness::{qemu_available, wait_until, Scratch};
+use harness::eventfd::{poll_readable, ring_eventfd};
+use harness::raw_client::RawClient;
+use harness::{require_qemu, wait_until, Scratch, Server};
 use protocol::client::ClientEvent;
-use server_support::*;
 
 /// Kills QEMU on drop.
 struct Qemu(Child);
@@ -26,24 +24,12 @@ impl Drop for Qemu {
     }
 }
 
-fn readable(fd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no wait.
-    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
-}
-
 #[test]
 fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
-    if !qemu_available("qemu_interop_doorbell_device_joins_rings_and_leaves") {
-        return;
-    }
+    require_qemu!();
     let dir = Scratch::new("qemu-interop");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "2", "-l", "1M"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "2", "-l", "1M"]);
     let mut host = RawClient::connect(&sock, 2);
 
     let mut qemu = Qemu(
@@ -83,33 +69,31 @@ fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
     let qemu_id = qemu_id.unwrap();
     assert_eq!(qemu_id, 1);
     assert!(
-        wait_log(
-            &server,
-            &format!("peer 1 joined (pid {qemu_pid}, 2 vectors)")
-        ),
+        server.wait_log(&format!("peer 1 joined (pid {qemu_pid}, 2 vectors)")),
         "{}",
         server.log_text()
     );
-    // QEMU is alive and paused (-S), having completed its handshake.
-    std::thread::sleep(Duration::from_millis(300));
-    if let Ok(Some(status)) = qemu.0.try_wait() {
-        let mut err = String::new();
-        qemu.0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        panic!("QEMU exited early ({status}): {err}");
-    }
-
     // Ringing QEMU's vectors works; without a guest QEMU's own handler consumes the event.
+    // That QEMU's main loop consumes them also shows it is alive and paused (-S), past its
+    // handshake; if it exits instead, say why.
     for fd in &host.vectors[&qemu_id] {
-        ring(fd);
-        assert!(
-            wait_until(Duration::from_secs(5), || !readable(fd)),
-            "QEMU did not consume the event on its vector"
-        );
+        ring_eventfd(fd);
+        let mut exited = None;
+        let consumed = wait_until(Duration::from_secs(5), || {
+            exited = qemu.0.try_wait().ok().flatten();
+            exited.is_none() && !poll_readable(fd, 0)
+        });
+        if let Some(status) = exited {
+            let mut err = String::new();
+            qemu.0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("QEMU exited early ({status}): {err}");
+        }
+        assert!(consumed, "QEMU did not consume the event on its vector");
     }
 
     // A second host peer sees QEMU among the existing peers.
@@ -117,12 +101,10 @@ fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
     assert_eq!(late.peer_ids(), vec![0, qemu_id]);
     host.expect_join(late.id);
 
-    // Killing QEMU is announced as its departure.
+    // Killing QEMU (still running: paused, not exited) is announced as its departure.
+    assert!(qemu.0.try_wait().unwrap().is_none(), "QEMU exited early");
     qemu.0.kill().unwrap();
     qemu.0.wait().unwrap();
     host.expect_leave(qemu_id);
-    assert!(wait_log(
-        &server,
-        &format!("peer {qemu_id} left (pid {qemu_pid})")
-    ));
+    assert!(server.wait_log(&format!("peer {qemu_id} left (pid {qemu_pid})")));
 }

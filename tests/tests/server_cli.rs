@@ -1,21 +1,12 @@
 //! The command line and the shared memory it asks for: QEMU's flags and errors, sizes above
 //! 4 GiB, memfd and directory backings, power-of-two rounding, permissions, daemon mode.
 
-mod server_support;
-
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{bin, wait_until, Scratch};
-use server_support::*;
-
-fn shm_size(client: &RawClient) -> u64 {
-    nix::sys::stat::fstat(client.shm.as_ref().unwrap().as_fd())
-        .unwrap()
-        .st_size as u64
-}
+use harness::raw_client::{map_shm, shm_size, RawClient};
+use harness::{bin, wait_until, Scratch, Server};
 
 fn run_server(args: &[&str]) -> std::process::Output {
     Command::new(bin("ivshmem-server"))
@@ -85,14 +76,14 @@ fn server_help_exits_zero() {
 fn server_memfd_above_4gib_is_sparse_and_sized() {
     let dir = Scratch::new("srv-big");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-l", "5G"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-l", "5G"]);
     assert!(
         server.log_text().contains("rounded up to 8589934592"),
         "{}",
         server.log_text()
     );
     let c = RawClient::connect(&sock, 1);
-    assert_eq!(shm_size(&c), 8 << 30);
+    assert_eq!(shm_size(c.shm.as_ref().unwrap()), 8 << 30);
     // Sparse: touching the last page works without allocating the rest.
     let m = map_shm(c.shm.as_ref().unwrap());
     m.write(m.len() - 1, &[7]).unwrap();
@@ -103,7 +94,7 @@ fn server_posix_shm_above_4gib() {
     let dir = Scratch::new("srv-big-posix");
     let sock = dir.join("sock");
     let name = format!("ivshmem-test-big-{}", std::process::id());
-    let server = start_server(
+    let server = Server::start_without_probe(
         &sock,
         &["-M", &name, "--unlink-shm", "-l", "4G", "-n", "0x2"],
     );
@@ -116,7 +107,7 @@ fn server_posix_shm_above_4gib() {
         "owner-only shm by default"
     );
     let c = RawClient::connect(&sock, 2);
-    assert_eq!(shm_size(&c), 4 << 30);
+    assert_eq!(shm_size(c.shm.as_ref().unwrap()), 4 << 30);
     assert_eq!(c.vectors[&c.id].len(), 2, "-n 0x2 means 2 vectors");
     assert!(server.terminate().success());
     assert!(!std::path::Path::new(&path).exists());
@@ -128,10 +119,11 @@ fn server_shm_in_a_directory() {
     let sock = dir.join("sock");
     let shm_dir = dir.join("shm");
     std::fs::create_dir(&shm_dir).unwrap();
-    let _server = start_server(&sock, &["-m", shm_dir.to_str().unwrap(), "-l", "2M"]);
+    let _server =
+        Server::start_without_probe(&sock, &["-m", shm_dir.to_str().unwrap(), "-l", "2M"]);
     let a = RawClient::connect(&sock, 1);
     let b = RawClient::connect(&sock, 1);
-    assert_eq!(shm_size(&a), 2 << 20);
+    assert_eq!(shm_size(a.shm.as_ref().unwrap()), 2 << 20);
     assert_eq!(
         std::fs::read_dir(&shm_dir).unwrap().count(),
         0,
@@ -151,7 +143,7 @@ fn server_shm_in_a_directory() {
 fn server_rounds_size_up_with_a_notice() {
     let dir = Scratch::new("srv-round");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-l3000000"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-l3000000"]);
     assert!(
         server
             .log_text()
@@ -160,7 +152,7 @@ fn server_rounds_size_up_with_a_notice() {
         server.log_text()
     );
     let c = RawClient::connect(&sock, 1);
-    assert_eq!(shm_size(&c), 4194304);
+    assert_eq!(shm_size(c.shm.as_ref().unwrap()), 4194304);
 }
 
 #[test]
@@ -168,7 +160,7 @@ fn server_permissions_default_owner_only_and_widen() {
     let dir = Scratch::new("srv-perm");
     let sock = dir.join("sock");
     let name = format!("ivshmem-test-perm-{}", std::process::id());
-    let server = start_server(&sock, &["-M", &name, "--unlink-shm"]);
+    let server = Server::start_without_probe(&sock, &["-M", &name, "--unlink-shm"]);
     assert_eq!(
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o600
@@ -184,7 +176,7 @@ fn server_permissions_default_owner_only_and_widen() {
     assert!(server.terminate().success());
 
     let gid = nix::unistd::getgid().as_raw().to_string();
-    let server = start_server(
+    let server = Server::start_without_probe(
         &sock,
         &[
             "-M",
@@ -277,9 +269,9 @@ fn server_shm_on_hugetlbfs_grows_to_the_page_size() {
     };
     let dir = Scratch::new("srv-huge");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["-m", mount.to_str().unwrap(), "-l", "4K"]);
+    let server = Server::start_without_probe(&sock, &["-m", mount.to_str().unwrap(), "-l", "4K"]);
     let c = RawClient::connect(&sock, 1);
-    let size = shm_size(&c);
+    let size = shm_size(c.shm.as_ref().unwrap());
     assert!(size >= 4096 && size.is_power_of_two(), "size {size}");
     if size > 4096 {
         assert!(server.log_text().contains("could not hold 4096 bytes"));

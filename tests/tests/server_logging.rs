@@ -2,16 +2,14 @@
 //! promptly and SIGTERM still shuts it down; what could not be written is counted and reported.
 //! Identical join/leave lines from one pid (a reconnect storm) are rate-limited.
 
-mod server_support;
-
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{bin, wait_until, Scratch};
-use server_support::*;
+use harness::raw_client::RawClient;
+use harness::{bin, run_client_script, wait_until, Scratch, Server, TIMEOUT};
 
 /// Bytes waiting in a pipe.
 fn queued_bytes(fd: &OwnedFd) -> usize {
@@ -110,20 +108,14 @@ fn suppressed_counts(log: &str, needle: &str) -> u64 {
 fn server_rate_limits_a_reconnect_storm() {
     let dir = Scratch::new("srv-storm");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd"]);
+    let server = Server::start_without_probe(&sock, &["--memfd"]);
     // Like QEMU's ivshmem-client refusing our vector count: connect, give up, reconnect.
     const CYCLES: u64 = 300;
     for _ in 0..CYCLES {
         drop(RawClient::connect_light(&sock, 1));
     }
     // Another pid is not affected.
-    let out = Command::new(bin("ivshmem-client"))
-        .arg("-S")
-        .arg(&sock)
-        .args(["-c", "dump"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_client_script(&sock, "dump");
     assert!(out.status.success());
     let own_pid = std::process::id();
     assert!(

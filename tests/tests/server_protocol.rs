@@ -1,14 +1,13 @@
 //! The server speaks QEMU's protocol exactly: handshake order and bytes, id rules, shared memory
 //! and eventfd routing, join and leave notices.
 
-mod server_support;
-
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use harness::Scratch;
+use harness::eventfd::{eventfd_count, ring_eventfd, wait_rung};
+use harness::raw_client::{map_shm, shm_size, silent_for, RawClient};
+use harness::{Scratch, Server, TIMEOUT};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
-use server_support::*;
 
 /// One raw 8-byte message (recvmsg, 8 bytes max) and the fds that came with it.
 fn recv_raw_bytes(sock: &UnixStream) -> ([u8; 8], Vec<OwnedFd>) {
@@ -43,15 +42,11 @@ fn le(v: i64) -> [u8; 8] {
     v.to_le_bytes()
 }
 
-fn shm_size(fd: &OwnedFd) -> i64 {
-    nix::sys::stat::fstat(fd.as_fd()).unwrap().st_size
-}
-
 #[test]
 fn server_handshake_is_byte_exact() {
     let dir = Scratch::new("srv-bytes");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "2"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "2"]);
 
     // First client: version 0, id 0, shm -1 + fd, then its own 2 vectors.
     let a = UnixStream::connect(&sock).unwrap();
@@ -92,19 +87,19 @@ fn server_handshake_is_byte_exact() {
     }
     assert!(silent_for(&b, 100));
     // B's copy of A's vector 1 reaches A's own vector 1 only.
-    ring(&b_fds[4][0]);
+    ring_eventfd(&b_fds[4][0]);
     assert_eq!(wait_rung(&a_own[1], 2000), Some(1));
-    assert_eq!(take(&a_own[0]), None);
+    assert_eq!(eventfd_count(&a_own[0]), 0);
     // A's copy of B's vector 0 reaches B's own vector 0.
-    ring(&a_copy_of_b[0]);
+    ring_eventfd(&a_copy_of_b[0]);
     assert_eq!(wait_rung(&b_fds[5][0], 2000), Some(1));
-    assert_eq!(take(&b_fds[6][0]), None);
+    assert_eq!(eventfd_count(&b_fds[6][0]), 0);
 
     // B leaves: A gets id 1 without an fd.
     drop(b);
     let (bytes, fds) = recv_raw_bytes(&a);
     assert_eq!((bytes, fds.len()), (le(1), 0), "leave notice for peer 1");
-    assert!(wait_log(&server, "peer 1 left"));
+    assert!(server.wait_log("peer 1 left"));
     let log = server.log_text();
     assert!(log.contains("peer 0 joined (pid "), "{log}");
     assert!(log.contains(", 2 vectors)"), "{log}");
@@ -114,22 +109,22 @@ fn server_handshake_is_byte_exact() {
 fn server_ids_are_monotonic() {
     let dir = Scratch::new("srv-ids");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd"]);
+    let server = Server::start_without_probe(&sock, &["--memfd"]);
     let a = RawClient::connect(&sock, 1);
     let b = RawClient::connect(&sock, 1);
     let c = RawClient::connect(&sock, 1);
     assert_eq!((a.id, b.id, c.id), (0, 1, 2));
     assert_eq!(c.peer_ids(), vec![0, 1]);
     drop(b);
-    assert!(wait_log(&server, "peer 1 left"));
+    assert!(server.wait_log("peer 1 left"));
     let d = RawClient::connect(&sock, 1);
     assert_eq!(d.id, 3, "ids are not reused right away");
     assert_eq!(d.peer_ids(), vec![0, 2]);
     drop((a, c, d));
     assert!(
-        wait_log(&server, "peer 3 left")
-            && wait_log(&server, "peer 0 left")
-            && wait_log(&server, "peer 2 left")
+        server.wait_log("peer 3 left")
+            && server.wait_log("peer 0 left")
+            && server.wait_log("peer 2 left")
     );
     let e = RawClient::connect(&sock, 1);
     assert_eq!(e.id, 4);
@@ -141,7 +136,7 @@ fn server_shared_memory_is_shared() {
     let dir = Scratch::new("srv-shm");
     let sock = dir.join("sock");
     let name = format!("ivshmem-test-shm-{}", std::process::id());
-    let server = start_server(&sock, &["-M", &name, "--unlink-shm", "-l", "1M"]);
+    let server = Server::start_without_probe(&sock, &["-M", &name, "--unlink-shm", "-l", "1M"]);
     let a = RawClient::connect(&sock, 1);
     let b = RawClient::connect(&sock, 1);
     let ma = map_shm(a.shm.as_ref().unwrap());
@@ -167,7 +162,7 @@ fn server_shared_memory_is_shared() {
 fn server_eventfds_wake_exactly_their_peer_and_vector() {
     let dir = Scratch::new("srv-ring");
     let sock = dir.join("sock");
-    let _server = start_server(&sock, &["--memfd", "-n", "3"]);
+    let _server = Server::start_without_probe(&sock, &["--memfd", "-n", "3"]);
     let mut clients: Vec<RawClient> = (0..3).map(|_| RawClient::connect(&sock, 3)).collect();
     for i in 0..3 {
         for j in i + 1..3 {
@@ -179,7 +174,7 @@ fn server_eventfds_wake_exactly_their_peer_and_vector() {
         for vector in 0..3 {
             let sender = (target + 1) % 3;
             let tid = clients[target].id;
-            ring(&clients[sender].vectors[&tid][vector]);
+            ring_eventfd(&clients[sender].vectors[&tid][vector]);
             let own = &clients[target].vectors[&tid];
             assert_eq!(
                 wait_rung(&own[vector], 2000),
@@ -188,7 +183,11 @@ fn server_eventfds_wake_exactly_their_peer_and_vector() {
             );
             for (c, client) in clients.iter().enumerate() {
                 for (v, fd) in client.vectors[&client.id].iter().enumerate() {
-                    assert_eq!(take(fd), None, "client {c} vector {v} must stay quiet");
+                    assert_eq!(
+                        eventfd_count(fd),
+                        0,
+                        "client {c} vector {v} must stay quiet"
+                    );
                 }
             }
         }
@@ -199,7 +198,7 @@ fn server_eventfds_wake_exactly_their_peer_and_vector() {
 fn server_announces_joins_and_leaves() {
     let dir = Scratch::new("srv-news");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "2"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "2"]);
     let mut a = RawClient::connect(&sock, 2);
     let mut b = RawClient::connect(&sock, 2);
     a.expect_join(b.id);
@@ -211,7 +210,7 @@ fn server_announces_joins_and_leaves() {
     drop(c);
     a.expect_leave(c_id);
     b.expect_leave(c_id);
-    assert!(wait_log(&server, &format!("peer {c_id} left (pid ")));
+    assert!(server.wait_log(&format!("peer {c_id} left (pid ")));
     assert_eq!(a.peer_ids(), vec![1]);
     assert!(silent_for(&a.sock, 100) && silent_for(&b.sock, 100));
 }

@@ -1,17 +1,15 @@
 //! The server survives what QEMU's reference server does not: hundreds of peers, churn without
 //! fd leaks, clients that misbehave (send, vanish, never read), signals, stale and live sockets.
 
-mod server_support;
-
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{bin, fd_count, wait_until, Scratch};
+use harness::raw_client::{recv_raw, RawClient};
+use harness::{bin, fd_count, wait_until, Scratch, Server};
 use protocol::client::ClientEvent;
 use protocol::fdpass::Received;
-use server_support::*;
 
 #[test]
 fn server_handles_400_simultaneous_peers() {
@@ -19,7 +17,7 @@ fn server_handles_400_simultaneous_peers() {
     let dir = Scratch::new("srv-many");
     let sock = dir.join("sock");
     // 2 vectors: the server holds 3 fds per peer, well past select()'s 1024.
-    let server = start_server(&sock, &["--memfd", "-n", "2"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "2"]);
     const N: usize = 420;
     let mut clients = Vec::with_capacity(N);
     for i in 0..N {
@@ -57,13 +55,11 @@ fn server_handles_400_simultaneous_peers() {
 fn server_join_leave_cycles_leak_no_fds() {
     let dir = Scratch::new("srv-churn");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "4"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "4"]);
     let mut resident = RawClient::connect(&sock, 4);
-    let settled = || {
-        std::thread::sleep(Duration::from_millis(50));
-        fd_count(server.pid())
-    };
-    let before = settled();
+    // The join line is logged once the server has set the resident up: its fds are the baseline.
+    assert!(server.wait_log("peer 0 joined"), "{}", server.log_text());
+    let before = fd_count(server.pid());
     for _ in 0..300 {
         let c = RawClient::connect(&sock, 4);
         resident.expect_join(c.id);
@@ -83,13 +79,13 @@ fn server_join_leave_cycles_leak_no_fds() {
 fn server_drops_a_client_that_sends_anything() {
     let dir = Scratch::new("srv-garbage");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd"]);
+    let server = Server::start_without_probe(&sock, &["--memfd"]);
     let mut a = RawClient::connect(&sock, 1);
     let mut g = RawClient::connect(&sock, 1);
     a.expect_join(g.id);
     g.sock.write_all(b"garbage!\x00\x01").unwrap();
     a.expect_leave(g.id);
-    assert!(wait_log(&server, "peer 1 left"));
+    assert!(server.wait_log("peer 1 left"));
     assert!(
         server.log_text().contains("sent data"),
         "{}",
@@ -111,7 +107,7 @@ fn server_survives_clients_vanishing_mid_handshake() {
     let dir = Scratch::new("srv-vanish");
     let sock = dir.join("sock");
     // Many vectors make the handshake long, so clients vanish in the middle of it.
-    let server = start_server(&sock, &["--memfd", "-n", "512"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "512"]);
     let mut a = RawClient::connect(&sock, 512);
     for round in 0..40 {
         let s = UnixStream::connect(&sock).unwrap();
@@ -146,7 +142,7 @@ fn server_survives_clients_vanishing_mid_handshake() {
 fn server_drops_a_client_that_never_reads() {
     let dir = Scratch::new("srv-stall");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "--queue-limit", "32"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "--queue-limit", "32"]);
     let mut a = RawClient::connect(&sock, 1);
     // The non-reader connects and never reads a byte.
     let stalled = UnixStream::connect(&sock).unwrap();
@@ -182,7 +178,7 @@ fn server_drops_a_client_that_never_reads() {
         "dropped only after its socket and queue filled ({cycles} cycles)"
     );
     // The log is collected by a reader thread: the line may trail the notice we just read.
-    assert!(wait_log(&server, "not reading"), "{}", server.log_text());
+    assert!(server.wait_log("not reading"), "{}", server.log_text());
     assert!(server.log_text().contains("peer 1 left"));
     drop(stalled);
     let c = RawClient::connect(&sock, 1);
@@ -193,7 +189,7 @@ fn server_drops_a_client_that_never_reads() {
 fn server_sigterm_announces_departures_and_cleans_up() {
     let dir = Scratch::new("srv-term");
     let sock = dir.join("sock");
-    let server = start_server(&sock, &["--memfd", "-n", "2", "--queue-limit", "8"]);
+    let server = Server::start_without_probe(&sock, &["--memfd", "-n", "2", "--queue-limit", "8"]);
     let mut a = RawClient::connect(&sock, 2);
     let mut b = RawClient::connect(&sock, 2);
     a.expect_join(b.id);
@@ -238,7 +234,7 @@ fn server_sigterm_announces_departures_and_cleans_up() {
 fn server_sigint_exits_cleanly() {
     let dir = Scratch::new("srv-int");
     let sock = dir.join("sock");
-    let mut server = start_server(&sock, &["--memfd"]);
+    let mut server = Server::start_without_probe(&sock, &["--memfd"]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.pid() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -255,7 +251,7 @@ fn server_replaces_a_stale_socket() {
     let sock = dir.join("sock");
     drop(UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let server = start_server(&sock, &["--memfd"]);
+    let server = Server::start_without_probe(&sock, &["--memfd"]);
     assert!(server.log_text().contains("removed stale socket"));
     let c = RawClient::connect(&sock, 1);
     assert_eq!(c.id, 0);
@@ -265,7 +261,7 @@ fn server_replaces_a_stale_socket() {
 fn server_refuses_a_live_socket() {
     let dir = Scratch::new("srv-live");
     let sock = dir.join("sock");
-    let _first = start_server(&sock, &["--memfd"]);
+    let _first = Server::start_without_probe(&sock, &["--memfd"]);
     let out = Command::new(bin("ivshmem-server"))
         .args(["-F", "--memfd", "-S"])
         .arg(&sock)

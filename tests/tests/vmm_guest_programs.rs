@@ -1,47 +1,30 @@
 //! The vmm running the built-in guest programs: output, exit codes, exceptions, string PIO,
 //! SMP, interrupts, signals, several VMs at once, and command-line errors.
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{bin, kvm_available, run_vmm as vmm, text, Scratch};
-
-fn check(out: &Output, status: i32, stdout_has: &str) {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(status),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    assert!(
-        stdout.contains(stdout_has),
-        "expected {stdout_has:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-}
+use harness::{
+    bin, check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat, wait_until, Scratch,
+};
 
 #[test]
 fn hello_prints_and_exits_zero() {
-    if !kvm_available("hello_prints_and_exits_zero") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:hello"]);
-    check(&out, 0, "Hello from guest\n");
+    check(&out, 0, &["Hello from guest\n"]);
 }
 
 #[test]
 fn guest_exit_code_becomes_the_vmm_status() {
-    if !kvm_available("guest_exit_code_becomes_the_vmm_status") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:exit_code"]);
-    check(&out, 42, "");
+    check(&out, 42, &[""]);
 }
 
 #[test]
 fn guest_from_an_elf_file() {
-    if !kvm_available("guest_from_an_elf_file") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("vmm-elf");
     let elf = vmm(&["--dump-builtin", "hello"]);
     assert!(elf.status.success());
@@ -49,16 +32,14 @@ fn guest_from_an_elf_file() {
     let path = scratch.join("hello.elf");
     std::fs::write(&path, &elf.stdout).unwrap();
     let out = vmm(&["--guest", path.to_str().unwrap()]);
-    check(&out, 0, "Hello from guest");
+    check(&out, 0, &["Hello from guest"]);
 }
 
 #[test]
 fn faulting_guest_is_reported() {
-    if !kvm_available("faulting_guest_is_reported") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:fault"]);
-    check(&out, 3, "about to fault");
+    check(&out, 3, &["about to fault"]);
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("vector 14 (#PF page fault)") && stderr.contains("cr2=0x0"),
@@ -72,75 +53,54 @@ fn faulting_guest_is_reported() {
 
 #[test]
 fn string_pio_dispatches_every_element() {
-    if !kvm_available("string_pio_dispatches_every_element") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:string_pio"]);
-    check(&out, 0, "string pio: rep outsb ok\n");
+    check(&out, 0, &["string pio: rep outsb ok\n"]);
     assert!(text(&out.stdout).contains("rep insd ok [1, 2, 3, 4, 5, 6, 7, 8]"));
 }
 
 #[test]
 fn two_cpus_run() {
-    if !kvm_available("two_cpus_run") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:smp", "--cpus", "2"]);
-    check(&out, 0, "smp: all 2 cpus up");
+    check(&out, 0, &["smp: all 2 cpus up"]);
     assert!(text(&out.stdout).contains("smp: cpu 1 up (testdev says 1)"));
 }
 
 #[test]
 fn interrupts_reach_the_guest_and_halt_waits() {
-    if !kvm_available("interrupts_reach_the_guest_and_halt_waits") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:irq_selftest"]);
-    check(&out, 0, "irq_selftest: ok");
+    check(&out, 0, &["irq_selftest: ok"]);
 }
 
 #[test]
 fn i8042_reset_ends_the_vm_with_zero() {
-    if !kvm_available("i8042_reset_ends_the_vm_with_zero") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:reset"]);
-    check(&out, 0, "reset: pulsing");
+    check(&out, 0, &["reset: pulsing"]);
     assert!(!text(&out.stdout).contains("still running"));
 }
 
 #[test]
 fn stats_line_counts_exits() {
-    if !kvm_available("stats_line_counts_exits") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:string_pio", "--stats"]);
-    check(&out, 0, "");
+    check(&out, 0, &[""]);
     let stderr = text(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("vmm-stats: "))
-        .unwrap_or_else(|| panic!("no stats line in {stderr}"));
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in {line}"))
-    };
+    let field = |name: &str| vmm_stat(&stderr, name);
     // rep outsb (25 bytes) and rep insd (8 dwords) are at least 2 PIO exits; console lines and
     // the exit are MMIO.
-    assert!(field("exits_pio") >= 2, "{line}");
-    assert!(field("exits_mmio") >= 2, "{line}");
+    assert!(field("exits_pio") >= 2, "{stderr}");
+    assert!(field("exits_mmio") >= 2, "{stderr}");
     let _ = field("exits_other");
 }
 
 #[test]
 fn dump_memory_shows_the_memory_map() {
-    if !kvm_available("dump_memory_shows_the_memory_map") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:hello", "--dump-memory"]);
-    check(&out, 0, "Hello from guest");
+    check(&out, 0, &["Hello from guest"]);
     let stderr = text(&out.stderr);
     for needle in ["testdev", "ram", "i8042", "serial"] {
         assert!(stderr.contains(needle), "{needle} missing in\n{stderr}");
@@ -149,9 +109,7 @@ fn dump_memory_shows_the_memory_map() {
 
 #[test]
 fn several_vms_in_parallel() {
-    if !kvm_available("several_vms_in_parallel") {
-        return;
-    }
+    require_kvm!();
     let children: Vec<_> = (0..4)
         .map(|i| {
             Command::new(bin("vmm"))
@@ -164,15 +122,13 @@ fn several_vms_in_parallel() {
         .collect();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
-        check(&out, 0, &format!("[vm{i}] Hello from guest\n"));
+        check(&out, 0, &[&format!("[vm{i}] Hello from guest\n")]);
     }
 }
 
 #[test]
 fn sigterm_ends_a_running_vm() {
-    if !kvm_available("sigterm_ends_a_running_vm") {
-        return;
-    }
+    require_kvm!();
     for cpus in ["1", "2"] {
         let mut child = Command::new(bin("vmm"))
             .args(["--guest", "builtin:idle", "--cpus", cpus])
@@ -186,17 +142,12 @@ fn sigterm_ends_a_running_vm() {
         assert_eq!(line, "idle: waiting\n");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "vmm ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let status = status.expect("vmm ignored SIGTERM");
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert_eq!(status.code(), Some(0), "{stderr}");
@@ -206,9 +157,7 @@ fn sigterm_ends_a_running_vm() {
 
 #[test]
 fn sigusr1_prints_the_memory_map_while_running() {
-    if !kvm_available("sigusr1_prints_the_memory_map_while_running") {
-        return;
-    }
+    require_kvm!();
     let mut child = Command::new(bin("vmm"))
         .args(["--guest", "builtin:idle"])
         .stdout(Stdio::piped())
@@ -246,9 +195,7 @@ fn sigusr1_prints_the_memory_map_while_running() {
 
 #[test]
 fn bad_guests_and_arguments_are_errors_not_panics() {
-    if !kvm_available("bad_guests_and_arguments_are_errors_not_panics") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("vmm-bad");
     let junk = scratch.join("junk.elf");
     std::fs::write(&junk, b"\x7fELF\x02\x01\x01 this is not a program").unwrap();
@@ -300,9 +247,7 @@ fn bad_guests_and_arguments_are_errors_not_panics() {
 /// zero page, command line, initrd, e820 map and ACPI tables arrive, and the serial port works.
 #[test]
 fn linux_boot_protocol_reaches_the_kernel() {
-    if !kvm_available("linux_boot_protocol_reaches_the_kernel") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("vmm-linux");
     let probe = vmm(&["--dump-builtin", "linux_boot_probe"]);
     assert!(probe.status.success());
@@ -320,7 +265,7 @@ fn linux_boot_protocol_reaches_the_kernel() {
         "--cpus",
         "2",
     ]);
-    check(&out, 0, "probe: serial ok, boot protocol ok\n");
+    check(&out, 0, &["probe: serial ok, boot protocol ok\n"]);
     let stdout = text(&out.stdout);
     for needle in [
         "probe: cmdline \"console=ttyS0 probe=yes\"",
@@ -335,15 +280,13 @@ fn linux_boot_protocol_reaches_the_kernel() {
 
 #[test]
 fn triple_fault_is_reported() {
-    if !kvm_available("triple_fault_is_reported") {
-        return;
-    }
+    require_kvm!();
     let scratch = Scratch::new("vmm-triple");
     let image = vmm(&["--dump-builtin", "triple_fault"]);
     assert!(image.status.success());
     let kernel = scratch.join("triple.elf");
     std::fs::write(&kernel, &image.stdout).unwrap();
     let out = vmm(&["--kernel", kernel.to_str().unwrap()]);
-    check(&out, 2, "triple_fault: loading an empty IDT");
+    check(&out, 2, &["triple_fault: loading an empty IDT"]);
     assert!(text(&out.stderr).contains("triple fault (KVM_EXIT_SHUTDOWN) on vcpu0"));
 }

@@ -4,44 +4,13 @@
 //! taking effect, exit-free RAM BAR access (counted with `--stats`), MSI-X delivery through
 //! irqfd with mask/pending/unmask, an exit-free doorbell (ioeventfd -> irqfd), and several VMs
 //! at once.
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use harness::{kvm_available, run_vmm as vmm, text};
-
-/// Asserts the exit status and that stdout contains every string in `want`; returns stdout.
-fn check(out: &Output, status: i32, want: &[&str]) -> String {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(status),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    for w in want {
-        assert!(
-            stdout.contains(w),
-            "expected {w:?} in stdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-    }
-    stdout
-}
-
-/// The `name=value` number from the vmm's `--stats` line.
-fn stat(stderr: &str, name: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("vmm-stats:"))
-        .unwrap_or_else(|| panic!("no vmm-stats line in:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-}
+use harness::{check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat};
 
 #[test]
 fn enumeration_finds_host_bridge_and_testdev() {
-    if !kvm_available("enumeration_finds_host_bridge_and_testdev") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:pci_enum", "--device", "pci-testdev"]);
     check(
         &out,
@@ -61,18 +30,14 @@ fn enumeration_finds_host_bridge_and_testdev() {
 
 #[test]
 fn enumeration_without_devices_sees_only_the_host_bridge() {
-    if !kvm_available("enumeration_without_devices_sees_only_the_host_bridge") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:pci_enum"]);
     check(&out, 0, &["pci: 1 device(s)", "no pci-testdev"]);
 }
 
 #[test]
 fn device_options_change_bar_sizes_and_vector_count() {
-    if !kvm_available("device_options_change_bar_sizes_and_vector_count") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&[
         "--guest",
         "builtin:pci_enum",
@@ -103,9 +68,7 @@ fn device_options_change_bar_sizes_and_vector_count() {
 
 #[test]
 fn bars_are_programmed_and_moves_take_effect() {
-    if !kvm_available("bars_are_programmed_and_moves_take_effect") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:pci_bar", "--device", "pci-testdev"]);
     check(
         &out,
@@ -121,9 +84,7 @@ fn bars_are_programmed_and_moves_take_effect() {
 
 #[test]
 fn ram_bar_access_does_not_exit() {
-    if !kvm_available("ram_bar_access_does_not_exit") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&[
         "--guest",
         "builtin:pci_ram",
@@ -139,7 +100,7 @@ fn ram_bar_access_does_not_exit() {
     let stderr = text(&out.stderr);
     // 16 M RAM BAR accesses; the few hundred exits are enumeration, BAR programming, the clock
     // and the console. A trapped BAR would show millions.
-    let mmio_exits = stat(&stderr, "exits_mmio");
+    let mmio_exits = vmm_stat(&stderr, "exits_mmio");
     assert!(
         mmio_exits < 1000,
         "{mmio_exits} MMIO exits\n{stdout}\n{stderr}"
@@ -148,9 +109,7 @@ fn ram_bar_access_does_not_exit() {
 
 #[test]
 fn msix_interrupts_mask_pending_and_unmask() {
-    if !kvm_available("msix_interrupts_mask_pending_and_unmask") {
-        return;
-    }
+    require_kvm!();
     let out = vmm(&["--guest", "builtin:pci_msix", "--device", "pci-testdev"]);
     check(
         &out,
@@ -168,9 +127,7 @@ fn msix_interrupts_mask_pending_and_unmask() {
 
 #[test]
 fn programs_need_the_device() {
-    if !kvm_available("programs_need_the_device") {
-        return;
-    }
+    require_kvm!();
     for (program, status) in [("pci_bar", 20), ("pci_ram", 30), ("pci_msix", 40)] {
         let out = vmm(&["--guest", &format!("builtin:{program}")]);
         check(&out, status, &["no pci-testdev"]);
@@ -179,9 +136,7 @@ fn programs_need_the_device() {
 
 #[test]
 fn bad_device_options_are_reported() {
-    if !kvm_available("bad_device_options_are_reported") {
-        return;
-    }
+    require_kvm!();
     for (spec, message) in [
         ("pci-testdev,vectors=0", "vectors=0"),
         ("pci-testdev,vectors=5000", "1..=2048"),
@@ -199,9 +154,7 @@ fn bad_device_options_are_reported() {
 
 #[test]
 fn several_vms_in_parallel() {
-    if !kvm_available("several_vms_in_parallel") {
-        return;
-    }
+    require_kvm!();
     let programs = [
         "pci_msix", "pci_bar", "pci_ram", "pci_msix", "pci_enum", "pci_msix",
     ];

@@ -2,8 +2,6 @@
 //! what the test says — a correct handshake, late joins and leaves, or garbage — built on
 //! `protocol::send_message` so the bytes on the wire are the real protocol's.
 
-#![allow(dead_code)] // each test file uses a different part
-
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -24,7 +22,7 @@ pub enum Step {
     Vector(i64),
     /// Raw bytes, no fd (for partial or misaligned messages).
     Raw(Vec<u8>),
-    /// Pause.
+    /// Pause: a server that is slow or stalls on purpose (the behaviour under test).
     Sleep(Duration),
     /// Wait until the test sends on the control channel.
     AwaitGo,
@@ -109,6 +107,14 @@ impl FakeServer {
             .expect("fake server sent no more vectors")
     }
 
+    /// Waits until a script that ends with [`Step::Close`] has run to its end and closed the
+    /// connection (it must end so: a script left open would wait for `finish`).
+    pub fn wait_closed(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
     /// Closes the connection (if the script left it open) and waits for the thread.
     pub fn finish(mut self) {
         let _ = self.stop.send(());
@@ -169,18 +175,4 @@ fn run_steps(
         }
     }
     true
-}
-
-/// Reads an eventfd's counter without blocking (0 when nothing is pending).
-pub fn eventfd_count(fd: &OwnedFd) -> u64 {
-    let mut buf = [0u8; 8];
-    match nix::unistd::read(fd, &mut buf) {
-        Ok(8) => u64::from_ne_bytes(buf),
-        _ => 0,
-    }
-}
-
-/// Adds 1 to an eventfd (rings it).
-pub fn ring_eventfd(fd: &OwnedFd) {
-    nix::unistd::write(fd, &1u64.to_ne_bytes()).expect("write eventfd");
 }

@@ -1,57 +1,17 @@
 //! Raw protocol clients for the server tests: they speak the wire protocol through the
 //! `protocol` crate only (no `peer` library), so the tests see exactly what the server sends.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
-use harness::{bin, wait_until, Server};
 use protocol::client::{ClientEvent, ClientState};
 use protocol::fdpass::{recv_message, Received};
 
-pub const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Starts `ivshmem-server -F -S socket args..` and waits for its "listening on" line, without
-/// the harness's probe connection (so the first test client gets id 0).
-pub fn start_server(socket: &Path, args: &[&str]) -> Server {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(bin("ivshmem-server"))
-        .arg("-F")
-        .arg("-S")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ivshmem-server");
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let server = Server {
-        child,
-        socket: socket.to_path_buf(),
-        log,
-    };
-    let up = wait_until(TIMEOUT, || server.log_text().contains("listening on"));
-    assert!(up, "server did not start: {}", server.log_text());
-    server
-}
-
-/// Waits until the server's log contains `needle`.
-pub fn wait_log(server: &Server, needle: &str) -> bool {
-    wait_until(TIMEOUT, || server.log_text().contains(needle))
-}
+use crate::eventfd::poll_readable;
+use crate::TIMEOUT;
 
 /// Receives one raw message with a timeout.
 pub fn recv_raw(sock: &UnixStream) -> io::Result<Received> {
@@ -59,15 +19,20 @@ pub fn recv_raw(sock: &UnixStream) -> io::Result<Received> {
     recv_message(sock.as_fd())
 }
 
-/// True when nothing arrives on `sock` within `ms` (poll).
+/// True when nothing arrives on `sock` within `ms` milliseconds.
 pub fn silent_for(sock: &UnixStream, ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, ms) == 0 }
+    !poll_readable(sock, ms)
+}
+
+/// Size of a shared-memory fd (`fstat`).
+pub fn shm_size(fd: impl AsFd) -> u64 {
+    nix::sys::stat::fstat(fd).expect("fstat the shm fd").st_size as u64
+}
+
+/// Maps a client's shared-memory fd (whole object) read-write and shared, with the `peer`
+/// library's bounds-checked mapping.
+pub fn map_shm(fd: &OwnedFd) -> peer::SharedMemory {
+    peer::SharedMemory::map(fd.try_clone().expect("dup the shm fd")).expect("map the shm fd")
 }
 
 /// A connected client that checked its handshake with the protocol's state machine.
@@ -174,39 +139,4 @@ impl RawClient {
     pub fn peer_ids(&self) -> Vec<u16> {
         self.state.peers().into_iter().map(|(id, _)| id).collect()
     }
-}
-
-/// Writes 1 to an eventfd (ring it).
-pub fn ring(fd: &OwnedFd) {
-    nix::unistd::write(fd, &1u64.to_ne_bytes()).expect("ring eventfd");
-}
-
-/// Reads an eventfd's counter if non-zero (the server's eventfds are non-blocking).
-pub fn take(fd: &OwnedFd) -> Option<u64> {
-    let mut buf = [0u8; 8];
-    match nix::unistd::read(fd.as_fd(), &mut buf) {
-        Ok(8) => Some(u64::from_ne_bytes(buf)),
-        _ => None,
-    }
-}
-
-/// Waits until an eventfd has been rung (poll), then reads it.
-pub fn wait_rung(fd: &OwnedFd, ms: i32) -> Option<u64> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    if unsafe { libc::poll(&mut pfd, 1, ms) } == 1 {
-        take(fd)
-    } else {
-        None
-    }
-}
-
-/// Maps a client's shared-memory fd (whole object) read-write and shared, with the `peer`
-/// library's bounds-checked mapping.
-pub fn map_shm(fd: &OwnedFd) -> peer::SharedMemory {
-    peer::SharedMemory::map(fd.try_clone().expect("dup the shm fd")).expect("map the shm fd")
 }

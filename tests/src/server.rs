@@ -1,0 +1,105 @@
+//! A real `ivshmem-server -F` on a scratch socket, with its stderr log collected.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::{bin, collect_lines, wait_until, TIMEOUT};
+
+/// A running `ivshmem-server -F`; killed (SIGKILL) on drop if still alive.
+pub struct Server {
+    pub child: Child,
+    pub socket: PathBuf,
+    /// Lines the server printed on stderr, collected by a background thread.
+    pub log: Arc<Mutex<Vec<String>>>,
+    log_reader: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts the server with `-F -S <socket>` plus `args`, and waits until it accepts
+    /// connections, proven by a probe connection: that probe is peer 0, which joined and left
+    /// (its leave is in the log) before this returns, so the test's first peer gets id 1.
+    pub fn start(socket: &Path, args: &[&str]) -> Server {
+        let server = Server::spawn(socket, args);
+        let up = wait_until(TIMEOUT, || {
+            socket.exists() && UnixStream::connect(socket).is_ok()
+        });
+        assert!(up, "server did not start listening on {}", socket.display());
+        assert!(
+            server.wait_log("peer 0 left"),
+            "the probe connection's leave was not logged:\n{}",
+            server.log_text()
+        );
+        server
+    }
+
+    /// Starts the server and waits for its "listening on" line, without connecting: the
+    /// test's first client gets id 0.
+    pub fn start_without_probe(socket: &Path, args: &[&str]) -> Server {
+        let server = Server::spawn(socket, args);
+        assert!(
+            server.wait_log("listening on"),
+            "server did not start: {}",
+            server.log_text()
+        );
+        server
+    }
+
+    fn spawn(socket: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(bin("ivshmem-server"))
+            .arg("-F")
+            .arg("-S")
+            .arg(socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ivshmem-server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log_reader = collect_lines(stderr, move |line| sink.lock().unwrap().push(line));
+        Server {
+            child,
+            socket: socket.to_path_buf(),
+            log,
+            log_reader: Some(log_reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server has logged so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits up to [`TIMEOUT`] until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        wait_until(TIMEOUT, || self.log_text().contains(needle))
+    }
+
+    /// Sends SIGTERM, waits for the exit status and for the rest of the log: when this
+    /// returns, `log` is complete and the pipe from the server's stderr is closed.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let status = self.child.wait().expect("wait server");
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,6 +1,7 @@
-//! A QEMU-compatible ivshmem server (spec §2): the same command line and the same wire protocol,
-//! so QEMU's `ivshmem-doorbell` works against it unchanged, without the reference server's
-//! limits (select's 1024 fds, 32-bit sizes, exiting on one bad client, stale sockets).
+//! A QEMU-compatible ivshmem server (docs/protocol.md, "The server"): the same command line and the
+//! same wire protocol, so QEMU's `ivshmem-doorbell` works against it unchanged, without the
+//! reference server's limits (select's 1024 fds, 32-bit sizes, exiting on one bad client, stale
+//! sockets).
 //!
 //! Modules: [`options`] (command line), [`shm`] (shared-memory creation), [`listener`] (the
 //! socket file), [`peer`] (ids, per-peer state, bounded queues), [`event_loop`] (epoll broker),

@@ -1,11 +1,11 @@
 //! One interrupt vector: an eventfd the server created for a (peer, vector) pair.
 //!
-//! Ringing writes the 8-byte native-endian integer 1 (spec §1.5); receiving reads the counter,
-//! which also resets it. The server may hand out blocking or non-blocking eventfds, and the file
-//! status flags are shared with every other holder, so we never change them: on a blocking
-//! eventfd, draining first polls with a zero timeout and reads only when the counter is non-zero,
-//! which cannot block; on a non-blocking one (QEMU's and our server's) it just reads, saving a
-//! syscall on the hot path.
+//! Ringing writes the 8-byte native-endian integer 1 (docs/protocol.md, "Eventfds"); receiving
+//! reads the counter, which also resets it. The server may hand out blocking or non-blocking
+//! eventfds, and the file status flags are shared with every other holder, so we never change them:
+//! on a blocking eventfd, draining first polls with a zero timeout and reads only when the counter
+//! is non-zero, which cannot block; on a non-blocking one (QEMU's and our server's) it just reads,
+//! saving a syscall on the hot path.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

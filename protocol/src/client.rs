@@ -2,11 +2,11 @@
 //! (value and optional fd) and it returns what the message means, or a typed error naming what
 //! was wrong. No sockets here, so every rule can be unit-tested (and fuzzed).
 //!
-//! Order enforced (spec §1.2, §1.6): the version (0, no fd), then the client's own id (0..=65535,
-//! no fd); then, as QEMU allows, other peers' vectors and leaves may come before the shared
-//! memory, but the first `-1` must carry the fd; after it, vectors (own and other peers') and
-//! leaves. Deliberately stricter than QEMU: own-id vectors before the shared memory are refused
-//! (QEMU could touch unallocated MSI state there).
+//! Order enforced (docs/protocol.md, "Message sequence" and "What the client checks"): the version
+//! (0, no fd), then the client's own id (0..=65535, no fd); then, as QEMU allows, other peers'
+//! vectors and leaves may come before the shared memory, but the first `-1` must carry the fd;
+//! after it, vectors (own and other peers') and leaves. Deliberately stricter than QEMU: own-id
+//! vectors before the shared memory are refused (QEMU could touch unallocated MSI state there).
 //!
 //! Fatal errors (the handshake cannot continue; QEMU fails realize) put the state machine in a
 //! failed state where every further message is refused. Other errors report a bad message, whose

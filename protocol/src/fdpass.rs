@@ -5,12 +5,12 @@
 //! than 8 bytes; the fd travels with the first byte that goes out, so a caller resuming a partial
 //! send must not attach it again ([`send_bytes`] with `None`).
 //!
-//! Receiving: never more than 8 bytes per `recvmsg` (QEMU's rule, spec §1.1): with a larger
-//! buffer Linux may merge a message without an fd with the next one that has one, and the fd's
-//! owner would become ambiguous. `MSG_CMSG_CLOEXEC` is always set; the first fd received for a
-//! message is kept and every other one is closed at once. `recvmsg` is called through libc
-//! directly so that control data truncated by the kernel (`MSG_CTRUNC`) still has its installed
-//! fds found and closed instead of leaked.
+//! Receiving: never more than 8 bytes per `recvmsg` (QEMU's rule; docs/protocol.md, "Passing fds"):
+//! with a larger buffer Linux may merge a message without an fd with the next one that has one, and
+//! the fd's owner would become ambiguous. `MSG_CMSG_CLOEXEC` is always set; the first fd received
+//! for a message is kept and every other one is closed at once. `recvmsg` is called through libc
+//! directly so that control data truncated by the kernel (`MSG_CTRUNC`) still has its installed fds
+//! found and closed instead of leaked.
 
 use std::io::{self, IoSlice};
 use std::mem;

@@ -1,6 +1,6 @@
-//! The server side's message sequences as data (spec §1.2, §1.3), so the server and the tests
-//! share one definition of the order. Generic over the fd handle type `F`: tests use
-//! [`BorrowedFd`], a server that queues messages can use a reference-counted owned fd.
+//! The server side's message sequences as data (docs/protocol.md, "Message sequence"), so the
+//! server and the tests share one definition of the order. Generic over the fd handle type `F`:
+//! tests use [`BorrowedFd`], a server that queues messages can use a reference-counted owned fd.
 //!
 //! When peer P connects, with N vectors per peer:
 //! 1. to P: version `0`; 2. to P: its id; 3. to P: `-1` with the shared-memory fd

@@ -1,9 +1,9 @@
 //! The message format: every message is exactly 8 bytes, a signed 64-bit little-endian integer,
 //! optionally accompanied by one file descriptor (see [`crate::fdpass`]).
 //!
-//! Meaning of a value (spec §1.3): `0` first is the protocol version, then the client's own id;
-//! `-1` is the shared-memory message; any other value is a peer id (with an fd: that peer's next
-//! vector; without: that peer left).
+//! Meaning of a value (docs/protocol.md, "Messages"): `0` first is the protocol version, then the
+//! client's own id; `-1` is the shared-memory message; any other value is a peer id (with an fd:
+//! that peer's next vector; without: that peer left).
 
 /// `IVSHMEM_PROTOCOL_VERSION`, the first message a server sends.
 pub const PROTOCOL_VERSION: i64 = 0;

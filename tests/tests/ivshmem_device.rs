@@ -1,6 +1,6 @@
-//! The ivshmem PCI device as a guest sees it (the `ivshmem_check` guest program walks the spec:
-//! identity, BARs, MSI-X, registers, shared memory), what reaches the VMM (exit counters from
-//! `vmm --stats`), and `--ivshmem` errors.
+//! The ivshmem PCI device as a guest sees it (the `ivshmem_check` guest program walks
+//! docs/protocol.md, "The device": identity, BARs, MSI-X, registers, shared memory), what reaches
+//! the VMM (exit counters from `vmm --stats`), and `--ivshmem` errors.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Checks an ivshmem device against the spec (ivshmem-spec.md §4): identity, BARs, MSI-X and
-//! the BAR0 registers, then that the shared memory reads back what is written.
+//! Checks an ivshmem device against QEMU's (docs/protocol.md, "The device"): identity, BARs, MSI-X
+//! and the BAR0 registers, then that the shared memory reads back what is written.
 //!
 //! Guest args (all optional): `index=N` which ivshmem device (default 0); `variant=plain|doorbell`
 //! (default: whatever it is); `id=N` the IVPosition expected (plain: always 0); `size=BYTES`

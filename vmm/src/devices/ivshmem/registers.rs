@@ -9,9 +9,9 @@
 //!
 //! Doorbell writes normally never get here: each known (peer, vector) is a KVM ioeventfd with a
 //! datamatch on BAR0+0x0C. A write that reaches us matched none of them, so, as QEMU does, it is
-//! ignored when the peer or vector is unknown. Design note: the vector is bits 15..0 as the
-//! ivshmem spec says (QEMU's slow path keeps only bits 7..0), so vectors above 255, which our
-//! server allows, are not aliased onto lower ones.
+//! ignored when the peer or vector is unknown. Design note: the vector is bits 15..0 as QEMU's
+//! ivshmem-spec.rst says (QEMU's slow path keeps only bits 7..0), so vectors above 255, which our
+//! server allows, are not aliased onto lower ones (docs/protocol.md, "Differences from QEMU").
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -15,6 +15,9 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::QueueOwnedT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,6 +112,12 @@ impl VhostUserBackendMut for Echo {
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {}
+
+    // The worker thread stops on this event when the frontend disconnects; without it the
+    // daemon could not be dropped and we could not listen again.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::empty()).ok()
+    }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let mut config = b"ECHO".to_vec();

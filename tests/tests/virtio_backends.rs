@@ -431,6 +431,10 @@ fn virtio_malformed_header_values_never_crash_the_bridge() {
     }
     drop(vandal);
     bridge.wait_for("refused the driver's request");
+    // The bridge drops the vandal's claim once it hears that the vandal left.
+    let watcher = connect(&server);
+    let h = Header::new(watcher.shm(), 0).unwrap();
+    assert!(wait_until(WAIT, || h.get(field::DRIVER_PEER) == NO_PEER));
     // A proper driver still gets a working device once the vandal has left.
     let mut d = start_driver(&server, 2, 8);
     let bufs = d.alloc(512, 64).unwrap();

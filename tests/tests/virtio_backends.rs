@@ -1,0 +1,446 @@
+//! Virtio over ivshmem end to end: a host driver (virtio-ivshmem's `Driver` on a peer), the
+//! `vhost-bridge` peer, and real vhost-user backends — rust-vmm's `vhost-device-rng` from
+//! crates.io (installed by scripts/test.sh) and our `vhost-user-echo` — with the rings and
+//! buffers in the ivshmem shared memory. Backend killed and restarted, bridge killed, driver
+//! leaving, and a peer scribbling garbage into the header.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use harness::{bin, wait_until, Scratch, Server};
+use peer::{ConnectOptions, Peer};
+use virtio_ivshmem::layout::{field, status, NO_PEER};
+use virtio_ivshmem::{Buffer, Driver, DriverError, DriverOptions, Header};
+
+const SHM_SIZE: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A child process whose stderr lines are collected; killed on drop.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
+        let mut child = cmd.spawn().expect("spawn");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, log }
+    }
+
+    fn text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait_for(&self, what: &str) {
+        assert!(
+            wait_until(WAIT, || self.text().contains(what)),
+            "no {what:?} within {WAIT:?}; log:\n{}",
+            self.text()
+        );
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// rust-vmm's vhost-device-rng, if installed (scripts/test.sh installs it with cargo install).
+fn vhost_device_rng(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("vhost-device-rng"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
+            panic!("{test}: vhost-device-rng not on PATH and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
+        }
+        eprintln!(
+            "SKIP {test}: vhost-device-rng not on PATH (cargo install vhost-device-rng; \
+             scripts/test.sh does)"
+        );
+    }
+    found
+}
+
+fn start_rng(binary: &Path, dir: &Scratch) -> (Proc, PathBuf) {
+    let base = dir.join("rng.sock");
+    let proc = Proc::spawn(Command::new(binary).arg("--socket-path").arg(&base));
+    // It appends the socket index to the path.
+    let socket = dir.join("rng.sock0");
+    assert!(
+        wait_until(WAIT, || socket.exists()),
+        "vhost-device-rng did not listen"
+    );
+    (proc, socket)
+}
+
+fn start_echo(dir: &Scratch, queues: u32) -> (Proc, PathBuf) {
+    let socket = dir.join("echo.sock");
+    let proc = Proc::spawn(
+        Command::new(bin("vhost-user-echo"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--queues", &queues.to_string()]),
+    );
+    proc.wait_for("listening on");
+    (proc, socket)
+}
+
+fn start_bridge(server: &Server, backend: &Path, device: &str, extra: &[&str]) -> Proc {
+    let proc = Proc::spawn(
+        Command::new(bin("vhost-bridge"))
+            .arg("-S")
+            .arg(&server.socket)
+            .arg("--backend")
+            .arg(backend)
+            .args(["--device", device])
+            .args(extra),
+    );
+    proc.wait_for("serving virtio device");
+    proc
+}
+
+fn start_server(dir: &Scratch) -> Server {
+    Server::start(
+        &dir.join("ivshmem.sock"),
+        &["--memfd", "-l", &SHM_SIZE.to_string(), "-n", "5"],
+    )
+}
+
+fn connect(server: &Server) -> Peer {
+    Peer::connect_with(
+        &server.socket,
+        &ConnectOptions {
+            vectors: Some(5),
+            timeout: WAIT,
+        },
+    )
+    .expect("connect")
+}
+
+fn open_driver(server: &Server) -> Driver {
+    Driver::open(
+        connect(server),
+        DriverOptions {
+            header: 0,
+            arena: 0x1000..SHM_SIZE,
+            config_vector: 0,
+            timeout: WAIT,
+        },
+    )
+    .expect("open the device")
+}
+
+/// Opens the device, negotiates nothing optional, sets `queues` queues of `size` entries up
+/// (queue q calls our vector q+1) and starts it.
+fn start_driver(server: &Server, queues: u32, size: u32) -> Driver {
+    let mut d = open_driver(server);
+    d.negotiate(0).expect("negotiate");
+    for q in 0..queues {
+        d.setup_queue(q, size, q + 1).expect("set up queue");
+    }
+    d.start().expect("DRIVER_OK");
+    d
+}
+
+/// Sends `data` through echo queue `q` and returns what came back.
+fn echo(
+    d: &mut Driver,
+    q: u32,
+    input: u64,
+    output: u64,
+    data: &[u8],
+) -> Result<Vec<u8>, DriverError> {
+    d.shm().write(input as usize, data).unwrap();
+    d.shm().fill(output as usize, data.len(), 0).unwrap();
+    let len = data.len() as u32;
+    let token = d.submit(
+        q,
+        &[Buffer { offset: input, len }],
+        &[Buffer {
+            offset: output,
+            len,
+        }],
+    )?;
+    let used = d.wait_used(q, WAIT)?;
+    assert_eq!(used.token, token);
+    assert_eq!(used.len, len);
+    let mut back = vec![0u8; data.len()];
+    d.shm().read(output as usize, &mut back).unwrap();
+    Ok(back)
+}
+
+#[test]
+fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
+    let Some(rng) = vhost_device_rng("virtio_rng") else {
+        return;
+    };
+    let dir = Scratch::new("virtio-rng");
+    let server = start_server(&dir);
+    let (_rng, rng_socket) = start_rng(&rng, &dir);
+    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    // A small queue, so 100 requests wrap the rings several times.
+    let mut d = start_driver(&server, 1, 16);
+    assert_eq!(d.device_id(), virtio_ivshmem::device_id::ENTROPY);
+    let buf = d.alloc(64 * 100, 64).unwrap();
+    d.shm().fill(buf as usize, 64 * 100, 0).unwrap();
+    for i in 0..100u64 {
+        let at = buf + 64 * i;
+        d.submit(
+            0,
+            &[],
+            &[Buffer {
+                offset: at,
+                len: 64,
+            }],
+        )
+        .unwrap();
+        let used = d.wait_used(0, WAIT).expect("random bytes");
+        assert_eq!(used.len, 64, "request {i}");
+    }
+    let mut all = vec![0u8; 64 * 100];
+    d.shm().read(buf as usize, &mut all).unwrap();
+    let zeros = all.iter().filter(|&&b| b == 0).count();
+    assert!(zeros < 200, "{zeros} of 6400 bytes still zero: not random");
+    assert_ne!(all[..64], all[64..128]);
+    assert!(bridge.text().contains("device live: driver peer"));
+}
+
+#[test]
+fn virtio_echo_serves_several_queues_and_its_config_space() {
+    let dir = Scratch::new("virtio-echo");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 3);
+    let _bridge = start_bridge(&server, &socket, "echo", &["--config-size", "8"]);
+    let mut d = start_driver(&server, 3, 8);
+    assert_eq!(d.num_queues(), 3);
+    let mut config = [0u8; 8];
+    d.read_config(0, &mut config);
+    assert_eq!(&config, b"ECHO\x03\0\0\0");
+    let bufs = d.alloc(3 * 2 * 256, 64).unwrap();
+    for round in 0..20u32 {
+        // All three queues in flight at once, then collected.
+        let mut tokens = Vec::new();
+        for q in 0..3u32 {
+            let input = bufs + 512 * q as u64;
+            let text = format!("queue {q} round {round}");
+            d.shm().write(input as usize, text.as_bytes()).unwrap();
+            let len = text.len() as u32;
+            let t = d
+                .submit(
+                    q,
+                    &[Buffer { offset: input, len }],
+                    &[Buffer {
+                        offset: input + 256,
+                        len,
+                    }],
+                )
+                .unwrap();
+            tokens.push((t, text));
+        }
+        for (q, (token, text)) in tokens.into_iter().enumerate() {
+            let used = d.wait_used(q as u32, WAIT).expect("echo");
+            assert_eq!(used.token, token);
+            let mut back = vec![0u8; text.len()];
+            d.shm()
+                .read((bufs + 512 * q as u64 + 256) as usize, &mut back)
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&back), text);
+        }
+    }
+}
+
+#[test]
+fn virtio_echo_backend_killed_and_restarted_resumes_the_rings() {
+    let dir = Scratch::new("virtio-restart");
+    let server = start_server(&dir);
+    let (mut echo_proc, socket) = start_echo(&dir, 1);
+    let bridge = start_bridge(&server, &socket, "echo", &[]);
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"before").unwrap(),
+        b"before"
+    );
+
+    echo_proc.kill();
+    bridge.wait_for("reconnecting to");
+    // A request made while the backend is down waits in the ring; the kick waits in the eventfd.
+    d.shm().write(bufs as usize, b"during").unwrap();
+    let token = d
+        .submit(
+            0,
+            &[Buffer {
+                offset: bufs,
+                len: 6,
+            }],
+            &[Buffer {
+                offset: bufs + 256,
+                len: 6,
+            }],
+        )
+        .unwrap();
+    let (_echo2, _) = start_echo(&dir, 1);
+    bridge.wait_for("resumed on a new backend connection");
+    let used = d.wait_used(0, WAIT).expect("answer after the restart");
+    assert_eq!(used.token, token);
+    let mut back = [0u8; 6];
+    d.shm().read((bufs + 256) as usize, &mut back).unwrap();
+    assert_eq!(&back, b"during");
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"after").unwrap(),
+        b"after"
+    );
+}
+
+#[test]
+fn virtio_bridge_killed_is_reported_and_a_new_bridge_serves_a_new_driver() {
+    let dir = Scratch::new("virtio-bridge-kill");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    let mut bridge = start_bridge(&server, &socket, "echo", &[]);
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(echo(&mut d, 0, bufs, bufs + 256, b"one").unwrap(), b"one");
+    bridge.kill();
+    let err = d
+        .wait_used(0, WAIT)
+        .expect_err("no answer can come from a dead bridge");
+    assert!(matches!(err, DriverError::DeviceGone(_)), "{err}");
+    drop(d);
+
+    let _bridge2 = start_bridge(&server, &socket, "echo", &[]);
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(echo(&mut d, 0, bufs, bufs + 256, b"two").unwrap(), b"two");
+}
+
+#[test]
+fn virtio_driver_leaving_resets_the_device_for_the_next_driver() {
+    let dir = Scratch::new("virtio-leave");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    let bridge = start_bridge(&server, &socket, "echo", &[]);
+    // The first driver is live, then its connection goes away without any reset from it:
+    // its peer leaves, as when a driver process dies.
+    let d = start_driver(&server, 1, 8);
+    let first = d.peer().id();
+    let watcher = connect(&server);
+    let h = Header::new(watcher.shm(), 0).unwrap();
+    let generation = h.get(field::GENERATION);
+    assert_eq!(h.get(field::DRIVER_PEER), first as u32);
+    assert_ne!(h.get(field::DEVICE_STATUS) & status::DRIVER_OK, 0);
+    leave_without_reset(d);
+    bridge.wait_for(&format!("driver peer {first} left: resetting the device"));
+    assert!(wait_until(WAIT, || h.get(field::DRIVER_PEER) == NO_PEER));
+    assert_eq!(h.get(field::DEVICE_STATUS), 0);
+    assert_ne!(h.get(field::GENERATION), generation);
+
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(echo(&mut d, 0, bufs, bufs + 256, b"next").unwrap(), b"next");
+}
+
+/// Drops a driver's peer connection without the driver's own reset, as a crash would: the
+/// driver is leaked, its server socket closed by hand.
+fn leave_without_reset(d: Driver) {
+    let fd = d.peer().server_fd().expect("connected");
+    nix::sys::socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        nix::sys::socket::Shutdown::Both,
+    )
+    .expect("shutdown");
+    // The memory and eventfds stay mapped until the test ends; only the connection is gone.
+    std::mem::forget(d);
+}
+
+#[test]
+fn virtio_malformed_header_values_never_crash_the_bridge() {
+    let dir = Scratch::new("virtio-garbage");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 2);
+    let mut bridge = start_bridge(&server, &socket, "echo", &[]);
+    let vandal = connect(&server);
+    let me = vandal.id() as u32;
+    let device_peer = {
+        let h = Header::new(vandal.shm(), 0).unwrap();
+        h.get(field::DEVICE_PEER) as u16
+    };
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..300 {
+        let h = Header::new(vandal.shm(), 0).unwrap();
+        // Every driver-written field gets a random, often absurd, value; the claim is ours
+        // most of the time so the bridge gets past the first check.
+        let pick = |v: u64, small: u64| if v & 1 == 0 { v >> 1 } else { (v >> 1) % small };
+        h.set(
+            field::DRIVER_PEER,
+            if round % 5 == 0 { next() as u32 } else { me },
+        );
+        h.set(field::DRIVER_CONFIG_VECTOR, pick(next(), 6) as u32);
+        h.set64(field::DRIVER_FEATURES, next());
+        h.set(field::DRIVER_STATUS, pick(next(), 16) as u32);
+        for q in 0..virtio_ivshmem::layout::MAX_QUEUES {
+            use virtio_ivshmem::layout::queue_field as qf;
+            h.queue_set(q, qf::SIZE, pick(next(), 64) as u32);
+            h.queue_set(q, qf::CALL_VECTOR, pick(next(), 6) as u32);
+            h.queue_set64(q, qf::DESC, pick(next(), SHM_SIZE + 0x1000));
+            h.queue_set64(q, qf::AVAIL, pick(next(), SHM_SIZE + 0x1000));
+            h.queue_set64(q, qf::USED, pick(next(), SHM_SIZE + 0x1000));
+        }
+        let seq = h.bump(field::REQUEST);
+        vandal.ring(device_peer, 0).unwrap();
+        assert!(
+            wait_until(WAIT, || h.get(field::ACK) == seq),
+            "round {round}: the bridge did not answer; log:\n{}",
+            bridge.text()
+        );
+        assert!(bridge.alive(), "bridge died in round {round}");
+    }
+    drop(vandal);
+    bridge.wait_for("refused the driver's request");
+    // The bridge drops the vandal's claim once it hears that the vandal left.
+    let watcher = connect(&server);
+    let h = Header::new(watcher.shm(), 0).unwrap();
+    assert!(wait_until(WAIT, || h.get(field::DRIVER_PEER) == NO_PEER));
+    // A proper driver still gets a working device once the vandal has left.
+    let mut d = start_driver(&server, 2, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 1, bufs, bufs + 256, b"intact").unwrap(),
+        b"intact"
+    );
+    assert!(bridge.alive());
+}

@@ -13,6 +13,7 @@
 pub mod bar;
 pub mod bus;
 pub mod config;
+pub mod firmware;
 pub mod function;
 pub mod msix;
 pub mod watcher;

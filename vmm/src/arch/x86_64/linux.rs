@@ -182,6 +182,9 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
             len: std::mem::size_of::<boot_params>() as u64,
         })?;
 
+    // As firmware would: every BAR placed (a page at least each) and decoding on.
+    crate::pci::firmware::assign_bars(&vm.device_context().pci);
+
     for (addr, table) in acpi::tables(ncpus) {
         write(mem, addr, &table)?;
     }

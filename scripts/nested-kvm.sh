@@ -13,6 +13,7 @@
 #   --arg K=V       exported to l1.sh (repeatable); also written to /scenario.env
 #   --file SRC:DST  an extra file in the L1 initramfs (repeatable)
 #   --binary PATH   an extra program in L1 at the same path, with the libraries ldd lists
+#   --l2-file SRC:DST, --l2-binary SRC:DST   the same for the L2 initramfs
 #   --vmlinux       also put the ELF kernel at /l2/vmlinux (large: only when a scenario boots it)
 #   --smp N         L1 vCPUs (default 2)
 #   --timeout S     give up after S seconds (default 900)
@@ -151,7 +152,7 @@ write_l2_init() {
 /bin/busybox --install -s
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 echo "L2-READY $(nproc) cpus"
 sh /scenario.sh
 echo "L2-EXIT $?"
@@ -165,12 +166,15 @@ run() {
     shift
     [ -f "$scenario/l1.sh" ] || die "$scenario/l1.sh not found"
     local bins="" smp=2 timeout_s=900 vmlinux="" args=() files=() binaries=() qemu_extra=()
+    local l2_files=() l2_binaries=()
     while [ $# -gt 0 ]; do
         case $1 in
             --bins) bins=$2; shift 2 ;;
             --arg) args+=("$2"); shift 2 ;;
             --file) files+=("$2"); shift 2 ;;
             --binary) binaries+=("$2"); shift 2 ;;
+            --l2-file) l2_files+=("$2"); shift 2 ;;
+            --l2-binary) l2_binaries+=("$2"); shift 2 ;;
             --smp) smp=$2; shift 2 ;;
             --vmlinux) vmlinux=1; shift ;;
             --timeout) timeout_s=$2; shift 2 ;;
@@ -188,6 +192,9 @@ run() {
     busybox_root "$l2" "$base"
     write_l2_init "$l2"
     if [ -f "$scenario/l2.sh" ]; then cp "$scenario/l2.sh" "$l2/scenario.sh"; else echo 'true' >"$l2/scenario.sh"; fi
+    local f
+    for f in "${l2_files[@]}"; do install -D "${f%%:*}" "$l2${f#*:}"; done
+    for f in "${l2_binaries[@]}"; do add_binary "$l2" "${f%%:*}" "${f#*:}"; done
 
     # L1 initramfs: busybox, modules, our binaries with their libraries, the L2 kernel and initramfs.
     local l1="$work/l1root"
@@ -209,7 +216,6 @@ run() {
     : >"$l1/scenario.env"
     local kv
     for kv in "${args[@]}"; do printf '%s\n' "$kv" >>"$l1/scenario.env"; done
-    local f
     for f in "${files[@]}"; do install -D "${f%%:*}" "$l1${f#*:}"; done
     for f in "${binaries[@]}"; do add_binary "$l1" "$f" "$f"; done
     cpio_of "$l1" "$work/l1.gz"

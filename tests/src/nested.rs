@@ -75,6 +75,20 @@ impl Nested {
         self
     }
 
+    /// An extra file in the L2 initramfs (the Linux our VMM boots inside L1).
+    pub fn l2_file(mut self, src: &Path, dst: &str) -> Nested {
+        self.options
+            .extend(["--l2-file".into(), format!("{}:{dst}", src.display())]);
+        self
+    }
+
+    /// An extra program in the L2 initramfs, with the libraries it links.
+    pub fn l2_binary(mut self, src: &Path, dst: &str) -> Nested {
+        self.options
+            .extend(["--l2-binary".into(), format!("{}:{dst}", src.display())]);
+        self
+    }
+
     /// Also ship the ELF vmlinux to L1 (at /l2/vmlinux).
     pub fn with_vmlinux(mut self) -> Nested {
         self.options.push("--vmlinux".into());

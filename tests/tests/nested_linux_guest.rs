@@ -253,3 +253,52 @@ fn linux_guest_driver_and_client_in_qemu() {
         server.log_text()
     );
 }
+
+/// The same driver and CLI in Linux booted by our VMM on ordinary KVM (L2 on the bed), with our
+/// ivshmem-doorbell and ivshmem-plain: a host peer and a guest-program VM on one server in L1
+/// (tests/nested/linux-guest-vmm). Doorbells go through KVM ioeventfds and irqfds both ways.
+#[test]
+fn linux_guest_driver_and_client_in_our_vmm() {
+    if !nested_available("linux_guest_driver_and_client_in_our_vmm") {
+        return;
+    }
+    let Some(module) = build_driver() else {
+        return;
+    };
+    let checks = bin_dir().join("examples/driver_checks");
+    assert!(checks.exists(), "{} not found", checks.display());
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nested/lib.sh");
+    let outcome = Nested::scenario("linux-guest-vmm")
+        .l2_file(&module, "/ivshmem.ko")
+        .l2_file(&lib, "/lib.sh")
+        .l2_binary(
+            &bin("ivshmem-guest-client"),
+            "/usr/local/bin/ivshmem-guest-client",
+        )
+        .l2_binary(&checks, "/usr/local/bin/driver_checks")
+        .run();
+    outcome.assert_passed(&[
+        // in L2
+        "insmod",
+        "list_two_devices",
+        "sysfs_attributes",
+        "dump_our_id",
+        "reads_host",
+        "writes_for_host",
+        "plain_reads_host",
+        "plain_writes",
+        "doorbells_with_host",
+        "vm_to_vm_round_trips",
+        "driver_edges",
+        "no_oops",
+        // in L1
+        "l2_ran",
+        "l2_no_slow_doorbells",
+        "host_got_both_vectors",
+        "host_reads_linux",
+        "plain_file_has_linux",
+        "pong_answered_all",
+        "pong_no_slow_doorbells",
+    ]);
+    assert_eq!(outcome.status, Some(0));
+}

@@ -27,9 +27,21 @@ pub enum ClientEvent {
     /// The shared-memory fd.
     SharedMemory(OwnedFd),
     /// An eventfd for (peer, vector); `peer == own id` means one of our own interrupt vectors.
-    PeerVector { peer: u16, vector: u32, fd: OwnedFd },
+    PeerVector {
+        /// The peer this eventfd rings (our own id for our interrupt vectors).
+        peer: u16,
+        /// The vector number: the order in which the server sent that peer's fds.
+        vector: u32,
+        /// The eventfd itself, now owned by the caller.
+        fd: OwnedFd,
+    },
     /// More fds than `max_vectors` for that peer; the fd has been closed.
-    ExtraVector { peer: u16, vector: u32 },
+    ExtraVector {
+        /// The peer the surplus fd was for.
+        peer: u16,
+        /// The vector number it would have had (at least `max_vectors`).
+        vector: u32,
+    },
     /// That peer left; its vectors are gone.
     PeerLeft(u16),
 }
@@ -37,29 +49,42 @@ pub enum ClientEvent {
 /// A message the server should not have sent. Any fd it carried has been closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
+    /// The first message was not version 0: not a server we can talk to.
     #[error("server sent protocol version {0}, expecting 0")]
     BadVersion(i64),
+    /// The version message carried an fd, which QEMU's protocol never does.
     #[error("server sent an fd with the version message")]
     VersionWithFd,
+    /// Our id message carried an fd, which QEMU's protocol never does.
     #[error("server sent an fd with its id message (id {0})")]
     IdWithFd(i64),
+    /// Our id does not fit the 16 bits the doorbell register gives a peer id.
     #[error("server sent id {0}, outside 0..=65535")]
     IdOutOfRange(i64),
+    /// A -1 message arrived without the shared-memory fd that -1 announces.
     #[error("server sent the shared-memory message (-1) without an fd")]
     ShmWithoutFd,
+    /// The shared memory was announced twice; the second fd is closed and ignored.
     #[error("server sent a second shared-memory message")]
     UnexpectedShm,
+    /// A value that is neither -1 nor a peer id.
     #[error("server sent invalid message {0} (not -1 and not a peer id 0..=65535)")]
     InvalidValue(i64),
+    /// One of our own vectors came before the shared memory, out of the handshake's order.
     #[error("server sent a vector for our own id {0} before the shared memory")]
     OwnVectorBeforeShm(u16),
+    /// A disconnect message named our own id: the server thinks we left.
     #[error("server announced that our own id {0} left")]
     DisconnectOwnId(u16),
+    /// A disconnect message for a peer we were never told about; ignored.
     #[error("server announced that unknown peer {0} left")]
     DisconnectUnknownPeer(u16),
+    /// Anything that arrives after a fatal error: the connection is no longer trusted.
     #[error("server sent message {value} after the connection failed: {cause}")]
     MessageAfterFailure {
+        /// The message that arrived after the failure.
         value: i64,
+        /// The fatal error that ended the handshake first.
         cause: Box<ProtocolError>,
     },
 }
@@ -255,11 +280,9 @@ mod tests {
     /// the write end was closed.
     fn tracked() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two fresh fds we then own.
-        assert_eq!(
-            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
-            0
-        );
+        // SAFETY: `fds` has room for the two fds pipe2 writes; they are fresh and ours.
+        let status = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        assert_eq!(status, 0);
         // SAFETY: both fds are fresh and owned by nobody else.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }

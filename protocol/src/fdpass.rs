@@ -24,7 +24,12 @@ use crate::wire::{decode, encode, MESSAGE_LEN};
 #[derive(Debug)]
 pub enum Received {
     /// A complete 8-byte message and the fd that came with it, if any.
-    Message { value: i64, fd: Option<OwnedFd> },
+    Message {
+        /// The decoded little-endian value.
+        value: i64,
+        /// The fd from the `SCM_RIGHTS` control message, owned by the caller.
+        fd: Option<OwnedFd>,
+    },
     /// The peer closed the connection cleanly before the first byte of a message.
     Eof,
 }

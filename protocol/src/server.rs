@@ -20,7 +20,9 @@ use crate::wire::{peer_value, PROTOCOL_VERSION, SHM_MESSAGE};
 /// One message to send: a value and at most one fd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<F> {
+    /// The 8-byte value: the protocol version, a peer id or -1 (shared memory).
     pub value: i64,
+    /// The fd sent with it by `SCM_RIGHTS`, if any.
     pub fd: Option<F>,
 }
 
@@ -28,6 +30,7 @@ pub struct Message<F> {
 pub type OutgoingMessage<'a> = Message<BorrowedFd<'a>>;
 
 impl<F> Message<F> {
+    /// A message with `value` and an optional fd.
     pub fn new(value: i64, fd: Option<F>) -> Self {
         Message { value, fd }
     }

@@ -14,8 +14,10 @@
 /// Why a size was refused; both carry the text as given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
+    /// Not a number with an optional suffix.
     #[error("cannot parse size '{0}': expected a number with an optional B, K, M, G or T suffix")]
     Invalid(String),
+    /// The number or its suffix's multiple does not fit in 64 bits.
     #[error("size '{0}' is too large")]
     TooLarge(String),
 }

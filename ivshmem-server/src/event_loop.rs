@@ -38,10 +38,15 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Settings of the event loop.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopConfig {
+    /// Vectors (eventfds) the server creates for each peer (`-n`).
     pub vectors: u32,
+    /// How many join/leave notices may wait for one peer before it is dropped (`--queue-limit`).
     pub queue_limit: usize,
 }
 
+/// The broker: one epoll loop over the listening socket, the shutdown signals and every
+/// connected peer. It hands each peer the shared memory and the eventfds of the others, and
+/// announces joins and leaves to everyone.
 pub struct Server {
     epoll: Epoll,
     listener: std::os::unix::net::UnixListener,
@@ -61,6 +66,8 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server on a bound `listener`, stopping on `signals` (SIGINT, SIGTERM, SIGHUP), giving
+    /// peers `shm`. Nothing happens until [`Server::run`].
     pub fn new(
         listener: std::os::unix::net::UnixListener,
         signals: SignalFd,
@@ -442,7 +449,8 @@ impl Server {
         }
     }
 
-    /// Connected peers right now.
+    /// How many peers are connected right now (fuzz/'s server_peers target checks it against
+    /// the connections it holds open).
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }

@@ -10,26 +10,55 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{chown, Gid};
 
+/// Why the server could not take its socket path.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
+    /// A live server answers on the path: two servers must not share it.
     #[error("another server is already listening on {0}")]
     InUse(PathBuf),
+    /// Something other than a socket is at the path; we never delete it.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The existing socket could not be probed for a live server.
     #[error("cannot check the existing socket {path}: {source}")]
-    Probe { path: PathBuf, source: io::Error },
+    Probe {
+        /// The socket path.
+        path: PathBuf,
+        /// The failed system call's error.
+        source: io::Error,
+    },
+    /// The socket is stale (nobody answers) but could not be removed.
     #[error("cannot remove the stale socket {path}: {source}")]
-    RemoveStale { path: PathBuf, source: io::Error },
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The failed system call's error.
+        source: io::Error,
+    },
+    /// `bind` failed (permissions, path too long, missing directory).
     #[error("cannot bind {path}: {source}")]
-    Bind { path: PathBuf, source: io::Error },
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The failed system call's error.
+        source: io::Error,
+    },
+    /// The socket's mode or group (`--mode`, `--group`) could not be set.
     #[error("cannot set permissions of {path}: {source}")]
-    Permissions { path: PathBuf, source: io::Error },
+    Permissions {
+        /// The socket path.
+        path: PathBuf,
+        /// The failed system call's error.
+        source: io::Error,
+    },
 }
 
 /// The bound socket and the identity of its file.
 #[derive(Debug)]
 pub struct Listener {
+    /// The listening socket.
     pub socket: UnixListener,
+    /// Where it is bound; removed on exit if it is still our file.
     pub path: PathBuf,
     dev: u64,
     ino: u64,

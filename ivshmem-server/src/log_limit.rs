@@ -38,6 +38,7 @@ pub struct RateLimiter<K> {
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// Lets `burst` alike lines per key through in each `window`; the rest are counted.
     pub fn new(burst: u32, window: Duration) -> Self {
         RateLimiter {
             burst,

@@ -53,6 +53,7 @@ pub struct LogQueue {
 }
 
 impl LogQueue {
+    /// A queue holding at most `capacity` lines; later ones are counted as dropped.
     pub fn new(capacity: usize) -> Arc<LogQueue> {
         Arc::new(LogQueue {
             state: Mutex::new(State::default()),

@@ -14,10 +14,14 @@ use std::path::PathBuf;
 use protocol::size::SizeError;
 use protocol::wire::MAX_VECTORS;
 
+/// QEMU's default pid file (`-p`), written only in daemon mode.
 pub const DEFAULT_PID_FILE: &str = "/var/run/ivshmem-server.pid";
 pub use protocol::DEFAULT_SOCKET_PATH;
+/// QEMU's default POSIX shared-memory name (`-M`): /dev/shm/ivshmem.
 pub const DEFAULT_SHM_NAME: &str = "ivshmem";
+/// QEMU's default shared-memory size (`-l`): 4 MiB.
 pub const DEFAULT_SHM_SIZE: u64 = 4 * 1024 * 1024;
+/// QEMU's default vectors per peer (`-n`).
 pub const DEFAULT_VECTORS: u32 = 1;
 /// Default bound of a peer's outgoing queue of join/leave notices, in messages.
 pub const DEFAULT_QUEUE_LIMIT: usize = 16384;
@@ -40,24 +44,36 @@ pub enum ShmBacking {
 /// A group given by `--group`, by name or number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
+    /// The name or number as given, for messages.
     pub text: String,
+    /// The numeric group id it resolved to.
     pub gid: u32,
 }
 
+/// The server's parsed command line, with QEMU's defaults for what is not given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    /// Log every message (`-v`); needs `-F`.
     pub verbose: bool,
+    /// Stay in the foreground instead of daemonizing (`-F`).
     pub foreground: bool,
+    /// Where the daemon writes its pid (`-p`).
     pub pid_file: PathBuf,
+    /// The listening socket (`-S`).
     pub socket_path: PathBuf,
+    /// Where the shared memory comes from (`-M`, `-m` or `--memfd`).
     pub shm: ShmBacking,
     /// Size as given; the shared memory gets [`Options::shm_size`] (the next power of two).
     pub requested_size: u64,
+    /// Eventfds per peer (`-n`), at most [`MAX_VECTORS`].
     pub vectors: u32,
+    /// Remove the `-M` object on exit (`--unlink-shm`).
     pub unlink_shm: bool,
     /// Explicit `--mode`; see [`Options::mode`] for the effective one.
     pub mode_arg: Option<u32>,
+    /// Group owner of the socket and shared memory (`--group`).
     pub group: Option<GroupSpec>,
+    /// Bound of each peer's queue of notices (`--queue-limit`).
     pub queue_limit: usize,
 }
 
@@ -99,44 +115,71 @@ impl Options {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Serve with these options.
     Run(Options),
+    /// Print the usage text and exit (`-h`).
     Help,
 }
 
+/// Why the command line was refused; the server prints it with the usage hint and exits 1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UsageError {
+    /// An option that neither QEMU nor we define.
     #[error("unknown option '{0}'")]
     UnknownOption(String),
+    /// An option that needs an argument came last.
     #[error("option '{0}' requires an argument")]
     MissingArgument(String),
+    /// A flag was given `--flag=value`.
     #[error("option '{0}' takes no argument")]
     UnexpectedArgument(String),
+    /// A bare argument: the server takes none.
     #[error("unexpected argument '{0}'")]
     UnexpectedPositional(String),
+    /// An argument is not valid UTF-8.
     #[error("argument of '{option}' is not valid UTF-8")]
-    NotUtf8 { option: String },
+    NotUtf8 {
+        /// The option whose argument it was.
+        option: String,
+    },
+    /// `-l` is not a size.
     #[error("cannot parse size '{0}': expected a number with an optional K, M, G or T suffix")]
     BadSize(String),
+    /// `-l 0`: a peer cannot map empty memory.
     #[error("size '{0}' must be greater than 0")]
     ZeroSize(String),
+    /// `-l` does not fit in 64 bits once rounded up to a power of two.
     #[error("size '{0}' is too large")]
     SizeTooLarge(String),
+    /// `-n` is not a number.
     #[error("cannot parse number of vectors '{0}'")]
     BadVectors(String),
+    /// `-n` is above [`MAX_VECTORS`].
     #[error("number of vectors {0} exceeds the maximum of {MAX_VECTORS}")]
     TooManyVectors(u64),
+    /// `--mode` is not an octal permission.
     #[error("cannot parse mode '{0}': expected an octal number up to 0777")]
     BadMode(String),
+    /// `--group` names no group of this system.
     #[error("unknown group '{0}'")]
     UnknownGroup(String),
+    /// `--queue-limit` is not a positive number.
     #[error("cannot parse queue limit '{0}': expected a number of messages of at least 1")]
     BadQueueLimit(String),
+    /// `-v` without `-F`: a daemon has no terminal to log to (as QEMU refuses it).
     #[error("cannot use verbose (-v) in daemon mode: add -F")]
     VerboseNeedsForeground,
+    /// `--unlink-shm` with `-m` or `--memfd`, which have no name to unlink.
     #[error("--unlink-shm applies only to a POSIX shared-memory object (-M)")]
     UnlinkWithoutName,
+    /// Any other refused value, with the option and why.
     #[error("{option}: {reason}")]
-    Invalid { option: String, reason: String },
+    Invalid {
+        /// The option as given.
+        option: String,
+        /// Why its value was refused.
+        reason: String,
+    },
 }
 
 /// The options clap parses; ids are the short letter (or the long name when there is none).

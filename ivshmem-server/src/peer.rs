@@ -92,10 +92,12 @@ impl OutQueue {
         }
     }
 
+    /// Messages waiting to be sent.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -163,14 +165,17 @@ impl OutQueue {
 /// One connected peer.
 #[derive(Debug)]
 pub struct Peer {
+    /// The id the server assigned; others ring it through the doorbell register.
     pub id: u16,
     /// Connection number: connect order and epoll token.
     pub seq: u64,
+    /// The connection; the server only writes to it and reads it for hang-up.
     pub socket: UnixStream,
     /// From SO_PEERCRED, for the logs.
     pub pid: Option<i32>,
     /// Its eventfds, vector 0..N-1.
     pub vectors: Vec<Rc<OwnedFd>>,
+    /// What it has not been sent yet (non-blocking sends).
     pub queue: OutQueue,
     /// EPOLLOUT is in its epoll interest set.
     pub wants_write: bool,
@@ -196,6 +201,7 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
+    /// An empty table.
     pub fn new() -> Self {
         PeerTable::default()
     }
@@ -212,21 +218,25 @@ impl PeerTable {
         self.next_seq
     }
 
+    /// Adds a peer that has its id and connection number.
     pub fn insert(&mut self, peer: Peer) {
         self.order.insert(peer.seq, peer.id);
         self.by_id.insert(peer.id, peer);
     }
 
+    /// Takes a peer out by id (it left or is dropped).
     pub fn remove(&mut self, id: u16) -> Option<Peer> {
         let peer = self.by_id.remove(&id)?;
         self.order.remove(&peer.seq);
         Some(peer)
     }
 
+    /// The peer with this id.
     pub fn get(&self, id: u16) -> Option<&Peer> {
         self.by_id.get(&id)
     }
 
+    /// The peer with this id, to update its queue.
     pub fn get_mut(&mut self, id: u16) -> Option<&mut Peer> {
         self.by_id.get_mut(&id)
     }
@@ -241,10 +251,12 @@ impl PeerTable {
         self.order.values().copied().collect()
     }
 
+    /// Connected peers.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// True when no peer is connected.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

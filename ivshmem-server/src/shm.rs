@@ -23,29 +23,60 @@ use crate::options::ShmBacking;
 /// How many times a failed `ftruncate` is retried with the size doubled.
 const MAX_DOUBLINGS: u32 = 24;
 
+/// Why the shared memory could not be set up; the server exits with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ShmError {
+    /// `shm_open` of the `-M` name failed.
     #[error("cannot open shared memory object '{name}': {errno}")]
-    Open { name: String, errno: Errno },
-    #[error("cannot create a file in '{dir}': {errno}")]
-    CreateInDir { dir: PathBuf, errno: Errno },
-    #[error("cannot create a memfd: {0}")]
-    Memfd(Errno),
-    #[error("cannot size the shared memory ({what}) to {size} bytes: {errno}")]
-    Resize {
-        what: String,
-        size: u64,
+    Open {
+        /// The POSIX name.
+        name: String,
+        /// The system call's error.
         errno: Errno,
     },
+    /// No file could be created in the `-m` directory.
+    #[error("cannot create a file in '{dir}': {errno}")]
+    CreateInDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The system call's error.
+        errno: Errno,
+    },
+    /// `memfd_create` failed (`--memfd`).
+    #[error("cannot create a memfd: {0}")]
+    Memfd(Errno),
+    /// `ftruncate` failed, also after doubling the size (hugetlbfs).
+    #[error("cannot size the shared memory ({what}) to {size} bytes: {errno}")]
+    Resize {
+        /// The shared memory's description.
+        what: String,
+        /// The last size tried.
+        size: u64,
+        /// The last error.
+        errno: Errno,
+    },
+    /// `fchmod` or `fchown` failed (`--mode`, `--group`).
     #[error("cannot set permissions of the shared memory ({what}): {errno}")]
-    Permissions { what: String, errno: Errno },
+    Permissions {
+        /// The shared memory's description.
+        what: String,
+        /// The system call's error.
+        errno: Errno,
+    },
+    /// `fstat` failed.
     #[error("cannot stat the shared memory ({what}): {errno}")]
-    Stat { what: String, errno: Errno },
+    Stat {
+        /// The shared memory's description.
+        what: String,
+        /// The system call's error.
+        errno: Errno,
+    },
 }
 
 /// The server's shared memory: the fd every peer receives and what it is, for logs and cleanup.
 #[derive(Debug)]
 pub struct SharedMemory {
+    /// The fd every peer receives.
     pub fd: OwnedFd,
     /// Actual size (`st_size`): the requested power of two, or larger on hugetlbfs.
     pub size: u64,
@@ -58,7 +89,9 @@ pub struct SharedMemory {
 /// Permissions for the shared memory.
 #[derive(Debug, Clone, Copy)]
 pub struct Access {
+    /// Permission bits (`--mode`).
     pub mode: u32,
+    /// Group owner (`--group`), if any.
     pub gid: Option<u32>,
 }
 

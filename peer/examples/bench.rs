@@ -426,8 +426,8 @@ fn eventfd_pair(iters: u64, warmup: u64) -> anyhow::Result<()> {
 
 /// Takes ownership of an fd number inherited from the parent, after checking it is open.
 fn inherited_fd(raw: i32) -> anyhow::Result<OwnedFd> {
-    // SAFETY: F_GETFD only queries the fd table.
     ensure!(
+        // SAFETY: F_GETFD only queries the fd table.
         raw >= 0 && unsafe { libc::fcntl(raw, libc::F_GETFD) } >= 0,
         "fd {raw} is not open in this process"
     );

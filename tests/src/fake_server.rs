@@ -42,13 +42,16 @@ pub fn vectors(peer: i64, count: u32) -> Vec<Step> {
 
 /// An eventfd the fake server handed out, with the peer it was sent for.
 pub struct SentVector {
+    /// The peer id of the vector message it came with.
     pub peer: i64,
+    /// The server's end of the eventfd, to ring the client or check it was closed.
     pub fd: OwnedFd,
 }
 
 /// The fake server: runs its script on the first connection, then keeps the connection open
 /// until dropped (unless the script closed it).
 pub struct FakeServer {
+    /// The socket the fake server listens on.
     pub path: PathBuf,
     go: mpsc::Sender<()>,
     thread: Option<JoinHandle<Vec<SentVector>>>,

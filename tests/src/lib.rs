@@ -99,10 +99,12 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// A scratch directory removed on drop.
 pub struct Scratch {
+    /// The directory; unique per process and call.
     pub path: PathBuf,
 }
 
 impl Scratch {
+    /// Creates a fresh, empty `ivshmem-test-TAG-PID-N` directory in the temp dir.
     pub fn new(tag: &str) -> Scratch {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +115,7 @@ impl Scratch {
         Scratch { path }
     }
 
+    /// A path inside the directory.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }

@@ -125,6 +125,7 @@ impl Nested {
 
 /// What a scenario run printed.
 pub struct NestedOutcome {
+    /// The scenario's name, for failure messages.
     pub scenario: String,
     /// l1.sh's exit status; 125 when the bed itself failed.
     pub status: Option<i32>,

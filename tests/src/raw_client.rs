@@ -37,13 +37,17 @@ pub fn map_shm(fd: &OwnedFd) -> peer::SharedMemory {
 
 /// A connected client that checked its handshake with the protocol's state machine.
 pub struct RawClient {
+    /// The connection to the server (the test may write garbage to it or close it).
     pub sock: UnixStream,
+    /// The protocol state machine that checked every message so far.
     pub state: ClientState,
+    /// The id the server assigned.
     pub id: u16,
     /// The shared memory (None for light clients).
     pub shm: Option<OwnedFd>,
     /// Eventfds per peer id (own id included), vector order.
     pub vectors: BTreeMap<u16, Vec<OwnedFd>>,
+    /// How many vectors per peer it expects (the server's `-n`).
     pub n_vectors: u32,
     /// Keep other peers' vector fds (false: close them on arrival).
     pub keep: bool,
@@ -63,6 +67,7 @@ impl RawClient {
         Self::handshake(sock, n_vectors, false)
     }
 
+    /// Reads the handshake on an already connected socket; `keep` as in `connect`/`connect_light`.
     pub fn handshake(sock: UnixStream, n_vectors: u32, keep: bool) -> RawClient {
         let mut state = ClientState::new(Some(n_vectors));
         let mut id = None;
@@ -136,6 +141,7 @@ impl RawClient {
         self.vectors.remove(&id);
     }
 
+    /// Ids of the other peers the server announced (and not announced as left).
     pub fn peer_ids(&self) -> Vec<u16> {
         self.state.peers().into_iter().map(|(id, _)| id).collect()
     }

@@ -10,7 +10,9 @@ use crate::{bin, collect_lines, wait_until, TIMEOUT};
 
 /// A running `ivshmem-server -F`; killed (SIGKILL) on drop if still alive.
 pub struct Server {
+    /// The server process.
     pub child: Child,
+    /// The socket it listens on.
     pub socket: PathBuf,
     /// Lines the server printed on stderr, collected by a background thread.
     pub log: Arc<Mutex<Vec<String>>>,
@@ -70,6 +72,7 @@ impl Server {
         }
     }
 
+    /// The server's pid, to check the pid in its join/leave lines or signal it.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -15,12 +15,16 @@ use peer::{Peer, ServerEvent};
 /// Generous: the machine has 2 cores and other tests run VMs too.
 pub const VM_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Bytes per peer slot in the guest programs' directory at the start of the shared memory.
 pub const SLOT_SIZE: usize = 64;
+/// Offset of the text within a slot (after magic, id and counter).
 pub const SLOT_TEXT: usize = 16;
+/// The magic that marks a published slot.
 pub const MAGIC: &[u8; 4] = b"IVSH";
 
 /// A running `vmm` whose stdout and stderr are collected by background threads.
 pub struct Vm {
+    /// The `--name` given to the VMM (its console lines' prefix).
     pub name: String,
     child: Child,
     stdout: Arc<Mutex<String>>,
@@ -31,10 +35,13 @@ pub struct Vm {
 /// How a VM ended.
 #[derive(Debug)]
 pub struct VmOutcome {
+    /// The VM's `--name`.
     pub name: String,
     /// Exit status (`None` when killed by a signal).
     pub code: Option<i32>,
+    /// Everything the VM printed on stdout (its console).
     pub stdout: String,
+    /// Everything the VMM printed on stderr (its log).
     pub stderr: String,
 }
 
@@ -140,14 +147,17 @@ impl Vm {
         }
     }
 
+    /// The VMM's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// What the VM printed on stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// What the VMM printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -229,6 +239,7 @@ pub fn run_vm(
 
 /// A host peer (the `peer` library) that also reads and writes the directory.
 pub struct HostPeer {
+    /// The connected peer.
     pub peer: Peer,
     /// Doorbells received so far, per vector.
     pub received: Vec<u64>,
@@ -252,6 +263,7 @@ impl HostPeer {
         }
     }
 
+    /// This peer's id.
     pub fn id(&self) -> u16 {
         self.peer.id()
     }
@@ -388,10 +400,12 @@ impl HostPeer {
         }
     }
 
+    /// Writes `value` little-endian at `offset` in the shared memory.
     pub fn write_u64(&self, offset: usize, value: u64) {
         self.peer.shm().write(offset, &value.to_le_bytes()).unwrap();
     }
 
+    /// Reads a little-endian u64 at `offset` in the shared memory.
     pub fn read_u64(&self, offset: usize) -> u64 {
         let mut b = [0u8; 8];
         self.peer.shm().read(offset, &mut b).unwrap();

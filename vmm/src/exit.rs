@@ -19,7 +19,10 @@ pub enum ExitReason {
     /// i8042 reset (or a KVM reset event): a normal power-off for our purposes.
     Reset,
     /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
-    TripleFault { cpu: u32 },
+    TripleFault {
+        /// The vCPU that hit it.
+        cpu: u32,
+    },
     /// The guest-program exception stub reported an unexpected exception.
     Crash(CrashRecord),
     /// SIGINT/SIGTERM.
@@ -31,14 +34,23 @@ pub enum ExitReason {
 /// What the exception stub saved (see `layout::MAILBOX_CRASH`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrashRecord {
+    /// The vCPU that faulted.
     pub cpu: u32,
+    /// The exception vector (0..32).
     pub vector: u8,
+    /// The error code the CPU pushed (0 for exceptions without one).
     pub error_code: u64,
+    /// Where it happened.
     pub rip: u64,
+    /// Code segment at the fault (its low bits: the privilege level).
     pub cs: u64,
+    /// Flags at the fault.
     pub rflags: u64,
+    /// Stack pointer at the fault.
     pub rsp: u64,
+    /// Stack segment at the fault.
     pub ss: u64,
+    /// The faulting address, for page faults.
     pub cr2: u64,
 }
 
@@ -135,6 +147,7 @@ pub struct VmControl {
 }
 
 impl VmControl {
+    /// A control with no exit requested; fails only if the eventfd cannot be created.
     pub fn new() -> std::io::Result<VmControl> {
         Ok(VmControl {
             reason: Mutex::new(None),
@@ -143,6 +156,8 @@ impl VmControl {
         })
     }
 
+    /// Asks the VM to end for `reason` (ignored when another reason came first) and wakes
+    /// the main loop.
     pub fn request_exit(&self, reason: ExitReason) {
         let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
@@ -157,6 +172,7 @@ impl VmControl {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Why the VM ended, once an exit was requested.
     pub fn reason(&self) -> Option<ExitReason> {
         self.reason
             .lock()

@@ -31,40 +31,56 @@ pub const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
 /// An MSI message: what a device writes (address/data) to raise an interrupt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MsiMessage {
+    /// The address the device writes to (the LAPIC window, with the destination CPU).
     pub address: u64,
+    /// The value it writes (vector and delivery mode).
     pub data: u32,
 }
 
 /// Errors of the interrupt router.
 #[derive(Debug, thiserror::Error)]
 pub enum InterruptError {
+    /// Every GSI KVM allows is in use.
     #[error("no free GSI left (KVM allows {KVM_MAX_IRQ_ROUTES} routes)")]
     GsiExhausted,
+    /// No MSI route has this GSI (never added, or removed).
     #[error("GSI {0} has no MSI route")]
     UnknownGsi(u32),
+    /// KVM refused the routing table.
     #[error("KVM_SET_GSI_ROUTING failed: {0}")]
     SetRouting(#[source] io::Error),
+    /// KVM could not attach an eventfd to a GSI.
     #[error("KVM_IRQFD (bind fd to GSI {gsi}) failed: {source}")]
     BindIrqfd {
+        /// The GSI.
         gsi: u32,
+        /// KVM's error.
         #[source]
         source: io::Error,
     },
+    /// KVM could not detach an eventfd from a GSI.
     #[error("KVM_IRQFD (unbind fd from GSI {gsi}) failed: {source}")]
     UnbindIrqfd {
+        /// The GSI.
         gsi: u32,
+        /// KVM's error.
         #[source]
         source: io::Error,
     },
+    /// KVM could not inject an MSI.
     #[error("KVM_SIGNAL_MSI failed: {0}")]
     SignalMsi(#[source] io::Error),
 }
 
 /// The KVM operations the router needs. Implemented for `VmFd`; tests use a recording fake.
 pub trait IrqBackend: Send + Sync {
+    /// Replaces KVM's whole GSI routing table (KVM_SET_GSI_ROUTING).
     fn set_gsi_routing(&self, entries: &[kvm_irq_routing_entry]) -> io::Result<()>;
+    /// Makes KVM inject `gsi` when `fd` is signalled (KVM_IRQFD).
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
+    /// Undoes [`IrqBackend::register_irqfd`].
     fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
+    /// Injects one MSI now (KVM_SIGNAL_MSI).
     fn signal_msi(&self, message: MsiMessage) -> io::Result<()>;
 }
 
@@ -99,12 +115,25 @@ impl IrqBackend for VmFd {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// GSI to an input of an in-kernel interrupt controller.
-    Irqchip { gsi: u32, chip: u32, pin: u32 },
+    Irqchip {
+        /// The GSI.
+        gsi: u32,
+        /// The interrupt controller (KVM_IRQCHIP_*).
+        chip: u32,
+        /// Its input pin.
+        pin: u32,
+    },
     /// GSI to an MSI message.
-    Msi { gsi: u32, message: MsiMessage },
+    Msi {
+        /// The GSI.
+        gsi: u32,
+        /// The message KVM writes when the GSI fires.
+        message: MsiMessage,
+    },
 }
 
 impl Route {
+    /// The GSI this route serves.
     pub fn gsi(&self) -> u32 {
         match *self {
             Route::Irqchip { gsi, .. } | Route::Msi { gsi, .. } => gsi,
@@ -290,6 +319,7 @@ impl InterruptRouter {
             .map_err(|source| InterruptError::BindIrqfd { gsi, source })
     }
 
+    /// Detaches `fd` from `gsi`: signals on it no longer reach the guest.
     pub fn unbind_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), InterruptError> {
         self.backend
             .unregister_irqfd(fd, gsi)
@@ -323,6 +353,7 @@ pub struct RouteBatch<'a> {
 }
 
 impl RouteBatch<'_> {
+    /// Adds a route for `message` on a free GSI and returns that GSI.
     pub fn add_msi_route(&mut self, message: MsiMessage) -> Result<u32, InterruptError> {
         let gsi = self.state.free_gsi().ok_or(InterruptError::GsiExhausted)?;
         self.state.msi.insert(gsi, message);
@@ -330,6 +361,7 @@ impl RouteBatch<'_> {
         Ok(gsi)
     }
 
+    /// Points an existing MSI route at a new message (the guest rewrote the MSI-X entry).
     pub fn update_msi_route(
         &mut self,
         gsi: u32,
@@ -347,6 +379,7 @@ impl RouteBatch<'_> {
         Ok(())
     }
 
+    /// Frees an MSI route's GSI for reuse.
     pub fn remove_msi_route(&mut self, gsi: u32) -> Result<(), InterruptError> {
         self.state
             .msi
@@ -384,27 +417,36 @@ pub mod fake {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    /// What the fake was asked to do.
     #[derive(Default)]
     pub struct FakeState {
+        /// The last routing table pushed.
         pub table: Vec<kvm_irq_routing_entry>,
+        /// How often a table was pushed (batching tests count them).
         pub set_routing_calls: usize,
         /// (raw fd, gsi) pairs currently bound.
         pub irqfds: Vec<(i32, u32)>,
+        /// MSIs injected directly, in order.
         pub signalled: Vec<MsiMessage>,
     }
 
+    /// The fake backend itself.
     #[derive(Default)]
     pub struct FakeIrqBackend {
+        /// Its record, behind a lock as the trait takes `&self`.
         pub state: Mutex<FakeState>,
     }
 
     impl FakeIrqBackend {
+        /// A fresh fake with an empty record.
         pub fn new() -> Arc<Self> {
             Arc::new(Self::default())
         }
+        /// Runs `f` on the record under the lock.
         pub fn snapshot<R>(&self, f: impl FnOnce(&FakeState) -> R) -> R {
             f(&self.state.lock().unwrap())
         }
+        /// True when `fd` is bound to `gsi` right now.
         pub fn is_bound(&self, fd: &EventFd, gsi: u32) -> bool {
             self.snapshot(|s| s.irqfds.contains(&(fd.as_raw_fd(), gsi)))
         }
@@ -521,11 +563,10 @@ mod tests {
                 .table
                 .iter()
                 .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
-                // SAFETY: msi member per type_.
                 .map(|e| {
-                    (e.gsi, unsafe { e.u.msi.address_lo }, unsafe {
-                        e.u.msi.data
-                    })
+                    // SAFETY: the filter above kept MSI entries, whose union member is `msi`.
+                    let (address_lo, data) = unsafe { (e.u.msi.address_lo, e.u.msi.data) };
+                    (e.gsi, address_lo, data)
                 })
                 .collect();
             assert_eq!(msi, vec![(24, 0xFEE0_0000, 0x40), (25, 0xFEE0_0000, 0x41)]);

@@ -36,8 +36,11 @@ pub fn current_cpu() -> Option<u32> {
 /// Exit counters, shared by all vCPUs.
 #[derive(Default)]
 pub struct ExitStats {
+    /// MMIO exits.
     pub mmio: AtomicU64,
+    /// Port I/O exits.
     pub pio: AtomicU64,
+    /// Every other exit.
     pub other: AtomicU64,
     /// Nanoseconds from VM creation to the first exit of any vCPU (0 = none yet).
     pub first_exit_ns: AtomicU64,
@@ -83,7 +86,9 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 
 /// One side of an exit's data: what the guest reads (to fill) or writes.
 pub enum ExitData<'a> {
+    /// Bytes for the guest to read, to fill.
     Read(&'a mut [u8]),
+    /// Bytes the guest wrote.
     Write(&'a [u8]),
 }
 
@@ -98,11 +103,17 @@ pub trait ExitShortcut: Send + Sync {
 
 /// What a vCPU thread needs.
 pub struct VcpuContext {
+    /// The vCPU's index (its APIC id).
     pub cpu: u32,
+    /// Where MMIO exits are dispatched.
     pub memory: AddressSpace,
+    /// Where port I/O exits are dispatched.
     pub io: AddressSpace,
+    /// Ends the VM and tells the vCPU to stop.
     pub control: Arc<VmControl>,
+    /// Counters this vCPU adds to.
     pub stats: Arc<ExitStats>,
+    /// When the VM was created, for the first-exit time.
     pub created: Instant,
     /// Answers some exits before dispatch (benchmarks); None for every real VM.
     pub shortcut: Option<Arc<dyn ExitShortcut>>,
@@ -110,11 +121,13 @@ pub struct VcpuContext {
 
 /// A running vCPU thread.
 pub struct VcpuThread {
+    /// The vCPU's index.
     pub cpu: u32,
     handle: JoinHandle<()>,
 }
 
 impl VcpuThread {
+    /// Starts a `vcpuN` thread running `fd` until the VM stops.
     pub fn spawn(fd: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuThread> {
         let cpu = ctx.cpu;
         let handle = std::thread::Builder::new()
@@ -123,6 +136,7 @@ impl VcpuThread {
         Ok(VcpuThread { cpu, handle })
     }
 
+    /// True when the thread returned.
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
@@ -134,6 +148,7 @@ impl VcpuThread {
         }
     }
 
+    /// Waits for the thread; a panic in it is logged.
     pub fn join(self) {
         if self.handle.join().is_err() {
             log::error!("vcpu{} thread panicked", self.cpu);

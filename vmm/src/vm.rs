@@ -41,18 +41,24 @@ use crate::vcpu::{self, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
 /// Where the serial port's output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialConfig {
+    /// The VMM's stdout.
     Stdio,
+    /// Appended to this file.
     File(std::path::PathBuf),
+    /// Discarded (no serial port device).
     None,
 }
 
 /// What `Vm::new` needs.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
+    /// Guest RAM in bytes.
     pub ram_size: u64,
+    /// Number of vCPUs.
     pub cpus: u32,
     /// Prefix for console lines (`[NAME] `).
     pub name: Option<String>,
+    /// Where the serial port writes.
     pub serial: SerialConfig,
     /// Forward the vmm's stdin to the serial port (Linux consoles).
     pub serial_input: bool,
@@ -73,30 +79,44 @@ impl Default for VmConfig {
 /// Errors creating or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// /dev/kvm could not be opened (absent, or no permission).
     #[error("cannot open /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
+    /// A KVM ioctl failed.
     #[error("KVM {what}: {source}")]
     Kvm {
+        /// What was being done.
         what: &'static str,
+        /// KVM's error.
         source: kvm_ioctls::Error,
     },
+    /// A memory region could not be created.
     #[error("guest memory: {0}")]
     Memory(#[from] MemoryError),
+    /// Loading the guest failed.
     #[error("{0}")]
     Boot(#[from] BootError),
+    /// Options that cannot work together.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Guest RAM could not be described for the loaders.
     #[error("guest RAM view: {0}")]
     RamView(#[from] vm_memory::mmap::MmapRegionError),
+    /// Guest RAM could not be described for the loaders.
     #[error("guest RAM view: {0}")]
     RamRegions(#[from] vm_memory::GuestRegionCollectionError),
+    /// Guest RAM is not backed by host memory (a VMM bug).
     #[error("guest RAM has no host mapping")]
     RamUnmapped,
+    /// The RAM size does not fit the guest-physical address space.
     #[error("guest RAM of {0:#x} bytes does not fit the guest address space")]
     RamTooLarge(u64),
+    /// A host system call failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The error.
         source: std::io::Error,
     },
 }
@@ -336,6 +356,7 @@ impl Vm {
         self.memory.root().add_subregion(addr, &region, 0);
     }
 
+    /// The /dev/kvm handle (capability checks).
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
     }
@@ -355,12 +376,15 @@ impl Vm {
     pub fn control(&self) -> &Arc<VmControl> {
         &self.control
     }
+    /// Exit counters for `--stats`.
     pub fn stats(&self) -> &Arc<ExitStats> {
         &self.stats
     }
+    /// The configuration the VM was created with.
     pub fn config(&self) -> &VmConfig {
         &self.config
     }
+    /// The vCPUs' fds, in index order.
     pub fn vcpus(&self) -> &[VcpuFd] {
         &self.vcpus
     }
@@ -456,8 +480,8 @@ impl Vm {
         let mut stdin_open = self.config.serial_input && self.serial.is_some();
         while !self.control.stopping() {
             let mut fds = vec![
-                // SAFETY: the eventfd outlives this borrow (owned by `self.control`).
                 PollFd::new(
+                    // SAFETY: the eventfd outlives this borrow (owned by `self.control`).
                     unsafe { BorrowedFd::borrow_raw(self.control.event().as_raw_fd()) },
                     PollFlags::POLLIN,
                 ),

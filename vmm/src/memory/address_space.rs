@@ -19,7 +19,9 @@ use super::region::{tree_generation, MemoryRegion};
 /// Which kind of guest address space: memory (MMIO exits, KVM memory slots) or x86 I/O ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpaceKind {
+    /// Guest-physical memory.
     Memory,
+    /// x86 I/O ports (64 KiB).
     Io,
 }
 
@@ -68,14 +70,17 @@ impl AddressSpace {
         }
     }
 
+    /// The name given at creation, for `info mtree`.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
+    /// The root region: add subregions here, then commit.
     pub fn root(&self) -> &MemoryRegion {
         &self.inner.root
     }
 
+    /// Memory or I/O.
     pub fn kind(&self) -> SpaceKind {
         self.inner.kind
     }

@@ -135,7 +135,7 @@ fn ram_ptr(base: *mut u8, mapping_len: usize, offset: u64, len: usize) -> Option
 /// `src..src + dst.len()` must be readable host memory.
 unsafe fn copy_from_host(src: *const u8, dst: &mut [u8]) {
     let aligned = |n: usize| (src as usize).is_multiple_of(n);
-    // SAFETY (all arms): the caller guarantees `src` covers `dst.len()` bytes; the sized arms
+    // SAFETY: (all arms) the caller guarantees `src` covers `dst.len()` bytes; the sized arms
     // check alignment first.
     unsafe {
         match dst.len() {
@@ -158,7 +158,7 @@ unsafe fn copy_from_host(src: *const u8, dst: &mut [u8]) {
 /// `dst..dst + src.len()` must be writable host memory.
 unsafe fn copy_to_host(dst: *mut u8, src: &[u8]) {
     let aligned = |n: usize| (dst as usize).is_multiple_of(n);
-    // SAFETY (all arms): the caller guarantees `dst` covers `src.len()` bytes; the sized arms
+    // SAFETY: (all arms) the caller guarantees `dst` covers `src.len()` bytes; the sized arms
     // check alignment first and the slice lengths match the widths.
     unsafe {
         match src.len() {

@@ -24,11 +24,15 @@ use super::region::{MemoryRegion, RegionKind};
 /// leaf: RAM, I/O or reservation) starting at `offset_in_region`.
 #[derive(Clone, Debug)]
 pub struct FlatRange {
+    /// First guest address.
     pub addr: u64,
+    /// Length in bytes.
     pub size: u64,
     /// The leaf (never a container or alias).
     pub region: MemoryRegion,
+    /// Where `addr` falls inside the region (aliases and clipping shift it).
     pub offset_in_region: u64,
+    /// Guest writes are dropped (ROM, or a read-only alias).
     pub readonly: bool,
     /// A RAM leaf served through dispatch (never given a KVM slot).
     pub ram_device: bool,
@@ -40,6 +44,7 @@ impl FlatRange {
         u128::from(self.addr) + u128::from(self.size)
     }
 
+    /// True when `addr` is in the range.
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.addr && u128::from(addr) < self.end()
     }
@@ -64,9 +69,13 @@ impl FlatRange {
 /// `addr`, with value `datamatch` (None = any value), signals `fd`.
 #[derive(Clone)]
 pub struct IoEventFdRange {
+    /// Guest address of the write.
     pub addr: u64,
+    /// Write length that matches, 0 for any.
     pub len: u32,
+    /// The value that matches, None for any.
     pub datamatch: Option<u64>,
+    /// What is signalled.
     pub fd: Arc<EventFd>,
 }
 
@@ -82,6 +91,7 @@ impl std::fmt::Debug for IoEventFdRange {
 }
 
 impl IoEventFdRange {
+    /// True when both are the same registration (same eventfd, not merely an equal one).
     pub fn same(&self, other: &IoEventFdRange) -> bool {
         self.addr == other.addr
             && self.len == other.len

@@ -133,6 +133,7 @@ impl KvmMemoryListener {
         self.stats.clone()
     }
 
+    /// How many KVM memory slots are in use.
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }

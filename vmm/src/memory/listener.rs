@@ -7,9 +7,14 @@
 
 use super::flat_view::{FlatRange, IoEventFdRange};
 
+/// Told the changes of an address space's flat view; every method defaults to doing nothing.
 pub trait MemoryListener: Send {
+    /// A range appeared.
     fn region_add(&mut self, _range: &FlatRange) {}
+    /// A range went away.
     fn region_del(&mut self, _range: &FlatRange) {}
+    /// An ioeventfd appeared.
     fn eventfd_add(&mut self, _eventfd: &IoEventFdRange) {}
+    /// An ioeventfd went away.
     fn eventfd_del(&mut self, _eventfd: &IoEventFdRange) {}
 }

@@ -33,22 +33,42 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Errors creating regions.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// A region of size 0.
     #[error("memory region {0}: size is zero")]
     ZeroSize(String),
     #[error("memory region {name}: size {size:#x} is too large to map")]
-    TooLarge { name: String, size: u64 },
+    /// The size does not fit this host's address space.
+    TooLarge {
+        /// The region's name.
+        name: String,
+        /// The size asked for.
+        size: u64,
+    },
     #[error("memory region {name}: file offset {offset:#x} is not page-aligned")]
-    UnalignedOffset { name: String, offset: u64 },
+    /// A file-backed region starts at an offset that is not a multiple of the page size.
+    UnalignedOffset {
+        /// The region's name.
+        name: String,
+        /// The offset in the file.
+        offset: u64,
+    },
+    /// Mapping the backing memory failed.
     #[error("memory region {name}: mapping {size:#x} bytes failed: {source}")]
     Mmap {
+        /// The region's name.
         name: String,
+        /// The size asked for.
         size: u64,
+        /// The mmap error.
         #[source]
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// The backing fd could not be duplicated (to keep it past the caller's copy).
     #[error("memory region {name}: duplicating the backing fd: {source}")]
     DupFd {
+        /// The region's name.
         name: String,
+        /// The dup error.
         #[source]
         source: std::io::Error,
     },

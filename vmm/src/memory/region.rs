@@ -26,7 +26,9 @@ use super::MemoryError;
 /// the region's implemented sizes (1, 2, 4 or 8): dispatch has already split or widened the
 /// guest access. Values are little-endian, in the low `size` bytes.
 pub trait RegionOps: Send + Sync {
+    /// A guest read of `size` bytes at `offset`.
     fn read(&self, offset: u64, size: u32) -> u64;
+    /// A guest write of `size` bytes of `value` at `offset`.
     fn write(&self, offset: u64, size: u32, value: u64);
 }
 
@@ -34,8 +36,11 @@ pub trait RegionOps: Send + Sync {
 /// to their size are allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AccessSizes {
+    /// Smallest access size.
     pub min: u32,
+    /// Largest access size.
     pub max: u32,
+    /// Accesses not aligned to their size are allowed.
     pub unaligned: bool,
 }
 
@@ -61,7 +66,9 @@ impl Default for AccessSizes {
 /// which sizes the ops `implemented` (dispatch splits or widens to these).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoAccess {
+    /// Accesses the guest may make; dispatch rejects the others.
     pub valid: AccessSizes,
+    /// What the ops handle; dispatch splits or widens guest accesses to fit.
     pub implemented: AccessSizes,
 }
 
@@ -397,6 +404,8 @@ impl MemoryRegion {
         self.lock().priority
     }
 
+    /// Shows or hides the region (and its subregions) in its address space, as a BAR with
+    /// decoding turned off; the next commit applies it.
     pub fn set_enabled(&self, enabled: bool) {
         let mut state = self.lock();
         if state.enabled != enabled {
@@ -405,6 +414,7 @@ impl MemoryRegion {
         }
     }
 
+    /// False when the region is hidden.
     pub fn is_enabled(&self) -> bool {
         self.lock().enabled
     }
@@ -418,6 +428,7 @@ impl MemoryRegion {
         }
     }
 
+    /// Where an alias's window starts in its target (0 for non-aliases).
     pub fn alias_offset(&self) -> u64 {
         self.lock().alias_offset
     }
@@ -448,6 +459,7 @@ impl MemoryRegion {
         u64::try_from(self.lock().size).unwrap_or(u64::MAX)
     }
 
+    /// The name given at creation, for `info mtree` and logs.
     pub fn name(&self) -> String {
         self.node.name.clone()
     }
@@ -460,10 +472,12 @@ impl MemoryRegion {
         &self.node.kind
     }
 
+    /// True for a RAM region (backed by host memory).
     pub fn is_ram(&self) -> bool {
         matches!(self.node.kind, RegionKind::Ram(_))
     }
 
+    /// True for an I/O region (device callbacks).
     pub fn is_io(&self) -> bool {
         matches!(self.node.kind, RegionKind::Io { .. })
     }

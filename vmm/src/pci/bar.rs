@@ -16,12 +16,16 @@ const FLAG_PREFETCH: u32 = 0x8;
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarKind {
+    /// An I/O-port BAR (bit 0 set).
     Io,
+    /// A memory BAR below 4 GiB.
     Memory32 {
+        /// The guest may cache and combine reads (bit 3).
         prefetchable: bool,
     },
     /// Uses two consecutive slots (the next one holds the high dword).
     Memory64 {
+        /// The guest may cache and combine reads (bit 3).
         prefetchable: bool,
     },
 }
@@ -36,10 +40,12 @@ impl BarKind {
         }
     }
 
+    /// True for an I/O-port BAR.
     pub fn is_io(self) -> bool {
         self == BarKind::Io
     }
 
+    /// True for a 64-bit memory BAR (two slots).
     pub fn is_64bit(self) -> bool {
         matches!(self, BarKind::Memory64 { .. })
     }
@@ -65,23 +71,28 @@ fn prefetch_flag(prefetchable: bool) -> u32 {
 /// size is the BAR size (a power of two).
 #[derive(Clone)]
 pub struct Bar {
+    /// What the BAR decodes.
     pub kind: BarKind,
+    /// The region the BAR maps: device registers or RAM.
     pub region: MemoryRegion,
 }
 
 impl Bar {
+    /// An I/O-port BAR over `region`.
     pub fn io(region: MemoryRegion) -> Self {
         Self {
             kind: BarKind::Io,
             region,
         }
     }
+    /// A 32-bit memory BAR over `region`.
     pub fn memory32(region: MemoryRegion, prefetchable: bool) -> Self {
         Self {
             kind: BarKind::Memory32 { prefetchable },
             region,
         }
     }
+    /// A 64-bit memory BAR over `region`.
     pub fn memory64(region: MemoryRegion, prefetchable: bool) -> Self {
         Self {
             kind: BarKind::Memory64 { prefetchable },
@@ -90,16 +101,36 @@ impl Bar {
     }
 }
 
+/// A device model offered a BAR that cannot be installed (a VMM bug, not guest input).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BarError {
+    /// No such slot (0..=5), or no room for a 64-bit BAR's high half.
     #[error("BAR index {0} is out of range (0..=5, a 64-bit BAR needs index+1 too)")]
     BadIndex(usize),
+    /// The slot (or a 64-bit BAR's high half) is taken.
     #[error("BAR {index} is already in use")]
-    InUse { index: usize },
+    InUse {
+        /// The slot.
+        index: usize,
+    },
+    /// The region's size is not a power of two of the kind's minimum or more.
     #[error("BAR {index} size {size:#x} must be a power of two of at least {min} bytes")]
-    BadSize { index: usize, size: u64, min: u64 },
+    BadSize {
+        /// The slot.
+        index: usize,
+        /// The region's size.
+        size: u64,
+        /// The kind's minimum size.
+        min: u64,
+    },
+    /// The size does not fit the BAR's width (4 GiB for a 32-bit BAR, 64 KiB for I/O).
     #[error("BAR {index} size {size:#x} is too large for its kind")]
-    TooLarge { index: usize, size: u64 },
+    TooLarge {
+        /// The slot.
+        index: usize,
+        /// The region's size.
+        size: u64,
+    },
 }
 
 /// Check a BAR definition against the slot it goes into.

@@ -19,9 +19,11 @@ use crate::memory::{IoAccess, MemoryRegion, RegionOps};
 pub const SLOTS: usize = 32;
 /// ECAM bytes per function and for bus 0.
 pub const ECAM_FUNCTION_SIZE: u64 = 4096;
+/// ECAM bytes for all of bus 0 (32 devices, 8 functions each).
 pub const ECAM_BUS_SIZE: u64 = 1 << 20;
 /// Configuration mechanism #1 ports.
 pub const CONF1_ADDRESS_PORT: u64 = 0xCF8;
+/// Configuration mechanism #1 data port (0xCFC..=0xCFF).
 pub const CONF1_DATA_PORT: u64 = 0xCFC;
 const CONF1_ENABLE: u32 = 1 << 31;
 
@@ -40,12 +42,16 @@ pub const HOST_BRIDGE_IDS: PciIds = PciIds {
 /// Bus/device/function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Bdf {
+    /// Bus number (always 0 here).
     pub bus: u8,
+    /// Device (slot) number, 0..32.
     pub device: u8,
+    /// Function number (always 0 here).
     pub function: u8,
 }
 
 impl Bdf {
+    /// The function at `bus:device.function`.
     pub fn new(bus: u8, device: u8, function: u8) -> Self {
         Self {
             bus,
@@ -61,16 +67,22 @@ impl fmt::Display for Bdf {
     }
 }
 
+/// Why a device could not be plugged in.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
+    /// Slot beyond 31.
     #[error("PCI slot {0} is out of range (0..31)")]
     BadSlot(u8),
+    /// A device is already in that slot.
     #[error("PCI slot {0} is already occupied")]
     SlotTaken(u8),
+    /// All 32 slots are taken.
     #[error("no free PCI slot on bus 0")]
     Full,
 }
 
+/// PCI bus 0: up to 32 single-function devices, reached through conf1 and ECAM, with their
+/// BARs mapped into the VM's address spaces as the guest programs them.
 pub struct PciBus {
     slots: Mutex<Vec<Option<PciFunction>>>,
     spaces: BarSpaces,
@@ -93,6 +105,7 @@ impl PciBus {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The address spaces BARs map into.
     pub fn spaces(&self) -> &BarSpaces {
         &self.spaces
     }
@@ -107,6 +120,7 @@ impl PciBus {
         self.add_device_at(slot as u8, function)
     }
 
+    /// Plugs `function` into `slot` (0 is the host bridge's).
     pub fn add_device_at(&self, slot: u8, mut function: PciFunction) -> Result<Bdf, BusError> {
         let mut slots = self.lock();
         let entry = slots
@@ -150,6 +164,9 @@ impl PciBus {
         }
     }
 
+    /// A guest config-space write to `bdf` (through conf1 or ECAM); BAR and MSI-X changes are
+    /// applied and committed to the address spaces before it returns. Writes to absent functions
+    /// are dropped, as on hardware.
     pub fn config_write(&self, bdf: Bdf, offset: usize, size: usize, value: u32) {
         if bdf.bus != 0 || bdf.function != 0 || offset >= CONFIG_SPACE_SIZE {
             return;

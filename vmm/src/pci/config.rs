@@ -10,32 +10,55 @@
 pub const CONFIG_SPACE_SIZE: usize = 256;
 
 // Standard header offsets (type 0).
+/// Vendor ID (16 bits).
 pub const VENDOR_ID: usize = 0x00;
+/// Device ID (16 bits).
 pub const DEVICE_ID: usize = 0x02;
+/// Command register (16 bits): decoding and bus-master enables.
 pub const COMMAND: usize = 0x04;
+/// Status register (16 bits).
 pub const STATUS: usize = 0x06;
+/// Revision ID (8 bits).
 pub const REVISION_ID: usize = 0x08;
+/// Programming interface (8 bits), the low byte of the class code.
 pub const CLASS_PROG: usize = 0x09;
+/// Subclass and class (16 bits).
 pub const CLASS_DEVICE: usize = 0x0A;
+/// Cache line size (8 bits).
 pub const CACHE_LINE_SIZE: usize = 0x0C;
+/// Latency timer (8 bits).
 pub const LATENCY_TIMER: usize = 0x0D;
+/// Header type (8 bits): 0 for a device.
 pub const HEADER_TYPE: usize = 0x0E;
+/// First of six BARs (32 bits each).
 pub const BAR0: usize = 0x10;
+/// Subsystem vendor ID (16 bits).
 pub const SUBSYSTEM_VENDOR_ID: usize = 0x2C;
+/// Subsystem ID (16 bits).
 pub const SUBSYSTEM_ID: usize = 0x2E;
+/// Offset of the first capability (8 bits).
 pub const CAPABILITY_LIST: usize = 0x34;
+/// Interrupt line (8 bits): scratch for the guest's IRQ routing.
 pub const INTERRUPT_LINE: usize = 0x3C;
+/// Interrupt pin (8 bits): 0 means no INTx.
 pub const INTERRUPT_PIN: usize = 0x3D;
 /// First byte available to capabilities.
 pub const CAPABILITIES_START: usize = 0x40;
 
+/// Command: decode I/O BARs.
 pub const COMMAND_IO: u16 = 0x0001;
+/// Command: decode memory BARs.
 pub const COMMAND_MEMORY: u16 = 0x0002;
+/// Command: the device may master the bus (DMA and MSI writes).
 pub const COMMAND_MASTER: u16 = 0x0004;
+/// Command: parity error response.
 pub const COMMAND_PARITY: u16 = 0x0040;
+/// Command: SERR# enable.
 pub const COMMAND_SERR: u16 = 0x0100;
+/// Command: INTx disabled.
 pub const COMMAND_INTX_DISABLE: u16 = 0x0400;
 
+/// Status: the capability list at [`CAPABILITY_LIST`] is valid.
 pub const STATUS_CAP_LIST: u16 = 0x0010;
 /// Error bits of the status register, all write-1-to-clear.
 pub const STATUS_W1C: u16 = 0x0100 | 0x0800 | 0x1000 | 0x2000 | 0x4000 | 0x8000;
@@ -43,10 +66,15 @@ pub const STATUS_W1C: u16 = 0x0100 | 0x0800 | 0x1000 | 0x2000 | 0x4000 | 0x8000;
 /// Capability IDs.
 pub const CAP_ID_MSIX: u8 = 0x11;
 
+/// Why config space could not take a capability (a device model's bug).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// The capability does not fit between the header and the end of the 256 bytes.
     #[error("no room for a {size}-byte capability in configuration space")]
-    NoRoomForCapability { size: usize },
+    NoRoomForCapability {
+        /// The capability's size in bytes.
+        size: usize,
+    },
 }
 
 /// Configuration space contents and masks.
@@ -117,34 +145,44 @@ impl ConfigSpace {
 
     // Device-side accessors: no masks applied.
 
+    /// The byte at `offset`.
     pub fn byte(&self, offset: usize) -> u8 {
         self.data[offset]
     }
+    /// The little-endian word at `offset`.
     pub fn word(&self, offset: usize) -> u16 {
         u16::from_le_bytes([self.data[offset], self.data[offset + 1]])
     }
+    /// The little-endian dword at `offset`.
     pub fn dword(&self, offset: usize) -> u32 {
         self.read(offset, 4)
     }
+    /// Sets the byte at `offset`.
     pub fn set_byte(&mut self, offset: usize, value: u8) {
         self.data[offset] = value;
     }
+    /// Sets the little-endian word at `offset`.
     pub fn set_word(&mut self, offset: usize, value: u16) {
         self.data[offset..offset + 2].copy_from_slice(&value.to_le_bytes());
     }
+    /// Sets the little-endian dword at `offset`.
     pub fn set_dword(&mut self, offset: usize, value: u32) {
         self.data[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
     }
+    /// Sets which bits of the byte at `offset` the guest may write.
     pub fn set_wmask_byte(&mut self, offset: usize, mask: u8) {
         self.wmask[offset] = mask;
     }
+    /// Sets which bits of the word at `offset` the guest may write.
     pub fn set_wmask_word(&mut self, offset: usize, mask: u16) {
         self.wmask[offset..offset + 2].copy_from_slice(&mask.to_le_bytes());
     }
+    /// Sets which bits of the dword at `offset` the guest may write.
     pub fn set_wmask_dword(&mut self, offset: usize, mask: u32) {
         self.wmask[offset..offset + 4].copy_from_slice(&mask.to_le_bytes());
     }
 
+    /// The command register as the guest last wrote it.
     pub fn command(&self) -> u16 {
         self.word(COMMAND)
     }
@@ -198,13 +236,21 @@ impl ConfigSpace {
 /// The identity of a PCI function.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PciIds {
+    /// Vendor ID.
     pub vendor_id: u16,
+    /// Device ID.
     pub device_id: u16,
+    /// Revision ID.
     pub revision: u8,
+    /// Base class code.
     pub class: u8,
+    /// Subclass code.
     pub subclass: u8,
+    /// Programming interface.
     pub prog_if: u8,
+    /// Subsystem vendor ID.
     pub subsystem_vendor_id: u16,
+    /// Subsystem ID.
     pub subsystem_id: u16,
 }
 

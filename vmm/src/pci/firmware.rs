@@ -27,17 +27,24 @@ const IO_WINDOW: (u64, u64) = (0xC000, 0x1_0000);
 /// One BAR to place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BarRequest {
+    /// The function.
     pub bdf: Bdf,
+    /// The BAR slot (0..=5).
     pub index: usize,
+    /// Its size in bytes (a power of two).
     pub size: u64,
+    /// The window it goes in.
     pub kind: BarSpace,
 }
 
 /// Which window a BAR is placed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BarSpace {
+    /// The I/O-port window.
     Io,
+    /// The 32-bit memory window below 4 GiB.
     Memory32,
+    /// The 64-bit memory window above RAM.
     Memory64,
 }
 

@@ -16,14 +16,18 @@ pub const BAR_PRIORITY: i32 = 1;
 /// The address spaces BARs decode into.
 #[derive(Clone)]
 pub struct BarSpaces {
+    /// Guest-physical memory, for memory BARs.
     pub memory: AddressSpace,
+    /// I/O ports, for I/O BARs.
     pub io: AddressSpace,
 }
 
 /// Which address spaces a config write changed (the caller commits those).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Remapped {
+    /// Memory-space BARs moved, appeared or went away.
     pub memory: bool,
+    /// I/O-space BARs moved, appeared or went away.
     pub io: bool,
 }
 
@@ -33,6 +37,8 @@ struct BarSlot {
     mapped_at: Option<u64>,
 }
 
+/// One PCI function: its config space, its BARs (mapped where the guest put them while decoding
+/// is on) and its MSI-X capability.
 pub struct PciFunction {
     name: String,
     config: ConfigSpace,
@@ -40,15 +46,19 @@ pub struct PciFunction {
     msix: Option<(Msix, usize)>,
 }
 
+/// Why a BAR or MSI-X could not be added (a device model's bug).
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
+    /// The BAR was refused.
     #[error(transparent)]
     Bar(#[from] BarError),
+    /// The MSI-X capability was refused.
     #[error(transparent)]
     Msix(#[from] MsixError),
 }
 
 impl PciFunction {
+    /// A function with these ids and no BARs, named `name` in the logs.
     pub fn new(name: &str, ids: PciIds) -> Self {
         let mut config = ConfigSpace::new();
         config.set_identity(&ids);
@@ -60,6 +70,7 @@ impl PciFunction {
         }
     }
 
+    /// The name given at creation, for logs.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -69,6 +80,7 @@ impl PciFunction {
         &self.config
     }
 
+    /// Device-side write access to config space (no masks applied).
     pub fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.config
     }
@@ -114,6 +126,7 @@ impl PciFunction {
         Ok(())
     }
 
+    /// The MSI-X state, if the function has the capability.
     pub fn msix(&self) -> Option<&Msix> {
         self.msix.as_ref().map(|(m, _)| m)
     }
@@ -123,6 +136,7 @@ impl PciFunction {
         self.bars.get(index)?.as_ref()?.mapped_at
     }
 
+    /// A guest config-space read of `size` bytes at `offset`.
     pub fn config_read(&self, offset: usize, size: usize) -> u32 {
         self.config.read(offset, size)
     }

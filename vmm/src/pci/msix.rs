@@ -31,18 +31,28 @@ pub const ENTRY_SIZE: u64 = 16;
 pub const MAX_VECTORS: u16 = 2048;
 /// Message control bits.
 pub const CONTROL_ENABLE: u16 = 0x8000;
+/// Message control: all vectors are masked, whatever their own mask bits.
 pub const CONTROL_FUNCTION_MASK: u16 = 0x4000;
 /// Vector control bit 0: the vector is masked.
 pub const VECTOR_MASKED: u32 = 1;
 /// Size of the MSI-X capability structure.
 pub const CAPABILITY_SIZE: usize = 12;
 
+/// Why an MSI-X table could not be set up or used.
 #[derive(Debug, thiserror::Error)]
 pub enum MsixError {
+    /// The count is 0 or above [`MAX_VECTORS`].
     #[error("MSI-X vector count {0} is outside 1..=2048")]
     BadVectorCount(usize),
+    /// A vector beyond the table.
     #[error("MSI-X vector {vector} does not exist (the table has {count})")]
-    NoSuchVector { vector: usize, count: usize },
+    NoSuchVector {
+        /// The vector asked for.
+        vector: usize,
+        /// How many the table has.
+        count: usize,
+    },
+    /// No room for the capability in config space.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -51,8 +61,11 @@ pub enum MsixError {
 /// `msix_init_exclusive_bar` layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsixLayout {
+    /// Number of vectors (table entries).
     pub vectors: u16,
+    /// Offset of the table in the BAR.
     pub table_offset: u64,
+    /// Offset of the pending-bit array in the BAR.
     pub pba_offset: u64,
     /// Size of a BAR holding only the table and the PBA.
     pub bar_size: u64,
@@ -73,10 +86,12 @@ impl MsixLayout {
         }
     }
 
+    /// Bytes the table takes (16 per vector).
     pub fn table_size(&self) -> u64 {
         self.vectors as u64 * ENTRY_SIZE
     }
 
+    /// Bytes the pending-bit array takes (one bit per vector, in qwords).
     pub fn pba_size(&self) -> u64 {
         pba_size(self.vectors as usize)
     }
@@ -190,6 +205,7 @@ impl Msix {
         Ok(Self { shared, table, pba })
     }
 
+    /// Number of vectors in the table.
     pub fn vector_count(&self) -> usize {
         self.shared.layout.vectors as usize
     }
@@ -297,6 +313,7 @@ impl Msix {
         vector >= state.vectors.len() || state.masked(vector)
     }
 
+    /// True when `vector` fired while masked and waits for its unmask (its PBA bit).
     pub fn is_pending(&self, vector: usize) -> bool {
         self.shared.poll_watched();
         let state = self.shared.lock();

@@ -35,6 +35,7 @@ struct Watched {
     handler: SignalHandler,
 }
 
+/// The watcher: an epoll set of masked vectors' eventfds and the thread that waits on it.
 pub struct EventWatcher {
     epoll: Epoll,
     registry: Mutex<HashMap<u64, Watched>>,

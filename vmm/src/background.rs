@@ -45,6 +45,7 @@ pub struct BackgroundThreads {
 }
 
 impl BackgroundThreads {
+    /// An empty set; threads are added as devices start them.
     pub fn new() -> Arc<BackgroundThreads> {
         Arc::new(BackgroundThreads::default())
     }

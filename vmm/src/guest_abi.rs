@@ -8,12 +8,17 @@
 
 /// The ivshmem device, as QEMU's `ivshmem-plain` / `ivshmem-doorbell` present it.
 pub mod ivshmem {
+    /// Red Hat's (virtio) vendor ID, which QEMU gives ivshmem.
     pub const VENDOR_ID: u16 = 0x1af4;
+    /// ivshmem's device ID.
     pub const DEVICE_ID: u16 = 0x1110;
+    /// QEMU's revision.
     pub const REVISION: u8 = 1;
     /// Class code (class, subclass, programming interface): RAM memory controller.
     pub const CLASS_CODE: u32 = 0x05_00_00;
+    /// Subsystem vendor ID (Red Hat, as QEMU).
     pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
+    /// Subsystem ID (QEMU's default for its devices).
     pub const SUBSYSTEM_ID: u16 = 0x1100;
     /// BAR0: 256 bytes of 32-bit registers.
     pub const BAR0_SIZE: u64 = 0x100;
@@ -38,7 +43,9 @@ pub mod ivshmem {
 
 /// `pci-testdev` (QEMU's ID, registers of our own): registers in BAR0, MSI-X in BAR1, RAM in BAR2.
 pub mod pci_testdev {
+    /// Red Hat's QEMU vendor ID.
     pub const VENDOR_ID: u16 = 0x1b36;
+    /// QEMU's pci-testdev device ID.
     pub const DEVICE_ID: u16 = 0x0005;
     /// Class code: "other" (class 0x00, subclass 0xFF).
     pub const CLASS_CODE: u32 = 0x00_FF_00;
@@ -59,8 +66,9 @@ pub mod pci_testdev {
         pub const RAISE: u64 = 0x0C;
         /// RO: BAR0 accesses served so far (this one included): every one is a VM exit.
         pub const ACCESSES: u64 = 0x10;
-        /// RO: BAR2 size, low and high dword.
+        /// RO: BAR2 size, low dword.
         pub const RAM_SIZE_LO: u64 = 0x14;
+        /// RO: BAR2 size, high dword.
         pub const RAM_SIZE_HI: u64 = 0x18;
         /// RO: RAISE writes that signalled a vector.
         pub const RAISED: u64 = 0x1C;

@@ -10,8 +10,11 @@ use crate::memory::RegionOps;
 
 /// Control register at `ACPI_SLEEP_BASE`, status register right after it.
 pub const ACPI_SLEEP_BASE: u16 = 0x600;
+/// Ports the device decodes.
 pub const ACPI_SLEEP_SIZE: u16 = 2;
+/// PM1 control: the guest writes SLP_TYP and SLP_EN here to power off.
 pub const SLEEP_CONTROL_OFFSET: u64 = 0;
+/// PM1 status (reads 0).
 pub const SLEEP_STATUS_OFFSET: u64 = 1;
 /// The sleep type `\_S5` names (any value 0..7 would do; QEMU and firmware commonly use 5).
 pub const S5_SLEEP_TYPE: u8 = 5;
@@ -19,11 +22,14 @@ const SLP_TYP_SHIFT: u8 = 2;
 const SLP_TYP_MASK: u8 = 7;
 const SLP_EN: u8 = 1 << 5;
 
+/// The fixed-hardware sleep registers the FADT points at: entering S5 ends the VM
+/// (`poweroff` in a Linux guest).
 pub struct AcpiSleep {
     control: Arc<VmControl>,
 }
 
 impl AcpiSleep {
+    /// A device that ends the VM through `control`.
     pub fn new(control: Arc<VmControl>) -> AcpiSleep {
         AcpiSleep { control }
     }

@@ -5,11 +5,15 @@ use std::sync::Mutex;
 
 /// Where console output goes.
 pub enum ConsoleSink {
+    /// The VMM's stdout.
     Stdout,
+    /// Appended to this file.
     File(std::fs::File),
+    /// Thrown away.
     Discard,
 }
 
+/// A line-buffered console shared by the devices that print.
 pub struct Console {
     prefix: Option<String>,
     state: Mutex<(Vec<u8>, ConsoleSink)>,
@@ -19,6 +23,7 @@ pub struct Console {
 const MAX_LINE: usize = 4096;
 
 impl Console {
+    /// A console writing to `sink`, prefixing lines with `[NAME] ` when `name` is given.
     pub fn new(name: Option<&str>, sink: ConsoleSink) -> Console {
         Console {
             prefix: name.map(|n| format!("[{n}] ")),
@@ -26,6 +31,7 @@ impl Console {
         }
     }
 
+    /// Buffers `bytes`, writing every complete line (and an overlong one) to the sink.
     pub fn write(&self, bytes: &[u8]) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (line, sink) = &mut *state;

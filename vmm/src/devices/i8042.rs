@@ -8,15 +8,19 @@ use crate::memory::RegionOps;
 
 /// Base port of the region (0x60..0x65 covers data 0x60 and command/status 0x64).
 pub const I8042_BASE: u16 = 0x60;
+/// Ports the region spans.
 pub const I8042_SIZE: u16 = 5;
 const COMMAND_OFFSET: u64 = 4;
 const CMD_RESET: u64 = 0xFE;
 
+/// Just enough of the keyboard controller for a guest to reset the machine: command 0xFE
+/// (pulse the reset line) ends the VM as a reset.
 pub struct I8042 {
     control: Arc<VmControl>,
 }
 
 impl I8042 {
+    /// A controller that ends the VM through `control`.
     pub fn new(control: Arc<VmControl>) -> I8042 {
         I8042 { control }
     }

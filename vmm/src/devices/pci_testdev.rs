@@ -26,9 +26,12 @@ pub use crate::guest_abi::pci_testdev::{
     reg as regs, CLASS_CODE, DEVICE_ID, MAGIC, REGS_SIZE, VENDOR_ID,
 };
 
+/// The `--device pci-testdev[,vectors=N][,ram=SIZE]` settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PciTestDevConfig {
+    /// MSI-X vectors (BAR1's table).
     pub vectors: usize,
+    /// Size of the RAM behind BAR2.
     pub ram_size: u64,
 }
 
@@ -41,20 +44,28 @@ impl Default for PciTestDevConfig {
     }
 }
 
+/// Why the test device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum PciTestDevError {
+    /// A `--device` option was refused.
     #[error("--device pci-testdev: {0}")]
     Option(String),
+    /// BAR2's RAM could not be created.
     #[error("pci-testdev: {0}")]
     Memory(#[from] MemoryError),
+    /// The MSI-X table could not be set up.
     #[error("pci-testdev: {0}")]
     Msix(#[from] MsixError),
+    /// A BAR or capability was refused.
     #[error("pci-testdev: {0}")]
     Function(#[from] FunctionError),
+    /// A vector's eventfd could not be created.
     #[error("pci-testdev: eventfd: {0}")]
     EventFd(#[from] std::io::Error),
+    /// The bus has no room for the device.
     #[error("pci-testdev: {0}")]
     Bus(#[from] BusError),
+    /// `--device` names no device we have.
     #[error("--device {0:?}: unknown device (have: pci-testdev[,vectors=N][,ram=SIZE])")]
     UnknownDevice(String),
 }
@@ -160,6 +171,7 @@ impl PciTestDev {
         Ok((function, device))
     }
 
+    /// The device's MSI-X state (tests look at masks and pending bits).
     pub fn msix(&self) -> &Msix {
         &self.msix
     }

@@ -17,7 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::memory::RegionOps;
 
+/// CMOS index port (0x70; bit 7 masks NMIs); the data port follows.
 pub const RTC_BASE: u16 = 0x70;
+/// Ports the RTC decodes.
 pub const RTC_SIZE: u16 = 2;
 
 const CMOS_SIZE: usize = 128;
@@ -160,6 +162,7 @@ pub trait WallClock: Send {
     fn now(&self) -> (i64, u32);
 }
 
+/// The host's real-time clock.
 pub struct HostClock;
 
 impl WallClock for HostClock {
@@ -190,6 +193,7 @@ pub struct CmosRtc {
 }
 
 impl CmosRtc {
+    /// An RTC showing the host's time (UTC) until the guest sets its own.
     pub fn new() -> CmosRtc {
         CmosRtc::with_clock(Box::new(HostClock))
     }

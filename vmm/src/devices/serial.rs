@@ -9,8 +9,11 @@ use vmm_sys_util::eventfd::EventFd;
 use super::console::Console;
 use crate::memory::RegionOps;
 
+/// COM1's base port.
 pub const COM1_BASE: u16 = 0x3F8;
+/// Ports a 16550 UART decodes.
 pub const COM1_SIZE: u16 = 8;
+/// COM1's interrupt (IRQ 4 on the IOAPIC).
 pub const COM1_GSI: u32 = 4;
 
 /// Raises the serial interrupt by signalling the irqfd bound to GSI 4.
@@ -36,11 +39,13 @@ impl Write for ConsoleWriter {
     }
 }
 
+/// COM1: vm-superio's 16550 UART, its output to the console and its interrupt to an irqfd.
 pub struct SerialPort {
     uart: Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleWriter>>,
 }
 
 impl SerialPort {
+    /// A UART raising `irq` and printing to `console`.
     pub fn new(irq: Arc<EventFd>, console: Arc<Console>) -> SerialPort {
         SerialPort {
             uart: Mutex::new(Serial::new(IrqTrigger(irq), ConsoleWriter(console))),

@@ -18,6 +18,8 @@ use crate::memory::RegionOps;
 /// Longest console string accepted in one CONSOLE_STR write.
 const MAX_STRING: u64 = 0xFFFF;
 
+/// The guest programs' device: exit status, console, CPU and clock queries, crash reports
+/// (registers in `layout::testdev` and `layout::testdev_pio`).
 pub struct TestDev {
     control: Arc<VmControl>,
     console: Arc<Console>,
@@ -29,6 +31,8 @@ pub struct TestDev {
 }
 
 impl TestDev {
+    /// A testdev for a VM of `ncpus` vCPUs and `ram_size` bytes of RAM (readable as `ram` for
+    /// console strings), created at `created`.
     pub fn new(
         control: Arc<VmControl>,
         console: Arc<Console>,

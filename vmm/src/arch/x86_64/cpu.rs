@@ -19,8 +19,11 @@ const EFER_SCE: u64 = 1;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
+/// RFLAGS bit 1, which always reads as 1.
 pub const RFLAGS_RESERVED: u64 = 1 << 1;
+/// RFLAGS.IF: interrupts enabled.
 pub const RFLAGS_IF: u64 = 1 << 9;
+/// RFLAGS.IOPL = 3: ring 3 may use port I/O (where the hypervisor keeps it).
 pub const RFLAGS_IOPL3: u64 = 3 << 12;
 
 /// The host's supported CPUID, adjusted per vCPU (APIC ids) — set before any other state,

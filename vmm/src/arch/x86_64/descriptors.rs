@@ -73,6 +73,7 @@ pub fn tss(cpu: u32) -> [u8; TSS_SIZE as usize] {
     tss
 }
 
+/// Top of vCPU `cpu`'s ring-0 stack (the TSS's RSP0; stacks grow down).
 pub fn kernel_stack_top(cpu: u32) -> u64 {
     KERNEL_STACKS_ADDR + (cpu as u64 + 1) * KERNEL_STACK_SIZE
 }

@@ -24,8 +24,11 @@ use crate::vm::Vm;
 /// Used when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// The boot parameters ("zero page") the kernel reads at entry (RSI).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// The kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x8_0000;
+/// Longest command line we accept, NUL included.
 pub const CMDLINE_MAX: usize = 0x1_0000;
 const BOOT_STACK_TOP: u64 = 0x7_FFF0;
 /// Where the kernel's protected-mode code goes.

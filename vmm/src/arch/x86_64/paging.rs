@@ -23,6 +23,7 @@ const PAGE: u64 = 0x1000;
 const MIB2: u64 = 2 << 20;
 const GIB: u64 = 1 << 30;
 
+/// The top-level page table (CR3).
 pub const PML4_ADDR: u64 = PAGE_TABLES_ADDR;
 const PDPT_ADDR: u64 = PAGE_TABLES_ADDR + PAGE;
 const PT_LOW_ADDR: u64 = PAGE_TABLES_ADDR + 2 * PAGE;

@@ -16,7 +16,9 @@ use super::{cpu, descriptors, kvm_err, paging, stubs, BootError};
 /// A loaded guest program.
 #[derive(Clone, Copy, Debug)]
 pub struct GuestProgram {
+    /// Where the vCPUs start (the ELF entry point).
     pub entry: u64,
+    /// One past the highest byte the program's segments occupy.
     pub image_end: u64,
 }
 

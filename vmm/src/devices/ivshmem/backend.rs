@@ -8,28 +8,45 @@ use std::path::{Path, PathBuf};
 
 use super::options::SharedMemorySource;
 
+/// Why a plain device's shared memory could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The `path=` or `shm=` file could not be opened.
     #[error("ivshmem: cannot open {path}: {source}")]
     Open {
+        /// The file.
         path: PathBuf,
+        /// The open error.
         source: std::io::Error,
     },
+    /// The file or memfd could not be given its size.
     #[error("ivshmem: cannot size {what} to {size} bytes: {source}")]
     Resize {
+        /// What was being sized.
         what: String,
+        /// The size asked for.
         size: u64,
+        /// The ftruncate error.
         source: std::io::Error,
     },
     #[error("ivshmem: {what} is {size} bytes; BAR2 needs a non-zero power of two (give size=)")]
-    BadSize { what: String, size: u64 },
+    /// The size is zero or not a power of two, which BAR2 must be.
+    BadSize {
+        /// The file.
+        what: String,
+        /// Its size.
+        size: u64,
+    },
+    /// `memfd_create` failed.
     #[error("ivshmem: memfd_create: {0}")]
     Memfd(std::io::Error),
 }
 
 /// An open shared-memory object and its size in bytes.
 pub struct SharedMemory {
+    /// The memory's fd, mapped as BAR2.
     pub fd: OwnedFd,
+    /// Its size in bytes (a power of two).
     pub size: u64,
 }
 

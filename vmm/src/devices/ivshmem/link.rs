@@ -22,14 +22,21 @@ use crate::pci::Msix;
 
 /// What a doorbell device's server news must update.
 pub struct Wiring {
+    /// The device's name, for logs.
     pub name: String,
+    /// Every peer's vectors, which the doorbell register rings.
     pub peers: Arc<PeerTable>,
+    /// BAR0, where the doorbell ioeventfds are registered.
     pub bar0: MemoryRegion,
+    /// The memory address space, committed after ioeventfd changes.
     pub memory: AddressSpace,
+    /// The device's MSI-X: our own vectors are its interrupt sources.
     pub msix: Msix,
+    /// Our peer id (IVPosition).
     pub own_id: u16,
     /// The device's MSI-X vector count: own vectors beyond it never fire (as in QEMU).
     pub vectors: u32,
+    /// Doorbells go through KVM ioeventfds (`ioeventfd=on`) rather than the VMM.
     pub ioeventfd: bool,
 }
 

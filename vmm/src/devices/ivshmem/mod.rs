@@ -39,31 +39,44 @@ use crate::guest_abi::ivshmem::{
 /// How long creating a doorbell device waits for the server's handshake (QEMU waits forever).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why an ivshmem device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum IvshmemError {
+    /// The `--ivshmem` options were refused.
     #[error(transparent)]
     Options(#[from] options::OptionsError),
+    /// The plain device's memory could not be set up.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    /// The doorbell device could not join the server.
     #[error("ivshmem: server {socket}: {source}")]
     Connect {
+        /// The server's socket.
         socket: String,
+        /// Why the connection or handshake failed.
         source: peer::ConnectError,
     },
     #[error(
         "ivshmem: the server's shared memory is {0} bytes; BAR2 needs a non-zero power of two"
     )]
+    /// The server's shared memory is not a size BAR2 can have.
     ServerShmSize(u64),
+    /// BAR2 could not map the shared memory.
     #[error("ivshmem: mapping the shared memory: {0}")]
     Memory(#[from] MemoryError),
+    /// The MSI-X table could not be set up.
     #[error("ivshmem: {0}")]
     Msix(#[from] MsixError),
+    /// A BAR or capability was refused.
     #[error("ivshmem: {0}")]
     Function(#[from] FunctionError),
+    /// The bus has no room for the device.
     #[error("ivshmem: {0}")]
     Bus(#[from] BusError),
+    /// An eventfd from the server could not be duplicated.
     #[error("ivshmem: duplicating an eventfd from the server: {0}")]
     Dup(std::io::Error),
+    /// The thread that follows the server could not start.
     #[error("ivshmem: cannot start the thread following the server: {0}")]
     Thread(std::io::Error),
 }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 /// Largest vector count we accept (the MSI-X table of BAR1 allows 2048; the server 1024).
 pub const MAX_VECTORS: u32 = 1024;
 
+/// Where a plain device's memory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SharedMemorySource {
     /// A file at this path (ivshmem-plain `path=` and `shm=`, which means /dev/shm/NAME).
@@ -24,16 +25,23 @@ pub enum SharedMemorySource {
     Memfd,
 }
 
+/// Which device, with its variant's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IvshmemVariant {
+    /// `ivshmem-plain`: shared memory only, no interrupts.
     Plain {
+        /// Where the memory comes from.
         source: SharedMemorySource,
         /// Bytes; `None` means "the file's current size".
         size: Option<u64>,
     },
+    /// `ivshmem-doorbell`: memory and doorbells from an ivshmem server.
     Doorbell {
+        /// The server's socket (`socket=`).
         socket: PathBuf,
+        /// MSI-X vectors of the device (`vectors=`).
         vectors: u32,
+        /// Doorbells through KVM ioeventfds (`ioeventfd=`, default on).
         ioeventfd: bool,
     },
 }
@@ -47,38 +55,63 @@ pub enum Bar2Mapping {
     Trap,
 }
 
+/// A parsed `--ivshmem` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IvshmemOptions {
+    /// The device variant and its settings.
     pub variant: IvshmemVariant,
+    /// How BAR2 is mapped (`mapping=`).
     pub mapping: Bar2Mapping,
 }
 
+/// Why an `--ivshmem` argument was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
+    /// The first word is neither `plain` nor `doorbell`, and not the legacy form.
     #[error("--ivshmem {0:?}: give `plain,...`, `doorbell,...` or the legacy `shm=NAME,size=MB`")]
     NoVariant(String),
+    /// A key no variant knows.
     #[error("--ivshmem: unknown key `{0}`")]
     UnknownKey(String),
+    /// A key given twice.
     #[error("--ivshmem: key `{0}` given twice")]
     Duplicate(String),
     #[error("--ivshmem: `{key}` needs a value")]
-    MissingValue { key: String },
+    /// A key that needs a value came without one.
+    MissingValue {
+        /// The key.
+        key: String,
+    },
+    /// A size that does not parse.
     #[error("--ivshmem: bad size `{0}` (a number with an optional K, M, G or T suffix)")]
     BadSize(String),
+    /// A size that is not a power of two.
     #[error("--ivshmem: size {0} is not a power of two (BAR2 must be)")]
     SizeNotPowerOfTwo(u64),
     #[error("--ivshmem: bad value `{value}` for `{key}`")]
-    BadValue { key: String, value: String },
+    /// A value that does not parse for its key.
+    BadValue {
+        /// The key.
+        key: String,
+        /// The value as given.
+        value: String,
+    },
+    /// A plain device with none or several of `path=`, `shm=`, `memfd`.
     #[error("--ivshmem plain needs exactly one of path=, shm= or memfd")]
     PlainSource,
+    /// `memfd` without `size=`: there is no file to take a size from.
     #[error("--ivshmem plain,memfd needs size=")]
     MemfdSize,
+    /// A doorbell device without `socket=`.
     #[error("--ivshmem doorbell needs socket=PATH")]
     DoorbellSocket,
+    /// `vectors=` outside 1..=[`MAX_VECTORS`].
     #[error("--ivshmem: vectors={0} out of range 1..={MAX_VECTORS}")]
     Vectors(u32),
+    /// A key of the other variant.
     #[error("--ivshmem: `{0}` does not apply to this variant")]
     NotApplicable(String),
+    /// `shm=` with a path rather than a file name in /dev/shm.
     #[error("--ivshmem shm=NAME: NAME must be a plain file name, got `{0}`")]
     ShmName(String),
 }
@@ -102,6 +135,7 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, OptionsError> {
 }
 
 impl IvshmemOptions {
+    /// Parses `plain,KEY=VALUE,...`, `doorbell,KEY=VALUE,...` or QEMU's legacy `shm=NAME,size=MB`.
     pub fn parse(text: &str) -> Result<IvshmemOptions, OptionsError> {
         let mut parts = text.split(',').filter(|p| !p.is_empty()).peekable();
         let variant_word = match parts.peek() {

@@ -47,6 +47,7 @@ impl PeerTable {
         peers.remove(&peer).unwrap_or_default()
     }
 
+    /// The eventfd of `vector` of `peer`, if the server announced it.
     pub fn vector(&self, peer: u16, vector: u32) -> Option<Arc<EventFd>> {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers.get(&peer)?.get(vector as usize).cloned()
@@ -72,6 +73,7 @@ pub struct Registers {
 }
 
 impl Registers {
+    /// Registers of a device that is peer `iv_position`, ringing the vectors in `peers`.
     pub fn new(iv_position: u16, peers: Arc<PeerTable>) -> Registers {
         Registers {
             intr_mask: AtomicU32::new(0),
@@ -82,6 +84,7 @@ impl Registers {
         }
     }
 
+    /// Doorbell writes that reached the VMM because no ioeventfd matched (`--stats`).
     pub fn slow_doorbells(&self) -> u64 {
         self.slow_doorbells.load(Ordering::Relaxed)
     }

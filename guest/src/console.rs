@@ -37,11 +37,13 @@ pub fn _print(args: fmt::Arguments<'_>) {
     console.flush();
 }
 
+/// Prints to the VM's console (the testdev), like `std::print!`.
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => { $crate::console::_print(format_args!($($arg)*)) };
 }
 
+/// Prints a line to the VM's console (the testdev), like `std::println!`.
 #[macro_export]
 macro_rules! println {
     () => { $crate::print!("\n") };

@@ -48,13 +48,17 @@ pub fn count() -> usize {
 /// An ivshmem device with its BARs assigned and memory decoding on.
 #[derive(Clone, Copy, Debug)]
 pub struct Ivshmem {
+    /// Where the device sits.
     pub bdf: Bdf,
     /// BAR0 address (registers).
     pub regs: u64,
+    /// BAR0 as assigned.
     pub bar0: BarInfo,
     /// BAR2 address (the shared memory) and size.
     pub shm: u64,
+    /// BAR2 as assigned.
     pub bar2: BarInfo,
+    /// Shared-memory size in bytes (BAR2's size).
     pub shm_size: u64,
     /// MSI-X (doorbell variant only), enabled with `vectors` entries programmed.
     pub msix: Option<Msix>,
@@ -132,11 +136,13 @@ impl Ivshmem {
         self.msix.is_some()
     }
 
+    /// Reads a BAR0 register (`abi::ivshmem::reg`).
     pub fn read_reg(&self, offset: u64) -> u32 {
         // SAFETY: BAR0 was assigned by `open`; identity-mapped for ring 3.
         unsafe { mmio::read32(self.regs + offset) }
     }
 
+    /// Writes a BAR0 register (`abi::ivshmem::reg`).
     pub fn write_reg(&self, offset: u64, value: u32) {
         // SAFETY: as read_reg.
         unsafe { mmio::write32(self.regs + offset, value) }
@@ -211,26 +217,32 @@ impl Ivshmem {
         self.shm + offset
     }
 
+    /// Reads the byte at `offset` in the shared memory (panics outside it).
     pub fn read_u8(&self, offset: u64) -> u8 {
         // SAFETY: inside BAR2 (checked by `addr`), identity-mapped write-back RAM.
         unsafe { mmio::read8(self.addr(offset, 1)) }
     }
+    /// Reads a u32 at `offset` in the shared memory (panics outside it).
     pub fn read_u32(&self, offset: u64) -> u32 {
         // SAFETY: as read_u8.
         unsafe { mmio::read32(self.addr(offset, 4)) }
     }
+    /// Reads a u64 at `offset` in the shared memory (panics outside it).
     pub fn read_u64(&self, offset: u64) -> u64 {
         // SAFETY: as read_u8.
         unsafe { mmio::read64(self.addr(offset, 8)) }
     }
+    /// Writes a byte at `offset` in the shared memory (panics outside it).
     pub fn write_u8(&self, offset: u64, value: u8) {
         // SAFETY: as read_u8.
         unsafe { mmio::write8(self.addr(offset, 1), value) }
     }
+    /// Writes a u32 at `offset` in the shared memory (panics outside it).
     pub fn write_u32(&self, offset: u64, value: u32) {
         // SAFETY: as read_u8.
         unsafe { mmio::write32(self.addr(offset, 4), value) }
     }
+    /// Writes a u64 at `offset` in the shared memory (panics outside it).
     pub fn write_u64(&self, offset: u64, value: u64) {
         // SAFETY: as read_u8.
         unsafe { mmio::write64(self.addr(offset, 8), value) }
@@ -334,6 +346,7 @@ impl Deadline {
         }
     }
 
+    /// True once the timeout has passed (counted in LAPIC timer ticks).
     pub fn passed(&self) -> bool {
         interrupts::count(crate::layout::VECTOR_TIMER) - self.start_ticks >= self.ticks
     }
@@ -375,19 +388,27 @@ pub fn is_64bit_prefetchable(bar: &BarInfo) -> bool {
 pub mod directory {
     use super::Ivshmem;
 
+    /// Bytes per slot.
     pub const SLOT_SIZE: u64 = 64;
+    /// What a published slot starts with.
     pub const MAGIC: [u8; 4] = *b"IVSH";
+    /// Offset of the owner's id (u32).
     pub const ID: u64 = 4;
+    /// Offset of the counter (u64).
     pub const COUNTER: u64 = 8;
+    /// Offset of the text.
     pub const TEXT: u64 = 16;
+    /// Room for the text, NUL included.
     pub const TEXT_LEN: usize = 48;
     /// Most slots (ids) the directory has (16 KiB), fewer if the memory is smaller.
     pub const MAX_SLOTS: u64 = 256;
 
+    /// How many slots this device's memory holds.
     pub fn slots(dev: &Ivshmem) -> u64 {
         MAX_SLOTS.min(dev.shm_size / SLOT_SIZE)
     }
 
+    /// Where slot `id` starts.
     pub fn slot_offset(id: u16) -> u64 {
         id as u64 * SLOT_SIZE
     }
@@ -417,6 +438,7 @@ pub mod directory {
         }
     }
 
+    /// True when slot `id` exists and is published.
     pub fn is_valid(dev: &Ivshmem, id: u16) -> bool {
         (id as u64) < slots(dev) && dev.read_u32(slot_offset(id)) == u32::from_le_bytes(MAGIC)
     }
@@ -432,10 +454,12 @@ pub mod directory {
         }
     }
 
+    /// Slot `id`'s counter.
     pub fn counter(dev: &Ivshmem, id: u16) -> u64 {
         dev.read_u64(slot_offset(id) + COUNTER)
     }
 
+    /// Sets slot `id`'s counter.
     pub fn set_counter(dev: &Ivshmem, id: u16, value: u64) {
         dev.write_u64(slot_offset(id) + COUNTER, value)
     }

@@ -30,18 +30,22 @@ pub mod testdev;
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
+        /// The runtime's call into the program on vCPU 0 (defined by `entry!`).
         #[no_mangle]
         pub extern "C" fn __guest_main() -> i32 {
             $main()
         }
+        /// The runtime's call into the program on the other vCPUs.
         #[no_mangle]
         pub extern "C" fn __guest_ap_main(_cpu: u32) {}
     };
     ($main:path, $ap_main:path) => {
+        /// The runtime's call into the program on vCPU 0 (defined by `entry!`).
         #[no_mangle]
         pub extern "C" fn __guest_main() -> i32 {
             $main()
         }
+        /// The runtime's call into the program on the other vCPUs.
         #[no_mangle]
         pub extern "C" fn __guest_ap_main(cpu: u32) {
             $ap_main(cpu)

@@ -8,12 +8,19 @@ use crate::layout::{
 };
 use crate::mmio;
 
+/// Command register offset (16 bits).
 pub const COMMAND: u16 = 0x04;
+/// Status register offset (16 bits).
 pub const STATUS: u16 = 0x06;
+/// Command: decode I/O BARs.
 pub const COMMAND_IO: u16 = 0x1;
+/// Command: decode memory BARs.
 pub const COMMAND_MEMORY: u16 = 0x2;
+/// Command: bus master (needed for MSI writes).
 pub const COMMAND_MASTER: u16 = 0x4;
+/// Status: the capability list is valid.
 pub const STATUS_CAP_LIST: u16 = 0x10;
+/// The MSI-X capability's id.
 pub const CAP_ID_MSIX: u8 = 0x11;
 const CAPABILITY_LIST: u16 = 0x34;
 const BAR0: u16 = 0x10;
@@ -21,12 +28,16 @@ const BAR0: u16 = 0x10;
 /// Bus/device/function on bus 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bdf {
+    /// Always 0: ECAM here covers bus 0.
     pub bus: u8,
+    /// Device (slot), 0..32.
     pub device: u8,
+    /// Function, 0..8.
     pub function: u8,
 }
 
 impl Bdf {
+    /// Device `device`, function `function` on bus 0.
     pub const fn new(device: u8, function: u8) -> Self {
         Self {
             bus: 0,
@@ -43,34 +54,42 @@ impl Bdf {
             + (offset as u64 & 0xFFF)
     }
 
+    /// Reads a config byte.
     pub fn read8(self, offset: u16) -> u8 {
         // SAFETY: ECAM is identity-mapped for ring 3; reads have no side effects.
         unsafe { mmio::read8(self.config_addr(offset)) }
     }
+    /// Reads a config word.
     pub fn read16(self, offset: u16) -> u16 {
         // SAFETY: as read8.
         unsafe { mmio::read16(self.config_addr(offset)) }
     }
+    /// Reads a config dword.
     pub fn read32(self, offset: u16) -> u32 {
         // SAFETY: as read8.
         unsafe { mmio::read32(self.config_addr(offset)) }
     }
+    /// Writes a config byte.
     pub fn write8(self, offset: u16, value: u8) {
         // SAFETY: ECAM is identity-mapped for ring 3.
         unsafe { mmio::write8(self.config_addr(offset), value) }
     }
+    /// Writes a config word.
     pub fn write16(self, offset: u16, value: u16) {
         // SAFETY: as write8.
         unsafe { mmio::write16(self.config_addr(offset), value) }
     }
+    /// Writes a config dword.
     pub fn write32(self, offset: u16, value: u32) {
         // SAFETY: as write8.
         unsafe { mmio::write32(self.config_addr(offset), value) }
     }
 
+    /// The vendor id (0xFFFF: no function here).
     pub fn vendor_id(self) -> u16 {
         self.read16(0)
     }
+    /// The device id.
     pub fn device_id(self) -> u16 {
         self.read16(2)
     }
@@ -78,9 +97,11 @@ impl Bdf {
     pub fn class(self) -> u32 {
         self.read32(8) >> 8
     }
+    /// The command register.
     pub fn command(self) -> u16 {
         self.read16(COMMAND)
     }
+    /// Writes the command register.
     pub fn set_command(self, value: u16) {
         self.write16(COMMAND, value)
     }
@@ -128,17 +149,31 @@ pub fn find(vendor_id: u16, device_id: u16) -> Option<Bdf> {
     devices().find(|bdf| bdf.vendor_id() == vendor_id && bdf.device_id() == device_id)
 }
 
+/// What a BAR decodes, from its low bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarKind {
+    /// I/O ports.
     Io,
-    Memory32 { prefetchable: bool },
-    Memory64 { prefetchable: bool },
+    /// Memory below 4 GiB.
+    Memory32 {
+        /// Reads may be cached and combined.
+        prefetchable: bool,
+    },
+    /// Memory anywhere (the BAR takes two slots).
+    Memory64 {
+        /// Reads may be cached and combined.
+        prefetchable: bool,
+    },
 }
 
+/// A BAR as sized (and, once assigned, placed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarInfo {
+    /// The BAR slot (0..=5).
     pub index: u8,
+    /// What it decodes.
     pub kind: BarKind,
+    /// Its size in bytes.
     pub size: u64,
 }
 
@@ -248,6 +283,7 @@ impl Default for BarAllocator {
 }
 
 impl BarAllocator {
+    /// An allocator at the start of the 32-bit and 64-bit PCI windows.
     pub const fn new() -> Self {
         Self {
             next32: PCI_MMIO32_ADDR,
@@ -288,16 +324,23 @@ pub fn assign_bars(bdf: Bdf, allocator: &mut BarAllocator) -> [Option<(BarInfo, 
     result
 }
 
+/// MSI-X message control: enable.
 pub const MSIX_ENABLE: u16 = 0x8000;
+/// MSI-X message control: mask every vector.
 pub const MSIX_FUNCTION_MASK: u16 = 0x4000;
 
 /// A function's MSI-X capability with its table and PBA located through the (assigned) BARs.
 #[derive(Clone, Copy, Debug)]
 pub struct Msix {
+    /// The function.
     pub bdf: Bdf,
+    /// Offset of the capability in config space.
     pub cap: u16,
+    /// Number of table entries.
     pub vectors: u16,
+    /// Guest address of the table.
     pub table: u64,
+    /// Guest address of the pending-bit array.
     pub pba: u64,
 }
 
@@ -331,14 +374,17 @@ impl Msix {
         self.bdf.write16(self.cap + 2, value);
     }
 
+    /// Sets or clears the MSI-X enable bit.
     pub fn enable(&self, on: bool) {
         self.set_control_bit(MSIX_ENABLE, on);
     }
 
+    /// Sets or clears the function mask.
     pub fn function_mask(&self, on: bool) {
         self.set_control_bit(MSIX_FUNCTION_MASK, on);
     }
 
+    /// True when the enable bit is set.
     pub fn is_enabled(&self) -> bool {
         self.control() & MSIX_ENABLE != 0
     }
@@ -358,11 +404,13 @@ impl Msix {
         }
     }
 
+    /// Masks or unmasks entry `index`.
     pub fn mask(&self, index: u16, masked: bool) {
         // SAFETY: as set_entry.
         unsafe { mmio::write32(self.entry(index) + 12, masked as u32) }
     }
 
+    /// True when entry `index` is masked.
     pub fn is_masked(&self, index: u16) -> bool {
         // SAFETY: as set_entry.
         unsafe { mmio::read32(self.entry(index) + 12) & 1 != 0 }
@@ -381,6 +429,7 @@ impl Msix {
         }
     }
 
+    /// True when entry `index` fired while masked (its PBA bit).
     pub fn is_pending(&self, index: u16) -> bool {
         let word = self.pba + 8 * (index as u64 / 64);
         // SAFETY: the PBA is inside an assigned BAR, identity-mapped for ring 3.
@@ -419,6 +468,7 @@ pub mod conf1 {
         unsafe { outl(ADDRESS, address) };
     }
 
+    /// A config dword read through ports 0xCF8/0xCFC.
     pub fn read32(bdf: Bdf, offset: u16) -> u32 {
         select(bdf, offset);
         // SAFETY: config reads have no side effects.
@@ -437,6 +487,7 @@ pub mod conf1 {
         value
     }
 
+    /// A config dword write through ports 0xCF8/0xCFC.
     pub fn write32(bdf: Bdf, offset: u16, value: u32) {
         select(bdf, offset);
         // SAFETY: the caller chose the register.

@@ -48,7 +48,9 @@ fn main() -> i32 {
     // SAFETY: reading CS has no side effects.
     unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs) };
     let mut ok = true;
-    // SAFETY (all reads below): the zero page, command line, initrd and ACPI tables are in RAM.
+    // The zero page, command line, initrd and ACPI tables the reads below look at are in RAM,
+    // identity-mapped: that is what the boot protocol under test promises.
+    // SAFETY: header fields inside the 4 KiB zero page that rsi points at.
     let (magic, loader) = unsafe {
         (
             read::<u32>(zero_page + 0x202),
@@ -58,6 +60,7 @@ fn main() -> i32 {
     println!("probe: zero page {zero_page:#x} magic {magic:#x} loader {loader:#x} cs {cs:#x}");
     ok &= magic == 0x5372_6448 && loader == 0xFF && cs & 3 == 0;
 
+    // SAFETY: the zero page's cmd_line_ptr field.
     let cmd_ptr = unsafe { read::<u32>(zero_page + 0x228) } as u64;
     let cmd_len = (0..4096)
         .take_while(|&i| bytes(cmd_ptr + i, 1)[0] != 0)
@@ -65,6 +68,7 @@ fn main() -> i32 {
     let cmdline = core::str::from_utf8(bytes(cmd_ptr, cmd_len)).unwrap_or("?");
     println!("probe: cmdline {cmdline:?}");
 
+    // SAFETY: the zero page's ramdisk_image and ramdisk_size fields.
     let (rd_addr, rd_size) = unsafe {
         (
             read::<u32>(zero_page + 0x218) as u64,
@@ -79,11 +83,13 @@ fn main() -> i32 {
         println!("probe: no initrd");
     }
 
+    // SAFETY: the zero page's e820_entries field.
     let entries = unsafe { read::<u8>(zero_page + 0x1E8) } as u64;
     let mut ram = 0;
     for i in 0..entries {
         let e = zero_page + 0x2D0 + 20 * i;
         let (addr, size, kind) =
+            // SAFETY: entry `i` of the zero page's e820 table (at most 128 of 20 bytes each).
             unsafe { (read::<u64>(e), read::<u64>(e + 8), read::<u32>(e + 16)) };
         println!("probe: e820 {addr:#012x}-{:#012x} type {kind}", addr + size);
         if kind == 1 {
@@ -92,14 +98,19 @@ fn main() -> i32 {
     }
     ok &= entries >= 2 && ram > 0;
 
+    // SAFETY: the zero page's acpi_rsdp_addr field.
     let rsdp = unsafe { read::<u64>(zero_page + 0x70) };
     guest::print!("probe: acpi");
     if bytes(rsdp, 8) == b"RSD PTR " && checksum_ok(rsdp, 20) && checksum_ok(rsdp, 36) {
+        // SAFETY: the RSDP's XSDT address; its signature and checksums were checked above.
         let xsdt = unsafe { read::<u64>(rsdp + 24) };
+        // SAFETY: the XSDT header's length field, in RAM where the VMM put the tables.
         let len = unsafe { read::<u32>(xsdt + 4) } as u64;
         ok &= checksum_ok(xsdt, len as usize);
         for i in 0..((len - 36) / 8).min(8) {
+            // SAFETY: entry `i` of the XSDT, inside the `len` bytes its header gives.
             let table = unsafe { read::<u64>(xsdt + 36 + 8 * i) };
+            // SAFETY: that table's header length field.
             let tlen = unsafe { read::<u32>(table + 4) } as usize;
             ok &= checksum_ok(table, tlen);
             guest::print!(

@@ -39,7 +39,7 @@ fn main() -> i32 {
         ram_bar.size
     );
 
-    // SAFETY (all MMIO below): addresses inside BARs we just assigned, or the old/new
+    // SAFETY: (all MMIO below) addresses inside BARs we just assigned, or the old/new
     // addresses of moved BARs, all inside the identity-mapped PCI windows.
     unsafe {
         if read32(regs + td::reg::MAGIC) != td::MAGIC {

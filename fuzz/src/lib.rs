@@ -15,10 +15,12 @@ pub struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
+    /// A reader over the fuzzer's input.
     pub fn new(bytes: &'a [u8]) -> Self {
         Input { bytes }
     }
 
+    /// True once every byte was read.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
@@ -38,21 +40,27 @@ impl<'a> Input<'a> {
         out
     }
 
+    /// The next byte (0 past the end).
     pub fn u8(&mut self) -> u8 {
         self.le::<1>()[0]
     }
+    /// The next little-endian u16.
     pub fn u16(&mut self) -> u16 {
         u16::from_le_bytes(self.le())
     }
+    /// The next little-endian u32.
     pub fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.le())
     }
+    /// The next little-endian u64.
     pub fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.le())
     }
+    /// The next little-endian i64.
     pub fn i64(&mut self) -> i64 {
         i64::from_le_bytes(self.le())
     }
+    /// The next byte's low bit.
     pub fn bool(&mut self) -> bool {
         self.u8() & 1 != 0
     }

@@ -23,6 +23,7 @@ pub const OWN_ID: u16 = 1;
 /// BAR2 size.
 pub const BAR2_SIZE: u64 = 0x1_0000;
 
+/// ivshmem-doorbell's identity, as the VMM gives it.
 pub const IVSHMEM_IDS: PciIds = PciIds {
     vendor_id: 0x1af4,
     device_id: 0x1110,
@@ -45,12 +46,15 @@ pub struct FakeKvmState {
     pub injected: Vec<MsiMessage>,
 }
 
+/// A stand-in for KVM's interrupt routing that records what the device asks of it.
 #[derive(Default)]
 pub struct FakeKvm {
+    /// What it holds, behind a lock as `IrqBackend` takes `&self`.
     pub state: Mutex<FakeKvmState>,
 }
 
 impl FakeKvm {
+    /// Its state (a panic elsewhere does not poison it for the checks).
     pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeKvmState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -113,17 +117,25 @@ impl IrqBackend for FakeKvm {
 
 /// Memory and I/O spaces, bus 0 with the host bridge and an ivshmem-doorbell function.
 pub struct Machine {
+    /// The memory address space (ECAM, BARs).
     pub memory: AddressSpace,
+    /// The I/O address space (conf1).
     pub io: AddressSpace,
+    /// PCI bus 0.
     pub bus: Arc<PciBus>,
+    /// The fake KVM the MSI-X vectors are routed through.
     pub kvm: Arc<FakeKvm>,
+    /// The ivshmem device's BAR0 registers.
     pub registers: Arc<Registers>,
+    /// Every peer's vectors, as the server would have announced them.
     pub peers: Arc<PeerTable>,
+    /// The device's MSI-X state.
     pub msix: Msix,
     /// The device's own vectors (MSI-X sources).
     pub own_vectors: Vec<Arc<EventFd>>,
     /// (peer, vector eventfds) of the other peers the doorbell can ring.
     pub other_peers: Vec<(u16, Vec<Arc<EventFd>>)>,
+    /// Where the ivshmem function sits.
     pub bdf: Bdf,
 }
 
@@ -202,6 +214,7 @@ impl Machine {
         }
     }
 
+    /// A guest read of `size` bytes (clamped to 1..=8) at `addr` in `space`.
     pub fn read(space: &AddressSpace, addr: u64, size: usize) -> u64 {
         let mut data = [0u8; 8];
         let size = size.clamp(1, 8);
@@ -209,6 +222,7 @@ impl Machine {
         u64::from_le_bytes(data)
     }
 
+    /// A guest write of `size` bytes (clamped to 1..=8) of `value` at `addr` in `space`.
     pub fn write(space: &AddressSpace, addr: u64, size: usize, value: u64) {
         let size = size.clamp(1, 8);
         space.write(addr, &value.to_le_bytes()[..size]);

@@ -6,8 +6,9 @@
 //! Modules: [`options`] (command line), [`shm`] (shared-memory creation), [`listener`] (the
 //! socket file), [`peer`] (ids, per-peer state, bounded queues), [`event_loop`] (epoll broker),
 //! [`process`] (daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
-//! loop), [`log_limit`] (join/leave storms logged once). [`run`] wires them in QEMU's order: shared
-//! memory, socket, daemonize, PID file, loop.
+//! loop), [`log_limit`] (join/leave storms logged once), [`seccomp`] (the filter once set up).
+//! [`run`] wires them in QEMU's order: shared memory, socket, daemonize, PID file, log writer,
+//! seccomp filter, loop.
 
 pub mod event_loop;
 pub mod listener;
@@ -16,6 +17,7 @@ pub mod log_sink;
 pub mod options;
 pub mod peer;
 pub mod process;
+pub mod seccomp;
 pub mod shm;
 
 use anyhow::Context;
@@ -95,8 +97,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .fd
         .try_clone()
         .context("cannot duplicate the shared-memory fd")?;
-    let result = Server::new(listener.socket.try_clone()?, signals, shm_fd, config)
-        .and_then(|mut server| server.run());
+    let result = Server::new(listener.socket.try_clone()?, signals, shm_fd, config).and_then(
+        |mut server| {
+            // Set-up is over: from here on the server only brokers.
+            seccomp::enter(opts.seccomp).map_err(std::io::Error::other)?;
+            server.run()
+        },
+    );
 
     listener.remove_file();
     if opts.unlink_shm {

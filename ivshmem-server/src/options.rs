@@ -75,6 +75,8 @@ pub struct Options {
     pub group: Option<GroupSpec>,
     /// Bound of each peer's queue of notices (`--queue-limit`).
     pub queue_limit: usize,
+    /// `--seccomp`: the filter entered once set-up is over.
+    pub seccomp: sandbox::Mode,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             mode_arg: None,
             group: None,
             queue_limit: DEFAULT_QUEUE_LIMIT,
+            seccomp: sandbox::Mode::On,
         }
     }
 }
@@ -166,6 +169,9 @@ pub enum UsageError {
     /// `--queue-limit` is not a positive number.
     #[error("cannot parse queue limit '{0}': expected a number of messages of at least 1")]
     BadQueueLimit(String),
+    /// `--seccomp` is not on, off or log.
+    #[error("cannot parse --seccomp '{0}': expected on, off or log")]
+    BadSeccomp(String),
     /// `-v` without `-F`: a daemon has no terminal to log to (as QEMU refuses it).
     #[error("cannot use verbose (-v) in daemon mode: add -F")]
     VerboseNeedsForeground,
@@ -223,6 +229,7 @@ fn command() -> clap::Command {
         .arg(value("mode", None, "mode"))
         .arg(value("group", None, "group"))
         .arg(value("queue-limit", None, "queue-limit"))
+        .arg(value("seccomp", None, "seccomp"))
 }
 
 /// Option ids that take a value, with how errors name them.
@@ -236,6 +243,7 @@ const VALUE_OPTIONS: &[(&str, &str)] = &[
     ("mode", "--mode"),
     ("group", "--group"),
     ("queue-limit", "--queue-limit"),
+    ("seccomp", "--seccomp"),
 ];
 
 /// Parses the arguments after the program name.
@@ -351,6 +359,11 @@ fn apply_value(opts: &mut Options, id: &str, option: &str, value: &str) -> Resul
                 Some(n) if n >= 1 && n <= usize::MAX as u64 => n as usize,
                 _ => return Err(UsageError::BadQueueLimit(value.into())),
             }
+        }
+        "seccomp" => {
+            opts.seccomp = value
+                .parse()
+                .map_err(|_| UsageError::BadSeccomp(value.into()))?
         }
         other => {
             return Err(UsageError::Invalid {
@@ -488,6 +501,8 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
       --group NAME|GID     group owning the socket and the shared memory
       --queue-limit N      join/leave messages queued for a peer that does not
                            read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
+      --seccomp on|off|log seccomp filter once set up (default on; log: allow and
+                           let the kernel log what the filter lacks)
 
 Peers that send anything or hang up leave; every join and leave is logged on stderr
 (more than 10 alike from one pid within 10 s are summed up in one line).
@@ -738,8 +753,23 @@ mod tests {
             "--mode",
             "--group",
             "--queue-limit",
+            "--seccomp",
         ] {
             assert!(text.contains(opt), "{opt}");
         }
+    }
+
+    #[test]
+    fn seccomp_modes() {
+        assert_eq!(run(&[]).unwrap().seccomp, sandbox::Mode::On);
+        assert_eq!(run(&["--seccomp=log"]).unwrap().seccomp, sandbox::Mode::Log);
+        assert_eq!(
+            run(&["--seccomp", "off"]).unwrap().seccomp,
+            sandbox::Mode::Off
+        );
+        assert!(matches!(
+            run(&["--seccomp", "maybe"]),
+            Err(UsageError::BadSeccomp(_))
+        ));
     }
 }

@@ -11,6 +11,8 @@ use std::thread::JoinHandle;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::seccomp::ThreadKind;
+
 /// Readable once the thread should stop (poll it with the thread's other fds).
 #[derive(Clone)]
 pub struct StopSignal(Arc<EventFd>);
@@ -58,10 +60,16 @@ impl BackgroundThreads {
         body: impl FnOnce(StopSignal) + Send + 'static,
     ) -> std::io::Result<()> {
         let stop = StopSignal::new()?;
+        let thread = name.to_string();
         let signal = stop.clone();
         let handle = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || body(signal))?;
+            .spawn(
+                move || match crate::seccomp::enter(ThreadKind::Background) {
+                    Ok(()) => body(signal),
+                    Err(e) => log::error!("{thread}: {e}; thread not started"),
+                },
+            )?;
         self.lock().push(Running {
             name: name.to_string(),
             stop,

@@ -11,6 +11,7 @@ const ORDER: &[&str] = &[
     "arch::x86_64::layout",
     "memory",
     "interrupts",
+    "seccomp",
     "background",
     "exit",
     "arch::x86_64::unemulated",

@@ -4,8 +4,8 @@
 //! lowest first (a module uses only modules before it, which the `layering` test checks):
 //!
 //! 1. `guest_abi`, `arch::x86_64::layout` (constants shared with the guest runtime), `memory`
-//!    (QEMU's memory model), `interrupts` (GSI routes, irqfds), `background` (device threads
-//!    joined at shutdown);
+//!    (QEMU's memory model), `interrupts` (GSI routes, irqfds), `seccomp` (each thread's
+//!    allow-list), `background` (device threads joined at shutdown);
 //! 2. `exit` (why a VM ended, `VmControl`);
 //! 3. `arch::x86_64` (guest set-up; `unemulated` uses `memory`);
 //! 4. `pci` (bus, config space, BARs, MSI-X);
@@ -27,6 +27,7 @@ pub mod guest_images;
 pub mod interrupts;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 

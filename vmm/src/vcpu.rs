@@ -21,6 +21,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::x86_64::unemulated;
 use crate::exit::{ExitReason, VmControl};
 use crate::memory::AddressSpace;
+use crate::seccomp::{self, ThreadKind};
 
 thread_local! {
     static CURRENT_CPU: Cell<Option<u32>> = const { Cell::new(None) };
@@ -158,6 +159,11 @@ impl VcpuThread {
 
 fn run(mut fd: VcpuFd, ctx: VcpuContext) {
     CURRENT_CPU.with(|c| c.set(Some(ctx.cpu)));
+    if let Err(e) = seccomp::enter(ThreadKind::Vcpu) {
+        ctx.control
+            .request_exit(ExitReason::Error(format!("vcpu{}: {e}", ctx.cpu)));
+        return;
+    }
     // The kick signal must be deliverable to this thread even if the spawner blocked it.
     let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
     let immediate_exit: *mut u8 = &mut fd.get_kvm_run().immediate_exit;

@@ -476,6 +476,10 @@ impl Vm {
             }
         }
 
+        // Every thread of the VM exists now (vCPUs, device threads, the MSI-X watcher).
+        if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Main) {
+            self.control.request_exit(ExitReason::Error(e.to_string()));
+        }
         let stdin = std::io::stdin();
         let mut stdin_open = self.config.serial_input && self.serial.is_some();
         while !self.control.stopping() {

@@ -105,6 +105,10 @@ impl EventWatcher {
     }
 
     fn run(&self) {
+        if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::MsixWatcher) {
+            log::error!("MSI-X watcher: {e}; masked vectors are not watched");
+            return;
+        }
         let mut events = vec![EpollEvent::default(); 64];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {

@@ -8,6 +8,9 @@
 //! KVM never points at unmapped memory. I/O-leaf eventfds become `KVM_IOEVENTFD`s (MMIO in a
 //! memory space, PIO in an I/O space), with a datamatch as wide as the eventfd's length.
 //!
+//! A RAM range beyond the host's physical address width (where a guest may move a 64-bit BAR:
+//! nothing can reach it there) gets no slot, quietly: KVM would refuse it on every move.
+//!
 //! KVM refusing a request is logged and counted (`errors()`), never fatal: a listener callback
 //! has nobody to return an error to.
 
@@ -100,6 +103,20 @@ pub(super) fn slot_section(range: &FlatRange) -> Option<(u64, u64, u64)> {
         return None;
     }
     Some((start, end - start, host_start))
+}
+
+/// First guest-physical address KVM cannot map: 2^MAXPHYADDR of the host (CPUID 0x8000_0008;
+/// KVM's limit, and no guest CPU can form an address above it either).
+fn physical_address_limit() -> u64 {
+    let bits = std::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
+    1u64 << bits.clamp(32, 52)
+}
+
+/// True when `[guest_addr, guest_addr + size)` lies beyond what KVM and the guest can address.
+fn unreachable(guest_addr: u64, size: u64) -> bool {
+    guest_addr
+        .checked_add(size)
+        .is_none_or(|end| end > physical_address_limit())
 }
 
 /// Turns RAM ranges into KVM memory slots and eventfd ranges into KVM ioeventfds.
@@ -236,6 +253,10 @@ impl MemoryListener for KvmMemoryListener {
         let Some((guest_addr, size, host_addr)) = slot_section(range) else {
             return;
         };
+        if unreachable(guest_addr, size) {
+            log::debug!("kvm: RAM at {guest_addr:#x} size {size:#x} is unreachable; no slot");
+            return;
+        }
         let flags = if range.readonly { KVM_MEM_READONLY } else { 0 };
         let id = self.allocate_id();
         if self.set_slot(id, guest_addr, size, host_addr, flags) {
@@ -264,6 +285,9 @@ impl MemoryListener for KvmMemoryListener {
         let Some((guest_addr, size, host_addr)) = slot_section(range) else {
             return;
         };
+        if unreachable(guest_addr, size) {
+            return;
+        }
         let Some(index) = self
             .slots
             .iter()

@@ -112,3 +112,30 @@ fn kvm_pio_ioeventfds_in_the_io_space() {
     assert_eq!(stats.slot_count(), 0);
     assert_eq!(stats.errors(), 0);
 }
+
+/// Found by the `abuse` guest: a 64-bit BAR moved to the top of the address space (or past the
+/// physical address width) made KVM refuse a slot, logged as an error, on every move.
+#[test]
+fn ram_beyond_the_physical_address_width_gets_no_slot_and_no_error() {
+    let Some(vm) = kvm_vm("ram_beyond_the_physical_address_width_gets_no_slot_and_no_error") else {
+        return;
+    };
+    let system = MemoryRegion::container("system", u64::MAX);
+    let space = AddressSpace::new("memory", system.clone(), SpaceKind::Memory);
+    let listener = KvmMemoryListener::new(vm.clone(), SpaceKind::Memory);
+    let stats = listener.stats();
+    space.add_listener(Box::new(listener));
+    let fd = memfd(0x10_0000);
+    let shm =
+        MemoryRegion::ram_from_fd("shm", std::os::fd::AsFd::as_fd(&fd), 0, 0x10_0000).unwrap();
+    system.add_subregion(0x10_0000_0000, &shm, 1);
+    space.commit();
+    assert_eq!(stats.slot_count(), 1);
+    for address in [!0xF_FFFF, 1 << 63, (1 << 52) - 0x10_0000, 0x10_0000_0000] {
+        shm.set_address(address);
+        space.commit();
+    }
+    assert_eq!(stats.slot_count(), 1, "back in reach: slotted again");
+    assert_eq!(stats.errors(), 0, "nothing asked of KVM that it refuses");
+    space.remove_listeners();
+}

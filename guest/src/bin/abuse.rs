@@ -241,26 +241,43 @@ impl Abuser {
         self.counts.sized_live += 1;
     }
 
-    /// One random config write; BAR registers get a hostile move instead of raw random bits.
+    /// One random config access (1, 2, 4 or 8 bytes, sometimes unaligned, sometimes to a slot
+    /// or function that does not exist); a write touching a BAR register becomes a hostile
+    /// move instead of raw random bits.
     fn config_write(&mut self) {
-        let (slot, bdf) = self.function();
-        let size = 1u16 << self.rng.below(3);
-        let offset = (self.rng.below(0x1000) as u16) & !(size - 1);
-        if (0x10..0x28).contains(&offset) || (0x30..0x34).contains(&offset) {
-            let index = ((offset.min(0x27) - 0x10) / 4) as usize;
-            if let Some(bar) = self.bars[slot][index] {
+        let (slot, function) = if self.rng.chance(80) {
+            (self.function().0, 0)
+        } else {
+            (self.rng.below(32) as usize, self.rng.below(8) as u8)
+        };
+        let size = 1u64 << self.rng.below(4);
+        let mut offset = self.rng.below(0x1000 - size + 1);
+        if self.rng.chance(90) {
+            offset &= !(size - 1);
+        }
+        let touches = |start: u64, end: u64| offset < end && start < offset + size;
+        if function == 0 && (touches(0x10, 0x28) || touches(0x30, 0x34)) {
+            if let (Some(bdf), Some(bar)) = (
+                self.functions[slot],
+                self.bars[slot][((offset.clamp(0x10, 0x27) - 0x10) / 4) as usize],
+            ) {
                 let address = self.hostile_address(&bar);
                 self.place(slot, bdf, &bar, address);
             }
             return;
         }
+        let at = PCI_ECAM_ADDR + ((slot as u64) << 15) + ((function as u64) << 12) + offset;
         let value = self.rng.next();
-        match size {
-            1 => bdf.write8(offset, value as u8),
-            2 => bdf.write16(offset, value as u16),
-            _ => bdf.write32(offset, value as u32),
+        // SAFETY: inside the ECAM window (bus 0), identity-mapped; no BAR register is written.
+        unsafe {
+            match size {
+                1 => write8(at, value as u8),
+                2 => write16(at, value as u16),
+                4 => write32(at, value as u32),
+                _ => write64(at, value),
+            }
+            let _ = read64(at & !7);
         }
-        let _ = bdf.read32(offset & !3);
         self.counts.config_writes += 1;
     }
 

@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
+# The Soak section comes from scripts/soak.sh runs, not from here: kept as it is.
+soak_section=$(sed -n '/^## Soak/,$p' "$out" 2>/dev/null || true)
 sections=${SECTIONS:-host server vmm ivshmem nested}
 
 echo "bench.sh: building (release)" >&2
@@ -295,5 +297,9 @@ Notes:
   ordinary KVM does. Both VMMs' RSS includes the guest RAM Linux has touched by /init.
 - `mapping=trap` serves every guest access to BAR2 through an MMIO exit: it exists to show the gap.
 NOTES
+    if [ -n "$soak_section" ]; then
+        echo
+        echo "$soak_section"
+    fi
 } >"$out"
 cat "$out"

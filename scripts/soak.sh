@@ -2,7 +2,8 @@
 # Soak: an ivshmem-server, two VMs playing doorbell ping-pong and host peers (ivshmem-client)
 # that join, write and read shared memory, ring both VMs and leave, over and over, for MINUTES
 # minutes (default 3). Samples the open fds and resident memory of the server and both VMMs
-# every few seconds and prints them (start, end, max) as a Markdown table, with the counts of
+# every few seconds and prints them (start and end: the VMs alone on the server, before the
+# first host peer and after the last; max: over the run) as a Markdown table, with the counts of
 # host-peer cycles and failures. Not part of CI: a bounded run to spot leaks and growth.
 #
 # Usage: scripts/soak.sh [MINUTES]     (release build; SOAK_INTERVAL=SECONDS between samples)
@@ -31,13 +32,20 @@ start_vm() { # NAME ROLE PEER
         --guest-args "role=$2 peer=$3 rounds=4000000000 warmup=0 timeout_ms=60000" \
         --ivshmem "doorbell,socket=$sock,vectors=2" 2>"$work/$1.log" &
 }
+# joined N: waits until the server announced peer N.
+joined() {
+    for _ in $(seq 200); do grep -q "peer $1 joined" "$work/server.log" && return 0; sleep 0.05; done
+    echo "soak: peer $1 did not join" >&2
+    exit 1
+}
 start_vm pong pong 1
 pong=$!
 pids+=("$pong")
-sleep 0.3
+joined 0
 start_vm ping ping 0
 ping=$!
 pids+=("$ping")
+joined 1
 
 # Host peers: join, write and read back data, ring both VMs on vector 1, leave; repeat.
 host_loop() {
@@ -46,13 +54,13 @@ host_loop() {
         n=$((n + 1))
         local text="soak-$n"
         if out=$("$bin/ivshmem-client" -S "$sock" -c "write 65536 $text; read 65536 ${#text}; int 0 1; int 1 1" 2>&1) &&
-            grep -q "$text" <<<"$out"; then :; else failed=$((failed + 1)); fi
+            grep -q "$text" <<<"$out"; then :; else
+            failed=$((failed + 1))
+            echo "$out" >"$work/host.failure"
+        fi
         echo "$n $failed" >"$work/host.count"
     done
 }
-host_loop &
-host=$!
-pids+=("$host")
 
 fds() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -70,8 +78,12 @@ sample() {
     done
 }
 
-sleep 1 # everybody joined
+# Start: the two VMs alone on the server. End: the same, after the last host peer left.
+sleep 1 # both VMMs have processed each other's join
 sample
+host_loop &
+host=$!
+pids+=("$host")
 end=$((SECONDS + minutes * 60))
 while [ $SECONDS -lt $end ]; do
     sleep "$interval"
@@ -83,6 +95,8 @@ done
 
 touch "$work/stop"
 wait "$host" || true
+sleep 1 # the VMMs process the last leave
+sample
 read -r cycles failures <"$work/host.count"
 status=0
 for vm in "$ping" "$pong"; do
@@ -105,6 +119,7 @@ for name in server pong ping; do
         "${first[$name.rss]} | ${last[$name.rss]} | ${max[$name.rss]} |"
 done
 if [ "$failures" -ne 0 ] || [ $status -ne 0 ]; then
+    [ ! -e "$work/host.failure" ] || { echo "last host-peer failure:"; cat "$work/host.failure"; } >&2
     echo "soak: failures (see above)" >&2
     exit 1
 fi

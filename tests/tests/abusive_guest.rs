@@ -140,7 +140,7 @@ fn several_seeds_of_abuse_end_cleanly_with_bounded_logs() {
     let _server = Server::start(&socket, &["--memfd", "-l", "1M", "-n", "4"]);
     for seed in 1..=3 {
         let started = Instant::now();
-        let outcome = abuser(&socket, &format!("seed={seed} rounds=400")).finish(VM_TIMEOUT);
+        let outcome = abuser(&socket, &format!("seed={seed} rounds=250")).finish(VM_TIMEOUT);
         outcome.assert_code(0);
         assert!(outcome.stdout.contains("abuse: done"), "{}", outcome.stdout);
         assert_bounded_log(&outcome.stderr, started);

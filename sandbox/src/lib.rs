@@ -268,11 +268,9 @@ pub fn enter_all_threads(filter: Option<&Filter>) -> Result<(), SandboxError> {
     install_sigsys_report()?;
     let _ = PROCESS_FILTER.set(filter.name);
     ENTERED.with(|e| e.set(filter.name));
-    seccompiler::apply_filter_all_threads(&filter.program).map_err(|source| {
-        SandboxError::Install {
-            name: filter.name,
-            source,
-        }
+    seccompiler::apply_filter_all_threads(&filter.program).map_err(|source| SandboxError::Install {
+        name: filter.name,
+        source,
     })
 }
 

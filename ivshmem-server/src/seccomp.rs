@@ -5,6 +5,8 @@
 //!
 //! - `sandbox::runtime()`: allocation, futex, signal masks, clocks, stderr log lines, closing
 //!   fds, fcntl on fds it owns;
+//! - `sandbox::thread_start()`: the filter is entered on all threads at once and may reach the
+//!   log writer thread (`log_sink`) while it is still starting;
 //! - brokering: `epoll_wait`/`epoll_ctl`, `accept4`, `getsockopt` (`SO_PEERCRED`), `eventfd2`
 //!   (each new peer's vectors), `sendmsg` (messages with fds), `recvfrom`/`recvmsg`/`read`
 //!   (hang-ups, the signalfd), `ioctl(FIONBIO)` (non-blocking peer sockets), `shutdown`;
@@ -19,6 +21,7 @@ pub use sandbox::{Mode, SandboxError};
 /// What the event loop and its shutdown call.
 pub fn allow_list() -> AllowList {
     sandbox::runtime()
+        .merge(&sandbox::thread_start())
         .allow(&[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,

@@ -223,6 +223,22 @@ pub fn runtime() -> AllowList {
         )
 }
 
+/// What a new thread does before its body runs (glibc: robust list, rseq registration; Rust: the
+/// thread's name, its CPU affinity, the signal stack). Needed by [`enter_all_threads`]'s callers:
+/// the filter reaches a thread that is still starting.
+pub fn thread_start() -> AllowList {
+    AllowList::new()
+        .allow(&[
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_sigaltstack,
+            libc::SYS_mprotect,
+            libc::SYS_rt_sigprocmask,
+        ])
+        .allow_arg(libc::SYS_prctl, 0, &[libc::PR_SET_NAME as u64])
+}
+
 /// A compiled filter, ready for [`enter`].
 #[derive(Clone, Debug)]
 pub struct Filter {

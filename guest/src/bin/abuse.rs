@@ -202,9 +202,40 @@ impl Abuser {
     }
 
     fn place(&mut self, slot: usize, bdf: Bdf, bar: &BarInfo, address: u64) {
-        pci::set_bar_address(bdf, bar, address);
+        self.program_bar(bdf, bar, address);
         self.placed[slot][bar.index as usize] = pci::bar_address(bdf, bar);
         self.counts.bar_moves += 1;
+    }
+
+    /// Writes a BAR's address. A 64-bit BAR is written one dword at a time and, with decoding
+    /// on, sits for a moment at a mix of its old and new halves: the dword order is chosen so
+    /// that this intermediate address is not harmful to the program (decoding goes off for the
+    /// move when neither order is safe).
+    fn program_bar(&self, bdf: Bdf, bar: &BarInfo, address: u64) {
+        let offset = 0x10 + 4 * bar.index as u16;
+        if !matches!(bar.kind, BarKind::Memory64 { .. }) {
+            bdf.write32(offset, address as u32);
+            return;
+        }
+        let old = pci::bar_address(bdf, bar);
+        let mask = !(bar.size.max(16) - 1);
+        let high_first = (address & !0xFFFF_FFFF | old & 0xFFFF_FFFF) & mask;
+        let low_first = (old & !0xFFFF_FFFF | address & 0xFFFF_FFFF) & mask;
+        let decoding = bdf.command() & pci::COMMAND_MEMORY != 0;
+        let safe = |a: u64| !decoding || !harmful(a, bar.size, self.victim);
+        let (high, low) = ((address >> 32) as u32, address as u32);
+        if safe(high_first) {
+            bdf.write32(offset + 4, high);
+            bdf.write32(offset, low);
+        } else if safe(low_first) {
+            bdf.write32(offset, low);
+            bdf.write32(offset + 4, high);
+        } else {
+            bdf.enable_memory(false);
+            bdf.write32(offset + 4, high);
+            bdf.write32(offset, low);
+            bdf.enable_memory(true);
+        }
     }
 
     /// Moves a BAR somewhere hostile, decoding on or off, and pokes it if reachable.

@@ -61,20 +61,29 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// Why a filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A `--seccomp` value other than on, off or log.
     #[error("--seccomp {0:?}: expected on, off or log")]
     BadMode(String),
+    /// seccompiler refused the list (a bug in the list, found at start-up).
     #[error("seccomp filter {name}: {source}")]
     Build {
+        /// The list's name.
         name: &'static str,
+        /// What seccompiler said.
         source: seccompiler::BackendError,
     },
+    /// The kernel refused the filter (no seccomp support, or a sandbox that forbids it).
     #[error("installing the seccomp filter {name}: {source}")]
     Install {
+        /// The list's name.
         name: &'static str,
+        /// What the kernel said.
         source: seccompiler::Error,
     },
+    /// sigaction(SIGSYS) failed.
     #[error("installing the SIGSYS handler: {0}")]
     Handler(std::io::Error),
 }
@@ -89,6 +98,7 @@ pub struct AllowList {
 }
 
 impl AllowList {
+    /// An empty list.
     pub fn new() -> AllowList {
         AllowList::default()
     }
@@ -247,6 +257,7 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The list's name, as errors and the SIGSYS report give it.
     pub fn name(&self) -> &'static str {
         self.name
     }

@@ -55,7 +55,7 @@ const fn kvm_read<T>(nr: u32) -> u64 {
     ioctl_expr(_IOC_READ, KVMIO, nr, size_of::<T>() as u32)
 }
 
-pub const KVM_RUN: u64 = ioctl_expr(_IOC_NONE, KVMIO, 0x80, 0);
+const KVM_RUN: u64 = ioctl_expr(_IOC_NONE, KVMIO, 0x80, 0);
 const KVM_GET_REGS: u64 = kvm_read::<kvm_regs>(0x81);
 const KVM_SET_REGS: u64 = kvm_write::<kvm_regs>(0x82);
 const KVM_GET_SREGS: u64 = kvm_read::<kvm_sregs>(0x83);

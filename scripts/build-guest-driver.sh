@@ -34,7 +34,16 @@ fi
 command -v make >/dev/null && command -v gcc >/dev/null || die "make and gcc are needed (apt-get install build-essential)"
 
 out="$(target_dir)/guest-driver/$release"
+mkdir -p "$(dirname "$out")"
+# Tests running in parallel build it once: the first builds, the others wait and reuse it.
+exec 9>"$out.lock"
+flock 9
+sources=(linux-guest/driver/{ivshmem.c,ivshmem_uapi.h,Kbuild,Makefile})
+if [ -f "$out/ivshmem.ko" ] && [ -z "$(find "${sources[@]}" -newer "$out/ivshmem.ko")" ]; then
+    echo "$out/ivshmem.ko"
+    exit 0
+fi
 rm -rf "$out" && mkdir -p "$out"
-cp linux-guest/driver/{ivshmem.c,ivshmem_uapi.h,Kbuild,Makefile} "$out/"
+cp "${sources[@]}" "$out/"
 make -s -C "$kdir" M="$out" modules >&2 || die "the module did not build against $kdir"
 echo "$out/ivshmem.ko"

@@ -535,6 +535,17 @@ fn peers_coming_and_going_leak_no_fds_in_the_vmm() {
         "{}",
         vm.stdout()
     );
+    // The baseline once the VMM has its whole handshake: the server may announce our own later
+    // vectors after the device is up (there is no end marker), but always before the next peer's
+    // join, so one peer coming and going first makes sure they are in.
+    let warm_up = HostPeer::connect(&socket, 2);
+    let warm_up_id = warm_up.id();
+    drop(warm_up);
+    assert!(
+        vm.wait_stderr(&format!("peer {warm_up_id} left"), VM_TIMEOUT),
+        "{}",
+        vm.stderr()
+    );
     let before = harness::fd_count(vm.pid());
     let mut last = 0;
     for _ in 0..50 {

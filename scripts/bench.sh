@@ -7,7 +7,8 @@
 #
 # Sections: host (peer library vs raw eventfd / memcpy), server (connect and join/leave load
 # vs a minimal broker), vmm (exit dispatch, guest RAM bandwidth, start-up, RSS), ivshmem
-# (VM doorbells and BAR2 bandwidth), nested (Linux boot time and memory against QEMU/KVM on the
+# (VM doorbells and BAR2 bandwidth), virtio (virtio over ivshmem: requests through a virtqueue to
+# vhost-user-echo, from the host and from a VM, vs a UNIX socket pair), nested (Linux boot time and memory against QEMU/KVM on the
 # ordinary-KVM bed, scripts/nested-kvm.sh). Run it on a quiet machine: the round trips are sensitive
 # to other load, which is why medians are reported next to means.
 set -euo pipefail
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 out=${1:-BENCHMARKS.md}
 # The Soak section comes from scripts/soak.sh runs, not from here: kept as it is.
 soak_section=$(sed -n '/^## Soak/,$p' "$out" 2>/dev/null || true)
-sections=${SECTIONS:-host server vmm ivshmem nested}
+sections=${SECTIONS:-host server vmm ivshmem virtio nested}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -238,6 +239,62 @@ ivshmem_section() {
             "$(value bar2_mbps "$(tr ' ' '\n' <<<"$trap")")" "$(value bar2_gbps "$(tr ' ' '\n' <<<"$bw")")")" \
         "(every store exits)" \
         "vmm ... --ivshmem plain,memfd,size=64M,mapping=trap --guest-args 'total_mb=1 window_mb=1 max_ms=500'"
+}
+
+# Virtio over ivshmem: echo requests through queue 0 of vhost-user-echo behind vhost-bridge,
+# from a host driver and from a VM, against the same payloads over a UNIX socket pair (an echo
+# thread in the same bench program). Host figures: medians of 3 alternated runs.
+virtio_section() {
+    echo "== virtio over ivshmem" >&2
+    cargo build --release --quiet -p vhost-bridge --examples
+    local sock=$work/virtio.sock bench=$R/examples/virtio_bench
+    start_server "$sock" --memfd -l 16M -n 2
+    vhost-user-echo --socket "$work/echo.sock" 2>"$work/echo.log" &
+    pids+=("$!"); wait_for_line "$work/echo.log" "listening on" 10
+    vhost-bridge -S "$sock" --backend "$work/echo.sock" --device echo 2>"$work/bridge.log" &
+    pids+=("$!"); wait_for_line "$work/bridge.log" "serving virtio device" 10
+    local bytes n i out virtio_rps=() pair_rps=() virtio_mbs=() pair_mbs=() virtio_rtt=()
+    for bytes in 64 65536; do
+        n=$(( bytes == 64 ? 20000 : 5000 ))
+        virtio_rps=(); pair_rps=(); virtio_mbs=(); pair_mbs=()
+        for i in 1 2 3; do
+            out=$("$bench" virtio -S "$sock" --bytes "$bytes" -n "$n")
+            virtio_rps+=("$(value requests_per_sec "$out")"); virtio_mbs+=("$(value mb_per_sec "$out")")
+            [ "$bytes" = 64 ] && virtio_rtt+=("$(value rtt_ns "$out")")
+            out=$("$bench" socketpair --bytes "$bytes" -n "$n")
+            pair_rps+=("$(value requests_per_sec "$out")"); pair_mbs+=("$(value mb_per_sec "$out")")
+        done
+        local v p
+        if [ "$bytes" = 64 ]; then
+            v=$(median "${virtio_rps[@]}"); p=$(median "${pair_rps[@]}")
+            row "echo requests/s, host driver ↔ vhost-user-echo through a virtqueue over ivshmem, 64 B, median of 3" \
+                "$v/s" "UNIX socket pair echo, same payloads $p/s" "$(ratio "$v" "$p")" "≥ 1" \
+                "virtio_bench virtio -S SOCK --bytes 64 -n $n vs virtio_bench socketpair, alternated 3×"
+        else
+            v=$(median "${virtio_mbs[@]}"); p=$(median "${pair_mbs[@]}")
+            row "echo MB/s, host driver ↔ vhost-user-echo through a virtqueue over ivshmem, 64 KiB, median of 3" \
+                "$v MB/s" "UNIX socket pair echo, same payloads $p MB/s" "$(ratio "$v" "$p")" "≥ 1" \
+                "virtio_bench virtio -S SOCK --bytes 65536 -n $n vs virtio_bench socketpair, alternated 3×"
+        fi
+    done
+    local host_rtt vm vm_rtt poll poll_rtt
+    host_rtt=$(median "${virtio_rtt[@]}")
+    vm=$(vmm --stats --guest builtin:virtio_echo --ivshmem "doorbell,socket=$sock,vectors=2" \
+        --guest-args "requests=20000 warmup=1000 bytes=64" 2>&1 | tr ' ' '\n')
+    vm_rtt=$(value ns_per_round "$vm")
+    row "echo request VM ↔ vhost-user-echo through a virtqueue over ivshmem, 64 B, mean" "$vm_rtt ns" \
+        "host driver, same device and payloads $host_rtt ns" "$(ratio "$vm_rtt" "$host_rtt")" "(interrupt path)" \
+        "vmm --guest builtin:virtio_echo --guest-args 'requests=20000 warmup=1000 bytes=64' vs virtio_bench virtio"
+    row "VMM exits per virtio request from a VM (kick = ioeventfd, call = irqfd)" \
+        "$(value exits_mmio "$vm") exits for 21,000 requests" \
+        "slow doorbells $(value ivshmem_slow_doorbells "$vm")" "—" "≈ set-up only" \
+        "vmm --stats (exits_mmio, ivshmem_slow_doorbells) of the run above"
+    poll=$(vmm --stats --guest builtin:virtio_echo --ivshmem "doorbell,socket=$sock,vectors=2" \
+        --guest-args "requests=20000 warmup=1000 bytes=64 wait=poll" 2>&1 | tr ' ' '\n')
+    poll_rtt=$(value ns_per_round "$poll")
+    row "echo request from a VM polling the used ring (no calls), 64 B, mean" "$poll_rtt ns, $(value calls "$poll") calls" \
+        "with calls (MSI-X) $vm_rtt ns" "$(ratio "$poll_rtt" "$vm_rtt")" "< 1" \
+        "vmm --guest builtin:virtio_echo --guest-args 'requests=20000 warmup=1000 bytes=64 wait=poll'"
 }
 
 # Inside one L1 of the nested bed, the same L2 (kernel, initramfs, 256 MiB, 1 vCPU, command line)

@@ -17,6 +17,8 @@ fn main() {
     // The guest compiles the VMM's layout and guest-ABI files as its own `layout` and `abi`.
     println!("cargo:rerun-if-changed=src/arch/x86_64/layout.rs");
     println!("cargo:rerun-if-changed=src/guest_abi.rs");
+    // ... and virtio-ivshmem's header layout as `virtio_layout`.
+    println!("cargo:rerun-if-changed=../virtio-ivshmem/src/layout.rs");
     println!("cargo:rerun-if-changed=../guest/Cargo.toml");
     println!("cargo:rerun-if-changed=../guest/.cargo/config.toml");
 

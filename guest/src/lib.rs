@@ -24,6 +24,11 @@ pub mod pci;
 pub mod pio;
 pub mod rt;
 pub mod testdev;
+pub mod virtio;
+/// The virtio-over-ivshmem header layout, the host driver's and the bridge's own file compiled
+/// here too (it uses `core` only), so a guest driver and the bridge agree by construction.
+#[path = "../../virtio-ivshmem/src/layout.rs"]
+pub mod virtio_layout;
 
 /// Defines the program's entry points: `entry!(main)` or `entry!(main, ap_main)`, with
 /// `fn main() -> i32` (the VM's exit status) and `fn ap_main(cpu: u32)`.

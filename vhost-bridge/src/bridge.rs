@@ -322,7 +322,7 @@ impl Bridge {
             return Err(ErrorCode::BadConfigVector);
         }
         if wanted == 0 {
-            self.stop_rings();
+            self.end_session();
             self.status = 0;
             return Ok(());
         }
@@ -450,6 +450,39 @@ impl Bridge {
         }
     }
 
+    /// Stops live rings and, if there were any, starts the next session on a fresh backend
+    /// connection. A backend keeps its own used index across sessions unless it rereads it from
+    /// the ring (vhost-user-backend before 0.11 does not: vhost-device-rng 0.1 would answer the
+    /// next driver at the old index), and a fresh connection resets every backend alike.
+    fn end_session(&mut self) {
+        if self.running.is_none() {
+            return;
+        }
+        self.stop_rings();
+        if self.backend.take().is_some() {
+            log::info!(
+                "session ended: reconnecting to {} for a fresh one",
+                self.config.backend.display()
+            );
+            self.reconnect_waiting();
+        }
+    }
+
+    /// Reconnects the backend, waiting up to the configured timeout for it to listen again; on
+    /// failure the run loop keeps retrying in the background.
+    fn reconnect_waiting(&mut self) {
+        match connect_backend_waiting(&self.config) {
+            Ok(backend) => {
+                self.backend = Some(backend);
+                self.reconnect_delay = RECONNECT_MIN;
+            }
+            Err(e) => {
+                log::warn!("{e}; retrying");
+                self.next_reconnect = Instant::now() + self.reconnect_delay;
+            }
+        }
+    }
+
     /// A peer left: if it was our driver, reset the device for the next one.
     fn peer_left(&mut self, peer: u16) {
         let h = self.header();
@@ -457,7 +490,7 @@ impl Bridge {
             return;
         }
         log::info!("driver peer {peer} left: resetting the device");
-        self.stop_rings();
+        self.end_session();
         self.status = 0;
         let h = self.header();
         h.set(field::DEVICE_STATUS, 0);

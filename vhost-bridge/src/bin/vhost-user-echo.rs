@@ -1,7 +1,9 @@
 //! `vhost-user-echo`: a small vhost-user backend (built on `vhost-user-backend`) for tests and
 //! benchmarks. Every queue echoes: the bytes of a chain's readable buffers are copied, in order,
 //! into its writable buffers, and the chain is returned with the number of bytes written. Its
-//! configuration space is `b"ECHO"` followed by the queue count (u32 little-endian).
+//! configuration space is `b"ECHO"` followed by the queue count (u32 little-endian). It calls
+//! the driver after using chains unless the driver set VRING_AVAIL_F_NO_INTERRUPT (a driver
+//! polling the used ring; virtio-queue does not look at that flag itself).
 //!
 //! It serves one frontend at a time and listens again when that one disconnects, like the
 //! rust-vmm vhost-device backends.
@@ -12,8 +14,9 @@ use clap::Parser;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_queue::QueueOwnedT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -87,6 +90,19 @@ impl Echo {
         }
         Ok(any)
     }
+
+    /// Whether the driver wants a call: it has not set VRING_AVAIL_F_NO_INTERRUPT.
+    fn wants_call(&self, vring: &VringRwLock) -> bool {
+        let Some(mem) = &self.mem else {
+            return true;
+        };
+        let flags_at = GuestAddress(vring.get_ref().get_queue().avail_ring());
+        // The fence orders our used index store before reading the flag (virtio 1.2 §2.7.7).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        mem.memory()
+            .load::<u16>(flags_at, std::sync::atomic::Ordering::Acquire)
+            .map_or(true, |flags| flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+    }
 }
 
 impl VhostUserBackendMut for Echo {
@@ -150,7 +166,9 @@ impl VhostUserBackendMut for Echo {
         };
         // Drain until no new chain appeared while we worked (notifications stay on).
         while self.process(vring)? {
-            vring.signal_used_queue()?;
+            if self.wants_call(vring) {
+                vring.signal_used_queue()?;
+            }
         }
         Ok(())
     }

@@ -8,16 +8,18 @@
 # Sections: host (peer library vs raw eventfd / memcpy), server (connect and join/leave load
 # vs a minimal broker), vmm (exit dispatch, guest RAM bandwidth, start-up, RSS), ivshmem
 # (VM doorbells and BAR2 bandwidth), virtio (virtio over ivshmem: requests through a virtqueue to
-# vhost-user-echo, from the host and from a VM, vs a UNIX socket pair), nested (Linux boot time and memory against QEMU/KVM on the
-# ordinary-KVM bed, scripts/nested-kvm.sh). Run it on a quiet machine: the round trips are sensitive
-# to other load, which is why medians are reported next to means.
+# vhost-user-echo, from the host and from a VM, vs a UNIX socket pair), nested (Linux boot time
+# and memory against QEMU/KVM on the ordinary-KVM bed, scripts/nested-kvm.sh), guest_linux (a
+# Linux guest's doorbell round trip and BAR2 bandwidth through the ivshmem driver, on that bed).
+# Run it on a quiet machine: the round trips are sensitive to other load, which is why medians
+# are reported next to means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
 # The Soak section comes from scripts/soak.sh runs, not from here: kept as it is.
 soak_section=$(sed -n '/^## Soak/,$p' "$out" 2>/dev/null || true)
-sections=${SECTIONS:-host server vmm ivshmem virtio nested}
+sections=${SECTIONS:-host server vmm ivshmem virtio nested guest_linux}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -320,6 +322,50 @@ nested_section() {
         "same runs (VmRSS when L2 reaches /init)"
 }
 
+# On the nested bed (tests/nested/guest-bench): guest_bench (linux-guest/examples) in L2 Linux in
+# our VMM rings a guest-program pong VM and waits to be rung back, against the built-in
+# ivshmem_pingpong program doing the same with its own pong VM; and writes into BAR2 through the
+# driver's write-back mapping against its own anonymous memory.
+guest_linux_section() {
+    echo "== Linux guest (nested bed)" >&2
+    local module benches
+    module=$(scripts/build-guest-driver.sh) ||
+        { echo "  guest_linux: cannot build the guest driver, skipped" >&2; return; }
+    cargo build --release --quiet -p ivshmem-guest --examples
+    benches=$(scripts/nested-kvm.sh run tests/nested/guest-bench --bins "$R" \
+        --arg ROUNDS=1000 --arg BLOCKS=3 --arg WARMUP=100 \
+        --l2-file "$module:/ivshmem.ko" --l2-file tests/nested/lib.sh:/lib.sh \
+        --l2-binary "$R/examples/guest_bench:/usr/local/bin/guest_bench" |
+        tr -d '\r' | grep -E '^(BENCH|RESULT)' || true)
+    printf '%s\n' "$benches" | sed 's/^/  /' >&2
+    benches=$(printf '%s\n' "$benches" | sed -n 's/^BENCH //p')
+    local lmed lmean lp50 pmed lbar lram pbar pram
+    lmed=$(value linux_rtt_block_median_ns "$benches")
+    lmean=$(value linux_rtt_mean_ns "$benches"); lp50=$(value linux_rtt_p50_ns "$benches")
+    # Every run of the guest program, before and after Linux's: the median of their means.
+    pmed=$(printf '%s\n' "$benches" | sed -n 's/^program_rtt_block_ns=\([0-9]\+\)$/\1/p' | xargs)
+    [ -z "$pmed" ] || pmed=$(median $pmed)
+    lbar=$(value linux_bar2_gbps "$benches"); lram=$(value linux_ram_gbps "$benches")
+    pbar=$(value program_bar2_gbps "$benches"); pram=$(value program_ram_gbps "$benches")
+    if [ -z "$lmed" ] || [ -z "$pmed" ] || [ -z "$lbar" ] || [ -z "$lram" ]; then
+        echo "  guest_linux: the guest-bench scenario did not report every figure, skipped" >&2
+        return
+    fi
+    row "Linux guest doorbell round trip VM↔VM on the nested bed, median of 3 blocks' means" \
+        "$lmed ns (all rounds: p50 $lp50 ns, mean $lmean ns)" \
+        "guest program (ivshmem_pingpong), median of 6 runs' means (3 before, 3 after) $pmed ns" \
+        "$(ratio "$lmed" "$pmed")" "(kernel wake-up path)" \
+        "nested-kvm.sh run tests/nested/guest-bench --arg ROUNDS=1000 --arg BLOCKS=3: guest_bench rtt in L2 Linux vs ivshmem_pingpong, each with a pong VM"
+    row "Linux guest write bandwidth into BAR2 (driver's write-back mmap) on the nested bed, median of 3" \
+        "$lbar GB/s" "its own anonymous memory $lram GB/s (alternated)" "$(ratio "$lbar" "$lram")" \
+        "≈ the guest program's ratio" "guest_bench bandwidth --window-mb 8 (same run)"
+    if [ -n "$pbar" ] && [ -n "$pram" ]; then
+        row "guest-program write bandwidth into BAR2 on the nested bed (the bed's own BAR2 cost)" \
+            "$pbar GB/s" "guest RAM $pram GB/s" "$(ratio "$pbar" "$pram")" "(reference)" \
+            "vmm --guest builtin:ivshmem_bandwidth --guest-args window_mb=8 in L1 (same run)"
+    fi
+}
+
 for section in $sections; do
     "${section}_section"
 done
@@ -353,6 +399,13 @@ Notes:
   mean nothing for hardware, the ratio between two VMMs booting the same kernel on the same
   ordinary KVM does. Both VMMs' RSS includes the guest RAM Linux has touched by /init.
 - `mapping=trap` serves every guest access to BAR2 through an MMIO exit: it exists to show the gap.
+- Linux guest rows (nested bed, TCG, cores shared, hence medians of blocks): the Linux program
+  rings with one store to the driver's mapped Doorbell register and sleeps in poll() on its
+  vector's eventfd, so each round adds the guest kernel's interrupt handler, eventfd wake-up,
+  scheduler and system calls to what the guest program pays (its tiny ring-0 stub, plus two reads
+  of the VMM's clock register per wait). Bandwidth compares glibc's memset into BAR2 with memset
+  into the same program's anonymous memory, alternated; the guest program's row shows what BAR2
+  costs on this bed without a kernel.
 NOTES
     if [ -n "$soak_section" ]; then
         echo

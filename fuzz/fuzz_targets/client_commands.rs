@@ -1,19 +1,22 @@
 //! The `ivshmem-client` command language: arbitrary scripts, split and parsed.
 //!
-//! The parser lives in the client binary (peer/src/bin/ivshmem-client/commands.rs); it has no
-//! dependencies, so it is compiled into this target as a module.
+//! The parser is the peer library's `peer::cli::commands`, shared by `ivshmem-client` and
+//! `ivshmem-guest-client`.
 //! Input: the script text (lossy UTF-8). Checked: no panic; every command either parses or
-//! gives a message; `write` data is never longer than its text.
+//! gives a message; `write` data is never longer than its text; a script parses exactly when
+//! each of its commands does.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../peer/src/bin/ivshmem-client/commands.rs"]
-mod commands;
-
 use libfuzzer_sys::fuzz_target;
+use peer::cli::commands;
 
 fuzz_target!(|data: &[u8]| {
     let script = String::from_utf8_lossy(data);
+    // A whole script parses exactly when each of its commands does.
+    let each_ok = commands::split_commands(&script)
+        .iter()
+        .all(|line| commands::parse(line).is_ok());
+    assert_eq!(commands::parse_script(&script).is_ok(), each_ok);
     for line in commands::split_commands(&script) {
         assert!(!line.trim().is_empty());
         match commands::parse(&line) {

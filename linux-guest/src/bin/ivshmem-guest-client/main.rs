@@ -7,12 +7,6 @@
 //! the first failing command. Exit codes: 0 success, 1 a command failed, 2 cannot open the
 //! device.
 
-// The command language is ivshmem-client's, shared from its source rather than copied.
-#[allow(dead_code)]
-#[path = "../../../../peer/src/bin/ivshmem-client/commands.rs"]
-mod commands;
-#[path = "../../../../peer/src/bin/ivshmem-client/hexdump.rs"]
-mod hexdump;
 mod session;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -21,8 +15,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use ivshmem_guest::{discovery, GuestDevice};
+// The command language is ivshmem-client's: one parser in the peer library.
+use peer::cli::commands::{self, Command};
 
-use commands::Command;
 use session::{Flow, Session};
 
 const EXIT_COMMAND_FAILED: u8 = 1;
@@ -93,7 +88,7 @@ fn main() -> ExitCode {
 
     // A -c script is parsed completely before the device is touched.
     let script = match &args.command {
-        Some(text) => match parse_script(text) {
+        Some(text) => match commands::parse_script(text) {
             Ok(commands) => Some(commands),
             Err(e) => {
                 complain!("{e}");
@@ -129,14 +124,6 @@ fn main() -> ExitCode {
     } else {
         ExitCode::from(EXIT_COMMAND_FAILED)
     }
-}
-
-/// Splits and parses a whole script; the error names the failing command.
-fn parse_script(text: &str) -> Result<Vec<Command>, String> {
-    commands::split_commands(text)
-        .iter()
-        .map(|line| commands::parse(line).map_err(|e| format!("`{line}`: {e}")))
-        .collect()
 }
 
 fn run_script(session: &mut Session, commands: &[Command]) -> bool {

@@ -6,9 +6,8 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ivshmem_guest::{GuestDevice, RingError, WaitError};
-
-use crate::commands::{Command, IntTarget};
-use crate::hexdump;
+use peer::cli::commands::{Command, IntTarget};
+use peer::cli::hexdump;
 
 /// The help text of `help` and `--help`.
 pub const HELP: &str = "\
@@ -25,6 +24,10 @@ available commands:
   quit, exit              leave
 numbers are decimal or 0x-prefixed hex; commands are separated by newline or ';'
 (`peers`, `wait-peer` and `int all` need the server's peer list, which a guest does not see)";
+
+/// Why `peers`, `wait-peer` and `int all` fail in a guest.
+const NO_PEER_LIST: &str =
+    "not available in a guest: the device does not tell which peers are connected";
 
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -61,20 +64,13 @@ impl Session {
                 self.device.path().display()
             ));
         }
+        if command.needs_peer_list() {
+            return Err(NO_PEER_LIST.to_string());
+        }
         match command {
             Command::Help => say!("{HELP}"),
             Command::Dump => self.dump(),
-            Command::Peers
-            | Command::WaitPeer { .. }
-            | Command::Int {
-                target: IntTarget::Everyone,
-                ..
-            } => {
-                return Err(
-                    "not available in a guest: the device does not tell which peers are connected"
-                        .to_string(),
-                )
-            }
+            Command::Peers | Command::WaitPeer { .. } => return Err(NO_PEER_LIST.to_string()),
             // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
             // device cannot tell who is connected, so the doorbell is written at once.
             Command::Int { target, .. } => self.int(*target).map_err(|e| format!("int: {e}"))?,
@@ -132,7 +128,8 @@ impl Session {
                 }
                 Ok(())
             }
-            IntTarget::Everyone => unreachable!("refused in execute"),
+            // Refused in `execute`; ringing nobody is the harmless answer.
+            IntTarget::Everyone => Ok(()),
         }
     }
 

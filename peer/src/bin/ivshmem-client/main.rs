@@ -9,8 +9,6 @@
 //! Exit codes: 0 success, 1 a command failed (unknown peer, timeout, bad arguments),
 //! 2 cannot connect or the server broke the protocol during the handshake.
 
-mod commands;
-mod hexdump;
 mod repl;
 mod session;
 
@@ -21,6 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use peer::cli::commands;
 use peer::{ConnectOptions, Peer, DEFAULT_SOCKET_PATH};
 
 /// Exit status when a command failed or the arguments were bad.
@@ -73,7 +72,7 @@ fn main() -> ExitCode {
 
     // Parse a -c script completely before connecting: a typo costs nothing and touches nothing.
     let script = match &args.command {
-        Some(text) => match repl::parse_script(text) {
+        Some(text) => match commands::parse_script(text) {
             Ok(commands) => Some(commands),
             Err(e) => {
                 complain!("{e}");

@@ -11,21 +11,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use peer::cli::commands::{self, Command};
 use peer::Peer;
 
-use crate::commands::{self, Command, ParseError};
 use crate::session::{flush_stdout, Flow, Session};
 use crate::{complain, say};
 
 const PROMPT: &str = "cmd> ";
-
-/// Splits and parses a whole script; the error names the failing command.
-pub fn parse_script(text: &str) -> Result<Vec<Command>, ParseError> {
-    commands::split_commands(text)
-        .iter()
-        .map(|line| commands::parse(line).map_err(|e| ParseError(format!("`{line}`: {e}"))))
-        .collect()
-}
 
 /// Runs a parsed script; false when a command failed (after reporting it).
 pub fn run_script(peer: Peer, commands: &[Command]) -> bool {

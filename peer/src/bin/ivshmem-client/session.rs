@@ -5,10 +5,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use peer::cli::commands::{Command, IntTarget, DEFAULT_ANNOUNCE_WAIT_MS, HELP};
+use peer::cli::hexdump;
 use peer::{Peer, ServerEvent};
-
-use crate::commands::{Command, IntTarget, DEFAULT_ANNOUNCE_WAIT_MS, HELP};
-use crate::hexdump;
 
 /// Prints `ivshmem-client: <message>` on stderr, ignoring write errors.
 #[macro_export]

@@ -1,18 +1,36 @@
-//! The client's command language: splitting a script into commands and parsing each into a
-//! [`Command`]. Pure (no I/O), so every rule is unit-tested.
+//! The command language of `ivshmem-client` (and `ivshmem-guest-client`): splitting a script
+//! into commands and parsing each into a [`Command`]. Pure (no I/O), so every rule is
+//! unit-tested and fuzzed.
 //!
 //! Commands are separated by newline, CR or `;` (as in QEMU's ivshmem-client). In `write` text,
 //! `\;` is a literal semicolon and `\n`, `\t`, `\0`, `\\`, `\xHH` are the usual escapes.
-
-use std::fmt;
+//!
+//! ```
+//! use peer::cli::commands::{parse_script, Command, IntTarget};
+//!
+//! let script = parse_script("int 1 0; wait 0 500").unwrap();
+//! assert_eq!(
+//!     script[0],
+//!     Command::Int { target: IntTarget::One { peer: 1, vector: 0 }, timeout_ms: None }
+//! );
+//! assert!(parse_script("int 1").unwrap_err().to_string().starts_with("`int 1`: usage"));
+//! ```
 
 /// Which vectors `int` rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntTarget {
     /// One vector of one peer.
-    One { peer: u16, vector: u32 },
+    One {
+        /// The peer's id.
+        peer: u16,
+        /// The vector to ring.
+        vector: u32,
+    },
     /// Every vector of one peer.
-    AllOf { peer: u16 },
+    AllOf {
+        /// The peer's id.
+        peer: u16,
+    },
     /// Every vector of every other peer (not ourselves), as QEMU's `int all`.
     Everyone,
 }
@@ -20,50 +38,78 @@ pub enum IntTarget {
 /// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// `help`, `?`: the command list.
     Help,
+    /// `dump`: our id and vectors, then what we know about the others.
     Dump,
+    /// `peers`: one line per other peer.
     Peers,
-    /// Ring; a peer or vector not known yet is awaited up to `timeout_ms` (default
+    /// `int ...`: ring; a peer or vector not known yet is awaited up to `timeout_ms` (default
     /// [`DEFAULT_ANNOUNCE_WAIT_MS`]), since the server may still be announcing it.
     Int {
+        /// Which vectors to ring.
         target: IntTarget,
+        /// How long to await a peer or vector not announced yet, in milliseconds.
         timeout_ms: Option<u64>,
     },
+    /// `read OFFSET LEN`: a hex dump of the shared memory.
     Read {
+        /// Where to start, in bytes from the start of the shared memory.
         offset: usize,
+        /// How many bytes.
         len: usize,
     },
+    /// `write OFFSET TEXT`: store bytes into the shared memory.
     Write {
+        /// Where to start, in bytes from the start of the shared memory.
         offset: usize,
+        /// The bytes, escapes already interpreted.
         data: Vec<u8>,
     },
-    /// Wait for `vector` (any when `None`) for up to `timeout_ms` (forever when `None`).
+    /// `wait [VECTOR|any] [MS]`: wait for `vector` (any when `None`) for up to `timeout_ms`
+    /// (forever when `None`).
     Wait {
+        /// The vector, or `None` for any of ours.
         vector: Option<u32>,
+        /// The limit in milliseconds, or `None` for none.
         timeout_ms: Option<u64>,
     },
-    /// Wait until `peer` (any other peer when `None`) is known.
+    /// `wait-peer [PEER|any] [MS]`: wait until `peer` (any other peer when `None`) is known.
     WaitPeer {
+        /// The peer, or `None` for any other peer.
         peer: Option<u16>,
+        /// The limit in milliseconds, or `None` for none.
         timeout_ms: Option<u64>,
     },
+    /// `sleep MS`: pause.
     Sleep {
+        /// The pause in milliseconds.
         ms: u64,
     },
+    /// `quit`, `exit`: leave.
     Quit,
 }
 
-/// A command line that could not be parsed; the message names the problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError(pub String);
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl Command {
+    /// True for the commands that need the server's list of peers (`peers`, `wait-peer`,
+    /// `int all`), which a peer behind a device (a guest) does not see.
+    pub fn needs_peer_list(&self) -> bool {
+        matches!(
+            self,
+            Command::Peers
+                | Command::WaitPeer { .. }
+                | Command::Int {
+                    target: IntTarget::Everyone,
+                    ..
+                }
+        )
     }
 }
 
-impl std::error::Error for ParseError {}
+/// A command line that could not be parsed; the message names the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ParseError> {
     Err(ParseError(msg.into()))
@@ -161,6 +207,14 @@ fn parse_usize(token: &str, what: &str) -> Result<usize, ParseError> {
 
 fn is_any(token: &str) -> bool {
     matches!(token, "any" | "*")
+}
+
+/// Splits and parses a whole script; the error names the failing command.
+pub fn parse_script(text: &str) -> Result<Vec<Command>, ParseError> {
+    split_commands(text)
+        .iter()
+        .map(|line| parse(line).map_err(|e| ParseError(format!("`{line}`: {e}"))))
+        .collect()
 }
 
 /// Parses one command (as produced by [`split_commands`]).
@@ -450,6 +504,33 @@ mod tests {
             .unwrap_err()
             .0
             .contains("unknown command `bogus`"));
+    }
+
+    #[test]
+    fn scripts_name_the_failing_command() {
+        assert_eq!(
+            parse_script("dump; sleep 1"),
+            Ok(vec![Command::Dump, Command::Sleep { ms: 1 }])
+        );
+        assert_eq!(
+            parse_script("dump; read 0").unwrap_err().0,
+            "`read 0`: usage: `read OFFSET LEN` (got `read 0`)"
+        );
+    }
+
+    #[test]
+    fn commands_that_need_the_peer_list() {
+        for (line, needs) in [
+            ("peers", true),
+            ("wait-peer", true),
+            ("int all", true),
+            ("int 1 all", false),
+            ("int 1 0", false),
+            ("wait", false),
+            ("dump", false),
+        ] {
+            assert_eq!(parse(line).unwrap().needs_peer_list(), needs, "{line}");
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Running one command against the open device and printing what happens (stdout: results and
-//! notifications; errors are returned as messages). Write errors on stdout are ignored.
+//! notifications; errors are returned as messages): the [`peer::cli::session::Session`] the
+//! shared front end drives. A guest has no news to print at the prompt (no server socket; its
+//! vectors are only read by `wait`).
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ivshmem_guest::{GuestDevice, RingError, WaitError};
 use peer::cli::commands::{Command, IntTarget};
-use peer::cli::hexdump;
+use peer::cli::report;
+use peer::cli::session::{self, CommandFailed, Flow};
+use peer::say;
 
 /// The help text of `help` and `--help`.
 pub const HELP: &str = "\
@@ -29,20 +32,6 @@ numbers are decimal or 0x-prefixed hex; commands are separated by newline or ';'
 const NO_PEER_LIST: &str =
     "not available in a guest: the device does not tell which peers are connected";
 
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-    }};
-}
-
-/// What the caller does after a command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Quit,
-}
-
 /// The open device and how doorbells are rung.
 pub struct Session {
     pub device: GuestDevice,
@@ -50,9 +39,17 @@ pub struct Session {
     pub ring_ioctl: bool,
 }
 
+impl session::Session for Session {
+    type NewsSource = ();
+
+    fn execute(&mut self, command: &Command) -> Result<Flow, CommandFailed> {
+        self.run(command).map_err(CommandFailed)
+    }
+}
+
 impl Session {
     /// Runs one command; the error is the message to print.
-    pub fn execute(&mut self, command: &Command) -> Result<Flow, String> {
+    fn run(&mut self, command: &Command) -> Result<Flow, String> {
         // The mappings show a scratch page once the device is gone: say so instead.
         if !matches!(
             command,
@@ -74,7 +71,9 @@ impl Session {
             // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
             // device cannot tell who is connected, so the doorbell is written at once.
             Command::Int { target, .. } => self.int(*target).map_err(|e| format!("int: {e}"))?,
-            Command::Read { offset, len } => self.read(*offset, *len)?,
+            Command::Read { offset, len } => {
+                report::read(self.device.shm(), *offset, *len).map_err(|e| e.0)?
+            }
             Command::Write { offset, data } => self
                 .device
                 .shm()
@@ -133,22 +132,6 @@ impl Session {
         }
     }
 
-    fn read(&self, offset: usize, len: usize) -> Result<(), String> {
-        let shm = self.device.shm();
-        shm.check_range(offset, len)
-            .map_err(|e| format!("read: {e}"))?;
-        let mut buf = [0u8; 16];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(16);
-            shm.read(offset + done, &mut buf[..n])
-                .map_err(|e| format!("read: {e}"))?;
-            say!("{}", hexdump::line(offset + done, &buf[..n]));
-            done += n;
-        }
-        Ok(())
-    }
-
     fn wait(&self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), String> {
         let timeout = timeout_ms.map(Duration::from_millis);
         let failed = |e: WaitError| format!("wait: {e}");
@@ -156,32 +139,22 @@ impl Session {
             .device
             .id()
             .map_or_else(|| "none".to_string(), |id| id.to_string());
-        match vector {
-            Some(v) => match self.device.wait_vector(v, timeout).map_err(failed)? {
-                Some(_) => say!("receive notification from peer_id={own} vector={v}"),
-                None => {
-                    return Err(format!(
-                        "wait: no notification on vector {v} within {} ms",
-                        timeout_ms.unwrap_or(0)
-                    ))
-                }
-            },
-            None => {
-                let fired = self.device.wait(timeout).map_err(failed)?;
-                if fired.is_empty() {
-                    return Err(format!(
-                        "wait: no notification on any vector within {} ms",
-                        timeout_ms.unwrap_or(0)
-                    ));
-                }
-                for n in fired {
-                    say!(
-                        "receive notification from peer_id={own} vector={}",
-                        n.vector
-                    );
-                }
-            }
-        }
-        Ok(())
+        let fired: Vec<u32> = match vector {
+            Some(v) => self
+                .device
+                .wait_vector(v, timeout)
+                .map_err(failed)?
+                .map(|_| v)
+                .into_iter()
+                .collect(),
+            None => self
+                .device
+                .wait(timeout)
+                .map_err(failed)?
+                .into_iter()
+                .map(|n| n.vector)
+                .collect(),
+        };
+        report::wait(own, vector, &fired, timeout_ms).map_err(|e| e.0)
     }
 }

@@ -361,3 +361,16 @@ fn bind_vector(device: BorrowedFd<'_>, vector: u32) -> Result<Option<Vector>, Op
         Err(e) => Err(failed(e)),
     }
 }
+
+/// `ivshmem-guest-client`'s `wait` runs the host client's code over the device's vectors.
+impl peer::cli::report::OwnVectors for GuestDevice {
+    type Error = WaitError;
+
+    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, WaitError> {
+        Ok(self.wait_vector(vector, timeout)?.is_some())
+    }
+
+    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, WaitError> {
+        Ok(self.wait(timeout)?.into_iter().map(|n| n.vector).collect())
+    }
+}

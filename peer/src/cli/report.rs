@@ -1,8 +1,10 @@
 //! Output of the commands whose printing both clients share: `read`'s hex dump and `wait`'s
 //! notification lines.
 
-use crate::say;
+use std::time::Duration;
+
 use crate::shm::SharedMemory;
+use crate::{say, Peer, WaitError};
 
 use super::hexdump;
 use super::session::CommandFailed;
@@ -23,14 +25,63 @@ pub fn read(shm: &SharedMemory, offset: usize, len: usize) -> Result<(), Command
     Ok(())
 }
 
+/// `write OFFSET TEXT`: copies `data` into `shm` at `offset`, refusing a range outside it.
+pub fn write(shm: &SharedMemory, offset: usize, data: &[u8]) -> Result<(), CommandFailed> {
+    shm.write(offset, data)
+        .map_err(|e| CommandFailed(format!("write: {e}")))
+}
+
 /// The QEMU-style line for a ring on our `vector`; `own` is our peer id as printed.
 pub fn notification_line(own: impl std::fmt::Display, vector: u32) -> String {
     format!("receive notification from peer_id={own} vector={vector}")
 }
 
-/// `wait [VECTOR|any] [MS]`'s outcome: one line per vector in `fired`, or, when nothing fired
-/// within `timeout_ms`, the failure naming the `awaited` vector (`None` = any).
-pub fn wait(
+/// What `wait` needs of a client's own vectors (a host [`Peer`], a guest's device).
+pub trait OwnVectors {
+    /// Why waiting failed.
+    type Error;
+    /// Waits for `vector` up to `timeout` (`None` = forever); whether it fired.
+    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, Self::Error>;
+    /// Waits for any vector up to `timeout`; the vectors that fired (empty on timeout).
+    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, Self::Error>;
+}
+
+impl OwnVectors for Peer {
+    type Error = WaitError;
+
+    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, WaitError> {
+        Ok(self.wait_vector(vector, timeout)?.is_some())
+    }
+
+    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, WaitError> {
+        Ok(self.wait(timeout)?.into_iter().map(|n| n.vector).collect())
+    }
+}
+
+/// `wait [VECTOR|any] [MS]` (`vector` `None` = any): waits on `vectors` and prints one line per
+/// vector that fired, `own` being our id as printed; fails when nothing fired within
+/// `timeout_ms`, or with `failed`'s message when waiting failed.
+pub fn wait<V: OwnVectors>(
+    vectors: &mut V,
+    own: impl std::fmt::Display,
+    vector: Option<u32>,
+    timeout_ms: Option<u64>,
+    failed: impl Fn(V::Error) -> CommandFailed,
+) -> Result<(), CommandFailed> {
+    let timeout = timeout_ms.map(Duration::from_millis);
+    let fired = match vector {
+        Some(v) => match vectors.wait_one(v, timeout).map_err(&failed)? {
+            true => vec![v],
+            false => Vec::new(),
+        },
+        None => vectors.wait_any(timeout).map_err(&failed)?,
+    };
+    report_fired(own, vector, &fired, timeout_ms)
+}
+
+/// `wait`'s outcome: one line per vector in `fired`, or, when nothing fired within
+/// `timeout_ms`, the failure naming the `awaited` vector (`None` = any).
+fn report_fired(
     own: impl std::fmt::Display,
     awaited: Option<u32>,
     fired: &[u32],
@@ -59,14 +110,14 @@ mod tests {
     #[test]
     fn wait_without_notifications_names_what_was_awaited() {
         assert_eq!(
-            wait(3, Some(2), &[], Some(50)).unwrap_err().0,
+            report_fired(3, Some(2), &[], Some(50)).unwrap_err().0,
             "wait: no notification on vector 2 within 50 ms"
         );
         assert_eq!(
-            wait("none", None, &[], None).unwrap_err().0,
+            report_fired("none", None, &[], None).unwrap_err().0,
             "wait: no notification on any vector within 0 ms"
         );
-        assert!(wait(3, None, &[0, 1], Some(50)).is_ok());
+        assert!(report_fired(3, None, &[0, 1], Some(50)).is_ok());
         assert_eq!(
             notification_line("none", 1),
             "receive notification from peer_id=none vector=1"

@@ -43,49 +43,42 @@ impl session::Session for Session {
     type NewsSource = ();
 
     fn execute(&mut self, command: &Command) -> Result<Flow, CommandFailed> {
-        self.run(command).map_err(CommandFailed)
-    }
-}
-
-impl Session {
-    /// Runs one command; the error is the message to print.
-    fn run(&mut self, command: &Command) -> Result<Flow, String> {
         // The mappings show a scratch page once the device is gone: say so instead.
         if !matches!(
             command,
             Command::Help | Command::Quit | Command::Sleep { .. }
         ) && self.device.is_gone()
         {
-            return Err(format!(
+            return Err(CommandFailed(format!(
                 "{}: the device is gone (unbound or unplugged)",
                 self.device.path().display()
-            ));
+            )));
         }
         if command.needs_peer_list() {
-            return Err(NO_PEER_LIST.to_string());
+            return Err(CommandFailed(NO_PEER_LIST.to_string()));
         }
         match command {
             Command::Help => say!("{HELP}"),
             Command::Dump => self.dump(),
-            Command::Peers | Command::WaitPeer { .. } => return Err(NO_PEER_LIST.to_string()),
+            Command::Peers | Command::WaitPeer { .. } => {
+                return Err(CommandFailed(NO_PEER_LIST.to_string()))
+            }
             // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
             // device cannot tell who is connected, so the doorbell is written at once.
-            Command::Int { target, .. } => self.int(*target).map_err(|e| format!("int: {e}"))?,
-            Command::Read { offset, len } => {
-                report::read(self.device.shm(), *offset, *len).map_err(|e| e.0)?
-            }
-            Command::Write { offset, data } => self
-                .device
-                .shm()
-                .write(*offset, data)
-                .map_err(|e| format!("write: {e}"))?,
+            Command::Int { target, .. } => self
+                .int(*target)
+                .map_err(|e| CommandFailed(format!("int: {e}")))?,
+            Command::Read { offset, len } => report::read(self.device.shm(), *offset, *len)?,
+            Command::Write { offset, data } => report::write(self.device.shm(), *offset, data)?,
             Command::Wait { vector, timeout_ms } => self.wait(*vector, *timeout_ms)?,
             Command::Sleep { ms } => std::thread::sleep(Duration::from_millis(*ms)),
             Command::Quit => return Ok(Flow::Quit),
         }
         Ok(Flow::Continue)
     }
+}
 
+impl Session {
     fn dump(&self) {
         let d = &self.device;
         match d.id() {
@@ -132,29 +125,12 @@ impl Session {
         }
     }
 
-    fn wait(&self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), String> {
-        let timeout = timeout_ms.map(Duration::from_millis);
-        let failed = |e: WaitError| format!("wait: {e}");
+    fn wait(&mut self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
+        let failed = |e: WaitError| CommandFailed(format!("wait: {e}"));
         let own = self
             .device
             .id()
             .map_or_else(|| "none".to_string(), |id| id.to_string());
-        let fired: Vec<u32> = match vector {
-            Some(v) => self
-                .device
-                .wait_vector(v, timeout)
-                .map_err(failed)?
-                .map(|_| v)
-                .into_iter()
-                .collect(),
-            None => self
-                .device
-                .wait(timeout)
-                .map_err(failed)?
-                .into_iter()
-                .map(|n| n.vector)
-                .collect(),
-        };
-        report::wait(own, vector, &fired, timeout_ms).map_err(|e| e.0)
+        report::wait(&mut self.device, own, vector, timeout_ms, failed)
     }
 }

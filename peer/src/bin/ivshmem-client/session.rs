@@ -89,11 +89,7 @@ impl Session {
             }
             Command::Int { target, timeout_ms } => self.int(*target, *timeout_ms)?,
             Command::Read { offset, len } => report::read(self.peer.shm(), *offset, *len)?,
-            Command::Write { offset, data } => self
-                .peer
-                .shm()
-                .write(*offset, data)
-                .map_err(|e| CommandFailed(format!("write: {e}")))?,
+            Command::Write { offset, data } => report::write(self.peer.shm(), *offset, data)?,
             Command::Wait { vector, timeout_ms } => self.wait(*vector, *timeout_ms)?,
             Command::WaitPeer { peer, timeout_ms } => self.wait_peer(*peer, *timeout_ms)?,
             Command::Sleep { ms } => std::thread::sleep(Duration::from_millis(*ms)),
@@ -162,7 +158,6 @@ impl Session {
     }
 
     fn wait(&mut self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
-        let timeout = timeout_ms.map(Duration::from_millis);
         let failed = |e: peer::WaitError| {
             let waited = match (&e, timeout_ms) {
                 (peer::WaitError::UnknownVector { .. }, Some(ms)) => {
@@ -172,23 +167,8 @@ impl Session {
             };
             CommandFailed(format!("wait: {e}{waited}"))
         };
-        let fired: Vec<u32> = match vector {
-            Some(v) => self
-                .peer
-                .wait_vector(v, timeout)
-                .map_err(failed)?
-                .map(|_| v)
-                .into_iter()
-                .collect(),
-            None => self
-                .peer
-                .wait(timeout)
-                .map_err(failed)?
-                .into_iter()
-                .map(|n| n.vector)
-                .collect(),
-        };
-        report::wait(self.peer.id(), vector, &fired, timeout_ms)
+        let own = self.peer.id();
+        report::wait(&mut self.peer, own, vector, timeout_ms, failed)
     }
 
     fn wait_peer(

@@ -243,19 +243,11 @@ impl GuestDevice {
 
     /// Drains every vector we hold without waiting; those that had interrupts pending.
     pub fn drain_all(&self) -> Result<Vec<Notification>, WaitError> {
-        let mut fired = Vec::new();
-        for (vector, v) in self.vectors.iter().enumerate() {
-            if let Some(v) = v {
-                let count = v.drain()?;
-                if count > 0 {
-                    fired.push(Notification {
-                        vector: vector as u32,
-                        count,
-                    });
-                }
-            }
-        }
-        Ok(fired)
+        // Vectors another program holds are skipped.
+        let held = self.vectors.iter().enumerate();
+        Ok(peer::vector::drain_each(held.filter_map(|(vector, v)| {
+            Some((vector as u32, v.as_ref()?))
+        }))?)
     }
 
     /// The eventfd of our `vector` for an epoll set or async reactor (readable when it fires;
@@ -367,5 +359,18 @@ fn bind_vector(device: BorrowedFd<'_>, vector: u32) -> Result<Option<Vector>, Op
             Ok(None)
         }
         Err(e) => Err(failed(e)),
+    }
+}
+
+/// `ivshmem-guest-client`'s `wait` runs the host client's code over the device's vectors.
+impl peer::cli::report::OwnVectors for GuestDevice {
+    type Error = WaitError;
+
+    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, WaitError> {
+        Ok(self.wait_vector(vector, timeout)?.is_some())
+    }
+
+    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, WaitError> {
+        Ok(self.wait(timeout)?.into_iter().map(|n| n.vector).collect())
     }
 }

@@ -440,17 +440,10 @@ impl Peer {
 
     /// Drains every own vector without waiting; returns those that had rings pending.
     pub fn drain_all(&self) -> Result<Vec<Notification>, WaitError> {
-        let mut fired = Vec::new();
-        for (vector, v) in self.roster.own.iter().enumerate() {
-            let count = v.drain()?;
-            if count > 0 {
-                fired.push(Notification {
-                    vector: vector as u32,
-                    count,
-                });
-            }
-        }
-        Ok(fired)
+        let numbered = self.roster.own.iter().enumerate();
+        Ok(crate::vector::drain_each(
+            numbered.map(|(vector, v)| (vector as u32, v)),
+        )?)
     }
 
     fn own_vector(&self, vector: u32) -> Result<&crate::vector::Vector, WaitError> {

@@ -89,6 +89,21 @@ impl Vector {
     }
 }
 
+/// Drains each of `vectors` (vector number, eventfd) without waiting; those that had rings
+/// pending, with their counts.
+pub fn drain_each<'a>(
+    vectors: impl IntoIterator<Item = (u32, &'a Vector)>,
+) -> io::Result<Vec<crate::Notification>> {
+    let mut fired = Vec::new();
+    for (vector, v) in vectors {
+        let count = v.drain()?;
+        if count > 0 {
+            fired.push(crate::Notification { vector, count });
+        }
+    }
+    Ok(fired)
+}
+
 impl AsFd for Vector {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -117,5 +132,20 @@ mod tests {
             v.ring().unwrap();
             assert_eq!(v.wait(Some(Duration::from_secs(1))).unwrap(), 1);
         }
+    }
+
+    #[test]
+    fn drain_each_reports_only_vectors_with_rings() {
+        let vectors: Vec<Vector> = (0..3)
+            .map(|_| Vector::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap().into()))
+            .collect();
+        vectors[1].ring().unwrap();
+        vectors[1].ring().unwrap();
+        vectors[2].ring().unwrap();
+        let numbered = || vectors.iter().enumerate().map(|(i, v)| (i as u32 + 10, v));
+        let fired = drain_each(numbered()).unwrap();
+        let got: Vec<(u32, u64)> = fired.iter().map(|n| (n.vector, n.count)).collect();
+        assert_eq!(got, [(11, 2), (12, 1)]);
+        assert!(drain_each(numbered()).unwrap().is_empty());
     }
 }

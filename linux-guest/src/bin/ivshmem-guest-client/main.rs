@@ -9,19 +9,20 @@
 
 mod session;
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use ivshmem_guest::{discovery, GuestDevice};
-// The command language is ivshmem-client's: one parser in the peer library.
-use peer::cli::commands::{self, Command};
+// The command language and front end are ivshmem-client's: one of each in the peer library.
+use peer::cli::frontend::{self, Input, EXIT_SETUP_FAILED};
+use peer::cli::output::complain;
+use peer::say;
 
-use session::{Flow, Session};
+use session::Session;
 
-const EXIT_COMMAND_FAILED: u8 = 1;
-const EXIT_OPEN_FAILED: u8 = 2;
+/// The name errors are prefixed with.
+const PROGRAM: &str = "ivshmem-guest-client";
 
 /// Use an ivshmem device from a Linux guest: shared memory and doorbells.
 #[derive(Debug, Parser)]
@@ -49,59 +50,30 @@ struct Args {
     list: bool,
 }
 
-macro_rules! complain {
-    ($($arg:tt)*) => {{
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "ivshmem-guest-client: ");
-        let _ = writeln!(err, $($arg)*);
-    }};
-}
-
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match frontend::parse_args() {
         Ok(args) => args,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let _ = e.print();
-            return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(EXIT_COMMAND_FAILED),
-            };
-        }
+        Err(code) => return code,
     };
-    env_logger::Builder::new()
-        .filter_level(if args.verbose {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        })
-        .format_timestamp(None)
-        .init();
+    frontend::init_logging(args.verbose);
 
     if args.list {
-        let mut out = std::io::stdout().lock();
         for d in discovery::list() {
-            let _ = writeln!(out, "{} {} {}", d.name, d.pci_address, d.path.display());
+            say!("{} {} {}", d.name, d.pci_address, d.path.display());
         }
         return ExitCode::SUCCESS;
     }
 
     // A -c script is parsed completely before the device is touched.
-    let script = match &args.command {
-        Some(text) => match commands::parse_script(text) {
-            Ok(commands) => Some(commands),
-            Err(e) => {
-                complain!("{e}");
-                return ExitCode::from(EXIT_COMMAND_FAILED);
-            }
-        },
-        None => None,
+    let input = match Input::from_arg(PROGRAM, args.command.as_deref()) {
+        Ok(input) => input,
+        Err(code) => return code,
     };
     let device = match GuestDevice::open_spec(&args.device) {
         Ok(device) => device,
         Err(e) => {
-            complain!("{e}");
-            return ExitCode::from(EXIT_OPEN_FAILED);
+            complain(PROGRAM, e);
+            return ExitCode::from(EXIT_SETUP_FAILED);
         }
     };
     log::info!(
@@ -115,67 +87,5 @@ fn main() -> ExitCode {
         device,
         ring_ioctl: args.ring_ioctl,
     };
-    let ok = match script {
-        Some(commands) => run_script(&mut session, &commands),
-        None => run_stdin(&mut session),
-    };
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_COMMAND_FAILED)
-    }
-}
-
-fn run_script(session: &mut Session, commands: &[Command]) -> bool {
-    for command in commands {
-        match session.execute(command) {
-            Ok(Flow::Continue) => {}
-            Ok(Flow::Quit) => break,
-            Err(e) => {
-                complain!("{e}");
-                return false;
-            }
-        }
-    }
-    true
-}
-
-/// Commands from stdin until EOF or `quit`: on a terminal with a prompt, going on after errors;
-/// otherwise as a script that stops at the first failure.
-fn run_stdin(session: &mut Session) -> bool {
-    let interactive = std::io::stdin().is_terminal();
-    let prompt = || {
-        if interactive {
-            let mut out = std::io::stdout().lock();
-            let _ = write!(out, "cmd> ");
-            let _ = out.flush();
-        }
-    };
-    prompt();
-    for line in std::io::stdin().lock().lines() {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => {
-                complain!("reading stdin failed: {e}");
-                return false;
-            }
-        };
-        for text in commands::split_commands(&line) {
-            let result = commands::parse(&text)
-                .map_err(|e| e.to_string())
-                .and_then(|command| session.execute(&command));
-            match result {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Quit) => return true,
-                Err(message) => {
-                    complain!("{message}");
-                    if !interactive {
-                        return false;
-                    }
-                }
-            }
-        }
-        prompt();
-    }
-    true
+    frontend::run(PROGRAM, &mut session, input)
 }

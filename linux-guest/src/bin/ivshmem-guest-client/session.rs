@@ -1,13 +1,16 @@
 //! Running one command against the open device and printing what happens (stdout: results and
-//! notifications; errors are returned as messages). Write errors on stdout are ignored.
+//! notifications; errors are returned as messages): the [`peer::cli::session::Session`] the
+//! shared front end drives. A guest has no news to print at the prompt (no server socket; its
+//! vectors are only read by `wait`).
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ivshmem_guest::{GuestDevice, RingError, WaitError};
 use peer::cli::commands::{Command, IntTarget};
-use peer::cli::hexdump;
+use peer::cli::report;
+use peer::cli::session::{self, CommandFailed, Flow};
+use peer::say;
 
 /// The help text of `help` and `--help`.
 pub const HELP: &str = "\
@@ -29,20 +32,6 @@ numbers are decimal or 0x-prefixed hex; commands are separated by newline or ';'
 const NO_PEER_LIST: &str =
     "not available in a guest: the device does not tell which peers are connected";
 
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-    }};
-}
-
-/// What the caller does after a command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Quit,
-}
-
 /// The open device and how doorbells are rung.
 pub struct Session {
     pub device: GuestDevice,
@@ -50,43 +39,46 @@ pub struct Session {
     pub ring_ioctl: bool,
 }
 
-impl Session {
-    /// Runs one command; the error is the message to print.
-    pub fn execute(&mut self, command: &Command) -> Result<Flow, String> {
+impl session::Session for Session {
+    type NewsSource = ();
+
+    fn execute(&mut self, command: &Command) -> Result<Flow, CommandFailed> {
         // The mappings show a scratch page once the device is gone: say so instead.
         if !matches!(
             command,
             Command::Help | Command::Quit | Command::Sleep { .. }
         ) && self.device.is_gone()
         {
-            return Err(format!(
+            return Err(CommandFailed(format!(
                 "{}: the device is gone (unbound or unplugged)",
                 self.device.path().display()
-            ));
+            )));
         }
         if command.needs_peer_list() {
-            return Err(NO_PEER_LIST.to_string());
+            return Err(CommandFailed(NO_PEER_LIST.to_string()));
         }
         match command {
             Command::Help => say!("{HELP}"),
             Command::Dump => self.dump(),
-            Command::Peers | Command::WaitPeer { .. } => return Err(NO_PEER_LIST.to_string()),
+            Command::Peers | Command::WaitPeer { .. } => {
+                return Err(CommandFailed(NO_PEER_LIST.to_string()))
+            }
             // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
             // device cannot tell who is connected, so the doorbell is written at once.
-            Command::Int { target, .. } => self.int(*target).map_err(|e| format!("int: {e}"))?,
-            Command::Read { offset, len } => self.read(*offset, *len)?,
-            Command::Write { offset, data } => self
-                .device
-                .shm()
-                .write(*offset, data)
-                .map_err(|e| format!("write: {e}"))?,
+            Command::Int { target, .. } => self
+                .int(*target)
+                .map_err(|e| CommandFailed(format!("int: {e}")))?,
+            Command::Read { offset, len } => report::read(self.device.shm(), *offset, *len)?,
+            Command::Write { offset, data } => report::write(self.device.shm(), *offset, data)?,
             Command::Wait { vector, timeout_ms } => self.wait(*vector, *timeout_ms)?,
             Command::Sleep { ms } => std::thread::sleep(Duration::from_millis(*ms)),
             Command::Quit => return Ok(Flow::Quit),
         }
         Ok(Flow::Continue)
     }
+}
 
+impl Session {
     fn dump(&self) {
         let d = &self.device;
         match d.id() {
@@ -133,55 +125,12 @@ impl Session {
         }
     }
 
-    fn read(&self, offset: usize, len: usize) -> Result<(), String> {
-        let shm = self.device.shm();
-        shm.check_range(offset, len)
-            .map_err(|e| format!("read: {e}"))?;
-        let mut buf = [0u8; 16];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(16);
-            shm.read(offset + done, &mut buf[..n])
-                .map_err(|e| format!("read: {e}"))?;
-            say!("{}", hexdump::line(offset + done, &buf[..n]));
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn wait(&self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), String> {
-        let timeout = timeout_ms.map(Duration::from_millis);
-        let failed = |e: WaitError| format!("wait: {e}");
+    fn wait(&mut self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
+        let failed = |e: WaitError| CommandFailed(format!("wait: {e}"));
         let own = self
             .device
             .id()
             .map_or_else(|| "none".to_string(), |id| id.to_string());
-        match vector {
-            Some(v) => match self.device.wait_vector(v, timeout).map_err(failed)? {
-                Some(_) => say!("receive notification from peer_id={own} vector={v}"),
-                None => {
-                    return Err(format!(
-                        "wait: no notification on vector {v} within {} ms",
-                        timeout_ms.unwrap_or(0)
-                    ))
-                }
-            },
-            None => {
-                let fired = self.device.wait(timeout).map_err(failed)?;
-                if fired.is_empty() {
-                    return Err(format!(
-                        "wait: no notification on any vector within {} ms",
-                        timeout_ms.unwrap_or(0)
-                    ));
-                }
-                for n in fired {
-                    say!(
-                        "receive notification from peer_id={own} vector={}",
-                        n.vector
-                    );
-                }
-            }
-        }
-        Ok(())
+        report::wait(&mut self.device, own, vector, timeout_ms, failed)
     }
 }

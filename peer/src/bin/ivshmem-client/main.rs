@@ -9,10 +9,8 @@
 //! Exit codes: 0 success, 1 a command failed (unknown peer, timeout, bad arguments),
 //! 2 cannot connect or the server broke the protocol during the handshake.
 
-mod repl;
 mod session;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,12 +18,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use peer::cli::commands;
+use peer::cli::frontend::{self, Input, EXIT_SETUP_FAILED};
 use peer::{ConnectOptions, Peer, DEFAULT_SOCKET_PATH};
 
-/// Exit status when a command failed or the arguments were bad.
-const EXIT_COMMAND_FAILED: u8 = 1;
-/// Exit status when we could not connect, or the handshake failed.
-const EXIT_CONNECT_FAILED: u8 = 2;
+use session::{complain, Session, PROGRAM};
 
 /// Connect to an ivshmem server as a peer and run commands on the shared memory and doorbells.
 #[derive(Debug, Parser)]
@@ -50,36 +46,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match frontend::parse_args() {
         Ok(args) => args,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let _ = e.print();
-            return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(EXIT_COMMAND_FAILED),
-            };
-        }
+        Err(code) => return code,
     };
-    env_logger::Builder::new()
-        .filter_level(if args.verbose {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        })
-        .format_timestamp(None)
-        .init();
-
-    // Parse a -c script completely before connecting: a typo costs nothing and touches nothing.
-    let script = match &args.command {
-        Some(text) => match commands::parse_script(text) {
-            Ok(commands) => Some(commands),
-            Err(e) => {
-                complain!("{e}");
-                return ExitCode::from(EXIT_COMMAND_FAILED);
-            }
-        },
-        None => None,
+    frontend::init_logging(args.verbose);
+    let input = match Input::from_arg(PROGRAM, args.command.as_deref()) {
+        Ok(input) => input,
+        Err(code) => return code,
     };
 
     let options = ConnectOptions {
@@ -90,7 +64,7 @@ fn main() -> ExitCode {
         Ok(peer) => peer,
         Err(e) => {
             complain!("{e}");
-            return ExitCode::from(EXIT_CONNECT_FAILED);
+            return ExitCode::from(EXIT_SETUP_FAILED);
         }
     };
     log::info!(
@@ -101,13 +75,9 @@ fn main() -> ExitCode {
         peer.shm().len()
     );
 
-    let ok = match script {
-        Some(commands) => repl::run_script(peer, &commands),
-        None => repl::run_stdin(peer),
+    let mut session = Session {
+        peer,
+        announce_server_news: input.is_interactive(),
     };
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_COMMAND_FAILED)
-    }
+    frontend::run(PROGRAM, &mut session, input)
 }

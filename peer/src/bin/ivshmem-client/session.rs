@@ -1,49 +1,77 @@
-//! Running commands against a connected [`Peer`] and printing what happens. Output goes to
-//! stdout (command results, notifications) and stderr (errors, warnings); write errors on stdout
-//! (e.g. a closed pipe) are ignored so that nothing here can panic.
+//! Running commands against a connected [`Peer`] and printing what happens: the
+//! [`peer::cli::session::Session`] the shared front end drives. Output goes to stdout (command
+//! results, notifications) and stderr (errors, warnings).
 
-use std::io::Write;
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use peer::cli::commands::{Command, IntTarget, DEFAULT_ANNOUNCE_WAIT_MS, HELP};
-use peer::cli::hexdump;
-use peer::{Peer, ServerEvent};
+use peer::cli::report;
+use peer::cli::session::{self, CommandFailed, Flow};
+use peer::{say, Peer, ServerEvent};
+
+/// The name errors are prefixed with.
+pub const PROGRAM: &str = "ivshmem-client";
 
 /// Prints `ivshmem-client: <message>` on stderr, ignoring write errors.
-#[macro_export]
 macro_rules! complain {
-    ($($arg:tt)*) => {{
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "ivshmem-client: ");
-        let _ = writeln!(err, $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        peer::cli::output::complain($crate::session::PROGRAM, format_args!($($arg)*))
+    };
 }
-
-/// Prints a line on stdout, ignoring write errors.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-    }};
-}
-
-/// What the caller should do after a command.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Quit,
-}
-
-/// A failed command; the message names what was wrong.
-#[derive(Debug)]
-pub struct CommandFailed(pub String);
+pub(crate) use complain;
 
 /// The connected client and how chatty it is about server news.
 pub struct Session {
     pub peer: Peer,
     /// Print joins and leaves on stdout (interactive use); otherwise they are only logged.
     pub announce_server_news: bool,
+}
+
+/// What woke the prompt up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum News {
+    /// The server socket is readable.
+    Server,
+    /// One of our vectors fired.
+    Notification,
+}
+
+impl session::Session for Session {
+    type NewsSource = News;
+
+    fn execute(&mut self, command: &Command) -> Result<Flow, CommandFailed> {
+        Session::execute(self, command)
+    }
+
+    /// The server socket always (joins and leaves are taken in between commands); our vectors
+    /// only at an interactive prompt, since a script's `wait` must still find its rings pending.
+    fn news_fds(&self, interactive: bool) -> Vec<(News, BorrowedFd<'_>)> {
+        let mut fds: Vec<_> = self
+            .peer
+            .server_fd()
+            .map(|fd| (News::Server, fd))
+            .into_iter()
+            .collect();
+        if interactive {
+            fds.extend(
+                self.peer
+                    .own_vector_fds()
+                    .into_iter()
+                    .map(|fd| (News::Notification, fd)),
+            );
+        }
+        fds
+    }
+
+    fn take_news(&mut self, ready: &[News]) {
+        if ready.contains(&News::Notification) {
+            self.print_notifications();
+        }
+        if ready.contains(&News::Server) {
+            self.process_server_news();
+        }
+    }
 }
 
 impl Session {
@@ -60,12 +88,8 @@ impl Session {
                 }
             }
             Command::Int { target, timeout_ms } => self.int(*target, *timeout_ms)?,
-            Command::Read { offset, len } => self.read(*offset, *len)?,
-            Command::Write { offset, data } => self
-                .peer
-                .shm()
-                .write(*offset, data)
-                .map_err(|e| CommandFailed(format!("write: {e}")))?,
+            Command::Read { offset, len } => report::read(self.peer.shm(), *offset, *len)?,
+            Command::Write { offset, data } => report::write(self.peer.shm(), *offset, data)?,
             Command::Wait { vector, timeout_ms } => self.wait(*vector, *timeout_ms)?,
             Command::WaitPeer { peer, timeout_ms } => self.wait_peer(*peer, *timeout_ms)?,
             Command::Sleep { ms } => std::thread::sleep(Duration::from_millis(*ms)),
@@ -133,24 +157,7 @@ impl Session {
         Ok(())
     }
 
-    fn read(&self, offset: usize, len: usize) -> Result<(), CommandFailed> {
-        let shm = self.peer.shm();
-        shm.check_range(offset, len)
-            .map_err(|e| CommandFailed(format!("read: {e}")))?;
-        let mut buf = [0u8; 16];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(16);
-            shm.read(offset + done, &mut buf[..n])
-                .map_err(|e| CommandFailed(format!("read: {e}")))?;
-            say!("{}", hexdump::line(offset + done, &buf[..n]));
-            done += n;
-        }
-        Ok(())
-    }
-
     fn wait(&mut self, vector: Option<u32>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
-        let timeout = timeout_ms.map(Duration::from_millis);
         let failed = |e: peer::WaitError| {
             let waited = match (&e, timeout_ms) {
                 (peer::WaitError::UnknownVector { .. }, Some(ms)) => {
@@ -161,33 +168,7 @@ impl Session {
             CommandFailed(format!("wait: {e}{waited}"))
         };
         let own = self.peer.id();
-        match vector {
-            Some(v) => match self.peer.wait_vector(v, timeout).map_err(failed)? {
-                Some(_) => say!("receive notification from peer_id={own} vector={v}"),
-                None => {
-                    return Err(CommandFailed(format!(
-                        "wait: no notification on vector {v} within {} ms",
-                        timeout_ms.unwrap_or(0)
-                    )))
-                }
-            },
-            None => {
-                let fired = self.peer.wait(timeout).map_err(failed)?;
-                if fired.is_empty() {
-                    return Err(CommandFailed(format!(
-                        "wait: no notification on any vector within {} ms",
-                        timeout_ms.unwrap_or(0)
-                    )));
-                }
-                for n in fired {
-                    say!(
-                        "receive notification from peer_id={own} vector={}",
-                        n.vector
-                    );
-                }
-            }
-        }
-        Ok(())
+        report::wait(&mut self.peer, own, vector, timeout_ms, failed)
     }
 
     fn wait_peer(
@@ -259,6 +240,19 @@ impl Session {
         }
     }
 
+    /// Drains our vectors and prints one QEMU-style line per vector that fired.
+    fn print_notifications(&self) {
+        match self.peer.drain_all() {
+            Ok(fired) => {
+                for n in fired {
+                    say!("{}", report::notification_line(self.peer.id(), n.vector));
+                }
+            }
+            Err(e) => complain!("reading our vectors failed: {e}"),
+        }
+        peer::cli::output::flush_stdout();
+    }
+
     fn news(&self, text: String) {
         if self.announce_server_news {
             say!("{text}");
@@ -275,9 +269,4 @@ fn print_vector(peer: &Peer, id: u16, vector: u32) {
         .map(|fd| fd.as_raw_fd())
         .unwrap_or(-1);
     say!("  vector {vector} is enabled (fd={fd})");
-}
-
-/// Flushes stdout, ignoring errors (used after prompts).
-pub fn flush_stdout() {
-    let _ = std::io::stdout().flush();
 }

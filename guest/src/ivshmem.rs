@@ -76,6 +76,17 @@ impl Ivshmem {
         Self::open_with_vectors(index, allocator, default_first_vector(index))
     }
 
+    /// Opens the `index`-th device the way a program using only that one must: every device
+    /// before it first (from one allocator), so in a multi-device VM each device gets its own
+    /// BAR addresses and CPU vectors whichever one a program picks.
+    pub fn open_nth(index: usize) -> Option<Ivshmem> {
+        let mut allocator = BarAllocator::new();
+        for earlier in 0..index {
+            let _ = Self::open(earlier, &mut allocator);
+        }
+        Self::open(index, &mut allocator)
+    }
+
     /// As [`Ivshmem::open`] with an explicit first CPU vector (>= 0x30).
     pub fn open_with_vectors(
         index: usize,

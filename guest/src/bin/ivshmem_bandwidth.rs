@@ -14,7 +14,6 @@
 #![no_main]
 
 use guest::ivshmem::Ivshmem;
-use guest::pci::BarAllocator;
 use guest::{args, clock, println, rt};
 
 /// Bytes filled between two deadline checks.
@@ -71,11 +70,7 @@ fn main() -> i32 {
     let offset = args::u64_or("offset_kb", 64) << 10;
     let index = args::u64_or("index", 0) as usize;
 
-    let mut allocator = BarAllocator::new();
-    for earlier in 0..index {
-        let _ = Ivshmem::open(earlier, &mut allocator);
-    }
-    let Some(dev) = Ivshmem::open(index, &mut allocator) else {
+    let Some(dev) = Ivshmem::open_nth(index) else {
         println!("ivshmem_bandwidth: no ivshmem device #{index}");
         return 10;
     };

@@ -17,7 +17,7 @@
 
 use guest::args;
 use guest::ivshmem::{self, reg, Ivshmem};
-use guest::pci::{self, BarAllocator, BarKind};
+use guest::pci::{self, BarKind};
 use guest::println;
 
 fn fail(code: i32, what: core::fmt::Arguments<'_>) -> i32 {
@@ -107,12 +107,7 @@ fn main() -> i32 {
         );
     }
 
-    let mut allocator = BarAllocator::new();
-    // Open every device before ours so multi-device VMs get distinct addresses and vectors.
-    for earlier in 0..index {
-        let _ = Ivshmem::open(earlier, &mut allocator);
-    }
-    let Some(dev) = Ivshmem::open(index, &mut allocator) else {
+    let Some(dev) = Ivshmem::open_nth(index) else {
         return fail(10, format_args!("cannot assign the BARs of {bdf}"));
     };
     if dev.shm < guest::layout::PCI_MMIO64_ADDR {

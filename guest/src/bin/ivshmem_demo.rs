@@ -20,7 +20,6 @@
 #![no_main]
 
 use guest::ivshmem::{directory, Ivshmem};
-use guest::pci::BarAllocator;
 use guest::{args, clock, interrupts, println};
 
 struct Seen([u64; 4]);
@@ -46,11 +45,7 @@ fn main() -> i32 {
     let ring_vector = args::u64_or("vector", 0) as u16;
     let index = args::u64_or("index", 0) as usize;
 
-    let mut allocator = BarAllocator::new();
-    for earlier in 0..index {
-        let _ = Ivshmem::open(earlier, &mut allocator);
-    }
-    let Some(dev) = Ivshmem::open(index, &mut allocator).filter(|d| d.is_doorbell()) else {
+    let Some(dev) = Ivshmem::open_nth(index).filter(|d| d.is_doorbell()) else {
         println!("ivshmem-demo: no ivshmem-doorbell device #{index} (use --ivshmem doorbell,...)");
         return 10;
     };

@@ -23,7 +23,6 @@
 #![no_main]
 
 use guest::ivshmem::{directory, Deadline, Ivshmem};
-use guest::pci::BarAllocator;
 use guest::{args, clock, println};
 
 fn find_partner(dev: &Ivshmem, own: u16, role: &str, timeout_ns: u64) -> Option<u16> {
@@ -68,10 +67,6 @@ fn main() -> i32 {
     let timeout_ns = args::u64_or("timeout_ms", 10_000).saturating_mul(1_000_000);
     let index = args::u64_or("index", 0) as usize;
 
-    let mut allocator = BarAllocator::new();
-    for earlier in 0..index {
-        let _ = Ivshmem::open(earlier, &mut allocator);
-    }
     let memory = match args::str_or("transport", "doorbell") {
         "doorbell" => false,
         "memory" => true,
@@ -80,8 +75,7 @@ fn main() -> i32 {
             return 2;
         }
     };
-    let Some(dev) = Ivshmem::open(index, &mut allocator).filter(|d| memory || d.is_doorbell())
-    else {
+    let Some(dev) = Ivshmem::open_nth(index).filter(|d| memory || d.is_doorbell()) else {
         println!("ivshmem_pingpong: no ivshmem-doorbell device #{index}");
         return 10;
     };

@@ -18,7 +18,6 @@
 #![no_main]
 
 use guest::ivshmem::Ivshmem;
-use guest::pci::BarAllocator;
 use guest::virtio::{Buffer, VirtioDriver, Wait, MAX_DRIVER_QUEUES};
 use guest::virtio_layout::HEADER_SIZE;
 use guest::{args, clock, println};
@@ -89,11 +88,7 @@ fn main() -> i32 {
         println!("virtio_echo: queues must be 1..={MAX_DRIVER_QUEUES}");
         return 2;
     }
-    let mut allocator = BarAllocator::new();
-    for earlier in 0..index {
-        let _ = Ivshmem::open(earlier, &mut allocator);
-    }
-    let Some(dev) = Ivshmem::open(index, &mut allocator).filter(|d| d.is_doorbell()) else {
+    let Some(dev) = Ivshmem::open_nth(index).filter(|d| d.is_doorbell()) else {
         println!("virtio_echo: no ivshmem-doorbell device #{index}");
         return 10;
     };

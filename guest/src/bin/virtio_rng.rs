@@ -16,7 +16,6 @@
 #![no_main]
 
 use guest::ivshmem::Ivshmem;
-use guest::pci::BarAllocator;
 use guest::virtio::{Buffer, VirtioDriver, Wait};
 use guest::virtio_layout::HEADER_SIZE;
 use guest::{args, clock, println};
@@ -33,11 +32,7 @@ fn main() -> i32 {
         println!("virtio_rng: bytes must be 1..=4096 and requests at least 1");
         return 2;
     }
-    let mut allocator = BarAllocator::new();
-    for earlier in 0..index {
-        let _ = Ivshmem::open(earlier, &mut allocator);
-    }
-    let Some(dev) = Ivshmem::open(index, &mut allocator).filter(|d| d.is_doorbell()) else {
+    let Some(dev) = Ivshmem::open_nth(index).filter(|d| d.is_doorbell()) else {
         println!("virtio_rng: no ivshmem-doorbell device #{index}");
         return 10;
     };

@@ -110,6 +110,21 @@ pub struct Driver {
     device_left: bool,
 }
 
+/// `queue`'s state, or the error for a queue the driver has not set up. A free function so
+/// callers can hold the shared-memory view while they use the queue.
+fn set_up_queue(
+    queues: &mut [Option<QueueState>],
+    queue: u32,
+) -> Result<&mut QueueState, DriverError> {
+    queues
+        .get_mut(queue as usize)
+        .and_then(Option::as_mut)
+        .ok_or(DriverError::BadQueue {
+            queue,
+            what: "not set up".into(),
+        })
+}
+
 struct QueueState {
     ring: DriverQueue,
     call_vector: u32,
@@ -329,13 +344,7 @@ impl Driver {
     }
 
     fn queue_mut(&mut self, queue: u32) -> Result<&mut QueueState, DriverError> {
-        self.queues
-            .get_mut(queue as usize)
-            .and_then(Option::as_mut)
-            .ok_or(DriverError::BadQueue {
-                queue,
-                what: "not set up".into(),
-            })
+        set_up_queue(&mut self.queues, queue)
     }
 
     /// Offers a chain (`readable` then `writable` buffers, all inside the shared memory) on
@@ -348,14 +357,7 @@ impl Driver {
     ) -> Result<u16, DriverError> {
         let device_peer = self.device_peer as u16;
         let mem = &self.mem;
-        let q = self
-            .queues
-            .get_mut(queue as usize)
-            .and_then(Option::as_mut)
-            .ok_or(DriverError::BadQueue {
-                queue,
-                what: "not set up".into(),
-            })?;
+        let q = set_up_queue(&mut self.queues, queue)?;
         let token = q
             .ring
             .add(mem, readable, writable)
@@ -372,14 +374,7 @@ impl Driver {
     /// Takes the next used chain of `queue` without waiting.
     pub fn try_used(&mut self, queue: u32) -> Result<Option<Used>, DriverError> {
         let mem = &self.mem;
-        let q = self
-            .queues
-            .get_mut(queue as usize)
-            .and_then(Option::as_mut)
-            .ok_or(DriverError::BadQueue {
-                queue,
-                what: "not set up".into(),
-            })?;
+        let q = set_up_queue(&mut self.queues, queue)?;
         q.ring
             .pop_used(mem)
             .map_err(|source| DriverError::Queue { queue, source })

@@ -18,7 +18,7 @@ check host_writes 0 '' ivshmem-client -S /tmp/sock -c 'write 256 HOST'
 timeout 300 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 256M \
     --cmdline "console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA" \
     --ivshmem plain,path=/dev/shm/plain --ivshmem doorbell,socket=/tmp/sock,vectors=2 \
-    </dev/null 2>&1 | tr -d '\r' | tee /tmp/l2.log
+    </dev/null 2>&1 | tee /tmp/l2.log
 check l2_reads_host_data 0 'BAR2 0x54534F48' grep 'BAR2' /tmp/l2.log
 check host_reads_l2_data 0 'GEST' ivshmem-client -S /tmp/sock -c 'read 512 4'
 kill $server

@@ -32,7 +32,7 @@ echo 'wait 0 240000; int 2 0; wait 1 240000; int 2 1; read 512 32' >&3
 timeout 400 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 256M --stats \
     --cmdline 'console=ttyS0 quiet panic=-1' \
     --ivshmem doorbell,socket=/tmp/sock,vectors=2 --ivshmem plain,path=/dev/shm/plain \
-    </dev/null 2>&1 | tr -d '\r' | tee /tmp/l2.log
+    </dev/null 2>&1 | tee /tmp/l2.log
 exec 3>&-
 wait $host
 wait $pong

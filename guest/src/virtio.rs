@@ -145,6 +145,18 @@ struct Queue {
     last_used: u16,
 }
 
+/// The queues [`VirtioDriver::bring_up`] sets up: `0..count`, each `size` entries, waited on
+/// as `wait`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuePlan {
+    /// How many queues, from queue 0.
+    pub count: u32,
+    /// Entries per queue (a power of two the device accepts).
+    pub size: u32,
+    /// How the program waits for answers on every queue.
+    pub wait: Wait,
+}
+
 /// A virtio device over ivshmem, driven by this guest program.
 pub struct VirtioDriver<'a> {
     dev: &'a Ivshmem,
@@ -161,6 +173,49 @@ pub struct VirtioDriver<'a> {
 }
 
 impl<'a> VirtioDriver<'a> {
+    /// The whole bring-up a program does before its first request: claim the device at `header`
+    /// (rings and buffers in `arena`, config vector 0), print which device it is, accept no
+    /// optional features, set up the queues `queues` describes (queue q calls our vector q + 1)
+    /// and set DRIVER_OK. On failure it prints `program: step: error`
+    /// and returns the program's exit status for that step: 20 open, 21 negotiate, 22 a queue,
+    /// 23 DRIVER_OK.
+    pub fn bring_up(
+        program: &str,
+        dev: &'a Ivshmem,
+        header: u64,
+        arena: core::ops::Range<u64>,
+        timeout_ns: u64,
+        queues: QueuePlan,
+    ) -> Result<VirtioDriver<'a>, i32> {
+        let mut d = VirtioDriver::open(dev, header, arena, 0, timeout_ns).map_err(|e| {
+            crate::println!("{program}: open: {e}");
+            20
+        })?;
+        crate::println!(
+            "{program}: device {:#x} of peer {} with {} queue(s), I am peer {}",
+            d.device_id(),
+            d.device_peer(),
+            d.num_queues(),
+            dev.id()
+        );
+        d.negotiate(0).map_err(|e| {
+            crate::println!("{program}: negotiate: {e}");
+            21
+        })?;
+        for q in 0..queues.count {
+            d.setup_queue(q, queues.size, q as u16 + 1, queues.wait)
+                .map_err(|e| {
+                    crate::println!("{program}: queue {q}: {e}");
+                    22
+                })?;
+        }
+        d.start().map_err(|e| {
+            crate::println!("{program}: DRIVER_OK: {e}");
+            23
+        })?;
+        Ok(d)
+    }
+
     /// Claims the device whose header is at `header` in `dev`'s shared memory and resets it,
     /// leaving it at ACKNOWLEDGE | DRIVER. Rings and buffers go in `arena` (offsets). The device
     /// side rings our `config_vector` after each answer; waits end after `timeout_ns`.

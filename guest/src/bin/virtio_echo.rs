@@ -18,7 +18,7 @@
 #![no_main]
 
 use guest::ivshmem::Ivshmem;
-use guest::virtio::{Buffer, VirtioDriver, Wait, MAX_DRIVER_QUEUES};
+use guest::virtio::{Buffer, QueuePlan, VirtioDriver, Wait, MAX_DRIVER_QUEUES};
 use guest::virtio_layout::HEADER_SIZE;
 use guest::{args, clock, println};
 
@@ -92,34 +92,21 @@ fn main() -> i32 {
         println!("virtio_echo: no ivshmem-doorbell device #{index}");
         return 10;
     };
-    let mut d = match VirtioDriver::open(&dev, header, arena..dev.shm_size, 0, timeout_ns) {
+    let mut d = match VirtioDriver::bring_up(
+        "virtio_echo",
+        &dev,
+        header,
+        arena..dev.shm_size,
+        timeout_ns,
+        QueuePlan {
+            count: queues as u32,
+            size,
+            wait,
+        },
+    ) {
         Ok(d) => d,
-        Err(e) => {
-            println!("virtio_echo: open: {e}");
-            return 20;
-        }
+        Err(status) => return status,
     };
-    println!(
-        "virtio_echo: device {:#x} of peer {} with {} queue(s), I am peer {}",
-        d.device_id(),
-        d.device_peer(),
-        d.num_queues(),
-        dev.id()
-    );
-    if let Err(e) = d.negotiate(0) {
-        println!("virtio_echo: negotiate: {e}");
-        return 21;
-    }
-    for q in 0..queues as u32 {
-        if let Err(e) = d.setup_queue(q, size, q as u16 + 1, wait) {
-            println!("virtio_echo: queue {q}: {e}");
-            return 22;
-        }
-    }
-    if let Err(e) = d.start() {
-        println!("virtio_echo: DRIVER_OK: {e}");
-        return 23;
-    }
     // Per queue: the request's bytes, then the answer's.
     let Ok(buffers) = d.alloc(2 * bytes * queues, 64) else {
         println!("virtio_echo: no room for the buffers");

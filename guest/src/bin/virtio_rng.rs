@@ -16,7 +16,7 @@
 #![no_main]
 
 use guest::ivshmem::Ivshmem;
-use guest::virtio::{Buffer, VirtioDriver, Wait};
+use guest::virtio::{Buffer, QueuePlan, VirtioDriver, Wait};
 use guest::virtio_layout::HEADER_SIZE;
 use guest::{args, clock, println};
 
@@ -36,31 +36,21 @@ fn main() -> i32 {
         println!("virtio_rng: no ivshmem-doorbell device #{index}");
         return 10;
     };
-    let mut d = match VirtioDriver::open(&dev, header, arena..dev.shm_size, 0, timeout_ns) {
+    let mut d = match VirtioDriver::bring_up(
+        "virtio_rng",
+        &dev,
+        header,
+        arena..dev.shm_size,
+        timeout_ns,
+        QueuePlan {
+            count: 1,
+            size,
+            wait: Wait::Interrupt,
+        },
+    ) {
         Ok(d) => d,
-        Err(e) => {
-            println!("virtio_rng: open: {e}");
-            return 20;
-        }
+        Err(status) => return status,
     };
-    println!(
-        "virtio_rng: device {} of peer {}, I am peer {}",
-        d.device_id(),
-        d.device_peer(),
-        dev.id()
-    );
-    if let Err(e) = d.negotiate(0) {
-        println!("virtio_rng: negotiate: {e}");
-        return 21;
-    }
-    if let Err(e) = d.setup_queue(0, size, 1, Wait::Interrupt) {
-        println!("virtio_rng: queue 0: {e}");
-        return 22;
-    }
-    if let Err(e) = d.start() {
-        println!("virtio_rng: DRIVER_OK: {e}");
-        return 23;
-    }
     // Two buffers, alternated, so consecutive answers can be compared.
     let Ok(buffers) = d.alloc(2 * bytes, 64) else {
         println!("virtio_rng: no room for the buffers");

@@ -9,7 +9,7 @@
 # A scenario is a directory with `l1.sh` (run by L1's /init after the kvm modules are loaded,
 # with our binaries on PATH) and optionally `l2.sh` (becomes /scenario.sh in the L2 initramfs
 # at /l2/initrd.gz; /l2/vmlinuz is the kernel, the same one L1 runs). Options:
-#   --bins DIR      where vmm, ivshmem-server, ivshmem-client are (default: target/debug)
+#   --bins DIR      where vmm, ivshmem-server, ivshmem-client, kvm-hold are (default: target/debug)
 #   --arg K=V       exported to l1.sh (repeatable); also written to /scenario.env
 #   --file SRC:DST  an extra file in the L1 initramfs (repeatable)
 #   --binary PATH   an extra program in L1 at the same path, with the libraries ldd lists
@@ -21,6 +21,8 @@
 # Everything L1 prints goes to stdout; the exit status is l1.sh's (125: the bed failed: no KVM
 # in L1, timeout, QEMU error).
 #
+# NESTED_L1_CMDLINE is appended to L1's kernel command line (e.g. loglevel=7 to see L1's
+# kernel messages in full).
 # Cache: $NESTED_CACHE or <target>/nested (kernel and busybox packages resolved at run time from
 # apt: the kernel is the package linux-image-amd64 depends on, so its ABI number may change).
 set -euo pipefail
@@ -136,6 +138,11 @@ if [ ! -c /dev/kvm ]; then
     echo "NESTED-NO-KVM"; dmesg | tail -n 20
     poweroff -f
 fi
+# One VM held for the whole run keeps KVM's static keys from patching L1's kernel text at
+# every VM start and end (QEMU's TCG sometimes hangs L1 there; see kvm-hold's docs).
+kvm-hold >/tmp/kvm-hold.log 2>&1 &
+for i in $(seq 100); do grep -q holding /tmp/kvm-hold.log && break; sleep 0.1; done
+grep -q holding /tmp/kvm-hold.log || { echo "nested-kvm: kvm-hold did not start:"; cat /tmp/kvm-hold.log; }
 echo "NESTED-L1-READY $(uname -r) $(nproc) cpus"
 set -a; [ -f /scenario.env ] && . /scenario.env; set +a
 cd /scenario && sh ./l1.sh
@@ -206,7 +213,7 @@ run() {
     [ -z "$vmlinux" ] || cp "$base/vmlinux" "$l1/l2/"
     cpio_of "$l2" "$l1/l2/initrd.gz"
     local b
-    for b in vmm ivshmem-server ivshmem-client; do
+    for b in vmm ivshmem-server ivshmem-client kvm-hold; do
         [ -x "$bins/$b" ] || die "$bins/$b not found (cargo build --workspace)"
         add_binary "$l1" "$bins/$b" "/usr/local/bin/$b"
     done
@@ -231,7 +238,8 @@ run() {
         timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max,-xsave -m 2G \
             -smp "$smp" -nographic -no-reboot -nodefaults -serial stdio \
             -kernel "$base/vmlinuz" -initrd "$work/l1.gz" \
-            -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check" "${qemu_extra[@]}" \
+            -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${NESTED_L1_CMDLINE:-}" \
+            "${qemu_extra[@]}" \
             <"$input" | tee "$log" || status=$?
         grep -q NESTED-L1-READY "$log" && break
         [ "$attempt" = 2 ] || echo "nested-kvm: L1 did not boot (QEMU status $status); retrying once" >&2

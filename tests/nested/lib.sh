@@ -1,12 +1,39 @@
 # Shared by the nested scenarios' l1.sh (sourced): `check` runs one command and prints one
-# `RESULT name pass|fail` line, which tests/src/nested.rs collects.
+# `RESULT name pass|fail` line, which tests/src/nested.rs collects. Every command is bounded
+# (CHECK_TIMEOUT seconds, default 240), so one stuck VM fails its own check with its output
+# instead of silencing the whole bed until its overall timeout.
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-240}
 
-# check NAME WANT_STATUS PATTERN CMD...: runs CMD; passes when it exits WANT_STATUS and its
-# output (stdout and stderr) contains PATTERN (grep -E). On failure the output's tail follows.
+# bounded SECONDS CMD...: runs CMD in the background and waits for it. Past SECONDS it gets
+# SIGTERM (our VMM then says where each vCPU was), and SIGKILL 10 s later; the status is then
+# 124 whatever CMD returned, and a line on stderr says so. The watchdog writes nothing to CMD's
+# output, so a caller capturing it with $(...) is not held open by the watchdog's sleep.
+bounded() {
+    local limit=$1 pid watchdog rc mark
+    shift
+    mark=/tmp/.bounded.$$.$RANDOM
+    "$@" &
+    pid=$!
+    (sleep "$limit"; touch "$mark"; kill -TERM "$pid"; sleep 10; kill -KILL "$pid") \
+        >/dev/null 2>&1 &
+    watchdog=$!
+    wait "$pid"
+    rc=$?
+    kill "$watchdog" 2>/dev/null
+    if [ -e "$mark" ]; then
+        rm -f "$mark"
+        echo "bounded: '$*' ran over ${limit}s: stopped (status $rc)" >&2
+        return 124
+    fi
+    return "$rc"
+}
+
+# check NAME WANT_STATUS PATTERN CMD...: runs CMD (bounded); passes when it exits WANT_STATUS and
+# its output (stdout and stderr) contains PATTERN (grep -E). On failure the output's tail follows.
 check() {
     local name=$1 want=$2 pattern=$3 out rc
     shift 3
-    out=$("$@" 2>&1)
+    out=$(bounded "$CHECK_TIMEOUT" "$@" 2>&1)
     rc=$?
     if [ "$rc" = "$want" ] && printf '%s\n' "$out" | grep -qE -- "$pattern"; then
         echo "RESULT $name pass"
@@ -14,6 +41,28 @@ check() {
         echo "RESULT $name fail (status $rc, wanted $want and /$pattern/)"
         printf '%s\n' "$out" | tail -n 25 | sed "s/^/  $name| /"
     fi
+}
+
+# wait_bounded PID [SECONDS]: waits for a background job started by this shell, SIGTERM then
+# SIGKILL past SECONDS (default CHECK_TIMEOUT); the status is the job's, or 124 when stopped.
+wait_bounded() {
+    local pid=$1 limit=${2:-$CHECK_TIMEOUT} i
+    for i in $(seq "$((limit * 10))"); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "wait_bounded: job $pid ran over ${limit}s: stopping it" >&2
+        kill -TERM "$pid"
+        for i in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid"
+        return 124
+    fi
+    wait "$pid"
 }
 
 # wait_for FILE PATTERN [SECONDS]: polls until FILE contains PATTERN (grep -E).

@@ -172,6 +172,15 @@ fn run(mut fd: VcpuFd, ctx: VcpuContext) {
     let reason = run_loop(&mut fd, &ctx);
 
     IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+    // A VM stopped from outside (SIGTERM from a user or a test's watchdog) was often stuck:
+    // say where each vCPU was, so a hung guest can be told from a hung VMM.
+    if reason.is_none() && matches!(ctx.control.reason(), Some(ExitReason::Signal(_))) {
+        eprintln!(
+            "vmm: vcpu{} stopped{}",
+            ctx.cpu,
+            describe_regs(&fd, &ctx.memory)
+        );
+    }
     if let Some(reason) = reason {
         ctx.control.request_exit(reason);
     }

@@ -32,14 +32,14 @@ for name in vm-a vm-b; do
     wait_for /tmp/server.log "peer [12] joined" 10
 done
 for name in vm-a vm-b; do
-    eval "wait \$pid_$(echo $name | tr - _)"
+    eval "wait_bounded \$pid_$(echo $name | tr - _)"
     check "demo_${name}_no_slow_doorbells" 0 'ivshmem_slow_doorbells=0' cat /tmp/$name.log
     check "demo_${name}_hears_host" 0 'peer 0 says: "hello from the host peer"' cat /tmp/$name.log
 done
-wait $host
+wait_bounded $host
 check ivshmem_doorbell_check 0 '' vmm --guest builtin:ivshmem_check --ivshmem doorbell,socket=/tmp/sock,vectors=2 --guest-args 'variant=doorbell vectors=2'
 check demo_host 0 'hello from VM' cat /tmp/host.log
 kill $server
-wait $server
+wait_bounded $server 30
 check server_shutdown 0 '' test ! -e /tmp/sock
 exit 0

@@ -34,8 +34,8 @@ timeout 400 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 256M --stat
     --ivshmem doorbell,socket=/tmp/sock,vectors=2 --ivshmem plain,path=/dev/shm/plain \
     </dev/null 2>&1 | tee /tmp/l2.log
 exec 3>&-
-wait $host
-wait $pong
+wait_bounded $host
+wait_bounded $pong
 pong_status=$?
 check l2_ran 0 'L2-EXIT 0' cat /tmp/l2.log
 check l2_no_slow_doorbells 0 'ivshmem_slow_doorbells=0' cat /tmp/l2.log

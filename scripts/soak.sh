@@ -7,12 +7,16 @@
 # host-peer cycles and failures. Not part of CI: a bounded run to spot leaks and growth.
 #
 # Usage: scripts/soak.sh [MINUTES]     (release build; SOAK_INTERVAL=SECONDS between samples)
+#   SOAK_VMS=0    host peers only (no VMs, no KVM needed; they write, read back and leave)
+#   SOAK_TRACE=1  also print every sample (seconds, host-peer cycles, server fds and RSS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 minutes=${1:-3}
 interval=${SOAK_INTERVAL:-5}
+with_vms=${SOAK_VMS:-1}
+trace=${SOAK_TRACE:-0}
 case $minutes in '' | *[!0-9]*) echo "usage: $0 [MINUTES]" >&2; exit 2 ;; esac
 
 cargo build --workspace --release --quiet
@@ -38,14 +42,21 @@ joined() {
     echo "soak: peer $1 did not join" >&2
     exit 1
 }
-start_vm pong pong 1
-pong=$!
-pids+=("$pong")
-joined 0
-start_vm ping ping 0
-ping=$!
-pids+=("$ping")
-joined 1
+processes=(server)
+if [ "$with_vms" != 0 ]; then
+    start_vm pong pong 1
+    pong=$!
+    pids+=("$pong")
+    joined 0
+    start_vm ping ping 0
+    ping=$!
+    pids+=("$ping")
+    joined 1
+    processes+=(pong ping)
+    ring="int 0 1; int 1 1"
+else
+    ring="" # nobody to ring
+fi
 
 # Host peers: join, write and read back data, ring both VMs on vector 1, leave; repeat.
 host_loop() {
@@ -53,7 +64,7 @@ host_loop() {
     while [ ! -e "$work/stop" ]; do
         n=$((n + 1))
         local text="soak-$n"
-        if out=$("$bin/ivshmem-client" -S "$sock" -c "write 65536 $text; read 65536 ${#text}; int 0 1; int 1 1" 2>&1) &&
+        if out=$("$bin/ivshmem-client" -S "$sock" -c "write 65536 $text; read 65536 ${#text}; $ring" 2>&1) &&
             grep -q "$text" <<<"$out"; then :; else
             failed=$((failed + 1))
             echo "$out" >"$work/host.failure"
@@ -67,7 +78,7 @@ rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 declare -A first last max
 sample() {
     local name pid v
-    for name in server pong ping; do
+    for name in "${processes[@]}"; do
         case $name in server) pid=$server ;; pong) pid=$pong ;; ping) pid=$ping ;; esac
         for metric in fds rss; do
             v=$($metric "$pid")
@@ -76,6 +87,11 @@ sample() {
             [ "$v" -le "${max[$name.$metric]:-0}" ] || max[$name.$metric]=$v
         done
     done
+    if [ "$trace" != 0 ]; then
+        local cycles=0
+        [ ! -e "$work/host.count" ] || read -r cycles _ <"$work/host.count"
+        echo "soak: ${SECONDS}s cycles $cycles server fds ${last[server.fds]} rss ${last[server.rss]} KiB" >&2
+    fi
 }
 
 # Start: the two VMs alone on the server. End: the same, after the last host peer left.
@@ -87,7 +103,7 @@ pids+=("$host")
 end=$((SECONDS + minutes * 60))
 while [ $SECONDS -lt $end ]; do
     sleep "$interval"
-    for p in "$server" "$pong" "$ping"; do
+    for p in "$server" ${pong:-} ${ping:-}; do
         kill -0 "$p" 2>/dev/null || { echo "soak: process $p died" >&2; exit 1; }
     done
     sample
@@ -99,7 +115,7 @@ sleep 1 # the VMMs process the last leave
 sample
 read -r cycles failures <"$work/host.count"
 status=0
-for vm in "$ping" "$pong"; do
+for vm in ${ping:-} ${pong:-}; do
     kill -TERM "$vm"
     wait "$vm" || status=1
 done
@@ -108,11 +124,11 @@ wait "$server" || status=1
 
 echo
 echo "Soak: $minutes min, samples every ${interval}s; host-peer cycles $cycles (failed $failures);" \
-    "VMs ended with SIGTERM: $([ $status -eq 0 ] && echo 'clean exit' || echo 'ERROR')"
+    "$([ "$with_vms" != 0 ] && echo VMs || echo server) ended with SIGTERM: $([ $status -eq 0 ] && echo 'clean exit' || echo 'ERROR')"
 echo
 echo "| process | fds start | fds end | fds max | RSS start (KiB) | RSS end (KiB) | RSS max (KiB) |"
 echo "|---|---|---|---|---|---|---|"
-for name in server pong ping; do
+for name in "${processes[@]}"; do
     label=$name
     [ $name = server ] && label=ivshmem-server || label="vmm ($name VM)"
     echo "| $label | ${first[$name.fds]} | ${last[$name.fds]} | ${max[$name.fds]} |" \

@@ -25,7 +25,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use protocol::server::{leave, new_peer_sequence, peer_vectors};
 
-use crate::log_limit::{RateLimiter, BURST, WINDOW};
+use crate::log_limit::{RateLimiter, BURST, MAX_KEYS, WINDOW};
 use crate::peer::{Flush, OutQueue, Peer, PeerTable};
 
 const LISTENER_TOKEN: u64 = 0;
@@ -91,7 +91,7 @@ impl Server {
             doomed_set: HashSet::new(),
             reserve_fd: File::open("/dev/null").ok(),
             quitting: false,
-            peer_log: RateLimiter::new(BURST, WINDOW),
+            peer_log: RateLimiter::new(BURST, WINDOW, MAX_KEYS),
         })
     }
 

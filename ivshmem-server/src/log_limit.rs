@@ -7,6 +7,12 @@
 //! window ends the last of them is logged with "(N similar lines suppressed)". A key that was
 //! suppressing stays quiet for the next window too (a storm yields one summary per window); a
 //! key whose window passes without suppression is forgotten.
+//!
+//! Memory: every key logged within the last window is remembered, even one that logged a single
+//! line, so the table follows the rate of distinct sources (each short-lived client is a new
+//! pid). At most [`MAX_KEYS`] are tracked; lines of further keys share one overflow window with
+//! the same burst, so a flood of connections from many pids costs bounded memory. The table
+//! gives its memory back when it empties out after a flood.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,6 +22,10 @@ use std::time::{Duration, Instant};
 pub const BURST: u32 = 10;
 /// Length of a rate-limit window.
 pub const WINDOW: Duration = Duration::from_secs(10);
+/// Keys tracked at once: 2048 sources (a join and a leave key each) within one window, about
+/// 200 new pids a second; at this cap the server's table takes about 0.9 MiB (88-byte entries
+/// in 8192 slots, plus the keys' strings).
+pub const MAX_KEYS: usize = 4096;
 
 #[derive(Debug)]
 struct Window {
@@ -33,41 +43,42 @@ pub struct RateLimiter<K> {
     burst: u32,
     window: Duration,
     windows: HashMap<K, Window>,
+    max_keys: usize,
+    /// Shared by the lines of keys that arrive while `max_keys` are tracked.
+    overflow: Option<Window>,
     /// Earliest window end, when [`RateLimiter::expire`] has work.
     next_end: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    /// Lets `burst` alike lines per key through in each `window`; the rest are counted.
-    pub fn new(burst: u32, window: Duration) -> Self {
+    /// Lets `burst` alike lines per key through in each `window`; the rest are counted. Tracks
+    /// at most `max_keys` keys; the lines of others share one overflow window.
+    pub fn new(burst: u32, window: Duration, max_keys: usize) -> Self {
         RateLimiter {
             burst,
             window,
             windows: HashMap::new(),
+            max_keys,
+            overflow: None,
             next_end: None,
         }
     }
 
+    /// Keys with an open window (the overflow window not counted).
+    pub fn tracked_keys(&self) -> usize {
+        self.windows.len()
+    }
+
     /// True when `line` should be logged now; otherwise it is counted for a later summary.
     pub fn admit(&mut self, key: K, line: &str, now: Instant) -> bool {
-        let window = self.window;
-        let burst = self.burst;
-        let entry = self.windows.entry(key).or_insert_with(|| Window {
-            end: now + window,
-            allowance: burst,
-            suppressed: 0,
-            last: String::new(),
-        });
-        let end = entry.end;
-        let admitted = if entry.allowance > 0 {
-            entry.allowance -= 1;
-            true
+        let fresh = Window::new(now + self.window, self.burst);
+        let entry = if self.windows.contains_key(&key) || self.windows.len() < self.max_keys {
+            self.windows.entry(key).or_insert(fresh)
         } else {
-            entry.suppressed += 1;
-            entry.last.clear();
-            entry.last.push_str(line);
-            false
+            self.overflow.get_or_insert(fresh)
         };
+        let end = entry.end;
+        let admitted = entry.admit(line);
         self.next_end = Some(self.next_end.map_or(end, |e| e.min(end)));
         admitted
     }
@@ -83,44 +94,99 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             return Vec::new();
         }
         let mut summaries = Vec::new();
-        let window = self.window;
-        self.windows.retain(|_, w| {
-            if w.end > now {
-                return true;
+        let next = now + self.window;
+        self.windows
+            .retain(|_, w| w.end > now || w.roll_over(next, &mut summaries, Summary::Similar));
+        if let Some(w) = &mut self.overflow {
+            if w.end <= now && !w.roll_over(next, &mut summaries, Summary::Overflow) {
+                self.overflow = None;
             }
-            if w.suppressed == 0 {
-                return false;
-            }
-            summaries.push(summary(&w.last, w.suppressed));
-            // Still storming: the next window starts quiet.
-            *w = Window {
-                end: now + window,
-                allowance: 0,
-                suppressed: 0,
-                last: String::new(),
-            };
-            true
-        });
-        self.next_end = self.windows.values().map(|w| w.end).min();
+        }
+        // After a flood of sources: give the table back rather than keep its high-water mark.
+        if self.windows.len() < self.windows.capacity() / 4 {
+            self.windows.shrink_to(self.windows.len() * 2);
+        }
+        self.next_end = self
+            .windows
+            .values()
+            .chain(&self.overflow)
+            .map(|w| w.end)
+            .min();
         summaries
     }
 
     /// Summaries of every open window (at shutdown).
     pub fn flush(&mut self) -> Vec<String> {
         self.next_end = None;
-        self.windows
+        let overflow = self.overflow.take();
+        let mut summaries: Vec<String> = self
+            .windows
             .drain()
             .filter(|(_, w)| w.suppressed > 0)
-            .map(|(_, w)| summary(&w.last, w.suppressed))
-            .collect()
+            .map(|(_, w)| Summary::Similar.line(&w.last, w.suppressed))
+            .collect();
+        summaries.extend(
+            overflow
+                .filter(|w| w.suppressed > 0)
+                .map(|w| Summary::Overflow.line(&w.last, w.suppressed)),
+        );
+        summaries
     }
 }
 
-fn summary(last: &str, suppressed: u64) -> String {
-    format!(
-        "{last} ({suppressed} similar line{} suppressed)",
-        if suppressed == 1 { "" } else { "s" }
-    )
+impl Window {
+    fn new(end: Instant, allowance: u32) -> Self {
+        Window {
+            end,
+            allowance,
+            suppressed: 0,
+            last: String::new(),
+        }
+    }
+
+    /// Takes one line from the allowance, or counts it as suppressed.
+    fn admit(&mut self, line: &str) -> bool {
+        if self.allowance > 0 {
+            self.allowance -= 1;
+            return true;
+        }
+        self.suppressed += 1;
+        self.last.clear();
+        self.last.push_str(line);
+        false
+    }
+
+    /// Ends this window: false when nothing was suppressed (forget it); otherwise adds its
+    /// summary and starts a quiet window ending at `next` (still storming).
+    fn roll_over(&mut self, next: Instant, summaries: &mut Vec<String>, kind: Summary) -> bool {
+        if self.suppressed == 0 {
+            return false;
+        }
+        summaries.push(kind.line(&self.last, self.suppressed));
+        *self = Window::new(next, 0);
+        true
+    }
+}
+
+/// What a summary line says was suppressed.
+#[derive(Clone, Copy)]
+enum Summary {
+    /// Lines of the same key.
+    Similar,
+    /// Lines of keys beyond the tracked maximum.
+    Overflow,
+}
+
+impl Summary {
+    fn line(self, last: &str, suppressed: u64) -> String {
+        let s = if suppressed == 1 { "" } else { "s" };
+        match self {
+            Summary::Similar => format!("{last} ({suppressed} similar line{s} suppressed)"),
+            Summary::Overflow => format!(
+                "{last} ({suppressed} line{s} of other sources suppressed: too many sources at once)"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +194,7 @@ mod tests {
     use super::*;
 
     fn limiter() -> RateLimiter<&'static str> {
-        RateLimiter::new(3, Duration::from_secs(10))
+        RateLimiter::new(3, Duration::from_secs(10), 100)
     }
 
     #[test]
@@ -185,5 +251,64 @@ mod tests {
         }
         assert_eq!(l.flush(), vec!["b (1 similar line suppressed)".to_string()]);
         assert!(l.flush().is_empty());
+    }
+
+    /// The soak's pattern: short-lived clients, each a new pid with one join and one leave
+    /// line. The table holds the sources of one window, not of the whole run.
+    #[test]
+    fn new_sources_are_forgotten_window_by_window() {
+        const PER_SECOND: u32 = 100;
+        let mut l: RateLimiter<u32> = RateLimiter::new(BURST, WINDOW, MAX_KEYS);
+        let t0 = Instant::now();
+        let step = Duration::from_secs(1) / PER_SECOND;
+        let sources = 6_000;
+        let mut most = 0;
+        for pid in 0..sources {
+            let now = t0 + step * pid;
+            assert!(l.admit(pid * 2, "joined", now));
+            assert!(l.admit(pid * 2 + 1, "left", now));
+            assert!(l.expire(now).is_empty());
+            most = most.max(l.tracked_keys());
+        }
+        // Two keys per source for one window (plus the sources of the instant it ends).
+        let per_window = 2 * PER_SECOND as usize * WINDOW.as_secs() as usize;
+        assert!(most <= per_window + 2, "{most} keys tracked at once");
+        assert!(most >= per_window, "{most} keys tracked at once");
+        let after = t0 + step * sources + WINDOW;
+        assert!(l.expire(after).is_empty());
+        assert_eq!(l.tracked_keys(), 0);
+        assert_eq!(l.next_deadline(), None);
+        assert!(l.windows.capacity() < 64, "{}", l.windows.capacity());
+    }
+
+    #[test]
+    fn keys_beyond_the_cap_share_one_overflow_window() {
+        let mut l: RateLimiter<u32> = RateLimiter::new(3, Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        let admitted = (0..1000)
+            .filter(|&pid| l.admit(pid, &format!("peer {pid} joined"), t0))
+            .count();
+        // Each tracked key's first line, then the overflow window's burst.
+        assert_eq!(admitted, 100 + 3);
+        assert_eq!(l.tracked_keys(), 100);
+        // A tracked key keeps its own window.
+        assert!(l.admit(5, "peer 5 left", t0));
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            l.expire(t1),
+            vec![
+                "peer 999 joined (897 lines of other sources suppressed: too many sources at once)"
+                    .to_string()
+            ]
+        );
+        assert_eq!(l.tracked_keys(), 0);
+        // The quiet keys are forgotten, so a new key is tracked (and logged) again; the
+        // overflow window stays, quiet, until a window passes without suppression.
+        assert!(l.admit(5000, "peer 5000 joined", t1));
+        assert_eq!(l.tracked_keys(), 1);
+        assert!(l.expire(t1 + Duration::from_secs(10)).is_empty());
+        assert_eq!(l.next_deadline(), None);
+        assert!(l.overflow.is_none());
+        assert!(l.windows.capacity() < 16, "{}", l.windows.capacity());
     }
 }

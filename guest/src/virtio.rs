@@ -21,6 +21,7 @@ use crate::ivshmem::{Deadline, Ivshmem};
 use crate::virtio_layout::{
     self as layout, feature, field, queue_field, status, ErrorCode, QueueSetup,
 };
+pub use crate::virtio_layout::{Buffer, Used};
 
 /// Largest queue this driver sets up (its bookkeeping arrays have this many entries).
 pub const MAX_QUEUE_SIZE: usize = 256;
@@ -96,24 +97,6 @@ impl fmt::Display for VirtioError {
             ),
         }
     }
-}
-
-/// One buffer in the shared memory: `len` bytes at `offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Buffer {
-    /// Offset from the start of the shared memory.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u32,
-}
-
-/// A chain the device has finished with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Used {
-    /// The token [`VirtioDriver::submit`] returned for the chain.
-    pub token: u16,
-    /// Bytes the device wrote into the chain's writable buffers.
-    pub len: u32,
 }
 
 /// How [`VirtioDriver::wait_used`] waits for the device.

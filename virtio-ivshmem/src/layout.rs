@@ -302,3 +302,22 @@ mod tests {
         assert_eq!(ErrorCode::from_raw(9), None);
     }
 }
+
+/// One buffer in the shared memory: `len` bytes at `offset` (the driver-side API of both the
+/// host driver and the guest programs' driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    /// Offset from the start of the shared memory (the device's "guest-physical" address).
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// A chain the device has finished with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// The token the driver returned when the chain was added (its head descriptor).
+    pub token: u16,
+    /// How many bytes the device wrote into the chain's writable buffers.
+    pub len: u32,
+}

@@ -18,24 +18,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap, Le32};
 
 use crate::layout::QueueSetup;
-
-/// One buffer in the shared memory: `len` bytes at `offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Buffer {
-    /// Offset from the start of the shared memory (the device's "guest-physical" address).
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u32,
-}
-
-/// A chain the device has finished with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Used {
-    /// The token [`DriverQueue::add`] returned for the chain (its head descriptor).
-    pub token: u16,
-    /// How many bytes the device wrote into the chain's writable buffers.
-    pub len: u32,
-}
+pub use crate::layout::{Buffer, Used};
 
 /// What can go wrong on a queue.
 #[derive(Debug, thiserror::Error)]

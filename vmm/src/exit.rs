@@ -22,6 +22,8 @@ pub enum ExitReason {
     TripleFault {
         /// The vCPU that hit it.
         cpu: u32,
+        /// Where it was (registers and code bytes; empty when KVM would not say).
+        state: String,
     },
     /// The guest-program exception stub reported an unexpected exception.
     Crash(CrashRecord),
@@ -128,8 +130,8 @@ impl ExitReason {
     pub fn message(&self) -> Option<String> {
         match self {
             ExitReason::GuestExit(_) | ExitReason::Reset => None,
-            ExitReason::TripleFault { cpu } => Some(format!(
-                "vmm: guest triple fault (KVM_EXIT_SHUTDOWN) on vcpu{cpu}"
+            ExitReason::TripleFault { cpu, state } => Some(format!(
+                "vmm: guest triple fault (KVM_EXIT_SHUTDOWN) on vcpu{cpu}{state}"
             )),
             ExitReason::Crash(record) => Some(format!("vmm: {record}")),
             ExitReason::Signal(sig) => Some(format!("vmm: terminating on signal {sig}")),

@@ -238,7 +238,10 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::Shutdown) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
-                return Some(ExitReason::TripleFault { cpu: ctx.cpu });
+                return Some(ExitReason::TripleFault {
+                    cpu: ctx.cpu,
+                    state: describe_regs(fd, &ctx.memory),
+                });
             }
             Ok(VcpuExit::Hlt) => {
                 // Only without an in-kernel LAPIC; with it KVM blocks in the kernel.

@@ -199,6 +199,20 @@ impl Backend {
                     .map_err(step(format!("SET_VRING_ENABLE {i}")))?;
             }
         }
+        // None of those messages is answered, and a kick that reaches vhost-user-backend's
+        // worker before its ring is enabled is read and dropped (the request then waits
+        // forever). One request with a reply proves the backend applied them all before the
+        // driver is told DRIVER_OK; then one kick per queue covers kicks that were already
+        // pending (a driver that went on while a restarted backend was away). Virtio devices
+        // take a spurious kick as a look at an unchanged ring.
+        self.frontend
+            .get_features()
+            .map_err(step("GET_FEATURES (set-up barrier)"))?;
+        for q in queues {
+            if let Err(e) = eventfd_of(q.kick)?.write(1) {
+                log::warn!("queue {}: kick after set-up failed: {e}", q.index);
+            }
+        }
         Ok(())
     }
 

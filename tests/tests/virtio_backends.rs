@@ -233,7 +233,8 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
     let zeros = all.iter().filter(|&&b| b == 0).count();
     assert!(zeros < 200, "{zeros} of 6400 bytes still zero: not random");
     assert_ne!(all[..64], all[64..128]);
-    assert!(bridge.text().contains("device live: driver peer"));
+    // The bridge logs through a pipe read by another thread: wait for the line, not race it.
+    bridge.wait_for("device live: driver peer");
 
     // The next driver starts at index 0 again, although this backend (vhost-user-backend 0.10)
     // keeps its used index across SET_VRING_BASE: the bridge gives each session a fresh
@@ -250,7 +251,9 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
         }],
     )
     .unwrap();
-    assert_eq!(d.wait_used(0, WAIT).expect("a second session").len, 64);
+    let used = d.wait_used(0, WAIT);
+    let used = used.unwrap_or_else(|e| panic!("a second session: {e:?}\n{}", bridge.text()));
+    assert_eq!(used.len, 64);
 }
 
 #[test]
@@ -518,7 +521,8 @@ fn virtio_rng_from_a_vm_reads_random_bytes_without_exits_per_request() {
         "requests exit to the VMM: {e_few} exits for 10 requests, {e_many} for 1000\n{}",
         many.stderr
     );
-    assert!(bridge.text().contains("device live: driver peer"));
+    // The bridge logs through a pipe read by another thread: wait for the line, not race it.
+    bridge.wait_for("device live: driver peer");
 }
 
 #[test]

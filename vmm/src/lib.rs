@@ -20,12 +20,15 @@
 pub mod arch;
 pub mod background;
 pub mod bench;
+pub mod boot;
 pub mod devices;
 pub mod exit;
 pub mod guest_abi;
 pub mod guest_images;
 pub mod interrupts;
+pub mod machine;
 pub mod memory;
+pub mod options;
 pub mod pci;
 pub mod seccomp;
 pub mod vcpu;

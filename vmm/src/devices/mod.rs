@@ -6,37 +6,65 @@
 //! - `serial`: a 16550A UART (vm-superio) on 0x3F8 for Linux guests;
 //! - `rtc`: the CMOS real-time clock (MC146818) on 0x70/0x71;
 //! - `console`: where testdev and serial output goes (stdout, a file, nowhere);
-//! - `pci_testdev`, `ivshmem`: PCI devices, plugged through a [`DeviceContext`].
+//! - `pci_testdev`, `ivshmem`: PCI devices;
+//! - `plug`: the one way every device is created, from typed [`plug::DeviceOptions`].
 //!
-//! The legacy devices are mapped by `vm` (`Vm::add_legacy_devices`). PCI devices never see the
-//! `Vm`: they get a [`DeviceContext`] with the bus, the interrupt router, system memory and the
-//! VM's background threads, so the device models depend only on `pci`, `interrupts`, `memory`
-//! and `background` (see docs/vmm.md for the whole dependency order).
+//! No device sees the `Vm`: each gets a [`DeviceContext`] (the bus, the interrupt router, the
+//! two address spaces, the VM's background threads, its control, console and RAM), so the
+//! device models depend only on the layers below them (docs/vmm.md has the whole order).
 use std::sync::Arc;
+use std::time::Instant;
+
+use vm_memory::GuestMemoryMmap;
 
 use crate::background::BackgroundThreads;
+use crate::exit::VmControl;
 use crate::interrupts::InterruptRouter;
 use crate::memory::AddressSpace;
 use crate::pci::PciBus;
+use console::Console;
 
 pub mod acpi_sleep;
 pub mod console;
 pub mod i8042;
 pub mod ivshmem;
 pub mod pci_testdev;
+pub mod plug;
 pub mod rtc;
 pub mod serial;
 pub mod testdev;
 
-/// What a PCI device needs from the VM it is plugged into.
+/// What a device needs from the VM it is plugged into.
 #[derive(Clone)]
 pub struct DeviceContext {
     /// Bus 0: plug the device's function with `pci.add_device(..)`.
     pub pci: Arc<PciBus>,
-    /// GSI routes and irqfds for MSI-X vectors.
+    /// GSI routes and irqfds (MSI-X vectors, legacy interrupt lines).
     pub interrupts: Arc<InterruptRouter>,
-    /// System memory, to commit after changing a mapped region (ioeventfds on a BAR).
+    /// System memory: fixed MMIO devices map here; commit after changing a mapped region
+    /// (ioeventfds on a BAR).
     pub memory: AddressSpace,
+    /// Port I/O space, where the legacy devices sit.
+    pub io: AddressSpace,
     /// Where a device starts threads that must end with the VM.
     pub threads: Arc<BackgroundThreads>,
+    /// How a device ends the VM (reset, power-off, a guest program's exit).
+    pub control: Arc<VmControl>,
+    /// Where console output goes.
+    pub console: Arc<Console>,
+    /// Guest RAM, for devices that read it.
+    pub guest_memory: GuestMemoryMmap,
+    /// The machine's size, for devices that report it.
+    pub machine: MachineInfo,
+}
+
+/// What the guest can ask a device about the machine it runs in.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineInfo {
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub ram_size: u64,
+    /// When the VM was created (the guest programs' clock starts here).
+    pub created: Instant,
 }

@@ -68,3 +68,50 @@ pub struct MachineInfo {
     /// When the VM was created (the guest programs' clock starts here).
     pub created: Instant,
 }
+
+#[cfg(any(test, feature = "test-util"))]
+impl DeviceContext {
+    /// A context with no KVM behind it, for tests and fuzz targets that drive real devices:
+    /// system memory with `ram_size` bytes of RAM at 0 and bus 0's ECAM where the VM has it,
+    /// the I/O space with conf1, and the interrupt router on the returned recording fake.
+    /// Guest accesses go through `memory`/`io` directly. A test double: it panics if the host
+    /// cannot give it memory or an eventfd.
+    pub fn without_kvm(
+        ram_size: u64,
+    ) -> (DeviceContext, Arc<crate::interrupts::fake::FakeIrqBackend>) {
+        use crate::arch::x86_64::layout::PCI_ECAM_ADDR;
+        use crate::memory::{MemoryRegion, SpaceKind};
+        let system = MemoryRegion::container("system", u64::MAX);
+        let ram = MemoryRegion::ram("ram", ram_size).expect("RAM for a KVM-less context");
+        system.add_subregion(0, &ram, 0);
+        let memory = AddressSpace::new("memory", system, SpaceKind::Memory);
+        let io = AddressSpace::new(
+            "I/O",
+            MemoryRegion::container("io", 0x1_0000),
+            SpaceKind::Io,
+        );
+        let pci = crate::pci::attach(&memory, &io, PCI_ECAM_ADDR);
+        let fake = crate::interrupts::fake::FakeIrqBackend::new();
+        // Devices that read guest RAM get a zeroed view of their own: nothing in a KVM-less
+        // context writes guest RAM behind their back.
+        let guest_memory =
+            GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), ram_size as usize)])
+                .expect("a guest RAM view");
+        let ctx = DeviceContext {
+            pci,
+            interrupts: InterruptRouter::new(fake.clone()),
+            memory,
+            io,
+            threads: BackgroundThreads::new(),
+            control: Arc::new(VmControl::new().expect("an eventfd")),
+            console: Arc::new(Console::new(None, console::ConsoleSink::Discard)),
+            guest_memory,
+            machine: MachineInfo {
+                cpus: 1,
+                ram_size,
+                created: Instant::now(),
+            },
+        };
+        (ctx, fake)
+    }
+}

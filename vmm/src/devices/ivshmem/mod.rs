@@ -78,12 +78,32 @@ pub enum IvshmemError {
     Thread(std::io::Error),
 }
 
-/// A plugged ivshmem device, as the VM's exit report sees it.
+/// A plugged ivshmem device.
 pub struct IvshmemDevice {
     registers: Arc<Registers>,
+    peers: Arc<PeerTable>,
+    msix: Option<Msix>,
+    bdf: crate::pci::Bdf,
 }
 
 impl IvshmemDevice {
+    /// BAR0's registers (tests drive them directly).
+    pub fn registers(&self) -> &Arc<Registers> {
+        &self.registers
+    }
+    /// Every peer's vectors as the device knows them (its own included).
+    pub fn peers(&self) -> &Arc<PeerTable> {
+        &self.peers
+    }
+    /// The doorbell variant's MSI-X state.
+    pub fn msix(&self) -> Option<&Msix> {
+        self.msix.as_ref()
+    }
+    /// Where the function sits on the bus.
+    pub fn bdf(&self) -> crate::pci::Bdf {
+        self.bdf
+    }
+
     /// Doorbell writes that matched no ioeventfd and reached the VMM.
     pub fn slow_doorbells(&self) -> u64 {
         self.registers.slow_doorbells()
@@ -209,7 +229,12 @@ fn add_plain(
     function.set_bar(2, Bar::memory64(bar2, true))?;
     let bdf = ctx.pci.add_device(function)?;
     log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
-    Ok(Arc::new(IvshmemDevice { registers }))
+    Ok(Arc::new(IvshmemDevice {
+        registers,
+        peers,
+        msix: None,
+        bdf,
+    }))
 }
 
 /// ivshmem-doorbell on `server`, a peer that has finished its handshake (as QEMU's realize
@@ -246,7 +271,7 @@ pub fn add_doorbell(
         peers: peers.clone(),
         bar0,
         memory: ctx.memory.clone(),
-        msix,
+        msix: msix.clone(),
         own_id,
         vectors,
         ioeventfd,
@@ -258,7 +283,12 @@ pub fn add_doorbell(
         peers.snapshot()
     );
     link::follow(server, wiring, &ctx.threads)?;
-    Ok(Arc::new(IvshmemDevice { registers }))
+    Ok(Arc::new(IvshmemDevice {
+        registers,
+        peers,
+        msix: Some(msix),
+        bdf,
+    }))
 }
 
 #[cfg(test)]

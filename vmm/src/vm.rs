@@ -23,7 +23,7 @@ use crate::background::BackgroundThreads;
 use crate::devices::console::{Console, ConsoleSink};
 use crate::devices::plug::{DeviceError, DeviceOptions, DeviceSet, Plugged, MACHINE_DEVICES};
 use crate::devices::{DeviceContext, MachineInfo};
-use crate::exit::{ExitReason, VmControl};
+use crate::exit::{ExitReason, VmControl, VmFailure};
 use crate::interrupts::InterruptRouter;
 use crate::memory::{AddressSpace, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind};
 use crate::vcpu::{self, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
@@ -390,7 +390,10 @@ impl Vm {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.control
-                        .request_exit(ExitReason::Error(format!("spawn vcpu{cpu}: {e}")));
+                        .request_exit(ExitReason::Error(VmFailure::SpawnVcpu {
+                            cpu: cpu as u32,
+                            errno: e.raw_os_error().unwrap_or(0),
+                        }));
                     break;
                 }
             }
@@ -398,7 +401,11 @@ impl Vm {
 
         // Every thread of the VM exists now (vCPUs, device threads, the MSI-X watcher).
         if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Main) {
-            self.control.request_exit(ExitReason::Error(e.to_string()));
+            self.control
+                .request_exit(ExitReason::Error(VmFailure::Seccomp {
+                    thread: "main".into(),
+                    reason: e.to_string(),
+                }));
         }
         let stdin = std::io::stdin();
         let mut stdin_open = self.config.serial_input && self.devices.serial().is_some();
@@ -418,7 +425,7 @@ impl Vm {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     self.control
-                        .request_exit(ExitReason::Error(format!("poll: {e}")));
+                        .request_exit(ExitReason::Error(VmFailure::Wait { errno: e as i32 }));
                 }
             }
             let stdin_ready = stdin_open
@@ -461,7 +468,7 @@ impl Vm {
         Ok(self
             .control
             .reason()
-            .unwrap_or(ExitReason::Error("VM stopped without a reason".into())))
+            .unwrap_or(ExitReason::Error(VmFailure::NoReason)))
     }
 }
 

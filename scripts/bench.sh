@@ -163,8 +163,10 @@ vmm_section() {
     local rss qemu_rss qpid
     rss=$(value rss_kib "$first")
     if command -v qemu-system-x86_64 >/dev/null; then
-        qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64 &
-        qpid=$!; pids+=("$qpid"); sleep 2
+        qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64 \
+            -qmp "unix:$work/qmp.sock,server=on,wait=off" &
+        qpid=$!; pids+=("$qpid")
+        qmp_ready "$work/qmp.sock" # the machine is built (paused at -S)
         qemu_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$qpid/status")
         kill "$qpid"; wait "$qpid" 2>/dev/null || true
         row "VMM resident memory (hello guest, 64 MiB RAM)" "$rss KiB" \

@@ -25,8 +25,10 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use protocol::server::{leave, new_peer_sequence, peer_vectors};
 
+use crate::handover::{Counters, FdCollector, Inherited, PeerState, QueuedState, State};
 use crate::log_limit::{RateLimiter, BURST, MAX_KEYS, WINDOW};
 use crate::peer::{Flush, OutQueue, Peer, PeerTable};
+use crate::upgrade::UpgradeHelper;
 
 const LISTENER_TOKEN: u64 = 0;
 const SIGNAL_TOKEN: u64 = 1;
@@ -63,6 +65,30 @@ pub struct Server {
     quitting: bool,
     /// Join and leave lines, rate-limited per (pid, what happened): reconnect storms.
     peer_log: RateLimiter<(Option<i32>, String)>,
+    /// The shared memory's size and origin, for hand-overs and `--status`.
+    shm_info: ShmInfo,
+    /// Joins, leaves, drops, upgrades, start time.
+    counters: Counters,
+    /// Starts the successor on SIGUSR2; None when upgrades are not possible.
+    helper: Option<UpgradeHelper>,
+    /// A successor serves now: exit without a word to the peers.
+    upgraded: bool,
+}
+
+/// What the shared memory is, for hand-overs and `--status`.
+#[derive(Debug, Clone, Default)]
+pub struct ShmInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Where it comes from (`/dev/shm/NAME`, `memfd`, ...).
+    pub description: String,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Server {
@@ -72,6 +98,15 @@ impl Server {
         listener: std::os::unix::net::UnixListener,
         signals: SignalFd,
         shm: OwnedFd,
+        config: LoopConfig,
+    ) -> io::Result<Server> {
+        Server::with_shared_memory(listener, signals, Rc::new(shm), config)
+    }
+
+    fn with_shared_memory(
+        listener: std::os::unix::net::UnixListener,
+        signals: SignalFd,
+        shm: Rc<OwnedFd>,
         config: LoopConfig,
     ) -> io::Result<Server> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -84,7 +119,7 @@ impl Server {
             epoll,
             listener,
             signals,
-            shm: Rc::new(shm),
+            shm,
             config,
             peers: PeerTable::new(),
             doomed: Vec::new(),
@@ -92,7 +127,179 @@ impl Server {
             reserve_fd: File::open("/dev/null").ok(),
             quitting: false,
             peer_log: RateLimiter::new(BURST, WINDOW, MAX_KEYS),
+            shm_info: ShmInfo::default(),
+            counters: Counters {
+                started: unix_now(),
+                ..Counters::default()
+            },
+            helper: None,
+            upgraded: false,
         })
+    }
+
+    /// Records what the shared memory is (for hand-overs and `--status`).
+    pub fn set_shm_info(&mut self, info: ShmInfo) {
+        self.shm_info = info;
+    }
+
+    /// Makes SIGUSR2 upgrade through `helper` ([`crate::upgrade`]).
+    pub fn set_upgrade_helper(&mut self, helper: UpgradeHelper) {
+        self.helper = Some(helper);
+    }
+
+    /// True once a successor serves: the caller exits without removing the socket file, the
+    /// PID file or the shared memory, which are the successor's now.
+    pub fn upgraded(&self) -> bool {
+        self.upgraded
+    }
+
+    /// A server resuming a predecessor's state ([`crate::handover`]): same listener, memory,
+    /// peers (sockets, eventfds, queued messages), ids and counters. Nothing is sent to anyone
+    /// until [`Server::resume_sending`], which the caller calls once it has told the
+    /// predecessor it serves (until then the predecessor may still take everything back).
+    pub fn adopt(
+        inherited: &mut Inherited,
+        signals: SignalFd,
+        config: LoopConfig,
+    ) -> io::Result<Server> {
+        let state = &inherited.state;
+        let fds = &mut inherited.fds;
+        let listener = std::os::unix::net::UnixListener::from(fds.take(state.listener));
+        listener.set_nonblocking(true)?;
+        let shm = fds.shared(state.shm);
+        let mut server = Server::with_shared_memory(listener, signals, shm, config)?;
+        server.shm_info = ShmInfo {
+            size: state.shm_size,
+            description: state.shm_description.clone(),
+        };
+        server.counters = state.counters;
+        server.counters.upgrades += 1;
+        server.peers = PeerTable::resume(state.id_cursor, state.next_seq);
+        for p in &state.peers {
+            let socket = UnixStream::from(fds.take(p.socket));
+            socket.set_nonblocking(true)?;
+            let mut queue = OutQueue::new(config.queue_limit);
+            for q in &p.queue {
+                queue.push_adopted(
+                    q.bytes,
+                    usize::from(q.sent),
+                    q.fd.map(|i| fds.shared(i)),
+                    q.is_notice,
+                );
+            }
+            server.epoll.add(
+                &socket,
+                EpollEvent::new(
+                    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+                    p.seq + PEER_TOKEN_BASE,
+                ),
+            )?;
+            server.peers.insert(Peer {
+                id: p.id,
+                seq: p.seq,
+                socket,
+                pid: p.pid,
+                uid: p.uid,
+                since: p.since,
+                vectors: p.vectors.iter().map(|&i| fds.shared(i)).collect(),
+                queue,
+                wants_write: false,
+            });
+        }
+        Ok(server)
+    }
+
+    /// Sends what adopted peers had queued (see [`Server::adopt`]).
+    pub fn resume_sending(&mut self) {
+        for id in self.peers.ids_in_order() {
+            self.flush(id);
+        }
+        self.drop_doomed();
+    }
+
+    /// The state a successor needs, and the fds it refers to by index.
+    pub fn snapshot(&self) -> (State, FdCollector<'_>) {
+        let mut fds = FdCollector::new();
+        let listener = fds.add(self.listener.as_fd());
+        let shm = fds.add(self.shm.as_fd());
+        let (id_cursor, next_seq) = self.peers.counters();
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for id in self.peers.ids_in_order() {
+            let Some(p) = self.peers.get(id) else {
+                continue;
+            };
+            let socket = fds.add(p.socket.as_fd());
+            let vectors = p.vectors.iter().map(|v| fds.add(v.as_fd())).collect();
+            let queue = p
+                .queue
+                .export()
+                .into_iter()
+                .map(|q| QueuedState {
+                    bytes: q.bytes,
+                    sent: q.sent as u8,
+                    fd: q.fd.map(|f| fds.add(f.as_fd())),
+                    is_notice: q.is_notice,
+                })
+                .collect();
+            peers.push(PeerState {
+                id,
+                seq: p.seq,
+                pid: p.pid,
+                uid: p.uid,
+                since: p.since,
+                socket,
+                vectors,
+                queue,
+            });
+        }
+        let state = State {
+            listener,
+            control: None,
+            shm,
+            shm_size: self.shm_info.size,
+            shm_description: self.shm_info.description.clone(),
+            vectors: self.config.vectors,
+            id_cursor,
+            next_seq,
+            counters: self.counters,
+            peers,
+        };
+        (state, fds)
+    }
+
+    /// SIGUSR2: hands everything to a new server process; on success this one stops, on
+    /// failure it logs why and serves on, unchanged.
+    fn upgrade(&mut self) {
+        if self.helper.is_none() {
+            log::warn!("ivshmem-server: SIGUSR2 received, but upgrades are not available here (no upgrade helper); still serving");
+            return;
+        }
+        // Doomed peers go first: their departure is announced by us, not lost in between.
+        self.drop_doomed();
+        let (state, fds) = self.snapshot();
+        let helper = self.helper.as_ref().expect("checked above");
+        let body = state.encode_body();
+        log::info!(
+            "ivshmem-server: SIGUSR2 received, handing {} peer{} over to {}",
+            state.peers.len(),
+            if state.peers.len() == 1 { "" } else { "s" },
+            helper.binary().display()
+        );
+        let outcome = helper.hand_over(&body, fds.fds());
+        drop(fds);
+        match outcome {
+            Ok(pid) => {
+                log::info!(
+                    "ivshmem-server: upgraded: pid {pid} serves now, this process (pid {}) exits",
+                    std::process::id()
+                );
+                self.upgraded = true;
+                self.quitting = true;
+            }
+            Err(why) => {
+                log::warn!("ivshmem-server: upgrade failed, still serving: {why}");
+            }
+        }
     }
 
     /// Runs until SIGINT/SIGTERM/SIGHUP, then announces departures and closes every peer.
@@ -105,7 +312,9 @@ impl Server {
             };
             self.run_once(timeout)?;
         }
-        self.shutdown();
+        if !self.upgraded {
+            self.shutdown();
+        }
         Ok(())
     }
 
@@ -140,6 +349,13 @@ impl Server {
             let name = nix::sys::signal::Signal::try_from(info.ssi_signo as i32)
                 .map(|s| s.as_str())
                 .unwrap_or("signal");
+            if info.ssi_signo == libc::SIGUSR2 as u32 {
+                self.upgrade();
+                if self.quitting {
+                    return;
+                }
+                continue;
+            }
             log::info!("ivshmem-server: {name} received, shutting down");
             self.quitting = true;
         }
@@ -172,7 +388,9 @@ impl Server {
     }
 
     fn add_peer(&mut self, stream: UnixStream) {
-        let pid = getsockopt(&stream, PeerCredentials).ok().map(|c| c.pid());
+        let creds = getsockopt(&stream, PeerCredentials).ok();
+        let pid = creds.map(|c| c.pid());
+        let uid = creds.map(|c| c.uid());
         let pid_text = pid.map_or("pid ?".to_string(), |p| format!("pid {p}"));
         log::debug!(
             "new connection ({pid_text}), {} peers connected",
@@ -233,10 +451,13 @@ impl Server {
             seq,
             socket: stream,
             pid,
+            uid,
+            since: unix_now(),
             vectors,
             queue,
             wants_write: false,
         });
+        self.counters.joins += 1;
         let line = format!(
             "peer {id} joined ({pid_text}, {} vector{})",
             self.config.vectors,
@@ -256,7 +477,7 @@ impl Server {
         };
         if peer.queue.push_notices(messages).is_err() {
             let queued = peer.queue.len();
-            self.doom(
+            self.drop_peer(
                 id,
                 format!("not reading: outgoing queue full ({queued} messages)"),
             );
@@ -278,7 +499,7 @@ impl Server {
             Flush::Done => false,
             Flush::Blocked => true,
             Flush::Failed(e) => {
-                self.doom(id, format!("send failed: {e}"));
+                self.drop_peer(id, format!("send failed: {e}"));
                 return;
             }
         };
@@ -298,7 +519,7 @@ impl Server {
             let mut event = EpollEvent::new(flags, peer.seq + PEER_TOKEN_BASE);
             match self.epoll.modify(&peer.socket, &mut event) {
                 Ok(()) => peer.wants_write = want,
-                Err(e) => self.doom(id, format!("cannot watch its socket: {e}")),
+                Err(e) => self.drop_peer(id, format!("cannot watch its socket: {e}")),
             }
         }
     }
@@ -338,6 +559,14 @@ impl Server {
         }
     }
 
+    /// Dooms a peer for something the server could not do for it (counted as a drop).
+    fn drop_peer(&mut self, id: u16, reason: String) {
+        if !self.doomed_set.contains(&id) {
+            self.counters.drops += 1;
+        }
+        self.doom(id, reason);
+    }
+
     fn doom(&mut self, id: u16, reason: String) {
         if self.doomed_set.insert(id) {
             self.doomed.push((id, reason));
@@ -351,6 +580,7 @@ impl Server {
             let (id, reason) = self.doomed[next].clone();
             next += 1;
             if let Some(peer) = self.peers.remove(id) {
+                self.counters.leaves += 1;
                 let _ = self.epoll.delete(&peer.socket);
                 let line = format!("peer {id} left ({}): {reason}", peer.pid_text());
                 self.log_peer(peer.pid, format!("left: {reason}"), line);

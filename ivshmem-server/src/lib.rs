@@ -8,9 +8,11 @@
 //! [`process`] (daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
 //! loop), [`log_limit`] (join/leave storms logged once), [`seccomp`] (the filter once set up).
 //! [`run`] wires them in QEMU's order: shared memory, socket, daemonize, PID file, log writer,
-//! seccomp filter, loop.
+//! seccomp filter, loop. [`handover`] and [`upgrade`] make SIGUSR2 replace the serving process
+//! without any peer noticing.
 
 pub mod event_loop;
+pub mod handover;
 pub mod listener;
 pub mod log_limit;
 pub mod log_sink;
@@ -19,18 +21,27 @@ pub mod peer;
 pub mod process;
 pub mod seccomp;
 pub mod shm;
+pub mod upgrade;
 
 use anyhow::Context;
 
-use crate::event_loop::{LoopConfig, Server};
-use crate::listener::Listener;
+use crate::event_loop::{LoopConfig, Server, ShmInfo};
+use crate::handover::Inherited;
+use crate::listener::{Listener, SocketFile};
 use crate::options::Options;
 use crate::process::PidFile;
 use crate::shm::{Access, SharedMemory};
+use crate::upgrade::{Launch, UpgradeHelper};
 
 /// Runs the server until a shutdown signal; returns an error for anything that prevents it from
-/// starting (the caller prints it and exits 1).
+/// starting (the caller prints it and exits 1). When this process is the new half of an upgrade
+/// ([`handover::STATE_FD_ENV`] is set) it takes over instead of creating anything.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    if let Some(inherited) =
+        handover::inherited().context("cannot take over from the previous server")?
+    {
+        return run_adopted(opts, inherited);
+    }
     let size = opts.shm_size();
     if size != opts.requested_size {
         log::info!(
@@ -76,6 +87,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
+    // Still single-threaded: the upgrade helper is forked now (it needs no filter and no thread).
+    let helper = start_upgrade_helper(opts);
     // Signals are blocked and we are the daemon (if any): the log writer thread may start.
     if let Err(e) = log_sink::start_writer() {
         listener.remove_file();
@@ -97,18 +110,143 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .fd
         .try_clone()
         .context("cannot duplicate the shared-memory fd")?;
+    let mut upgraded = false;
     let result = Server::new(listener.socket.try_clone()?, signals, shm_fd, config).and_then(
         |mut server| {
+            server.set_shm_info(ShmInfo {
+                size: shm.size,
+                description: shm.description.clone(),
+            });
+            if let Some(helper) = helper {
+                server.set_upgrade_helper(helper);
+            }
             // Set-up is over: from here on the server only brokers.
             seccomp::enter(opts.seccomp).map_err(std::io::Error::other)?;
-            server.run()
+            let result = server.run();
+            upgraded = server.upgraded();
+            result
         },
     );
 
+    finish(upgraded, &listener, opts, &shm, pid_file);
+    result.context("event loop failed")
+}
+
+/// Cleans up after the loop: the socket file, the `-M` object and the PID file, unless a
+/// successor serves (upgrade), to which they all belong now.
+fn finish(
+    upgraded: bool,
+    listener: &Listener,
+    opts: &Options,
+    shm: &SharedMemory,
+    pid_file: Option<PidFile>,
+) {
+    if upgraded {
+        if let Some(p) = pid_file {
+            p.keep();
+        }
+        return;
+    }
     listener.remove_file();
     if opts.unlink_shm {
         shm.unlink_name();
     }
     drop(pid_file);
+}
+
+/// The helper that starts a successor on SIGUSR2, or None (logged) when it cannot be made.
+fn start_upgrade_helper(opts: &Options) -> Option<UpgradeHelper> {
+    let binary = match &opts.upgrade_binary {
+        Some(path) => path.clone(),
+        None => match std::env::current_exe() {
+            Ok(path) => path,
+            Err(e) => {
+                log::warn!("ivshmem-server: upgrades disabled: cannot tell which binary runs: {e}");
+                return None;
+            }
+        },
+    };
+    let launch = Launch {
+        binary,
+        args: std::env::args_os().skip(1).collect(),
+    };
+    match UpgradeHelper::spawn(launch) {
+        Ok(helper) => Some(helper),
+        Err(e) => {
+            log::warn!("ivshmem-server: upgrades disabled: cannot start the upgrade helper: {e}");
+            None
+        }
+    }
+}
+
+/// The new half of an upgrade: takes over the predecessor's socket, memory and peers, tells it
+/// (through the readiness pipe) that it serves, then serves. Any error before that leaves the
+/// predecessor serving: nothing shared has been touched.
+fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
+    let state = &inherited.state;
+    if opts.vectors != state.vectors {
+        anyhow::bail!(
+            "cannot take over: -n {} differs from the running server's {} vector{} (an upgrade keeps the vectors of every peer)",
+            opts.vectors,
+            state.vectors,
+            if state.vectors == 1 { "" } else { "s" }
+        );
+    }
+    if let Err(e) = protocol::fd_limit::raise_fd_limit() {
+        log::warn!("ivshmem-server: cannot raise the open-file limit: {e}");
+    }
+    let signals = process::shutdown_signals().context("cannot set up signal handling")?;
+    let helper = start_upgrade_helper(opts);
+    log_sink::start_writer().context("cannot start the log writer thread")?;
+    let config = LoopConfig {
+        vectors: opts.vectors,
+        queue_limit: opts.queue_limit,
+    };
+    let mut server = Server::adopt(&mut inherited, signals, config)
+        .context("cannot take over the previous server's state")?;
+    let socket_file = SocketFile::adopted(&opts.socket_path);
+    let peers = inherited.state.peers.len();
+    let shm_description = inherited.state.shm_description.clone();
+    let upgrades = inherited.state.counters.upgrades + 1;
+    // The fds the server did not take (none, normally) close here.
+    drop(std::mem::replace(
+        &mut inherited.fds,
+        handover::FdTable::empty(),
+    ));
+    if let Some(helper) = helper {
+        server.set_upgrade_helper(helper);
+    }
+    let pid_file = if opts.foreground {
+        None
+    } else {
+        Some(
+            PidFile::write(&opts.pid_file)
+                .with_context(|| format!("cannot write PID file {}", opts.pid_file.display()))?,
+        )
+    };
+    seccomp::enter(opts.seccomp).context("cannot enter the seccomp filter")?;
+    inherited.report_ready();
+    log::info!(
+        "ivshmem-server: took over {peers} peer{} on {} (shared memory: {shm_description}; upgrade {upgrades}), pid {}",
+        if peers == 1 { "" } else { "s" },
+        opts.socket_path.display(),
+        std::process::id()
+    );
+    server.resume_sending();
+    let result = server.run();
+    let upgraded = server.upgraded();
+    if upgraded {
+        if let Some(p) = pid_file {
+            p.keep();
+        }
+    } else {
+        socket_file.remove_file();
+        if opts.unlink_shm {
+            if let options::ShmBacking::PosixName(name) = &opts.shm {
+                let _ = nix::sys::mman::shm_unlink(format!("/{name}").as_str());
+            }
+        }
+        drop(pid_file);
+    }
     result.context("event loop failed")
 }

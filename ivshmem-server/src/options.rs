@@ -77,6 +77,8 @@ pub struct Options {
     pub queue_limit: usize,
     /// `--seccomp`: the filter entered once set-up is over.
     pub seccomp: sandbox::Mode,
+    /// `--upgrade-binary`: what SIGUSR2 starts (default: the binary running).
+    pub upgrade_binary: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             group: None,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             seccomp: sandbox::Mode::On,
+            upgrade_binary: None,
         }
     }
 }
@@ -230,6 +233,7 @@ fn command() -> clap::Command {
         .arg(value("group", None, "group"))
         .arg(value("queue-limit", None, "queue-limit"))
         .arg(value("seccomp", None, "seccomp"))
+        .arg(value("upgrade-binary", None, "upgrade-binary"))
 }
 
 /// Option ids that take a value, with how errors name them.
@@ -244,6 +248,7 @@ const VALUE_OPTIONS: &[(&str, &str)] = &[
     ("group", "--group"),
     ("queue-limit", "--queue-limit"),
     ("seccomp", "--seccomp"),
+    ("upgrade-binary", "--upgrade-binary"),
 ];
 
 /// Parses the arguments after the program name.
@@ -360,6 +365,7 @@ fn apply_value(opts: &mut Options, id: &str, option: &str, value: &str) -> Resul
                 _ => return Err(UsageError::BadQueueLimit(value.into())),
             }
         }
+        "upgrade-binary" => opts.upgrade_binary = Some(non_empty(option, value)?.into()),
         "seccomp" => {
             opts.seccomp = value
                 .parse()
@@ -503,11 +509,15 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
                            read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
       --seccomp on|off|log seccomp filter once set up (default on; log: allow and
                            let the kernel log what the filter lacks)
+      --upgrade-binary PATH
+                           what SIGUSR2 starts to take over (default: the binary
+                           this server was started from, as its path is now)
 
 Peers that send anything or hang up leave; every join and leave is logged on stderr
 (more than 10 alike from one pid within 10 s are summed up in one line).
 SIGINT, SIGTERM and SIGHUP announce departures, remove the socket (and the PID file)
-and exit.
+and exit. SIGUSR2 upgrades without downtime: a new server process takes over every
+peer, the socket and the memory; if it cannot, this one logs why and serves on.
 "
     )
 }

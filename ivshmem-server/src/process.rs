@@ -20,6 +20,8 @@ pub fn shutdown_signals() -> nix::Result<SignalFd> {
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGHUP);
+    // SIGUSR2: upgrade (crate::upgrade), read from the same signalfd.
+    mask.add(Signal::SIGUSR2);
     mask.thread_block()?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
@@ -80,6 +82,13 @@ impl PidFile {
         let mut f = std::fs::File::create(path)?;
         writeln!(f, "{}", std::process::id())?;
         Ok(PidFile { path: path.into() })
+    }
+}
+
+impl PidFile {
+    /// Leaves the file in place: a successor (upgrade) has written its own pid into it.
+    pub fn keep(self) {
+        std::mem::forget(self);
     }
 }
 

@@ -28,6 +28,7 @@ use protocol::server::{leave, new_peer_sequence, peer_vectors};
 use crate::handover::{Counters, FdCollector, Inherited, PeerState, QueuedState, State};
 use crate::log_limit::{RateLimiter, BURST, MAX_KEYS, WINDOW};
 use crate::peer::{Flush, OutQueue, Peer, PeerTable};
+use crate::systemd::Notifier;
 use crate::upgrade::UpgradeHelper;
 
 const LISTENER_TOKEN: u64 = 0;
@@ -73,6 +74,10 @@ pub struct Server {
     helper: Option<UpgradeHelper>,
     /// A successor serves now: exit without a word to the peers.
     upgraded: bool,
+    /// The server created the socket file (false: systemd's socket unit owns it).
+    socket_file_ours: bool,
+    /// systemd's notification socket, when run as a notify service.
+    notifier: Option<Notifier>,
 }
 
 /// What the shared memory is, for hand-overs and `--status`.
@@ -134,7 +139,24 @@ impl Server {
             },
             helper: None,
             upgraded: false,
+            socket_file_ours: true,
+            notifier: None,
         })
+    }
+
+    /// Records whether the socket file is the server's to remove (for hand-overs).
+    pub fn set_socket_file_ours(&mut self, ours: bool) {
+        self.socket_file_ours = ours;
+    }
+
+    /// Sends watchdog keep-alives, the upgrade's new main pid and STOPPING=1 through `notifier`.
+    pub fn set_notifier(&mut self, notifier: Notifier) {
+        self.notifier = Some(notifier);
+    }
+
+    /// The path of the listening socket's file, if it has one.
+    pub fn socket_path(&self) -> Option<std::path::PathBuf> {
+        crate::systemd::listener_path(&self.listener)
     }
 
     /// Records what the shared memory is (for hand-overs and `--status`).
@@ -173,6 +195,7 @@ impl Server {
             description: state.shm_description.clone(),
         };
         server.counters = state.counters;
+        server.socket_file_ours = state.socket_file_ours;
         server.counters.upgrades += 1;
         server.peers = PeerTable::resume(state.id_cursor, state.next_seq);
         for p in &state.peers {
@@ -259,6 +282,7 @@ impl Server {
             shm_size: self.shm_info.size,
             shm_description: self.shm_info.description.clone(),
             vectors: self.config.vectors,
+            socket_file_ours: self.socket_file_ours,
             id_cursor,
             next_seq,
             counters: self.counters,
@@ -295,6 +319,11 @@ impl Server {
                 );
                 self.upgraded = true;
                 self.quitting = true;
+                if let Some(n) = &self.notifier {
+                    n.notify(&format!(
+                        "MAINPID={pid}\nSTATUS=upgraded, pid {pid} serves now"
+                    ));
+                }
             }
             Err(why) => {
                 log::warn!("ivshmem-server: upgrade failed, still serving: {why}");
@@ -305,14 +334,23 @@ impl Server {
     /// Runs until SIGINT/SIGTERM/SIGHUP, then announces departures and closes every peer.
     pub fn run(&mut self) -> io::Result<()> {
         while !self.quitting {
-            // Wake up when a rate-limit window ends, to log its summary.
-            let timeout = match self.peer_log.next_deadline() {
-                Some(at) => timeout_until(at),
-                None => EpollTimeout::NONE,
+            // Wake up when a rate-limit window ends, to log its summary, and when the
+            // watchdog wants to hear from us.
+            let watchdog = self.notifier.as_ref().and_then(|n| n.next_deadline());
+            let timeout = match (self.peer_log.next_deadline(), watchdog) {
+                (Some(a), Some(b)) => timeout_until(a.min(b)),
+                (Some(at), None) | (None, Some(at)) => timeout_until(at),
+                (None, None) => EpollTimeout::NONE,
             };
             self.run_once(timeout)?;
+            if let Some(n) = &mut self.notifier {
+                n.keepalive(Instant::now());
+            }
         }
         if !self.upgraded {
+            if let Some(n) = &self.notifier {
+                n.notify("STOPPING=1");
+            }
             self.shutdown();
         }
         Ok(())

@@ -146,6 +146,8 @@ pub struct State {
     pub shm_description: String,
     /// Vectors per peer.
     pub vectors: u32,
+    /// The socket file was created by the server (false: systemd's socket unit owns it).
+    pub socket_file_ours: bool,
     /// Where id allocation continues.
     pub id_cursor: u16,
     /// The last connection number given.
@@ -290,6 +292,7 @@ impl State {
         w.u64(self.shm_size);
         w.text(&self.shm_description);
         w.u32(self.vectors);
+        w.u8(u8::from(self.socket_file_ours));
         w.u16(self.id_cursor);
         w.u64(self.next_seq);
         let c = &self.counters;
@@ -350,6 +353,7 @@ impl State {
                 max: MAX_VECTORS.into(),
             });
         }
+        let socket_file_ours = r.bool("socket file owner")?;
         let id_cursor = r.u16("id cursor")?;
         let next_seq = r.u64("next connection number")?;
         let counters = Counters {
@@ -430,6 +434,7 @@ impl State {
             shm_size,
             shm_description,
             vectors,
+            socket_file_ours,
             id_cursor,
             next_seq,
             counters,
@@ -718,6 +723,7 @@ mod tests {
             shm_size: 4 << 20,
             shm_description: "memfd".into(),
             vectors: 2,
+            socket_file_ours: true,
             id_cursor: 7,
             next_seq: 9,
             counters: Counters {

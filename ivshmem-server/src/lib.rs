@@ -21,6 +21,7 @@ pub mod peer;
 pub mod process;
 pub mod seccomp;
 pub mod shm;
+pub mod systemd;
 pub mod upgrade;
 
 use anyhow::Context;
@@ -55,6 +56,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Err(e) => log::warn!("ivshmem-server: cannot raise the open-file limit: {e}"),
     }
     let signals = process::shutdown_signals().context("cannot set up signal handling")?;
+    let activated = systemd::listen_socket().context("cannot use the socket systemd passed")?;
 
     let gid = opts.group.as_ref().map(|g| g.gid);
     let access = Access {
@@ -62,7 +64,18 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         gid,
     };
     let shm = SharedMemory::create(&opts.shm, size, access)?;
-    let listener = Listener::bind(&opts.socket_path, opts.mode(), gid)?;
+    // Socket activation: systemd's socket unit owns the file (and its mode and group).
+    let (socket, listener, socket_path) = match activated {
+        Some(socket) => {
+            let path = systemd::listener_path(&socket).unwrap_or_else(|| opts.socket_path.clone());
+            (socket, SocketFile::not_ours(&path), path)
+        }
+        None => {
+            let (socket, file) = Listener::bind(&opts.socket_path, opts.mode(), gid)?.into_parts();
+            (socket, file, opts.socket_path.clone())
+        }
+    };
+    let socket_file_ours = listener.is_ours();
 
     let mut pid_file = None;
     if !opts.foreground {
@@ -87,6 +100,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
+    // Opened now: the seccomp filter forbids making sockets later.
+    let notifier = systemd::Notifier::from_env();
     // Still single-threaded: the upgrade helper is forked now (it needs no filter and no thread).
     let helper = start_upgrade_helper(opts);
     // Signals are blocked and we are the daemon (if any): the log writer thread may start.
@@ -95,8 +110,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         return Err(e).context("cannot start the log writer thread");
     }
     log::info!(
-        "ivshmem-server: listening on {} (shared memory: {}, {} bytes; {} vector{} per peer)",
-        opts.socket_path.display(),
+        "ivshmem-server: listening on {}{} (shared memory: {}, {} bytes; {} vector{} per peer)",
+        socket_path.display(),
+        if socket_file_ours {
+            ""
+        } else {
+            " (socket from systemd)"
+        },
         shm.description,
         shm.size,
         opts.vectors,
@@ -111,22 +131,29 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .try_clone()
         .context("cannot duplicate the shared-memory fd")?;
     let mut upgraded = false;
-    let result = Server::new(listener.socket.try_clone()?, signals, shm_fd, config).and_then(
-        |mut server| {
-            server.set_shm_info(ShmInfo {
-                size: shm.size,
-                description: shm.description.clone(),
-            });
-            if let Some(helper) = helper {
-                server.set_upgrade_helper(helper);
-            }
-            // Set-up is over: from here on the server only brokers.
-            seccomp::enter(opts.seccomp).map_err(std::io::Error::other)?;
-            let result = server.run();
-            upgraded = server.upgraded();
-            result
-        },
-    );
+    let result = Server::new(socket, signals, shm_fd, config).and_then(|mut server| {
+        server.set_shm_info(ShmInfo {
+            size: shm.size,
+            description: shm.description.clone(),
+        });
+        server.set_socket_file_ours(socket_file_ours);
+        if let Some(helper) = helper {
+            server.set_upgrade_helper(helper);
+        }
+        // Set-up is over: from here on the server only brokers.
+        seccomp::enter(opts.seccomp).map_err(std::io::Error::other)?;
+        if let Some(notifier) = notifier {
+            notifier.notify(&format!(
+                "READY=1\nSTATUS=serving on {}\nMAINPID={}",
+                socket_path.display(),
+                std::process::id()
+            ));
+            server.set_notifier(notifier);
+        }
+        let result = server.run();
+        upgraded = server.upgraded();
+        result
+    });
 
     finish(upgraded, &listener, opts, &shm, pid_file);
     result.context("event loop failed")
@@ -136,7 +163,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// successor serves (upgrade), to which they all belong now.
 fn finish(
     upgraded: bool,
-    listener: &Listener,
+    listener: &SocketFile,
     opts: &Options,
     shm: &SharedMemory,
     pid_file: Option<PidFile>,
@@ -204,7 +231,15 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
     };
     let mut server = Server::adopt(&mut inherited, signals, config)
         .context("cannot take over the previous server's state")?;
-    let socket_file = SocketFile::adopted(&opts.socket_path);
+    let socket_path = server
+        .socket_path()
+        .unwrap_or_else(|| opts.socket_path.clone());
+    let socket_file = if inherited.state.socket_file_ours {
+        SocketFile::adopted(&socket_path)
+    } else {
+        SocketFile::not_ours(&socket_path)
+    };
+    let notifier = systemd::Notifier::from_env();
     let peers = inherited.state.peers.len();
     let shm_description = inherited.state.shm_description.clone();
     let upgrades = inherited.state.counters.upgrades + 1;
@@ -226,10 +261,18 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
     };
     seccomp::enter(opts.seccomp).context("cannot enter the seccomp filter")?;
     inherited.report_ready();
+    if let Some(notifier) = notifier {
+        notifier.notify(&format!(
+            "READY=1\nSTATUS=serving on {} (took over by an upgrade)\nMAINPID={}",
+            socket_path.display(),
+            std::process::id()
+        ));
+        server.set_notifier(notifier);
+    }
     log::info!(
         "ivshmem-server: took over {peers} peer{} on {} (shared memory: {shm_description}; upgrade {upgrades}), pid {}",
         if peers == 1 { "" } else { "s" },
-        opts.socket_path.display(),
+        socket_path.display(),
         std::process::id()
     );
     server.resume_sending();

@@ -127,6 +127,15 @@ impl Listener {
         })
     }
 
+    /// The listening socket and the file, apart (the event loop takes the socket).
+    pub fn into_parts(self) -> (UnixListener, SocketFile) {
+        let file = SocketFile {
+            path: self.path,
+            identity: Some((self.dev, self.ino)),
+        };
+        (self.socket, file)
+    }
+
     /// Removes the socket file if it is still the one we bound (not a successor's).
     pub fn remove_file(&self) {
         SocketFile {
@@ -164,6 +173,11 @@ impl SocketFile {
             path: path.into(),
             identity: None,
         }
+    }
+
+    /// Whether this process may remove the file (it is not systemd's).
+    pub fn is_ours(&self) -> bool {
+        self.identity.is_some()
     }
 
     /// Removes the file if it is still the one recorded.

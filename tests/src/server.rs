@@ -50,11 +50,16 @@ impl Server {
     }
 
     fn spawn(socket: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(bin("ivshmem-server"))
-            .arg("-F")
-            .arg("-S")
-            .arg(socket)
-            .args(args)
+        let mut command = Command::new(bin("ivshmem-server"));
+        command.arg("-F").arg("-S").arg(socket).args(args);
+        Server::from_command(command, socket)
+    }
+
+    /// Runs `command` (a server, or a wrapper that becomes one, such as
+    /// `systemd-socket-activate`) with its stderr collected; `socket` is where it listens.
+    /// Does not wait for anything.
+    pub fn from_command(mut command: Command, socket: &Path) -> Server {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -25,6 +25,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use protocol::server::{leave, new_peer_sequence, peer_vectors};
 
+use crate::control::{error_json, Control, Event as ControlEvent, Request, MAX_CONNECTIONS};
 use crate::handover::{Counters, FdCollector, Inherited, PeerState, QueuedState, State};
 use crate::log_limit::{RateLimiter, BURST, MAX_KEYS, WINDOW};
 use crate::peer::{Flush, OutQueue, Peer, PeerTable};
@@ -35,6 +36,9 @@ const LISTENER_TOKEN: u64 = 0;
 const SIGNAL_TOKEN: u64 = 1;
 // Peer tokens are connection numbers, which start at 1 and are offset by this.
 const PEER_TOKEN_BASE: u64 = 2;
+// The control socket and its connections take the top of the token space.
+const CONTROL_TOKEN: u64 = u64::MAX;
+const CONTROL_SLOT_BASE: u64 = u64::MAX - 1 - MAX_CONNECTIONS as u64;
 /// How long shutdown waits for departure notices to drain.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
@@ -78,6 +82,14 @@ pub struct Server {
     socket_file_ours: bool,
     /// systemd's notification socket, when run as a notify service.
     notifier: Option<Notifier>,
+    /// `--status` and `--upgrade` ([`crate::control`]), when its socket could be made.
+    control: Option<Control>,
+    /// When this process started serving (seconds since the Unix epoch).
+    process_started: u64,
+    /// Where the listener and the control socket are bound; asked once during set-up
+    /// (getsockname is not in the seccomp allow-list).
+    socket_path: Option<std::path::PathBuf>,
+    control_path: Option<std::path::PathBuf>,
 }
 
 /// What the shared memory is, for hand-overs and `--status`.
@@ -114,6 +126,7 @@ impl Server {
         shm: Rc<OwnedFd>,
         config: LoopConfig,
     ) -> io::Result<Server> {
+        let socket_path = crate::systemd::listener_path(&listener);
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             &listener,
@@ -141,7 +154,121 @@ impl Server {
             upgraded: false,
             socket_file_ours: true,
             notifier: None,
+            control: None,
+            process_started: unix_now(),
+            socket_path,
+            control_path: None,
         })
+    }
+
+    /// Serves `--status` and `--upgrade` on `control`.
+    pub fn set_control(&mut self, control: Control) -> io::Result<()> {
+        self.epoll.add(
+            &control.listener,
+            EpollEvent::new(EpollFlags::EPOLLIN, CONTROL_TOKEN),
+        )?;
+        self.control_path = crate::systemd::listener_path(&control.listener);
+        self.control = Some(control);
+        Ok(())
+    }
+
+    /// The path of the control socket's file, if there is one.
+    pub fn control_path(&self) -> Option<std::path::PathBuf> {
+        self.control_path.clone()
+    }
+
+    /// What `--status` shows, now.
+    pub fn report(&self) -> crate::status::Report {
+        let peers = self
+            .peers
+            .ids_in_order()
+            .into_iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(|p| crate::status::PeerReport {
+                id: p.id,
+                pid: p.pid,
+                uid: p.uid,
+                vectors: p.vectors.len() as u32,
+                since: p.since,
+                queued: p.queue.len(),
+            })
+            .collect();
+        crate::status::Report {
+            pid: std::process::id(),
+            socket: self
+                .socket_path()
+                .map_or_else(|| "?".into(), |p| p.display().to_string()),
+            now: unix_now(),
+            started: self.counters.started,
+            process_started: self.process_started,
+            memory_size: self.shm_info.size,
+            memory_backing: self.shm_info.description.clone(),
+            vectors: self.config.vectors,
+            joins: self.counters.joins,
+            leaves: self.counters.leaves,
+            drops: self.counters.drops,
+            upgrades: self.counters.upgrades,
+            log_lines_dropped: crate::log_sink::dropped_lines(),
+            peers,
+        }
+    }
+
+    fn control_accept(&mut self) {
+        loop {
+            let Some(control) = &mut self.control else {
+                return;
+            };
+            let Some((slot, _evicted, socket)) = control.accept() else {
+                return;
+            };
+            // An evicted connection was closed, which took it out of the epoll set.
+            let interest = EpollEvent::new(
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+                CONTROL_SLOT_BASE + slot as u64,
+            );
+            if let Err(e) = self.epoll.add(socket, interest) {
+                log::debug!("control connection dropped: cannot watch it: {e}");
+                let _ = control.answer(slot, String::new());
+            }
+        }
+    }
+
+    fn control_event(&mut self, slot: usize) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        let mut event = control.on_event(slot);
+        if let ControlEvent::Request(request) = event {
+            let reply = self.control_reply(request);
+            let Some(control) = &mut self.control else {
+                return;
+            };
+            event = control.answer(slot, reply);
+        }
+        let Some(control) = &self.control else {
+            return;
+        };
+        if event == ControlEvent::Nothing && control.wants_write(slot) {
+            if let Some(socket) = control.socket(slot) {
+                let mut out =
+                    EpollEvent::new(EpollFlags::EPOLLOUT, CONTROL_SLOT_BASE + slot as u64);
+                let _ = self.epoll.modify(socket, &mut out);
+            }
+        }
+    }
+
+    fn control_reply(&mut self, request: Request) -> String {
+        match request {
+            Request::Status => self.report().to_json(),
+            Request::StatusText => self.report().to_text(),
+            Request::Upgrade { allowed: false } => {
+                error_json("only the server's own user or root may upgrade it")
+            }
+            Request::Upgrade { allowed: true } => match self.upgrade() {
+                Ok(pid) => format!("{{\"upgraded\":true,\"pid\":{pid}}}\n"),
+                Err(why) => error_json(&format!("upgrade failed, still serving: {why}")),
+            },
+        }
     }
 
     /// Records whether the socket file is the server's to remove (for hand-overs).
@@ -156,7 +283,7 @@ impl Server {
 
     /// The path of the listening socket's file, if it has one.
     pub fn socket_path(&self) -> Option<std::path::PathBuf> {
-        crate::systemd::listener_path(&self.listener)
+        self.socket_path.clone()
     }
 
     /// Records what the shared memory is (for hand-overs and `--status`).
@@ -198,6 +325,10 @@ impl Server {
         server.socket_file_ours = state.socket_file_ours;
         server.counters.upgrades += 1;
         server.peers = PeerTable::resume(state.id_cursor, state.next_seq);
+        if let Some(i) = state.control {
+            let listener = std::os::unix::net::UnixListener::from(fds.take(i));
+            server.set_control(Control::new(listener, nix::unistd::geteuid().as_raw())?)?;
+        }
         for p in &state.peers {
             let socket = UnixStream::from(fds.take(p.socket));
             socket.set_nonblocking(true)?;
@@ -277,7 +408,7 @@ impl Server {
         }
         let state = State {
             listener,
-            control: None,
+            control: self.control.as_ref().map(|c| fds.add(c.listener.as_fd())),
             shm,
             shm_size: self.shm_info.size,
             shm_description: self.shm_info.description.clone(),
@@ -293,10 +424,11 @@ impl Server {
 
     /// SIGUSR2: hands everything to a new server process; on success this one stops, on
     /// failure it logs why and serves on, unchanged.
-    fn upgrade(&mut self) {
+    fn upgrade(&mut self) -> Result<u32, String> {
         if self.helper.is_none() {
-            log::warn!("ivshmem-server: SIGUSR2 received, but upgrades are not available here (no upgrade helper); still serving");
-            return;
+            let why = "upgrades are not available here (no upgrade helper)";
+            log::warn!("ivshmem-server: upgrade asked for, but {why}; still serving");
+            return Err(why.into());
         }
         // Doomed peers go first: their departure is announced by us, not lost in between.
         self.drop_doomed();
@@ -304,7 +436,7 @@ impl Server {
         let helper = self.helper.as_ref().expect("checked above");
         let body = state.encode_body();
         log::info!(
-            "ivshmem-server: SIGUSR2 received, handing {} peer{} over to {}",
+            "ivshmem-server: upgrading: handing {} peer{} over to {}",
             state.peers.len(),
             if state.peers.len() == 1 { "" } else { "s" },
             helper.binary().display()
@@ -324,9 +456,11 @@ impl Server {
                         "MAINPID={pid}\nSTATUS=upgraded, pid {pid} serves now"
                     ));
                 }
+                Ok(pid)
             }
             Err(why) => {
                 log::warn!("ivshmem-server: upgrade failed, still serving: {why}");
+                Err(why)
             }
         }
     }
@@ -372,6 +506,10 @@ impl Server {
             match event.data() {
                 LISTENER_TOKEN => self.accept_all(),
                 SIGNAL_TOKEN => self.read_signals(),
+                CONTROL_TOKEN => self.control_accept(),
+                token if token >= CONTROL_SLOT_BASE => {
+                    self.control_event((token - CONTROL_SLOT_BASE) as usize)
+                }
                 token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
             }
             self.drop_doomed();
@@ -388,7 +526,7 @@ impl Server {
                 .map(|s| s.as_str())
                 .unwrap_or("signal");
             if info.ssi_signo == libc::SIGUSR2 as u32 {
-                self.upgrade();
+                let _ = self.upgrade();
                 if self.quitting {
                     return;
                 }

@@ -11,6 +11,7 @@
 //! seccomp filter, loop. [`handover`] and [`upgrade`] make SIGUSR2 replace the serving process
 //! without any peer noticing.
 
+pub mod control;
 pub mod event_loop;
 pub mod handover;
 pub mod listener;
@@ -21,11 +22,13 @@ pub mod peer;
 pub mod process;
 pub mod seccomp;
 pub mod shm;
+pub mod status;
 pub mod systemd;
 pub mod upgrade;
 
 use anyhow::Context;
 
+use crate::control::Control;
 use crate::event_loop::{LoopConfig, Server, ShmInfo};
 use crate::handover::Inherited;
 use crate::listener::{Listener, SocketFile};
@@ -76,13 +79,29 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     };
     let socket_file_ours = listener.is_ours();
+    // The control socket (--status, --upgrade) is always ours, next to the main one, with its
+    // permissions. Without it the server still serves.
+    let control_path = control::control_path(&socket_path);
+    let (control_socket, files) = match Listener::bind(&control_path, opts.mode(), gid) {
+        Ok(l) => {
+            let (socket, file) = l.into_parts();
+            (Some(socket), vec![listener, file])
+        }
+        Err(e) => {
+            log::warn!(
+                "ivshmem-server: no control socket, --status and --upgrade will not work: {e}"
+            );
+            (None, vec![listener])
+        }
+    };
+    let remove_files = || files.iter().for_each(SocketFile::remove_file);
 
     let mut pid_file = None;
     if !opts.foreground {
         let readiness = match process::daemonize() {
             Ok(r) => r,
             Err(e) => {
-                listener.remove_file();
+                remove_files();
                 return Err(e).context("cannot daemonize");
             }
         };
@@ -93,7 +112,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             }
             Err(e) => {
                 readiness.notify(false);
-                listener.remove_file();
+                remove_files();
                 return Err(e)
                     .with_context(|| format!("cannot write PID file {}", opts.pid_file.display()));
             }
@@ -106,7 +125,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let helper = start_upgrade_helper(opts);
     // Signals are blocked and we are the daemon (if any): the log writer thread may start.
     if let Err(e) = log_sink::start_writer() {
-        listener.remove_file();
+        remove_files();
         return Err(e).context("cannot start the log writer thread");
     }
     log::info!(
@@ -126,12 +145,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         vectors: opts.vectors,
         queue_limit: opts.queue_limit,
     };
-    let shm_fd = shm
-        .fd
-        .try_clone()
-        .context("cannot duplicate the shared-memory fd")?;
     let mut upgraded = false;
-    let result = Server::new(socket, signals, shm_fd, config).and_then(|mut server| {
+    let result = shm.fd.try_clone().and_then(|shm_fd| {
+        let mut server = Server::new(socket, signals, shm_fd, config)?;
         server.set_shm_info(ShmInfo {
             size: shm.size,
             description: shm.description.clone(),
@@ -139,6 +155,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         server.set_socket_file_ours(socket_file_ours);
         if let Some(helper) = helper {
             server.set_upgrade_helper(helper);
+        }
+        if let Some(socket) = control_socket {
+            server.set_control(Control::new(socket, nix::unistd::geteuid().as_raw())?)?;
         }
         // Set-up is over: from here on the server only brokers.
         seccomp::enter(opts.seccomp).map_err(std::io::Error::other)?;
@@ -155,7 +174,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         result
     });
 
-    finish(upgraded, &listener, opts, &shm, pid_file);
+    finish(upgraded, &files, opts, &shm, pid_file);
     result.context("event loop failed")
 }
 
@@ -163,7 +182,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// successor serves (upgrade), to which they all belong now.
 fn finish(
     upgraded: bool,
-    listener: &SocketFile,
+    files: &[SocketFile],
     opts: &Options,
     shm: &SharedMemory,
     pid_file: Option<PidFile>,
@@ -174,7 +193,7 @@ fn finish(
         }
         return;
     }
-    listener.remove_file();
+    files.iter().for_each(SocketFile::remove_file);
     if opts.unlink_shm {
         shm.unlink_name();
     }
@@ -239,6 +258,7 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
     } else {
         SocketFile::not_ours(&socket_path)
     };
+    let control_file = server.control_path().map(|p| SocketFile::adopted(&p));
     let notifier = systemd::Notifier::from_env();
     let peers = inherited.state.peers.len();
     let shm_description = inherited.state.shm_description.clone();
@@ -284,6 +304,9 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
         }
     } else {
         socket_file.remove_file();
+        if let Some(f) = &control_file {
+            f.remove_file();
+        }
         if opts.unlink_shm {
             if let options::ShmBacking::PosixName(name) = &opts.shm {
                 let _ = nix::sys::mman::shm_unlink(format!("/{name}").as_str());

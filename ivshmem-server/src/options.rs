@@ -79,6 +79,20 @@ pub struct Options {
     pub seccomp: sandbox::Mode,
     /// `--upgrade-binary`: what SIGUSR2 starts (default: the binary running).
     pub upgrade_binary: Option<PathBuf>,
+    /// `--status` / `--upgrade`: ask the server on `-S` (its control socket) instead of serving.
+    pub control: Option<ControlCommand>,
+}
+
+/// A question for a running server (`--status [--json]`, `--upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// `--status`: text, or JSON with `--json`.
+    Status {
+        /// `--json`.
+        json: bool,
+    },
+    /// `--upgrade`: upgrade now and say how it went.
+    Upgrade,
 }
 
 impl Default for Options {
@@ -97,6 +111,7 @@ impl Default for Options {
             queue_limit: DEFAULT_QUEUE_LIMIT,
             seccomp: sandbox::Mode::On,
             upgrade_binary: None,
+            control: None,
         }
     }
 }
@@ -223,6 +238,9 @@ fn command() -> clap::Command {
         .arg(flag("F", Some('F'), "foreground"))
         .arg(flag("memfd", None, "memfd"))
         .arg(flag("unlink-shm", None, "unlink-shm"))
+        .arg(flag("status", None, "status"))
+        .arg(flag("json", None, "json"))
+        .arg(flag("upgrade", None, "upgrade"))
         .arg(value("p", Some('p'), "pid-file"))
         .arg(value("S", Some('S'), "socket"))
         .arg(value("m", Some('m'), "shm-dir"))
@@ -299,6 +317,30 @@ where
     }
     if memfd_at.is_some() && !memfd_applied {
         opts.shm = ShmBacking::Memfd;
+    }
+    match (
+        matches.get_flag("status"),
+        matches.get_flag("upgrade"),
+        matches.get_flag("json"),
+    ) {
+        (false, false, false) => {}
+        (true, false, json) => opts.control = Some(ControlCommand::Status { json }),
+        (false, true, false) => opts.control = Some(ControlCommand::Upgrade),
+        (false, false, true) => {
+            return Err(UsageError::Invalid {
+                option: "--json".into(),
+                reason: "applies only to --status".into(),
+            })
+        }
+        _ => {
+            return Err(UsageError::Invalid {
+                option: "--upgrade".into(),
+                reason: "cannot be combined with --status or --json".into(),
+            })
+        }
+    }
+    if opts.control.is_some() {
+        return Ok(Command::Run(opts)); // a client: the serving options do not apply
     }
     if opts.verbose && !opts.foreground {
         return Err(UsageError::VerboseNeedsForeground);
@@ -509,6 +551,10 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
                            read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
       --seccomp on|off|log seccomp filter once set up (default on; log: allow and
                            let the kernel log what the filter lacks)
+      --status             print the status of the server on -S (peers, memory,
+                           counters) and exit; with --json as one JSON object
+      --upgrade            upgrade the server on -S now (like SIGUSR2) and say
+                           how it went; exit 1 if it failed
       --upgrade-binary PATH
                            what SIGUSR2 starts to take over (default: the binary
                            this server was started from, as its path is now)

@@ -90,6 +90,10 @@ pub struct Server {
     /// (getsockname is not in the seccomp allow-list).
     socket_path: Option<std::path::PathBuf>,
     control_path: Option<std::path::PathBuf>,
+    /// `helper` is a keeper ([`crate::keeper`]): tell it every join, leave and backlog.
+    mirror: bool,
+    /// Departures to announce once serving (peers gone while no server ran).
+    pending_leaves: Vec<u16>,
 }
 
 /// What the shared memory is, for hand-overs and `--status`.
@@ -158,6 +162,8 @@ impl Server {
             process_started: unix_now(),
             socket_path,
             control_path: None,
+            mirror: false,
+            pending_leaves: Vec::new(),
         })
     }
 
@@ -208,6 +214,7 @@ impl Server {
             leaves: self.counters.leaves,
             drops: self.counters.drops,
             upgrades: self.counters.upgrades,
+            restarts: self.counters.restarts,
             log_lines_dropped: crate::log_sink::dropped_lines(),
             peers,
         }
@@ -291,6 +298,44 @@ impl Server {
         self.shm_info = info;
     }
 
+    /// Hands upgrades to a keeper and keeps it informed of every peer ([`crate::keeper`]).
+    pub fn set_keeper(&mut self, keeper: UpgradeHelper) {
+        self.helper = Some(keeper);
+        self.mirror = true;
+    }
+
+    /// Tells the keeper something; on failure it is forgotten (logged once): the server
+    /// serves on without crash protection.
+    fn tell_keeper(&mut self, tag: u8, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+        if !self.mirror {
+            return;
+        }
+        let sent = self.helper.as_ref().is_some_and(|k| k.tell(tag, data, fds));
+        if !sent {
+            log::warn!(
+                "ivshmem-server: lost the keeper: serving on without crash protection or upgrades"
+            );
+            self.mirror = false;
+            self.helper = None;
+        }
+    }
+
+    /// Tells the keeper whether everything queued for `id` has been sent.
+    fn tell_settled(&mut self, id: u16, settled: bool) {
+        if let Some(seq) = self
+            .mirror
+            .then(|| self.peers.get(id).map(|p| p.seq))
+            .flatten()
+        {
+            let tag = if settled {
+                crate::keeper::TAG_SETTLED
+            } else {
+                crate::keeper::TAG_UNSETTLED
+            };
+            self.tell_keeper(tag, &seq.to_le_bytes(), &[]);
+        }
+    }
+
     /// Makes SIGUSR2 upgrade through `helper` ([`crate::upgrade`]).
     pub fn set_upgrade_helper(&mut self, helper: UpgradeHelper) {
         self.helper = Some(helper);
@@ -323,8 +368,8 @@ impl Server {
         };
         server.counters = state.counters;
         server.socket_file_ours = state.socket_file_ours;
-        server.counters.upgrades += 1;
         server.peers = PeerTable::resume(state.id_cursor, state.next_seq);
+        server.pending_leaves = state.announce_leaves.clone();
         if let Some(i) = state.control {
             let listener = std::os::unix::net::UnixListener::from(fds.take(i));
             server.set_control(Control::new(listener, nix::unistd::geteuid().as_raw())?)?;
@@ -363,10 +408,18 @@ impl Server {
         Ok(server)
     }
 
-    /// Sends what adopted peers had queued (see [`Server::adopt`]).
+    /// Sends what adopted peers had queued (see [`Server::adopt`]), then announces the
+    /// departures of peers that left while no server ran.
     pub fn resume_sending(&mut self) {
         for id in self.peers.ids_in_order() {
             self.flush(id);
+        }
+        for gone in std::mem::take(&mut self.pending_leaves) {
+            let line = format!("peer {gone} left: disconnected while no server ran");
+            self.log_peer(None, "left: gap".into(), line);
+            for other in self.peers.ids_in_order() {
+                self.notify(other, vec![leave(gone)]);
+            }
         }
         self.drop_doomed();
     }
@@ -416,8 +469,13 @@ impl Server {
             socket_file_ours: self.socket_file_ours,
             id_cursor,
             next_seq,
-            counters: self.counters,
+            // The successor counts this upgrade.
+            counters: Counters {
+                upgrades: self.counters.upgrades + 1,
+                ..self.counters
+            },
             peers,
+            announce_leaves: Vec::new(),
         };
         (state, fds)
     }
@@ -602,6 +660,21 @@ impl Server {
             return;
         }
 
+        // The keeper first: if we die from here on, it knows this peer (unsettled until its
+        // handshake is out) and can announce its departure.
+        if self.mirror {
+            let payload = crate::keeper::join_payload(id, seq, pid, uid, unix_now());
+            let split = vectors.len().min(crate::keeper::VECTORS_IN_JOIN);
+            let first: Vec<_> = std::iter::once(stream.as_fd())
+                .chain(vectors[..split].iter().map(|v| v.as_fd()))
+                .collect();
+            self.tell_keeper(crate::keeper::TAG_JOIN, &payload, &first);
+            for chunk in vectors[split..].chunks(crate::keeper::VECTORS_IN_JOIN) {
+                let more: Vec<_> = chunk.iter().map(|v| v.as_fd()).collect();
+                self.tell_keeper(crate::keeper::TAG_MORE_VECTORS, &seq.to_le_bytes(), &more);
+            }
+        }
+
         // Step 4: tell every existing peer, in connect order, about the newcomer's vectors.
         let existing = self.peers.ids_in_order();
         let join = peer_vectors(id, &vectors);
@@ -641,6 +714,9 @@ impl Server {
         );
         self.log_peer(pid, "joined".into(), line);
         self.flush(id);
+        if self.mirror && self.peers.get(id).is_some_and(|p| !p.wants_write) {
+            self.tell_settled(id, true);
+        }
     }
 
     /// Queues notices for a peer and sends what its socket takes; dooms it on overflow.
@@ -694,7 +770,10 @@ impl Server {
             }
             let mut event = EpollEvent::new(flags, peer.seq + PEER_TOKEN_BASE);
             match self.epoll.modify(&peer.socket, &mut event) {
-                Ok(()) => peer.wants_write = want,
+                Ok(()) => {
+                    peer.wants_write = want;
+                    self.tell_settled(id, !want);
+                }
                 Err(e) => self.drop_peer(id, format!("cannot watch its socket: {e}")),
             }
         }
@@ -760,10 +839,13 @@ impl Server {
                 let _ = self.epoll.delete(&peer.socket);
                 let line = format!("peer {id} left ({}): {reason}", peer.pid_text());
                 self.log_peer(peer.pid, format!("left: {reason}"), line);
+                let seq = peer.seq;
                 drop(peer); // closes its socket; queued fds live on in other queues
                 for other in self.peers.ids_in_order() {
                     self.notify(other, vec![leave(id)]);
                 }
+                // After the announcement: a crash before this repeats it rather than losing it.
+                self.tell_keeper(crate::keeper::TAG_LEFT, &seq.to_le_bytes(), &[]);
             }
         }
         self.doomed.clear();

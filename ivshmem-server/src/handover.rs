@@ -95,6 +95,8 @@ pub struct Counters {
     pub drops: u64,
     /// Upgrades this lineage went through.
     pub upgrades: u64,
+    /// Times the keeper restarted a crashed server ([`crate::keeper`]).
+    pub restarts: u64,
 }
 
 /// One message waiting for a peer.
@@ -156,6 +158,8 @@ pub struct State {
     pub counters: Counters,
     /// Peers in connect order.
     pub peers: Vec<PeerState>,
+    /// Peers gone while no server served (a crash): announced as leaving once serving.
+    pub announce_leaves: Vec<u16>,
 }
 
 /// Collects fds for a blob: each distinct fd once, in first-use order.
@@ -296,7 +300,9 @@ impl State {
         w.u16(self.id_cursor);
         w.u64(self.next_seq);
         let c = &self.counters;
-        for v in [c.started, c.joins, c.leaves, c.drops, c.upgrades] {
+        for v in [
+            c.started, c.joins, c.leaves, c.drops, c.upgrades, c.restarts,
+        ] {
             w.u64(v);
         }
         w.u32(self.peers.len() as u32);
@@ -320,6 +326,10 @@ impl State {
                 w.opt_u32(q.fd);
                 w.u8(u8::from(q.is_notice));
             }
+        }
+        w.u32(self.announce_leaves.len() as u32);
+        for &id in &self.announce_leaves {
+            w.u16(id);
         }
         w.0
     }
@@ -362,6 +372,7 @@ impl State {
             leaves: r.u64("leaves")?,
             drops: r.u64("drops")?,
             upgrades: r.u64("upgrades")?,
+            restarts: r.u64("restarts")?,
         };
         let n_peers = r.count("peer count", MAX_PEERS)?;
         let mut peers = Vec::with_capacity(n_peers.min(1024));
@@ -424,6 +435,11 @@ impl State {
                 queue,
             });
         }
+        let n_gone = r.count("departed peer count", MAX_PEERS)?;
+        let mut announce_leaves = Vec::with_capacity(n_gone.min(1024));
+        for _ in 0..n_gone {
+            announce_leaves.push(r.u16("departed peer")?);
+        }
         if r.at != bytes.len() {
             return Err(HandoverError::Trailing(bytes.len() - r.at));
         }
@@ -439,6 +455,7 @@ impl State {
             next_seq,
             counters,
             peers,
+            announce_leaves,
         };
         state.check_exclusive(fd_count)?;
         Ok(state)
@@ -732,6 +749,7 @@ mod tests {
                 leaves: 6,
                 drops: 1,
                 upgrades: 3,
+                restarts: 2,
             },
             peers: vec![PeerState {
                 id: 6,
@@ -756,6 +774,7 @@ mod tests {
                     },
                 ],
             }],
+            announce_leaves: vec![4, 65535],
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod event_loop;
 pub mod handover;
+pub mod keeper;
 pub mod listener;
 pub mod log_limit;
 pub mod log_sink;
@@ -119,6 +120,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
 
+    if opts.keeper {
+        let result = run_keeper(opts, socket, control_socket, &shm, socket_file_ours);
+        finish(false, &files, opts, &shm, pid_file);
+        return result;
+    }
     // Opened now: the seccomp filter forbids making sockets later.
     let notifier = systemd::Notifier::from_env();
     // Still single-threaded: the upgrade helper is forked now (it needs no filter and no thread).
@@ -200,21 +206,66 @@ fn finish(
     drop(pid_file);
 }
 
-/// The helper that starts a successor on SIGUSR2, or None (logged) when it cannot be made.
-fn start_upgrade_helper(opts: &Options) -> Option<UpgradeHelper> {
+/// `--keeper`: this process keeps the fds and runs servers as its children
+/// ([`keeper`]); it has no seccomp filter, since it must be able to start them.
+fn run_keeper(
+    opts: &Options,
+    socket: std::os::unix::net::UnixListener,
+    control: Option<std::os::unix::net::UnixListener>,
+    shm: &SharedMemory,
+    socket_file_ours: bool,
+) -> anyhow::Result<()> {
+    let launch = launch_spec(opts)?;
+    let signals = process::keeper_signals().context("cannot set up the keeper's signals")?;
+    // The servers must not answer systemd in the keeper's place: the keeper is the service.
+    let notifier = systemd::Notifier::from_env();
+    std::env::remove_var("NOTIFY_SOCKET");
+    log_sink::start_writer().context("cannot start the log writer thread")?;
+    log::info!(
+        "ivshmem-server: keeper for {} (shared memory: {}, {} bytes; {} vector{} per peer)",
+        opts.socket_path.display(),
+        shm.description,
+        shm.size,
+        opts.vectors,
+        if opts.vectors == 1 { "" } else { "s" }
+    );
+    let setup = keeper::Setup {
+        listener: socket.into(),
+        control: control.map(Into::into),
+        shm: shm
+            .fd
+            .try_clone()
+            .context("cannot duplicate the shared-memory fd")?,
+        shm_size: shm.size,
+        shm_description: shm.description.clone(),
+        vectors: opts.vectors,
+        socket_file_ours,
+        launch,
+    };
+    keeper::run(setup, signals, notifier)
+}
+
+/// What an upgrade or a keeper starts: `--upgrade-binary`, or the binary running, with this
+/// process's arguments.
+fn launch_spec(opts: &Options) -> anyhow::Result<Launch> {
     let binary = match &opts.upgrade_binary {
         Some(path) => path.clone(),
-        None => match std::env::current_exe() {
-            Ok(path) => path,
-            Err(e) => {
-                log::warn!("ivshmem-server: upgrades disabled: cannot tell which binary runs: {e}");
-                return None;
-            }
-        },
+        None => std::env::current_exe().context("cannot tell which binary runs")?,
     };
-    let launch = Launch {
+    Ok(Launch {
         binary,
         args: std::env::args_os().skip(1).collect(),
+    })
+}
+
+/// The helper that starts a successor on SIGUSR2, or None (logged) when it cannot be made.
+fn start_upgrade_helper(opts: &Options) -> Option<UpgradeHelper> {
+    let launch = match launch_spec(opts) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("ivshmem-server: upgrades disabled: {e:#}");
+            return None;
+        }
     };
     match UpgradeHelper::spawn(launch) {
         Ok(helper) => Some(helper),
@@ -242,7 +293,19 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
         log::warn!("ivshmem-server: cannot raise the open-file limit: {e}");
     }
     let signals = process::shutdown_signals().context("cannot set up signal handling")?;
-    let helper = start_upgrade_helper(opts);
+    // Under a keeper, the keeper does what the upgrade helper does (and more).
+    let keeper = match std::env::var(upgrade::KEEPER_FD_ENV) {
+        Ok(value) => {
+            std::env::remove_var(upgrade::KEEPER_FD_ENV);
+            Some(adopt_keeper_socket(&value, opts)?)
+        }
+        Err(_) => None,
+    };
+    let helper = if keeper.is_some() {
+        None
+    } else {
+        start_upgrade_helper(opts)
+    };
     log_sink::start_writer().context("cannot start the log writer thread")?;
     let config = LoopConfig {
         vectors: opts.vectors,
@@ -262,7 +325,17 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
     let notifier = systemd::Notifier::from_env();
     let peers = inherited.state.peers.len();
     let shm_description = inherited.state.shm_description.clone();
-    let upgrades = inherited.state.counters.upgrades + 1;
+    let how = {
+        let c = inherited.state.counters;
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        format!(
+            "{} upgrade{}, {} restart{}",
+            c.upgrades,
+            s(c.upgrades),
+            c.restarts,
+            s(c.restarts)
+        )
+    };
     // The fds the server did not take (none, normally) close here.
     drop(std::mem::replace(
         &mut inherited.fds,
@@ -271,7 +344,12 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
     if let Some(helper) = helper {
         server.set_upgrade_helper(helper);
     }
-    let pid_file = if opts.foreground {
+    let under_keeper = keeper.is_some();
+    if let Some(keeper) = keeper {
+        server.set_keeper(keeper);
+    }
+    // A keeper writes the PID file (its own pid: the one to signal).
+    let pid_file = if opts.foreground || under_keeper {
         None
     } else {
         Some(
@@ -290,7 +368,7 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
         server.set_notifier(notifier);
     }
     log::info!(
-        "ivshmem-server: took over {peers} peer{} on {} (shared memory: {shm_description}; upgrade {upgrades}), pid {}",
+        "ivshmem-server: took over {peers} peer{} on {} (shared memory: {shm_description}; {how}), pid {}",
         if peers == 1 { "" } else { "s" },
         socket_path.display(),
         std::process::id()
@@ -315,4 +393,29 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
         drop(pid_file);
     }
     result.context("event loop failed")
+}
+
+/// The keeper's socket named by [`upgrade::KEEPER_FD_ENV`], checked and owned.
+fn adopt_keeper_socket(value: &str, opts: &Options) -> anyhow::Result<UpgradeHelper> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    let fd: i32 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&fd| fd > 2)
+        .with_context(|| format!("{}={value} is not an fd number", upgrade::KEEPER_FD_ENV))?;
+    // SAFETY: borrowed for one fcntl(F_GETFD) to check the fd is open.
+    let open = nix::fcntl::fcntl(
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    );
+    open.with_context(|| format!("{}={fd}: not an open fd", upgrade::KEEPER_FD_ENV))?;
+    // SAFETY: open (checked) and passed by the keeper for this process alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let binary = launch_spec(opts)?.binary;
+    UpgradeHelper::from_keeper(owned, binary).context("cannot use the keeper's socket")
 }

@@ -81,6 +81,8 @@ pub struct Options {
     pub upgrade_binary: Option<PathBuf>,
     /// `--status` / `--upgrade`: ask the server on `-S` (its control socket) instead of serving.
     pub control: Option<ControlCommand>,
+    /// `--keeper`: a keeper process holds every fd and restarts a crashed server.
+    pub keeper: bool,
 }
 
 /// A question for a running server (`--status [--json]`, `--upgrade`).
@@ -112,6 +114,7 @@ impl Default for Options {
             seccomp: sandbox::Mode::On,
             upgrade_binary: None,
             control: None,
+            keeper: false,
         }
     }
 }
@@ -241,6 +244,7 @@ fn command() -> clap::Command {
         .arg(flag("status", None, "status"))
         .arg(flag("json", None, "json"))
         .arg(flag("upgrade", None, "upgrade"))
+        .arg(flag("keeper", None, "keeper"))
         .arg(value("p", Some('p'), "pid-file"))
         .arg(value("S", Some('S'), "socket"))
         .arg(value("m", Some('m'), "shm-dir"))
@@ -287,6 +291,7 @@ where
         verbose: matches.get_flag("v"),
         foreground: matches.get_flag("F"),
         unlink_shm: matches.get_flag("unlink-shm"),
+        keeper: matches.get_flag("keeper"),
         ..Options::default()
     };
     // Values in command-line order, so the first bad one is reported and the last of
@@ -555,6 +560,9 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
                            counters) and exit; with --json as one JSON object
       --upgrade            upgrade the server on -S now (like SIGUSR2) and say
                            how it went; exit 1 if it failed
+      --keeper             crash survival: a keeper process holds the socket, the
+                           memory and every peer's fds, and restarts the server
+                           (which re-adopts them) if it dies, e.g. on kill -9
       --upgrade-binary PATH
                            what SIGUSR2 starts to take over (default: the binary
                            this server was started from, as its path is now)

@@ -26,6 +26,23 @@ pub fn shutdown_signals() -> nix::Result<SignalFd> {
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
+/// The keeper's signals ([`crate::keeper`]): the shutdown and upgrade signals (already
+/// blocked by [`shutdown_signals`]) and SIGCHLD, from a new signalfd.
+pub fn keeper_signals() -> nix::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
 /// Detaches from the terminal like QEMU's `qemu_daemon(1, 1)` (keeps the working directory and
 /// stdio), with a double fork so the daemon can never reacquire a controlling terminal. Only
 /// the grandchild returns. Unlike QEMU, the original process waits until the daemon reports

@@ -54,6 +54,8 @@ pub struct Report {
     pub drops: u64,
     /// Upgrades since the start.
     pub upgrades: u64,
+    /// Crashed servers the keeper replaced.
+    pub restarts: u64,
     /// Log lines dropped because stderr did not keep up.
     pub log_lines_dropped: u64,
     /// Connected peers, in connect order.
@@ -101,8 +103,14 @@ impl Report {
         json_string(&mut o, &self.memory_backing);
         let _ = write!(
             o,
-            "}},\"vectors\":{},\"counters\":{{\"joins\":{},\"leaves\":{},\"drops\":{},\"upgrades\":{},\"log_lines_dropped\":{}}},\"peers\":[",
-            self.vectors, self.joins, self.leaves, self.drops, self.upgrades, self.log_lines_dropped
+            "}},\"vectors\":{},\"counters\":{{\"joins\":{},\"leaves\":{},\"drops\":{},\"upgrades\":{},\"restarts\":{},\"log_lines_dropped\":{}}},\"peers\":[",
+            self.vectors,
+            self.joins,
+            self.leaves,
+            self.drops,
+            self.upgrades,
+            self.restarts,
+            self.log_lines_dropped
         );
         for (i, p) in self.peers.iter().enumerate() {
             if i > 0 {
@@ -129,11 +137,13 @@ impl Report {
         let _ = writeln!(o, "ivshmem-server pid {} on {}", self.pid, self.socket);
         let _ = writeln!(
             o,
-            "up {} (this process {}), {} upgrade{}",
+            "up {} (this process {}), {} upgrade{}, {} restart{} after a crash",
             duration(self.now.saturating_sub(self.started)),
             duration(self.now.saturating_sub(self.process_started)),
             self.upgrades,
-            if self.upgrades == 1 { "" } else { "s" }
+            if self.upgrades == 1 { "" } else { "s" },
+            self.restarts,
+            if self.restarts == 1 { "" } else { "s" }
         );
         let _ = writeln!(
             o,
@@ -204,6 +214,7 @@ mod tests {
             leaves: 1,
             drops: 0,
             upgrades: 1,
+            restarts: 0,
             log_lines_dropped: 0,
             peers: vec![PeerReport {
                 id: 1,
@@ -232,7 +243,10 @@ mod tests {
     #[test]
     fn text_lists_peers() {
         let t = report().to_text();
-        assert!(t.contains("up 15m 0s (this process 10s), 1 upgrade"), "{t}");
+        assert!(
+            t.contains("up 15m 0s (this process 10s), 1 upgrade, 0 restarts after a crash"),
+            "{t}"
+        );
         assert!(t.contains("5s ago"), "{t}");
     }
 }

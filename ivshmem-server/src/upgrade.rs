@@ -43,11 +43,13 @@ const CHUNK: usize = 32 * 1024;
 /// Fds per message to the helper (the kernel's SCM_MAX_FD is 253).
 const FDS_PER_MESSAGE: usize = 250;
 
-const TAG_BODY: u8 = b'B';
-const TAG_FDS: u8 = b'F';
-const TAG_END: u8 = b'E';
-const TAG_OK: u8 = b'K';
-const TAG_FAILED: u8 = b'X';
+pub(crate) const TAG_BODY: u8 = b'B';
+pub(crate) const TAG_FDS: u8 = b'F';
+pub(crate) const TAG_END: u8 = b'E';
+pub(crate) const TAG_OK: u8 = b'K';
+pub(crate) const TAG_FAILED: u8 = b'X';
+/// The environment variable naming a server's socket to its keeper ([`crate::keeper`]).
+pub const KEEPER_FD_ENV: &str = "IVSHMEM_SERVER_KEEPER_FD";
 
 /// The server's end of its upgrade helper.
 #[derive(Debug)]
@@ -93,6 +95,36 @@ impl UpgradeHelper {
             ForkResult::Child => {
                 drop(ours);
                 helper_main(theirs, launch)
+            }
+        }
+    }
+
+    /// The end of a keeper's socket ([`crate::keeper`]): the keeper does what the helper does,
+    /// and more.
+    pub fn from_keeper(sock: OwnedFd, binary: PathBuf) -> io::Result<UpgradeHelper> {
+        setsockopt(&sock, sockopt::SendTimeout, &TimeVal::new(10, 0))?;
+        let wait = READY_TIMEOUT.as_secs() as i64 + 5;
+        setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(wait, 0))?;
+        Ok(UpgradeHelper { sock, binary })
+    }
+
+    /// Sends one message to a keeper; false when it could not be sent (the keeper is gone).
+    pub fn tell(&self, tag: u8, data: &[u8], fds: &[BorrowedFd<'_>]) -> bool {
+        let tag = [tag];
+        let iov = [IoSlice::new(&tag), IoSlice::new(data)];
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsgs = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
+        loop {
+            match sendmsg::<UnixAddr>(
+                self.sock.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                result => return result.is_ok(),
             }
         }
     }
@@ -174,7 +206,10 @@ fn helper_main(sock: OwnedFd, launch: Launch) -> ! {
             }
         };
         let reply = if complete {
-            launch_successor(&launch, &body, fds)
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            let result = launch_successor(&launch, &body, &borrowed, None);
+            drop(fds);
+            result.map(|(pid, _child)| pid)
         } else {
             Err("garbled hand-over".to_string())
         };
@@ -199,9 +234,10 @@ fn helper_main(sock: OwnedFd, launch: Launch) -> ! {
 }
 
 /// One message from the server: tag, data, fds.
-type Packet = (u8, Vec<u8>, Vec<OwnedFd>);
+pub(crate) type Packet = (u8, Vec<u8>, Vec<OwnedFd>);
 
-fn receive(sock: BorrowedFd<'_>) -> io::Result<Option<Packet>> {
+/// One packet (blocking unless the socket is non-blocking); None at EOF.
+pub(crate) fn receive(sock: BorrowedFd<'_>) -> io::Result<Option<Packet>> {
     let mut tag = [0u8; 1];
     let mut data = vec![0u8; CHUNK];
     let mut cmsg = nix::cmsg_space!([RawFd; 253]);
@@ -240,8 +276,14 @@ fn receive(sock: BorrowedFd<'_>) -> io::Result<Option<Packet>> {
     Ok(Some((tag[0], data, fds)))
 }
 
-/// Starts the new server with the state and fds; its pid once it reports ready.
-fn launch_successor(launch: &Launch, body: &[u8], fds: Vec<OwnedFd>) -> Result<u32, String> {
+/// Starts the new server with the state and fds (and, for a keeper, the server's end of its
+/// socket); its pid and process once it reports ready.
+pub(crate) fn launch_successor(
+    launch: &Launch,
+    body: &[u8],
+    fds: &[BorrowedFd<'_>],
+    keeper: Option<BorrowedFd<'_>>,
+) -> Result<(u32, std::process::Child), String> {
     let name = c"ivshmem-server-state";
     let memfd = nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
         .map_err(|e| format!("cannot create the state memfd: {e}"))?;
@@ -254,8 +296,9 @@ fn launch_successor(launch: &Launch, body: &[u8], fds: Vec<OwnedFd>) -> Result<u
         .map_err(|e| format!("cannot write the state memfd: {e}"))?;
     for fd in fds
         .iter()
-        .map(|f| f.as_fd())
+        .copied()
         .chain([file.as_fd(), ready_w.as_fd()])
+        .chain(keeper)
     {
         nix::fcntl::fcntl(
             fd,
@@ -263,21 +306,31 @@ fn launch_successor(launch: &Launch, body: &[u8], fds: Vec<OwnedFd>) -> Result<u
         )
         .map_err(|e| format!("cannot pass fd {}: {e}", fd.as_raw_fd()))?;
     }
-    let spawned = Command::new(&launch.binary)
+    let mut command = Command::new(&launch.binary);
+    command
         .arg0("ivshmem-server")
         .args(&launch.args)
-        .env(STATE_FD_ENV, file.as_raw_fd().to_string())
-        .spawn();
+        .env(STATE_FD_ENV, file.as_raw_fd().to_string());
+    if let Some(k) = keeper {
+        command.env(KEEPER_FD_ENV, k.as_raw_fd().to_string());
+    }
+    let spawned = command.spawn();
+    // Close-on-exec again on what this process keeps (a keeper keeps the fds).
+    for fd in fds.iter().copied().chain(keeper) {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
     // The child has its copies (or there is no child): ours go now, so that the readiness pipe
     // reports EOF if the child dies.
     drop(ready_w);
     drop(file);
-    drop(fds);
     let mut child =
         spawned.map_err(|e| format!("cannot execute {}: {e}", launch.binary.display()))?;
     let pid = child.id();
     match wait_ready(ready_r) {
-        Ok(()) => Ok(pid),
+        Ok(()) => Ok((pid, child)),
         Err(why) => {
             let _ = child.kill();
             let status = child.wait();
@@ -378,7 +431,7 @@ fn close_others_slowly(keep: RawFd) {
     }
 }
 
-fn exit_now(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit ends the helper without running the server's destructors or atexit hooks.
     unsafe { libc::_exit(code) }
 }

@@ -54,7 +54,13 @@ fn server_socket_activation_and_notifications() {
     assert!(harness::wait_until(TIMEOUT, || sock.exists()));
 
     // systemd-socket-activate starts the server on the first connection, which it passes on.
-    let mut a = RawClient::connect(&sock, 1);
+    // (Its socket file appears at bind, a moment before it listens: retry until it does.)
+    let mut first = None;
+    assert!(harness::wait_until(TIMEOUT, || {
+        first = std::os::unix::net::UnixStream::connect(&sock).ok();
+        first.is_some()
+    }));
+    let mut a = RawClient::handshake(first.unwrap(), 1, true);
     assert_eq!(a.id, 0);
     assert!(
         server.wait_log("(socket from systemd)"),
@@ -78,10 +84,22 @@ fn server_socket_activation_and_notifications() {
     // An upgrade tells systemd the new main pid; the new server is ready in its own right.
     let mut server = server;
     let successor = server.upgrade();
-    let seen = notifications_until(&notify, &format!("MAINPID={}", successor.pid));
+    // Both, in either order: the old server's MAINPID= and the new one's READY=1.
+    let mut seen = notifications_until(&notify, "took over");
+    if !seen
+        .iter()
+        .any(|n| n.starts_with(&format!("MAINPID={}", successor.pid)))
+    {
+        seen.extend(notifications_until(&notify, "STATUS=upgraded"));
+    }
     assert!(
         seen.iter()
             .any(|n| n.contains("READY=1") && n.contains("took over")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|n| n.starts_with(&format!("MAINPID={}\nSTATUS=upgraded", successor.pid))),
         "{seen:?}"
     );
 

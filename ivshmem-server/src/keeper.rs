@@ -245,7 +245,7 @@ struct Child {
 pub fn run(
     setup: Setup,
     signals: SignalFd,
-    notifier: Option<crate::systemd::Notifier>,
+    mut notifier: Option<crate::systemd::Notifier>,
 ) -> anyhow::Result<()> {
     let mut counters = Counters {
         started: crate::event_loop::unix_now(),
@@ -278,13 +278,24 @@ pub fn run(
                 PollFd::new(child.sock.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            // The keeper is the service systemd watches: it sends the watchdog keep-alives.
+            let timeout = match notifier.as_ref().and_then(|n| n.next_deadline()) {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    PollTimeout::from(u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX))
+                }
+                None => PollTimeout::NONE,
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
             (ready(&fds[0]), ready(&fds[1]))
         };
+        if let Some(n) = &mut notifier {
+            n.keepalive(Instant::now());
+        }
         if sock_ready {
             read_messages(
                 &setup,

@@ -169,3 +169,46 @@ fn server_keeper_gives_up_on_a_server_that_keeps_dying() {
     );
     assert!(!sock.exists(), "socket file removed");
 }
+
+/// A peer whose messages were not all sent at the crash (it stopped reading, its socket is
+/// full) cannot be resumed mid-stream: the keeper's new server disconnects it and announces its
+/// departure; the others lose nothing.
+#[test]
+fn server_keeper_disconnects_a_peer_with_messages_in_flight() {
+    let dir = Scratch::new("srv-keeper-inflight");
+    let sock = dir.join("sock");
+    let mut command = Command::new(bin("ivshmem-server"));
+    command
+        .args(["-F", "--memfd", "-n", "64", "--keeper", "-S"])
+        .arg(&sock);
+    let keeper = Server::from_command(command, &sock);
+    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+
+    // P connects and never reads; joins and leaves pile up until its socket is full.
+    let p = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let backlogged = wait_until(TIMEOUT, || {
+        drop(RawClient::connect_light(&sock, 64));
+        let json = status_json(&sock);
+        json.contains("{\"id\":0,") && !json.contains(",\"queued\":0}")
+    });
+    assert!(backlogged, "{}", status_json(&sock));
+    // Q joins afterwards and reads everything: settled.
+    let mut q = RawClient::connect_light(&sock, 64);
+    assert!(q.peer_ids().contains(&0));
+
+    let first = serving_pid(&sock).unwrap();
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    // Q is told that P left, and nothing else.
+    q.expect_leave(0);
+    assert!(silent_for(&q.sock, 50));
+    assert!(keeper.wait_log("peer 0 had messages in flight at the crash: disconnected"));
+    let json = status_json(&sock);
+    assert!(!json.contains("{\"id\":0,"), "{json}");
+    assert!(json.contains("\"restarts\":1,"), "{json}");
+    // P's connection ends after what was queued in its socket.
+    p.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut sink = Vec::new();
+    let end = std::io::Read::read_to_end(&mut &p, &mut sink);
+    assert!(end.is_ok(), "P's connection did not end: {end:?}");
+    assert!(keeper.terminate().success());
+}

@@ -174,3 +174,61 @@ fn server_systemd_units_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+/// The unit's set-up: socket activation with `--keeper`. The keeper is the service: it says
+/// READY and sends the watchdog keep-alives; a server killed under it is replaced.
+#[test]
+fn server_socket_activation_with_keeper() {
+    if !Path::new(ACTIVATE).exists() {
+        eprintln!("skipped: {ACTIVATE} is not installed");
+        return;
+    }
+    let dir = Scratch::new("srv-systemd-keeper");
+    let sock = dir.join("sock");
+    let notify_path = dir.join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let keeper = activated_server(
+        &sock,
+        &notify_path,
+        &["WATCHDOG_USEC=200000"],
+        &["--memfd", "--keeper"],
+    );
+    let mut first = None;
+    assert!(harness::wait_until(TIMEOUT, || {
+        first = std::os::unix::net::UnixStream::connect(&sock).ok();
+        first.is_some()
+    }));
+    let mut a = RawClient::handshake(first.unwrap(), 1, true);
+    let seen = notifications_until(&notify, "READY=1");
+    assert!(
+        seen.iter()
+            .any(|n| n.contains(&format!("keeper pid {}", keeper.pid()))),
+        "{seen:?}"
+    );
+    assert!(keeper.wait_log("server pid"), "{}", keeper.log_text());
+    let log = keeper.log_text();
+    let server_pid: i32 = log
+        .split("server pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("server pid in the log");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        keeper.wait_log("restarting it with 1 peer"),
+        "{}",
+        keeper.log_text()
+    );
+    // Keep-alives keep coming from the keeper, and a newcomer joins the same fabric.
+    let seen = notifications_until(&notify, "WATCHDOG=1");
+    assert!(seen.iter().any(|n| n == "WATCHDOG=1"), "{seen:?}");
+    let b = RawClient::connect(&sock, 1);
+    assert_eq!(b.id, 1);
+    a.expect_join(1);
+    assert!(keeper.terminate().success());
+    assert!(sock.exists(), "systemd's socket file stays");
+}

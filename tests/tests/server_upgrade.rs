@@ -126,12 +126,18 @@ fn server_failed_upgrade_keeps_serving() {
         &["--memfd", "--upgrade-binary", "/nonexistent/ivshmem-server"],
     );
     let mut a = RawClient::connect(&sock, 1);
+    let fds_before = harness::fd_count(server.pid());
     server.signal(Signal::SIGUSR2);
     assert!(
         server
             .wait_log("upgrade failed, still serving: cannot execute /nonexistent/ivshmem-server"),
         "{}",
         server.log_text()
+    );
+    assert_eq!(
+        harness::fd_count(server.pid()),
+        fds_before,
+        "a failed upgrade leaks no fd"
     );
     let b = RawClient::connect(&sock, 1);
     a.expect_join(b.id);
@@ -173,4 +179,47 @@ fn server_failed_upgrade_keeps_serving() {
     c.expect_leave(1);
     assert!(server.terminate().success());
     assert!(server2.terminate().success());
+}
+
+/// A daemon (no -F) upgrades too: the PID file names the new server, which removes it (and the
+/// socket files) when it stops.
+#[test]
+fn server_upgrade_of_a_daemon_rewrites_its_pid_file() {
+    let dir = Scratch::new("srv-upgrade-daemon");
+    let sock = dir.join("sock");
+    let pid_file = dir.join("pid");
+    let out = std::process::Command::new(bin("ivshmem-server"))
+        .arg("-S")
+        .arg(&sock)
+        .arg("-p")
+        .arg(&pid_file)
+        .arg("--memfd")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let read_pid = || -> i32 {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let old = harness::server::Successor { pid: read_pid() };
+    let mut a = RawClient::connect(&sock, 1);
+    let answer = std::process::Command::new(bin("ivshmem-server"))
+        .arg("-S")
+        .arg(&sock)
+        .arg("--upgrade")
+        .output()
+        .unwrap();
+    assert!(answer.status.success(), "{}", harness::text(&answer.stdout));
+    assert!(wait_until(TIMEOUT, || !old.alive()), "the old daemon exits");
+    let new = harness::server::Successor { pid: read_pid() };
+    assert_ne!(new.pid, old.pid);
+    assert!(new.alive());
+    let b = RawClient::connect(&sock, 1);
+    a.expect_join(b.id);
+    assert!(new.terminate());
+    assert!(wait_until(TIMEOUT, || !pid_file.exists() && !sock.exists()));
 }

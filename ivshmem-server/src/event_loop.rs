@@ -94,6 +94,10 @@ pub struct Server {
     mirror: bool,
     /// Departures to announce once serving (peers gone while no server ran).
     pending_leaves: Vec<u16>,
+    /// `--state-table`: the peer table in the shared memory.
+    table: Option<crate::state_table::StateTable>,
+    /// `--lifecycle-vector`: rung on every peer at each join and leave.
+    lifecycle: Option<u32>,
 }
 
 /// What the shared memory is, for hand-overs and `--status`.
@@ -164,7 +168,14 @@ impl Server {
             control_path: None,
             mirror: false,
             pending_leaves: Vec::new(),
+            table: None,
+            lifecycle: None,
         })
+    }
+
+    /// The shared-memory fd the server hands out.
+    pub fn shm_fd(&self) -> Rc<OwnedFd> {
+        self.shm.clone()
     }
 
     /// Serves `--status` and `--upgrade` on `control`.
@@ -333,6 +344,40 @@ impl Server {
                 crate::keeper::TAG_UNSETTLED
             };
             self.tell_keeper(tag, &seq.to_le_bytes(), &[]);
+        }
+    }
+
+    /// Keeps `table` in step with the peers (`--state-table`), from the peers there are now.
+    pub fn set_state_table(&mut self, mut table: crate::state_table::StateTable) {
+        let peers: Vec<(u16, u32)> = self
+            .peers
+            .ids_in_order()
+            .into_iter()
+            .filter_map(|id| self.peers.get(id).map(|p| (id, p.vectors.len() as u32)))
+            .collect();
+        table.reset(self.config.vectors, peers.into_iter());
+        self.table = Some(table);
+    }
+
+    /// Rings `vector` of every peer on each join and leave (`--lifecycle-vector`).
+    pub fn set_lifecycle_vector(&mut self, vector: u32) {
+        self.lifecycle = Some(vector);
+    }
+
+    /// The lifecycle doorbell: one ring on every connected peer's lifecycle vector.
+    fn ring_lifecycle(&self) {
+        let Some(vector) = self.lifecycle else {
+            return;
+        };
+        for id in self.peers.ids_in_order() {
+            if let Some(fd) = self
+                .peers
+                .get(id)
+                .and_then(|p| p.vectors.get(vector as usize))
+            {
+                // A full counter (never read) refuses the write: the peer is rung already.
+                let _ = nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes());
+            }
         }
     }
 
@@ -707,6 +752,10 @@ impl Server {
             wants_write: false,
         });
         self.counters.joins += 1;
+        if let Some(t) = &mut self.table {
+            t.join(id, self.config.vectors);
+        }
+        self.ring_lifecycle();
         let line = format!(
             "peer {id} joined ({pid_text}, {} vector{})",
             self.config.vectors,
@@ -841,6 +890,10 @@ impl Server {
                 self.log_peer(peer.pid, format!("left: {reason}"), line);
                 let seq = peer.seq;
                 drop(peer); // closes its socket; queued fds live on in other queues
+                if let Some(t) = &mut self.table {
+                    t.leave(id);
+                }
+                self.ring_lifecycle();
                 for other in self.peers.ids_in_order() {
                     self.notify(other, vec![leave(id)]);
                 }

@@ -23,6 +23,7 @@ pub mod peer;
 pub mod process;
 pub mod seccomp;
 pub mod shm;
+pub mod state_table;
 pub mod status;
 pub mod systemd;
 pub mod upgrade;
@@ -68,6 +69,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         gid,
     };
     let shm = SharedMemory::create(&opts.shm, size, access)?;
+    // Checked (and written) before anything is bound: a bad offset is a start-up error.
+    let table = map_state_table(opts, &shm.fd, shm.size)?;
     // Socket activation: systemd's socket unit owns the file (and its mode and group).
     let (socket, listener, socket_path) = match activated {
         Some(socket) => {
@@ -159,6 +162,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             description: shm.description.clone(),
         });
         server.set_socket_file_ours(socket_file_ours);
+        if let Some(t) = table {
+            server.set_state_table(t);
+        }
+        if let Some(v) = opts.lifecycle_vector {
+            server.set_lifecycle_vector(v);
+        }
         if let Some(helper) = helper {
             server.set_upgrade_helper(helper);
         }
@@ -344,6 +353,12 @@ fn run_adopted(opts: &Options, mut inherited: Inherited) -> anyhow::Result<()> {
     if let Some(helper) = helper {
         server.set_upgrade_helper(helper);
     }
+    if let Some(t) = map_state_table(opts, &server.shm_fd(), inherited.state.shm_size)? {
+        server.set_state_table(t);
+    }
+    if let Some(v) = opts.lifecycle_vector {
+        server.set_lifecycle_vector(v);
+    }
     let under_keeper = keeper.is_some();
     if let Some(keeper) = keeper {
         server.set_keeper(keeper);
@@ -418,4 +433,18 @@ fn adopt_keeper_socket(value: &str, opts: &Options) -> anyhow::Result<UpgradeHel
     );
     let binary = launch_spec(opts)?.binary;
     UpgradeHelper::from_keeper(owned, binary).context("cannot use the keeper's socket")
+}
+
+/// `--state-table`: the table mapped (and initialized) in the shared memory, or None.
+fn map_state_table(
+    opts: &Options,
+    shm: &impl std::os::fd::AsFd,
+    size: u64,
+) -> anyhow::Result<Option<state_table::StateTable>> {
+    let Some(offset) = opts.state_table else {
+        return Ok(None);
+    };
+    state_table::StateTable::map(shm.as_fd(), offset, size, opts.vectors)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }

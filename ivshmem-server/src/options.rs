@@ -83,6 +83,10 @@ pub struct Options {
     pub control: Option<ControlCommand>,
     /// `--keeper`: a keeper process holds every fd and restarts a crashed server.
     pub keeper: bool,
+    /// `--state-table OFFSET`: keep the peer table in the shared memory at this offset.
+    pub state_table: Option<u64>,
+    /// `--lifecycle-vector N`: ring this vector of every peer on each join and leave.
+    pub lifecycle_vector: Option<u32>,
 }
 
 /// A question for a running server (`--status [--json]`, `--upgrade`).
@@ -115,6 +119,8 @@ impl Default for Options {
             upgrade_binary: None,
             control: None,
             keeper: false,
+            state_table: None,
+            lifecycle_vector: None,
         }
     }
 }
@@ -256,6 +262,8 @@ fn command() -> clap::Command {
         .arg(value("queue-limit", None, "queue-limit"))
         .arg(value("seccomp", None, "seccomp"))
         .arg(value("upgrade-binary", None, "upgrade-binary"))
+        .arg(value("state-table", None, "state-table"))
+        .arg(value("lifecycle-vector", None, "lifecycle-vector"))
 }
 
 /// Option ids that take a value, with how errors name them.
@@ -271,6 +279,8 @@ const VALUE_OPTIONS: &[(&str, &str)] = &[
     ("queue-limit", "--queue-limit"),
     ("seccomp", "--seccomp"),
     ("upgrade-binary", "--upgrade-binary"),
+    ("state-table", "--state-table"),
+    ("lifecycle-vector", "--lifecycle-vector"),
 ];
 
 /// Parses the arguments after the program name.
@@ -350,6 +360,14 @@ where
     if opts.verbose && !opts.foreground {
         return Err(UsageError::VerboseNeedsForeground);
     }
+    if let Some(n) = opts.lifecycle_vector {
+        if n >= opts.vectors {
+            return Err(UsageError::Invalid {
+                option: "--lifecycle-vector".into(),
+                reason: format!("vector {n} does not exist with -n {}", opts.vectors),
+            });
+        }
+    }
     if opts.unlink_shm && !matches!(opts.shm, ShmBacking::PosixName(_)) {
         return Err(UsageError::UnlinkWithoutName);
     }
@@ -413,6 +431,29 @@ fn apply_value(opts: &mut Options, id: &str, option: &str, value: &str) -> Resul
             }
         }
         "upgrade-binary" => opts.upgrade_binary = Some(non_empty(option, value)?.into()),
+        "state-table" => {
+            let offset = match protocol::size::parse_size(value) {
+                Ok(n) if n % 8 == 0 => n,
+                _ => {
+                    return Err(UsageError::Invalid {
+                        option: option.into(),
+                        reason: format!("'{value}' is not a byte offset that is a multiple of 8"),
+                    })
+                }
+            };
+            opts.state_table = Some(offset);
+        }
+        "lifecycle-vector" => {
+            opts.lifecycle_vector = match parse_unsigned(value) {
+                Some(n) if n < u64::from(MAX_VECTORS) => Some(n as u32),
+                _ => {
+                    return Err(UsageError::Invalid {
+                        option: option.into(),
+                        reason: format!("'{value}' is not a vector number below {MAX_VECTORS}"),
+                    })
+                }
+            }
+        }
         "seccomp" => {
             opts.seccomp = value
                 .parse()
@@ -563,6 +604,12 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
       --keeper             crash survival: a keeper process holds the socket, the
                            memory and every peer's fds, and restarts the server
                            (which re-adopts them) if it dies, e.g. on kill -9
+      --state-table OFFSET keep a table of the connected peers in the shared memory
+                           at OFFSET (a multiple of 8; 1 MiB + 64 bytes; layout in
+                           docs/protocol.md). Off by default: the server then never
+                           writes to the memory
+      --lifecycle-vector N ring vector N of every peer on each join and leave
+                           (with --state-table, guests then read who is there)
       --upgrade-binary PATH
                            what SIGUSR2 starts to take over (default: the binary
                            this server was started from, as its path is now)

@@ -27,9 +27,10 @@
 //!
 //! SIGTERM, SIGINT and SIGHUP to the keeper are passed to the server, which shuts down as
 //! usual; then the keeper exits. SIGUSR2 is passed on too: the server upgrades through the
-//! keeper, which starts the new server itself. If servers keep dying (more than
-//! [`MAX_RESTARTS`] within [`RESTART_WINDOW`]) the keeper gives up, exits 1 and the peers see
-//! their connections close.
+//! keeper, which starts the new server itself. A server killed by SIGKILL is always replaced;
+//! if servers keep crashing by themselves (more than [`MAX_RESTARTS`] within
+//! [`RESTART_WINDOW`]: any other signal, or an exit status other than 0) the keeper gives up,
+//! exits 1 and the peers see their connections close.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -355,9 +356,14 @@ pub fn run(
                 &mut handover,
                 &mut retired,
             );
+            // A server killed from outside (kill -9, the OOM killer) is always replaced; one
+            // that keeps crashing by itself is a crash loop the keeper must not feed forever.
+            let killed = matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _));
             let now = Instant::now();
             deaths.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-            deaths.push(now);
+            if !killed {
+                deaths.push(now);
+            }
             if deaths.len() > MAX_RESTARTS {
                 anyhow::bail!(
                     "the server died {} times within {} s ({}); giving up",

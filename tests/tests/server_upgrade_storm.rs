@@ -49,16 +49,13 @@ fn qemu_device(sock: &Path) -> Qemu {
     )
 }
 
+/// A ping-pong thread: what its peer heard from the server, and the peer (kept connected).
+type Player = JoinHandle<Result<(Vec<ServerEvent>, peer::Peer), String>>;
+
 /// Two peers ringing each other's vector 0 in turn; each wait has a deadline, so a lost
 /// doorbell shows as a timeout. Returns the round counter, the stop flag and the threads,
 /// which return the events each peer heard from the server.
-fn ping_pong(
-    sock: &Path,
-) -> (
-    Arc<AtomicU64>,
-    Arc<AtomicBool>,
-    Vec<JoinHandle<Result<(Vec<ServerEvent>, peer::Peer), String>>>,
-) {
+fn ping_pong(sock: &Path) -> (Arc<AtomicU64>, Arc<AtomicBool>, Vec<Player>) {
     let rounds = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut a = peer::Peer::connect(sock).unwrap();

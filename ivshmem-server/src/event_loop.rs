@@ -404,6 +404,7 @@ impl Server {
         let state = &inherited.state;
         let fds = &mut inherited.fds;
         let listener = std::os::unix::net::UnixListener::from(fds.take(state.listener));
+        check_socket(&listener, true, "listening socket")?;
         listener.set_nonblocking(true)?;
         let shm = fds.shared(state.shm);
         let mut server = Server::with_shared_memory(listener, signals, shm, config)?;
@@ -417,10 +418,12 @@ impl Server {
         server.pending_leaves = state.announce_leaves.clone();
         if let Some(i) = state.control {
             let listener = std::os::unix::net::UnixListener::from(fds.take(i));
+            check_socket(&listener, true, "control socket")?;
             server.set_control(Control::new(listener, nix::unistd::geteuid().as_raw())?)?;
         }
         for p in &state.peers {
             let socket = UnixStream::from(fds.take(p.socket));
+            check_socket(&socket, false, "peer socket")?;
             socket.set_nonblocking(true)?;
             let mut queue = OutQueue::new(config.queue_limit);
             for q in &p.queue {
@@ -997,9 +1000,58 @@ impl Server {
     }
 }
 
+/// Checks that an fd handed over is the kind of socket the state says: a UNIX stream socket,
+/// listening or not. A predecessor's state is checked like any outside input.
+fn check_socket(fd: &impl AsFd, listening: bool, what: &str) -> io::Result<()> {
+    use nix::sys::socket::{sockopt, AddressFamily, SockType};
+    let bad = |why: String| io::Error::other(format!("the handed-over {what} {why}"));
+    let kind =
+        getsockopt(fd, sockopt::SockType).map_err(|e| bad(format!("is not a socket: {e}")))?;
+    let family = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(
+        std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+    )
+    .map(|_| AddressFamily::Unix)
+    .map_err(|e| bad(format!("is not a UNIX socket: {e}")))?;
+    let accepting = getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
+    if kind != SockType::Stream || family != AddressFamily::Unix || accepting != listening {
+        return Err(bad(format!(
+            "is a {kind:?} socket{}",
+            if accepting { " that listens" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
 /// An epoll timeout that ends at `at` (rounded up to whole milliseconds, at most u16::MAX ms).
 fn timeout_until(at: Instant) -> EpollTimeout {
     let left = at.saturating_duration_since(Instant::now());
     let ms = left.as_micros().div_ceil(1000);
     EpollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handed_over_sockets_are_checked() {
+        let dir = std::env::temp_dir().join(format!("ivshmem-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("s")).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(check_socket(&listener, true, "listener").is_ok());
+        assert!(check_socket(&a, false, "peer").is_ok());
+        let e = check_socket(&a, true, "listener").unwrap_err();
+        assert!(e.to_string().contains("handed-over listener"), "{e}");
+        assert!(check_socket(&listener, false, "peer").is_err());
+        let file = File::open("/dev/null").unwrap();
+        assert!(check_socket(&file, false, "peer")
+            .unwrap_err()
+            .to_string()
+            .contains("not a socket"));
+        let (d1, _d2) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert!(check_socket(&d1, false, "peer").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -223,3 +223,43 @@ fn server_upgrade_of_a_daemon_rewrites_its_pid_file() {
     assert!(new.terminate());
     assert!(wait_until(TIMEOUT, || !pid_file.exists() && !sock.exists()));
 }
+
+/// A peer that does not read has messages queued (and possibly one half sent) when the server
+/// upgrades: the new server sends the rest, so its stream, read afterwards, is complete and
+/// valid — every join with all its vectors, every leave, in order.
+#[test]
+fn server_upgrade_hands_over_queued_messages() {
+    let dir = Scratch::new("srv-upgrade-queue");
+    let sock = dir.join("sock");
+    let mut server = Server::start_without_probe(&sock, &["--memfd", "-n", "64"]);
+    let slow = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let status = || {
+        let out = std::process::Command::new(bin("ivshmem-server"))
+            .arg("-S")
+            .arg(&sock)
+            .args(["--status", "--json"])
+            .output()
+            .unwrap();
+        harness::text(&out.stdout)
+    };
+    let mut cycles = Vec::new();
+    let backlogged = wait_until(TIMEOUT, || {
+        let c = RawClient::connect_light(&sock, 64);
+        cycles.push(c.id);
+        drop(c);
+        !status().contains(",\"queued\":0}")
+    });
+    assert!(backlogged, "{}", status());
+    let successor = server.upgrade();
+    assert!(server.wait_log("took over 1 peer"), "{}", server.log_text());
+    // Now read it all: a valid handshake, then each cycle's join (64 vectors) and leave.
+    let mut slow = RawClient::handshake(slow, 64, false);
+    assert_eq!(slow.id, 0);
+    for &id in &cycles {
+        slow.expect_join(id);
+        slow.expect_leave(id);
+    }
+    assert!(silent_for(&slow.sock, 50));
+    eprintln!("{} cycles queued across the upgrade", cycles.len());
+    assert!(successor.terminate());
+}

@@ -8,8 +8,13 @@
 //! [`process`] (daemon, PID file, signals), [`log_sink`] (stderr that never blocks the
 //! loop), [`log_limit`] (join/leave storms logged once), [`seccomp`] (the filter once set up).
 //! [`run`] wires them in QEMU's order: shared memory, socket, daemonize, PID file, log writer,
-//! seccomp filter, loop. [`handover`] and [`upgrade`] make SIGUSR2 replace the serving process
-//! without any peer noticing.
+//! seccomp filter, loop.
+//!
+//! Operations (docs/server-operations.md): [`handover`] (the state a successor takes over) and
+//! [`upgrade`] (SIGUSR2: a new process serves, peers notice nothing), [`keeper`] (`--keeper`:
+//! crash survival), [`systemd`] (socket activation, notifications), [`control`] and [`status`]
+//! (`--status`, `--upgrade` on `<socket>.ctl`), [`state_table`] (`--state-table`, the peer
+//! table in the shared memory, and `--lifecycle-vector`).
 
 pub mod control;
 pub mod event_loop;

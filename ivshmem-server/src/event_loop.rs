@@ -459,6 +459,7 @@ impl Server {
     /// Sends what adopted peers had queued (see [`Server::adopt`]), then announces the
     /// departures of peers that left while no server ran.
     pub fn resume_sending(&mut self) {
+        let had_pending = !self.pending_leaves.is_empty();
         for id in self.peers.ids_in_order() {
             self.flush(id);
         }
@@ -468,6 +469,9 @@ impl Server {
             for other in self.peers.ids_in_order() {
                 self.notify(other, vec![leave(gone)]);
             }
+        }
+        if had_pending {
+            self.ring_lifecycle();
         }
         self.drop_doomed();
     }

@@ -163,3 +163,57 @@ fn server_control_socket_survives_garbage() {
     assert!(server.terminate().success());
     assert!(!ctl(&sock).exists(), "control socket removed at exit");
 }
+
+/// Who may ask: the control socket has the main socket's permissions (owner only by default),
+/// and even where others may connect (`--mode 0666`) only the server's user or root may
+/// upgrade it. Needs root to run the client as another user; skipped otherwise.
+#[test]
+fn server_control_socket_access_is_limited() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !nix::unistd::geteuid().is_root() || !setpriv.exists() {
+        eprintln!("skipped: needs root and setpriv to act as another user");
+        return;
+    }
+    let as_nobody = |sock: &Path, args: &[&str]| {
+        Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("ivshmem-server"))
+            .arg("-S")
+            .arg(sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dir = Scratch::new("srv-ctl-access");
+    // The scratch directory must be reachable for another user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = dir.join("private");
+    let server = Server::start_without_probe(&private, &["--memfd"]);
+    let out = as_nobody(&private, &["--status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let open = dir.join("open");
+    let server2 = Server::start_without_probe(&open, &["--memfd", "--mode", "0666"]);
+    let out = as_nobody(&open, &["--status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = as_nobody(&open, &["--upgrade"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("only the server's own user or root may upgrade it"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !server2.log_text().contains("upgrading"),
+        "{}",
+        server2.log_text()
+    );
+    assert!(server.terminate().success());
+    assert!(server2.terminate().success());
+}

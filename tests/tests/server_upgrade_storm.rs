@@ -1,7 +1,7 @@
-//! 20 upgrades, then 20 `kill -9` under a keeper, while two host peers play doorbell ping-pong
-//! and a QEMU `ivshmem-doorbell` device is attached (when QEMU is installed): no doorbell is
-//! lost, nobody sees a leave or anything else, QEMU stays connected, and a peer that joins
-//! afterwards is told of everyone.
+//! 20 upgrades, then 20 `kill -9` under a keeper, while two host peers play doorbell ping-pong,
+//! two VMs (our VMM, when KVM is usable) play it too, and a QEMU `ivshmem-doorbell` device is
+//! attached (when QEMU is installed): no doorbell is lost, nobody sees a leave or anything else,
+//! QEMU stays connected, and a peer that joins afterwards is told of everyone.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use harness::raw_client::RawClient;
 use harness::server::process_alive;
-use harness::{bin, qemu_available, text, wait_until, Scratch, Server, TIMEOUT};
+use harness::vm::{doorbell, Vm};
+use harness::{bin, kvm_available, qemu_available, text, wait_until, Scratch, Server, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use peer::ServerEvent;
@@ -134,15 +135,43 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
     );
 
     let mut watcher = RawClient::connect(&sock, 1);
+    let mut everyone = vec![watcher.id];
+    // Each newcomer joins with one vector: one message to the watcher.
+    let mut joined = |watcher: &mut RawClient, everyone: &mut Vec<u16>| match watcher.next_event() {
+        protocol::ClientEvent::PeerVector { peer, .. } => everyone.push(peer),
+        other => panic!("expected a join, got {other:?}"),
+    };
     let qemu = qemu_available(name).then(|| {
         let q = qemu_device(&sock);
-        watcher.expect_join(1);
+        joined(&mut watcher, &mut everyone);
         q
     });
+    // Two VMs: a lost doorbell makes the ping VM give up after 5 s (exit 1), and the devices
+    // log any departure they hear of.
+    let vms = kvm_available(name).then(|| {
+        let spec = [doorbell(&sock, 1)];
+        let args = "rounds=4000000000 warmup=0 timeout_ms=5000";
+        let pong = Vm::start(
+            "pong",
+            "ivshmem_pingpong",
+            &spec,
+            &format!("role=pong {args}"),
+            &[],
+        );
+        let ping = Vm::start(
+            "ping",
+            "ivshmem_pingpong",
+            &spec,
+            &format!("role=ping {args}"),
+            &[],
+        );
+        joined(&mut watcher, &mut everyone);
+        joined(&mut watcher, &mut everyone);
+        (ping, pong)
+    });
     let (rounds, stop, players) = ping_pong(&sock);
-    let first_player = if qemu.is_some() { 2 } else { 1 };
-    watcher.expect_join(first_player);
-    watcher.expect_join(first_player + 1);
+    joined(&mut watcher, &mut everyone);
+    joined(&mut watcher, &mut everyone);
 
     for i in 0..20 {
         let before = rounds.load(Ordering::Relaxed);
@@ -169,17 +198,31 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
     // The watcher heard nothing at all; QEMU is still there; a newcomer is told of everyone.
     assert!(harness::raw_client::silent_for(&watcher.sock, 50));
     let newcomer = RawClient::connect(&sock, 1);
-    let mut everyone = vec![0];
-    if qemu.is_some() {
-        everyone.push(1);
-    }
-    everyone.extend([first_player, first_player + 1]);
+    everyone.sort();
     assert_eq!(newcomer.peer_ids(), everyone);
+    // Nobody left, as the server saw it (checked before the VMs and QEMU are stopped).
     assert!(
         !server.log_text().contains("left ("),
         "{}",
         server.log_text()
     );
+    if let Some((ping, pong)) = vms {
+        // Still playing after longer than a ring may take to be answered: none was lost.
+        let stopped = wait_until(Duration::from_secs(6), || {
+            !process_alive(ping.pid() as i32) || !process_alive(pong.pid() as i32)
+        });
+        assert!(
+            !stopped,
+            "a VM stopped:\n{}\n{}",
+            ping.stdout(),
+            pong.stdout()
+        );
+        for vm in [&ping, &pong] {
+            assert!(!vm.stderr().contains(" left"), "{}", vm.stderr());
+        }
+        ping.kill();
+        pong.kill();
+    }
     if let Some(mut q) = qemu {
         assert!(q.0.try_wait().unwrap().is_none(), "QEMU exited");
         q.0.kill().unwrap();

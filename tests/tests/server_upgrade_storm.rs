@@ -137,7 +137,7 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
     let mut watcher = RawClient::connect(&sock, 1);
     let mut everyone = vec![watcher.id];
     // Each newcomer joins with one vector: one message to the watcher.
-    let mut joined = |watcher: &mut RawClient, everyone: &mut Vec<u16>| match watcher.next_event() {
+    let joined = |watcher: &mut RawClient, everyone: &mut Vec<u16>| match watcher.next_event() {
         protocol::ClientEvent::PeerVector { peer, .. } => everyone.push(peer),
         other => panic!("expected a join, got {other:?}"),
     };

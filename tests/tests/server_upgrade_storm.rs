@@ -1,5 +1,6 @@
 //! 20 upgrades, then 20 `kill -9` under a keeper, while two host peers play doorbell ping-pong,
-//! two VMs (our VMM, when KVM is usable) play it too, and a QEMU `ivshmem-doorbell` device is
+//! two VMs (our VMM, when KVM is usable) play it too, a third VM plays it with a host peer, and
+//! a QEMU `ivshmem-doorbell` device is
 //! attached (when QEMU is installed): no doorbell is lost, nobody sees a leave or anything else,
 //! QEMU stays connected, and a peer that joins afterwards is told of everyone.
 
@@ -167,7 +168,36 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
         );
         joined(&mut watcher, &mut everyone);
         joined(&mut watcher, &mut everyone);
-        (ping, pong)
+        // A third VM plays with a host peer that echoes its rings.
+        let mut echo = peer::Peer::connect(&sock).unwrap();
+        joined(&mut watcher, &mut everyone);
+        let hostping = Vm::start(
+            "hostping",
+            "ivshmem_pingpong",
+            &spec,
+            &format!("role=ping peer={} {args}", echo.id()),
+            &[],
+        );
+        joined(&mut watcher, &mut everyone);
+        let vm_id = *everyone.last().unwrap();
+        let echo_stop = Arc::new(AtomicBool::new(false));
+        let halt = echo_stop.clone();
+        let echo = std::thread::spawn(move || -> Result<(peer::Peer, u64), String> {
+            let mut echoed = 0u64;
+            while !halt.load(Ordering::Relaxed) {
+                match echo.wait_vector(0, Some(Duration::from_millis(200))) {
+                    Ok(Some(_)) => {
+                        echo.ring_within(vm_id, 0, Some(TIMEOUT))
+                            .map_err(|e| format!("echo: {e}"))?;
+                        echoed += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("echo after {echoed}: {e}")),
+                }
+            }
+            Ok((echo, echoed))
+        });
+        (ping, pong, hostping, echo, echo_stop)
     });
     let (rounds, stop, players) = ping_pong(&sock);
     joined(&mut watcher, &mut everyone);
@@ -206,22 +236,31 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
         "{}",
         server.log_text()
     );
-    if let Some((ping, pong)) = vms {
+    if let Some((ping, pong, hostping, echo, echo_stop)) = vms {
         // Still playing after longer than a ring may take to be answered: none was lost.
         let stopped = wait_until(Duration::from_secs(6), || {
-            !process_alive(ping.pid() as i32) || !process_alive(pong.pid() as i32)
+            [&ping, &pong, &hostping]
+                .iter()
+                .any(|vm| !process_alive(vm.pid() as i32))
         });
         assert!(
             !stopped,
-            "a VM stopped:\n{}\n{}",
+            "a VM stopped:\n{}\n{}\n{}",
             ping.stdout(),
-            pong.stdout()
+            pong.stdout(),
+            hostping.stdout()
         );
-        for vm in [&ping, &pong] {
+        for vm in [&ping, &pong, &hostping] {
             assert!(!vm.stderr().contains(" left"), "{}", vm.stderr());
         }
         ping.kill();
         pong.kill();
+        hostping.kill();
+        echo_stop.store(true, Ordering::Relaxed);
+        let (echo, echoed) = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{name}: the host echoed {echoed} rings of a VM");
+        assert!(echoed > 100, "the VM↔host ping-pong did not run: {echoed}");
+        kept.push(echo);
     }
     if let Some(mut q) = qemu {
         assert!(q.0.try_wait().unwrap().is_none(), "QEMU exited");

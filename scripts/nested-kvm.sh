@@ -277,7 +277,7 @@ run() {
     busybox_root "$l2" "$base"
     write_l2_init "$l2"
     if [ -f "$scenario/l2.sh" ]; then cp "$scenario/l2.sh" "$l2/scenario.sh"; else echo 'true' >"$l2/scenario.sh"; fi
-    local f
+    local f m
     for f in "${l2_files[@]}"; do install -D "${f%%:*}" "$l2${f#*:}"; done
     for f in "${l2_binaries[@]}"; do add_binary "$l2" "${f%%:*}" "${f#*:}"; done
     local l2_initramfs=$l2
@@ -289,7 +289,6 @@ run() {
     fi
     if [ -n "$l2_modules" ]; then
         mkdir -p "$l2_initramfs/modules"
-        local m
         # shellcheck disable=SC2086
         for m in $(modules_closure "$base" $l2_modules); do
             cp "$base/modules/$m.ko" "$l2_initramfs/modules/"
@@ -302,13 +301,16 @@ run() {
     busybox_root "$l1" "$base"
     write_l1_init "$l1"
     mkdir -p "$l1/modules" "$l1/l2" "$l1/scenario"
-    cp "$base"/modules/*.ko "$l1/modules/"
+    cp "$base"/modules/{irqbypass,ccp,kvm,kvm-amd}.ko "$l1/modules/"
     cp "$base/vmlinuz" "$l1/l2/"
     [ -z "$vmlinux" ] || cp "$base/vmlinux" "$l1/l2/"
     cpio_of "$l2_initramfs" "$l1/l2/initrd.gz"
     [ -z "$l2_rootfs" ] || ext4_of "$l2" "$l1/l2/rootfs.img" "$l2_rootfs"
-    # shellcheck disable=SC2086
-    [ -z "$modules" ] || modules_closure "$base" $modules >"$l1/modules/load"
+    if [ -n "$modules" ]; then
+        # shellcheck disable=SC2086
+        modules_closure "$base" $modules >"$l1/modules/load"
+        while read -r m; do cp "$base/modules/$m.ko" "$l1/modules/"; done <"$l1/modules/load"
+    fi
     local b
     for b in vmm ivshmem-server ivshmem-client kvm-hold; do
         [ -x "$bins/$b" ] || die "$bins/$b not found (cargo build --workspace)"

@@ -96,6 +96,17 @@ stop_backends() {
     backends=""
 }
 
+# wait_for_vm PATTERN SECONDS: until the VM's console (/tmp/vm.log) has PATTERN; fails at once
+# when the VM (/tmp/vm.pid) has ended.
+wait_for_vm() {
+    for _ in $(seq $(($2 * 10))); do
+        grep -qE -- "$1" /tmp/vm.log 2>/dev/null && return 0
+        [ -s /tmp/vm.pid ] && ! kill -0 "$(cat /tmp/vm.pid)" 2>/dev/null && return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 # start_vm NAME: the VM in the background, console in /tmp/vm.log; sets vm_pid, vm_start_ms.
 start_vm() {
     local cmd
@@ -121,6 +132,7 @@ if [ "$MODE" = test ]; then
     echo "vhost-user-devices: VMM=$VMM: $(vm_command "$VMM" | tr '\n' ' ')"
     # L2 connects to vsock CID 2 port 5001: vhost-device-vsock connects to UDS_5001.
     start_backends || echo "l1.sh: the backends did not start"
+    rm -f /tmp/vm.pid
     bed-io uds-listen $S/vsock.uds_5001 "hello from L1 over vsock" >/tmp/uds-listen.log 2>&1 &
     uds_listener=$!
     # The VM with its console shown as it comes (L2's RESULT lines are the scenario's too) and
@@ -131,10 +143,10 @@ if [ "$MODE" = test ]; then
         tr -d '\r' | tee /tmp/vm.log &
     console=$!
     # L2 listens on vsock port 5000 and says so on its console; L1 connects through the UDS.
-    if wait_for /tmp/vm.log 'vsock: listening on port 5000' "$CHECK_TIMEOUT"; then
+    if wait_for_vm 'vsock: listening on port 5000' "$CHECK_TIMEOUT"; then
         check vsock_l1_to_l2 0 'hello from L2 over vsock' bed-io uds-connect $S/vsock.uds 5000
     else
-        echo "RESULT vsock_l1_to_l2 fail (L2 never listened)"
+        echo "RESULT vsock_l1_to_l2 fail (L2 never listened on vsock port 5000)"
     fi
     wait_bounded $console 900 || kill "$(cat /tmp/vm.pid)"
     check vm_exit_status 0 'VM-STATUS 0' cat /tmp/vm.log

@@ -349,7 +349,8 @@ nested_virtio_section() {
     # bench_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines (or empty).
     bench_median() {
         local values
-        values=$(printf '%s\n' "$out" | awk -v who="$1" '$1 == "BENCH" && $2 == who {print $3}' |
+        values=$(printf '%s\n' "$out" |
+            awk -v who="$1" '$1 == "BENCH" && $2 == who {for (i = 3; i <= NF; i++) print $i}' |
             sed -n "s/^$2=\([0-9.]*\)$/\1/p" | xargs)
         [ -z "$values" ] || median $values
     }

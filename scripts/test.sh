@@ -26,6 +26,11 @@ install_packages() {
     # The nested bed's vhost-user scenario: qemu-storage-daemon (vhost-user-blk; Debian's C
     # virtiofsd comes with qemu-system-x86's qemu-system-common) and mke2fs for L2's root image.
     command -v qemu-storage-daemon >/dev/null || missing+=(qemu-utils)
+    # Newer Debian ships virtiofsd (the Rust one) as its own package, no longer in QEMU's.
+    if [ ! -x /usr/lib/qemu/virtiofsd ] && [ ! -x /usr/libexec/virtiofsd ] &&
+        ! command -v virtiofsd >/dev/null && apt-cache show virtiofsd >/dev/null 2>&1; then
+        missing+=(virtiofsd)
+    fi
     PATH="$PATH:/sbin:/usr/sbin" command -v mke2fs >/dev/null || missing+=(e2fsprogs)
     # The guest kernel module (linux-guest/driver) is built against the bed's kernel headers.
     local abi

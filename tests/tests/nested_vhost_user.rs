@@ -61,7 +61,9 @@ fn backends_available(test: &str) -> bool {
             .is_ok_and(|out| out.status.success())
     })
     .collect();
-    let virtiofsd = std::path::Path::new("/usr/lib/qemu/virtiofsd").exists()
+    let virtiofsd = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .any(|path| std::path::Path::new(path).exists())
         || Command::new("sh")
             .args(["-c", "command -v virtiofsd"])
             .env("PATH", &path)

@@ -12,8 +12,13 @@ binaries+=("$(backend qemu-storage-daemon):/usr/local/bin/qemu-storage-daemon"
     "$(backend vhost-device-rng):/usr/local/bin/vhost-device-rng"
     "$bins/bed-io:/usr/local/bin/bed-io")
 [ -x "$bins/bed-io" ] || die "$bins/bed-io not found (cargo build --workspace)"
+# virtiofsd: Debian 12's C one (qemu-system-common) at its path, where l1.sh looks first; else
+# the Rust one (Debian 13's virtiofsd package in /usr/libexec, or crates.io) as
+# /usr/local/bin/virtiofsd, which l1.sh runs with the Rust one's options.
 if [ -x /usr/lib/qemu/virtiofsd ]; then
     binaries+=(/usr/lib/qemu/virtiofsd)
+elif [ -x /usr/libexec/virtiofsd ]; then
+    binaries+=(/usr/libexec/virtiofsd:/usr/local/bin/virtiofsd)
 else
     binaries+=("$(backend virtiofsd):/usr/local/bin/virtiofsd")
 fi

@@ -3,7 +3,8 @@
 # (virtiofsd), vsock both ways (vhost-device-vsock), a generic vhost-user device (vhost-device-rng,
 # virtio id 4 → /dev/hwrng) and a network (virtio-net on the kernel's vhost-net and a TAP device).
 #
-#   VMM=qemu    QEMU -accel kvm (q35) with vhost-user-*-pci devices: the baseline
+#   VMM=qemu    QEMU -accel kvm with vhost-user-*-pci devices: the baseline; QEMU_MACHINE=q35
+#               (default) or microvm,pcie=on (the benchmarks: no SeaBIOS)
 #   VMM=ours    our vmm with --device vhost-user-... (the same backends and sockets)
 #   MODE=test   the checks (RESULT lines; L2's own checks come through its console)
 #   MODE=bench  VMM may list both ("qemu,ours"): ROUNDS alternated boots, each printing
@@ -17,6 +18,7 @@ VMM=${VMM:-qemu}
 MODE=${MODE:-test}
 ROUNDS=${ROUNDS:-1}
 CPUS=${CPUS:-1}
+QEMU_MACHINE=${QEMU_MACHINE:-q35}
 MEM=512M
 CMDLINE="console=ttyS0 quiet panic=-1 root=/dev/vda bed_mode=$MODE $CMDLINE_EXTRA"
 S=/tmp/vu
@@ -29,7 +31,7 @@ now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 # with the option that takes the kernel's command line (QEMU's -append, our --cmdline).
 vm_command() {
     case $1 in
-        qemu) echo qemu-system-x86_64 -M q35,memory-backend=mem -accel kvm -cpu host -m $MEM -smp "$CPUS" \
+        qemu) echo qemu-system-x86_64 -M "$QEMU_MACHINE",memory-backend=mem -accel kvm -cpu host -m $MEM -smp "$CPUS" \
             -object memory-backend-memfd,id=mem,size=$MEM,share=on \
             -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
             -kernel /l2/vmlinuz -initrd /l2/initrd.gz \

@@ -192,7 +192,10 @@ for _ in $(seq "$ROUNDS"); do
             echo "BENCH $vmm boot_to_init_ms=$((ready - vm_start_ms)) rss_kib=${rss:-0}"
             tr -d '\r' </tmp/vm.log | sed -n "s/^BENCH /BENCH $vmm /p"
         else
-            echo "BENCH-FAILED $vmm"; tr -d '\r' </tmp/vm.log | tail -n 30
+            # Shown by bench.sh (its lines start with BENCH), ignored by its medians.
+            echo "BENCH-FAILED $vmm"
+            tail -n 30 /tmp/vm.log /tmp/qsd.log /tmp/virtiofsd.log /tmp/vsock.log /tmp/rng.log |
+                tr -d '\r' | sed 's/^/BENCH-FAILED-LOG | /'
         fi
     done
 done

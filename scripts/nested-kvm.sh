@@ -5,6 +5,7 @@
 #
 #   scripts/nested-kvm.sh prepare                  # fetch kernel + busybox (Debian), cache them
 #   scripts/nested-kvm.sh run SCENARIO_DIR [options] [-- QEMU_ARGS...]
+#   scripts/nested-kvm.sh rootfs OUT_DIR [--size MB] [--script FILE]   # L2 kernel, initrd, ext4 root
 #
 # A scenario is a directory with `l1.sh` (run by L1's /init after the kvm modules are loaded,
 # with our binaries on PATH) and optionally `l2.sh` (becomes /scenario.sh in the L2 initramfs
@@ -356,8 +357,50 @@ run() {
     return "${exit_line#NESTED-EXIT }"
 }
 
+# rootfs OUT_DIR [--size MB] [--script FILE] [--l2-file SRC:DST] [--l2-binary SRC:DST]: the bed's
+# L2 as files for any VMM: OUT_DIR/vmlinuz (the bed's Debian kernel), OUT_DIR/initrd.gz (busybox,
+# the virtio drivers, the /init that loads them and switch_roots onto root=/dev/vda) and
+# OUT_DIR/rootfs.img (ext4: busybox, /sbin/init running /scenario.sh: FILE, or an interactive
+# shell on the console; the VM powers off when it ends).
+rootfs() {
+    local out=${1:?output directory} size=64 script="" files=() binaries=() f m
+    shift
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --size) size=$2; shift 2 ;;
+            --script) script=$2; shift 2 ;;
+            --l2-file) files+=("$2"); shift 2 ;;
+            --l2-binary) binaries+=("$2"); shift 2 ;;
+            *) die "unknown option $1" ;;
+        esac
+    done
+    local base
+    base=$(prepare)
+    start_scratch rootfs
+    local root="$work/root" initramfs="$work/initramfs"
+    busybox_root "$root" "$base"
+    busybox_root "$initramfs" "$base"
+    write_l2_init "$initramfs"
+    install -m 0755 "$initramfs/init" "$root/sbin/init"
+    if [ -n "$script" ]; then cp "$script" "$root/scenario.sh"; else echo 'sh -l' >"$root/scenario.sh"; fi
+    for f in "${files[@]}"; do install -D "${f%%:*}" "$root${f#*:}"; done
+    for f in "${binaries[@]}"; do add_binary "$root" "${f%%:*}" "${f#*:}"; done
+    mkdir -p "$initramfs/modules" "$out"
+    # shellcheck disable=SC2086
+    for m in $(modules_closure "$base" $EXTRA_MODULES); do
+        case $m in vhost* | tun | tap) continue ;; esac   # host-side modules
+        cp "$base/modules/$m.ko" "$initramfs/modules/"
+        echo "$m" >>"$initramfs/modules/load"
+    done
+    cpio_of "$initramfs" "$out/initrd.gz"
+    ext4_of "$root" "$out/rootfs.img" "$size"
+    cp "$base/vmlinuz" "$out/vmlinuz"
+    echo "$out: vmlinuz initrd.gz rootfs.img (boot with root=/dev/vda, the image as the first virtio-blk disk)"
+}
+
 case ${1:-} in
     prepare) prepare ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    rootfs) shift; rootfs "$@" ;;
+    *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

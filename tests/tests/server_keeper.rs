@@ -63,6 +63,9 @@ fn server_keeper_survives_kill_9() {
     a.expect_join(2);
     assert!(host.await_peer(2, Some(TIMEOUT)));
     let _ = host.process_server_messages();
+    // A barrier: once the server answers a status request, it has told the keeper that every
+    // stream above is complete (killed earlier, a peer would rightly count as unsettled).
+    assert_eq!(serving_pid(&sock), Some(first));
 
     // The keeper is held still so that B's departure falls in the gap with certainty.
     let keeper_pid = Pid::from_raw(keeper.pid() as i32);

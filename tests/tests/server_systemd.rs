@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use harness::raw_client::RawClient;
-use harness::{bin, Scratch, Server, TIMEOUT};
+use harness::{bin, text, Scratch, Server, TIMEOUT};
 
 const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 
@@ -206,6 +206,16 @@ fn server_socket_activation_with_keeper() {
         "{seen:?}"
     );
     assert!(keeper.wait_log("server pid"), "{}", keeper.log_text());
+    // A barrier: the server answers a status request in the same loop that sent `a` its
+    // handshake, and by then it has told the keeper that `a`'s stream is complete. Killed
+    // before that, `a` would rightly count as having messages in flight (and be dropped).
+    let status = Command::new(bin("ivshmem-server"))
+        .arg("-S")
+        .arg(&sock)
+        .arg("--status")
+        .output()
+        .expect("run ivshmem-server --status");
+    assert!(status.status.success(), "{}", text(&status.stderr));
     let log = keeper.log_text();
     let server_pid: i32 = log
         .split("server pid ")

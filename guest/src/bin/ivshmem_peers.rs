@@ -129,8 +129,11 @@ fn run(
     }
 
     if watch > 0 {
+        // The baseline is the table now (the wait above may have seen peers join).
+        let snapshot = peers.list(&mut rows)?;
+        (known, count) = others(&rows, snapshot.present, own);
+        let mut generation = snapshot.header.generation;
         println!("ivshmem-peers: watching for {watch} change(s)");
-        let mut generation = peers.header()?.generation;
         let mut seen = 0u64;
         while seen < watch {
             let changed = peers.wait_for(dev, timeout_ns, |p| {

@@ -134,3 +134,9 @@ seed("server_handover_state", "empty-body",
      b"IVSHMSRV" + u32(1) + u32(9) + u32(2) + u32(3) + u32(4)
      + u32(0) + u32(NO_FD) + u32(1) + u64(1 << 20) + text(b"") + u32(1) + u8(0) + u16(0) + u64(0)
      + bytes(48) + u32(0) + u32(0))
+
+# server_control_requests: the bytes a control client sends.
+for name, req in [("status", b"status\n"), ("status-text", b"status text\n"), ("empty", b""),
+                  ("upgrade", b"upgrade\n"), ("unknown", b"reboot now\n"),
+                  ("oversized", b"status" + b" " * 200 + b"\n"), ("not-utf8", b"st\xffatus\n")]:
+    seed("server_control_requests", name, req)

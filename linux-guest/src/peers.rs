@@ -125,7 +125,8 @@ impl GuestDevice {
         Ok(state_table::read_header(&table, DEFAULT_ATTEMPTS)?)
     }
 
-    /// Every other connected peer (not ourselves), by id, as [`peer::Peer::peers`].
+    /// Every other connected peer (not ourselves), by id, as [`peer::Peer::peers`]. On an
+    /// ivshmem-plain device (no id of its own) every connected peer.
     pub fn peers(&self) -> Result<Vec<PeerInfo>, PeersError> {
         let (table, _) = self.table_memory()?;
         // Sized for a few peers, grown if more are there (they may join between two reads: the
@@ -139,7 +140,8 @@ impl GuestDevice {
             let snapshot = state_table::read_rows(&table, &mut rows, DEFAULT_ATTEMPTS)?;
             if snapshot.present <= rows.len() {
                 rows.truncate(snapshot.present);
-                let own = self.id();
+                // A plain device (no vectors) is not a peer: its IVPosition 0 is nobody's id.
+                let own = self.id().filter(|_| self.own_vector_count() > 0);
                 return Ok(rows
                     .into_iter()
                     .filter(|r| Some(r.id) != own)

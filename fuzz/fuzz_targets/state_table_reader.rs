@@ -46,6 +46,7 @@ fn check<M: TableMemory + ?Sized>(mem: &M) {
             assert_eq!(read_header(mem, 3), Ok(snapshot.header));
             for row in stored {
                 assert!(row.generation <= snapshot.header.generation);
+                assert!(row.vectors <= protocol::state_table::MAX_VECTORS);
                 assert_eq!(read_row(mem, row.id, 3).unwrap().1, Some(*row));
             }
         }

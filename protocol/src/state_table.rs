@@ -83,6 +83,9 @@ use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 /// server is writing (odd sequence) or wrote while they read (the sequence moved).
 pub const DEFAULT_ATTEMPTS: u32 = 1000;
 
+/// Most vectors a row may claim: the Doorbell register's vector field has 16 bits.
+pub const MAX_VECTORS: u32 = 1 << 16;
+
 /// Where the reader loads the table's fields from: offsets are from the table's start,
 /// naturally aligned. Loads outside [`TableMemory::len`] must not fault (return anything);
 /// the reader never makes them once [`TableMemory::len`] is at least [`TABLE_SIZE`].
@@ -221,6 +224,13 @@ pub enum ReadError {
         /// The state found.
         state: u32,
     },
+    /// A present row claims more vectors than a doorbell can address ([`MAX_VECTORS`]).
+    BadVectors {
+        /// The row's id.
+        id: u16,
+        /// The vector count found.
+        vectors: u32,
+    },
     /// A row changed after the table's generation (impossible for the server's writes).
     BadGeneration {
         /// The row's id.
@@ -267,6 +277,10 @@ impl core::fmt::Display for ReadError {
             ReadError::BadRow { id, state } => {
                 write!(f, "state table row {id} has state {state} (not 0 or 1)")
             }
+            ReadError::BadVectors { id, vectors } => write!(
+                f,
+                "state table row {id} claims {vectors} vectors (a doorbell addresses {MAX_VECTORS})"
+            ),
             ReadError::BadGeneration { id, row, table } => write!(
                 f,
                 "state table row {id} has generation {row}, after the table's {table}"
@@ -362,11 +376,17 @@ fn row_fields<M: TableMemory + ?Sized>(
     }
     match state {
         ABSENT => Ok(None),
-        PRESENT => Ok(Some(Row {
-            id,
-            vectors: mem.load_u32(at + 4),
-            generation,
-        })),
+        PRESENT => {
+            let vectors = mem.load_u32(at + 4);
+            if vectors > MAX_VECTORS {
+                return Err(ReadError::BadVectors { id, vectors });
+            }
+            Ok(Some(Row {
+                id,
+                vectors,
+                generation,
+            }))
+        }
         state => Err(ReadError::BadRow { id, state }),
     }
 }
@@ -539,6 +559,15 @@ mod tests {
                 table: 4
             })
         ));
+        let mut t = good.clone();
+        t[row_offset(1) + 6] = 2; // 0x20002 vectors
+        assert_eq!(
+            read_row(&t[..], 1, 5).map(|(_, r)| r),
+            Err(ReadError::BadVectors {
+                id: 1,
+                vectors: 0x20002
+            })
+        );
         let mut t = good.clone();
         t[header::PEERS] = 2;
         assert_eq!(

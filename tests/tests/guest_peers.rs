@@ -81,7 +81,7 @@ fn guest_program_lists_waits_for_and_watches_peers() {
 }
 
 #[test]
-fn guest_program_without_lifecycle_vector_polls_and_times_out() {
+fn guest_program_without_lifecycle_vector_polls_sees_joins_and_times_out() {
     require_kvm!();
     let scratch = Scratch::new("guest-peers-poll");
     let socket = scratch.join("sock");
@@ -112,6 +112,25 @@ fn guest_program_without_lifecycle_vector_polls_and_times_out() {
         "{}",
         out.stdout
     );
+
+    // A join noticed by re-reading the table at the timer tick.
+    let mut vm = Vm::start(
+        "peers-poll-join",
+        "ivshmem_peers",
+        &[doorbell(&socket, 2)],
+        &format!("{TABLE_ARG} wait=any watch=1"),
+        &[],
+    );
+    assert!(
+        vm.wait_output("watching for 1 change(s)", WAIT),
+        "{}",
+        vm.stdout()
+    );
+    let newcomer = HostPeer::connect(&socket, 2);
+    let out = vm.finish(WAIT);
+    out.assert_code(0);
+    let line = format!("peer_id={} joined with 2 vector(s)", newcomer.id());
+    assert!(out.stdout.contains(&line), "{}", out.stdout);
 }
 
 #[test]

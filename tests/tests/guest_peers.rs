@@ -133,6 +133,37 @@ fn guest_program_without_lifecycle_vector_polls_sees_joins_and_times_out() {
     assert!(out.stdout.contains(&line), "{}", out.stdout);
 }
 
+/// A server upgrade rewrites the table (every row gets a new generation) and rings nobody: the
+/// watching guest reports no change, and still sees the next join.
+#[test]
+fn guest_program_watches_across_a_server_upgrade() {
+    require_kvm!();
+    let scratch = Scratch::new("guest-peers-upgrade");
+    let socket = scratch.join("sock");
+    let mut server = server(&socket, true);
+    let a = HostPeer::connect(&socket, 2);
+    let mut vm = Vm::start(
+        "peers-upgrade",
+        "ivshmem_peers",
+        &[doorbell(&socket, 2)],
+        &format!("{TABLE_ARG} lifecycle=1 watch=1"),
+        &[],
+    );
+    assert!(
+        vm.wait_output("watching for 1 change(s)", WAIT),
+        "{}",
+        vm.stdout()
+    );
+    let _successor = server.upgrade();
+    let b = HostPeer::connect(&socket, 2);
+    let out = vm.finish(WAIT);
+    out.assert_code(0);
+    let line = format!("peer_id={} joined with 2 vector(s)", b.id());
+    assert!(out.stdout.contains(&line), "{}", out.stdout);
+    let line = format!("peer_id={} left", a.id());
+    assert!(!out.stdout.contains(&line), "{}", out.stdout);
+}
+
 #[test]
 fn guest_program_without_a_state_table_says_so() {
     require_kvm!();

@@ -181,7 +181,8 @@ pub struct Row {
     pub id: u16,
     /// How many vectors it has.
     pub vectors: u32,
-    /// The table generation at its join.
+    /// The table generation at its join, or at the last rewrite of the whole table (a server
+    /// starting, upgrading or restarting gives every row a new one): tell peers apart by id.
     pub generation: u64,
 }
 

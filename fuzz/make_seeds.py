@@ -107,3 +107,36 @@ seed("ivshmem_options", "doorbell", "doorbell,socket=/tmp/ivshmem_socket,vectors
 seed("ivshmem_options", "plain-memfd", "plain,memfd,size=4M,mapping=trap")
 seed("ivshmem_options", "legacy", "shm=hello,size=1")
 seed("client_commands", "script", "peers; write 0 hello\\0\\;x\\x41; int all\nint 1 0\rread 0x10 16\nwait any 100; wait-peer 2 50; sleep 1; dump; help; quit")
+
+# state_table_reader: 64 header bytes, then (id u16, 16 row bytes) records.
+table_header = lambda peers, gen, seq=4: (b"IVST" + u32(1) + u64(seq) + u32(65536) + u32(16)
+                                          + u32(peers) + u32(2) + u64(gen) + bytes(23)
+                                          + u8(seq & 1))  # odd sequence kept if byte 63 is odd
+row = lambda id, state, vectors, gen: u16(id) + u32(state) + u32(vectors) + u64(gen)
+seed("state_table_reader", "empty", table_header(0, 1))
+seed("state_table_reader", "three-peers", table_header(3, 9) + row(0, 1, 2, 3) + row(7, 1, 2, 9)
+     + row(65535, 1, 1, 5) + row(8, 0, 0, 9))
+seed("state_table_reader", "count-mismatch", table_header(2, 4) + row(1, 1, 2, 4))
+seed("state_table_reader", "bad-state", table_header(1, 4) + row(1, 7, 2, 4))
+seed("state_table_reader", "writing", table_header(1, 4, seq=5) + row(1, 1, 2, 4))
+
+# server_handover_state: a whole blob (ivshmem-server/src/handover.rs, encode_blob/encode_body).
+NO_FD = 0xFFFFFFFF
+text = lambda s: u32(len(s)) + s
+peer = (u16(4) + u64(1) + u8(1) + u32(1234) + u8(1) + u32(1000) + u64(5) + u32(2)
+        + u32(2) + u32(3) + u32(4)                       # socket 2, vectors at fds 3, 4
+        + u32(1) + u64(7) + u8(3) + u32(NO_FD) + u8(1))  # one queued message, 3 bytes sent
+body = (u32(0) + u32(NO_FD) + u32(1) + u64(4 << 20) + text(b"memfd") + u32(2) + u8(1) + u16(5)
+        + u64(1) + b"".join(u64(v) for v in [1, 5, 4, 0, 2, 0]) + u32(1) + peer + u32(1) + u16(3))
+seed("server_handover_state", "one-peer",
+     b"IVSHMSRV" + u32(1) + u32(NO_FD) + u32(5) + b"".join(u32(f) for f in [3, 4, 5, 6, 7]) + body)
+seed("server_handover_state", "empty-body",
+     b"IVSHMSRV" + u32(1) + u32(9) + u32(2) + u32(3) + u32(4)
+     + u32(0) + u32(NO_FD) + u32(1) + u64(1 << 20) + text(b"") + u32(1) + u8(0) + u16(0) + u64(0)
+     + bytes(48) + u32(0) + u32(0))
+
+# server_control_requests: the bytes a control client sends.
+for name, req in [("status", b"status\n"), ("status-text", b"status text\n"), ("empty", b""),
+                  ("upgrade", b"upgrade\n"), ("unknown", b"reboot now\n"),
+                  ("oversized", b"status" + b" " * 200 + b"\n"), ("not-utf8", b"st\xffatus\n")]:
+    seed("server_control_requests", name, req)

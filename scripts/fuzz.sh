@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target (fuzz/fuzz_targets) for a bounded time and fails if any finds a
 # crash. scripts/test.sh runs it after the cargo tests, so CI does too.
 #
-#   scripts/fuzz.sh          # 20 s per target (8 targets: under 3 minutes after the build)
+#   scripts/fuzz.sh          # 20 s per target (11 targets: under 4 minutes after the build)
 #   scripts/fuzz.sh 300      # longer runs
 #   FUZZ_TARGETS="pci_config memory_dispatch" scripts/fuzz.sh 60
 #

@@ -21,8 +21,14 @@ pub mod layout;
 mod mem;
 pub mod mmio;
 pub mod pci;
+pub mod peers;
 pub mod pio;
 pub mod rt;
+/// The server's peer state table layout and its reader (`--state-table`): the protocol crate's
+/// own file compiled here too (it uses `core` only), so guests and host tools read the table
+/// with one implementation.
+#[path = "../../protocol/src/state_table.rs"]
+pub mod state_table;
 pub mod testdev;
 pub mod virtio;
 /// The virtio-over-ivshmem header layout, the host driver's and the bridge's own file compiled

@@ -41,6 +41,8 @@ pub struct GuestDevice {
     /// Index = vector; `None` when another program holds the vector.
     vectors: Vec<Option<Vector>>,
     device: OwnedFd,
+    /// Where the server keeps its state table, once [`GuestDevice::set_state_table`] said.
+    pub(crate) table: Option<crate::peers::StateTableConfig>,
 }
 
 impl GuestDevice {
@@ -122,6 +124,7 @@ impl GuestDevice {
             registers,
             vectors,
             device,
+            table: None,
         })
     }
 

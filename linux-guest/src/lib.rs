@@ -20,6 +20,8 @@
 //! Modules:
 //! * [`device`] — [`GuestDevice`]: open, ring, wait, fds for event loops.
 //! * [`discovery`] — the devices the module bound, by index and PCI address.
+//! * [`peers`] — who is connected, from the server's state table (`--state-table`), woken by
+//!   its lifecycle doorbell.
 //! * [`registers`] — the mapped register page (doorbells without a system call).
 //! * [`uapi`] — the module's ioctls and mmap offsets.
 //! * [`error`] — the typed errors.
@@ -29,10 +31,12 @@
 pub mod device;
 pub mod discovery;
 pub mod error;
+pub mod peers;
 pub mod registers;
 pub mod uapi;
 
 pub use device::{DeviceInfo, GuestDevice};
 pub use discovery::DeviceEntry;
 pub use error::{OpenError, RingError, WaitError};
-pub use peer::{Notification, SharedMemory};
+pub use peer::{Notification, PeerInfo, SharedMemory};
+pub use peers::{PeersError, StateTableConfig};

@@ -92,7 +92,10 @@ pub enum Command {
 
 impl Command {
     /// True for the commands that need the server's list of peers (`peers`, `wait-peer`,
-    /// `int all`), which a peer behind a device (a guest) does not see.
+    /// `int all`). A peer behind a device (a guest) sees it only when the server keeps its
+    /// state table in the shared memory (`ivshmem-server --state-table OFFSET`):
+    /// `ivshmem-guest-client` runs these commands with `--state-table OFFSET` and refuses them
+    /// without.
     pub fn needs_peer_list(&self) -> bool {
         matches!(
             self,

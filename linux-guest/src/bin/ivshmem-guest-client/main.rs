@@ -1,7 +1,9 @@
 //! `ivshmem-guest-client`: `ivshmem-client`'s commands inside a Linux guest, on a device bound
 //! by the ivshmem kernel module: `help`, `dump`, `int PEER VECTOR`, `int PEER all`,
-//! `read OFFSET LEN`, `write OFFSET TEXT`, `wait [VECTOR|any] [MS]`, `sleep MS`, `quit`.
-//! (`peers`, `wait-peer` and `int all` need the server's peer list, which a guest does not see.)
+//! `read OFFSET LEN`, `write OFFSET TEXT`, `wait [VECTOR|any] [MS]`, `sleep MS`, `quit`;
+//! with `--state-table OFFSET` (where the server keeps its peer state table) also `peers`,
+//! `wait-peer [PEER|any] [MS]` and `int all`, with `ivshmem-client`'s output and exit codes
+//! (`--lifecycle-vector N` makes `wait-peer` sleep on that vector instead of polling).
 //!
 //! Commands come from `-c 'a; b'` or stdin (a `cmd> ` prompt on a terminal). Scripts stop at
 //! the first failing command. Exit codes: 0 success, 1 a command failed, 2 cannot open the
@@ -48,6 +50,18 @@ struct Args {
     /// List the devices the module bound (index, PCI address) and exit.
     #[arg(long)]
     list: bool,
+    /// Where the server keeps its peer state table (its --state-table OFFSET: bytes, or with a
+    /// K/M/G suffix, or 0x hex): enables `peers`, `wait-peer` and `int all`.
+    #[arg(long = "state-table", value_name = "OFFSET", value_parser = parse_offset)]
+    state_table: Option<u64>,
+    /// Our vector the server rings on each join and leave (its --lifecycle-vector N):
+    /// `wait-peer` sleeps on it instead of re-reading the table every 10 ms.
+    #[arg(long = "lifecycle-vector", value_name = "N", requires = "state_table")]
+    lifecycle_vector: Option<u32>,
+}
+
+fn parse_offset(text: &str) -> Result<u64, String> {
+    protocol::size::parse_size(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -69,13 +83,25 @@ fn main() -> ExitCode {
         Ok(input) => input,
         Err(code) => return code,
     };
-    let device = match GuestDevice::open_spec(&args.device) {
+    let mut device = match GuestDevice::open_spec(&args.device) {
         Ok(device) => device,
         Err(e) => {
             complain(PROGRAM, e);
             return ExitCode::from(EXIT_SETUP_FAILED);
         }
     };
+    if let Some(offset) = args.state_table {
+        let placed = usize::try_from(offset)
+            .map_err(|_| ivshmem_guest::PeersError::Placement {
+                offset: usize::MAX,
+                size: device.shm().len(),
+            })
+            .and_then(|offset| device.set_state_table(offset, args.lifecycle_vector));
+        if let Err(e) = placed {
+            complain(PROGRAM, format!("--state-table: {e}"));
+            return ExitCode::from(EXIT_SETUP_FAILED);
+        }
+    }
     log::info!(
         "{}: peer {:?}, {} vector(s), {} bytes of shared memory",
         device.path().display(),

@@ -25,12 +25,16 @@ available commands:
   wait [VECTOR|any] [MS]  wait for a notification (default: any vector, forever)
   sleep MS                pause
   quit, exit              leave
-numbers are decimal or 0x-prefixed hex; commands are separated by newline or ';'
-(`peers`, `wait-peer` and `int all` need the server's peer list, which a guest does not see)";
+with --state-table OFFSET (the server keeps its peer table in the shared memory):
+  peers                   one line per other peer: peer_id=ID vectors=N
+  wait-peer [PEER|any] [MS]  wait until PEER (or any other peer) is connected
+  int all                 ring every vector of every other peer
+numbers are decimal or 0x-prefixed hex; commands are separated by newline or ';'";
 
-/// Why `peers`, `wait-peer` and `int all` fail in a guest.
-const NO_PEER_LIST: &str =
-    "not available in a guest: the device does not tell which peers are connected";
+/// Why `peers`, `wait-peer` and `int all` fail in a guest without a state table.
+const NO_PEER_LIST: &str = "not available in a guest without --state-table OFFSET: the device \
+     does not tell which peers are connected (the server can keep a table of them in the shared \
+     memory: ivshmem-server --state-table OFFSET)";
 
 /// The open device and how doorbells are rung.
 pub struct Session {
@@ -54,17 +58,28 @@ impl session::Session for Session {
                 self.device.path().display()
             )));
         }
-        if command.needs_peer_list() {
+        if command.needs_peer_list() && self.device.state_table().is_none() {
             return Err(CommandFailed(NO_PEER_LIST.to_string()));
         }
         match command {
             Command::Help => say!("{HELP}"),
             Command::Dump => self.dump(),
-            Command::Peers | Command::WaitPeer { .. } => {
-                return Err(CommandFailed(NO_PEER_LIST.to_string()))
+            Command::Peers => {
+                let peers = self
+                    .device
+                    .peers()
+                    .map_err(|e| CommandFailed(format!("peers: {e}")))?;
+                for p in peers {
+                    say!("peer_id={} vectors={}", p.id, p.vectors);
+                }
             }
+            Command::WaitPeer { peer, timeout_ms } => self.wait_peer(*peer, *timeout_ms)?,
+            Command::Int {
+                target: IntTarget::Everyone,
+                ..
+            } => self.int_everyone()?,
             // ivshmem-client's MS (await a peer not announced yet) means nothing here: the
-            // device cannot tell who is connected, so the doorbell is written at once.
+            // doorbell is written at once.
             Command::Int { target, .. } => self
                 .int(*target)
                 .map_err(|e| CommandFailed(format!("int: {e}")))?,
@@ -120,8 +135,45 @@ impl Session {
                 }
                 Ok(())
             }
-            // Refused in `execute`; ringing nobody is the harmless answer.
+            // Handled by `int_everyone`.
             IntTarget::Everyone => Ok(()),
+        }
+    }
+
+    /// `int all`: every vector of every other peer in the state table.
+    fn int_everyone(&self) -> Result<(), CommandFailed> {
+        let peers = self
+            .device
+            .peers()
+            .map_err(|e| CommandFailed(format!("int: {e}")))?;
+        for p in peers {
+            for vector in 0..p.vectors {
+                self.ring(p.id, vector)
+                    .map_err(|e| CommandFailed(format!("int: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `wait-peer`: as `ivshmem-client`'s (the same line on success, the same messages).
+    fn wait_peer(&self, peer: Option<u16>, timeout_ms: Option<u64>) -> Result<(), CommandFailed> {
+        let timeout = timeout_ms.map(Duration::from_millis);
+        match self.device.wait_peer(peer, timeout) {
+            Ok(Some(p)) => {
+                say!("peer_id={} vectors={}", p.id, p.vectors);
+                Ok(())
+            }
+            Ok(None) => {
+                let what = match peer {
+                    Some(id) => format!("peer {id}"),
+                    None => "any other peer".to_string(),
+                };
+                Err(CommandFailed(format!(
+                    "wait-peer: {what} did not connect within {} ms",
+                    timeout_ms.unwrap_or(0)
+                )))
+            }
+            Err(e) => Err(CommandFailed(format!("wait-peer: {e}"))),
         }
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the ivshmem guest kernel module (linux-guest/driver) against Debian's headers and prints
-# the path of the .ko on stdout.
+# Builds the ivshmem guest kernel modules (linux-guest/driver) against Debian's headers and prints
+# the path of ivshmem.ko on stdout; virtio_ivshmem.ko (the virtio transport) is next to it.
 #
 #   scripts/build-guest-driver.sh              # for the kernel linux-image-amd64 depends on (the
 #                                              # nested test bed's L1 kernel, e.g. 6.1.0-48-amd64)
@@ -38,8 +38,8 @@ mkdir -p "$(dirname "$out")"
 # Tests running in parallel build it once: the first builds, the others wait and reuse it.
 exec 9>"$out.lock"
 flock 9
-sources=(linux-guest/driver/{ivshmem.c,ivshmem_uapi.h,Kbuild,Makefile})
-if [ -f "$out/ivshmem.ko" ] && [ -z "$(find "${sources[@]}" -newer "$out/ivshmem.ko")" ]; then
+sources=(linux-guest/driver/{ivshmem.c,ivshmem_uapi.h,ivshmem_kernel.h,virtio_ivshmem.c,Kbuild,Makefile})
+if [ -f "$out/ivshmem.ko" ] && [ -f "$out/virtio_ivshmem.ko" ] && [ -z "$(find "${sources[@]}" -newer "$out/ivshmem.ko")" ]; then
     echo "$out/ivshmem.ko"
     exit 0
 fi

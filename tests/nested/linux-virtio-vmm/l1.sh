@@ -1,0 +1,51 @@
+# Stock Linux virtio drivers over ivshmem in our VMM: L2 Linux (our VMM inside L1) loads
+# ivshmem.ko and virtio_ivshmem.ko for our ivshmem-doorbell device; the server, vhost-bridge and
+# vhost-device-rng run here in L1. L2's checks are the QEMU scenario's
+# (tests/nested/linux-virtio/virtio.sh, run by l2.sh); when L2 writes RESTART at its marker we
+# kill the bridge and start another while L2 reads /dev/hwrng.
+. ../lib.sh
+MARK=3145728
+
+ivshmem-server -F -S /tmp/sock -l 4M -n 4 2>/tmp/server.log &
+server=$!
+wait_for /tmp/server.log 'listening' 10
+vhost-device-rng --socket-path /tmp/rng.sock >/tmp/rng.log 2>&1 &
+rng=$!
+for i in $(seq 100); do [ -S /tmp/rng.sock0 ] && break; sleep 0.1; done
+start_bridge() {
+    RUST_LOG=info vhost-bridge -S /tmp/sock --backend /tmp/rng.sock0 --device entropy \
+        >"/tmp/bridge$1.log" 2>&1 &
+    bridge=$!
+    wait_for "/tmp/bridge$1.log" 'serving virtio device' 30
+}
+start_bridge 0
+
+marker() { dd if=/dev/shm/ivshmem bs=1 skip=$MARK count=7 2>/dev/null | tr -d '\0'; }
+
+# The restarter: waits for L2's RESTART, then replaces the bridge (and the backend, if it left
+# with its frontend).
+(
+    for i in $(seq 6000); do [ "$(marker)" = RESTART ] && break; sleep 0.1; done
+    [ "$(marker)" = RESTART ] || exit 1
+    kill $bridge
+    sleep 0.2
+    if ! kill -0 $rng 2>/dev/null; then
+        rm -f /tmp/rng.sock0
+        vhost-device-rng --socket-path /tmp/rng.sock >/tmp/rng1.log 2>&1 &
+        for i in $(seq 100); do [ -S /tmp/rng.sock0 ] && break; sleep 0.1; done
+    fi
+    start_bridge 1
+    echo restarted >/tmp/restarted
+) &
+restarter=$!
+
+timeout 900 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 512M \
+    --cmdline 'console=ttyS0 quiet panic=-1' \
+    --ivshmem doorbell,socket=/tmp/sock,vectors=4 </dev/null 2>&1 | tee /tmp/l2.log
+wait_bounded $restarter 30
+check l2_ran 0 'L2-EXIT 0' cat /tmp/l2.log
+check bridge_restarted 0 'restarted' cat /tmp/restarted
+sed 's/^/BRIDGE0 /' /tmp/bridge0.log | tail -n 20
+sed 's/^/BRIDGE1 /' /tmp/bridge1.log 2>/dev/null | tail -n 20
+kill $server
+exit 0

@@ -1,0 +1,297 @@
+//! Stock Linux virtio drivers over ivshmem (linux-guest/driver/virtio_ivshmem.c, the virtio
+//! transport): the kernel's own `virtio-rng` driver reads `/dev/hwrng` from a device that
+//! `vhost-bridge` publishes in the shared memory and rust-vmm's `vhost-device-rng` serves.
+//!
+//! * In QEMU (L1 Linux on the nested bed, QEMU TCG): QEMU's own `ivshmem-doorbell` on our
+//!   server outside the bed, with the bridge and the backend outside too; this test restarts
+//!   the bridge while the guest reads (tests/nested/linux-virtio).
+//! * In our VMM (L2 Linux): server, bridge and backend in L1 (tests/nested/linux-virtio-vmm).
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::nested::{nested_available, Nested};
+use harness::{bin, wait_until, Scratch, Server};
+use peer::Peer;
+
+/// Where the guest scenario writes its step marker (tests/nested/linux-virtio/virtio.sh MARK).
+const MARK: usize = 0x30_0000;
+/// The doorbell device's PCI slot in L1.
+const DOORBELL_SLOT: &str = "05.0";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Builds both modules (scripts/build-guest-driver.sh); returns ivshmem.ko's directory and the
+/// distribution modules' directory. None (skip) when that is impossible here, a failure under
+/// IVSHMEM_REQUIRE_KVM=1.
+fn build_modules(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest-driver.sh");
+    let out = Command::new(script)
+        .output()
+        .expect("run build-guest-driver.sh");
+    if out.status.success() {
+        let ko = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let dir = ko.parent().expect("module directory").to_path_buf();
+        let distro = PathBuf::from(format!("{}-distro", dir.display()));
+        return Some((dir, distro));
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    if std::env::var("IVSHMEM_REQUIRE_KVM").as_deref() == Ok("1") {
+        panic!("{test}: cannot build the guest modules: {why}");
+    }
+    eprintln!("SKIP {test}: cannot build the guest modules: {why}");
+    None
+}
+
+/// rust-vmm's vhost-device-rng on PATH (scripts/test.sh cargo-installs it).
+fn vhost_device_rng(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("vhost-device-rng"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1")
+            || std::env::var("IVSHMEM_REQUIRE_KVM").as_deref() == Ok("1")
+        {
+            panic!("{test}: vhost-device-rng not on PATH");
+        }
+        eprintln!("SKIP {test}: vhost-device-rng not on PATH (cargo install vhost-device-rng)");
+    }
+    found
+}
+
+/// The distribution's modules the scenarios insmod, as (host path, path in the guest).
+fn distro_modules(distro: &Path) -> Vec<(PathBuf, String)> {
+    ["virtio", "virtio_ring", "virtio-rng"]
+        .iter()
+        .map(|m| (distro.join(format!("{m}.ko")), format!("/vmods/{m}.ko")))
+        .collect()
+}
+
+/// A child process killed on drop; its output goes to a file in the scratch directory.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn");
+        Proc { child, log }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_rng(binary: &Path, dir: &Scratch, run: u32) -> (Proc, PathBuf) {
+    let base = dir.join("rng.sock");
+    let socket = dir.join("rng.sock0");
+    let _ = std::fs::remove_file(&socket);
+    let proc = Proc::spawn(
+        Command::new(binary).arg("--socket-path").arg(&base),
+        dir.join(&format!("rng{run}.log")),
+    );
+    assert!(
+        wait_until(WAIT, || socket.exists()),
+        "vhost-device-rng did not listen"
+    );
+    (proc, socket)
+}
+
+fn start_bridge(server: &Path, backend: &Path, dir: &Scratch, run: u32) -> Proc {
+    let proc = Proc::spawn(
+        Command::new(bin("vhost-bridge"))
+            .arg("-S")
+            .arg(server)
+            .arg("--backend")
+            .arg(backend)
+            .args(["--device", "entropy"]),
+        dir.join(&format!("bridge{run}.log")),
+    );
+    assert!(
+        wait_until(WAIT, || proc.text().contains("serving virtio device")),
+        "the bridge did not start:\n{}",
+        proc.text()
+    );
+    proc
+}
+
+fn marker(peer: &Peer) -> String {
+    let mut buf = [0u8; 16];
+    peer.shm().read(MARK, &mut buf).expect("read shm");
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The checks every run makes (tests/nested/linux-virtio/virtio.sh).
+const BASICS: &[&str] = &[
+    "insmod_virtio",
+    "insmod_ivshmem",
+    "insmod_transport",
+    "header_discovered",
+    "virtio_device_id",
+    "virtio_features_access_platform",
+    "insmod_virtio_rng",
+    "rng_current_is_virtio",
+    "hwrng_reads",
+    "hwrng_reads_more",
+];
+const RESTART: &[&str] = &[
+    "reader_started",
+    "ask_for_restart",
+    "device_removed_on_restart",
+    "device_registered_again",
+    "rng_current_again",
+    "reader_reads_after_restart",
+    "reader_stops",
+    "hwrng_reads_after_restart",
+];
+const UNBIND: &[&str] = &[
+    "unbind_removes_virtio",
+    "rng_gone_after_unbind",
+    "rebind",
+    "rng_after_rebind",
+    "hwrng_reads_after_rebind",
+    "rmmod_transport",
+    "rng_gone_after_rmmod",
+    "rmmod_ivshmem",
+    "no_oops",
+];
+
+#[test]
+fn linux_virtio_rng_in_qemu() {
+    const TEST: &str = "linux_virtio_rng_in_qemu";
+    if !nested_available(TEST) {
+        return;
+    }
+    let Some(rng_bin) = vhost_device_rng(TEST) else {
+        return;
+    };
+    let Some((modules, distro)) = build_modules(TEST) else {
+        return;
+    };
+    let scratch = Scratch::new("nested-linux-virtio");
+    let socket = scratch.join("sock");
+    let _server = Server::start(&socket, &["-l", "4M", "-n", "4"]);
+    let host = Peer::connect(&socket).expect("host peer connects");
+    let (rng, backend) = start_rng(&rng_bin, &scratch, 0);
+    let bridge = start_bridge(&socket, &backend, &scratch, 0);
+
+    let guest_done = Arc::new(AtomicBool::new(false));
+    let nested = {
+        let done = guest_done.clone();
+        let qemu_args = [
+            "-chardev".to_string(),
+            format!("socket,path={},id=db", socket.display()),
+            "-device".into(),
+            format!("ivshmem-doorbell,chardev=db,vectors=4,addr={DOORBELL_SLOT}"),
+        ];
+        let mut run = Nested::scenario("linux-virtio")
+            .file(&modules.join("ivshmem.ko"), "/ivshmem.ko")
+            .file(&modules.join("virtio_ivshmem.ko"), "/virtio_ivshmem.ko")
+            .file(
+                &bin("ivshmem-guest-client"),
+                "/usr/local/bin/ivshmem-guest-client",
+            )
+            .qemu_args(&qemu_args.iter().map(String::as_str).collect::<Vec<_>>());
+        for (src, dst) in distro_modules(&distro) {
+            run = run.file(&src, &dst);
+        }
+        std::thread::spawn(move || {
+            let outcome = run.run();
+            done.store(true, Ordering::Relaxed);
+            outcome
+        })
+    };
+
+    // The host side: when the guest asks (RESTART at MARK), kill the bridge while the guest
+    // reads, and start another (and a new backend if the old one left with its frontend).
+    let (mut rng, mut bridge) = (rng, bridge);
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let mut restarted = false;
+    while !guest_done.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if !restarted && marker(&host) == "RESTART" {
+            eprintln!("host: the guest asked for a restart: killing the bridge");
+            drop(bridge);
+            std::thread::sleep(Duration::from_millis(200)); // let the backend see its frontend go
+            if !rng.alive() {
+                rng = start_rng(&rng_bin, &scratch, 1).0;
+            }
+            bridge = start_bridge(&socket, &backend, &scratch, 1);
+            eprintln!("host: a new bridge serves");
+            restarted = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let outcome = nested.join().expect("nested run thread");
+    let logs = format!(
+        "--- bridge ---\n{}\n--- rng ---\n{}",
+        bridge.text(),
+        rng.text()
+    );
+    eprintln!("{logs}");
+    for names in [BASICS, RESTART, UNBIND] {
+        outcome.assert_passed(names);
+    }
+    assert!(restarted, "the guest never asked for the restart\n{logs}");
+    assert_eq!(outcome.status, Some(0), "{}", outcome.console);
+}
+
+/// The same in L2 Linux in our VMM: the server, the bridge and the backend run in L1
+/// (tests/nested/linux-virtio-vmm/l1.sh restarts the bridge when L2 asks).
+#[test]
+fn linux_virtio_rng_in_our_vmm() {
+    const TEST: &str = "linux_virtio_rng_in_our_vmm";
+    if !nested_available(TEST) {
+        return;
+    }
+    let Some(rng_bin) = vhost_device_rng(TEST) else {
+        return;
+    };
+    let Some((modules, distro)) = build_modules(TEST) else {
+        return;
+    };
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nested");
+    let mut run = Nested::scenario("linux-virtio-vmm")
+        .file(&rng_bin, "/usr/local/bin/vhost-device-rng")
+        .file(&bin("vhost-bridge"), "/usr/local/bin/vhost-bridge")
+        .l2_file(&modules.join("ivshmem.ko"), "/ivshmem.ko")
+        .l2_file(&modules.join("virtio_ivshmem.ko"), "/virtio_ivshmem.ko")
+        .l2_file(&here.join("lib.sh"), "/lib.sh")
+        .l2_file(&here.join("linux-virtio/virtio.sh"), "/virtio.sh")
+        .l2_binary(
+            &bin("ivshmem-guest-client"),
+            "/usr/local/bin/ivshmem-guest-client",
+        );
+    for (src, dst) in distro_modules(&distro) {
+        run = run.l2_file(&src, &dst);
+    }
+    let outcome = run.run();
+    for names in [BASICS, RESTART, UNBIND] {
+        outcome.assert_passed(names);
+    }
+    outcome.assert_passed(&["l2_ran", "bridge_restarted"]);
+    assert_eq!(outcome.status, Some(0), "{}", outcome.console);
+}

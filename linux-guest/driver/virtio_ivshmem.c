@@ -70,7 +70,6 @@
 #define VI_Q_USED 0x20
 
 #define VI_MAX_SPECS 8
-#define VI_QUEUE_SIZE_CAP 256
 /* Smallest bounce allocation: 2^6 bytes. */
 #define VI_MIN_ALLOC_ORDER 6
 
@@ -88,6 +87,10 @@ static unsigned long virtio_arena_size = 1 << 20;
 module_param(virtio_arena_size, ulong, 0644);
 MODULE_PARM_DESC(virtio_arena_size,
 		 "bytes of the default arena, right after the header (default 1 MiB; less when the next header or the memory's end comes first)");
+static unsigned int virtio_queue_size = 128;
+module_param(virtio_queue_size, uint, 0644);
+MODULE_PARM_DESC(virtio_queue_size,
+		 "largest queue size set up (default 128; the device's maximum when smaller): every buffer a driver keeps posted takes arena room");
 static unsigned int virtio_timeout_ms = 10000;
 module_param(virtio_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(virtio_timeout_ms, "how long a status request waits for the bridge (ms)");
@@ -567,16 +570,18 @@ static int vi_setup_vq(struct vi_dev *vd, unsigned int i, vq_callback_t *cb, con
 {
 	struct virtio_device *vdev = vd->vdev;
 	struct vi_vq *q = &vd->vqs[i];
-	u32 max = vi_get(vd, vi_qoff(i, VI_Q_MAX_SIZE));
+	u32 dev_max = vi_get(vd, vi_qoff(i, VI_Q_MAX_SIZE));
 	u32 kick = vi_get(vd, vi_qoff(i, VI_Q_KICK_VECTOR));
 	struct virtqueue *vq;
+	u32 num;
 
-	if (!max || kick > 0xffff) {
-		dev_err(&vd->dev, "queue %u: max size %u, kick vector %u\n", i, max, kick);
+	if (!dev_max || kick > 0xffff) {
+		dev_err(&vd->dev, "queue %u: max size %u, kick vector %u\n", i, dev_max, kick);
 		return -EINVAL;
 	}
 	q->kick = kick;
-	vq = vring_create_virtqueue(i, min_t(u32, rounddown_pow_of_two(max), VI_QUEUE_SIZE_CAP),
+	num = rounddown_pow_of_two(min_t(u32, dev_max, max(virtio_queue_size, 1U)));
+	vq = vring_create_virtqueue(i, num,
 				    SMP_CACHE_BYTES, vdev, true, true, ctx, vi_notify, cb, name);
 	if (!vq) {
 		dev_err(&vd->dev, "queue %u: no ring (arena %llu bytes)\n", i, vd->arena_len);

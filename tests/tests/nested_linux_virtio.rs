@@ -1,6 +1,8 @@
 //! Stock Linux virtio drivers over ivshmem (linux-guest/driver/virtio_ivshmem.c, the virtio
 //! transport): the kernel's own `virtio-rng` driver reads `/dev/hwrng` from a device that
-//! `vhost-bridge` publishes in the shared memory and rust-vmm's `vhost-device-rng` serves.
+//! `vhost-bridge` publishes in the shared memory and rust-vmm's `vhost-device-rng` serves, and
+//! the kernel's vsock transport connects to the host through a second device in the same memory
+//! (`vhost-device-vsock`, its host side an echo).
 //!
 //! * In QEMU (L1 Linux on the nested bed, QEMU TCG): QEMU's own `ivshmem-doorbell` on our
 //!   server outside the bed, with the bridge and the backend outside too; this test restarts
@@ -17,7 +19,11 @@ use harness::{bin, wait_until, Scratch, Server};
 use peer::Peer;
 
 /// Where the guest scenario writes its step marker (tests/nested/linux-virtio/virtio.sh MARK).
-const MARK: usize = 0x30_0000;
+const MARK: usize = 0x3F_0000;
+/// The vsock device's header (the entropy device's is at 0).
+const VSOCK_HEADER: &str = "0x200000";
+/// The port the guest connects to on the host (CID 2); the host side echoes.
+const VSOCK_PORT: u32 = 1234;
 /// The doorbell device's PCI slot in L1.
 const DOORBELL_SLOT: &str = "05.0";
 const WAIT: Duration = Duration::from_secs(30);
@@ -44,30 +50,49 @@ fn build_modules(test: &str) -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-/// rust-vmm's vhost-device-rng on PATH (scripts/test.sh cargo-installs it).
-fn vhost_device_rng(test: &str) -> Option<PathBuf> {
+/// A rust-vmm backend (`vhost-device-rng`, `vhost-device-vsock`) on PATH (scripts/test.sh
+/// cargo-installs them).
+fn vhost_device(test: &str, name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|p| p.join("vhost-device-rng"))
+            .map(|p| p.join(name))
             .find(|p| p.is_file())
     });
     if found.is_none() {
         if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1")
             || std::env::var("IVSHMEM_REQUIRE_KVM").as_deref() == Ok("1")
         {
-            panic!("{test}: vhost-device-rng not on PATH");
+            panic!("{test}: {name} not on PATH");
         }
-        eprintln!("SKIP {test}: vhost-device-rng not on PATH (cargo install vhost-device-rng)");
+        eprintln!("SKIP {test}: {name} not on PATH (cargo install {name})");
     }
     found
 }
 
+/// The example vsock_echo (an AF_VSOCK client in the guest, the UNIX-socket echo on the host).
+fn vsock_echo() -> PathBuf {
+    let path = harness::bin_dir().join("examples/vsock_echo");
+    assert!(
+        path.exists(),
+        "{} not found: cargo build -p ivshmem-guest --examples",
+        path.display()
+    );
+    path
+}
+
 /// The distribution's modules the scenarios insmod, as (host path, path in the guest).
 fn distro_modules(distro: &Path) -> Vec<(PathBuf, String)> {
-    ["virtio", "virtio_ring", "virtio-rng"]
-        .iter()
-        .map(|m| (distro.join(format!("{m}.ko")), format!("/vmods/{m}.ko")))
-        .collect()
+    [
+        "virtio",
+        "virtio_ring",
+        "virtio-rng",
+        "vsock",
+        "vmw_vsock_virtio_transport_common",
+        "vmw_vsock_virtio_transport",
+    ]
+    .iter()
+    .map(|m| (distro.join(format!("{m}.ko")), format!("/vmods/{m}.ko")))
+    .collect()
 }
 
 /// A child process killed on drop; its output goes to a file in the scratch directory.
@@ -121,14 +146,24 @@ fn start_rng(binary: &Path, dir: &Scratch, run: u32) -> (Proc, PathBuf) {
 }
 
 fn start_bridge(server: &Path, backend: &Path, dir: &Scratch, run: u32) -> Proc {
+    spawn_bridge(
+        server,
+        backend,
+        &["--device", "entropy"],
+        dir,
+        &format!("bridge{run}"),
+    )
+}
+
+fn spawn_bridge(server: &Path, backend: &Path, args: &[&str], dir: &Scratch, name: &str) -> Proc {
     let proc = Proc::spawn(
         Command::new(bin("vhost-bridge"))
             .arg("-S")
             .arg(server)
             .arg("--backend")
             .arg(backend)
-            .args(["--device", "entropy"]),
-        dir.join(&format!("bridge{run}.log")),
+            .args(args),
+        dir.join(&format!("{name}.log")),
     );
     assert!(
         wait_until(WAIT, || proc.text().contains("serving virtio device")),
@@ -158,6 +193,14 @@ const BASICS: &[&str] = &[
     "hwrng_reads",
     "hwrng_reads_more",
 ];
+const VSOCK: &[&str] = &[
+    "insmod_vsock",
+    "vsock_header",
+    "vsock_device_id",
+    "vsock_echo",
+    "vsock_echo_large",
+    "rng_still_reads",
+];
 const RESTART: &[&str] = &[
     "reader_started",
     "ask_for_restart",
@@ -178,15 +221,26 @@ const UNBIND: &[&str] = &[
     "rng_gone_after_rmmod",
     "rmmod_ivshmem",
     "no_oops",
+    "no_arena_exhaustion",
 ];
 
+/// The guest's kernel messages about the transport (the scenario prints them as DMESG lines).
+fn print_dmesg(console: &str) {
+    for line in console.lines().filter(|l| l.contains("DMESG")) {
+        eprintln!("{line}");
+    }
+}
+
 #[test]
-fn linux_virtio_rng_in_qemu() {
-    const TEST: &str = "linux_virtio_rng_in_qemu";
+fn linux_virtio_in_qemu() {
+    const TEST: &str = "linux_virtio_in_qemu";
     if !nested_available(TEST) {
         return;
     }
-    let Some(rng_bin) = vhost_device_rng(TEST) else {
+    let Some(rng_bin) = vhost_device(TEST, "vhost-device-rng") else {
+        return;
+    };
+    let Some(vsock_bin) = vhost_device(TEST, "vhost-device-vsock") else {
         return;
     };
     let Some((modules, distro)) = build_modules(TEST) else {
@@ -198,7 +252,46 @@ fn linux_virtio_rng_in_qemu() {
     let host = Peer::connect(&socket).expect("host peer connects");
     let (rng, backend) = start_rng(&rng_bin, &scratch, 0);
     let bridge = start_bridge(&socket, &backend, &scratch, 0);
+    // The second device in the same memory: vsock, its host side an echo on VSOCK_PORT.
+    let uds = scratch.join("vm.vsock");
+    let _echo = Proc::spawn(
+        Command::new(vsock_echo())
+            .arg("serve-uds")
+            .arg(format!("{}_{VSOCK_PORT}", uds.display())),
+        scratch.join("echo.log"),
+    );
+    let vsock_socket = scratch.join("vsock.sock");
+    let _vsock = Proc::spawn(
+        Command::new(&vsock_bin).arg("--vm").arg(format!(
+            "guest-cid=3,socket={},uds-path={}",
+            vsock_socket.display(),
+            uds.display()
+        )),
+        scratch.join("vsock.log"),
+    );
+    assert!(
+        wait_until(WAIT, || vsock_socket.exists()),
+        "vhost-device-vsock did not listen"
+    );
+    let vsock_bridge = spawn_bridge(
+        &socket,
+        &vsock_socket,
+        &[
+            "--device",
+            "19",
+            "--queues",
+            "3",
+            "--config-size",
+            "8",
+            "--header",
+            VSOCK_HEADER,
+        ],
+        &scratch,
+        "vsock-bridge",
+    );
 
+    let on = scratch.join("vsock.on");
+    std::fs::write(&on, "").unwrap();
     let guest_done = Arc::new(AtomicBool::new(false));
     let nested = {
         let done = guest_done.clone();
@@ -209,6 +302,8 @@ fn linux_virtio_rng_in_qemu() {
             format!("ivshmem-doorbell,chardev=db,vectors=4,addr={DOORBELL_SLOT}"),
         ];
         let mut run = Nested::scenario("linux-virtio")
+            .file(&vsock_echo(), "/usr/local/bin/vsock_echo")
+            .file(&on, "/vsock.on")
             .file(&modules.join("ivshmem.ko"), "/ivshmem.ko")
             .file(&modules.join("virtio_ivshmem.ko"), "/virtio_ivshmem.ko")
             .file(
@@ -247,12 +342,14 @@ fn linux_virtio_rng_in_qemu() {
     }
     let outcome = nested.join().expect("nested run thread");
     let logs = format!(
-        "--- bridge ---\n{}\n--- rng ---\n{}",
+        "--- bridge ---\n{}\n--- rng ---\n{}\n--- vsock bridge ---\n{}",
         bridge.text(),
-        rng.text()
+        rng.text(),
+        vsock_bridge.text()
     );
     eprintln!("{logs}");
-    for names in [BASICS, RESTART, UNBIND] {
+    print_dmesg(&outcome.console);
+    for names in [BASICS, VSOCK, RESTART, UNBIND] {
         outcome.assert_passed(names);
     }
     assert!(restarted, "the guest never asked for the restart\n{logs}");
@@ -262,21 +359,31 @@ fn linux_virtio_rng_in_qemu() {
 /// The same in L2 Linux in our VMM: the server, the bridge and the backend run in L1
 /// (tests/nested/linux-virtio-vmm/l1.sh restarts the bridge when L2 asks).
 #[test]
-fn linux_virtio_rng_in_our_vmm() {
-    const TEST: &str = "linux_virtio_rng_in_our_vmm";
+fn linux_virtio_in_our_vmm() {
+    const TEST: &str = "linux_virtio_in_our_vmm";
     if !nested_available(TEST) {
         return;
     }
-    let Some(rng_bin) = vhost_device_rng(TEST) else {
+    let Some(rng_bin) = vhost_device(TEST, "vhost-device-rng") else {
+        return;
+    };
+    let Some(vsock_bin) = vhost_device(TEST, "vhost-device-vsock") else {
         return;
     };
     let Some((modules, distro)) = build_modules(TEST) else {
         return;
     };
+    let scratch = Scratch::new("nested-linux-virtio-vmm");
+    let on = scratch.join("vsock.on");
+    std::fs::write(&on, "").unwrap();
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nested");
     let mut run = Nested::scenario("linux-virtio-vmm")
         .file(&rng_bin, "/usr/local/bin/vhost-device-rng")
         .file(&bin("vhost-bridge"), "/usr/local/bin/vhost-bridge")
+        .file(&vsock_bin, "/usr/local/bin/vhost-device-vsock")
+        .file(&vsock_echo(), "/usr/local/bin/vsock_echo")
+        .l2_binary(&vsock_echo(), "/usr/local/bin/vsock_echo")
+        .l2_file(&on, "/vsock.on")
         .l2_file(&modules.join("ivshmem.ko"), "/ivshmem.ko")
         .l2_file(&modules.join("virtio_ivshmem.ko"), "/virtio_ivshmem.ko")
         .l2_file(&here.join("lib.sh"), "/lib.sh")
@@ -289,7 +396,8 @@ fn linux_virtio_rng_in_our_vmm() {
         run = run.l2_file(&src, &dst);
     }
     let outcome = run.run();
-    for names in [BASICS, RESTART, UNBIND] {
+    print_dmesg(&outcome.console);
+    for names in [BASICS, VSOCK, RESTART, UNBIND] {
         outcome.assert_passed(names);
     }
     outcome.assert_passed(&["l2_ran", "bridge_restarted"]);

@@ -4,7 +4,7 @@
 # (tests/nested/linux-virtio/virtio.sh, run by l2.sh); when L2 writes RESTART at its marker we
 # kill the bridge and start another while L2 reads /dev/hwrng.
 . ../lib.sh
-MARK=3145728
+MARK=4128768
 
 ivshmem-server -F -S /tmp/sock -l 4M -n 4 2>/tmp/server.log &
 server=$!
@@ -19,6 +19,13 @@ start_bridge() {
     wait_for "/tmp/bridge$1.log" 'serving virtio device' 30
 }
 start_bridge 0
+# The second device in the same memory: vsock at 0x200000, its host side an echo on port 1234.
+vsock_echo serve-uds /tmp/vm.vsock_1234 >/tmp/echo.log 2>&1 &
+vhost-device-vsock --vm guest-cid=3,socket=/tmp/vsock.sock,uds-path=/tmp/vm.vsock >/tmp/vsock.log 2>&1 &
+for i in $(seq 100); do [ -S /tmp/vsock.sock ] && break; sleep 0.1; done
+RUST_LOG=info vhost-bridge -S /tmp/sock --backend /tmp/vsock.sock --device 19 --queues 3 \
+    --config-size 8 --header 0x200000 >/tmp/vsock-bridge.log 2>&1 &
+wait_for /tmp/vsock-bridge.log 'serving virtio device' 30
 
 marker() { dd if=/dev/shm/ivshmem bs=1 skip=$MARK count=7 2>/dev/null | tr -d '\0'; }
 
@@ -45,6 +52,7 @@ timeout 900 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 512M \
 wait_bounded $restarter 30
 check l2_ran 0 'L2-EXIT 0' cat /tmp/l2.log
 check bridge_restarted 0 'restarted' cat /tmp/restarted
+sed 's/^/VSOCK-BRIDGE /' /tmp/vsock-bridge.log | tail -n 20
 sed 's/^/BRIDGE0 /' /tmp/bridge0.log | tail -n 20
 sed 's/^/BRIDGE1 /' /tmp/bridge1.log 2>/dev/null | tail -n 20
 kill $server

@@ -8,6 +8,7 @@ if ! grep -q virtio_rng /sys/class/misc/hw_random/rng_current; then
     finish
     exit 0
 fi
+vsock
 restart_bridge
 unbind_rebind
 finish

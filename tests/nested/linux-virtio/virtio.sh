@@ -3,9 +3,11 @@
 # vhost-bridge publishes at offset 0 of the shared memory and vhost-device-rng serves.
 # Needs: /ivshmem.ko, /virtio_ivshmem.ko, the distribution's modules in /vmods, lib.sh sourced,
 # ivshmem-guest-client on PATH. Sets nothing; prints RESULT lines.
-# Shared-memory layout: the header at 0, its arena 0x1000 + 1 MiB (virtio_ivshmem's default),
-# the guest's step marker at MARK (outside both), for a host that restarts the bridge.
-MARK=3145728
+# Shared-memory layout: the entropy device's header at 0, its arena 0x1000 + 1 MiB
+# (virtio_ivshmem's default); with /vsock.on, a vsock device's header at 0x200000 (arena
+# 0x201000 + 1 MiB); the guest's step marker at MARK (0x3F0000, outside all of them), for a
+# host that restarts the entropy device's bridge.
+MARK=4128768
 IV=/sys/class/ivshmem/ivshmem0
 
 # until SECONDS CMD...: runs CMD every 0.1 s until it succeeds; fails after SECONDS.
@@ -13,7 +15,7 @@ until_ok() {
     local limit=$1 i
     shift
     for i in $(seq $((limit * 10))); do
-        "$@" >/dev/null 2>&1 && return 0
+        out=$("$@" 2>&1) && { printf '%s\n' "$out"; return 0; }
         sleep 0.1
     done
     "$@"
@@ -69,6 +71,19 @@ rng_basics() {
     check hwrng_reads_more 0 'bytes=65536 distinct=256' random_bytes 65536
 }
 
+# vsock: the stock vsock transport on the second header of the same memory (its three queues
+# share one vector: the entropy device took two of our four); the host side echoes port 1234.
+vsock() {
+    [ -e /vsock.on ] || return 0
+    check insmod_vsock 0 '' sh -c 'insmod /vmods/vsock.ko && insmod /vmods/vmw_vsock_virtio_transport_common.ko && insmod /vmods/vmw_vsock_virtio_transport.ko'
+    check vsock_header 0 '^0x200000 0x201000 0x100000 virtio' sh -c "grep ^0x200000 $IV/virtio_devices"
+    check vsock_device_id 0 '^0x0013$' sh -c 'cat /sys/bus/virtio/devices/virtio*/device | grep 0x0013'
+    check vsock_echo 0 'reply: hello over vsock through ivshmem' \
+        until_ok 60 vsock_echo 2 1234 'hello over vsock through ivshmem'
+    check vsock_echo_large 0 "reply: $(printf 'x%.0s' $(seq 3000))" vsock_echo 2 1234 "$(printf 'x%.0s' $(seq 3000))"
+    check rng_still_reads 0 'bytes=4096 distinct=2[0-9][0-9]' random_bytes 4096
+}
+
 # restart_bridge: a reader keeps reading /dev/hwrng while the host side kills the bridge (asked
 # by the marker RESTART at MARK) and starts a new one: the transport removes the device (the
 # new bridge cleared our claim), registers it again, and the reader carries on or sees an error;
@@ -111,5 +126,6 @@ unbind_rebind() {
 
 finish() {
     check no_oops 1 '' sh -c "dmesg | grep -E 'BUG|Oops|WARNING|Call Trace|general protection|hung_task|blocked for more'"
+    check no_arena_exhaustion 1 '' sh -c "dmesg | grep -E 'exhausted'"
     dmesg | grep -iE 'ivshmem|virtio' | sed 's/^/DMESG /'
 }

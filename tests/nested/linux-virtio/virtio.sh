@@ -46,7 +46,9 @@ attached_times() {
 # diag WHAT: the header, the marker and blocked tasks, for a failure's diagnosis.
 diag() {
     ivshmem-guest-client -d 0 -c "read 0 0x50; read $MARK 16" 2>&1 | sed "s/^/DIAG $1 /"
-    for p in $(pgrep head); do echo "DIAG $1 head $p $(cat /proc/$p/wchan)"; done
+    for p in /proc/[0-9]*; do
+        [ "$(cat $p/comm 2>/dev/null)" = head ] && echo "DIAG $1 head ${p#/proc/} $(cat $p/wchan)"
+    done
     dmesg | tail -n 5 | sed "s/^/DIAG $1 /"
 }
 

@@ -83,10 +83,10 @@ MODULE_PARM_DESC(virtio_discover, "scan the shared memory for published headers 
 static unsigned long virtio_scan_limit = 64 << 20;
 module_param(virtio_scan_limit, ulong, 0644);
 MODULE_PARM_DESC(virtio_scan_limit, "bytes of shared memory the discovery scans (default 64 MiB)");
-static unsigned long virtio_arena_size = 1 << 20;
+static unsigned long virtio_arena_size = 2 << 20;
 module_param(virtio_arena_size, ulong, 0644);
 MODULE_PARM_DESC(virtio_arena_size,
-		 "bytes of the default arena, right after the header (default 1 MiB; less when the next header or the memory's end comes first)");
+		 "bytes of the default arena, right after the header (default 2 MiB; less when the next header or the memory's end comes first)");
 static unsigned int virtio_queue_size = 128;
 module_param(virtio_queue_size, uint, 0644);
 MODULE_PARM_DESC(virtio_queue_size,

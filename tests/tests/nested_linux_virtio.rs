@@ -19,11 +19,13 @@ use harness::{bin, wait_until, Scratch, Server};
 use peer::Peer;
 
 /// Where the guest scenario writes its step marker (tests/nested/linux-virtio/virtio.sh MARK).
-const MARK: usize = 0x3F_0000;
+const MARK: usize = 0x7F_0000;
 /// The vsock device's header (the entropy device's is at 0).
 const VSOCK_HEADER: &str = "0x200000";
 /// The port the guest connects to on the host (CID 2); the host side echoes.
 const VSOCK_PORT: u32 = 1234;
+/// The console device's header.
+const CONSOLE_HEADER: &str = "0x400000";
 /// The doorbell device's PCI slot in L1.
 const DOORBELL_SLOT: &str = "05.0";
 const WAIT: Duration = Duration::from_secs(30);
@@ -69,6 +71,23 @@ fn vhost_device(test: &str, name: &str) -> Option<PathBuf> {
     found
 }
 
+/// A backend only some parts need: None (that part is skipped, with a message) when it is not
+/// on PATH, a failure under IVSHMEM_REQUIRE_VHOST_DEVICE=1.
+fn optional_device(test: &str, name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
+            panic!("{test}: {name} not on PATH and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
+        }
+        eprintln!("SKIP part of {test}: {name} not on PATH (cargo install {name})");
+    }
+    found
+}
+
 /// The example vsock_echo (an AF_VSOCK client in the guest, the UNIX-socket echo on the host).
 fn vsock_echo() -> PathBuf {
     let path = harness::bin_dir().join("examples/vsock_echo");
@@ -89,6 +108,7 @@ fn distro_modules(distro: &Path) -> Vec<(PathBuf, String)> {
         "vsock",
         "vmw_vsock_virtio_transport_common",
         "vmw_vsock_virtio_transport",
+        "virtio_console",
     ]
     .iter()
     .map(|m| (distro.join(format!("{m}.ko")), format!("/vmods/{m}.ko")))
@@ -173,6 +193,40 @@ fn spawn_bridge(server: &Path, backend: &Path, args: &[&str], dir: &Scratch, nam
     proc
 }
 
+/// The console's host side: connects to the backend's TCP port, answers the guest's line with
+/// one of its own, and returns what it read (until the backend closes, or 20 minutes).
+fn console_answer(port: u32) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port as u16)) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return format!("no connection: {e}"),
+        }
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (mut got, mut answered) = (Vec::new(), false);
+    let mut buf = [0u8; 1024];
+    while Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        if !answered && String::from_utf8_lossy(&got).contains("hello from hvc0") {
+            answered = conn.write_all(b"hello to hvc0\n").is_ok();
+        }
+        if answered && String::from_utf8_lossy(&got).contains("hello to hvc0") {
+            break; // the guest's tty echoed our line: it arrived
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 fn marker(peer: &Peer) -> String {
     let mut buf = [0u8; 16];
     peer.shm().read(MARK, &mut buf).expect("read shm");
@@ -200,6 +254,13 @@ const VSOCK: &[&str] = &[
     "vsock_echo",
     "vsock_echo_large",
     "rng_still_reads",
+];
+const CONSOLE: &[&str] = &[
+    "insmod_console",
+    "console_header",
+    "hvc0_appears",
+    "hvc0_writes",
+    "hvc0_reads",
 ];
 const RESTART: &[&str] = &[
     "reader_started",
@@ -240,58 +301,97 @@ fn linux_virtio_in_qemu() {
     let Some(rng_bin) = vhost_device(TEST, "vhost-device-rng") else {
         return;
     };
-    let Some(vsock_bin) = vhost_device(TEST, "vhost-device-vsock") else {
-        return;
-    };
+    let vsock_bin = optional_device(TEST, "vhost-device-vsock");
+    let console_bin = optional_device(TEST, "vhost-device-console");
     let Some((modules, distro)) = build_modules(TEST) else {
         return;
     };
     let scratch = Scratch::new("nested-linux-virtio");
     let socket = scratch.join("sock");
-    let _server = Server::start(&socket, &["-l", "4M", "-n", "4"]);
+    let _server = Server::start(&socket, &["-l", "8M", "-n", "8"]);
     let host = Peer::connect(&socket).expect("host peer connects");
     let (rng, backend) = start_rng(&rng_bin, &scratch, 0);
     let bridge = start_bridge(&socket, &backend, &scratch, 0);
     // The second device in the same memory: vsock, its host side an echo on VSOCK_PORT.
-    let uds = scratch.join("vm.vsock");
-    let _echo = Proc::spawn(
-        Command::new(vsock_echo())
-            .arg("serve-uds")
-            .arg(format!("{}_{VSOCK_PORT}", uds.display())),
-        scratch.join("echo.log"),
-    );
-    let vsock_socket = scratch.join("vsock.sock");
-    let _vsock = Proc::spawn(
-        Command::new(&vsock_bin).arg("--vm").arg(format!(
-            "guest-cid=3,socket={},uds-path={}",
-            vsock_socket.display(),
-            uds.display()
-        )),
-        scratch.join("vsock.log"),
-    );
-    assert!(
-        wait_until(WAIT, || vsock_socket.exists()),
-        "vhost-device-vsock did not listen"
-    );
-    let vsock_bridge = spawn_bridge(
-        &socket,
-        &vsock_socket,
-        &[
-            "--device",
-            "19",
-            "--queues",
-            "3",
-            "--config-size",
-            "8",
-            "--header",
-            VSOCK_HEADER,
-        ],
-        &scratch,
-        "vsock-bridge",
-    );
-
-    let on = scratch.join("vsock.on");
-    std::fs::write(&on, "").unwrap();
+    let mut extra = Vec::new();
+    let mut parts: Vec<&[&str]> = vec![BASICS];
+    if let Some(vsock_bin) = &vsock_bin {
+        let uds = scratch.join("vm.vsock");
+        extra.push(Proc::spawn(
+            Command::new(vsock_echo())
+                .arg("serve-uds")
+                .arg(format!("{}_{VSOCK_PORT}", uds.display())),
+            scratch.join("echo.log"),
+        ));
+        let vsock_socket = scratch.join("vsock.sock");
+        extra.push(Proc::spawn(
+            Command::new(vsock_bin).arg("--vm").arg(format!(
+                "guest-cid=3,socket={},uds-path={}",
+                vsock_socket.display(),
+                uds.display()
+            )),
+            scratch.join("vsock.log"),
+        ));
+        assert!(
+            wait_until(WAIT, || vsock_socket.exists()),
+            "vhost-device-vsock did not listen"
+        );
+        extra.push(spawn_bridge(
+            &socket,
+            &vsock_socket,
+            &[
+                "--device",
+                "19",
+                "--queues",
+                "3",
+                "--config-size",
+                "8",
+                "--header",
+                VSOCK_HEADER,
+            ],
+            &scratch,
+            "vsock-bridge",
+        ));
+        parts.push(VSOCK);
+    }
+    // The third: a console; its host side a TCP client that answers the guest's line.
+    let mut console_host = None;
+    if let Some(console_bin) = &console_bin {
+        let port = 20000 + std::process::id() % 20000;
+        let console_socket = scratch.join("console.sock0");
+        extra.push(Proc::spawn(
+            Command::new(console_bin)
+                .arg("-s")
+                .arg(scratch.join("console.sock"))
+                .args(["-b", "network", "-p", &port.to_string()]),
+            scratch.join("console.log"),
+        ));
+        assert!(
+            wait_until(WAIT, || console_socket.exists()),
+            "vhost-device-console did not listen"
+        );
+        extra.push(spawn_bridge(
+            &socket,
+            &console_socket,
+            &[
+                "--device",
+                "3",
+                "--config-size",
+                "12",
+                "--header",
+                CONSOLE_HEADER,
+            ],
+            &scratch,
+            "console-bridge",
+        ));
+        console_host = Some(std::thread::spawn(move || console_answer(port)));
+        parts.push(CONSOLE);
+    }
+    parts.extend([RESTART, UNBIND]);
+    let vsock_on = scratch.join("vsock.on");
+    std::fs::write(&vsock_on, "").unwrap();
+    let console_on = scratch.join("console.on");
+    std::fs::write(&console_on, "").unwrap();
     let guest_done = Arc::new(AtomicBool::new(false));
     let nested = {
         let done = guest_done.clone();
@@ -299,11 +399,10 @@ fn linux_virtio_in_qemu() {
             "-chardev".to_string(),
             format!("socket,path={},id=db", socket.display()),
             "-device".into(),
-            format!("ivshmem-doorbell,chardev=db,vectors=4,addr={DOORBELL_SLOT}"),
+            format!("ivshmem-doorbell,chardev=db,vectors=8,addr={DOORBELL_SLOT}"),
         ];
         let mut run = Nested::scenario("linux-virtio")
             .file(&vsock_echo(), "/usr/local/bin/vsock_echo")
-            .file(&on, "/vsock.on")
             .file(&modules.join("ivshmem.ko"), "/ivshmem.ko")
             .file(&modules.join("virtio_ivshmem.ko"), "/virtio_ivshmem.ko")
             .file(
@@ -313,6 +412,12 @@ fn linux_virtio_in_qemu() {
             .qemu_args(&qemu_args.iter().map(String::as_str).collect::<Vec<_>>());
         for (src, dst) in distro_modules(&distro) {
             run = run.file(&src, &dst);
+        }
+        if vsock_bin.is_some() {
+            run = run.file(&vsock_on, "/vsock.on");
+        }
+        if console_bin.is_some() {
+            run = run.file(&console_on, "/console.on");
         }
         std::thread::spawn(move || {
             let outcome = run.run();
@@ -341,16 +446,25 @@ fn linux_virtio_in_qemu() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let outcome = nested.join().expect("nested run thread");
-    let logs = format!(
-        "--- bridge ---\n{}\n--- rng ---\n{}\n--- vsock bridge ---\n{}",
+    let mut logs = format!(
+        "--- bridge ---\n{}\n--- rng ---\n{}",
         bridge.text(),
-        rng.text(),
-        vsock_bridge.text()
+        rng.text()
     );
+    for p in &extra {
+        logs += &format!("\n--- {} ---\n{}", p.log.display(), p.text());
+    }
     eprintln!("{logs}");
     print_dmesg(&outcome.console);
-    for names in [BASICS, VSOCK, RESTART, UNBIND] {
+    for names in parts {
         outcome.assert_passed(names);
+    }
+    if let Some(host) = console_host {
+        let got = host.join().expect("console thread");
+        assert!(
+            got.contains("hello from hvc0"),
+            "the host's console side got {got:?}"
+        );
     }
     assert!(restarted, "the guest never asked for the restart\n{logs}");
     assert_eq!(outcome.status, Some(0), "{}", outcome.console);
@@ -370,11 +484,14 @@ fn linux_virtio_in_our_vmm() {
     let Some(vsock_bin) = vhost_device(TEST, "vhost-device-vsock") else {
         return;
     };
+    let Some(console_bin) = vhost_device(TEST, "vhost-device-console") else {
+        return;
+    };
     let Some((modules, distro)) = build_modules(TEST) else {
         return;
     };
     let scratch = Scratch::new("nested-linux-virtio-vmm");
-    let on = scratch.join("vsock.on");
+    let on = scratch.join("on");
     std::fs::write(&on, "").unwrap();
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nested");
     let mut run = Nested::scenario("linux-virtio-vmm")
@@ -383,7 +500,9 @@ fn linux_virtio_in_our_vmm() {
         .file(&vsock_bin, "/usr/local/bin/vhost-device-vsock")
         .file(&vsock_echo(), "/usr/local/bin/vsock_echo")
         .l2_binary(&vsock_echo(), "/usr/local/bin/vsock_echo")
+        .file(&console_bin, "/usr/local/bin/vhost-device-console")
         .l2_file(&on, "/vsock.on")
+        .l2_file(&on, "/console.on")
         .l2_file(&modules.join("ivshmem.ko"), "/ivshmem.ko")
         .l2_file(&modules.join("virtio_ivshmem.ko"), "/virtio_ivshmem.ko")
         .l2_file(&here.join("lib.sh"), "/lib.sh")
@@ -397,9 +516,9 @@ fn linux_virtio_in_our_vmm() {
     }
     let outcome = run.run();
     print_dmesg(&outcome.console);
-    for names in [BASICS, VSOCK, RESTART, UNBIND] {
+    for names in [BASICS, VSOCK, CONSOLE, RESTART, UNBIND] {
         outcome.assert_passed(names);
     }
-    outcome.assert_passed(&["l2_ran", "bridge_restarted"]);
+    outcome.assert_passed(&["l2_ran", "host_got_hvc0_line", "bridge_restarted"]);
     assert_eq!(outcome.status, Some(0), "{}", outcome.console);
 }

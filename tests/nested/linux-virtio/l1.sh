@@ -12,6 +12,7 @@ if ! grep -q virtio_rng /sys/class/misc/hw_random/rng_current; then
     exit 0
 fi
 vsock
+console
 restart_bridge
 unbind_rebind
 finish

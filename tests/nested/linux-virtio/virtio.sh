@@ -3,11 +3,11 @@
 # vhost-bridge publishes at offset 0 of the shared memory and vhost-device-rng serves.
 # Needs: /ivshmem.ko, /virtio_ivshmem.ko, the distribution's modules in /vmods, lib.sh sourced,
 # ivshmem-guest-client on PATH. Sets nothing; prints RESULT lines.
-# Shared-memory layout: the entropy device's header at 0, its arena 0x1000 + 1 MiB
-# (virtio_ivshmem's default); with /vsock.on, a vsock device's header at 0x200000 (arena
-# 0x201000 + 1 MiB); the guest's step marker at MARK (0x3F0000, outside all of them), for a
-# host that restarts the entropy device's bridge.
-MARK=4128768
+# Shared-memory layout (8 MiB): the entropy device's header at 0, a vsock device's at 0x200000
+# and a console's at 0x400000, each arena from the header's end (virtio_ivshmem's default: 2 MiB,
+# cut at the next header); the guest's step marker at MARK (0x7F0000, outside all of them), for
+# a host that restarts the entropy device's bridge.
+MARK=8323072
 IV=/sys/class/ivshmem/ivshmem0
 
 # until SECONDS CMD...: runs CMD every 0.1 s until it succeeds; fails after SECONDS.
@@ -63,7 +63,7 @@ rng_basics() {
     check insmod_ivshmem 0 '' insmod /ivshmem.ko
     check insmod_transport 0 '' insmod /virtio_ivshmem.ko
     # Discovery finds the bridge's header; the virtio device has no driver yet.
-    check header_discovered 0 '^0x0 0x1000 0x100000 virtio0' devices_after_attach
+    check header_discovered 0 '^0x0 0x1000 0x1ff000 virtio0' devices_after_attach
     check virtio_device_id 0 '^0x0004$' cat /sys/bus/virtio/devices/virtio0/device
     check insmod_virtio_rng 0 '' insmod /vmods/virtio-rng.ko
     # Negotiated (bit 33 = VIRTIO_F_ACCESS_PLATFORM: buffers go through the bounce arena).
@@ -78,12 +78,28 @@ rng_basics() {
 vsock() {
     [ -e /vsock.on ] || return 0
     check insmod_vsock 0 '' sh -c 'insmod /vmods/vsock.ko && insmod /vmods/vmw_vsock_virtio_transport_common.ko && insmod /vmods/vmw_vsock_virtio_transport.ko'
-    check vsock_header 0 '^0x200000 0x201000 0x100000 virtio' sh -c "grep ^0x200000 $IV/virtio_devices"
+    check vsock_header 0 '^0x200000 0x201000 0x1ff000 virtio' sh -c "grep ^0x200000 $IV/virtio_devices"
     check vsock_device_id 0 '^0x0013$' sh -c 'cat /sys/bus/virtio/devices/virtio*/device | grep 0x0013'
     check vsock_echo 0 'reply: hello over vsock through ivshmem' \
         until_ok 60 vsock_echo 2 1234 'hello over vsock through ivshmem'
     check vsock_echo_large 0 "reply: $(printf 'x%.0s' $(seq 3000))" vsock_echo 2 1234 "$(printf 'x%.0s' $(seq 3000))"
     check rng_still_reads 0 'bytes=4096 distinct=2[0-9][0-9]' random_bytes 4096
+}
+
+# console: the stock virtio_console on a third header (vhost-device-console's network backend):
+# a line out through /dev/hvc0 to the host's TCP client, its answer back in.
+console() {
+    [ -e /console.on ] || return 0
+    check insmod_console 0 '' insmod /vmods/virtio_console.ko
+    check console_header 0 '^0x400000 0x401000 0x200000 virtio' sh -c "grep ^0x400000 $IV/virtio_devices"
+    check hvc0_appears 0 '' until_ok 60 test -c /dev/hvc0
+    rm -f /tmp/hvc.in
+    # Held open from here, so the answer cannot come before anyone reads.
+    exec 6<>/dev/hvc0
+    (head -n 1 <&6 >/tmp/hvc.in 2>&1) &
+    check hvc0_writes 0 '' sh -c 'printf "hello from hvc0\n" >&6'
+    check hvc0_reads 0 'hello to hvc0' until_ok 60 grep 'hello to hvc0' /tmp/hvc.in
+    exec 6>&-
 }
 
 # restart_bridge: a reader keeps reading /dev/hwrng while the host side kills the bridge (asked

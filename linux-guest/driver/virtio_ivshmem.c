@@ -136,6 +136,7 @@ struct vi_dev {
 	struct mutex req_lock;		/* status requests */
 	wait_queue_head_t wq;		/* the config vector */
 	bool gone;			/* the device side is gone: requests fail at once */
+	u32 asked;			/* the last status asked for */
 	u32 me;
 	u16 device_peer;
 	u32 generation;
@@ -152,6 +153,12 @@ struct vi_vdev {
 
 struct vi_spec {
 	u64 base, arena, arena_len;	/* arena_len 0: the default arena */
+	/*
+	 * The bridge stopped answering here: not attached again until the header changes (another
+	 * bridge peer or generation), so a dead bridge's header costs one timeout, not one a poll.
+	 */
+	bool dead;
+	u32 dead_peer, dead_generation;
 };
 
 /* Per ivshmem device. */
@@ -432,6 +439,7 @@ static int vi_request(struct vi_dev *vd, u32 status)
 	long left;
 
 	mutex_lock(&vd->req_lock);
+	WRITE_ONCE(vd->asked, status);
 	if (READ_ONCE(vd->gone)) {
 		mutex_unlock(&vd->req_lock);
 		return -ENODEV;
@@ -493,7 +501,15 @@ static u32 vi_generation(struct virtio_device *vdev)
 
 static u8 vi_get_status(struct virtio_device *vdev)
 {
-	return vi_get(vdev_vi(vdev), VI_DEVICE_STATUS) & 0xff;
+	struct vi_dev *vd = vdev_vi(vdev);
+
+	/*
+	 * With the device side gone, a reset is as done as it will get (the device goes with it);
+	 * anything else needs one.
+	 */
+	if (READ_ONCE(vd->gone))
+		return READ_ONCE(vd->asked) ? VIRTIO_CONFIG_S_NEEDS_RESET : 0;
+	return vi_get(vd, VI_DEVICE_STATUS) & 0xff;
 }
 
 static void vi_set_status(struct virtio_device *vdev, u8 status)
@@ -723,13 +739,30 @@ static u64 vi_default_arena_end(struct vi_host *h, u64 base)
 	return end;
 }
 
+static struct vi_spec *vi_spec_of(struct vi_host *h, u64 base)
+{
+	unsigned int i;
+
+	for (i = 0; i < h->nspecs; i++)
+		if (h->specs[i].base == base)
+			return &h->specs[i];
+	return NULL;
+}
+
 /* Called with h->lock held. */
 static void vi_detach(struct vi_dev *vd, const char *why)
 {
 	struct vi_host *h = vd->host;
 	struct virtio_device *vdev = vd->vdev;
+	struct vi_spec *spec = vi_spec_of(h, vd->base);
 
 	dev_info(&vd->dev, "detaching: %s\n", why);
+	if (spec && READ_ONCE(vd->gone) && vi_get(vd, VI_DRIVER_PEER) == vd->me) {
+		/* Nobody took the device over: the same bridge, silent. */
+		spec->dead = true;
+		spec->dead_peer = vi_get(vd, VI_DEVICE_PEER);
+		spec->dead_generation = vi_get(vd, VI_GENERATION);
+	}
 	list_del(&vd->node);
 	if (vdev) {
 		/* The driver's remove resets the device and deletes the queues (vi_del_vqs). */
@@ -746,7 +779,7 @@ static void vi_detach(struct vi_dev *vd, const char *why)
 }
 
 /* Called with h->lock held. */
-static int vi_attach(struct vi_host *h, const struct vi_spec *spec, bool quiet)
+static int vi_attach(struct vi_host *h, struct vi_spec *spec, bool quiet)
 {
 	struct vi_vdev *vv;
 	struct vi_dev *vd;
@@ -759,6 +792,14 @@ static int vi_attach(struct vi_host *h, const struct vi_spec *spec, bool quiet)
 			return -EEXIST;
 	if (!vi_published(h, spec->base))
 		return -ENOENT;
+	if (spec->dead) {
+		if (le32_to_cpu(READ_ONCE(*(__le32 *)vi_field(h, spec->base, VI_DEVICE_PEER))) ==
+		    spec->dead_peer &&
+		    le32_to_cpu(READ_ONCE(*(__le32 *)vi_field(h, spec->base, VI_GENERATION))) ==
+		    spec->dead_generation)
+			return -ENODEV;
+		spec->dead = false;
+	}
 	if (!arena_len) {
 		arena = spec->base + VI_HEADER_SIZE;
 		arena_len = vi_default_arena_end(h, spec->base) - arena;
@@ -956,11 +997,8 @@ static void vi_poll(struct work_struct *work)
 	}
 	if (virtio_discover)
 		vi_discover(h);
-	for (i = 0; i < h->nspecs && !h->stopping; i++) {
-		struct vi_spec spec = h->specs[i];
-
-		vi_attach(h, &spec, true);
-	}
+	for (i = 0; i < h->nspecs && !h->stopping; i++)
+		vi_attach(h, &h->specs[i], true);
 	if (!h->stopping)
 		schedule_delayed_work(&h->poll, msecs_to_jiffies(virtio_poll_ms));
 	mutex_unlock(&h->lock);
@@ -1010,7 +1048,7 @@ static ssize_t virtio_attach_store(struct device *dev, struct device_attribute *
 		mutex_lock(&h->lock);
 		ret = vi_add_spec(h, &spec);
 		if (!ret)
-			ret = vi_attach(h, &spec, false);
+			ret = vi_attach(h, vi_spec_of(h, spec.base), false);
 		if (ret == -ENOENT)
 			dev_info(h->dev, "no virtio header at %#llx yet: attaching when one is published\n",
 				 spec.base);

@@ -138,6 +138,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn alive(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
     }
@@ -145,8 +150,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -281,6 +285,16 @@ const UNBIND: &[&str] = &[
     "rmmod_transport",
     "rng_gone_after_rmmod",
     "rmmod_ivshmem",
+];
+const DEAD_BRIDGE: &[&str] = &[
+    "reinsmod",
+    "rng_after_reinsmod",
+    "dead_reader_started",
+    "ask_for_kill",
+    "reads_stop",
+    "rmmod_with_dead_bridge",
+    "dead_reader_ends",
+    "rng_gone_after_dead_bridge",
     "no_oops",
     "no_arena_exhaustion",
 ];
@@ -387,7 +401,7 @@ fn linux_virtio_in_qemu() {
         console_host = Some(std::thread::spawn(move || console_answer(port)));
         parts.push(CONSOLE);
     }
-    parts.extend([RESTART, UNBIND]);
+    parts.extend([RESTART, UNBIND, DEAD_BRIDGE]);
     let vsock_on = scratch.join("vsock.on");
     std::fs::write(&vsock_on, "").unwrap();
     let console_on = scratch.join("console.on");
@@ -430,7 +444,7 @@ fn linux_virtio_in_qemu() {
     // reads, and start another (and a new backend if the old one left with its frontend).
     let (mut rng, mut bridge) = (rng, bridge);
     let deadline = Instant::now() + Duration::from_secs(1200);
-    let mut restarted = false;
+    let (mut restarted, mut killed) = (false, false);
     while !guest_done.load(Ordering::Relaxed) && Instant::now() < deadline {
         if !restarted && marker(&host) == "RESTART" {
             eprintln!("host: the guest asked for a restart: killing the bridge");
@@ -442,6 +456,11 @@ fn linux_virtio_in_qemu() {
             bridge = start_bridge(&socket, &backend, &scratch, 1);
             eprintln!("host: a new bridge serves");
             restarted = true;
+        }
+        if restarted && !killed && marker(&host) == "KILL" {
+            eprintln!("host: the guest asked for the bridge to go for good");
+            bridge.kill();
+            killed = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -467,6 +486,7 @@ fn linux_virtio_in_qemu() {
         );
     }
     assert!(restarted, "the guest never asked for the restart\n{logs}");
+    assert!(killed, "the guest never asked for the bridge to go\n{logs}");
     assert_eq!(outcome.status, Some(0), "{}", outcome.console);
 }
 
@@ -516,9 +536,14 @@ fn linux_virtio_in_our_vmm() {
     }
     let outcome = run.run();
     print_dmesg(&outcome.console);
-    for names in [BASICS, VSOCK, CONSOLE, RESTART, UNBIND] {
+    for names in [BASICS, VSOCK, CONSOLE, RESTART, UNBIND, DEAD_BRIDGE] {
         outcome.assert_passed(names);
     }
-    outcome.assert_passed(&["l2_ran", "host_got_hvc0_line", "bridge_restarted"]);
+    outcome.assert_passed(&[
+        "l2_ran",
+        "host_got_hvc0_line",
+        "bridge_restarted",
+        "bridge_killed",
+    ]);
     assert_eq!(outcome.status, Some(0), "{}", outcome.console);
 }

@@ -55,6 +55,11 @@ marker() { dd if=/dev/shm/ivshmem bs=1 skip=$MARK count=7 2>/dev/null | tr -d '\
     fi
     start_bridge 1
     echo restarted >/tmp/restarted
+    # Then for good, when L2 asks.
+    for i in $(seq 6000); do [ "$(marker)" = KILL ] && break; sleep 0.1; done
+    [ "$(marker)" = KILL ] || exit 1
+    kill $bridge
+    echo killed >/tmp/killed
 ) &
 restarter=$!
 
@@ -65,6 +70,7 @@ wait_bounded $restarter 30
 check l2_ran 0 'L2-EXIT 0' cat /tmp/l2.log
 check host_got_hvc0_line 0 'hello from hvc0' cat /tmp/con-out
 check bridge_restarted 0 'restarted' cat /tmp/restarted
+check bridge_killed 0 'killed' cat /tmp/killed
 sed 's/^/VSOCK-BRIDGE /' /tmp/vsock-bridge.log | tail -n 20
 sed 's/^/CONSOLE-BRIDGE /' /tmp/console-bridge.log | tail -n 20
 sed 's/^/CONSOLE-TCP /' /tmp/con-out | tail -n 5

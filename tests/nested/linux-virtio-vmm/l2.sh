@@ -12,4 +12,5 @@ vsock
 console
 restart_bridge
 unbind_rebind
+dead_bridge
 finish

@@ -15,5 +15,6 @@ vsock
 console
 restart_bridge
 unbind_rebind
+dead_bridge
 finish
 exit 0

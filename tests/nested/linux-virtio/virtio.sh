@@ -142,6 +142,29 @@ unbind_rebind() {
     check rmmod_ivshmem 0 '' rmmod ivshmem
 }
 
+# dead_bridge: the modules again; the host side kills the entropy device's bridge for good
+# (marker KILL) while a reader waits. A VM cannot see a peer leave, so the reader waits
+# (killable, not a hung task) until the transport goes: rmmod resets the device, which times out
+# (virtio_timeout_ms, 3 s here) and the device is removed all the same; the reader ends.
+dead_bridge() {
+    check reinsmod 0 '' sh -c 'insmod /ivshmem.ko && insmod /virtio_ivshmem.ko virtio_timeout_ms=3000'
+    check rng_after_reinsmod 0 '^virtio_rng' rng_current
+    rm -f /tmp/stop /tmp/reader-ended
+    (n=0; while [ ! -e /tmp/stop ]; do
+        head -c 64 /dev/hwrng >/dev/null 2>&1 && n=$((n + 1)); echo $n >/tmp/reads; sleep 0.05
+    done; touch /tmp/reader-ended) &
+    reader=$!
+    check dead_reader_started 0 '' until_ok 60 sh -c '[ "$(cat /tmp/reads)" -gt 2 ]'
+    check ask_for_kill 0 '' ivshmem-guest-client -d 0 -c "write $MARK KILL\0\0\0\0"
+    # The reads stop: the bridge is gone and the backend with it.
+    check reads_stop 0 '' until_ok 120 sh -c 'a=$(cat /tmp/reads); sleep 2; [ "$(cat /tmp/reads)" = "$a" ]'
+    touch /tmp/stop
+    check rmmod_with_dead_bridge 0 '' rmmod virtio_ivshmem
+    check dead_reader_ends 0 '' until_ok 60 test -e /tmp/reader-ended
+    wait $reader
+    check rng_gone_after_dead_bridge 0 '' sh -c '! grep -q virtio_rng /sys/class/misc/hw_random/rng_current'
+}
+
 finish() {
     check no_oops 1 '' sh -c "dmesg | grep -E 'BUG|Oops|WARNING|Call Trace|general protection|hung_task|blocked for more'"
     check no_arena_exhaustion 1 '' sh -c "dmesg | grep -E 'exhausted'"

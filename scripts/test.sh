@@ -37,21 +37,18 @@ install_packages() {
     fi
 }
 
-# rust-vmm's vhost-device-rng (and -vsock, -console, which the Linux guest's virtio tests use)
-# from crates.io: the third-party vhost-user backends the virtio tests drive over ivshmem.
-# Cached: installed once (about 1.5 min each on 2 cores), then found on PATH.
-install_vhost_device() {
+# rust-vmm's vhost-device-rng from crates.io: the third-party vhost-user backend the virtio
+# tests drive over ivshmem. Cached: installed once (about 1.5 min on 2 cores), then found on PATH.
+install_vhost_device_rng() {
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-    command -v "$1" >/dev/null && return 0
-    echo "test.sh: installing $1 (cargo install)"
-    cargo install --locked --quiet "$1" \
-        || echo "test.sh: could not install $1; the tests that need it will skip" >&2
+    command -v vhost-device-rng >/dev/null && return 0
+    echo "test.sh: installing vhost-device-rng (cargo install)"
+    cargo install --locked --quiet vhost-device-rng \
+        || echo "test.sh: could not install vhost-device-rng; the virtio rng test will skip" >&2
 }
 
 install_packages
-install_vhost_device vhost-device-rng
-install_vhost_device vhost-device-vsock
-install_vhost_device vhost-device-console
+install_vhost_device_rng
 if [ -n "${IVSHMEM_REQUIRE_KVM:-}" ] && command -v vhost-device-rng >/dev/null; then
     export IVSHMEM_REQUIRE_VHOST_DEVICE="${IVSHMEM_REQUIRE_VHOST_DEVICE:-1}"
 fi

@@ -28,16 +28,19 @@ for i in $(seq 100); do [ -S /tmp/vsock.sock ] && break; sleep 0.1; done
 RUST_LOG=info vhost-bridge -S /tmp/sock --backend /tmp/vsock.sock --device 19 --queues 3 \
     --config-size 8 --header 0x200000 >/tmp/vsock-bridge.log 2>&1 &
 wait_for /tmp/vsock-bridge.log 'serving virtio device' 30
-# The third: a console at 0x400000; its host side a TCP client that answers the guest's line.
-vhost-device-console -s /tmp/console.sock -b network -p 12345 >/tmp/console.log 2>&1 &
-for i in $(seq 100); do [ -S /tmp/console.sock0 ] && break; sleep 0.1; done
-RUST_LOG=info vhost-bridge -S /tmp/sock --backend /tmp/console.sock0 --device 3 \
-    --config-size 12 --header 0x400000 >/tmp/console-bridge.log 2>&1 &
-wait_for /tmp/console-bridge.log 'serving virtio device' 30
-mkfifo /tmp/con-in
-nc 127.0.0.1 12345 </tmp/con-in >/tmp/con-out 2>&1 &
-exec 5>/tmp/con-in
-(wait_for /tmp/con-out 'hello from hvc0' 900 && echo 'hello to hvc0' >&5) &
+# The third: a console at 0x400000 (when the test shipped vhost-device-console); its host side
+# a TCP client that answers the guest's line.
+if command -v vhost-device-console >/dev/null; then
+    vhost-device-console -s /tmp/console.sock -b network -p 12345 >/tmp/console.log 2>&1 &
+    for i in $(seq 100); do [ -S /tmp/console.sock0 ] && break; sleep 0.1; done
+    RUST_LOG=info vhost-bridge -S /tmp/sock --backend /tmp/console.sock0 --device 3 \
+        --config-size 12 --header 0x400000 >/tmp/console-bridge.log 2>&1 &
+    wait_for /tmp/console-bridge.log 'serving virtio device' 30
+    mkfifo /tmp/con-in
+    nc 127.0.0.1 12345 </tmp/con-in >/tmp/con-out 2>&1 &
+    exec 5>/tmp/con-in
+    (wait_for /tmp/con-out 'hello from hvc0' 900 && echo 'hello to hvc0' >&5) &
+fi
 
 marker() { dd if=/dev/shm/ivshmem bs=1 skip=$MARK count=7 2>/dev/null | tr -d '\0'; }
 
@@ -68,12 +71,12 @@ timeout 900 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 512M \
     --ivshmem doorbell,socket=/tmp/sock,vectors=8 </dev/null 2>&1 | tee /tmp/l2.log
 wait_bounded $restarter 30
 check l2_ran 0 'L2-EXIT 0' cat /tmp/l2.log
-check host_got_hvc0_line 0 'hello from hvc0' cat /tmp/con-out
+[ ! -e /tmp/con-out ] || check host_got_hvc0_line 0 'hello from hvc0' cat /tmp/con-out
 check bridge_restarted 0 'restarted' cat /tmp/restarted
 check bridge_killed 0 'killed' cat /tmp/killed
 sed 's/^/VSOCK-BRIDGE /' /tmp/vsock-bridge.log | tail -n 20
-sed 's/^/CONSOLE-BRIDGE /' /tmp/console-bridge.log | tail -n 20
-sed 's/^/CONSOLE-TCP /' /tmp/con-out | tail -n 5
+sed 's/^/CONSOLE-BRIDGE /' /tmp/console-bridge.log 2>/dev/null | tail -n 20
+sed 's/^/CONSOLE-TCP /' /tmp/con-out 2>/dev/null | tail -n 5
 sed 's/^/BRIDGE0 /' /tmp/bridge0.log | tail -n 20
 sed 's/^/BRIDGE1 /' /tmp/bridge1.log 2>/dev/null | tail -n 20
 kill $server

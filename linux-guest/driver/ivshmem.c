@@ -26,6 +26,7 @@
 #include <linux/uaccess.h>
 #include <linux/version.h>
 
+#include "ivshmem_kernel.h"
 #include "ivshmem_uapi.h"
 
 #define IVSHMEM_MAX_DEVICES 256
@@ -39,6 +40,8 @@ struct ivshmem_vector {
 	struct eventfd_ctx *trigger;	/* signalled on each interrupt, or NULL */
 	struct file *owner;		/* the open file that bound trigger */
 	bool pending;			/* fired while no eventfd was bound */
+	void (*kfn)(void *data);	/* a kernel client's handler, instead of an eventfd */
+	void *kdata;
 	bool irq_requested;
 	char name[32];
 };
@@ -69,6 +72,7 @@ struct ivshmem_dev {
 	wait_queue_head_t hangup;
 	struct mutex files_lock;	/* files */
 	struct list_head files;		/* struct ivshmem_file, for zapping mappings on removal */
+	struct list_head node;		/* ivshmem_devices, under ivshmem_clients_lock */
 
 	unsigned int nvectors;
 	struct ivshmem_vector vectors[];
@@ -82,6 +86,10 @@ struct ivshmem_file {
 
 static dev_t ivshmem_devt;
 static DEFINE_IDA(ivshmem_ida);
+/* The devices probed and the one in-kernel client (ivshmem_kernel.h). */
+static DEFINE_MUTEX(ivshmem_clients_lock);
+static LIST_HEAD(ivshmem_devices);
+static struct ivshmem_client *ivshmem_client;
 
 static struct ivshmem_dev *to_ivshmem(struct device *dev)
 {
@@ -156,7 +164,9 @@ static irqreturn_t ivshmem_irq(int irq, void *data)
 	struct ivshmem_vector *v = data;
 
 	spin_lock(&v->lock);
-	if (v->trigger)
+	if (v->kfn)
+		v->kfn(v->kdata);
+	else if (v->trigger)
 		ivshmem_signal(v->trigger);
 	else
 		v->pending = true;
@@ -170,7 +180,7 @@ static int ivshmem_bind(struct ivshmem_vector *v, struct file *file, struct even
 	struct eventfd_ctx *old;
 
 	spin_lock_irq(&v->lock);
-	if (v->owner && v->owner != file) {
+	if (v->kfn || (v->owner && v->owner != file)) {
 		spin_unlock_irq(&v->lock);
 		return -EBUSY;
 	}
@@ -417,6 +427,115 @@ static const struct file_operations ivshmem_fops = {
 	.llseek = noop_llseek,
 };
 
+/* The in-kernel client (ivshmem_kernel.h) */
+
+int ivshmem_register_client(struct ivshmem_client *client)
+{
+	struct ivshmem_dev *idev;
+
+	mutex_lock(&ivshmem_clients_lock);
+	if (ivshmem_client) {
+		mutex_unlock(&ivshmem_clients_lock);
+		return -EBUSY;
+	}
+	ivshmem_client = client;
+	list_for_each_entry(idev, &ivshmem_devices, node)
+		client->add(idev);
+	mutex_unlock(&ivshmem_clients_lock);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(ivshmem_register_client);
+
+void ivshmem_unregister_client(struct ivshmem_client *client)
+{
+	struct ivshmem_dev *idev;
+
+	mutex_lock(&ivshmem_clients_lock);
+	if (ivshmem_client == client) {
+		list_for_each_entry(idev, &ivshmem_devices, node)
+			client->remove(idev);
+		ivshmem_client = NULL;
+	}
+	mutex_unlock(&ivshmem_clients_lock);
+}
+EXPORT_SYMBOL_GPL(ivshmem_unregister_client);
+
+struct device *ivshmem_device(struct ivshmem_dev *idev)
+{
+	return &idev->dev;
+}
+EXPORT_SYMBOL_GPL(ivshmem_device);
+
+void *ivshmem_shm(struct ivshmem_dev *idev, resource_size_t *len)
+{
+	*len = idev->shm_len;
+	return idev->shm_wb;
+}
+EXPORT_SYMBOL_GPL(ivshmem_shm);
+
+u32 ivshmem_peer_id(struct ivshmem_dev *idev)
+{
+	return ioread32(idev->regs + IVSHMEM_REG_IV_POSITION);
+}
+EXPORT_SYMBOL_GPL(ivshmem_peer_id);
+
+unsigned int ivshmem_vectors(struct ivshmem_dev *idev)
+{
+	return idev->nvectors;
+}
+EXPORT_SYMBOL_GPL(ivshmem_vectors);
+
+void ivshmem_ring(struct ivshmem_dev *idev, u16 peer, u16 vector)
+{
+	iowrite32((u32)peer << 16 | vector, idev->regs + IVSHMEM_REG_DOORBELL);
+}
+EXPORT_SYMBOL_GPL(ivshmem_ring);
+
+int ivshmem_claim_vector(struct ivshmem_dev *idev, unsigned int vector,
+			 void (*fn)(void *data), void *data)
+{
+	struct ivshmem_vector *v;
+	int ret = 0;
+
+	if (vector >= idev->nvectors || !fn)
+		return -EINVAL;
+	v = &idev->vectors[vector];
+	spin_lock_irq(&v->lock);
+	if (v->kfn || v->owner) {
+		ret = -EBUSY;
+	} else {
+		v->kfn = fn;
+		v->kdata = data;
+		v->pending = false;
+	}
+	spin_unlock_irq(&v->lock);
+	return ret;
+}
+EXPORT_SYMBOL_GPL(ivshmem_claim_vector);
+
+void ivshmem_release_vector(struct ivshmem_dev *idev, unsigned int vector)
+{
+	struct ivshmem_vector *v;
+
+	if (vector >= idev->nvectors)
+		return;
+	v = &idev->vectors[vector];
+	/* The handler calls kfn under the lock, so none runs once it is cleared. */
+	spin_lock_irq(&v->lock);
+	v->kfn = NULL;
+	v->kdata = NULL;
+	v->pending = false;
+	spin_unlock_irq(&v->lock);
+}
+EXPORT_SYMBOL_GPL(ivshmem_release_vector);
+
+void ivshmem_sync_vector(struct ivshmem_dev *idev, unsigned int vector)
+{
+	if (vector < idev->nvectors && idev->vectors[vector].irq_requested)
+		synchronize_irq(pci_irq_vector(idev->pdev, vector));
+}
+EXPORT_SYMBOL_GPL(ivshmem_sync_vector);
+
 /* PCI driver */
 
 static void ivshmem_dev_release(struct device *dev)
@@ -614,6 +733,11 @@ static int ivshmem_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev_info(&pdev->dev, "%s: shared memory %pR, %u vector(s), IVPosition %d\n",
 		 dev_name(&idev->dev), &pdev->resource[IVSHMEM_SHM_BAR], idev->nvectors,
 		 (s32)ioread32(idev->regs + IVSHMEM_REG_IV_POSITION));
+	mutex_lock(&ivshmem_clients_lock);
+	list_add_tail(&idev->node, &ivshmem_devices);
+	if (ivshmem_client)
+		ivshmem_client->add(idev);
+	mutex_unlock(&ivshmem_clients_lock);
 	return 0;
 
 err_teardown:
@@ -627,6 +751,13 @@ static void ivshmem_remove(struct pci_dev *pdev)
 {
 	struct ivshmem_dev *idev = pci_get_drvdata(pdev);
 	struct ivshmem_file *f;
+
+	/* The client stops using the device while its memory and registers are still there. */
+	mutex_lock(&ivshmem_clients_lock);
+	if (ivshmem_client)
+		ivshmem_client->remove(idev);
+	list_del(&idev->node);
+	mutex_unlock(&ivshmem_clients_lock);
 
 	cdev_device_del(&idev->cdev, &idev->dev);
 	down_write(&idev->state);

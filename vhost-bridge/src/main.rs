@@ -35,8 +35,11 @@ struct Args {
     /// Queue count for a backend that cannot report it (no MQ protocol feature), or a limit.
     #[arg(long)]
     queues: Option<u32>,
-    /// Largest queue size offered to the driver (power of two).
-    #[arg(long, default_value_t = 256)]
+    /// Largest queue size offered to the driver (power of two). The default, 128, is what
+    /// QEMU's vhost-user devices use and stock backends accept; above a backend's own maximum
+    /// (vhost-device-console 0.1: 128) the backend refuses SET_VRING_NUM and the driver's
+    /// DRIVER_OK is refused with BackendFailed.
+    #[arg(long, default_value_t = 128)]
     queue_size: u32,
     /// Bytes of device configuration space to fetch from the backend, if it offers GET_CONFIG.
     #[arg(long, default_value_t = 0)]

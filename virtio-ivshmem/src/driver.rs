@@ -256,13 +256,16 @@ impl Driver {
     }
 
     /// Accepts the offered features among `wanted` (plus VIRTIO_F_VERSION_1, which is
-    /// required) and sets FEATURES_OK. Returns the accepted set.
+    /// required) and sets FEATURES_OK. Returns the accepted set. Only device-type bits of
+    /// `wanted` count ([`feature::DEVICE_SPECIFIC`]): ring and transport features this driver
+    /// does not implement (EVENT_IDX, INDIRECT_DESC) are never accepted.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, DriverError> {
         let offered = self.device_features();
         if offered & feature::VERSION_1 == 0 {
             return Err(DriverError::NotModern);
         }
-        let accepted = offered & (wanted | feature::VERSION_1);
+        // Only what we implement: device-type bits the caller asked for, and VERSION_1.
+        let accepted = feature::accepted(offered, wanted);
         self.header().set64(field::DRIVER_FEATURES, accepted);
         let st = self.request(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         if st & status::FEATURES_OK == 0 {

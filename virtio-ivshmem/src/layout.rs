@@ -128,6 +128,17 @@ pub mod feature {
     pub const VHOST_ONLY: u64 = (1 << 26) | (1 << 30);
     /// Bits the transport never offers.
     pub const NEVER_OFFERED: u64 = RING_PACKED | ACCESS_PLATFORM | VHOST_ONLY;
+    /// Device-type bits (virtio 1.2 §6: 0 to 23 and 50 to 63): a driver's caller may ask for
+    /// these. Bits 24 to 49 describe the rings and the transport, which our drivers implement
+    /// only VERSION_1 of (no EVENT_IDX, INDIRECT_DESC, ...): they must not be accepted, or a
+    /// backend that honours them (used_event, indirect tables) would stall the driver.
+    pub const DEVICE_SPECIFIC: u64 = ((1 << 24) - 1) | !((1 << 50) - 1);
+
+    /// What a driver that implements only VERSION_1 of the transport accepts of `offered` when
+    /// its caller wants `wanted`.
+    pub const fn accepted(offered: u64, wanted: u64) -> u64 {
+        offered & ((wanted & DEVICE_SPECIFIC) | VERSION_1)
+    }
 }
 
 /// Why the device side refused a request (the ERROR field).
@@ -292,6 +303,23 @@ mod tests {
         assert!(!valid_header_base(0x3000, 0x3FFF));
         assert!(!valid_header_base(0x800, 0x10000));
         assert!(!valid_header_base(u64::MAX - 4095, u64::MAX));
+    }
+
+    #[test]
+    fn drivers_accept_only_device_bits_and_version_1() {
+        let event_idx = 1 << 29;
+        let indirect = 1 << 28;
+        let offered = feature::VERSION_1 | event_idx | indirect | 0b101;
+        assert_eq!(
+            feature::accepted(offered, u64::MAX),
+            feature::VERSION_1 | 0b101
+        );
+        assert_eq!(feature::accepted(offered, 0), feature::VERSION_1);
+        assert_eq!(
+            feature::accepted(offered, event_idx | 1),
+            feature::VERSION_1 | 1
+        );
+        assert_eq!(feature::accepted(1 << 55, 1 << 55), 1 << 55);
     }
 
     #[test]

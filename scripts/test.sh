@@ -47,17 +47,18 @@ install_packages() {
     fi
 }
 
-# rust-vmm's vhost-device-rng and vhost-device-vsock from crates.io: third-party vhost-user
+# rust-vmm's vhost-device-rng, -vsock and -console from crates.io: third-party vhost-user
 # backends. The virtio tests drive rng over ivshmem; the nested bed's vhost-user scenario serves
-# L2's /dev/hwrng and vsock with them. Cached: installed once (about 1.5 min each on 2 cores),
-# then found on PATH.
+# L2's /dev/hwrng and vsock with them, the Linux virtio-over-ivshmem scenario all three. Cached:
+# installed once (about 1.5 min each on 2 cores), then found on PATH. A crate whose own lock file
+# no longer builds is retried with fresh dependencies.
 install_vhost_devices() {
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
     local tool
-    for tool in vhost-device-rng vhost-device-vsock; do
+    for tool in vhost-device-rng vhost-device-vsock vhost-device-console; do
         command -v "$tool" >/dev/null && continue
         echo "test.sh: installing $tool (cargo install)"
-        cargo install --locked --quiet "$tool" \
+        cargo install --locked --quiet "$tool" || cargo install --quiet "$tool" \
             || echo "test.sh: could not install $tool; the tests that need it will skip" >&2
     done
 }

@@ -31,9 +31,11 @@ struct Args {
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
-    /// Guest RAM, e.g. 64M, 1G (multiple of 2M).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    memory: u64,
+    /// Guest RAM: `SIZE[,shared=on][,hugepages=on]` (or `size=SIZE,...`), e.g. 64M, 1G
+    /// (multiple of 2M). `shared=on` puts RAM in a memfd that vhost-user backends map (required
+    /// by `--device vhost-user-*`); `hugepages=on` uses 2 MiB hugetlb pages.
+    #[arg(long, default_value = "64M", value_parser = vmm::memory::MemoryOptions::parse)]
+    memory: vmm::memory::MemoryOptions,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
@@ -80,7 +82,7 @@ struct Args {
     seccomp: vmm::seccomp::Mode,
 }
 
-/// `--memory` and `--bench-host-memcpy` sizes in the shared syntax ([`protocol::size`]); a bare
+/// `--bench-host-memcpy` sizes in the shared syntax ([`protocol::size`]); a bare
 /// number is MiB, as in QEMU's `-m`.
 fn parse_size(s: &str) -> Result<u64, String> {
     protocol::size::parse_size_in(s, 1 << 20).map_err(|e| e.to_string())
@@ -143,7 +145,8 @@ fn run(args: Args) -> anyhow::Result<i32> {
     };
 
     let config = VmConfig {
-        ram_size: args.memory,
+        ram_size: args.memory.size,
+        ram_backing: args.memory.backing,
         cpus: args.cpus,
         name: args.name.clone(),
         serial: args.serial.clone(),

@@ -54,6 +54,8 @@ pub enum SerialConfig {
 pub struct VmConfig {
     /// Guest RAM in bytes.
     pub ram_size: u64,
+    /// How guest RAM is allocated (`--memory ...,shared=on,hugepages=on`).
+    pub ram_backing: crate::memory::RamBacking,
     /// Number of vCPUs.
     pub cpus: u32,
     /// Prefix for console lines (`[NAME] `).
@@ -68,6 +70,7 @@ impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
             ram_size: layout::DEFAULT_RAM_SIZE,
+            ram_backing: Default::default(),
             cpus: 1,
             name: None,
             serial: SerialConfig::Stdio,
@@ -207,7 +210,7 @@ impl Vm {
 
         // Address spaces. The system-memory root spans the whole 64-bit space.
         let sysmem = MemoryRegion::container("system", u64::MAX);
-        let ram = MemoryRegion::ram("ram", config.ram_size)?;
+        let ram = config.ram_backing.create("ram", config.ram_size)?;
         sysmem.add_subregion(0, &ram, 0);
         let memory = AddressSpace::new("memory", sysmem, SpaceKind::Memory);
         memory.add_listener(Box::new(KvmMemoryListener::new(
@@ -396,6 +399,10 @@ impl Vm {
             interrupts: self.interrupts.clone(),
             memory: self.memory.clone(),
             threads: self.threads.clone(),
+            ram: crate::memory::GuestRam::new(vec![crate::memory::GuestRamRegion {
+                guest_addr: 0,
+                region: self._ram.clone(),
+            }]),
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::background::BackgroundThreads;
 use crate::interrupts::InterruptRouter;
-use crate::memory::AddressSpace;
+use crate::memory::{AddressSpace, GuestRam};
 use crate::pci::PciBus;
 
 pub mod acpi_sleep;
@@ -39,4 +39,7 @@ pub struct DeviceContext {
     pub memory: AddressSpace,
     /// Where a device starts threads that must end with the VM.
     pub threads: Arc<BackgroundThreads>,
+    /// Guest RAM region by region (guest address, size, our mapping, its file when shared):
+    /// what a vhost-user frontend describes to its backend.
+    pub ram: GuestRam,
 }

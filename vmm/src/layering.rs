@@ -28,6 +28,9 @@ const ORDER: &[&str] = &[
     "devices",
     "devices::pci_testdev",
     "devices::ivshmem",
+    // The virtio-pci transport knows no backend; vhost-user devices plug into it.
+    "devices::virtio_pci",
+    "devices::vhost_user",
     // The ACPI tables describe the legacy devices (their ports and IRQs).
     "arch::x86_64::acpi",
     "vm",

@@ -59,8 +59,13 @@ struct Args {
     /// `doorbell,socket=PATH,vectors=N`); repeatable.
     #[arg(long)]
     ivshmem: Vec<String>,
-    /// An extra device: `pci-testdev[,vectors=N][,ram=SIZE]` (PCI test device); repeatable.
-    #[arg(long)]
+    /// An extra device; repeatable. `pci-testdev[,vectors=N][,ram=SIZE]` (PCI test device);
+    /// virtio-pci devices served by a vhost-user backend process (need `--memory
+    /// SIZE,shared=on`): `vhost-user-blk,socket=PATH[,queues=N][,queue-size=N]`,
+    /// `vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]`,
+    /// `vhost-user-vsock,socket=PATH[,queue-size=N]`,
+    /// `vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]`.
+    #[arg(long, verbatim_doc_comment)]
     device: Vec<String>,
     /// Benchmark floor: measure host memset and memcpy bandwidth on two buffers of SIZE (e.g.
     /// 256M), print `host_memset_gbps=.. host_memcpy_gbps=..` and exit.
@@ -159,8 +164,16 @@ fn run(args: Args) -> anyhow::Result<i32> {
         vm.set_exit_shortcut(std::sync::Arc::new(vmm::bench::BareNopExits));
     }
     let devices = vm.device_context();
+    let mut vhost_user = Vec::new();
     for device in &args.device {
-        vmm::devices::pci_testdev::add(&devices, device)?;
+        if vmm::devices::vhost_user::VhostUserOptions::is_vhost_user(device) {
+            let options = vmm::devices::vhost_user::VhostUserOptions::parse(device)
+                .map_err(anyhow::Error::msg)?;
+            let index = vhost_user.len();
+            vhost_user.push(vmm::devices::vhost_user::add(&devices, &options, index)?);
+        } else {
+            vmm::devices::pci_testdev::add(&devices, device)?;
+        }
     }
     let mut ivshmem = Vec::new();
     for (index, spec) in args.ivshmem.iter().enumerate() {

@@ -27,6 +27,7 @@ pub mod pci_testdev;
 pub mod rtc;
 pub mod serial;
 pub mod testdev;
+pub mod vhost_user;
 pub mod virtio_pci;
 
 /// What a PCI device needs from the VM it is plugged into.

@@ -1,9 +1,9 @@
 //! [`Connection`]: our side of one vhost-user socket (the `vhost` crate's `Frontend`), the
 //! control plane of one device. Everything here runs on the thread that touches the device's
-//! registers (the main thread at start-up, then vCPU threads), so every request is bounded: the
-//! socket has receive and send timeouts, and a request that fails or times out leaves the
-//! connection *broken* (the reply stream can no longer be trusted); a broken connection makes
-//! no further requests.
+//! registers (the main thread at start-up, then vCPU threads), so every request is bounded by
+//! the [`RequestWatchdog`], and a request that fails or times out leaves the connection
+//! *broken* (the reply stream can no longer be trusted); a broken connection makes no further
+//! requests.
 //!
 //! The message sequence follows the vhost-user specification and what QEMU sends:
 //! connect: SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (MQ),
@@ -25,6 +25,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::watchdog::RequestWatchdog;
 use crate::memory::GuestRam;
 
 /// Protocol features we use when the backend offers them.
@@ -110,6 +111,7 @@ pub struct QueueStart {
 /// A connected, negotiated vhost-user backend.
 pub struct Connection {
     frontend: Frontend,
+    watchdog: Arc<RequestWatchdog>,
     socket: PathBuf,
     features: u64,
     protocol: VhostUserProtocolFeatures,
@@ -124,28 +126,39 @@ fn duplicate(fd: &EventFd) -> std::io::Result<EventFd> {
 }
 
 impl Connection {
-    /// Connects to `socket` and negotiates owner, features and protocol features. Each reply
-    /// may take at most `timeout`.
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<Connection, FrontendError> {
+    /// Connects to `socket`; no request yet (start the watcher on [`Connection::watchdog`]
+    /// first, then [`Connection::negotiate`]). Each request may take at most `timeout`.
+    pub fn open(socket: &Path, timeout: Duration) -> Result<Connection, FrontendError> {
         let frontend =
             Frontend::connect(socket, MAX_QUEUES).map_err(|source| FrontendError::Connect {
                 socket: socket.to_path_buf(),
                 source,
             })?;
-        set_timeouts(frontend.as_raw_fd(), timeout).map_err(|source| FrontendError::Io {
+        let watchdog = RequestWatchdog::new(timeout).map_err(|source| FrontendError::Io {
             socket: socket.to_path_buf(),
-            what: "setting the socket timeouts",
+            what: "creating the watchdog's eventfd",
             source,
         })?;
-        let mut connection = Connection {
+        Ok(Connection {
             frontend,
+            watchdog: Arc::new(watchdog),
             socket: socket.to_path_buf(),
             features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             queue_num: None,
             started: Vec::new(),
             broken: None,
-        };
+        })
+    }
+
+    /// The deadline of the pending request, for the watcher thread to enforce.
+    pub fn watchdog(&self) -> &Arc<RequestWatchdog> {
+        &self.watchdog
+    }
+
+    /// Owner, features, protocol features and queue count.
+    pub fn negotiate(&mut self) -> Result<(), FrontendError> {
+        let connection = self;
         connection.request("SET_OWNER", |f| f.set_owner())?;
         connection.features = connection.request("GET_FEATURES", |f| f.get_features())?;
         if connection.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
@@ -169,12 +182,12 @@ impl Connection {
         }
         log::info!(
             "vhost-user backend at {}: features {:#x}, protocol features {:#x}, queues {:?}",
-            socket.display(),
+            connection.socket.display(),
             connection.features,
             connection.protocol.bits(),
             connection.queue_num
         );
-        Ok(connection)
+        Ok(())
     }
 
     /// The backend's socket path.
@@ -233,13 +246,18 @@ impl Connection {
                 since: since.clone(),
             });
         }
-        f(&mut self.frontend).map_err(|source| {
+        self.watchdog.arm(what);
+        let result = f(&mut self.frontend);
+        self.watchdog.disarm();
+        result.map_err(|source| {
             let error = FrontendError::Request {
                 socket: self.socket.clone(),
                 request: what.to_string(),
                 source,
             };
-            self.broken = Some(error.to_string());
+            // The watchdog's reason is the real one when it cut the socket.
+            let why = self.watchdog.expired().unwrap_or_else(|| error.to_string());
+            self.broken = Some(why);
             error
         })
     }
@@ -372,28 +390,4 @@ impl Connection {
             }
         }
     }
-}
-
-/// SO_RCVTIMEO and SO_SNDTIMEO on `fd`: no request waits longer than `timeout`.
-fn set_timeouts(fd: std::os::fd::RawFd, timeout: Duration) -> std::io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: a valid timeval of the size given, on a socket fd we hold.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

@@ -6,8 +6,9 @@
 //!
 //! - `options`: the typed options and the one parser of their command-line spelling;
 //! - `kinds`: blk, fs, vsock and generic devices (virtio id, queues, configuration source);
-//! - `frontend`: the vhost-user connection (the `vhost` crate's `Frontend`), with timeouts;
-//! - `watch`: the background thread that notices a backend going away.
+//! - `frontend`: the vhost-user connection (the `vhost` crate's `Frontend`);
+//! - `watchdog`: the deadline of the pending request (a silent backend cannot hang a vCPU);
+//! - `watch`: the background thread that enforces it and notices a backend going away.
 //!
 //! A backend that dies, times out or refuses a request stops only its own device: the driver
 //! sees DEVICE_NEEDS_RESET (0x40) in device_status and a configuration interrupt; the VM and
@@ -18,6 +19,7 @@ mod frontend;
 mod kinds;
 mod options;
 mod watch;
+mod watchdog;
 
 use std::sync::Arc;
 
@@ -29,6 +31,7 @@ use crate::pci::BusError;
 pub use frontend::{Connection, FrontendError, QueueStart};
 pub use kinds::{ConfigSource, KindInfo, SUPPORTED_FEATURES};
 pub use options::{VhostUserKind, VhostUserOptions, DEFAULT_QUEUE_SIZE, FS_TAG_MAX};
+pub use watchdog::RequestWatchdog;
 
 /// Why a vhost-user device could not be added.
 #[derive(Debug, thiserror::Error)]
@@ -72,22 +75,20 @@ pub struct VhostUserDevice {
 }
 
 impl VhostUserDevice {
-    /// Connects to the backend named in `options` and negotiates; `name` is for logs.
-    pub fn connect(
+    /// Negotiates with the backend on `connection` (opened, its watchdog enforced) for the
+    /// device `options` describe; `name` is for logs.
+    pub fn negotiate(
         name: &str,
         options: &VhostUserOptions,
         ram: GuestRam,
+        mut connection: Connection,
     ) -> Result<VhostUserDevice, VhostUserError> {
-        if !ram.is_shareable() {
-            return Err(VhostUserError::RamNotShared(name.to_string()));
-        }
         let info = KindInfo::of(options);
         let failed = |source| VhostUserError::Backend {
             device: name.to_string(),
             source,
         };
-        let mut connection =
-            Connection::connect(&options.socket, options.reply_timeout).map_err(failed)?;
+        connection.negotiate().map_err(failed)?;
         let features = connection.features();
         if features & (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1) == 0 {
             return Err(failed(connection.unsuitable(format!(
@@ -244,14 +245,32 @@ pub fn add(
 ) -> Result<Arc<VirtioPci>, VhostUserError> {
     let info = KindInfo::of(options);
     let name = format!("{}{index}", info.name);
-    let device = VhostUserDevice::connect(&name, options, ctx.ram.clone())?;
-    let socket = device
-        .connection()
-        .socket_fd()
-        .map_err(|source| VhostUserError::Backend {
-            device: name.clone(),
-            source,
-        })?;
+    if !ctx.ram.is_shareable() {
+        return Err(VhostUserError::RamNotShared(name));
+    }
+    let backend_error = |source| VhostUserError::Backend {
+        device: name.clone(),
+        source,
+    };
+    let connection =
+        Connection::open(&options.socket, options.reply_timeout).map_err(backend_error)?;
+    // The watcher runs before the first request: it is what bounds a request's wait.
+    let slot: watch::DeviceSlot = Default::default();
+    let err_fds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watched = watch::Watched {
+        device: slot.clone(),
+        socket: connection.socket_fd().map_err(backend_error)?,
+        path: options.socket.clone(),
+        watchdog: connection.watchdog().clone(),
+        err_fds: err_fds.clone(),
+    };
+    ctx.threads
+        .spawn(&format!("{name}-watch"), move |stop| {
+            watch::run(watched, stop)
+        })
+        .map_err(VhostUserError::Thread)?;
+    let watchdog = connection.watchdog().clone();
+    let device = VhostUserDevice::negotiate(&name, options, ctx.ram.clone(), connection)?;
     let config = VirtioPciConfig {
         name: name.clone(),
         virtio_id: info.virtio_id,
@@ -261,17 +280,9 @@ pub fn add(
     };
     let (function, pci) = VirtioPci::create(config, Box::new(device), ctx.interrupts.clone())?;
     ctx.pci.add_device(function)?;
-    let watched = watch::Watched {
-        device: Arc::downgrade(&pci),
-        socket,
-        path: options.socket.clone(),
-        err_fds: pci.err_fds().to_vec(),
-    };
-    ctx.threads
-        .spawn(&format!("{name}-watch"), move |stop| {
-            watch::run(watched, stop)
-        })
-        .map_err(VhostUserError::Thread)?;
+    *err_fds.lock().unwrap_or_else(|e| e.into_inner()) = pci.err_fds().to_vec();
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&pci);
+    watchdog.nudge();
     log::info!(
         "{name}: virtio id {} on {} ({} queue(s) of up to {})",
         info.virtio_id,

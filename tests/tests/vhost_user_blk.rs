@@ -7,8 +7,10 @@
 //!   of sectors through a split ring in shared guest RAM, a guest reset and a second session,
 //!   then the backend killed (DEVICE_NEEDS_RESET, nothing hangs);
 //! - a backend that accepts and never answers: start-up fails within the reply timeout;
-//! - the `vmm` binary (KVM) with `--device vhost-user-blk` and seccomp on: the device is
-//!   plugged and a guest program runs; without `shared=on` a clear refusal.
+//! - the `vmm` binary (KVM) with `--device vhost-user-blk` and seccomp on: the `virtio_blk`
+//!   guest program (guest/src/bin/virtio_blk.rs) finds the device, reads sector 0 and writes
+//!   sector 1 through the backend, kicks through KVM's ioeventfd, all vhost-user requests made
+//!   from the vCPU thread under its filter; without `shared=on` a clear refusal.
 //!
 //! Skips with a printed reason when qemu-storage-daemon is missing, unless
 //! `IVSHMEM_REQUIRE_QEMU=1`.
@@ -445,7 +447,7 @@ fn path_str(p: &Path) -> String {
 }
 
 #[test]
-fn vmm_plugs_a_vhost_user_blk_device_under_seccomp() {
+fn guest_program_reads_and_writes_sectors_through_qsd_under_seccomp() {
     require_qsd!();
     require_kvm!();
     let dir = Scratch::new("vhost-user-blk-vmm");
@@ -462,10 +464,25 @@ fn vmm_plugs_a_vhost_user_blk_device_under_seccomp() {
         "--seccomp",
         "on",
         "--guest",
-        "builtin:hello",
+        "builtin:virtio_blk",
     ]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("Hello from guest"));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let capacity = format!("capacity={}", IMAGE_SIZE / 512);
+    assert!(stdout.contains(&capacity), "{stdout}");
+    assert!(stdout.contains("sector0=\"sector 0"), "{stdout}");
+    assert!(stdout.contains("virtio_blk: ok"), "{stdout}");
+    let mut on_disk = vec![0u8; 20];
+    std::fs::File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut on_disk, 512)
+        .unwrap();
+    assert_eq!(&on_disk, b"written by the guest");
 
     let out = run_vmm(&[
         "--memory",

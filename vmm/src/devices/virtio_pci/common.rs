@@ -372,7 +372,11 @@ impl CommonConfig {
     fn write_queue(&mut self, offset: u64, width: u32, value: u64, driver_ok: bool) {
         let name = self.name.clone();
         let select = self.queue_select;
-        let vector = self.vector_or_none(value as u16);
+        let vector = if offset == reg::QUEUE_MSIX_VECTOR {
+            self.vector_or_none(value as u16)
+        } else {
+            NO_VECTOR
+        };
         let Some(queue) = self.queues.get_mut(select as usize) else {
             log::warn!("{name}: write to queue {select}, which does not exist; ignored");
             return;

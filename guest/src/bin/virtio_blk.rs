@@ -125,7 +125,13 @@ unsafe fn descriptor(index: usize, addr: u64, len: u32, flags: u16, next: u16) {
 ///
 /// # Safety
 /// The device is set up on the arena's rings.
-unsafe fn request(dev: &Device, notify_off: u16, avail_idx: &mut u16, write: bool, sector: u64) -> Result<u8, i32> {
+unsafe fn request(
+    dev: &Device,
+    notify_off: u16,
+    avail_idx: &mut u16,
+    write: bool,
+    sector: u64,
+) -> Result<u8, i32> {
     let a = arena();
     let header = addr_of_mut!((*a).header) as *mut u8;
     write_volatile(header as *mut u32, write as u32);
@@ -133,7 +139,13 @@ unsafe fn request(dev: &Device, notify_off: u16, avail_idx: &mut u16, write: boo
     write_volatile(header.add(8) as *mut u64, sector);
     write_volatile(addr_of_mut!((*a).status), 0xFF);
     descriptor(0, header as u64, 16, 1, 1);
-    descriptor(1, addr_of_mut!((*a).data) as u64, 512, if write { 1 } else { 1 | 2 }, 2);
+    descriptor(
+        1,
+        addr_of_mut!((*a).data) as u64,
+        512,
+        if write { 1 } else { 1 | 2 },
+        2,
+    );
     descriptor(2, addr_of_mut!((*a).status) as u64, 1, 2, 0);
     let avail = addr_of_mut!((*a).avail) as *mut u8;
     let slot = (*avail_idx % QUEUE_LEN) as usize;
@@ -142,7 +154,10 @@ unsafe fn request(dev: &Device, notify_off: u16, avail_idx: &mut u16, write: boo
     fence(Ordering::SeqCst);
     write_volatile(avail.add(2) as *mut u16, *avail_idx);
     fence(Ordering::SeqCst);
-    write16(dev.notify + notify_off as u64 * dev.notify_multiplier as u64, 0);
+    write16(
+        dev.notify + notify_off as u64 * dev.notify_multiplier as u64,
+        0,
+    );
     let used = addr_of_mut!((*a).used) as *mut u8;
     let deadline = guest::clock::now_ns() + 10_000_000_000;
     while read_volatile(used.add(2) as *const u16) != *avail_idx {

@@ -7,6 +7,7 @@ pub mod fake_server;
 pub mod nested;
 pub mod raw_client;
 pub mod server;
+pub mod virtio_host;
 pub mod vm;
 
 pub use server::Server;

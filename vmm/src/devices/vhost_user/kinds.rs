@@ -1,6 +1,8 @@
 //! What differs between vhost-user device kinds: virtio id, PCI class, queue counts, where
 //! the configuration space comes from, and the feature bits the transport lets through.
 
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_SECURE_ERASE, VIRTIO_BLK_F_ZONED};
+
 use super::options::{VhostUserKind, VhostUserOptions, FS_TAG_MAX};
 
 /// Feature bits a guest may see: the device-specific bits (0..=23), indirect descriptors,
@@ -44,6 +46,8 @@ pub struct KindInfo {
     pub backend_queues: u16,
     /// The configuration space.
     pub config: ConfigSource,
+    /// Feature bits of this kind the guest must not see (on top of [`SUPPORTED_FEATURES`]).
+    pub hidden_features: u64,
 }
 
 impl KindInfo {
@@ -57,6 +61,8 @@ impl KindInfo {
                 guest_queues: options.queues,
                 backend_queues: options.queues,
                 config: ConfigSource::Backend(BLK_CONFIG_SIZE),
+                // Their configuration fields lie past the 60 bytes we read.
+                hidden_features: 1 << VIRTIO_BLK_F_SECURE_ERASE | 1 << VIRTIO_BLK_F_ZONED,
             },
             VhostUserKind::Fs { tag } => {
                 // virtio_fs_config: tag[36] (NUL-padded), num_request_queues (le32).
@@ -70,6 +76,7 @@ impl KindInfo {
                     guest_queues: options.queues + 1,
                     backend_queues: options.queues + 1,
                     config: ConfigSource::Built(config),
+                    hidden_features: 0,
                 }
             }
             VhostUserKind::Vsock => KindInfo {
@@ -80,6 +87,7 @@ impl KindInfo {
                 guest_queues: 3,
                 backend_queues: 2,
                 config: ConfigSource::Backend(VSOCK_CONFIG_SIZE),
+                hidden_features: 0,
             },
             VhostUserKind::Generic {
                 virtio_id,
@@ -96,8 +104,14 @@ impl KindInfo {
                 guest_queues: options.queues,
                 backend_queues: options.queues,
                 config: ConfigSource::BackendIfOffered(*config_size),
+                hidden_features: 0,
             },
         }
+    }
+
+    /// The features the guest is offered out of what the backend offers.
+    pub fn guest_features(&self, backend_features: u64) -> u64 {
+        backend_features & SUPPORTED_FEATURES & !self.hidden_features
     }
 
     /// Adjusts a configuration read from the backend to what the guest sees: a blk backend
@@ -143,6 +157,10 @@ mod tests {
         info.fix_config(&mut config);
         assert_eq!(&config[34..36], &[2, 0]);
         assert_eq!(config[33], 0xFF);
+        assert_eq!(
+            info.guest_features(1 << 32 | 1 << 16 | 1 << 9),
+            1 << 32 | 1 << 9
+        );
         let vsock = KindInfo::of(&VhostUserOptions::new(VhostUserKind::Vsock, "/tmp/s"));
         assert_eq!((vsock.guest_queues, vsock.backend_queues), (3, 2));
     }

@@ -129,7 +129,7 @@ impl VhostUserDevice {
         };
         Ok(VhostUserDevice {
             name: name.to_string(),
-            offered_features: features & SUPPORTED_FEATURES,
+            offered_features: info.guest_features(features),
             info,
             connection,
             ram,

@@ -14,8 +14,10 @@
 //! eventfd (ioeventfd); a used-buffer interrupt is a signal on the eventfd of the queue's MSI-X
 //! vector, which KVM injects (irqfd). The backend gets both eventfds at DRIVER_OK.
 //!
-//! Lock order: the device's state lock → MSI-X state (raising the configuration vector happens
-//! after the state lock is released, so a backend call never runs under MSI-X locks).
+//! Lock order: the device's state lock → the backend's own locks. Raising the configuration
+//! vector (MSI-X state) happens with the state lock released; a failure is reported through
+//! atomics (`device_failed` takes no lock), so a watcher thread can report while a vCPU holds
+//! the state lock waiting on the backend.
 
 mod backend;
 mod capabilities;
@@ -24,6 +26,7 @@ mod common;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
@@ -97,13 +100,22 @@ pub enum VirtioPciError {
 struct State {
     common: CommonConfig,
     backend: Box<dyn VirtioBackend>,
-    isr: u8,
+    /// `VirtioPci::failed` has been applied to `common` (NEEDS_RESET, generation).
+    failure_applied: bool,
 }
 
 /// A virtio-pci device: the transport's state and the eventfds it hands to the backend.
 pub struct VirtioPci {
     name: String,
     state: Mutex<State>,
+    /// The device failed (set without the state lock: a watcher must be able to report while
+    /// a vCPU holds the lock waiting on the backend); applied to the registers at the next
+    /// locked access.
+    failed: AtomicBool,
+    /// ISR status, read-to-clear.
+    isr: AtomicU8,
+    /// The configuration-change vector, mirrored out of the lock for the same reason.
+    config_vector: AtomicU16,
     msix: Msix,
     /// The MSI-X source of each vector: what the backend signals to interrupt the driver.
     vector_fds: Vec<Arc<EventFd>>,
@@ -159,8 +171,11 @@ impl VirtioPci {
             state: Mutex::new(State {
                 common,
                 backend,
-                isr: 0,
+                failure_applied: false,
             }),
+            failed: AtomicBool::new(false),
+            isr: AtomicU8::new(0),
+            config_vector: AtomicU16::new(NO_VECTOR),
             msix: msix.clone(),
             vector_fds,
             no_vector_fd: new_fd()?,
@@ -264,35 +279,25 @@ impl VirtioPci {
 
     /// The device can no longer work (its backend went away or broke a ring): log `why`, set
     /// DEVICE_NEEDS_RESET and raise the configuration interrupt, once per driver session. The
-    /// rest of the VM carries on.
+    /// rest of the VM carries on. Takes no lock a backend request holds, so a watcher thread
+    /// may call it while a vCPU waits on the backend.
     pub fn device_failed(&self, why: &str) {
-        let mut state = self.lock();
-        if state.common.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0 {
+        if self.failed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.fail_locked(&mut state, why);
-        let vector = state.common.msix_config();
-        drop(state);
-        self.raise_config(vector);
-    }
-
-    /// The backend's configuration changed: bump the generation and tell the driver.
-    pub fn config_changed(&self) {
-        let mut state = self.lock();
-        state.common.config_changed();
-        state.isr |= ISR_CONFIG;
-        let vector = state.common.msix_config();
-        drop(state);
-        self.raise_config(vector);
-    }
-
-    fn fail_locked(&self, state: &mut State, why: &str) {
         log::error!(
             "{}: {why}; the device needs a reset (DEVICE_NEEDS_RESET), the VM goes on",
             self.name
         );
-        state.common.set_needs_reset();
-        state.isr |= ISR_CONFIG;
+        self.isr.fetch_or(ISR_CONFIG, Ordering::AcqRel);
+        self.raise_config(self.config_vector.load(Ordering::Acquire));
+    }
+
+    /// The backend's configuration changed: bump the generation and tell the driver.
+    pub fn config_changed(&self) {
+        self.lock().common.config_changed();
+        self.isr.fetch_or(ISR_CONFIG, Ordering::AcqRel);
+        self.raise_config(self.config_vector.load(Ordering::Acquire));
     }
 
     fn raise_config(&self, vector: u16) {
@@ -301,8 +306,14 @@ impl VirtioPci {
         }
     }
 
+    /// The state, with a failure reported meanwhile applied to the registers.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.failure_applied && self.failed.load(Ordering::Acquire) {
+            state.common.set_needs_reset();
+            state.failure_applied = true;
+        }
+        state
     }
 
     fn common_write(&self, offset: u64, size: u32, value: u64) {
@@ -310,7 +321,9 @@ impl VirtioPci {
         match state.common.write(offset, size, value) {
             StatusChange::None => {}
             StatusChange::Reset => {
-                state.isr = 0;
+                self.isr.store(0, Ordering::Release);
+                self.failed.store(false, Ordering::Release);
+                state.failure_applied = false;
                 state.backend.reset();
                 // Signals the backend sent before it stopped must not fire into the next
                 // driver session: drain them.
@@ -320,13 +333,14 @@ impl VirtioPci {
             }
             StatusChange::DriverOk => {
                 if let Err(why) = self.activate(&mut state) {
-                    self.fail_locked(&mut state, &format!("{why:#}"));
-                    let vector = state.common.msix_config();
                     drop(state);
-                    self.raise_config(vector);
+                    self.device_failed(&format!("{why:#}"));
+                    return;
                 }
             }
         }
+        self.config_vector
+            .store(state.common.msix_config(), Ordering::Release);
     }
 
     fn activate(&self, state: &mut State) -> anyhow::Result<()> {
@@ -368,17 +382,9 @@ impl VirtioPci {
     fn read(&self, which: Part, offset: u64, size: u32) -> u64 {
         match which {
             Part::Common => self.lock().common.read(offset, size),
-            Part::Isr => {
-                // Read-to-clear.
-                let mut state = self.lock();
-                let isr = state.isr;
-                state.isr = 0;
-                if offset == 0 {
-                    u64::from(isr)
-                } else {
-                    0
-                }
-            }
+            // Read-to-clear.
+            Part::Isr if offset == 0 => u64::from(self.isr.swap(0, Ordering::AcqRel)),
+            Part::Isr => 0,
             Part::Device => {
                 let mut data = [0u8; 8];
                 let len = size.min(8) as usize;

@@ -396,3 +396,49 @@ fn device_config_goes_to_the_backend() {
     d.write(Part::Device, 2, 1, 0xAB);
     assert_eq!(record.lock().unwrap().config_writes, vec![(2, vec![0xAB])]);
 }
+
+#[test]
+fn a_failure_is_reported_while_a_vcpu_waits_on_the_backend() {
+    use std::sync::mpsc;
+    struct Stuck(Mutex<mpsc::Receiver<()>>);
+    impl VirtioBackend for Stuck {
+        fn device_features(&self) -> u64 {
+            VERSION_1
+        }
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, _: Activation) -> anyhow::Result<()> {
+            // A backend that takes its time answering (until the test lets it go).
+            let _ = self.0.lock().unwrap().recv();
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+    let (release, wait) = mpsc::channel();
+    let config = VirtioPciConfig {
+        name: "stuck".into(),
+        virtio_id: 2,
+        class_code: 0,
+        queue_max_sizes: vec![16],
+        device_config_len: 0,
+    };
+    let (_, d) = VirtioPci::create(
+        config,
+        Box::new(Stuck(Mutex::new(wait))),
+        InterruptRouter::new(FakeIrqBackend::new()),
+    )
+    .unwrap();
+    negotiate(&d, VERSION_1);
+    program_queue(&d, 0, 16, 1, 0x10_0000);
+    let vcpu = {
+        let d = d.clone();
+        std::thread::spawn(move || set_status(&d, ACK | DRIVER | FEATURES_OK | DRIVER_OK))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // The watcher's report does not wait for the vCPU's request.
+    d.device_failed("backend closed the connection");
+    assert_eq!(d.read(Part::Isr, 0, 1), ISR_CONFIG as u64);
+    release.send(()).unwrap();
+    vcpu.join().unwrap();
+    assert_eq!(status(&d) & NEEDS_RESET, NEEDS_RESET);
+}

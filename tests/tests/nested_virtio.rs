@@ -1,7 +1,11 @@
-//! Linux in our VMM on ordinary KVM (the nested bed) with a disk served by a vhost-user backend:
-//! qemu-storage-daemon runs in L1, L2 Linux loads Debian's virtio modules, binds virtio-pci to
-//! our transport, sees /dev/vda with the image's size, reads what L1 wrote and writes what L1
-//! then finds in the image. Scenario: tests/nested/virtio-blk.
+//! Linux in our VMM on ordinary KVM (the nested bed) with devices served by third-party
+//! vhost-user backends in L1, L2 Linux loading Debian's virtio modules:
+//!
+//! - a disk from qemu-storage-daemon: /dev/vda with the image's size, sector 0 reads what L1
+//!   wrote, a write from L2 lands in L1's image (tests/nested/virtio-blk);
+//! - a shared folder from virtiofsd (files both ways), vsock from vhost-device-vsock
+//!   (connections both ways) and entropy from vhost-device-rng as a generic device
+//!   (tests/nested/vhost-user-devices).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +22,67 @@ const MODULES: &[&str] = &[
     "drivers/virtio/virtio_pci",
     "drivers/block/virtio_blk",
 ];
+
+/// More modules for the second scenario, after the virtio core ones above.
+const MORE_MODULES: &[&str] = &[
+    "fs/fuse/fuse",
+    "fs/fuse/virtiofs",
+    "net/vmw_vsock/vsock",
+    "net/vmw_vsock/vmw_vsock_virtio_transport_common",
+    "net/vmw_vsock/vmw_vsock_virtio_transport",
+    "drivers/char/hw_random/virtio-rng",
+];
+
+/// `program` on PATH (or at an absolute path), or a skip (a failure under
+/// `IVSHMEM_REQUIRE_QEMU=1`).
+fn find_program(test: &str, program: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = if program.starts_with('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+            .unwrap_or_default()
+    };
+    let found = candidates.into_iter().find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("IVSHMEM_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("{test}: {program} is missing and IVSHMEM_REQUIRE_QEMU=1");
+        }
+        eprintln!("SKIP {test}: {program} not found");
+    }
+    found
+}
+
+/// The L2 modules of the bed's kernel, unpacked under `dir`; returns their tree's `kernel/`.
+fn unpack_modules(dir: &Scratch) -> PathBuf {
+    let deb = kernel_deb().expect("the bed's kernel package");
+    let unpacked = dir.join("kernel");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .expect("dpkg-deb");
+    assert!(status.success(), "dpkg-deb -x {deb:?}");
+    std::fs::read_dir(unpacked.join("lib/modules"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("kernel")
+}
+
+fn with_modules(mut run: Nested, root: &Path, modules: &[&str]) -> Nested {
+    for module in modules {
+        let name = Path::new(module).file_name().unwrap().to_str().unwrap();
+        run = run.l2_file(
+            &root.join(format!("{module}.ko")),
+            &format!("/modules/{name}.ko"),
+        );
+    }
+    run
+}
 
 /// The bed's cached kernel package (scripts/nested-kvm.sh prepare fetches it).
 fn kernel_deb() -> Option<PathBuf> {
@@ -59,31 +124,13 @@ fn linux_reads_and_writes_a_qemu_storage_daemon_disk() {
         eprintln!("SKIP linux_reads_and_writes_a_qemu_storage_daemon_disk: no {qsd:?}");
         return;
     }
-    let deb = kernel_deb().expect("the bed's kernel package");
     let dir = Scratch::new("nested-virtio-modules");
-    let unpacked = dir.join("kernel");
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&unpacked)
-        .status()
-        .expect("dpkg-deb");
-    assert!(status.success(), "dpkg-deb -x {deb:?}");
-    let modules_root = std::fs::read_dir(unpacked.join("lib/modules"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("kernel");
-    let mut run = Nested::scenario("virtio-blk").binary(qsd);
-    for module in MODULES {
-        let name = Path::new(module).file_name().unwrap().to_str().unwrap();
-        run = run.l2_file(
-            &modules_root.join(format!("{module}.ko")),
-            &format!("/modules/{name}.ko"),
-        );
-    }
+    let modules_root = unpack_modules(&dir);
+    let run = with_modules(
+        Nested::scenario("virtio-blk").binary(qsd),
+        &modules_root,
+        MODULES,
+    );
     let outcome = run.run();
     outcome.assert_passed(&[
         "vmm_exit_status",
@@ -92,6 +139,55 @@ fn linux_reads_and_writes_a_qemu_storage_daemon_disk() {
         "disk_appears",
         "sector0_reads",
         "write_reaches_l1",
+        "no_needs_reset",
+    ]);
+    assert_eq!(outcome.status, Some(0));
+}
+
+#[test]
+fn linux_uses_virtiofsd_vsock_and_rng_backends() {
+    let test = "linux_uses_virtiofsd_vsock_and_rng_backends";
+    if !nested_available(test) {
+        return;
+    }
+    let Some(virtiofsd) = find_program(test, "/usr/lib/qemu/virtiofsd") else {
+        return;
+    };
+    let Some(vsock) = find_program(test, "vhost-device-vsock") else {
+        return;
+    };
+    let Some(rng) = find_program(test, "vhost-device-rng") else {
+        return;
+    };
+    let probe = harness::bin("vsock-probe");
+    let dir = Scratch::new("nested-vhost-user-devices");
+    let modules_root = unpack_modules(&dir);
+    // --binary keeps each program's host path; the scenario adds their directories to PATH.
+    let extra_path: Vec<String> = [&vsock, &rng, &probe]
+        .iter()
+        .map(|p| p.parent().unwrap().display().to_string())
+        .collect();
+    let run = Nested::scenario("vhost-user-devices")
+        .arg(&format!("EXTRA_PATH={}", extra_path.join(":")))
+        .binary(&virtiofsd)
+        .binary(&vsock)
+        .binary(&rng)
+        .binary(&probe)
+        .l2_binary(&probe, "/usr/local/bin/vsock-probe");
+    let run = with_modules(run, &modules_root, MODULES);
+    let outcome = with_modules(run, &modules_root, MORE_MODULES).run();
+    outcome.assert_passed(&[
+        "vmm_exit_status",
+        "boots_to_init",
+        "drivers_bind",
+        "fs_mounts",
+        "fs_l1_file_read_in_l2",
+        "fs_l2_file_seen_in_l1",
+        "vsock_l2_to_l1",
+        "vsock_l1_saw_l2",
+        "vsock_l1_to_l2",
+        "vsock_l2_saw_l1",
+        "hwrng_gives_bytes",
         "no_needs_reset",
     ]);
     assert_eq!(outcome.status, Some(0));

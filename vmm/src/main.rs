@@ -169,8 +169,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
         if vmm::devices::vhost_user::VhostUserOptions::is_vhost_user(device) {
             let options = vmm::devices::vhost_user::VhostUserOptions::parse(device)
                 .map_err(anyhow::Error::msg)?;
-            let index = vhost_user.len();
-            vhost_user.push(vmm::devices::vhost_user::add(&devices, &options, index)?);
+            // Devices are numbered per kind in logs: vhost-user-blk0, vhost-user-blk1, ...
+            let kind = vmm::devices::vhost_user::KindInfo::of(&options).name;
+            let index = vhost_user.iter().filter(|(k, _)| *k == kind).count();
+            let device = vmm::devices::vhost_user::add(&devices, &options, index)?;
+            vhost_user.push((kind, device));
         } else {
             vmm::devices::pci_testdev::add(&devices, device)?;
         }

@@ -36,39 +36,37 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
 /// Most queues a backend may report (the transport's notify page holds 1024).
 const MAX_QUEUES: u64 = 1024;
 
-/// Why talking to the backend failed.
+/// Why talking to the backend failed. Each message carries its cause (so no `source()`:
+/// `anyhow`'s `{:#}` would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
     /// Connecting to the socket failed.
-    #[error("vhost-user backend at {socket}: connecting: {source}")]
+    #[error("vhost-user backend at {socket}: connecting: {cause}")]
     Connect {
         /// The socket.
         socket: PathBuf,
         /// The vhost crate's error.
-        #[source]
-        source: vhost::Error,
+        cause: vhost::Error,
     },
     /// A request failed (refused, timed out, or the socket broke).
-    #[error("vhost-user backend at {socket}: {request}: {source}")]
+    #[error("vhost-user backend at {socket}: {request}: {cause}")]
     Request {
         /// The socket.
         socket: PathBuf,
         /// Which request.
         request: String,
         /// The vhost crate's error.
-        #[source]
-        source: vhost::Error,
+        cause: vhost::Error,
     },
     /// A socket option or fd duplication failed.
-    #[error("vhost-user backend at {socket}: {what}: {source}")]
+    #[error("vhost-user backend at {socket}: {what}: {cause}")]
     Io {
         /// The socket.
         socket: PathBuf,
         /// What was being done.
         what: &'static str,
         /// The error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The backend cannot serve this device.
     #[error("vhost-user backend at {socket}: {why}")]
@@ -130,14 +128,14 @@ impl Connection {
     /// first, then [`Connection::negotiate`]). Each request may take at most `timeout`.
     pub fn open(socket: &Path, timeout: Duration) -> Result<Connection, FrontendError> {
         let frontend =
-            Frontend::connect(socket, MAX_QUEUES).map_err(|source| FrontendError::Connect {
+            Frontend::connect(socket, MAX_QUEUES).map_err(|cause| FrontendError::Connect {
                 socket: socket.to_path_buf(),
-                source,
+                cause,
             })?;
-        let watchdog = RequestWatchdog::new(timeout).map_err(|source| FrontendError::Io {
+        let watchdog = RequestWatchdog::new(timeout).map_err(|cause| FrontendError::Io {
             socket: socket.to_path_buf(),
             what: "creating the watchdog's eventfd",
-            source,
+            cause,
         })?;
         Ok(Connection {
             frontend,
@@ -219,10 +217,10 @@ impl Connection {
     pub fn socket_fd(&self) -> Result<OwnedFd, FrontendError> {
         // SAFETY: the frontend's socket stays open while we borrow it for the duplication.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.frontend.as_raw_fd()) };
-        fd.try_clone_to_owned().map_err(|source| FrontendError::Io {
+        fd.try_clone_to_owned().map_err(|cause| FrontendError::Io {
             socket: self.socket.clone(),
             what: "duplicating the socket",
-            source,
+            cause,
         })
     }
 
@@ -249,11 +247,11 @@ impl Connection {
         self.watchdog.arm(what);
         let result = f(&mut self.frontend);
         self.watchdog.disarm();
-        result.map_err(|source| {
+        result.map_err(|cause| {
             let error = FrontendError::Request {
                 socket: self.socket.clone(),
                 request: what.to_string(),
-                source,
+                cause,
             };
             // The watchdog's reason is the real one when it cut the socket.
             let why = self.watchdog.expired().unwrap_or_else(|| error.to_string());
@@ -328,10 +326,10 @@ impl Connection {
             };
             let io = |what: &'static str| {
                 let socket = self.socket.clone();
-                move |source| FrontendError::Io {
+                move |cause| FrontendError::Io {
                     socket,
                     what,
-                    source,
+                    cause,
                 }
             };
             let kick = duplicate(&q.kick).map_err(io("duplicating an eventfd"))?;

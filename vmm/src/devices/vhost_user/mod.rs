@@ -43,23 +43,22 @@ pub enum VhostUserError {
     )]
     RamNotShared(String),
     /// The backend could not be reached or negotiated with.
-    #[error("{device}: {source}")]
+    #[error("{device}: {cause}")]
     Backend {
         /// The device.
         device: String,
         /// What failed.
-        #[source]
-        source: FrontendError,
+        cause: FrontendError,
     },
     /// The transport could not be built.
-    #[error("{0}")]
+    #[error(transparent)]
     Transport(#[from] VirtioPciError),
     /// The bus is full.
-    #[error("{0}")]
+    #[error(transparent)]
     Bus(#[from] BusError),
     /// The watcher thread could not start.
     #[error("starting the backend watcher: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
 }
 
 /// The backend side of a vhost-user virtio-pci device (what the transport calls).
@@ -84,9 +83,9 @@ impl VhostUserDevice {
         mut connection: Connection,
     ) -> Result<VhostUserDevice, VhostUserError> {
         let info = KindInfo::of(options);
-        let failed = |source| VhostUserError::Backend {
+        let failed = |cause| VhostUserError::Backend {
             device: name.to_string(),
-            source,
+            cause,
         };
         connection.negotiate().map_err(failed)?;
         let features = connection.features();
@@ -248,9 +247,9 @@ pub fn add(
     if !ctx.ram.is_shareable() {
         return Err(VhostUserError::RamNotShared(name));
     }
-    let backend_error = |source| VhostUserError::Backend {
+    let backend_error = |cause| VhostUserError::Backend {
         device: name.clone(),
-        source,
+        cause,
     };
     let connection =
         Connection::open(&options.socket, options.reply_timeout).map_err(backend_error)?;

@@ -84,17 +84,17 @@ pub enum VirtioPciError {
         size: u16,
     },
     /// MSI-X set-up failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Msix(#[from] MsixError),
     /// A BAR or capability was refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Function(#[from] FunctionError),
     /// Config space has no room for the capabilities.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// An eventfd could not be created.
     #[error("eventfd: {0}")]
-    EventFd(#[from] std::io::Error),
+    EventFd(std::io::Error),
 }
 
 struct State {
@@ -147,7 +147,11 @@ impl VirtioPci {
         }
         let vectors = queues + 1;
         let msix = Msix::new(&name, vectors, router)?;
-        let new_fd = || EventFd::new(EFD_NONBLOCK).map(Arc::new);
+        let new_fd = || {
+            EventFd::new(EFD_NONBLOCK)
+                .map(Arc::new)
+                .map_err(VirtioPciError::EventFd)
+        };
         let mut vector_fds = Vec::with_capacity(vectors);
         for vector in 0..vectors {
             let fd = new_fd()?;

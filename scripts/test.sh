@@ -37,14 +37,18 @@ install_packages() {
     fi
 }
 
-# rust-vmm's vhost-device-rng from crates.io: the third-party vhost-user backend the virtio
-# tests drive over ivshmem. Cached: installed once (about 1.5 min on 2 cores), then found on PATH.
+# rust-vmm's vhost-device-rng and vhost-device-vsock from crates.io: third-party vhost-user
+# backends the virtio tests drive (over ivshmem, and as the VMM's virtio-pci devices). Cached:
+# installed once (a minute or two each on 2 cores), then found on PATH.
 install_vhost_device_rng() {
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-    command -v vhost-device-rng >/dev/null && return 0
-    echo "test.sh: installing vhost-device-rng (cargo install)"
-    cargo install --locked --quiet vhost-device-rng \
-        || echo "test.sh: could not install vhost-device-rng; the virtio rng test will skip" >&2
+    local backend
+    for backend in vhost-device-rng vhost-device-vsock; do
+        command -v $backend >/dev/null && continue
+        echo "test.sh: installing $backend (cargo install)"
+        cargo install --locked --quiet $backend \
+            || echo "test.sh: could not install $backend; the tests that drive it will skip" >&2
+    done
 }
 
 install_packages

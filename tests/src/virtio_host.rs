@@ -25,9 +25,20 @@ pub const BAR4: u64 = 0xE000_0000;
 /// How long a request or a backend's start may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// True when `program` runs (`--version`/`--help`); otherwise skips with a printed reason, or
-/// panics under `IVSHMEM_REQUIRE_QEMU=1` (the backends come with the QEMU packages and
-/// scripts/test.sh's `cargo install`s).
+/// The environment variable that makes a missing `program` a failure instead of a skip:
+/// `IVSHMEM_REQUIRE_VHOST_DEVICE` for rust-vmm's `vhost-device-*` (scripts/test.sh's `cargo
+/// install`s), `IVSHMEM_REQUIRE_QEMU` for the rest (Debian's QEMU packages).
+pub fn require_variable(program: &str) -> &'static str {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    if name.starts_with("vhost-device-") {
+        "IVSHMEM_REQUIRE_VHOST_DEVICE"
+    } else {
+        "IVSHMEM_REQUIRE_QEMU"
+    }
+}
+
+/// True when `program` runs (`probe` is `--version` or the like); otherwise skips with a
+/// printed reason, or panics when [`require_variable`] is set to 1.
 pub fn backend_available(test: &str, program: &str, probe: &str) -> bool {
     let found = Command::new(program)
         .arg(probe)

@@ -33,8 +33,8 @@ const MORE_MODULES: &[&str] = &[
     "drivers/char/hw_random/virtio-rng",
 ];
 
-/// `program` on PATH (or at an absolute path), or a skip (a failure under
-/// `IVSHMEM_REQUIRE_QEMU=1`).
+/// `program` on PATH (or at an absolute path), or a skip (a failure when its
+/// `harness::virtio_host::require_variable` is 1).
 fn find_program(test: &str, program: &str) -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = if program.starts_with('/') {
         vec![PathBuf::from(program)]
@@ -45,8 +45,9 @@ fn find_program(test: &str, program: &str) -> Option<PathBuf> {
     };
     let found = candidates.into_iter().find(|p| p.is_file());
     if found.is_none() {
-        if std::env::var("IVSHMEM_REQUIRE_QEMU").as_deref() == Ok("1") {
-            panic!("{test}: {program} is missing and IVSHMEM_REQUIRE_QEMU=1");
+        let var = harness::virtio_host::require_variable(program);
+        if std::env::var(var).as_deref() == Ok("1") {
+            panic!("{test}: {program} is missing and {var}=1");
         }
         eprintln!("SKIP {test}: {program} not found");
     }

@@ -4,6 +4,7 @@
 
 pub mod eventfd;
 pub mod fake_server;
+pub mod fake_vhost_user;
 pub mod nested;
 pub mod raw_client;
 pub mod server;

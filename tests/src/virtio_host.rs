@@ -154,8 +154,14 @@ impl Machine {
     /// Puts the device in slot 1 at [`BAR4`], turns memory decoding on, and returns its
     /// vendor:device id dword.
     pub fn map_device(&self) -> u32 {
-        let bdf = Bdf::new(0, 1, 0);
-        self.ctx.pci.config_write(bdf, 0x10 + 4 * 4, 4, BAR4 as u32);
+        self.map_device_at(1, BAR4)
+    }
+
+    /// Puts the device in `slot` with its BAR4 at `bar4` (below 4 GiB), turns memory decoding
+    /// on, and returns its vendor:device id dword.
+    pub fn map_device_at(&self, slot: u8, bar4: u64) -> u32 {
+        let bdf = Bdf::new(0, slot, 0);
+        self.ctx.pci.config_write(bdf, 0x10 + 4 * 4, 4, bar4 as u32);
         self.ctx.pci.config_write(bdf, 0x10 + 5 * 4, 4, 0);
         self.ctx.pci.config_write(bdf, 0x04, 2, 0x0006);
         self.memory.commit();
@@ -239,7 +245,7 @@ pub mod status {
     pub const NEEDS_RESET: u64 = 0x40;
 }
 
-// Guest RAM layout of the host driver.
+// Guest RAM layout of the host driver (a second driver uses the next 64 KiB: `ring_base`).
 const DESC: u64 = 0x10_0000;
 const AVAIL: u64 = 0x10_1000;
 const USED: u64 = 0x10_2000;
@@ -259,15 +265,25 @@ pub struct Buf {
 /// A virtio-pci driver on the host, one split queue (`queue`), polling its used ring.
 pub struct HostDriver<'a> {
     m: &'a Machine,
+    bar4: u64,
+    rings: u64,
     queue: u16,
     notify_off: u64,
     next_avail: u16,
 }
 
 impl<'a> HostDriver<'a> {
-    /// Reset, negotiate VERSION_1 only, set up `queue` (and no other), DRIVER_OK.
+    /// Reset, negotiate VERSION_1 only, set up `queue` (and no other), DRIVER_OK: the device
+    /// at [`BAR4`], rings at the default place.
     pub fn start(m: &'a Machine, queue: u16) -> HostDriver<'a> {
-        let b = BAR4;
+        HostDriver::start_at(m, BAR4, 0, queue)
+    }
+
+    /// The same for the device whose BAR4 is at `bar4`, with its rings `rings` bytes above the
+    /// default place (give each driver of one machine its own 64 KiB).
+    pub fn start_at(m: &'a Machine, bar4: u64, rings: u64, queue: u16) -> HostDriver<'a> {
+        let b = bar4;
+        let (desc, avail, used) = (DESC + rings, AVAIL + rings, USED + rings);
         m.write(b + reg::STATUS, 1, 0);
         m.write(b + reg::STATUS, 1, status::ACK_DRIVER);
         m.write(b + reg::DEVICE_FEATURE_SELECT, 4, 1);
@@ -292,14 +308,14 @@ impl<'a> HostDriver<'a> {
             m.read(b + reg::STATUS, 1),
             status::ACK_DRIVER | status::FEATURES_OK
         );
-        m.write_bytes(AVAIL, &[0; 4]);
-        m.write_bytes(USED, &[0; 4]);
+        m.write_bytes(avail, &[0; 4]);
+        m.write_bytes(used, &[0; 4]);
         m.write(b + reg::QUEUE_SELECT, 2, u64::from(queue));
         m.write(b + reg::QUEUE_SIZE, 2, u64::from(QUEUE_LEN));
         for (r, addr) in [
-            (reg::QUEUE_DESC, DESC),
-            (reg::QUEUE_DRIVER, AVAIL),
-            (reg::QUEUE_DEVICE, USED),
+            (reg::QUEUE_DESC, desc),
+            (reg::QUEUE_DRIVER, avail),
+            (reg::QUEUE_DEVICE, used),
         ] {
             m.write(b + r, 4, addr);
             m.write(b + r + 4, 4, 0);
@@ -313,6 +329,8 @@ impl<'a> HostDriver<'a> {
         );
         HostDriver {
             m,
+            bar4,
+            rings,
             queue,
             notify_off,
             next_avail: 0,
@@ -321,13 +339,14 @@ impl<'a> HostDriver<'a> {
 
     /// The device status register.
     pub fn status(&self) -> u64 {
-        self.m.read(BAR4 + reg::STATUS, 1)
+        self.m.read(self.bar4 + reg::STATUS, 1)
     }
 
     /// Submits `bufs` as one chain, kicks, and waits until the device has used it; returns the
     /// bytes the device says it wrote.
     pub fn submit(&mut self, bufs: &[Buf]) -> u32 {
         let m = self.m;
+        let (desc, avail, used) = (DESC + self.rings, AVAIL + self.rings, USED + self.rings);
         for (i, buf) in bufs.iter().enumerate() {
             let last = i + 1 == bufs.len();
             let flags = u16::from(!last) | if buf.writable { 2 } else { 0 };
@@ -336,12 +355,12 @@ impl<'a> HostDriver<'a> {
             d.extend_from_slice(&buf.len.to_le_bytes());
             d.extend_from_slice(&flags.to_le_bytes());
             d.extend_from_slice(&(if last { 0u16 } else { i as u16 + 1 }).to_le_bytes());
-            m.write_bytes(DESC + 16 * i as u64, &d);
+            m.write_bytes(desc + 16 * i as u64, &d);
         }
         let slot = u64::from(self.next_avail % QUEUE_LEN);
-        m.write(AVAIL + 4 + 2 * slot, 2, 0);
+        m.write(avail + 4 + 2 * slot, 2, 0);
         self.next_avail = self.next_avail.wrapping_add(1);
-        m.write(AVAIL + 2, 2, u64::from(self.next_avail));
+        m.write(avail + 2, 2, u64::from(self.next_avail));
         // The kick: a write to the queue's notify address (KVM's ioeventfd in a VM; here the
         // transport's fallback passes it on).
         m.write(
@@ -358,6 +377,6 @@ impl<'a> HostDriver<'a> {
             self.status()
         );
         let used_slot = u64::from(self.next_avail.wrapping_sub(1) % QUEUE_LEN);
-        m.read(USED + 4 + 8 * used_slot + 4, 4) as u32
+        m.read(used + 4 + 8 * used_slot + 4, 4) as u32
     }
 }

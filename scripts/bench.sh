@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks: every figure is a ratio against a baseline measured in the same run.
-# Writes BENCHMARKS.md (or the file given as $1) and prints it.
+# Writes the sections it ran into BENCHMARKS.md (or the file given as $1), keeping the other
+# sections as their last run left them (scripts/bench_merge.py), and prints the file.
 #
 #   scripts/bench.sh                 # all sections
 #   SECTIONS="host server" scripts/bench.sh
@@ -17,8 +18,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
-# The Soak section comes from scripts/soak.sh runs, not from here: kept as it is.
-soak_section=$(sed -n '/^## Soak/,$p' "$out" 2>/dev/null || true)
 sections=${SECTIONS:-host server vmm ivshmem virtio nested guest_linux}
 
 echo "bench.sh: building (release)" >&2
@@ -30,8 +29,9 @@ export PATH="$R:$PATH"
 start_scratch bench
 
 rows=()
-# row METRIC RESULT BASELINE RATIO TARGET COMMAND
-row() { rows+=("| $1 | $2 | $3 | $4 | $5 | \`$6\` |"); echo "  $1: $2 vs $3 -> $4 (target $5)" >&2; }
+section=""
+# row METRIC RESULT BASELINE RATIO TARGET COMMAND: one row of the section being run
+row() { rows+=("$section	| $1 | $2 | $3 | $4 | $5 | \`$6\` |"); echo "  $1: $2 vs $3 -> $4 (target $5)" >&2; }
 # value KEY TEXT: the value of the first `KEY=value` line in TEXT
 value() { printf '%s\n' "$2" | sed -n "s/^$1=//p" | head -n1; }
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}')" "$1" "$2"; }
@@ -372,24 +372,52 @@ guest_linux_section() {
     fi
 }
 
+declare -A titles=(
+    [host]="host peers (peer library vs raw eventfd and memcpy)"
+    [server]="server (connects and churn vs a minimal broker)"
+    [vmm]="VMM (exit dispatch, guest RAM, start-up, memory)"
+    [ivshmem]="ivshmem devices (VM doorbells and BAR2)"
+    [virtio]="virtio over ivshmem (requests through a virtqueue vs a UNIX socket pair)"
+    [nested]="Linux on ordinary KVM (nested bed) vs QEMU"
+    [guest_linux]="a Linux guest's ivshmem driver (nested bed)"
+)
+fresh=()
 for section in $sections; do
     "${section}_section"
+    mine=()
+    for r in "${rows[@]}"; do
+        if [ "${r%%	*}" = "$section" ]; then mine+=("${r#*	}"); fi
+    done
+    if [ ${#mine[@]} -eq 0 ]; then
+        echo "bench.sh: section $section measured nothing; BENCHMARKS.md keeps its last figures" >&2
+        continue
+    fi
+    block="$work/block-$section.md"
+    {
+        echo "## $section: ${titles[$section]}"
+        echo
+        echo "Measured $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r); KVM modules:"
+        echo "$(ls /sys/module 2>/dev/null | grep -E '^kvm' | paste -sd, -)) by \`SECTIONS=$section scripts/bench.sh\`."
+        echo
+        echo "| what | result | baseline (same run) | ratio | target | command |"
+        echo "|---|---|---|---|---|---|"
+        printf '%s\n' "${mine[@]}"
+    } >"$block"
+    fresh+=("$section=$block")
 done
 
-{
-    echo "# Benchmarks"
-    echo
-    echo "Produced by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r);"
-    echo "KVM modules: $(ls /sys/module 2>/dev/null | grep -E '^kvm' | paste -sd, -))."
-    echo "Each line is one run; the baseline was measured in the same run. Binaries are in"
-    echo "\`target/release\` (\`examples/bench\`, \`examples/load\`, \`vmm\`). Re-run: \`scripts/bench.sh\`."
-    echo
-    echo "| what | result | baseline (same run) | ratio | target | command |"
-    echo "|---|---|---|---|---|---|"
-    printf '%s\n' "${rows[@]}"
-    cat <<'NOTES'
+cat >"$work/preamble.md" <<'PREAMBLE'
+# Benchmarks
 
-Notes:
+Produced by `scripts/bench.sh`: each line is one run, and its baseline was measured in the same
+run. Each section says when and on what it was measured; `SECTIONS="host server"
+scripts/bench.sh` re-measures only those sections and keeps the others. Binaries are in
+`target/release` (`examples/bench`, `examples/load`, `vmm`).
+PREAMBLE
+{
+    echo "## Notes"
+    echo
+    cat <<'NOTES'
 - Host round trips are dominated by the two wake-ups of a blocking eventfd read; the doorbell
   goes through exactly the same kernel objects as the raw pair (the server only hands out the
   fds), so its ratio is 1 within noise.
@@ -413,9 +441,6 @@ Notes:
   into the same program's anonymous memory, alternated; the guest program's row shows what BAR2
   costs on this bed without a kernel.
 NOTES
-    if [ -n "$soak_section" ]; then
-        echo
-        echo "$soak_section"
-    fi
-} >"$out"
+} >"$work/notes.md"
+python3 scripts/bench_merge.py "$out" "$work/preamble.md" "$work/notes.md" "${fresh[@]}"
 cat "$out"

@@ -63,6 +63,11 @@ fi
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The peer library is for any host program: no command-line crates in its dependencies.
+if cargo tree -p ivshmem-peer -e normal --prefix none | grep -E '^(clap|env_logger|anyhow) '; then
+    echo "test.sh: the peer library depends on a CLI crate (above); it belongs in peer-cli" >&2
+    exit 1
+fi
 # The guest programs are their own no_std workspace (no test harness: clippy without --all-targets).
 (cd guest && cargo fmt -- --check && cargo clippy --release --quiet -- -D warnings)
 

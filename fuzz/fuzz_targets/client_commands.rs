@@ -1,6 +1,6 @@
 //! The `ivshmem-client` command language: arbitrary scripts, split and parsed.
 //!
-//! The parser is the peer library's `peer::cli::commands`, shared by `ivshmem-client` and
+//! The parser is the peer library's `peer_cli::commands`, shared by `ivshmem-client` and
 //! `ivshmem-guest-client`.
 //! Input: the script text (lossy UTF-8). Checked: no panic; every command either parses or
 //! gives a message; `write` data is never longer than its text; a script parses exactly when
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peer::cli::commands;
+use peer_cli::commands;
 
 fuzz_target!(|data: &[u8]| {
     let script = String::from_utf8_lossy(data);

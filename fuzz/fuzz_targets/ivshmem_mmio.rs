@@ -2,12 +2,14 @@
 //! offset and size, mixed with MSI-X control writes, BAR moves and vectors being signalled.
 //!
 //! The BARs start mapped (BAR0 at 0xC000_0000, BAR1 at 0xC000_1000, BAR2 at 0x10_0000_0000).
-//! Input: byte 0: MSI-X vectors (1 + n mod 64); then operations, an opcode byte each (mod 9):
+//! Input: byte 0: MSI-X vectors (1 + n mod 64; the first 8 have the server's eventfds as sources);
+//! then operations, an opcode byte each (mod 9):
 //! 0 `off:u8 size:u8` BAR0 read; 1 `off:u8 size:u8 value:u64` BAR0 write;
 //! 2 `off:u16 size:u8` BAR1 read; 3 `off:u16 size:u8 value:u64` BAR1 write;
 //! 4 `value:u16` MSI-X message control write; 5 `vector:u8` signal an own vector's eventfd;
 //! 6 `vector:u8` `Msix::notify`; 7 `off:u8 size:u8 value:u32` config write (BARs, command);
-//! 8 `peer:u8 vector:u8` doorbell write for a peer/vector pair. Sizes are 1 + (n mod 8).
+//! 8 `peer:u8 vector:u8` doorbell write for a peer (mod 4: the two others, the device itself, an
+//! unknown id) and vector. Sizes are 1 + (n mod 8).
 //!
 //! Checked: no panic; IVPosition reads the own id and ignores writes; IntrStatus clears on read;
 //! IntrMask keeps what was written; a doorbell rings exactly the addressed known vector; a
@@ -16,7 +18,7 @@
 //! once on unmask.
 #![no_main]
 
-use fuzz_support::machine::{Machine, OWN_ID};
+use fuzz_support::machine::Machine;
 use fuzz_support::Input;
 use libfuzzer_sys::fuzz_target;
 use vmm::devices::ivshmem::registers::{
@@ -68,12 +70,12 @@ fn check_registers(m: &Machine, bar0: u64) {
     }
     assert_eq!(
         Machine::read(&m.memory, bar0 + IV_POSITION, 4),
-        u64::from(OWN_ID)
+        u64::from(m.own_id)
     );
     Machine::write(&m.memory, bar0 + IV_POSITION, 4, 0xdead);
     assert_eq!(
         Machine::read(&m.memory, bar0 + IV_POSITION, 4),
-        u64::from(OWN_ID)
+        u64::from(m.own_id)
     );
     let status = Machine::read(&m.memory, bar0 + INTR_STATUS, 4);
     assert_eq!(
@@ -136,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => config_write(&m, cap + 2, 2, u64::from(input.u16())),
             5 => {
-                let vector = usize::from(input.u8()) % vectors;
+                let vector = usize::from(input.u8()) % m.own_vectors.len();
                 let was_masked = m.msix.is_masked(vector);
                 let enabled = m.msix.is_enabled();
                 m.own_vectors[vector].write(1).expect("eventfd write");
@@ -150,13 +152,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 if !was_masked {
-                    let before = m.kvm.lock().injected.len();
+                    let before = m.injected();
                     m.deliver_bound();
-                    assert_eq!(
-                        m.kvm.lock().injected.len(),
-                        before + 1,
-                        "unmasked: delivered"
-                    );
+                    assert_eq!(m.injected(), before + 1, "unmasked: delivered");
                 }
             }
             6 => m.msix.notify(usize::from(input.u8()) % (vectors + 1)),
@@ -170,7 +168,12 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                let peer = u16::from(input.u8() % 4);
+                // The two other peers, the device itself, or an id nobody has.
+                let peer = match input.u8() % 4 {
+                    n @ (0 | 1) => m.other_peers[usize::from(n)].0,
+                    2 => m.own_id,
+                    _ => m.own_id.wrapping_add(1000),
+                };
                 let vector = u32::from(input.u8() % 4);
                 if let Some(bar0) = bar0.filter(|&b| serves(&m, b + DOORBELL, 4, "ivshmem0-mmio")) {
                     // Forget rings from earlier raw BAR0 writes.
@@ -185,7 +188,7 @@ fuzz_target!(|data: &[u8]| {
                         4,
                         u64::from(doorbell_value(peer, vector)),
                     );
-                    let target = if peer == OWN_ID {
+                    let target = if peer == m.own_id {
                         m.own_vectors.get(vector as usize)
                     } else {
                         m.other_peers

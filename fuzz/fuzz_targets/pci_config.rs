@@ -13,9 +13,11 @@
 //! capability's control bits.
 #![no_main]
 
-use fuzz_support::machine::{Machine, ECAM_BASE, IVSHMEM_IDS, IVSHMEM_SLOT};
+use fuzz_support::machine::Machine;
 use fuzz_support::Input;
 use libfuzzer_sys::fuzz_target;
+use vmm::arch::x86_64::layout::PCI_ECAM_ADDR as ECAM_BASE;
+use vmm::guest_abi::ivshmem::{DEVICE_ID, VENDOR_ID};
 use vmm::pci::Bdf;
 
 const MAX_OPS: usize = 512;
@@ -31,7 +33,7 @@ fn check(m: &Machine) {
     assert_eq!(m.bus.config_read(host_bridge, 0, 4), 0x29C0_8086);
     assert_eq!(
         m.bus.config_read(ivshmem, 0, 4),
-        u32::from(IVSHMEM_IDS.device_id) << 16 | u32::from(IVSHMEM_IDS.vendor_id)
+        u32::from(DEVICE_ID) << 16 | u32::from(VENDOR_ID)
     );
     assert_eq!(m.bus.config_read(ivshmem, 0x0A, 2), 0x0500, "class code");
     assert_eq!(
@@ -41,7 +43,7 @@ fn check(m: &Machine) {
     );
     assert_eq!(m.bus.config_read(Bdf::new(0, 7, 0), 0, 4), u32::MAX);
     assert_eq!(
-        m.bus.config_read(Bdf::new(0, IVSHMEM_SLOT, 3), 0, 2),
+        m.bus.config_read(Bdf::new(0, m.bdf.device, 3), 0, 2),
         0xFFFF
     );
     for index in [0, 1, 2] {

@@ -1,121 +1,125 @@
-//! A PCI bus with an ivshmem-doorbell function (BAR0 registers, BAR1 MSI-X, BAR2 RAM), built
-//! from the VMM's public pieces without KVM: interrupts go to [`FakeKvm`], which records routes
-//! and irqfds and delivers bound irqfds the way KVM would (by consuming the eventfd).
+//! A PCI bus with the VMM's real ivshmem-doorbell device on it, without `/dev/kvm`: the device
+//! is created by `vmm::devices::ivshmem::add_doorbell` from a peer that joined a real
+//! `ivshmem-server` event loop, in a `DeviceContext::without_kvm`, whose interrupt router records
+//! routes and irqfds in vmm's fake KVM (`test-util`).
+//!
+//! The server (on a thread of its own) and two other peers, which the device can ring, are set
+//! up once per process and shared by every run: a run only joins the device's own peer, which
+//! keeps the fuzzer fast. Ids grow from run to run (the server wraps them), so runs read the
+//! device's id rather than assume one.
 
-use std::collections::BTreeMap;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use kvm_bindings::{kvm_irq_routing_entry, KVM_IRQ_ROUTING_MSI};
-use vmm::devices::ivshmem::registers::{PeerTable, Registers, BAR0_SIZE};
-use vmm::interrupts::{InterruptRouter, IrqBackend, MsiMessage};
-use vmm::memory::{AccessSizes, AddressSpace, IoAccess, MemoryRegion, SpaceKind};
-use vmm::pci::{self, config, Bar, Bdf, Msix, PciBus, PciFunction, PciIds};
+use ivshmem_server::event_loop::{LoopConfig, Server};
+use nix::sys::epoll::EpollTimeout;
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use peer::{ConnectOptions, Peer};
+use vmm::devices::ivshmem::{add_doorbell, Bar2Mapping, DoorbellOptions, IvshmemDevice};
+use vmm::devices::DeviceContext;
+use vmm::interrupts::fake::FakeIrqBackend;
+use vmm::memory::AddressSpace;
+use vmm::pci::{Bdf, Msix, PciBus};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Where ECAM sits (the VMM's layout uses the same address).
-pub const ECAM_BASE: u64 = 0xB000_0000;
-/// The ivshmem function's slot (00:01.0).
-pub const IVSHMEM_SLOT: u8 = 1;
-/// Its IVPosition (own peer id).
-pub const OWN_ID: u16 = 1;
-/// BAR2 size.
+/// BAR2 size (the server's shared memory).
 pub const BAR2_SIZE: u64 = 0x1_0000;
+/// Vectors the server gives every peer. A device may have more MSI-X vectors than that (the rest
+/// have no source, as with QEMU's device); few keep each join's fd passing, and so each run,
+/// short.
+pub const SERVER_VECTORS: usize = 8;
 
-/// ivshmem-doorbell's identity, as the VMM gives it.
-pub const IVSHMEM_IDS: PciIds = PciIds {
-    vendor_id: 0x1af4,
-    device_id: 0x1110,
-    revision: 1,
-    class: 0x05,
-    subclass: 0x00,
-    prog_if: 0,
-    subsystem_vendor_id: 0x1af4,
-    subsystem_id: 0x1100,
-};
-
-/// What KVM holds: the routing table and the bound irqfds.
-#[derive(Default)]
-pub struct FakeKvmState {
-    /// GSI -> MSI message of the last routing table pushed.
-    pub msi_routes: BTreeMap<u32, MsiMessage>,
-    /// (raw eventfd, gsi) bound with irqfd.
-    pub irqfds: Vec<(i32, u32)>,
-    /// Interrupts injected (irqfd deliveries and KVM_SIGNAL_MSI).
-    pub injected: Vec<MsiMessage>,
+/// The server and the other peers, shared by every run of the process.
+struct Fabric {
+    server: ServerThread,
+    others: Mutex<Vec<Peer>>,
 }
 
-/// A stand-in for KVM's interrupt routing that records what the device asks of it.
-#[derive(Default)]
-pub struct FakeKvm {
-    /// What it holds, behind a lock as `IrqBackend` takes `&self`.
-    pub state: Mutex<FakeKvmState>,
+fn fabric() -> &'static Fabric {
+    static FABRIC: OnceLock<Fabric> = OnceLock::new();
+    FABRIC.get_or_init(|| {
+        let server = ServerThread::start(SERVER_VECTORS as u32);
+        let others = (0..2).map(|_| server.join()).collect();
+        Fabric {
+            server,
+            others: Mutex::new(others),
+        }
+    })
 }
 
-impl FakeKvm {
-    /// Its state (a panic elsewhere does not poison it for the checks).
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeKvmState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+/// An `ivshmem-server` event loop on a thread, until dropped.
+struct ServerThread {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerThread {
+    fn start(vectors: u32) -> ServerThread {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let socket = std::env::temp_dir().join(format!(
+            "ivshmem-fuzz-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let signals = SignalFd::with_flags(
+            &SigSet::empty(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .expect("signalfd");
+        let shm =
+            nix::sys::memfd::memfd_create("ivshmem-fuzz", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .expect("memfd");
+        nix::unistd::ftruncate(shm.as_fd(), BAR2_SIZE as i64).expect("size the memfd");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let config = LoopConfig {
+                vectors,
+                queue_limit: 64,
+            };
+            let mut server = Server::new(listener, signals, shm, config).expect("server");
+            let turn = EpollTimeout::try_from(Duration::from_millis(2)).expect("timeout");
+            while !stopped.load(Ordering::Relaxed) {
+                server.run_once(turn).expect("event loop");
+            }
+        });
+        ServerThread {
+            socket,
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    /// What KVM does for a signalled irqfd: consume the count, inject the route's message.
-    pub fn deliver(&self, fd: &EventFd) {
-        let mut state = self.lock();
-        let Some(&(_, gsi)) = state.irqfds.iter().find(|(f, _)| *f == fd.as_raw_fd()) else {
-            return;
+    fn join(&self) -> Peer {
+        // All own vectors before `connect` returns: no burst left to wait for afterwards.
+        let options = ConnectOptions {
+            vectors: Some(SERVER_VECTORS as u32),
+            timeout: Duration::from_secs(10),
         };
-        let Ok(count) = fd.read() else { return };
-        let message = state.msi_routes.get(&gsi).copied();
-        let message = message.expect("a bound irqfd's GSI has an MSI route");
-        for _ in 0..count.min(16) {
-            state.injected.push(message);
-        }
+        Peer::connect_with(&self.socket, &options).expect("join the server")
     }
 }
 
-impl IrqBackend for FakeKvm {
-    fn set_gsi_routing(&self, entries: &[kvm_irq_routing_entry]) -> io::Result<()> {
-        let mut state = self.lock();
-        state.msi_routes = entries
-            .iter()
-            .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
-            .map(|e| {
-                // SAFETY: type_ says the union holds the msi member.
-                let msi = unsafe { e.u.msi };
-                let message = MsiMessage {
-                    address: u64::from(msi.address_hi) << 32 | u64::from(msi.address_lo),
-                    data: msi.data,
-                };
-                (e.gsi, message)
-            })
-            .collect();
-        Ok(())
-    }
-    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
-        let mut state = self.lock();
-        if state.irqfds.iter().any(|&(f, _)| f == fd.as_raw_fd()) {
-            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        state.irqfds.push((fd.as_raw_fd(), gsi));
-        Ok(())
-    }
-    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
-        let mut state = self.lock();
-        let before = state.irqfds.len();
-        state.irqfds.retain(|&b| b != (fd.as_raw_fd(), gsi));
-        if state.irqfds.len() == before {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
-        }
-        Ok(())
-    }
-    fn signal_msi(&self, message: MsiMessage) -> io::Result<()> {
-        self.lock().injected.push(message);
-        Ok(())
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
-/// Memory and I/O spaces, bus 0 with the host bridge and an ivshmem-doorbell function.
+/// Memory and I/O spaces, bus 0 with the host bridge and the real ivshmem-doorbell device.
 pub struct Machine {
     /// The memory address space (ECAM, BARs).
     pub memory: AddressSpace,
@@ -124,93 +128,77 @@ pub struct Machine {
     /// PCI bus 0.
     pub bus: Arc<PciBus>,
     /// The fake KVM the MSI-X vectors are routed through.
-    pub kvm: Arc<FakeKvm>,
-    /// The ivshmem device's BAR0 registers.
-    pub registers: Arc<Registers>,
-    /// Every peer's vectors, as the server would have announced them.
-    pub peers: Arc<PeerTable>,
+    pub kvm: Arc<FakeIrqBackend>,
+    /// The device.
+    pub device: Arc<IvshmemDevice>,
     /// The device's MSI-X state.
     pub msix: Msix,
-    /// The device's own vectors (MSI-X sources).
+    /// The device's own peer id (IVPosition).
+    pub own_id: u16,
+    /// The device's own vectors (MSI-X sources of its first vectors), as the server gave them.
     pub own_vectors: Vec<Arc<EventFd>>,
     /// (peer, vector eventfds) of the other peers the doorbell can ring.
     pub other_peers: Vec<(u16, Vec<Arc<EventFd>>)>,
     /// Where the ivshmem function sits.
     pub bdf: Bdf,
+    ctx: DeviceContext,
 }
 
 impl Machine {
-    /// `vectors` (1..=2048) MSI-X vectors, each with a source eventfd.
+    /// A device with `vectors` (1..=2048) MSI-X vectors; the first [`SERVER_VECTORS`] of them
+    /// have the server's eventfds as their sources.
     pub fn new(vectors: usize) -> Machine {
-        let system = MemoryRegion::container("system", u64::MAX);
-        let ram = MemoryRegion::ram("ram", 0x10_0000).expect("RAM");
-        system.add_subregion(0, &ram, 0);
-        let memory = AddressSpace::new("memory", system, SpaceKind::Memory);
-        let io = AddressSpace::new("io", MemoryRegion::container("io", 0x1_0000), SpaceKind::Io);
-        let bus = pci::attach(&memory, &io, ECAM_BASE);
-
-        let kvm = Arc::new(FakeKvm::default());
-        let router = InterruptRouter::new(kvm.clone());
-        let peers = Arc::new(PeerTable::default());
-        let registers = Arc::new(Registers::new(OWN_ID, peers.clone()));
-        let msix = Msix::new("ivshmem0", vectors, router).expect("MSI-X");
-
-        // As devices/ivshmem builds it: BAR0 registers (32-bit implemented), BAR1 MSI-X,
-        // BAR2 64-bit prefetchable RAM, decoding on from the start.
-        let mut function = PciFunction::new("ivshmem-doorbell", IVSHMEM_IDS);
-        function
-            .config_mut()
-            .set_word(config::COMMAND, config::COMMAND_IO | config::COMMAND_MEMORY);
-        let bar0 = MemoryRegion::io(
-            "ivshmem0-mmio",
-            BAR0_SIZE,
-            registers.clone(),
-            IoAccess {
-                valid: AccessSizes::new(1, 4),
-                implemented: AccessSizes::new(4, 4),
-            },
-        );
-        function
-            .set_bar(0, Bar::memory32(bar0, false))
-            .expect("BAR0");
-        function.add_msix(&msix, 1).expect("MSI-X BAR");
-        let bar2 = MemoryRegion::ram("ivshmem0-bar2", BAR2_SIZE).expect("BAR2 RAM");
-        function
-            .set_bar(2, Bar::memory64(bar2, true))
-            .expect("BAR2");
-        let bdf = bus
-            .add_device_at(IVSHMEM_SLOT, function)
-            .expect("free slot");
-
-        let mut own_vectors = Vec::new();
-        for vector in 0..vectors {
-            let fd = Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
-            peers.add_vector(OWN_ID, fd.clone());
-            msix.set_vector_source(vector, Some(fd.clone()))
-                .expect("vector exists");
-            own_vectors.push(fd);
+        let fabric = fabric();
+        let mut others = fabric.others.lock().unwrap_or_else(|e| e.into_inner());
+        // The other peers hear of every run's device joining and leaving: take that in, so
+        // their queues on the server stay short.
+        for other in others.iter_mut() {
+            other.process_server_messages();
         }
-        let mut other_peers = Vec::new();
-        for peer in [0u16, 2] {
-            let fds: Vec<_> = (0..2)
-                .map(|_| Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")))
-                .collect();
-            for fd in &fds {
-                peers.add_vector(peer, fd.clone());
-            }
-            other_peers.push((peer, fds));
+        let mut own = fabric.server.join();
+        let own_id = own.id();
+        // The handshake returns with the first own vector; the rest of the burst (own vectors,
+        // the other peers') may still be on its way: take it in before the device is built.
+        let last = SERVER_VECTORS as u32 - 1;
+        for id in others.iter().map(Peer::id).chain([own_id]) {
+            assert!(
+                own.await_vector(id, last, Some(Duration::from_secs(10))),
+                "the server announced peer {id}'s vectors"
+            );
         }
+        let (ctx, kvm) = DeviceContext::without_kvm(0x10_0000);
+        let options = DoorbellOptions {
+            vectors: vectors as u32,
+            ioeventfd: true,
+            mapping: Bar2Mapping::Slot,
+        };
+        let device = add_doorbell(&ctx, "ivshmem0", own, &options).expect("ivshmem-doorbell");
+        let msix = device.msix().expect("a doorbell device has MSI-X").clone();
+        let table = device.peers();
+        let own_vectors = (0..vectors.min(SERVER_VECTORS) as u32)
+            .map(|v| table.vector(own_id, v).expect("own vector"))
+            .collect();
+        let other_peers = others
+            .iter()
+            .map(|p| {
+                let fds = (0..p.own_vector_count())
+                    .map(|v| table.vector(p.id(), v).expect("the server announced it"))
+                    .collect();
+                (p.id(), fds)
+            })
+            .collect();
         Machine {
-            memory,
-            io,
-            bus,
+            memory: ctx.memory.clone(),
+            io: ctx.io.clone(),
+            bus: ctx.pci.clone(),
             kvm,
-            registers,
-            peers,
             msix,
+            own_id,
             own_vectors,
             other_peers,
-            bdf,
+            bdf: device.bdf(),
+            device,
+            ctx,
         }
     }
 
@@ -228,9 +216,9 @@ impl Machine {
         space.write(addr, &value.to_le_bytes()[..size]);
     }
 
-    /// Address of config register `offset` of `slot` in ECAM.
+    /// Address of config register `offset` of `slot` in ECAM (where the VM has ECAM).
     pub fn ecam_addr(slot: u8, offset: u64) -> u64 {
-        ECAM_BASE + (u64::from(slot) << 15) + offset
+        vmm::arch::x86_64::layout::PCI_ECAM_ADDR + (u64::from(slot) << 15) + offset
     }
 
     /// Where BAR `index` of the ivshmem function is mapped now.
@@ -243,13 +231,18 @@ impl Machine {
     /// Lets the fake KVM consume every bound irqfd, as the kernel would at once.
     pub fn deliver_bound(&self) {
         for fd in &self.own_vectors {
-            self.kvm.deliver(fd);
+            self.kvm.deliver_bound(fd);
         }
+    }
+
+    /// MSIs the fake KVM injected so far.
+    pub fn injected(&self) -> usize {
+        self.kvm.snapshot(|s| s.signalled.len())
     }
 
     /// Checks what must hold between the guest-visible MSI-X state and the KVM wiring.
     pub fn check_msix_wiring(&self) {
-        let kvm = self.kvm.lock();
+        let (routes, irqfds) = self.kvm.snapshot(|s| (s.msi_routes(), s.irqfds.clone()));
         let mut bound = 0;
         for (vector, fd) in self.own_vectors.iter().enumerate() {
             let masked = self.msix.is_masked(vector);
@@ -261,12 +254,14 @@ impl Machine {
             );
             if let Some((gsi, message)) = route {
                 assert_eq!(
-                    kvm.msi_routes.get(&gsi),
+                    routes.get(&gsi),
                     Some(&message),
                     "vector {vector}: KVM's table has the route's message"
                 );
             }
-            let is_bound = kvm.irqfds.iter().any(|&(f, _)| f == fd.as_raw_fd());
+            let is_bound = irqfds
+                .iter()
+                .any(|&(f, _)| f == std::os::fd::AsRawFd::as_raw_fd(fd.as_ref()));
             assert_eq!(is_bound, self.msix.is_irqfd_bound(vector));
             assert_eq!(
                 is_bound, !masked,
@@ -274,13 +269,13 @@ impl Machine {
             );
             if is_bound {
                 let gsi = route.expect("bound vectors have a route").0;
-                assert!(kvm.irqfds.contains(&(fd.as_raw_fd(), gsi)));
+                assert!(irqfds.contains(&(std::os::fd::AsRawFd::as_raw_fd(fd.as_ref()), gsi)));
                 bound += 1;
             }
         }
-        assert_eq!(kvm.irqfds.len(), bound, "no irqfd left bound behind");
+        assert_eq!(irqfds.len(), bound, "no irqfd left bound behind");
         assert_eq!(
-            kvm.msi_routes.len(),
+            routes.len(),
             if self.msix.is_enabled() {
                 self.own_vectors.len()
             } else {
@@ -288,5 +283,12 @@ impl Machine {
             },
             "no MSI route left behind"
         );
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // The device's server link leaves the server (the next run joins anew).
+        self.ctx.threads.shutdown();
     }
 }

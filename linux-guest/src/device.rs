@@ -363,7 +363,7 @@ fn bind_vector(device: BorrowedFd<'_>, vector: u32) -> Result<Option<Vector>, Op
 }
 
 /// `ivshmem-guest-client`'s `wait` runs the host client's code over the device's vectors.
-impl peer::cli::report::OwnVectors for GuestDevice {
+impl peer::vector::OwnVectors for GuestDevice {
     type Error = WaitError;
 
     fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, WaitError> {

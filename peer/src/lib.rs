@@ -22,7 +22,6 @@
 //! ```
 //!
 //! Modules:
-//! * [`cli`] — the `ivshmem-client` command language (also `ivshmem-guest-client`'s).
 //! * [`connection`] — [`Peer`]: the handshake, ringing, waiting, fds for event loops.
 //! * [`server_events`] — [`ServerEvent`]: joins, leaves and the server going away.
 //! * [`shm`] — [`SharedMemory`]: the mapping, bounds-checked copies, atomic views.
@@ -31,7 +30,6 @@
 
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod connection;
 pub mod error;
 mod poller;

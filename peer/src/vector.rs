@@ -110,6 +110,30 @@ impl AsFd for Vector {
     }
 }
 
+/// Something whose own vectors can be waited on: a host [`Peer`](crate::Peer), or a Linux
+/// guest's ivshmem device (`ivshmem-guest`). Front ends (`ivshmem-client`'s `wait`) are written
+/// once over it.
+pub trait OwnVectors {
+    /// Why waiting failed.
+    type Error;
+    /// Waits for `vector` up to `timeout` (`None` = forever); whether it fired.
+    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, Self::Error>;
+    /// Waits for any vector up to `timeout`; the vectors that fired (empty on timeout).
+    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, Self::Error>;
+}
+
+impl OwnVectors for crate::Peer {
+    type Error = crate::WaitError;
+
+    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, Self::Error> {
+        Ok(self.wait_vector(vector, timeout)?.is_some())
+    }
+
+    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, Self::Error> {
+        Ok(self.wait(timeout)?.into_iter().map(|n| n.vector).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

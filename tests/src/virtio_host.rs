@@ -1,5 +1,6 @@
 //! The VMM's device side without KVM, for testing vhost-user devices on the host: system
-//! memory with shared guest RAM at 0, PCI bus 0, no interrupts ([`Machine`]), and a virtio-pci
+//! memory with shared guest RAM at 0, PCI bus 0, a fake interrupt router ([`Machine`], on
+//! `DeviceContext::without_kvm_backed`), and a virtio-pci
 //! driver run by the test itself ([`HostDriver`]: config cycles, MMIO to BAR4, one split queue
 //! in guest RAM, polling its used ring). The VMM code under test is the real one: bus, BARs,
 //! memory dispatch, the virtio-pci transport, the vhost-user frontend and its watcher thread.
@@ -12,8 +13,7 @@ use std::time::Duration;
 
 use vmm::background::BackgroundThreads;
 use vmm::devices::DeviceContext;
-use vmm::interrupts::{InterruptRouter, IrqBackend, MsiMessage};
-use vmm::memory::{AddressSpace, GuestRam, GuestRamRegion, MemoryRegion, RamBacking, SpaceKind};
+use vmm::memory::{AddressSpace, RamBacking};
 use vmm::pci::Bdf;
 
 use crate::wait_until;
@@ -89,24 +89,6 @@ impl Drop for Backend {
     }
 }
 
-/// Interrupts go nowhere: MSI-X stays disabled, the driver polls.
-struct NoInterrupts;
-
-impl IrqBackend for NoInterrupts {
-    fn set_gsi_routing(&self, _: &[kvm_bindings::kvm_irq_routing_entry]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn register_irqfd(&self, _: &vmm_sys_util::eventfd::EventFd, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn unregister_irqfd(&self, _: &vmm_sys_util::eventfd::EventFd, _: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn signal_msi(&self, _: MsiMessage) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A VM's device side without KVM.
 pub struct Machine {
     /// System memory (RAM at 0, BARs where [`Machine::map_device`] puts them).
@@ -119,27 +101,13 @@ pub struct Machine {
 impl Machine {
     /// A machine with [`RAM_SIZE`] of RAM backed as `backing`.
     pub fn new(backing: RamBacking) -> Machine {
-        let root = MemoryRegion::container("system", u64::MAX);
-        let ram = backing.create("ram", RAM_SIZE).unwrap();
-        root.add_subregion(0, &ram, 0);
-        let memory = AddressSpace::new("memory", root, SpaceKind::Memory);
-        let io = AddressSpace::new("io", MemoryRegion::container("io", 0x1_0000), SpaceKind::Io);
-        let pci = vmm::pci::attach(&memory, &io, 0xB000_0000);
-        let threads = BackgroundThreads::new();
-        let ctx = DeviceContext {
-            pci,
-            interrupts: InterruptRouter::new(Arc::new(NoInterrupts)),
-            memory: memory.clone(),
-            threads: threads.clone(),
-            ram: GuestRam::new(vec![GuestRamRegion {
-                guest_addr: 0,
-                region: ram,
-            }]),
-        };
+        // The VMM's own KVM-less context: bus 0 where the VM has it, a recording fake behind
+        // the interrupt router (MSI-X stays disabled here; the driver polls).
+        let (ctx, _irqs) = DeviceContext::without_kvm_backed(RAM_SIZE, backing);
         Machine {
-            memory,
+            memory: ctx.memory.clone(),
+            threads: ctx.threads.clone(),
             ctx,
-            threads,
         }
     }
 

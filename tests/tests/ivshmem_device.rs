@@ -213,7 +213,7 @@ fn bad_ivshmem_options_are_reported() {
     let scratch = Scratch::new("ivshmem-bad-options");
     let missing = scratch.join("no-such-socket");
     let cases = [
-        ("plain,memfd,size=3M".to_string(), "not a power of two"),
+        ("plain,memfd,size=3M".to_string(), "a power of two"),
         ("plain,memfd".to_string(), "needs size="),
         ("doorbell".to_string(), "needs socket="),
         ("virtio".to_string(), "--ivshmem"),

@@ -87,12 +87,27 @@ pub enum DriverError {
         #[source]
         source: QueueError,
     },
-    /// Ringing or waiting on an eventfd failed.
-    #[error("doorbell: {0}")]
-    Doorbell(String),
-    /// Wrapping the shared memory for vm-memory failed.
+    /// Ringing the device's doorbell failed.
+    #[error("ringing the device: {0}")]
+    Ring(#[from] peer::RingError),
+    /// Waiting on or draining our own vector failed.
+    #[error("waiting for the device: {0}")]
+    Wait(#[from] peer::WaitError),
+    /// The server never gave us this vector.
+    #[error("we have no own vector {0}")]
+    NoOwnVector(u32),
+    /// Polling our vector and the server socket failed.
+    #[error("polling our vector: {0}")]
+    Poll(nix::errno::Errno),
+    /// The shared memory could not be described for vm-memory.
     #[error("cannot wrap the shared memory: {0}")]
-    Memory(String),
+    MemoryView(#[from] vm_memory::mmap::MmapRegionError),
+    /// The shared memory does not fit the guest address space vm-memory models.
+    #[error("the shared memory ({0} bytes) does not fit a guest memory region")]
+    MemoryTooLarge(usize),
+    /// vm-memory refused the region.
+    #[error("cannot wrap the shared memory: {0}")]
+    MemoryRegions(#[from] vm_memory::GuestRegionCollectionError),
 }
 
 /// A virtio device over ivshmem, driven by this process.
@@ -144,11 +159,10 @@ fn guest_memory(shm: &SharedMemory) -> Result<GuestMemoryMmap, DriverError> {
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
         )
-    }
-    .map_err(|e| DriverError::Memory(e.to_string()))?;
+    }?;
     let region = GuestRegionMmap::new(region, GuestAddress(0))
-        .ok_or_else(|| DriverError::Memory("region does not fit".into()))?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| DriverError::Memory(e.to_string()))
+        .ok_or(DriverError::MemoryTooLarge(shm.len()))?;
+    Ok(GuestMemoryMmap::from_regions(vec![region])?)
 }
 
 impl Driver {
@@ -364,9 +378,7 @@ impl Driver {
             .map_err(|source| DriverError::Queue { queue, source })?;
         if q.ring.needs_kick(mem) {
             let kick = q.kick_vector;
-            self.peer
-                .ring(device_peer, kick)
-                .map_err(|e| DriverError::Doorbell(e.to_string()))?;
+            self.peer.ring(device_peer, kick)?;
         }
         Ok(token)
     }
@@ -405,7 +417,7 @@ impl Driver {
             let vector_fd = self
                 .peer
                 .own_vector_fd(vector)
-                .ok_or_else(|| DriverError::Doorbell(format!("no own vector {vector}")))?;
+                .ok_or(DriverError::NoOwnVector(vector))?;
             let mut fds = vec![PollFd::new(vector_fd.as_fd(), PollFlags::POLLIN)];
             if let Some(server) = self.peer.server_fd() {
                 fds.push(PollFd::new(server, PollFlags::POLLIN));
@@ -414,12 +426,10 @@ impl Driver {
                 .unwrap_or(PollTimeout::MAX);
             match nix::poll::poll(&mut fds, ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(DriverError::Doorbell(e.to_string())),
+                Err(e) => return Err(DriverError::Poll(e)),
             }
         }
-        self.peer
-            .drain_vector(vector)
-            .map_err(|e| DriverError::Doorbell(e.to_string()))?;
+        self.peer.drain_vector(vector)?;
         self.take_server_news();
         Ok(())
     }
@@ -462,8 +472,7 @@ impl Driver {
         header.set(field::DRIVER_STATUS, wanted);
         let seq = header.bump(field::REQUEST);
         self.peer
-            .ring(self.device_peer as u16, layout::DEVICE_REQUEST_VECTOR)
-            .map_err(|e| DriverError::Doorbell(e.to_string()))?;
+            .ring(self.device_peer as u16, layout::DEVICE_REQUEST_VECTOR)?;
         let config_vector = self.options.config_vector;
         while self.header().get(field::ACK) != seq {
             if self.device_left {

@@ -30,7 +30,63 @@ pub enum ExitReason {
     /// SIGINT/SIGTERM.
     Signal(i32),
     /// The VMM could not continue running the guest.
-    Error(String),
+    Error(VmFailure),
+}
+
+/// Why the VMM could not go on running a guest.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VmFailure {
+    /// `KVM_RUN` itself failed.
+    #[error("vcpu{cpu}: KVM_RUN: {}", std::io::Error::from_raw_os_error(*.errno))]
+    KvmRun {
+        /// The vCPU.
+        cpu: u32,
+        /// The error number KVM returned.
+        errno: i32,
+    },
+    /// KVM stopped a vCPU on something it could not emulate, and neither could we.
+    #[error("vcpu{cpu}: KVM internal error (emulation failure?){state}")]
+    InternalError {
+        /// The vCPU.
+        cpu: u32,
+        /// Where it was (registers and code bytes).
+        state: String,
+    },
+    /// The hardware refused to enter the guest.
+    #[error("vcpu{cpu}: VM entry failed (hardware reason {reason:#x}){state}")]
+    EntryFailed {
+        /// The vCPU.
+        cpu: u32,
+        /// The hardware's reason code.
+        reason: u64,
+        /// Where it was (registers and code bytes).
+        state: String,
+    },
+    /// A vCPU thread could not be started.
+    #[error("vcpu{cpu}: cannot start its thread: {}", std::io::Error::from_raw_os_error(*.errno))]
+    SpawnVcpu {
+        /// The vCPU.
+        cpu: u32,
+        /// The error number.
+        errno: i32,
+    },
+    /// A thread could not enter its seccomp filter.
+    #[error("{thread}: entering the seccomp filter: {reason}")]
+    Seccomp {
+        /// The thread (`main`, `vcpu0`, ...).
+        thread: String,
+        /// The sandbox's error, as it said it.
+        reason: String,
+    },
+    /// The main loop's wait failed.
+    #[error("waiting for events: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Wait {
+        /// The error number.
+        errno: i32,
+    },
+    /// The VM stopped and nobody said why (a VMM bug).
+    #[error("VM stopped without a reason")]
+    NoReason,
 }
 
 /// What the exception stub saved (see `layout::MAILBOX_CRASH`).

@@ -411,8 +411,9 @@ impl Drop for RouteBatch<'_> {
 }
 
 /// A recording [`IrqBackend`] for tests: keeps the last table, the bound irqfds and signalled
-/// MSIs, and can deliver "interrupts" by reading bound eventfds.
-#[cfg(test)]
+/// MSIs, and can deliver "interrupts" by reading bound eventfds. Other crates' tests and the fuzz
+/// targets get it with the `test-util` feature.
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake {
     use super::*;
     use std::os::fd::AsRawFd;
@@ -435,6 +436,25 @@ pub mod fake {
     pub struct FakeIrqBackend {
         /// Its record, behind a lock as the trait takes `&self`.
         pub state: Mutex<FakeState>,
+    }
+
+    impl FakeState {
+        /// The MSI routes of the last table pushed, by GSI.
+        pub fn msi_routes(&self) -> std::collections::BTreeMap<u32, MsiMessage> {
+            self.table
+                .iter()
+                .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
+                .map(|e| {
+                    // SAFETY: type_ says the union holds the msi member.
+                    let msi = unsafe { e.u.msi };
+                    let message = MsiMessage {
+                        address: (msi.address_hi as u64) << 32 | msi.address_lo as u64,
+                        data: msi.data,
+                    };
+                    (e.gsi, message)
+                })
+                .collect()
+        }
     }
 
     impl FakeIrqBackend {

@@ -1,6 +1,7 @@
-//! The crate's dependency order, checked: every `crate::` path in a module's (non-test) source
-//! must name a module listed before it in [`ORDER`], so no module cycle can creep back in.
-//! docs/vmm.md explains the order; `super::` paths (a module and its parent) are not checked.
+//! The crate's dependency order, written once ([`ORDER`]) and checked: every `crate::` path in a
+//! module's (non-test) source must name a module listed before it, so no module cycle can creep
+//! back in; `super::` paths (a module and its parent) are not checked. docs/vmm.md explains the
+//! order floor by floor, and a test here holds its list to [`ORDER`].
 use std::path::Path;
 
 /// Lowest first. A file belongs to the longest entry that prefixes its module path.
@@ -31,11 +32,15 @@ const ORDER: &[&str] = &[
     // The virtio-pci transport knows no backend; vhost-user devices plug into it.
     "devices::virtio_pci",
     "devices::vhost_user",
-    // The ACPI tables describe the legacy devices (their ports and IRQs).
-    "arch::x86_64::acpi",
+    // The one creation path knows every device kind.
+    "devices::plug",
     "vm",
-    // The Linux loader reads RAM and vCPUs from the `Vm` it boots.
-    "arch::x86_64::linux",
+    // Guest loading reads RAM and vCPUs from the `Vm` it boots; its ACPI tables describe the
+    // fixed devices.
+    "boot",
+    "machine",
+    // The command line's edge: strings into typed options.
+    "options",
 ];
 
 /// Index in ORDER of the module `path` (`a::b::c`) belongs to.
@@ -113,6 +118,61 @@ fn modules_only_use_modules_below_them() {
     assert!(
         violations.is_empty(),
         "upward dependencies: {violations:#?}"
+    );
+}
+
+/// The modules docs/vmm.md's "Dependency order" lists, in its order: the backticked module
+/// paths on its numbered lines.
+fn documented_order(doc: &str) -> Vec<String> {
+    let section = doc
+        .split("## Dependency order")
+        .nth(1)
+        .expect("docs/vmm.md has a Dependency order section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    // A numbered line and the indented lines that continue it.
+    let mut floors: Vec<String> = Vec::new();
+    for line in section.lines() {
+        if line
+            .split('.')
+            .next()
+            .is_some_and(|n| n.trim().parse::<u32>().is_ok())
+        {
+            floors.push(line.to_string());
+        } else if line.starts_with("   ") {
+            if let Some(floor) = floors.last_mut() {
+                floor.push_str(line);
+            }
+        } else if !floors.is_empty() {
+            break;
+        }
+    }
+    floors
+        .iter()
+        .flat_map(|line| {
+            line.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|name| {
+                    name.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':'
+                    })
+                })
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn docs_list_the_same_order() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/vmm.md"))
+        .unwrap();
+    // "arch" is only the parent of the arch floors, not a floor of its own.
+    let want: Vec<&str> = ORDER.iter().copied().filter(|m| *m != "arch").collect();
+    assert_eq!(
+        documented_order(&doc),
+        want,
+        "docs/vmm.md's Dependency order and ORDER differ"
     );
 }
 

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use vmm::vm::{SerialConfig, Vm, VmConfig};
+use vmm::boot::{BootError, Guest};
+use vmm::devices::plug::DeviceOptions;
+use vmm::machine::{Machine, MachineConfig, MachineError};
+use vmm::vm::{SerialConfig, VmConfig, VmError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +37,7 @@ struct Args {
     /// Guest RAM: `SIZE[,shared=on][,hugepages=on]` (or `size=SIZE,...`), e.g. 64M, 1G
     /// (multiple of 2M). `shared=on` puts RAM in a memfd that vhost-user backends map (required
     /// by `--device vhost-user-*`); `hugepages=on` uses 2 MiB hugetlb pages.
-    #[arg(long, default_value = "64M", value_parser = vmm::memory::MemoryOptions::parse)]
+    #[arg(long, default_value = "64M", value_parser = vmm::options::parse_memory)]
     memory: vmm::memory::MemoryOptions,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
@@ -55,18 +58,22 @@ struct Args {
     /// memory-model dispatch.
     #[arg(long)]
     bench_bare_exits: bool,
-    /// An ivshmem device (e.g. `plain,path=/dev/shm/NAME,size=4M` or
-    /// `doorbell,socket=PATH,vectors=N`); repeatable.
-    #[arg(long)]
-    ivshmem: Vec<String>,
-    /// An extra device; repeatable. `pci-testdev[,vectors=N][,ram=SIZE]` (PCI test device);
-    /// virtio-pci devices served by a vhost-user backend process (need `--memory
-    /// SIZE,shared=on`): `vhost-user-blk,socket=PATH[,queues=N][,queue-size=N]`,
-    /// `vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]`,
-    /// `vhost-user-vsock,socket=PATH[,queue-size=N]`,
-    /// `vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]`.
-    #[arg(long, verbatim_doc_comment)]
-    device: Vec<String>,
+    /// An ivshmem device: `plain,...` or `doorbell,...`, the same as `--device ivshmem-plain,...`
+    /// or `--device ivshmem-doorbell,...` (or QEMU's old `shm=NAME,size=MB`); repeatable.
+    /// Plugged after the --device ones.
+    #[arg(long, value_name = "VARIANT,KEY=VALUE...", value_parser = vmm::options::parse_ivshmem)]
+    ivshmem: Vec<DeviceOptions>,
+    /// A device, `KIND,KEY=VALUE,...`, repeatable; PCI slots follow the order given. Kinds:
+    ///   ivshmem-plain,path=FILE|shm=NAME|memfd[,size=S][,mapping=slot|trap];
+    ///   ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap];
+    ///   pci-testdev[,vectors=N][,ram=SIZE];
+    /// virtio-pci devices served by a vhost-user backend process (need --memory SIZE,shared=on):
+    ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N];
+    ///   vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N];
+    ///   vhost-user-vsock,socket=PATH[,queue-size=N];
+    ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]
+    #[arg(long, value_name = "KIND,KEY=VALUE...", value_parser = vmm::options::parse_device, verbatim_doc_comment)]
+    device: Vec<DeviceOptions>,
     /// Benchmark floor: measure host memset and memcpy bandwidth on two buffers of SIZE (e.g.
     /// 256M), print `host_memset_gbps=.. host_memcpy_gbps=..` and exit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -134,87 +141,74 @@ fn run(args: Args) -> anyhow::Result<i32> {
             .context("writing to stdout")?;
         return Ok(0);
     }
-    let image: Vec<u8> = match (&args.guest, &args.kernel) {
-        (Some(guest), None) => match guest.strip_prefix("builtin:") {
-            Some(name) => match vmm::guest_images::find(name) {
-                Some(image) => image.to_vec(),
-                None => bail!(
-                    "no built-in guest program {name:?} (have: {})",
-                    vmm::guest_images::names().collect::<Vec<_>>().join(", ")
-                ),
+    let guest = match (&args.guest, &args.kernel) {
+        (Some(guest), None) => Guest::Program {
+            image: match guest.strip_prefix("builtin:") {
+                Some(name) => match vmm::guest_images::find(name) {
+                    Some(image) => image.to_vec(),
+                    None => bail!(
+                        "no built-in guest program {name:?} (have: {})",
+                        vmm::guest_images::names().collect::<Vec<_>>().join(", ")
+                    ),
+                },
+                None => std::fs::read(guest).with_context(|| format!("reading --guest {guest}"))?,
             },
-            None => std::fs::read(guest).with_context(|| format!("reading --guest {guest}"))?,
+            args: args.guest_args.clone(),
         },
-        (None, Some(_)) => Vec::new(),
+        (None, Some(kernel)) => Guest::Linux {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| vmm::boot::linux::DEFAULT_CMDLINE.to_string()),
+        },
         _ => bail!("give --guest FILE|builtin:NAME or --kernel FILE (see --help)"),
     };
 
-    let config = VmConfig {
-        ram_size: args.memory.size,
-        ram_backing: args.memory.backing,
-        cpus: args.cpus,
-        name: args.name.clone(),
-        serial: args.serial.clone(),
-        serial_input: args.kernel.is_some() && args.serial == SerialConfig::Stdio,
+    let config = MachineConfig {
+        vm: VmConfig {
+            ram_size: args.memory.size,
+            ram_backing: args.memory.backing,
+            cpus: args.cpus,
+            name: args.name.clone(),
+            serial: args.serial.clone(),
+            serial_input: args.kernel.is_some() && args.serial == SerialConfig::Stdio,
+        },
+        devices: args.device.iter().chain(&args.ivshmem).cloned().collect(),
+        guest,
+        seccomp: args.seccomp,
     };
-    // Compiled before any VM thread exists; each thread enters its own filter (vmm::seccomp).
-    vmm::seccomp::configure(args.seccomp)?;
-    let mut vm = Vm::new(config)?;
+    // Library errors name the value at fault; the command line's edge names the flag.
+    let mut machine = Machine::build(&config).map_err(|e| match e {
+        MachineError::Boot(e @ BootError::BadGuestArgs { .. }) => {
+            anyhow::Error::new(e).context("--guest-args")
+        }
+        MachineError::Vm(e @ VmError::CpuCount(_)) => anyhow::Error::new(e).context("--cpus"),
+        MachineError::Vm(e @ (VmError::RamSize(_) | VmError::RamAlignment(_))) => {
+            anyhow::Error::new(e).context("--memory")
+        }
+        other => other.into(),
+    })?;
     if args.bench_bare_exits {
-        vm.set_exit_shortcut(std::sync::Arc::new(vmm::bench::BareNopExits));
-    }
-    let devices = vm.device_context();
-    let mut vhost_user = Vec::new();
-    for device in &args.device {
-        if vmm::devices::vhost_user::VhostUserOptions::is_vhost_user(device) {
-            let options = vmm::devices::vhost_user::VhostUserOptions::parse(device)
-                .map_err(anyhow::Error::msg)?;
-            // Devices are numbered per kind in logs: vhost-user-blk0, vhost-user-blk1, ...
-            let kind = vmm::devices::vhost_user::KindInfo::of(&options).name;
-            let index = vhost_user.iter().filter(|(k, _)| *k == kind).count();
-            let device = vmm::devices::vhost_user::add(&devices, &options, index)?;
-            vhost_user.push((kind, device));
-        } else {
-            vmm::devices::pci_testdev::add(&devices, device)?;
-        }
-    }
-    let mut ivshmem = Vec::new();
-    for (index, spec) in args.ivshmem.iter().enumerate() {
-        ivshmem.push(vmm::devices::ivshmem::add(&devices, spec, index)?);
-    }
-    match &args.kernel {
-        Some(kernel) => vmm::arch::x86_64::linux::boot(
-            &vm,
-            kernel,
-            args.initrd.as_deref(),
-            args.cmdline
-                .as_deref()
-                .unwrap_or(vmm::arch::x86_64::linux::DEFAULT_CMDLINE),
-        )?,
-        None => {
-            vm.setup_program(&image)?;
-            if let Some(text) = &args.guest_args {
-                vmm::arch::x86_64::program::write_args(vm.guest_memory(), text)?;
-            }
-        }
+        machine.set_exit_shortcut(std::sync::Arc::new(vmm::bench::BareNopExits));
     }
     if args.dump_memory {
-        eprintln!("{}", vm.memory_report());
+        eprintln!("{}", machine.vm().memory_report());
     }
-    let stats = vm.stats().clone();
-    let reason = vm.run()?;
-    if let Some(message) = reason.message() {
+    let exit = machine.run()?;
+    if let Some(message) = exit.reason.message() {
         eprintln!("{message}");
     }
     if args.stats {
-        let slow_doorbells: u64 = ivshmem.iter().map(|d| d.slow_doorbells()).sum();
         eprintln!(
-            "vmm-stats: {} ivshmem_slow_doorbells={slow_doorbells} rss_kib={}",
-            stats.summary(),
+            "vmm-stats: {} ivshmem_slow_doorbells={} rss_kib={}",
+            exit.stats.summary(),
+            exit.ivshmem_slow_doorbells,
             rss_kib().unwrap_or(0)
         );
     }
-    Ok(reason.exit_status())
+    Ok(exit.reason.exit_status())
 }
 
 fn main() -> ExitCode {
@@ -224,7 +218,15 @@ fn main() -> ExitCode {
         eprintln!("vmm: blocking signals: {e}");
         return ExitCode::from(1);
     }
-    let args = Args::parse();
+    // A refused option is a VMM error (status 1, as documented above), not clap's usage status
+    // 2, which this binary gives a triple fault.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     match run(args) {
         Ok(status) => ExitCode::from(status as u8),
         Err(e) => {

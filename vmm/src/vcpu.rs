@@ -19,7 +19,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::x86_64::unemulated;
-use crate::exit::{ExitReason, VmControl};
+use crate::exit::{ExitReason, VmControl, VmFailure};
 use crate::memory::AddressSpace;
 use crate::seccomp::{self, ThreadKind};
 
@@ -161,7 +161,10 @@ fn run(mut fd: VcpuFd, ctx: VcpuContext) {
     CURRENT_CPU.with(|c| c.set(Some(ctx.cpu)));
     if let Err(e) = seccomp::enter(ThreadKind::Vcpu) {
         ctx.control
-            .request_exit(ExitReason::Error(format!("vcpu{}: {e}", ctx.cpu)));
+            .request_exit(ExitReason::Error(VmFailure::Seccomp {
+                thread: format!("vcpu{}", ctx.cpu),
+                reason: e.to_string(),
+            }));
         return;
     }
     // The kick signal must be deliverable to this thread even if the spawner blocked it.
@@ -256,19 +259,18 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
                 if unemulated::complete(fd, &ctx.memory) {
                     continue;
                 }
-                return Some(ExitReason::Error(format!(
-                    "vcpu{}: KVM internal error (emulation failure?){}",
-                    ctx.cpu,
-                    describe_regs(fd, &ctx.memory)
-                )));
+                return Some(ExitReason::Error(VmFailure::InternalError {
+                    cpu: ctx.cpu,
+                    state: describe_regs(fd, &ctx.memory),
+                }));
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
-                return Some(ExitReason::Error(format!(
-                    "vcpu{}: VM entry failed (hardware reason {reason:#x}){}",
-                    ctx.cpu,
-                    describe_regs(fd, &ctx.memory)
-                )));
+                return Some(ExitReason::Error(VmFailure::EntryFailed {
+                    cpu: ctx.cpu,
+                    reason,
+                    state: describe_regs(fd, &ctx.memory),
+                }));
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +288,10 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
                 fd.set_kvm_immediate_exit(0);
             }
             Err(e) => {
-                return Some(ExitReason::Error(format!("vcpu{}: KVM_RUN: {e}", ctx.cpu)));
+                return Some(ExitReason::Error(VmFailure::KvmRun {
+                    cpu: ctx.cpu,
+                    errno: e.errno(),
+                }));
             }
         }
     }

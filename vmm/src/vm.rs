@@ -1,13 +1,12 @@
 //! The virtual machine: KVM VM with in-kernel irqchip and PIT, the system memory and I/O address
-//! spaces (`vmm::memory`, each followed by a `KvmMemoryListener`), guest RAM, the legacy devices
-//! (testdev, i8042, serial, CMOS RTC, ACPI sleep register: `Vm::add_legacy_devices`), the vCPU
-//! threads and the main wait loop (exit requests, signals). `vm` is the top of the crate's
-//! dependency order (docs/vmm.md): nothing below it names `Vm`, except the Linux loader, which
-//! reads RAM and vCPUs from it.
+//! spaces (`vmm::memory`, each followed by a `KvmMemoryListener`), guest RAM, its devices (a
+//! `DeviceSet`: the machine's fixed devices are plugged at creation through the same path as
+//! every other, `devices::plug`), the vCPU threads and the main wait loop (exit requests,
+//! signals). Only `boot` and `machine` sit above it (docs/vmm.md).
 //!
 //! Other parts of the VMM extend a `Vm` between `Vm::new` and `Vm::run` through its seams:
-//! `device_context()` (plug PCI devices), `memory()`/`io()` (map regions, then `commit()`),
-//! `guest_memory()`, `vcpus()` (load and set up a guest), `set_exit_shortcut()` (benchmarks).
+//! `plug()` (devices), `memory()`/`io()` (map regions, then `commit()`), `guest_memory()`,
+//! `vcpus()` (load and set up a guest), `set_exit_shortcut()` (benchmarks).
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,24 +17,17 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::layout::{self, TESTDEV_PIO_BASE, TESTDEV_PIO_SIZE};
-use crate::arch::x86_64::BootError;
+use crate::arch::x86_64::layout;
 use crate::background::BackgroundThreads;
-use crate::devices::acpi_sleep::{AcpiSleep, ACPI_SLEEP_BASE, ACPI_SLEEP_SIZE};
 use crate::devices::console::{Console, ConsoleSink};
-use crate::devices::i8042::{I8042, I8042_BASE, I8042_SIZE};
-use crate::devices::rtc::{CmosRtc, RTC_BASE, RTC_SIZE};
-use crate::devices::serial::{SerialPort, COM1_BASE, COM1_GSI, COM1_SIZE};
-use crate::devices::testdev::{TestDev, TestDevMmio, TestDevPio};
-use crate::devices::DeviceContext;
-use crate::exit::{ExitReason, VmControl};
+use crate::devices::plug::{DeviceError, DeviceOptions, DeviceSet, Plugged, MACHINE_DEVICES};
+use crate::devices::{DeviceContext, MachineInfo};
+use crate::exit::{ExitReason, VmControl, VmFailure};
 use crate::interrupts::InterruptRouter;
 use crate::memory::{
-    AddressSpace, IoAccess, KvmMemoryListener, MemoryError, MemoryRegion, RegionOps, SpaceKind,
+    AddressSpace, GuestRam, GuestRamRegion, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind,
 };
-use crate::pci::PciBus;
 use crate::vcpu::{self, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
 
 /// Where the serial port's output goes.
@@ -96,12 +88,23 @@ pub enum VmError {
     /// A memory region could not be created.
     #[error("guest memory: {0}")]
     Memory(#[from] MemoryError),
-    /// Loading the guest failed.
-    #[error("{0}")]
-    Boot(#[from] BootError),
-    /// Options that cannot work together.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A device could not be created.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A vCPU count the machine cannot have.
+    #[error("{0} vCPUs: the machine has 1 to {max}", max = layout::MAX_CPUS)]
+    CpuCount(u32),
+    /// A RAM size outside what the guest address space holds below the device area.
+    #[error(
+        "{size:#x} bytes of RAM: must be between 8 MiB and {max} MiB (RAM ends below the device area at {area:#x})",
+        size = .0,
+        max = layout::DEVICE_AREA_ADDR >> 20,
+        area = layout::DEVICE_AREA_ADDR
+    )]
+    RamSize(u64),
+    /// A RAM size that is not a whole number of 2 MiB pages.
+    #[error("{0:#x} bytes of RAM: must be a multiple of 2 MiB")]
+    RamAlignment(u64),
     /// Guest RAM could not be described for the loaders.
     #[error("guest RAM view: {0}")]
     RamView(#[from] vm_memory::mmap::MmapRegionError),
@@ -167,33 +170,24 @@ pub struct Vm {
     stats: Arc<ExitStats>,
     created: Instant,
     vcpus: Vec<VcpuFd>,
-    serial: Option<Arc<SerialPort>>,
-    interrupts: Arc<InterruptRouter>,
-    pci: Arc<PciBus>,
+    devices: DeviceSet,
     threads: Arc<BackgroundThreads>,
     exit_shortcut: Option<Arc<dyn ExitShortcut>>,
 }
 
 impl Vm {
     /// Creates the VM with RAM, irqchip, PIT and the base devices, and its vCPUs (not yet
-    /// configured: see `setup_program` / `arch::x86_64::linux`).
+    /// configured: see `boot`).
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
         let created = Instant::now();
         if config.cpus == 0 || config.cpus > layout::MAX_CPUS {
-            return Err(VmError::Config(format!(
-                "--cpus must be 1..={}",
-                layout::MAX_CPUS
-            )));
+            return Err(VmError::CpuCount(config.cpus));
         }
         if config.ram_size < (8 << 20) || config.ram_size > layout::DEVICE_AREA_ADDR {
-            return Err(VmError::Config(format!(
-                "--memory must be between 8M and {}M (RAM ends below the device area at {:#x})",
-                layout::DEVICE_AREA_ADDR >> 20,
-                layout::DEVICE_AREA_ADDR
-            )));
+            return Err(VmError::RamSize(config.ram_size));
         }
         if config.ram_size & ((2 << 20) - 1) != 0 {
-            return Err(VmError::Config("--memory must be a multiple of 2M".into()));
+            return Err(VmError::RamAlignment(config.ram_size));
         }
 
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -245,6 +239,26 @@ impl Vm {
         };
         let console = Arc::new(Console::new(config.name.as_deref(), sink));
 
+        let threads = BackgroundThreads::new();
+        let devices = DeviceSet::new(DeviceContext {
+            pci,
+            interrupts,
+            memory: memory.clone(),
+            io: io_space.clone(),
+            threads: threads.clone(),
+            control: control.clone(),
+            console: console.clone(),
+            guest_memory: guest_memory.clone(),
+            machine: MachineInfo {
+                cpus: config.cpus,
+                ram_size: config.ram_size,
+                created,
+            },
+            ram: GuestRam::new(vec![GuestRamRegion {
+                guest_addr: 0,
+                region: ram.clone(),
+            }]),
+        });
         let mut vm = Vm {
             kvm,
             vm_fd,
@@ -258,13 +272,13 @@ impl Vm {
             stats: Arc::new(ExitStats::default()),
             created,
             vcpus: Vec::new(),
-            serial: None,
-            interrupts,
-            pci,
-            threads: BackgroundThreads::new(),
+            devices,
+            threads,
             exit_shortcut: None,
         };
-        vm.add_legacy_devices()?;
+        for device in MACHINE_DEVICES {
+            vm.devices.plug(&DeviceOptions::Fixed(device))?;
+        }
         for cpu in 0..vm.config.cpus {
             let fd = vm
                 .vm_fd
@@ -275,88 +289,6 @@ impl Vm {
         vm.memory.commit();
         vm.io.commit();
         Ok(vm)
-    }
-
-    /// The fixed ISA-style devices every VM has. A new legacy device is one more block here:
-    /// build its ops, then `map_pio` (or `map_mmio`) them at the device's fixed address.
-    fn add_legacy_devices(&mut self) -> Result<(), VmError> {
-        let testdev = Arc::new(TestDev::new(
-            self.control.clone(),
-            self.console.clone(),
-            self.guest_memory.clone(),
-            self.config.cpus,
-            self.config.ram_size,
-            self.created,
-        ));
-        self.map_mmio(
-            "testdev",
-            layout::TESTDEV_ADDR,
-            layout::TESTDEV_SIZE,
-            Arc::new(TestDevMmio(testdev.clone())),
-            IoAccess::sizes(1, 8),
-        );
-        self.map_pio(
-            "testdev-pio",
-            TESTDEV_PIO_BASE,
-            TESTDEV_PIO_SIZE,
-            Arc::new(TestDevPio(testdev)),
-            IoAccess::sizes(1, 4),
-        );
-
-        let i8042 = Arc::new(I8042::new(self.control.clone()));
-        self.map_pio(
-            "i8042",
-            I8042_BASE,
-            I8042_SIZE,
-            i8042,
-            IoAccess::sizes(1, 1),
-        );
-
-        let rtc = Arc::new(CmosRtc::new());
-        self.map_pio("rtc", RTC_BASE, RTC_SIZE, rtc, IoAccess::sizes(1, 1));
-
-        let acpi_sleep = Arc::new(AcpiSleep::new(self.control.clone()));
-        self.map_pio(
-            "acpi-sleep",
-            ACPI_SLEEP_BASE,
-            ACPI_SLEEP_SIZE,
-            acpi_sleep,
-            IoAccess::sizes(1, 1),
-        );
-
-        let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?);
-        self.vm_fd
-            .register_irqfd(&irq, COM1_GSI)
-            .map_err(kvm_err("irqfd for COM1"))?;
-        let serial = Arc::new(SerialPort::new(irq, self.console.clone()));
-        self.map_pio(
-            "serial",
-            COM1_BASE,
-            COM1_SIZE,
-            serial.clone(),
-            IoAccess::sizes(1, 1),
-        );
-        self.serial = Some(serial);
-        Ok(())
-    }
-
-    /// Maps `ops` at `port..port + size` of the I/O space (visible at the next commit).
-    fn map_pio(&self, name: &str, port: u16, size: u16, ops: Arc<dyn RegionOps>, access: IoAccess) {
-        let region = MemoryRegion::io(name, u64::from(size), ops, access);
-        self.io.root().add_subregion(u64::from(port), &region, 0);
-    }
-
-    /// Maps `ops` at `addr..addr + size` of system memory (visible at the next commit).
-    fn map_mmio(
-        &self,
-        name: &str,
-        addr: u64,
-        size: u64,
-        ops: Arc<dyn RegionOps>,
-        access: IoAccess,
-    ) {
-        let region = MemoryRegion::io(name, size, ops, access);
-        self.memory.root().add_subregion(addr, &region, 0);
     }
 
     /// The /dev/kvm handle (capability checks).
@@ -391,36 +323,26 @@ impl Vm {
     pub fn vcpus(&self) -> &[VcpuFd] {
         &self.vcpus
     }
-    /// What PCI device models get instead of the `Vm`: bus 0, the interrupt router, system
-    /// memory and the VM's background threads.
-    pub fn device_context(&self) -> DeviceContext {
-        DeviceContext {
-            pci: self.pci.clone(),
-            interrupts: self.interrupts.clone(),
-            memory: self.memory.clone(),
-            threads: self.threads.clone(),
-            ram: crate::memory::GuestRam::new(vec![crate::memory::GuestRamRegion {
-                guest_addr: 0,
-                region: self._ram.clone(),
-            }]),
-        }
+    /// What device models get instead of the `Vm`: bus 0, the interrupt router, the address
+    /// spaces, the VM's background threads, control, console and RAM.
+    pub fn device_context(&self) -> &DeviceContext {
+        self.devices.context()
+    }
+
+    /// Creates a device and plugs it into this VM (the one creation path: `devices::plug`).
+    pub fn plug(&mut self, options: &DeviceOptions) -> Result<&Plugged, VmError> {
+        let plugged = self.devices.plug(options)?;
+        Ok(plugged)
+    }
+
+    /// The devices plugged so far.
+    pub fn devices(&self) -> &DeviceSet {
+        &self.devices
     }
 
     /// Lets `shortcut` answer exits before the memory-model dispatch (benchmark floors).
     pub fn set_exit_shortcut(&mut self, shortcut: Arc<dyn ExitShortcut>) {
         self.exit_shortcut = Some(shortcut);
-    }
-
-    /// Loads a guest program (static ELF) and puts every vCPU at its entry in ring 3.
-    pub fn setup_program(&self, image: &[u8]) -> Result<(), VmError> {
-        use crate::arch::x86_64::program;
-        let ram_size = self.config.ram_size;
-        let ncpus = self.config.cpus;
-        let loaded = program::load(&self.guest_memory, image, ram_size, ncpus)?;
-        for (cpu, fd) in self.vcpus.iter().enumerate() {
-            program::setup_vcpu(&self.kvm, fd, cpu as u32, ncpus, ram_size, &loaded)?;
-        }
-        Ok(())
     }
 
     /// Moves what stdin has to the serial port's receive FIFO; false once stdin is closed.
@@ -429,7 +351,7 @@ impl Vm {
         match nix::unistd::read(std::io::stdin().as_fd(), &mut buf) {
             Ok(0) => false,
             Ok(n) => {
-                if let Some(serial) = &self.serial {
+                if let Some(serial) = self.devices.serial() {
                     // A full FIFO drops input, as a real UART would.
                     serial.enqueue_input(&buf[..n]);
                 }
@@ -477,7 +399,10 @@ impl Vm {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.control
-                        .request_exit(ExitReason::Error(format!("spawn vcpu{cpu}: {e}")));
+                        .request_exit(ExitReason::Error(VmFailure::SpawnVcpu {
+                            cpu: cpu as u32,
+                            errno: e.raw_os_error().unwrap_or(0),
+                        }));
                     break;
                 }
             }
@@ -485,10 +410,14 @@ impl Vm {
 
         // Every thread of the VM exists now (vCPUs, device threads, the MSI-X watcher).
         if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Main) {
-            self.control.request_exit(ExitReason::Error(e.to_string()));
+            self.control
+                .request_exit(ExitReason::Error(VmFailure::Seccomp {
+                    thread: "main".into(),
+                    reason: e.to_string(),
+                }));
         }
         let stdin = std::io::stdin();
-        let mut stdin_open = self.config.serial_input && self.serial.is_some();
+        let mut stdin_open = self.config.serial_input && self.devices.serial().is_some();
         while !self.control.stopping() {
             let mut fds = vec![
                 PollFd::new(
@@ -505,7 +434,7 @@ impl Vm {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     self.control
-                        .request_exit(ExitReason::Error(format!("poll: {e}")));
+                        .request_exit(ExitReason::Error(VmFailure::Wait { errno: e as i32 }));
                 }
             }
             let stdin_ready = stdin_open
@@ -548,7 +477,7 @@ impl Vm {
         Ok(self
             .control
             .reason()
-            .unwrap_or(ExitReason::Error("VM stopped without a reason".into())))
+            .unwrap_or(ExitReason::Error(VmFailure::NoReason)))
     }
 }
 

@@ -26,7 +26,7 @@ pub use crate::guest_abi::pci_testdev::{
     reg as regs, CLASS_CODE, DEVICE_ID, MAGIC, REGS_SIZE, VENDOR_ID,
 };
 
-/// The `--device pci-testdev[,vectors=N][,ram=SIZE]` settings.
+/// The test device's settings (`--device pci-testdev[,vectors=N][,ram=SIZE]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PciTestDevConfig {
     /// MSI-X vectors (BAR1's table).
@@ -47,9 +47,6 @@ impl Default for PciTestDevConfig {
 /// Why the test device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum PciTestDevError {
-    /// A `--device` option was refused.
-    #[error("--device pci-testdev: {0}")]
-    Option(String),
     /// BAR2's RAM could not be created.
     #[error("pci-testdev: {0}")]
     Memory(#[from] MemoryError),
@@ -65,48 +62,14 @@ pub enum PciTestDevError {
     /// The bus has no room for the device.
     #[error("pci-testdev: {0}")]
     Bus(#[from] BusError),
-    /// `--device` names no device we have.
-    #[error("--device {0:?}: unknown device (have: pci-testdev[,vectors=N][,ram=SIZE])")]
-    UnknownDevice(String),
 }
 
-impl PciTestDevConfig {
-    /// Parses the options after `pci-testdev`: `vectors=N` (1..=2048), `ram=SIZE` (a power of
-    /// two of at least 4K, with K/M/G suffixes).
-    pub fn parse_options(options: &str) -> Result<Self, PciTestDevError> {
-        let mut config = Self::default();
-        for option in options.split(',').filter(|o| !o.is_empty()) {
-            let bad = |why: &str| PciTestDevError::Option(format!("{option:?}: {why}"));
-            match option.split_once('=') {
-                Some(("vectors", n)) => {
-                    config.vectors = n
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=2048).contains(n))
-                        .ok_or_else(|| bad("expected a number 1..=2048"))?;
-                }
-                Some(("ram", size)) => {
-                    config.ram_size = protocol::size::parse_size(size)
-                        .ok()
-                        .filter(|s| s.is_power_of_two() && *s >= 4096 && *s <= 1 << 40)
-                        .ok_or_else(|| bad("expected a power of two from 4K to 1T"))?;
-                }
-                _ => return Err(bad("unknown option (have vectors=N, ram=SIZE)")),
-            }
-        }
-        Ok(config)
-    }
-}
-
-/// `--device pci-testdev[,vectors=N][,ram=SIZE]`: create the device and plug it into the bus.
-pub fn add(ctx: &DeviceContext, spec: &str) -> Result<Arc<PciTestDev>, PciTestDevError> {
-    let options = match spec.strip_prefix("pci-testdev") {
-        Some("") => "",
-        Some(rest) if rest.starts_with(',') => &rest[1..],
-        _ => return Err(PciTestDevError::UnknownDevice(spec.to_string())),
-    };
-    let config = PciTestDevConfig::parse_options(options)?;
-    let (function, device) = PciTestDev::create(config, ctx.interrupts.clone())?;
+/// Creates the device and plugs it into the bus.
+pub fn add(
+    ctx: &DeviceContext,
+    config: &PciTestDevConfig,
+) -> Result<Arc<PciTestDev>, PciTestDevError> {
+    let (function, device) = PciTestDev::create(*config, ctx.interrupts.clone())?;
     ctx.pci.add_device(function)?;
     Ok(device)
 }
@@ -226,19 +189,6 @@ impl RegionOps for PciTestDev {
 mod tests {
     use super::*;
     use crate::interrupts::fake::FakeIrqBackend;
-
-    #[test]
-    fn options() {
-        assert_eq!(
-            PciTestDevConfig::parse_options("").unwrap(),
-            PciTestDevConfig::default()
-        );
-        let c = PciTestDevConfig::parse_options("vectors=8,ram=2M").unwrap();
-        assert_eq!((c.vectors, c.ram_size), (8, 2 << 20));
-        assert!(PciTestDevConfig::parse_options("vectors=0").is_err());
-        assert!(PciTestDevConfig::parse_options("ram=3M").is_err());
-        assert!(PciTestDevConfig::parse_options("colour=red").is_err());
-    }
 
     #[test]
     fn registers_and_raise() {

@@ -26,47 +26,14 @@ impl RamBacking {
     }
 }
 
-/// The `--memory` value: `SIZE` or `[size=]SIZE,shared=on|off,hugepages=on|off` (a bare number
-/// is MiB, as QEMU's `-m`).
+/// The `--memory` value: `SIZE` or `[size=]SIZE,shared=on|off,hugepages=on|off` (parsed at the
+/// edge, `options::memory`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryOptions {
     /// Bytes of guest RAM.
     pub size: u64,
     /// How it is allocated.
     pub backing: RamBacking,
-}
-
-impl MemoryOptions {
-    /// Parses `512M`, `512M,shared=on`, `size=1G,shared=on,hugepages=on`, ...
-    pub fn parse(text: &str) -> Result<MemoryOptions, String> {
-        let mut size = None;
-        let mut backing = RamBacking::default();
-        for (index, item) in text.split(',').enumerate() {
-            let on_off = |key: &str, value: &str| match value {
-                "on" | "true" | "yes" => Ok(true),
-                "off" | "false" | "no" => Ok(false),
-                _ => Err(format!("--memory {key}={value:?}: expected on or off")),
-            };
-            let parse_size = |value: &str| {
-                protocol::size::parse_size_in(value, 1 << 20)
-                    .map_err(|e| format!("--memory size {value:?}: {e}"))
-            };
-            match item.split_once('=') {
-                None if index == 0 => size = Some(parse_size(item)?),
-                Some(("size", value)) => size = Some(parse_size(value)?),
-                Some(("shared", value)) => backing.shared = on_off("shared", value)?,
-                Some(("hugepages", value)) => backing.hugepages = on_off("hugepages", value)?,
-                _ => {
-                    return Err(format!(
-                        "--memory {item:?}: unknown option (have SIZE, size=SIZE, shared=on|off, \
-                         hugepages=on|off)"
-                    ))
-                }
-            }
-        }
-        let size = size.ok_or("--memory: no size given (e.g. 512M or size=512M)")?;
-        Ok(MemoryOptions { size, backing })
-    }
 }
 
 /// One piece of guest RAM: where the guest sees it and the region behind it.
@@ -132,20 +99,6 @@ impl GuestRam {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_options() {
-        let plain = MemoryOptions::parse("512M").unwrap();
-        assert_eq!(plain.size, 512 << 20);
-        assert_eq!(plain.backing, RamBacking::default());
-        assert_eq!(MemoryOptions::parse("64").unwrap().size, 64 << 20);
-        let shared = MemoryOptions::parse("size=1G,shared=on,hugepages=on").unwrap();
-        assert_eq!(shared.size, 1 << 30);
-        assert!(shared.backing.shared && shared.backing.hugepages);
-        assert!(MemoryOptions::parse("512M,shared=maybe").is_err());
-        assert!(MemoryOptions::parse("shared=on").is_err());
-        assert!(MemoryOptions::parse("512M,colour=red").is_err());
-    }
 
     #[test]
     fn shared_ram_has_a_file_and_translates() {

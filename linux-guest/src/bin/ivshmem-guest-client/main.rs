@@ -15,9 +15,9 @@ use clap::Parser;
 
 use ivshmem_guest::{discovery, GuestDevice};
 // The command language and front end are ivshmem-client's: one of each in the peer library.
-use peer::cli::frontend::{self, Input, EXIT_SETUP_FAILED};
-use peer::cli::output::complain;
-use peer::say;
+use peer_cli::frontend::{self, Input, EXIT_SETUP_FAILED};
+use peer_cli::output::complain;
+use peer_cli::say;
 
 use session::Session;
 

@@ -1,5 +1,5 @@
 //! Running one command against the open device and printing what happens (stdout: results and
-//! notifications; errors are returned as messages): the [`peer::cli::session::Session`] the
+//! notifications; errors are returned as messages): the [`peer_cli::session::Session`] the
 //! shared front end drives. A guest has no news to print at the prompt (no server socket; its
 //! vectors are only read by `wait`).
 
@@ -7,10 +7,10 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ivshmem_guest::{GuestDevice, RingError, WaitError};
-use peer::cli::commands::{Command, IntTarget};
-use peer::cli::report;
-use peer::cli::session::{self, CommandFailed, Flow};
-use peer::say;
+use peer_cli::commands::{Command, IntTarget};
+use peer_cli::report;
+use peer_cli::say;
+use peer_cli::session::{self, CommandFailed, Flow};
 
 /// The help text of `help` and `--help`.
 pub const HELP: &str = "\

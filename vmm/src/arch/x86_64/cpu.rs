@@ -4,7 +4,7 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Cpu
 use kvm_ioctls::{Kvm, VcpuFd};
 
 use super::layout::*;
-use super::{kvm_err, BootError};
+use super::{kvm_err, CpuError};
 
 const CR0_PE: u64 = 1;
 const CR0_MP: u64 = 1 << 1;
@@ -28,7 +28,7 @@ pub const RFLAGS_IOPL3: u64 = 3 << 12;
 
 /// The host's supported CPUID, adjusted per vCPU (APIC ids) — set before any other state,
 /// because KVM checks EFER.LME against the guest's CPUID.
-pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu: u32, ncpus: u32) -> Result<(), BootError> {
+pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu: u32, ncpus: u32) -> Result<(), CpuError> {
     let mut cpuid: CpuId = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported cpuid"))?;
@@ -48,7 +48,7 @@ pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu: u32, ncpus: u32) -> Result<(), B
 
 /// LAPIC: software-enabled (SVR), spurious vector 0xFF, LINT0 ExtINT on the BSP (legacy PIC),
 /// LINT1 NMI, timer masked.
-pub fn set_lapic(vcpu: &VcpuFd, cpu: u32) -> Result<(), BootError> {
+pub fn set_lapic(vcpu: &VcpuFd, cpu: u32) -> Result<(), CpuError> {
     let mut lapic = vcpu.get_lapic().map_err(kvm_err("get lapic"))?;
     let mut put = |offset: usize, value: u32| {
         for (i, b) in value.to_le_bytes().iter().enumerate() {
@@ -64,7 +64,7 @@ pub fn set_lapic(vcpu: &VcpuFd, cpu: u32) -> Result<(), BootError> {
 }
 
 /// x87/SSE defaults (what FNINIT + LDMXCSR would give).
-pub fn set_fpu(vcpu: &VcpuFd) -> Result<(), BootError> {
+pub fn set_fpu(vcpu: &VcpuFd) -> Result<(), CpuError> {
     let fpu = kvm_fpu {
         fcw: 0x37F,
         mxcsr: 0x1F80,
@@ -81,7 +81,7 @@ const MTRR_UNCACHEABLE: u64 = 0;
 const MTRR_WRITE_BACK: u64 = 6;
 
 /// The guest's physical address width, from the CPUID KVM offers (leaf 0x8000_0008).
-pub fn phys_address_bits(kvm: &Kvm) -> Result<u8, BootError> {
+pub fn phys_address_bits(kvm: &Kvm) -> Result<u8, CpuError> {
     let cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported cpuid"))?;
@@ -113,7 +113,7 @@ pub fn mtrr_msrs(phys_bits: u8) -> Vec<(u32, u64)> {
 }
 
 /// MSRs Linux expects sane values in (fast strings, no SYSENTER, PAT default, MTRRs).
-pub fn set_boot_msrs(vcpu: &VcpuFd, phys_bits: u8) -> Result<(), BootError> {
+pub fn set_boot_msrs(vcpu: &VcpuFd, phys_bits: u8) -> Result<(), CpuError> {
     let mut entries = vec![
         (0x174u32, 0u64),               // SYSENTER_CS
         (0x175, 0),                     // SYSENTER_ESP
@@ -136,7 +136,7 @@ pub fn set_boot_msrs(vcpu: &VcpuFd, phys_bits: u8) -> Result<(), BootError> {
             })
             .collect::<Vec<_>>(),
     )
-    .map_err(BootError::MsrList)?;
+    .map_err(CpuError::MsrList)?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("set msrs"))?;
     if set != entries.len() {
         log::debug!("KVM accepted {set} of {} boot MSRs", entries.len());

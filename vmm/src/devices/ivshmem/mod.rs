@@ -42,9 +42,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why an ivshmem device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum IvshmemError {
-    /// The `--ivshmem` options were refused.
-    #[error(transparent)]
-    Options(#[from] options::OptionsError),
     /// The plain device's memory could not be set up.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
@@ -81,12 +78,32 @@ pub enum IvshmemError {
     Thread(std::io::Error),
 }
 
-/// A plugged ivshmem device, as the VM's exit report sees it.
+/// A plugged ivshmem device.
 pub struct IvshmemDevice {
     registers: Arc<Registers>,
+    peers: Arc<PeerTable>,
+    msix: Option<Msix>,
+    bdf: crate::pci::Bdf,
 }
 
 impl IvshmemDevice {
+    /// BAR0's registers (tests drive them directly).
+    pub fn registers(&self) -> &Arc<Registers> {
+        &self.registers
+    }
+    /// Every peer's vectors as the device knows them (its own included).
+    pub fn peers(&self) -> &Arc<PeerTable> {
+        &self.peers
+    }
+    /// The doorbell variant's MSI-X state.
+    pub fn msix(&self) -> Option<&Msix> {
+        self.msix.as_ref()
+    }
+    /// Where the function sits on the bus.
+    pub fn bdf(&self) -> crate::pci::Bdf {
+        self.bdf
+    }
+
     /// Doorbell writes that matched no ioeventfd and reached the VMM.
     pub fn slow_doorbells(&self) -> u64 {
         self.registers.slow_doorbells()
@@ -147,24 +164,51 @@ fn own_eventfd(fd: BorrowedFd<'_>) -> Result<Arc<EventFd>, IvshmemError> {
     Ok(Arc::new(unsafe { EventFd::from_raw_fd(raw) }))
 }
 
-/// `--ivshmem SPEC`: create the device and plug it into the PCI bus. `index` names it.
+/// Creates the device `options` describe and plugs it into the PCI bus; `name` (`ivshmem0`,
+/// ...) names its regions and log lines.
 pub fn add(
     ctx: &DeviceContext,
-    spec: &str,
-    index: usize,
+    options: &IvshmemOptions,
+    name: &str,
 ) -> Result<Arc<IvshmemDevice>, IvshmemError> {
-    let options = IvshmemOptions::parse(spec)?;
-    let name = format!("ivshmem{index}");
     match &options.variant {
         IvshmemVariant::Plain { source, size } => {
-            add_plain(ctx, &name, source, *size, options.mapping)
+            add_plain(ctx, name, source, *size, options.mapping)
         }
         IvshmemVariant::Doorbell {
             socket,
             vectors,
             ioeventfd,
-        } => add_doorbell(ctx, &name, socket, *vectors, *ioeventfd, options.mapping),
+        } => {
+            let connect = peer::ConnectOptions {
+                vectors: None,
+                timeout: HANDSHAKE_TIMEOUT,
+            };
+            let server = peer::Peer::connect_with(socket, &connect).map_err(|source| {
+                IvshmemError::Connect {
+                    socket: socket.display().to_string(),
+                    source,
+                }
+            })?;
+            let doorbell = DoorbellOptions {
+                vectors: *vectors,
+                ioeventfd: *ioeventfd,
+                mapping: options.mapping,
+            };
+            add_doorbell(ctx, name, server, &doorbell)
+        }
     }
+}
+
+/// What an ivshmem-doorbell device is made of besides its server connection.
+#[derive(Clone, Copy, Debug)]
+pub struct DoorbellOptions {
+    /// MSI-X vectors of the device.
+    pub vectors: u32,
+    /// Doorbells through KVM ioeventfds.
+    pub ioeventfd: bool,
+    /// How BAR2 is mapped.
+    pub mapping: Bar2Mapping,
 }
 
 /// ivshmem-plain: BAR0 and BAR2, no peers, IVPosition 0.
@@ -185,28 +229,28 @@ fn add_plain(
     function.set_bar(2, Bar::memory64(bar2, true))?;
     let bdf = ctx.pci.add_device(function)?;
     log::info!("{name}: ivshmem-plain at {bdf}, {} bytes", shm.size);
-    Ok(Arc::new(IvshmemDevice { registers }))
+    Ok(Arc::new(IvshmemDevice {
+        registers,
+        peers,
+        msix: None,
+        bdf,
+    }))
 }
 
-/// ivshmem-doorbell: connects to the server (the handshake happens here, like QEMU's realize),
-/// wires what it announced, then follows it on one of the VM's background threads.
-fn add_doorbell(
+/// ivshmem-doorbell on `server`, a peer that has finished its handshake (as QEMU's realize
+/// does): wires what the server announced, plugs the function, then follows the server on one
+/// of the VM's background threads. Tests and fuzz targets build the real device this way.
+pub fn add_doorbell(
     ctx: &DeviceContext,
     name: &str,
-    socket: &std::path::Path,
-    vectors: u32,
-    ioeventfd: bool,
-    mapping: Bar2Mapping,
+    server: peer::Peer,
+    options: &DoorbellOptions,
 ) -> Result<Arc<IvshmemDevice>, IvshmemError> {
-    let connect = peer::ConnectOptions {
-        vectors: None,
-        timeout: HANDSHAKE_TIMEOUT,
-    };
-    let server =
-        peer::Peer::connect_with(socket, &connect).map_err(|source| IvshmemError::Connect {
-            socket: socket.display().to_string(),
-            source,
-        })?;
+    let DoorbellOptions {
+        vectors,
+        ioeventfd,
+        mapping,
+    } = *options;
     let size = server.shm().len() as u64;
     if !size.is_power_of_two() {
         return Err(IvshmemError::ServerShmSize(size));
@@ -227,7 +271,7 @@ fn add_doorbell(
         peers: peers.clone(),
         bar0,
         memory: ctx.memory.clone(),
-        msix,
+        msix: msix.clone(),
         own_id,
         vectors,
         ioeventfd,
@@ -239,7 +283,12 @@ fn add_doorbell(
         peers.snapshot()
     );
     link::follow(server, wiring, &ctx.threads)?;
-    Ok(Arc::new(IvshmemDevice { registers }))
+    Ok(Arc::new(IvshmemDevice {
+        registers,
+        peers,
+        msix: Some(msix),
+        bdf,
+    }))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What a client front end drives: a [`Session`] runs one parsed command at a time against its
-//! shared memory and doorbells (a host [`Peer`](crate::Peer), or a guest's device).
+//! shared memory and doorbells (a host [`Peer`](peer::Peer), or a guest's device).
 
 use std::os::fd::BorrowedFd;
 

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use peer::cli::commands;
-use peer::cli::frontend::{self, Input, EXIT_SETUP_FAILED};
 use peer::{ConnectOptions, Peer, DEFAULT_SOCKET_PATH};
+use peer_cli::commands;
+use peer_cli::frontend::{self, Input, EXIT_SETUP_FAILED};
 
 use session::{complain, Session, PROGRAM};
 

@@ -1,14 +1,15 @@
 //! Running commands against a connected [`Peer`] and printing what happens: the
-//! [`peer::cli::session::Session`] the shared front end drives. Output goes to stdout (command
+//! [`peer_cli::session::Session`] the shared front end drives. Output goes to stdout (command
 //! results, notifications) and stderr (errors, warnings).
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use peer::cli::commands::{Command, IntTarget, DEFAULT_ANNOUNCE_WAIT_MS, HELP};
-use peer::cli::report;
-use peer::cli::session::{self, CommandFailed, Flow};
-use peer::{say, Peer, ServerEvent};
+use peer::{Peer, ServerEvent};
+use peer_cli::commands::{Command, IntTarget, DEFAULT_ANNOUNCE_WAIT_MS, HELP};
+use peer_cli::report;
+use peer_cli::say;
+use peer_cli::session::{self, CommandFailed, Flow};
 
 /// The name errors are prefixed with.
 pub const PROGRAM: &str = "ivshmem-client";
@@ -16,7 +17,7 @@ pub const PROGRAM: &str = "ivshmem-client";
 /// Prints `ivshmem-client: <message>` on stderr, ignoring write errors.
 macro_rules! complain {
     ($($arg:tt)*) => {
-        peer::cli::output::complain($crate::session::PROGRAM, format_args!($($arg)*))
+        peer_cli::output::complain($crate::session::PROGRAM, format_args!($($arg)*))
     };
 }
 pub(crate) use complain;
@@ -250,7 +251,7 @@ impl Session {
             }
             Err(e) => complain!("reading our vectors failed: {e}"),
         }
-        peer::cli::output::flush_stdout();
+        peer_cli::output::flush_stdout();
     }
 
     fn news(&self, text: String) {

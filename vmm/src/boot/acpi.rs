@@ -26,7 +26,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
-use super::layout::*;
+use crate::arch::x86_64::layout::*;
 use crate::devices::acpi_sleep::{
     ACPI_SLEEP_BASE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
 };

@@ -17,8 +17,9 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, load_cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::*;
-use super::{acpi, cpu, descriptors, kvm_err, paging, BootError};
+use super::{acpi, kvm_err, BootError};
+use crate::arch::x86_64::layout::*;
+use crate::arch::x86_64::{cpu, descriptors, paging};
 use crate::vm::Vm;
 
 /// Used when `--cmdline` is not given.

@@ -10,8 +10,10 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::*;
-use super::{cpu, descriptors, kvm_err, paging, stubs, BootError};
+use super::{kvm_err, BootError};
+use crate::arch::x86_64::layout::*;
+use crate::arch::x86_64::{cpu, descriptors, paging, stubs};
+use crate::vm::Vm;
 
 /// A loaded guest program.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +44,7 @@ fn words_to_bytes(words: &[u64]) -> Vec<u8> {
 /// PT_LOAD segments as (paddr, filesz, memsz), checked to fit between the VMM's area and the
 /// stacks.
 fn segments(image: &[u8], ram_size: u64, ncpus: u32) -> Result<Vec<(u64, u64, u64)>, BootError> {
-    let bad = |what: &str| BootError::BadElf(what.to_string());
+    let bad = BootError::BadElf;
     let u16_at = |off: usize| -> Result<u16, BootError> {
         Ok(u16::from_le_bytes(
             image
@@ -96,10 +98,11 @@ fn segments(image: &[u8], ram_size: u64, ncpus: u32) -> Result<Vec<(u64, u64, u6
             .checked_add(memsz)
             .ok_or_else(|| bad("segment overflows"))?;
         if paddr < PROGRAM_MIN_ADDR || end > limit || filesz > memsz {
-            return Err(BootError::BadElf(format!(
-                "segment {paddr:#x}..{end:#x} outside the program area {PROGRAM_MIN_ADDR:#x}..{limit:#x} \
-                 (RAM {ram_size:#x}, {ncpus} stacks of {USER_STACK_SIZE:#x})"
-            )));
+            return Err(BootError::SegmentOutsideProgramArea {
+                start: paddr,
+                end,
+                area_end: limit,
+            });
         }
         out.push((paddr, filesz, memsz));
     }
@@ -147,6 +150,17 @@ pub fn load(
         entry: loaded.kernel_load.0,
         image_end,
     })
+}
+
+/// Loads a guest program into `vm` and puts every vCPU at its entry in ring 3.
+pub fn setup(vm: &Vm, image: &[u8]) -> Result<(), BootError> {
+    let ram_size = vm.config().ram_size;
+    let ncpus = vm.config().cpus;
+    let loaded = load(vm.guest_memory(), image, ram_size, ncpus)?;
+    for (cpu, fd) in vm.vcpus().iter().enumerate() {
+        setup_vcpu(vm.kvm(), fd, cpu as u32, ncpus, ram_size, &loaded)?;
+    }
+    Ok(())
 }
 
 /// Puts `vcpu` at the program's entry in ring 3.

@@ -6,7 +6,7 @@
 //! `\;` is a literal semicolon and `\n`, `\t`, `\0`, `\\`, `\xHH` are the usual escapes.
 //!
 //! ```
-//! use peer::cli::commands::{parse_script, Command, IntTarget};
+//! use peer_cli::commands::{parse_script, Command, IntTarget};
 //!
 //! let script = parse_script("int 1 0; wait 0 500").unwrap();
 //! assert_eq!(

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use crate::shm::SharedMemory;
-use crate::{say, Peer, WaitError};
+use crate::say;
+use peer::vector::OwnVectors;
+use peer::SharedMemory;
 
 use super::hexdump;
 use super::session::CommandFailed;
@@ -34,28 +35,6 @@ pub fn write(shm: &SharedMemory, offset: usize, data: &[u8]) -> Result<(), Comma
 /// The QEMU-style line for a ring on our `vector`; `own` is our peer id as printed.
 pub fn notification_line(own: impl std::fmt::Display, vector: u32) -> String {
     format!("receive notification from peer_id={own} vector={vector}")
-}
-
-/// What `wait` needs of a client's own vectors (a host [`Peer`], a guest's device).
-pub trait OwnVectors {
-    /// Why waiting failed.
-    type Error;
-    /// Waits for `vector` up to `timeout` (`None` = forever); whether it fired.
-    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, Self::Error>;
-    /// Waits for any vector up to `timeout`; the vectors that fired (empty on timeout).
-    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, Self::Error>;
-}
-
-impl OwnVectors for Peer {
-    type Error = WaitError;
-
-    fn wait_one(&mut self, vector: u32, timeout: Option<Duration>) -> Result<bool, WaitError> {
-        Ok(self.wait_vector(vector, timeout)?.is_some())
-    }
-
-    fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, WaitError> {
-        Ok(self.wait(timeout)?.into_iter().map(|n| n.vector).collect())
-    }
 }
 
 /// `wait [VECTOR|any] [MS]` (`vector` `None` = any): waits on `vectors` and prints one line per

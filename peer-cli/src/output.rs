@@ -9,10 +9,10 @@ use std::io::Write;
 #[macro_export]
 macro_rules! say {
     () => {
-        $crate::cli::output::say_line(format_args!(""))
+        $crate::output::say_line(format_args!(""))
     };
     ($($arg:tt)*) => {
-        $crate::cli::output::say_line(format_args!($($arg)*))
+        $crate::output::say_line(format_args!($($arg)*))
     };
 }
 

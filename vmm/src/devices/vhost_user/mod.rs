@@ -4,7 +4,7 @@
 //! the memfd), the rings' addresses, the kick ioeventfds and the call irqfds. Requests and
 //! buffers never pass through the VMM.
 //!
-//! - `options`: the typed options and the one parser of their command-line spelling;
+//! - `options`: the typed options (their spelling is parsed in `options::device`);
 //! - `kinds`: blk, fs, vsock and generic devices (virtio id, queues, configuration source);
 //! - `frontend`: the vhost-user connection (the `vhost` crate's `Frontend`);
 //! - `watchdog`: the deadline of the pending request (a silent backend cannot hang a vCPU);

@@ -3,6 +3,8 @@
 //!
 //! - a disk from qemu-storage-daemon: /dev/vda with the image's size, sector 0 reads what L1
 //!   wrote, a write from L2 lands in L1's image (tests/nested/virtio-blk);
+//! - the root filesystem on that disk: an ext4 image built here (busybox and an init), which
+//!   L2's initramfs mounts and switch_roots into (tests/nested/virtio-blk-root);
 //! - a shared folder from virtiofsd (files both ways), vsock from vhost-device-vsock
 //!   (connections both ways) and entropy from vhost-device-rng as a generic device
 //!   (tests/nested/vhost-user-devices).
@@ -85,6 +87,25 @@ fn with_modules(mut run: Nested, root: &Path, modules: &[&str]) -> Nested {
     run
 }
 
+/// The ext4 modules, in load order, for a root filesystem.
+const EXT4_MODULES: &[&str] = &[
+    "lib/crc16",
+    "fs/mbcache",
+    "fs/jbd2/jbd2",
+    "crypto/crc32c_generic",
+    "fs/ext4/ext4",
+];
+
+/// The bed's cache directory.
+fn nested_cache() -> Option<PathBuf> {
+    let target = harness::bin_dir().parent()?.to_path_buf();
+    Some(
+        std::env::var_os("NESTED_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target.join("nested")),
+    )
+}
+
 /// The bed's cached kernel package (scripts/nested-kvm.sh prepare fetches it).
 fn kernel_deb() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -98,11 +119,7 @@ fn kernel_deb() -> Option<PathBuf> {
     if !status.success() {
         return None;
     }
-    let target = harness::bin_dir().parent()?.to_path_buf();
-    let cache = std::env::var_os("NESTED_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("nested"));
-    std::fs::read_dir(cache.join("debs"))
+    std::fs::read_dir(nested_cache()?.join("debs"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -190,6 +207,64 @@ fn linux_uses_virtiofsd_vsock_and_rng_backends() {
         "vsock_l2_saw_l1",
         "hwrng_gives_bytes",
         "no_needs_reset",
+    ]);
+    assert_eq!(outcome.status, Some(0));
+}
+
+#[test]
+fn linux_boots_with_its_root_filesystem_on_a_vhost_user_disk() {
+    let test = "linux_boots_with_its_root_filesystem_on_a_vhost_user_disk";
+    if !nested_available(test) {
+        return;
+    }
+    let Some(qsd) = find_program(test, "/usr/bin/qemu-storage-daemon") else {
+        return;
+    };
+    let Some(mkfs) = find_program(test, "/usr/sbin/mkfs.ext4") else {
+        return;
+    };
+    let dir = Scratch::new("nested-virtio-root");
+    let modules_root = unpack_modules(&dir);
+    // The root: the bed's static busybox, the scenario's init, a marker; as an ext4 image.
+    let busybox = std::fs::read_dir(nested_cache().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path().join("busybox")))
+        .find(|p| p.is_file())
+        .expect("the bed's busybox (scripts/nested-kvm.sh prepare)");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("nested/virtio-blk-root");
+    let root = dir.join("rootfs");
+    for sub in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    std::fs::copy(scenario.join("rootfs-init"), root.join("sbin/init")).unwrap();
+    for program in ["bin/busybox", "sbin/init"] {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(root.join(program), mode).unwrap();
+    }
+    std::fs::write(root.join("etc/marker"), "rootfs-from-host\n").unwrap();
+    let image = dir.join("rootfs.img");
+    let status = Command::new(&mkfs)
+        .args(["-q", "-L", "vroot", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("32M")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(status.success(), "mkfs.ext4 -d {root:?} {image:?}");
+
+    let run = Nested::scenario("virtio-blk-root")
+        .binary(&qsd)
+        .file(&image, "/rootfs.img")
+        .l2_file(&scenario.join("l2-init"), "/init");
+    let run = with_modules(run, &modules_root, MODULES);
+    let outcome = with_modules(run, &modules_root, EXT4_MODULES).run();
+    outcome.assert_passed(&[
+        "vmm_exit_status",
+        "root_mounted",
+        "root_init_runs",
+        "root_is_vda_ext4",
+        "root_write_reaches_l1",
     ]);
     assert_eq!(outcome.status, Some(0));
 }

@@ -42,6 +42,10 @@ macro_rules! require_qsd {
 }
 
 fn storage_daemon(image: &Path, socket: &Path) -> Backend {
+    storage_daemon_with_queues(image, socket, 1)
+}
+
+fn storage_daemon_with_queues(image: &Path, socket: &Path, queues: u16) -> Backend {
     Backend::start(
         Command::new(QSD)
             .arg("--blockdev")
@@ -51,7 +55,8 @@ fn storage_daemon(image: &Path, socket: &Path) -> Backend {
             ))
             .arg("--export")
             .arg(format!(
-                "type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path={},writable=on",
+                "type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path={},\
+                 writable=on,num-queues={queues}",
                 socket.display()
             )),
         socket,
@@ -171,6 +176,43 @@ fn qsd_blk_handshake_config_and_sector_io_through_the_transport() {
         "a new session on a dead backend fails visibly"
     );
     drop(device);
+}
+
+#[test]
+fn a_two_queue_disk_serves_its_second_queue() {
+    require_qsd!();
+    let dir = Scratch::new("vhost-user-blk-mq");
+    let image = dir.join("disk.img");
+    let socket = dir.join("blk.sock");
+    make_image(&image);
+    let _daemon = storage_daemon_with_queues(&image, &socket, 2);
+    {
+        let m = Machine::shared();
+        let mut options = blk_options(&socket);
+        options.queues = 2;
+        vhost_user::add(&m.ctx, &options, 0).expect("a two-queue vhost-user-blk");
+        m.map_device();
+        assert_eq!(m.read(BAR4 + reg::NUM_QUEUES, 2), 2);
+        // virtio_blk_config.num_queues (offset 34) says ours.
+        assert_eq!(m.read(BAR4 + reg::DEVICE_CFG + 34, 2), 2);
+        let mut driver = HostDriver::start(&m, 1);
+        assert_eq!(blk_request(&m, &mut driver, false, 2), 0);
+        assert_eq!(&m.read_bytes(DATA, 8)[..], b"sector 2");
+    }
+
+    // More queues than the backend has: refused at start-up, naming both counts (a new
+    // machine: qemu-storage-daemon serves one frontend at a time).
+    let m = Machine::shared();
+    let mut options = blk_options(&socket);
+    options.queues = 4;
+    let error = vhost_user::add(&m.ctx, &options, 0)
+        .err()
+        .expect("4 queues on a 2-queue backend")
+        .to_string();
+    assert!(
+        error.contains("has 2 queue(s)") && error.contains("needs 4"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //!   L2's initramfs mounts and switch_roots into (tests/nested/virtio-blk-root);
 //! - a shared folder from virtiofsd (files both ways), vsock from vhost-device-vsock
 //!   (connections both ways) and entropy from vhost-device-rng as a generic device
-//!   (tests/nested/vhost-user-devices).
+//!   (tests/nested/vhost-user-linux).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,14 +178,14 @@ fn linux_uses_virtiofsd_vsock_and_rng_backends() {
         return;
     };
     let probe = harness::bin("vsock-probe");
-    let dir = Scratch::new("nested-vhost-user-devices");
+    let dir = Scratch::new("nested-vhost-user-linux");
     let modules_root = unpack_modules(&dir);
     // --binary keeps each program's host path; the scenario adds their directories to PATH.
     let extra_path: Vec<String> = [&vsock, &rng, &probe]
         .iter()
         .map(|p| p.parent().unwrap().display().to_string())
         .collect();
-    let run = Nested::scenario("vhost-user-devices")
+    let run = Nested::scenario("vhost-user-linux")
         .arg(&format!("EXTRA_PATH={}", extra_path.join(":")))
         .binary(&virtiofsd)
         .binary(&vsock)

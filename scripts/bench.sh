@@ -11,14 +11,16 @@
 # (VM doorbells and BAR2 bandwidth), virtio (virtio over ivshmem: requests through a virtqueue to
 # vhost-user-echo, from the host and from a VM, vs a UNIX socket pair), nested (Linux boot time
 # and memory against QEMU/KVM on the ordinary-KVM bed, scripts/nested-kvm.sh), guest_linux (a
-# Linux guest's doorbell round trip and BAR2 bandwidth through the ivshmem driver, on that bed).
+# Linux guest's doorbell round trip and BAR2 bandwidth through the ivshmem driver, on that bed),
+# nested_virtio (L2 Linux on vhost-user devices from third-party backends: disk, virtiofs, vsock,
+# boot and memory, our VMM against QEMU -accel kvm on that bed).
 # Run it on a quiet machine: the round trips are sensitive to other load, which is why medians
 # are reported next to means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
-sections=${SECTIONS:-host server vmm ivshmem virtio nested guest_linux}
+sections=${SECTIONS:-host server vmm ivshmem virtio nested nested_virtio guest_linux}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -163,8 +165,10 @@ vmm_section() {
     local rss qemu_rss qpid
     rss=$(value rss_kib "$first")
     if command -v qemu-system-x86_64 >/dev/null; then
-        qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64 &
-        qpid=$!; pids+=("$qpid"); sleep 2
+        qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64 \
+            -qmp "unix:$work/qmp.sock,server=on,wait=off" &
+        qpid=$!; pids+=("$qpid")
+        qmp_ready "$work/qmp.sock" # the machine is built (paused at -S)
         qemu_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$qpid/status")
         kill "$qpid"; wait "$qpid" 2>/dev/null || true
         row "VMM resident memory (hello guest, 64 MiB RAM)" "$rss KiB" \
@@ -328,6 +332,61 @@ nested_section() {
         "same runs (VmRSS when L2 reaches /init)"
 }
 
+# On the nested bed (tests/nested/vhost-user-devices, MODE=bench): L2 Linux with its root on
+# virtio-blk, a virtiofs share and vsock, every device served by the same third-party backend
+# processes (qemu-storage-daemon, virtiofsd, vhost-device-vsock/-rng) in L1, booted in our VMM
+# and in QEMU -accel kvm (microvm with PCIe: QEMU's quickest boot, as in the nested section;
+# vhost-user-*-pci), alternated ROUNDS times in one L1. Until our
+# VMM has vhost-user devices (issue 14) only QEMU runs: its rows have no ratio.
+nested_virtio_section() {
+    echo "== vhost-user devices (nested bed)" >&2
+    local vmms=qemu,ours note="" out rounds=3
+    if ! vmm --help 2>/dev/null | grep -q 'vhost-user-blk'; then
+        echo "  nested_virtio: our vmm has no vhost-user devices yet (issue 14): QEMU alone, no ratios" >&2
+        vmms=qemu note=" (our VMM: not yet, issue 14)"
+    fi
+    out=$(PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin" scripts/nested-kvm.sh run \
+        tests/nested/vhost-user-devices --bins "$R" --arg MODE=bench --arg "VMM=$vmms" \
+        --arg ROUNDS=$rounds --arg QEMU_MACHINE=microvm,pcie=on | tr -d '\r' | grep -E '^BENCH' || true)
+    printf '%s\n' "$out" | sed 's/^/  /' >&2
+    # bench_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines (or empty).
+    bench_median() {
+        local values
+        values=$(printf '%s\n' "$out" |
+            awk -v who="$1" '$1 == "BENCH" && $2 == who {for (i = 3; i <= NF; i++) print $i}' |
+            sed -n "s/^$2=\([0-9.]*\)$/\1/p" | xargs)
+        [ -z "$values" ] || median $values
+    }
+    if [ -z "$(bench_median qemu boot_to_init_ms)" ]; then
+        echo "  nested_virtio: QEMU's L2 did not report (BENCH-FAILED above), skipped" >&2
+        return
+    fi
+    local cmd="scripts/nested-kvm.sh run tests/nested/vhost-user-devices --arg MODE=bench --arg VMM=$vmms --arg ROUNDS=$rounds --arg QEMU_MACHINE=microvm,pcie=on"
+    # virtio_row WHAT KEY UNIT TARGET COMMAND: ours against QEMU, medians of the rounds.
+    virtio_row() {
+        local q o r="—"
+        q=$(bench_median qemu "$2"); o=$(bench_median ours "$2")
+        [ -z "$o" ] || [ -z "$q" ] || r=$(ratio "$o" "$q")
+        row "$1, median of $rounds$note" "${o:-—} $3" "QEMU -M microvm,pcie=on -accel kvm, vhost-user-*-pci: ${q:-—} $3" "$r" "$4" "$5"
+    }
+    virtio_row "Linux boot to /init with root on virtio-blk (nested bed)" boot_to_init_ms ms "≤ 1" \
+        "$cmd (VMM start → L2-READY from /sbin/init on /dev/vda)"
+    virtio_row "VMM resident memory at /init, 512 MiB shared guest RAM, 5 vhost-user devices + virtio-net" \
+        rss_kib KiB "< 1" "same runs (VmRSS of the VMM process)"
+    virtio_row "virtio-blk sequential read (1 MiB O_DIRECT reads, 64 MiB)" seq_read_mbs MiB/s "≥ 1" \
+        "same runs: bed-io seqread /dev/vdb 64 in L2"
+    virtio_row "virtio-blk sequential write (1 MiB O_DIRECT writes + fsync, 64 MiB)" seq_write_mbs MiB/s "≥ 1" \
+        "same runs: bed-io seqwrite /dev/vdb 64 in L2"
+    virtio_row "virtio-blk 4 KiB random reads (O_DIRECT, 1 thread, 5 s)" randread_iops IOPS "≥ 1" \
+        "same runs: bed-io randread /dev/vdb 5 in L2"
+    virtio_row "virtiofs: copy a tree of 200 × 16 KiB files out of the share" fs_tree_read_ms ms "≤ 1" \
+        "same runs: cp -a /share/tree /tmp/tree in L2"
+    virtio_row "virtiofs: copy that tree into the share (+ sync)" fs_tree_write_ms ms "≤ 1" \
+        "same runs: cp -a /tmp/tree /share/tree-copy && sync in L2"
+    virtio_row "vsock round trip L2 → L1 (1 byte, echo on vhost-device-vsock's UDS)" vsock_rtt_us µs "≤ 1" \
+        "same runs: bed-io vsock-ping 2 5002 2000 in L2, bed-io uds-echo in L1"
+}
+
 # On the nested bed (tests/nested/guest-bench): guest_bench (linux-guest/examples) in L2 Linux in
 # our VMM rings a guest-program pong VM and waits to be rung back, against the built-in
 # ivshmem_pingpong program doing the same with its own pong VM; and writes into BAR2 through the
@@ -379,6 +438,7 @@ declare -A titles=(
     [ivshmem]="ivshmem devices (VM doorbells and BAR2)"
     [virtio]="virtio over ivshmem (requests through a virtqueue vs a UNIX socket pair)"
     [nested]="Linux on ordinary KVM (nested bed) vs QEMU"
+    [nested_virtio]="Linux on vhost-user devices (nested bed) vs QEMU"
     [guest_linux]="a Linux guest's ivshmem driver (nested bed)"
 )
 fresh=()
@@ -440,6 +500,13 @@ PREAMBLE
   of the VMM's clock register per wait). Bandwidth compares glibc's memset into BAR2 with memset
   into the same program's anonymous memory, alternated; the guest program's row shows what BAR2
   costs on this bed without a kernel.
+- vhost-user device rows (nested bed): L2 Linux with its root on virtio-blk boots in QEMU -accel
+  kvm (`-M microvm,pcie=on`: qboot instead of SeaBIOS; vhost-user-*-pci) and in our VMM,
+  alternated, each time on fresh backend processes
+  (qemu-storage-daemon, virtiofsd, vhost-device-vsock, vhost-device-rng) inside the same L1; the
+  data path is guest ↔ backend in both, so throughput ratios should be about 1 and show only what
+  the VMMs' notification paths (ioeventfd, irqfd) cost. Under TCG the absolute figures are slow
+  and move with the machine's load: only the ratio within one run means something.
 NOTES
 } >"$work/notes.md"
 python3 scripts/bench_merge.py "$out" "$work/preamble.md" "$work/notes.md" "${fresh[@]}"

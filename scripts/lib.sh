@@ -33,3 +33,35 @@ wait_for_line() {
         sleep 0.02
     done
 }
+
+# qmp_ready SOCK [SECONDS]: waits until a QEMU started with `-qmp unix:SOCK,server=on,wait=off`
+# answers `query-status` on SOCK, i.e. has finished building its machine; fails after SECONDS
+# (default 30).
+qmp_ready() {
+    python3 - "$1" "${2:-30}" <<'PY'
+import json, socket, sys, time
+path, limit = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + limit
+while True:
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        s.connect(path)
+        break
+    except OSError:
+        if time.monotonic() >= deadline:
+            sys.exit(f"qmp_ready: no QMP socket at {path} after {limit} s")
+        time.sleep(0.02)
+f = s.makefile("rw")
+def ask(command):
+    f.write(json.dumps({"execute": command}) + "\n"); f.flush()
+    while True:
+        reply = json.loads(f.readline())
+        if "return" in reply or "error" in reply:
+            return reply
+json.loads(f.readline())  # the greeting
+ask("qmp_capabilities")
+if "return" not in ask("query-status"):
+    sys.exit("qmp_ready: query-status failed")
+PY
+}

@@ -5,6 +5,7 @@
 #
 #   scripts/nested-kvm.sh prepare                  # fetch kernel + busybox (Debian), cache them
 #   scripts/nested-kvm.sh run SCENARIO_DIR [options] [-- QEMU_ARGS...]
+#   scripts/nested-kvm.sh rootfs OUT_DIR [--size MB] [--script FILE]   # L2 kernel, initrd, ext4 root
 #
 # A scenario is a directory with `l1.sh` (run by L1's /init after the kvm modules are loaded,
 # with our binaries on PATH) and optionally `l2.sh` (becomes /scenario.sh in the L2 initramfs
@@ -12,11 +13,19 @@
 #   --bins DIR      where vmm, ivshmem-server, ivshmem-client, kvm-hold are (default: target/debug)
 #   --arg K=V       exported to l1.sh (repeatable); also written to /scenario.env
 #   --file SRC:DST  an extra file in the L1 initramfs (repeatable)
-#   --binary PATH   an extra program in L1 at the same path, with the libraries ldd lists
+#   --binary PATH[:DST]  an extra program in L1 at the same path (or DST), with the libraries
+#                   ldd lists
 #   --l2-file SRC:DST, --l2-binary SRC:DST   the same for the L2 initramfs
+#   --modules "M..."     kernel modules L1's /init loads after kvm (dependencies come along)
+#   --l2-modules "M..."  modules in L2's initramfs, loaded by its /init
+#   --l2-rootfs MB  L2's files (busybox, l2.sh, --l2-file/--l2-binary) go on an ext4 image of
+#                   MB MiB at /l2/rootfs.img instead; L2's /init, given root=/dev/vda (a
+#                   virtio-blk disk on that image), loads --l2-modules and switch_roots onto it
 #   --vmlinux       also put the ELF kernel at /l2/vmlinux (large: only when a scenario boots it)
 #   --smp N         L1 vCPUs (default 2)
 #   --timeout S     give up after S seconds (default 900)
+# A scenario's host.sh, when there is one, is sourced on the host before the initramfs is built
+# and adds to these options (third-party programs, modules, files).
 # QEMU_ARGS are appended to the L1 QEMU command line (e.g. QEMU's own ivshmem devices).
 # Everything L1 prints goes to stdout; the exit status is l1.sh's (125: the bed failed: no KVM
 # in L1, timeout, QEMU error).
@@ -75,6 +84,39 @@ sys.exit("no ELF kernel found inside " + sys.argv[1])
 EOF
 }
 
+# Modules the bed can ship (their dependencies come along): guest drivers for virtio-pci devices
+# (disk, virtiofs, vsock, rng, console, network), ext4 for a root filesystem, and for L1 the
+# kernel's vhost-net with TAP devices.
+EXTRA_MODULES="virtio_pci virtio_blk ext4 crc32c_generic virtiofs vmw_vsock_virtio_transport
+    virtio_rng virtio_console virtio_net vhost_net"
+
+# copy_module BASE NAME: NAME.ko (a '-' or '_' in the name matches either) from the unpacked
+# kernel package under BASE/x into BASE/modules, after the modules it depends on.
+copy_module() {
+    local base=$1 name=$2 file deps d
+    grep -q "^${name//-/_} " "$base/modules/deps" && return 0
+    file=$(find "$base"/x/lib/modules/*/kernel -name "$(printf '%s' "$name" | sed 's/[-_]/[-_]/g').ko" | head -n1)
+    [ -n "$file" ] || die "module $name missing in the kernel package"
+    deps=$(tr '\0' '\n' <"$file" | sed -n 's/^depends=//p' | head -n1)
+    for d in ${deps//,/ }; do copy_module "$base" "$d"; done
+    cp "$file" "$base/modules/${name//-/_}.ko"
+    printf '%s %s\n' "${name//-/_}" "$deps" >>"$base/modules/deps"
+}
+
+# modules_closure BASE NAMES...: NAMES and what they depend on, each once, dependencies first.
+modules_closure() {
+    local base=$1 name deps d
+    shift
+    for name in "$@"; do
+        name=${name//-/_}
+        deps=$(awk -v m="$name" '$1 == m {print $2}' "$base/modules/deps")
+        grep -q "^$name " "$base/modules/deps" ||
+            [ -f "$base/modules/$name.ko" ] || die "module $name is not in the bed's cache (EXTRA_MODULES)"
+        for d in ${deps//,/ }; do modules_closure "$base" "$d"; done
+        echo "$name"
+    done | awk '!seen[$0]++'
+}
+
 # prepare: kernel (bzImage, ELF vmlinux, the four kvm modules) and busybox under $cache/base.
 prepare() {
     command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
@@ -86,7 +128,8 @@ prepare() {
     # Concurrent runs (parallel tests) prepare the cache once.
     exec 9>"$cache/lock"
     flock 9
-    if [ -f "$base/ready" ]; then echo "$base"; return; fi
+    # (ready-2: the cache also holds the virtio, vsock, ext4 and vhost-net modules)
+    if [ -f "$base/ready-2" ]; then echo "$base"; return; fi
     rm -rf "$base" && mkdir -p "$base/x"
     dpkg-deb -x "$(deb_of "$pkg")" "$base/x"
     dpkg-deb -x "$(deb_of busybox-static)" "$base/x"
@@ -97,9 +140,13 @@ prepare() {
     for m in virt/lib/irqbypass drivers/crypto/ccp/ccp arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
         cp "$base"/x/lib/modules/*/kernel/$m.ko "$base/modules/" || die "module $m.ko missing in $pkg"
     done
+    # The drivers a scenario may load (--modules, --l2-modules) with everything they depend on;
+    # $base/modules/deps has one line per module: NAME DEP,DEP,...
+    : >"$base/modules/deps"
+    for m in $EXTRA_MODULES; do copy_module "$base" "$m"; done
     cp "$base/x/bin/busybox" "$base/busybox"
     rm -rf "$base/x"
-    touch "$base/ready"
+    touch "$base/ready-2"
     echo "$base"
 }
 
@@ -125,6 +172,14 @@ cpio_of() {
     (cd "$1" && find . -print0 | cpio --null -o -H newc --quiet --owner 0:0) | gzip -1 >"$2"
 }
 
+# ext4_of DIR OUT SIZE_MB: an ext4 image of DIR, built without root or loop devices (mke2fs -d).
+ext4_of() {
+    local mke2fs
+    mke2fs=$(PATH="$PATH:/sbin:/usr/sbin" command -v mke2fs) || die "mke2fs not found (apt-get install e2fsprogs)"
+    rm -f "$2"
+    "$mke2fs" -q -F -t ext4 -L l2root -d "$1" "$2" "${3}M" >/dev/null || die "mke2fs -d $1 failed"
+}
+
 write_l1_init() {
     cat >"$1/init" <<'EOF'
 #!/bin/sh
@@ -132,7 +187,9 @@ write_l1_init() {
 /bin/busybox --install -s
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/shm /dev/pts; mount -t tmpfs shm /dev/shm; mount -t tmpfs tmp /tmp
-for m in irqbypass ccp kvm kvm-amd; do insmod /modules/$m.ko || echo "nested-kvm: insmod $m failed"; done
+for m in irqbypass ccp kvm kvm-amd $(cat /modules/load 2>/dev/null); do
+    insmod /modules/$m.ko || echo "nested-kvm: insmod $m failed"
+done
 export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 if [ ! -c /dev/kvm ]; then
     echo "NESTED-NO-KVM"; dmesg | tail -n 20
@@ -155,9 +212,23 @@ EOF
 write_l2_init() {
     cat >"$1/init" <<'EOF'
 #!/bin/sh
-# L2: mount, run /scenario.sh, report its status, power off.
+# L2: mount, load the modules in /modules/load; with root=DEV on the command line, mount DEV
+# (ext4) and switch_root onto it (its /sbin/init goes on as below); run /scenario.sh, report its
+# status, power off.
 /bin/busybox --install -s
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /modules/load 2>/dev/null); do insmod /modules/$m.ko || echo "nested-kvm: insmod $m failed"; done
+root=$(sed -n 's/.*\<root=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$root" ] && [ -f /modules/load ]; then
+    for i in $(seq 300); do [ -b "$root" ] && break; sleep 0.1; done
+    mkdir -p /newroot
+    if mount -t ext4 -o rw "$root" /newroot; then
+        echo "L2-SWITCH-ROOT $root"
+        umount /dev /sys /proc
+        exec switch_root /newroot /sbin/init
+    fi
+    echo "nested-kvm: cannot mount $root; staying in the initramfs"
+fi
 mount -t tmpfs tmp /tmp
 export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 echo "L2-READY $(nproc) cpus"
@@ -173,7 +244,7 @@ run() {
     shift
     [ -f "$scenario/l1.sh" ] || die "$scenario/l1.sh not found"
     local bins="" smp=2 timeout_s=900 vmlinux="" args=() files=() binaries=() qemu_extra=()
-    local l2_files=() l2_binaries=()
+    local l2_files=() l2_binaries=() modules="" l2_modules="" l2_rootfs=""
     while [ $# -gt 0 ]; do
         case $1 in
             --bins) bins=$2; shift 2 ;;
@@ -182,6 +253,9 @@ run() {
             --binary) binaries+=("$2"); shift 2 ;;
             --l2-file) l2_files+=("$2"); shift 2 ;;
             --l2-binary) l2_binaries+=("$2"); shift 2 ;;
+            --modules) modules="$modules $2"; shift 2 ;;
+            --l2-modules) l2_modules="$l2_modules $2"; shift 2 ;;
+            --l2-rootfs) l2_rootfs=$2; shift 2 ;;
             --smp) smp=$2; shift 2 ;;
             --vmlinux) vmlinux=1; shift ;;
             --timeout) timeout_s=$2; shift 2 ;;
@@ -193,25 +267,51 @@ run() {
     local base
     base=$(prepare)
     start_scratch nested
+    # A scenario's host.sh (sourced here, on the host) adds what it needs to the options above:
+    # third-party programs (binaries+=), files, modules.
+    # shellcheck disable=SC1091
+    [ ! -f "$scenario/host.sh" ] || . "$scenario/host.sh"
 
-    # L2 initramfs: busybox, /init, the scenario's l2.sh.
+    # L2: busybox, /init, the scenario's l2.sh: the initramfs, or with --l2-rootfs an ext4 image
+    # (/l2/rootfs.img in L1, /sbin/init on it) and an initramfs of busybox, /init and modules.
     local l2="$work/l2root"
     busybox_root "$l2" "$base"
     write_l2_init "$l2"
     if [ -f "$scenario/l2.sh" ]; then cp "$scenario/l2.sh" "$l2/scenario.sh"; else echo 'true' >"$l2/scenario.sh"; fi
-    local f
+    local f m
     for f in "${l2_files[@]}"; do install -D "${f%%:*}" "$l2${f#*:}"; done
     for f in "${l2_binaries[@]}"; do add_binary "$l2" "${f%%:*}" "${f#*:}"; done
+    local l2_initramfs=$l2
+    if [ -n "$l2_rootfs" ]; then
+        l2_initramfs="$work/l2initramfs"
+        busybox_root "$l2_initramfs" "$base"
+        mv "$l2/init" "$l2_initramfs/init"
+        install -m 0755 "$l2_initramfs/init" "$l2/sbin/init"
+    fi
+    if [ -n "$l2_modules" ]; then
+        mkdir -p "$l2_initramfs/modules"
+        # shellcheck disable=SC2086
+        for m in $(modules_closure "$base" $l2_modules); do
+            cp "$base/modules/$m.ko" "$l2_initramfs/modules/"
+            echo "$m" >>"$l2_initramfs/modules/load"
+        done
+    fi
 
     # L1 initramfs: busybox, modules, our binaries with their libraries, the L2 kernel and initramfs.
     local l1="$work/l1root"
     busybox_root "$l1" "$base"
     write_l1_init "$l1"
     mkdir -p "$l1/modules" "$l1/l2" "$l1/scenario"
-    cp "$base"/modules/*.ko "$l1/modules/"
+    cp "$base"/modules/{irqbypass,ccp,kvm,kvm-amd}.ko "$l1/modules/"
     cp "$base/vmlinuz" "$l1/l2/"
     [ -z "$vmlinux" ] || cp "$base/vmlinux" "$l1/l2/"
-    cpio_of "$l2" "$l1/l2/initrd.gz"
+    cpio_of "$l2_initramfs" "$l1/l2/initrd.gz"
+    [ -z "$l2_rootfs" ] || ext4_of "$l2" "$l1/l2/rootfs.img" "$l2_rootfs"
+    if [ -n "$modules" ]; then
+        # shellcheck disable=SC2086
+        modules_closure "$base" $modules >"$l1/modules/load"
+        while read -r m; do cp "$base/modules/$m.ko" "$l1/modules/"; done <"$l1/modules/load"
+    fi
     local b
     for b in vmm ivshmem-server ivshmem-client kvm-hold; do
         [ -x "$bins/$b" ] || die "$bins/$b not found (cargo build --workspace)"
@@ -224,7 +324,12 @@ run() {
     local kv
     for kv in "${args[@]}"; do printf '%s\n' "$kv" >>"$l1/scenario.env"; done
     for f in "${files[@]}"; do install -D "${f%%:*}" "$l1${f#*:}"; done
-    for f in "${binaries[@]}"; do add_binary "$l1" "$f" "$f"; done
+    for f in "${binaries[@]}"; do
+        case $f in
+            *:*) add_binary "$l1" "${f%%:*}" "${f#*:}" ;;
+            *) add_binary "$l1" "$f" "$f" ;;
+        esac
+    done
     cpio_of "$l1" "$work/l1.gz"
 
     local log="$work/console.log"
@@ -252,8 +357,50 @@ run() {
     return "${exit_line#NESTED-EXIT }"
 }
 
+# rootfs OUT_DIR [--size MB] [--script FILE] [--l2-file SRC:DST] [--l2-binary SRC:DST]: the bed's
+# L2 as files for any VMM: OUT_DIR/vmlinuz (the bed's Debian kernel), OUT_DIR/initrd.gz (busybox,
+# the virtio drivers, the /init that loads them and switch_roots onto root=/dev/vda) and
+# OUT_DIR/rootfs.img (ext4: busybox, /sbin/init running /scenario.sh: FILE, or an interactive
+# shell on the console; the VM powers off when it ends).
+rootfs() {
+    local out=${1:?output directory} size=64 script="" files=() binaries=() f m
+    shift
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --size) size=$2; shift 2 ;;
+            --script) script=$2; shift 2 ;;
+            --l2-file) files+=("$2"); shift 2 ;;
+            --l2-binary) binaries+=("$2"); shift 2 ;;
+            *) die "unknown option $1" ;;
+        esac
+    done
+    local base
+    base=$(prepare)
+    start_scratch rootfs
+    local root="$work/root" initramfs="$work/initramfs"
+    busybox_root "$root" "$base"
+    busybox_root "$initramfs" "$base"
+    write_l2_init "$initramfs"
+    install -m 0755 "$initramfs/init" "$root/sbin/init"
+    if [ -n "$script" ]; then cp "$script" "$root/scenario.sh"; else echo 'sh -l' >"$root/scenario.sh"; fi
+    for f in "${files[@]}"; do install -D "${f%%:*}" "$root${f#*:}"; done
+    for f in "${binaries[@]}"; do add_binary "$root" "${f%%:*}" "${f#*:}"; done
+    mkdir -p "$initramfs/modules" "$out"
+    # shellcheck disable=SC2086
+    for m in $(modules_closure "$base" $EXTRA_MODULES); do
+        case $m in vhost* | tun | tap) continue ;; esac   # host-side modules
+        cp "$base/modules/$m.ko" "$initramfs/modules/"
+        echo "$m" >>"$initramfs/modules/load"
+    done
+    cpio_of "$initramfs" "$out/initrd.gz"
+    ext4_of "$root" "$out/rootfs.img" "$size"
+    cp "$base/vmlinuz" "$out/vmlinuz"
+    echo "$out: vmlinuz initrd.gz rootfs.img (boot with root=/dev/vda, the image as the first virtio-blk disk)"
+}
+
 case ${1:-} in
     prepare) prepare ;;
     run) shift; run "$@" ;;
-    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    rootfs) shift; rootfs "$@" ;;
+    *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -32,7 +32,7 @@ for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 # Two VMs ping-pong on vector 0 for as long as the soak lasts (stopped with SIGTERM at the end).
 # The pong VM joins first (peer 0), the ping VM second (peer 1).
 start_vm() { # NAME ROLE PEER
-    "$bin/vmm" --name "$1" --serial "file=$work/$1.console" --guest builtin:ivshmem_pingpong \
+    RUST_LOG="warn,vmm::devices::ivshmem=info" "$bin/vmm" --name "$1" --serial "file=$work/$1.console" --guest builtin:ivshmem_pingpong \
         --guest-args "role=$2 peer=$3 rounds=4000000000 warmup=0 timeout_ms=60000" \
         --ivshmem "doorbell,socket=$sock,vectors=2" 2>"$work/$1.log" &
 }
@@ -40,6 +40,13 @@ start_vm() { # NAME ROLE PEER
 joined() {
     for _ in $(seq 200); do grep -q "peer $1 joined" "$work/server.log" && return 0; sleep 0.05; done
     echo "soak: peer $1 did not join" >&2
+    exit 1
+}
+# vm_saw NAME TEXT: waits until the VM's ivshmem link logged TEXT (it logs every join and leave
+# it has applied to the device).
+vm_saw() {
+    for _ in $(seq 200); do grep -q "$2" "$work/$1.log" && return 0; sleep 0.05; done
+    echo "soak: VM $1 never logged '$2'" >&2
     exit 1
 }
 processes=(server)
@@ -95,7 +102,7 @@ sample() {
 }
 
 # Start: the two VMs alone on the server. End: the same, after the last host peer left.
-sleep 1 # both VMMs have processed each other's join
+[ "$with_vms" = 0 ] || vm_saw pong "peer 1 joined" # the ping VM's join reached the pong VM
 sample
 host_loop &
 host=$!
@@ -111,7 +118,13 @@ done
 
 touch "$work/stop"
 wait "$host" || true
-sleep 1 # the VMMs process the last leave
+if [ "$with_vms" != 0 ]; then # both VMMs have applied the last host peer's leave
+    last_left=$(sed -n 's/.*peer \([0-9]*\) left.*/\1/p' "$work/server.log" | tail -n1)
+    if [ -n "$last_left" ]; then
+        vm_saw pong "peer $last_left left"
+        vm_saw ping "peer $last_left left"
+    fi
+fi
 sample
 read -r cycles failures <"$work/host.count"
 status=0

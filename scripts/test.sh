@@ -12,7 +12,8 @@
 # Environment: IVSHMEM_REQUIRE_KVM=1 makes tests that need /dev/kvm fail instead of skipping
 # (CI sets it; it also makes the nested-KVM tests fail when their bed cannot run);
 # IVSHMEM_REQUIRE_QEMU=1 does the same for the QEMU interop test, IVSHMEM_REQUIRE_VHOST_DEVICE=1
-# for the virtio test that drives vhost-device-rng (installed here with cargo install); IVSHMEM_NESTED=0 skips the
+# for the tests that drive third-party vhost-user backends (vhost-device-rng and -vsock, installed
+# here with cargo install; qemu-storage-daemon, virtiofsd from Debian); IVSHMEM_NESTED=0 skips the
 # nested-KVM tests (scripts/nested-kvm.sh, about a minute each) for quick local runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,15 @@ install_packages() {
     command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
     command -v iasl >/dev/null || missing+=(acpica-tools)
     command -v cpio >/dev/null || missing+=(cpio)
+    # The nested bed's vhost-user scenario: qemu-storage-daemon (vhost-user-blk; Debian's C
+    # virtiofsd comes with qemu-system-x86's qemu-system-common) and mke2fs for L2's root image.
+    command -v qemu-storage-daemon >/dev/null || missing+=(qemu-utils)
+    # Newer Debian ships virtiofsd (the Rust one) as its own package, no longer in QEMU's.
+    if [ ! -x /usr/lib/qemu/virtiofsd ] && [ ! -x /usr/libexec/virtiofsd ] &&
+        ! command -v virtiofsd >/dev/null && apt-cache show virtiofsd >/dev/null 2>&1; then
+        missing+=(virtiofsd)
+    fi
+    PATH="$PATH:/sbin:/usr/sbin" command -v mke2fs >/dev/null || missing+=(e2fsprogs)
     # The guest kernel module (linux-guest/driver) is built against the bed's kernel headers.
     local abi
     abi=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}')
@@ -38,21 +48,22 @@ install_packages() {
 }
 
 # rust-vmm's vhost-device-rng and vhost-device-vsock from crates.io: third-party vhost-user
-# backends the virtio tests drive (over ivshmem, and as the VMM's virtio-pci devices). Cached:
-# installed once (a minute or two each on 2 cores), then found on PATH.
-install_vhost_device_rng() {
+# backends. The virtio tests drive rng over ivshmem; the nested bed's vhost-user scenario serves
+# L2's /dev/hwrng and vsock with them. Cached: installed once (about 1.5 min each on 2 cores),
+# then found on PATH.
+install_vhost_devices() {
     export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-    local backend
-    for backend in vhost-device-rng vhost-device-vsock; do
-        command -v $backend >/dev/null && continue
-        echo "test.sh: installing $backend (cargo install)"
-        cargo install --locked --quiet $backend \
-            || echo "test.sh: could not install $backend; the tests that drive it will skip" >&2
+    local tool
+    for tool in vhost-device-rng vhost-device-vsock; do
+        command -v "$tool" >/dev/null && continue
+        echo "test.sh: installing $tool (cargo install)"
+        cargo install --locked --quiet "$tool" \
+            || echo "test.sh: could not install $tool; the tests that need it will skip" >&2
     done
 }
 
 install_packages
-install_vhost_device_rng
+install_vhost_devices
 if [ -n "${IVSHMEM_REQUIRE_KVM:-}" ] && command -v vhost-device-rng >/dev/null; then
     export IVSHMEM_REQUIRE_VHOST_DEVICE="${IVSHMEM_REQUIRE_VHOST_DEVICE:-1}"
 fi

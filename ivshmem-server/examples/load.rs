@@ -877,6 +877,25 @@ impl ServerProcess {
             }
             thread::sleep(Duration::from_millis(5));
         }
+        // The socket file appears at bind, before the rest of the set-up (control socket,
+        // upgrade helper, event loop): the first message on a probe connection says it serves.
+        let probe = UnixStream::connect(socket).context("probe connection")?;
+        probe.set_read_timeout(Some(STARTUP_LIMIT))?;
+        let mut first = [0u8; 8];
+        (&probe)
+            .read_exact(&mut first)
+            .context("the server did not answer a probe connection")?;
+        drop(probe);
+        // Then its departure is handled (its fds closed) and the fd count settles.
+        let mut last = server.fd_count()?;
+        loop {
+            thread::sleep(Duration::from_millis(20));
+            let now = server.fd_count()?;
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
         Ok(server)
     }
 

@@ -127,10 +127,66 @@ impl Listener {
         })
     }
 
+    /// The listening socket and the file, apart (the event loop takes the socket).
+    pub fn into_parts(self) -> (UnixListener, SocketFile) {
+        let file = SocketFile {
+            path: self.path,
+            identity: Some((self.dev, self.ino)),
+        };
+        (self.socket, file)
+    }
+
     /// Removes the socket file if it is still the one we bound (not a successor's).
     pub fn remove_file(&self) {
+        SocketFile {
+            path: self.path.clone(),
+            identity: Some((self.dev, self.ino)),
+        }
+        .remove_file();
+    }
+}
+
+/// A socket file whose listening socket this process took over (upgrade) or was given
+/// (socket activation): removed on exit only if it is still the file that was there.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    /// The file at `path` as it is now; if nothing is there, nothing will be removed.
+    pub fn adopted(path: &Path) -> SocketFile {
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.file_type().is_socket())
+            .map(|m| (m.dev(), m.ino()));
+        SocketFile {
+            path: path.into(),
+            identity,
+        }
+    }
+
+    /// A file this process must never remove (systemd's socket unit owns it).
+    pub fn not_ours(path: &Path) -> SocketFile {
+        SocketFile {
+            path: path.into(),
+            identity: None,
+        }
+    }
+
+    /// Whether this process may remove the file (it is not systemd's).
+    pub fn is_ours(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Removes the file if it is still the one recorded.
+    pub fn remove_file(&self) {
+        let Some((dev, ino)) = self.identity else {
+            return;
+        };
         if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
+            if meta.dev() == dev && meta.ino() == ino {
                 if let Err(e) = std::fs::remove_file(&self.path) {
                     log::warn!("ivshmem-server: cannot remove {}: {e}", self.path.display());
                 }

@@ -240,6 +240,11 @@ pub fn start_writer() -> std::io::Result<()> {
     global().start_writer(Box::new(std::io::stderr()))
 }
 
+/// Log lines dropped so far because stderr did not keep up (for `--status`).
+pub fn dropped_lines() -> u64 {
+    global().dropped_total()
+}
+
 /// How long the exiting process waits for stderr to take the rest of the log.
 pub const EXIT_DRAIN: Duration = Duration::from_secs(5);
 

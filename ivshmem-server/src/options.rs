@@ -77,6 +77,28 @@ pub struct Options {
     pub queue_limit: usize,
     /// `--seccomp`: the filter entered once set-up is over.
     pub seccomp: sandbox::Mode,
+    /// `--upgrade-binary`: what SIGUSR2 starts (default: the binary running).
+    pub upgrade_binary: Option<PathBuf>,
+    /// `--status` / `--upgrade`: ask the server on `-S` (its control socket) instead of serving.
+    pub control: Option<ControlCommand>,
+    /// `--keeper`: a keeper process holds every fd and restarts a crashed server.
+    pub keeper: bool,
+    /// `--state-table OFFSET`: keep the peer table in the shared memory at this offset.
+    pub state_table: Option<u64>,
+    /// `--lifecycle-vector N`: ring this vector of every peer on each join and leave.
+    pub lifecycle_vector: Option<u32>,
+}
+
+/// A question for a running server (`--status [--json]`, `--upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// `--status`: text, or JSON with `--json`.
+    Status {
+        /// `--json`.
+        json: bool,
+    },
+    /// `--upgrade`: upgrade now and say how it went.
+    Upgrade,
 }
 
 impl Default for Options {
@@ -94,6 +116,11 @@ impl Default for Options {
             group: None,
             queue_limit: DEFAULT_QUEUE_LIMIT,
             seccomp: sandbox::Mode::On,
+            upgrade_binary: None,
+            control: None,
+            keeper: false,
+            state_table: None,
+            lifecycle_vector: None,
         }
     }
 }
@@ -220,6 +247,10 @@ fn command() -> clap::Command {
         .arg(flag("F", Some('F'), "foreground"))
         .arg(flag("memfd", None, "memfd"))
         .arg(flag("unlink-shm", None, "unlink-shm"))
+        .arg(flag("status", None, "status"))
+        .arg(flag("json", None, "json"))
+        .arg(flag("upgrade", None, "upgrade"))
+        .arg(flag("keeper", None, "keeper"))
         .arg(value("p", Some('p'), "pid-file"))
         .arg(value("S", Some('S'), "socket"))
         .arg(value("m", Some('m'), "shm-dir"))
@@ -230,6 +261,9 @@ fn command() -> clap::Command {
         .arg(value("group", None, "group"))
         .arg(value("queue-limit", None, "queue-limit"))
         .arg(value("seccomp", None, "seccomp"))
+        .arg(value("upgrade-binary", None, "upgrade-binary"))
+        .arg(value("state-table", None, "state-table"))
+        .arg(value("lifecycle-vector", None, "lifecycle-vector"))
 }
 
 /// Option ids that take a value, with how errors name them.
@@ -244,6 +278,9 @@ const VALUE_OPTIONS: &[(&str, &str)] = &[
     ("group", "--group"),
     ("queue-limit", "--queue-limit"),
     ("seccomp", "--seccomp"),
+    ("upgrade-binary", "--upgrade-binary"),
+    ("state-table", "--state-table"),
+    ("lifecycle-vector", "--lifecycle-vector"),
 ];
 
 /// Parses the arguments after the program name.
@@ -264,6 +301,7 @@ where
         verbose: matches.get_flag("v"),
         foreground: matches.get_flag("F"),
         unlink_shm: matches.get_flag("unlink-shm"),
+        keeper: matches.get_flag("keeper"),
         ..Options::default()
     };
     // Values in command-line order, so the first bad one is reported and the last of
@@ -295,8 +333,40 @@ where
     if memfd_at.is_some() && !memfd_applied {
         opts.shm = ShmBacking::Memfd;
     }
+    match (
+        matches.get_flag("status"),
+        matches.get_flag("upgrade"),
+        matches.get_flag("json"),
+    ) {
+        (false, false, false) => {}
+        (true, false, json) => opts.control = Some(ControlCommand::Status { json }),
+        (false, true, false) => opts.control = Some(ControlCommand::Upgrade),
+        (false, false, true) => {
+            return Err(UsageError::Invalid {
+                option: "--json".into(),
+                reason: "applies only to --status".into(),
+            })
+        }
+        _ => {
+            return Err(UsageError::Invalid {
+                option: "--upgrade".into(),
+                reason: "cannot be combined with --status or --json".into(),
+            })
+        }
+    }
+    if opts.control.is_some() {
+        return Ok(Command::Run(opts)); // a client: the serving options do not apply
+    }
     if opts.verbose && !opts.foreground {
         return Err(UsageError::VerboseNeedsForeground);
+    }
+    if let Some(n) = opts.lifecycle_vector {
+        if n >= opts.vectors {
+            return Err(UsageError::Invalid {
+                option: "--lifecycle-vector".into(),
+                reason: format!("vector {n} does not exist with -n {}", opts.vectors),
+            });
+        }
     }
     if opts.unlink_shm && !matches!(opts.shm, ShmBacking::PosixName(_)) {
         return Err(UsageError::UnlinkWithoutName);
@@ -358,6 +428,30 @@ fn apply_value(opts: &mut Options, id: &str, option: &str, value: &str) -> Resul
             opts.queue_limit = match parse_unsigned(value) {
                 Some(n) if n >= 1 && n <= usize::MAX as u64 => n as usize,
                 _ => return Err(UsageError::BadQueueLimit(value.into())),
+            }
+        }
+        "upgrade-binary" => opts.upgrade_binary = Some(non_empty(option, value)?.into()),
+        "state-table" => {
+            let offset = match protocol::size::parse_size(value) {
+                Ok(n) if n % 8 == 0 => n,
+                _ => {
+                    return Err(UsageError::Invalid {
+                        option: option.into(),
+                        reason: format!("'{value}' is not a byte offset that is a multiple of 8"),
+                    })
+                }
+            };
+            opts.state_table = Some(offset);
+        }
+        "lifecycle-vector" => {
+            opts.lifecycle_vector = match parse_unsigned(value) {
+                Some(n) if n < u64::from(MAX_VECTORS) => Some(n as u32),
+                _ => {
+                    return Err(UsageError::Invalid {
+                        option: option.into(),
+                        reason: format!("'{value}' is not a vector number below {MAX_VECTORS}"),
+                    })
+                }
             }
         }
         "seccomp" => {
@@ -503,11 +597,28 @@ to QEMU ivshmem-doorbell devices and other peers over a UNIX socket.
                            read before it is dropped (default {DEFAULT_QUEUE_LIMIT})
       --seccomp on|off|log seccomp filter once set up (default on; log: allow and
                            let the kernel log what the filter lacks)
+      --status             print the status of the server on -S (peers, memory,
+                           counters) and exit; with --json as one JSON object
+      --upgrade            upgrade the server on -S now (like SIGUSR2) and say
+                           how it went; exit 1 if it failed
+      --keeper             crash survival: a keeper process holds the socket, the
+                           memory and every peer's fds, and restarts the server
+                           (which re-adopts them) if it dies, e.g. on kill -9
+      --state-table OFFSET keep a table of the connected peers in the shared memory
+                           at OFFSET (a multiple of 8; 1 MiB + 64 bytes; layout in
+                           docs/protocol.md). Off by default: the server then never
+                           writes to the memory
+      --lifecycle-vector N ring vector N of every peer on each join and leave
+                           (with --state-table, guests then read who is there)
+      --upgrade-binary PATH
+                           what SIGUSR2 starts to take over (default: the binary
+                           this server was started from, as its path is now)
 
 Peers that send anything or hang up leave; every join and leave is logged on stderr
 (more than 10 alike from one pid within 10 s are summed up in one line).
 SIGINT, SIGTERM and SIGHUP announce departures, remove the socket (and the PID file)
-and exit.
+and exit. SIGUSR2 upgrades without downtime: a new server process takes over every
+peer, the socket and the memory; if it cannot, this one logs why and serves on.
 "
     )
 }

@@ -32,6 +32,16 @@ pub struct IdAllocator {
 }
 
 impl IdAllocator {
+    /// An allocator whose next id is searched from `cursor` (a hand-over keeps it).
+    pub fn at(cursor: u16) -> Self {
+        IdAllocator { cursor }
+    }
+
+    /// Where the next search starts.
+    pub fn cursor(&self) -> u16 {
+        self.cursor
+    }
+
     /// The first id at or after the cursor for which `in_use` is false, or None when all 65536
     /// are taken. The cursor moves past the id returned.
     pub fn allocate(&mut self, in_use: impl Fn(u16) -> bool) -> Option<u16> {
@@ -54,6 +64,19 @@ struct Queued {
     fd: Option<Rc<OwnedFd>>,
     /// Counts against the limit (join/leave notices; not the handshake).
     is_notice: bool,
+}
+
+/// One waiting message as [`OutQueue::export`] sees it.
+#[derive(Debug)]
+pub struct QueuedExport<'q> {
+    /// The 8 bytes of the message.
+    pub bytes: [u8; MESSAGE_LEN],
+    /// How many of them were sent already (0..8).
+    pub sent: usize,
+    /// Its fd, if none of the message was sent yet.
+    pub fd: Option<&'q Rc<OwnedFd>>,
+    /// Counts against the queue limit (join/leave notice).
+    pub is_notice: bool,
 }
 
 /// The queue was full: the peer is not reading.
@@ -100,6 +123,41 @@ impl OutQueue {
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// What waits, in order, for a hand-over ([`crate::handover`]): the message bytes, how many
+    /// of them went out, the fd if it has not gone yet, and whether it counts as a notice.
+    pub fn export(&self) -> Vec<QueuedExport<'_>> {
+        self.items
+            .iter()
+            .map(|q| QueuedExport {
+                bytes: q.bytes,
+                sent: q.sent,
+                // The fd went with the first byte: a partly sent message has none left to send.
+                fd: if q.sent == 0 { q.fd.as_ref() } else { None },
+                is_notice: q.is_notice,
+            })
+            .collect()
+    }
+
+    /// Appends a message taken over from a predecessor, as it was (bytes, progress, fd); it
+    /// counts against the limit but is never refused: the predecessor had accepted it.
+    pub fn push_adopted(
+        &mut self,
+        bytes: [u8; MESSAGE_LEN],
+        sent: usize,
+        fd: Option<Rc<OwnedFd>>,
+        is_notice: bool,
+    ) {
+        if is_notice {
+            self.notices += 1;
+        }
+        self.items.push_back(Queued {
+            bytes,
+            sent: sent.min(MESSAGE_LEN - 1),
+            fd,
+            is_notice,
+        });
     }
 
     /// Queues handshake messages, unbounded.
@@ -173,6 +231,10 @@ pub struct Peer {
     pub socket: UnixStream,
     /// From SO_PEERCRED, for the logs.
     pub pid: Option<i32>,
+    /// From SO_PEERCRED, for `--status`.
+    pub uid: Option<u32>,
+    /// When it joined, in seconds since the Unix epoch (kept across upgrades), for `--status`.
+    pub since: u64,
     /// Its eventfds, vector 0..N-1.
     pub vectors: Vec<Rc<OwnedFd>>,
     /// What it has not been sent yet (non-blocking sends).
@@ -204,6 +266,21 @@ impl PeerTable {
     /// An empty table.
     pub fn new() -> Self {
         PeerTable::default()
+    }
+
+    /// A table taken over from a predecessor: ids continue from `cursor`, connection numbers
+    /// from `next_seq` (the last one given).
+    pub fn resume(cursor: u16, next_seq: u64) -> Self {
+        PeerTable {
+            ids: IdAllocator::at(cursor),
+            next_seq,
+            ..PeerTable::default()
+        }
+    }
+
+    /// Where id allocation continues, and the last connection number given (for a hand-over).
+    pub fn counters(&self) -> (u16, u64) {
+        (self.ids.cursor(), self.next_seq)
     }
 
     /// A fresh id for a new connection (QEMU's rules), or None when all are taken.
@@ -380,6 +457,8 @@ mod tests {
                 seq,
                 socket: s,
                 pid: None,
+                uid: None,
+                since: 0,
                 vectors: vec![],
                 queue: OutQueue::new(1),
                 wants_write: false,

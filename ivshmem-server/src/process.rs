@@ -20,6 +20,25 @@ pub fn shutdown_signals() -> nix::Result<SignalFd> {
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGHUP);
+    // SIGUSR2: upgrade (crate::upgrade), read from the same signalfd.
+    mask.add(Signal::SIGUSR2);
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// The keeper's signals ([`crate::keeper`]): the shutdown and upgrade signals (already
+/// blocked by [`shutdown_signals`]) and SIGCHLD, from a new signalfd.
+pub fn keeper_signals() -> nix::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+    ] {
+        mask.add(s);
+    }
     mask.thread_block()?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
@@ -80,6 +99,13 @@ impl PidFile {
         let mut f = std::fs::File::create(path)?;
         writeln!(f, "{}", std::process::id())?;
         Ok(PidFile { path: path.into() })
+    }
+}
+
+impl PidFile {
+    /// Leaves the file in place: a successor (upgrade) has written its own pid into it.
+    pub fn keep(self) {
+        std::mem::forget(self);
     }
 }
 

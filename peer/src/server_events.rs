@@ -97,10 +97,12 @@ impl Peer {
                 }
                 Incoming::Nothing => {
                     // A join is one message per vector, sent back to back; give the rest of
-                    // the burst a moment so the join is reported with all its vectors.
-                    if run.as_ref().is_some_and(|r| !self.run_complete(r))
-                        && self.more_arrives_soon()
-                    {
+                    // the burst a moment so the join is reported with all its vectors (unless
+                    // the peer already has as many as we accept: the rest would be closed).
+                    let open = run
+                        .as_ref()
+                        .is_some_and(|r| r.total < self.state.max_vectors());
+                    if open && self.more_arrives_soon() {
                         continue;
                     }
                     break;
@@ -147,14 +149,6 @@ impl Peer {
                 events
             }
         }
-    }
-
-    /// Whether a run of another peer's vectors already has as many as we have: a server gives
-    /// every peer the same count (`-n`, QEMU's and ours), so no more will follow and waiting
-    /// [`BURST_GRACE`] for them would only delay every join (and every handshake, whose
-    /// last run is the newest peer's).
-    fn run_complete(&self, run: &VectorRun) -> bool {
-        run.peer != self.id && run.total >= self.own_vector_count().max(1)
     }
 
     /// True when the server socket becomes readable within [`BURST_GRACE`].

@@ -8,6 +8,7 @@
 //! * [`server`] — the server side's message sequences (handshake order, join and leave notices)
 //!   as data, so the server and the tests share one definition of the order.
 //! * [`size`] — the one size syntax every command line here accepts (`4M`, `1.5G`, `0x1000`).
+//! * [`state_table`] — the layout of the opt-in peer table a server keeps in the shared memory.
 //! * [`fd_limit`] — raising the open-file limit (servers and load tests hold thousands of fds).
 //!
 //! [`DEFAULT_SOCKET_PATH`] is the socket QEMU's ivshmem-server and ivshmem-client default to.
@@ -17,6 +18,7 @@ pub mod fd_limit;
 pub mod fdpass;
 pub mod server;
 pub mod size;
+pub mod state_table;
 pub mod wire;
 
 /// The socket path QEMU's ivshmem-server listens on and its ivshmem-client connects to by

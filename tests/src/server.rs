@@ -50,11 +50,16 @@ impl Server {
     }
 
     fn spawn(socket: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(bin("ivshmem-server"))
-            .arg("-F")
-            .arg("-S")
-            .arg(socket)
-            .args(args)
+        let mut command = Command::new(bin("ivshmem-server"));
+        command.arg("-F").arg("-S").arg(socket).args(args);
+        Server::from_command(command, socket)
+    }
+
+    /// Runs `command` (a server, or a wrapper that becomes one, such as
+    /// `systemd-socket-activate`) with its stderr collected; `socket` is where it listens.
+    /// Does not wait for anything.
+    pub fn from_command(mut command: Command, socket: &Path) -> Server {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -97,6 +102,88 @@ impl Server {
             let _ = reader.join();
         }
         status
+    }
+}
+
+impl Server {
+    /// Sends `signal` to the server process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the server");
+    }
+
+    /// Waits for the server process to exit (the log keeps being collected: a successor
+    /// writes to the same pipe).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait server")
+    }
+
+    /// Upgrades the server (SIGUSR2) and waits until the successor serves and this process
+    /// has exited with status 0; returns the successor, which is killed when dropped.
+    pub fn upgrade(&mut self) -> Successor {
+        let before = self.log.lock().unwrap().len();
+        self.signal(nix::sys::signal::Signal::SIGUSR2);
+        let mut pid = None;
+        let found = wait_until(TIMEOUT, || {
+            let log = self.log.lock().unwrap();
+            pid = log[before..].iter().find_map(|l| {
+                let rest = l.split("upgraded: pid ").nth(1)?;
+                rest.split(' ').next()?.parse::<i32>().ok()
+            });
+            pid.is_some()
+        });
+        assert!(found, "no upgrade in the log:\n{}", self.log_text());
+        let status = self.wait_exit();
+        assert!(status.success(), "the old server exited with {status}");
+        Successor {
+            pid: pid.expect("found"),
+        }
+    }
+}
+
+/// A server process that took over by an upgrade: not our child (it was started by the old
+/// server's helper), so it is signalled by pid and watched through /proc. SIGKILLed on drop.
+pub struct Successor {
+    /// Its pid.
+    pub pid: i32,
+}
+
+impl Successor {
+    /// Whether the process still runs (a zombie waiting for init counts as gone).
+    pub fn alive(&self) -> bool {
+        process_alive(self.pid)
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal);
+    }
+
+    /// SIGTERM, then waits until it is gone.
+    pub fn terminate(self) -> bool {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        wait_until(TIMEOUT, || !process_alive(self.pid))
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if process_alive(self.pid) {
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

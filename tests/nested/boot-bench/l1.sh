@@ -8,12 +8,15 @@ CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 
 now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 
-# boot_once NAME CMD...: starts CMD, waits for L2's /init, samples RSS, waits for the end.
+# boot_once NAME CMD...: starts CMD, waits for L2's /init, samples RSS, then tells L2 (a line on
+# its serial console, which both VMMs feed from their stdin) that it may end, and waits for it.
 boot_once() {
     local name=$1 start ready rss pid
     shift
+    rm -f /tmp/console-in; mkfifo /tmp/console-in
+    exec 3<>/tmp/console-in
     start=$(now_ms)
-    "$@" </dev/null >/tmp/boot.log 2>&1 &
+    "$@" </tmp/console-in >/tmp/boot.log 2>&1 &
     pid=$!
     for _ in $(seq 30000); do
         grep -q L2-READY /tmp/boot.log && break
@@ -22,7 +25,9 @@ boot_once() {
     done
     ready=$(now_ms)
     rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null)
+    echo sampled >&3
     wait $pid
+    exec 3>&-
     if grep -q L2-READY /tmp/boot.log; then
         echo "BOOT $name $((ready - start)) ${rss:-0}"
     else

@@ -30,9 +30,9 @@ check ivshmem_plain 0 '' vmm --guest builtin:ivshmem_check --ivshmem plain,path=
 # The demo scene (scripts/demo.sh): a server, a host peer (peer 0) and two VMs greeting and ringing each other.
 ivshmem-server -F -S /tmp/sock --memfd -l 16M -n 2 2>/tmp/server.log &
 server=$!
-wait_for /tmp/server.log 'listening' 10 || sleep 1
+wait_for /tmp/server.log 'listening' 10
 ivshmem-client -S /tmp/sock -c 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH;
-    wait 0 60000; sleep 1500; int 1 1; int 2 1; read 64 48; read 128 48' >/tmp/host.log 2>&1 &
+    wait 0 60000; wait-peer 2 60000; int 1 1; int 2 1; read 64 48; read 128 48' >/tmp/host.log 2>&1 &
 host=$!
 wait_for /tmp/server.log 'joined' 10
 for name in vm-a vm-b; do

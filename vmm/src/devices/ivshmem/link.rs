@@ -104,13 +104,15 @@ pub fn follow(
             let mut violations = 0u64;
             loop {
                 // News first: the handshake may have left some (a server already gone).
+                // Applied before it is logged: a "peer N left" line means the device has
+                // already let go of that peer's eventfds (scripts wait on these lines).
                 let events = server.process_server_messages();
+                if let Err(e) = wiring.sync_with(&server) {
+                    log::warn!("{}: applying server news: {e}", wiring.name);
+                }
                 let mut gone = false;
                 for event in &events {
                     gone |= report(&wiring.name, event, &mut violations);
-                }
-                if let Err(e) = wiring.sync_with(&server) {
-                    log::warn!("{}: applying server news: {e}", wiring.name);
                 }
                 if gone || !server.server_connected() {
                     break;

@@ -1,0 +1,202 @@
+# Linux in a VM with real I/O devices, each served by a third-party backend process in L1:
+# root on virtio-blk (qemu-storage-daemon, vhost-user-blk), a host directory over virtio-fs
+# (virtiofsd), vsock both ways (vhost-device-vsock), a generic vhost-user device (vhost-device-rng,
+# virtio id 4 → /dev/hwrng) and a network (virtio-net on the kernel's vhost-net and a TAP device).
+#
+#   VMM=qemu    QEMU -accel kvm with vhost-user-*-pci devices: the baseline; QEMU_MACHINE=q35
+#               (default) or microvm,pcie=on (the benchmarks: no SeaBIOS)
+#   VMM=ours    our vmm with --device vhost-user-... (the same backends and sockets)
+#   MODE=test   the checks (RESULT lines; L2's own checks come through its console)
+#   MODE=bench  VMM may list both ("qemu,ours"): ROUNDS alternated boots, each printing
+#               `BENCH <vmm> key=value` lines (boot to /init, RSS, disk, virtiofs, vsock)
+#
+# L2 boots /l2/vmlinuz with /l2/initrd.gz (busybox, the virtio modules) and root=/dev/vda: the
+# first disk is /l2/rootfs.img (ext4: busybox, l2.sh as /scenario.sh, bed-io), the second a
+# scratch disk for the benchmarks. Its /init loads the modules and switch_roots onto /dev/vda.
+. ../lib.sh
+VMM=${VMM:-qemu}
+MODE=${MODE:-test}
+ROUNDS=${ROUNDS:-1}
+CPUS=${CPUS:-1}
+QEMU_MACHINE=${QEMU_MACHINE:-q35}
+MEM=512M
+CMDLINE="console=ttyS0 quiet panic=-1 root=/dev/vda bed_mode=$MODE $CMDLINE_EXTRA"
+S=/tmp/vu
+SHARE=/tmp/share
+
+now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+
+# The command line of each VMM: the same kernel, initramfs, memory (shared memfd: backends map
+# guest RAM), vCPUs, devices in the same order (vda = root, vdb = scratch) and sockets. It ends
+# with the option that takes the kernel's command line (QEMU's -append, our --cmdline).
+vm_command() {
+    case $1 in
+        qemu) echo qemu-system-x86_64 -M "$QEMU_MACHINE",memory-backend=mem -accel kvm -cpu host -m $MEM -smp "$CPUS" \
+            -object memory-backend-memfd,id=mem,size=$MEM,share=on \
+            -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+            -kernel /l2/vmlinuz -initrd /l2/initrd.gz \
+            -chardev socket,id=blk0,path=$S/blk-root.sock -device vhost-user-blk-pci,chardev=blk0 \
+            -chardev socket,id=blk1,path=$S/blk-scratch.sock -device vhost-user-blk-pci,chardev=blk1 \
+            -chardev socket,id=fs,path=$S/fs.sock -device vhost-user-fs-pci,chardev=fs,tag=share \
+            -chardev socket,id=vsock,path=$S/vsock.sock -device vhost-user-vsock-pci,chardev=vsock \
+            -chardev socket,id=rng,path=$S/rng.sock0 -device vhost-user-rng-pci,chardev=rng \
+            -netdev tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=on \
+            -device virtio-net-pci,netdev=net0,romfile= -append ;;
+        ours) echo vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory $MEM,shared=on --cpus "$CPUS" \
+            --device vhost-user-blk,socket=$S/blk-root.sock \
+            --device vhost-user-blk,socket=$S/blk-scratch.sock \
+            --device vhost-user-fs,socket=$S/fs.sock,tag=share \
+            --device vhost-user-vsock,socket=$S/vsock.sock \
+            --device vhost-user,socket=$S/rng.sock0,virtio-id=4,queues=1 \
+            --device virtio-net,tap=tap0 --cmdline ;;
+        *) echo "l1.sh: VMM=$1: qemu or ours" >&2; return 1 ;;
+    esac
+}
+
+# wait_socket PATH: until a backend's listening socket exists (bounded).
+wait_socket() {
+    for _ in $(seq 300); do [ -S "$1" ] && return 0; sleep 0.1; done
+    echo "l1.sh: $1 did not appear" >&2
+    return 1
+}
+
+# start_backends: fresh backend processes for one VM (virtiofsd and the vhost-device daemons
+# serve one front-end connection each).
+start_backends() {
+    rm -rf $S; mkdir -p $S
+    qemu-storage-daemon \
+        --blockdev driver=file,node-name=root,filename=/l2/rootfs.img \
+        --export type=vhost-user-blk,id=root,node-name=root,addr.type=unix,addr.path=$S/blk-root.sock,writable=on \
+        --blockdev driver=file,node-name=scratch,filename=/tmp/scratch.img \
+        --export type=vhost-user-blk,id=scratch,node-name=scratch,addr.type=unix,addr.path=$S/blk-scratch.sock,writable=on \
+        >/tmp/qsd.log 2>&1 &
+    backends="$!"
+    if [ -x /usr/lib/qemu/virtiofsd ]; then
+        /usr/lib/qemu/virtiofsd --socket-path=$S/fs.sock -o source=$SHARE -o sandbox=chroot \
+            -o cache=none >/tmp/virtiofsd.log 2>&1 &
+    else
+        virtiofsd --socket-path=$S/fs.sock --shared-dir=$SHARE --sandbox=chroot --cache=never \
+            >/tmp/virtiofsd.log 2>&1 &
+    fi
+    backends="$backends $!"
+    vhost-device-vsock --guest-cid 3 --socket $S/vsock.sock --uds-path $S/vsock.uds \
+        >/tmp/vsock.log 2>&1 &
+    backends="$backends $!"
+    # vhost-device-rng listens on SOCKET-PATH followed by its index (--socket-count): rng.sock0.
+    vhost-device-rng --socket-path $S/rng.sock >/tmp/rng.log 2>&1 &
+    backends="$backends $!"
+    local sock
+    for sock in blk-root.sock blk-scratch.sock fs.sock vsock.sock rng.sock0; do
+        wait_socket $S/$sock || { tail -n 5 /tmp/qsd.log /tmp/virtiofsd.log /tmp/vsock.log /tmp/rng.log; return 1; }
+    done
+}
+
+stop_backends() {
+    local pid
+    for pid in $backends; do kill "$pid" 2>/dev/null; done
+    for pid in $backends; do wait_bounded "$pid" 20 2>/dev/null; done
+    backends=""
+}
+
+# wait_for_vm PATTERN SECONDS: until the VM's console (/tmp/vm.log) has PATTERN; fails at once
+# when the VM (/tmp/vm.pid) has ended.
+wait_for_vm() {
+    for _ in $(seq $(($2 * 10))); do
+        grep -qE -- "$1" /tmp/vm.log 2>/dev/null && return 0
+        [ -s /tmp/vm.pid ] && ! kill -0 "$(cat /tmp/vm.pid)" 2>/dev/null && return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# start_vm NAME: the VM in the background, console in /tmp/vm.log; sets vm_pid, vm_start_ms.
+start_vm() {
+    local cmd
+    cmd=$(vm_command "$1") || return 1
+    vm_start_ms=$(now_ms)
+    # shellcheck disable=SC2086  # the command line is words; the kernel's is one argument
+    $cmd "$CMDLINE" </dev/null >/tmp/vm.log 2>&1 &
+    vm_pid=$!
+}
+
+# The host side of every device, set up once.
+mkdir -p $SHARE /tmp/www
+echo "hello from L1" >$SHARE/from-l1
+echo "hello over the network" >/tmp/www/hello
+dd if=/dev/zero of=/tmp/scratch.img bs=1M count=0 seek=128 2>/dev/null
+if tunctl -t tap0 >/dev/null && ip addr add 10.0.2.1/24 dev tap0 && ip link set tap0 up; then
+    httpd -p 8080 -h /tmp/www
+else
+    echo "l1.sh: cannot set up tap0"
+fi
+
+if [ "$MODE" = test ]; then
+    echo "vhost-user-devices: VMM=$VMM: $(vm_command "$VMM" | tr '\n' ' ')"
+    # L2 connects to vsock CID 2 port 5001: vhost-device-vsock connects to UDS_5001.
+    start_backends || echo "l1.sh: the backends did not start"
+    rm -f /tmp/vm.pid
+    bed-io uds-listen $S/vsock.uds_5001 "hello from L1 over vsock" >/tmp/uds-listen.log 2>&1 &
+    uds_listener=$!
+    # The VM with its console shown as it comes (L2's RESULT lines are the scenario's too) and
+    # kept in /tmp/vm.log, its exit status on the last line.
+    cmd=$(vm_command "$VMM")
+    # shellcheck disable=SC2086  # the command line is words; the kernel's is one argument
+    ( $cmd "$CMDLINE" </dev/null 2>&1 & echo $! >/tmp/vm.pid; wait $!; echo "VM-STATUS $?" ) |
+        tr -d '\r' | tee /tmp/vm.log &
+    console=$!
+    # L2 listens on vsock port 5000 and says so on its console; L1 connects through the UDS.
+    if wait_for_vm 'vsock: listening on port 5000' "$CHECK_TIMEOUT"; then
+        check vsock_l1_to_l2 0 'hello from L2 over vsock' bed-io uds-connect $S/vsock.uds 5000
+    else
+        echo "RESULT vsock_l1_to_l2 fail (L2 never listened on vsock port 5000)"
+    fi
+    wait_bounded $console 900 || kill "$(cat /tmp/vm.pid)"
+    check vm_exit_status 0 'VM-STATUS 0' cat /tmp/vm.log
+    check l2_switched_root 0 'L2-SWITCH-ROOT /dev/vda' cat /tmp/vm.log
+    check l2_ran 0 'L2-EXIT 0' cat /tmp/vm.log
+    check fs_l2_to_l1 0 'hello from L2' cat $SHARE/from-l2
+    check vsock_l2_to_l1_listener 0 'accepted' cat /tmp/uds-listen.log
+    kill $uds_listener 2>/dev/null
+    stop_backends
+    exit 0
+fi
+
+# MODE=bench: a file tree in the share for the virtiofs copy (200 files of 16 KiB in 10
+# directories), then ROUNDS rounds of one boot per VMM in VMM, alternated.
+for d in $(seq 10); do
+    mkdir -p "$SHARE/tree/d$d"
+    for f in $(seq 20); do dd if=/dev/urandom of="$SHARE/tree/d$d/f$f" bs=16k count=1 2>/dev/null; done
+done
+for _ in $(seq "$ROUNDS"); do
+    for vmm in $(echo "$VMM" | tr , " "); do
+        if ! vm_command "$vmm" >/dev/null || ! command -v "$(vm_command "$vmm" | awk '{print $1}')" >/dev/null; then
+            echo "BENCH-SKIPPED $vmm (not available in L1)"; continue
+        fi
+        start_backends || { echo "BENCH-FAILED $vmm backends"; stop_backends; continue; }
+        bed-io uds-echo $S/vsock.uds_5002 >/dev/null 2>&1 &
+        echo_pid=$!
+        start_vm "$vmm"
+        # Boot to /init with root on virtio-blk: L2-READY is printed by /sbin/init on /dev/vda.
+        rss=""
+        for _ in $(seq 60000); do
+            grep -q L2-READY /tmp/vm.log && break
+            kill -0 "$vm_pid" 2>/dev/null || break
+            sleep 0.01
+        done
+        ready=$(now_ms)
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$vm_pid/status" 2>/dev/null)
+        wait_bounded "$vm_pid" 600
+        kill $echo_pid 2>/dev/null
+        stop_backends
+        if grep -q 'L2-EXIT 0' /tmp/vm.log; then
+            echo "BENCH $vmm boot_to_init_ms=$((ready - vm_start_ms)) rss_kib=${rss:-0}"
+            tr -d '\r' </tmp/vm.log | sed -n "s/^BENCH /BENCH $vmm /p"
+        else
+            # Shown by bench.sh (its lines start with BENCH), ignored by its medians.
+            echo "BENCH-FAILED $vmm"
+            tail -n 30 /tmp/vm.log /tmp/qsd.log /tmp/virtiofsd.log /tmp/vsock.log /tmp/rng.log |
+                tr -d '\r' | sed 's/^/BENCH-FAILED-LOG | /'
+        fi
+    done
+done
+exit 0

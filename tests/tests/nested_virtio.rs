@@ -249,6 +249,7 @@ fn linux_boots_with_its_root_filesystem_on_a_vhost_user_disk() {
         .arg(&root)
         .arg(&image)
         .arg("32M")
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("mkfs.ext4");
     assert!(status.success(), "mkfs.ext4 -d {root:?} {image:?}");

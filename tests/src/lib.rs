@@ -4,9 +4,11 @@
 
 pub mod eventfd;
 pub mod fake_server;
+pub mod fake_vhost_user;
 pub mod nested;
 pub mod raw_client;
 pub mod server;
+pub mod virtio_host;
 pub mod vm;
 
 pub use server::Server;

@@ -75,6 +75,14 @@ impl Nested {
         self
     }
 
+    /// An extra program in L1 at the same path, with the libraries it links (e.g. a
+    /// vhost-user backend).
+    pub fn binary(mut self, path: &Path) -> Nested {
+        self.options
+            .extend(["--binary".into(), path.display().to_string()]);
+        self
+    }
+
     /// An extra file in the L2 initramfs (the Linux our VMM boots inside L1).
     pub fn l2_file(mut self, src: &Path, dst: &str) -> Nested {
         self.options

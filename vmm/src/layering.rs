@@ -29,6 +29,9 @@ const ORDER: &[&str] = &[
     "devices",
     "devices::pci_testdev",
     "devices::ivshmem",
+    // The virtio-pci transport knows no backend; vhost-user devices plug into it.
+    "devices::virtio_pci",
+    "devices::vhost_user",
     // The one creation path knows every device kind.
     "devices::plug",
     "vm",

@@ -34,9 +34,11 @@ struct Args {
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
-    /// Guest RAM, e.g. 64M, 1G (multiple of 2M).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    memory: u64,
+    /// Guest RAM: `SIZE[,shared=on][,hugepages=on]` (or `size=SIZE,...`), e.g. 64M, 1G
+    /// (multiple of 2M). `shared=on` puts RAM in a memfd that vhost-user backends map (required
+    /// by `--device vhost-user-*`); `hugepages=on` uses 2 MiB hugetlb pages.
+    #[arg(long, default_value = "64M", value_parser = vmm::options::parse_memory)]
+    memory: vmm::memory::MemoryOptions,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
@@ -64,7 +66,12 @@ struct Args {
     /// A device, `KIND,KEY=VALUE,...`, repeatable; PCI slots follow the order given. Kinds:
     ///   ivshmem-plain,path=FILE|shm=NAME|memfd[,size=S][,mapping=slot|trap];
     ///   ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap];
-    ///   pci-testdev[,vectors=N][,ram=SIZE]
+    ///   pci-testdev[,vectors=N][,ram=SIZE];
+    /// virtio-pci devices served by a vhost-user backend process (need --memory SIZE,shared=on):
+    ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N];
+    ///   vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N];
+    ///   vhost-user-vsock,socket=PATH[,queue-size=N];
+    ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]
     #[arg(long, value_name = "KIND,KEY=VALUE...", value_parser = vmm::options::parse_device, verbatim_doc_comment)]
     device: Vec<DeviceOptions>,
     /// Benchmark floor: measure host memset and memcpy bandwidth on two buffers of SIZE (e.g.
@@ -87,7 +94,7 @@ struct Args {
     seccomp: vmm::seccomp::Mode,
 }
 
-/// `--memory` and `--bench-host-memcpy` sizes in the shared syntax ([`protocol::size`]); a bare
+/// `--bench-host-memcpy` sizes in the shared syntax ([`protocol::size`]); a bare
 /// number is MiB, as in QEMU's `-m`.
 fn parse_size(s: &str) -> Result<u64, String> {
     protocol::size::parse_size_in(s, 1 << 20).map_err(|e| e.to_string())
@@ -161,7 +168,8 @@ fn run(args: Args) -> anyhow::Result<i32> {
 
     let config = MachineConfig {
         vm: VmConfig {
-            ram_size: args.memory,
+            ram_size: args.memory.size,
+            ram_backing: args.memory.backing,
             cpus: args.cpus,
             name: args.name.clone(),
             serial: args.serial.clone(),

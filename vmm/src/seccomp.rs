@@ -19,8 +19,10 @@
 //!   irqfds, GSI routes, direct MSIs).
 //! - per thread: vCPU `KVM_RUN` and the register ioctls of exception reports and of the
 //!   instructions the VMM completes for the nested KVM; the server link's `recvmsg` and
-//!   `FIONREAD`; the watcher's `epoll_wait`; the main loop's signalfd and stdin reads, kicks
-//!   (`tgkill`) and peak RSS (`getrusage`).
+//!   `FIONREAD`; a vhost-user watcher's `shutdown` of a silent backend's socket; vCPU threads'
+//!   `sendmsg`/`recvmsg` of vhost-user requests (a virtio-pci register access); the MSI-X
+//!   watcher's `epoll_wait`; the main loop's signalfd and stdin reads, kicks (`tgkill`) and
+//!   peak RSS (`getrusage`).
 //!
 //! Nothing may open files, create sockets, map new fds, fork or exec once its filter is on.
 use std::mem::size_of;
@@ -86,10 +88,17 @@ fn device_work() -> AllowList {
         ])
 }
 
+/// A vhost-user frontend's requests: messages with fds attached, over a socket made before
+/// the filters (never a new one).
+fn vhost_user_requests(list: AllowList) -> AllowList {
+    list.allow(&[libc::SYS_sendmsg, libc::SYS_recvmsg])
+}
+
 /// The allow-list of one kind of thread.
 pub fn allow_list(kind: ThreadKind) -> AllowList {
     match kind {
-        ThreadKind::Vcpu => device_work().allow_ioctls(&[
+        // vhost-user requests (a virtio-pci register access) talk to the backend's socket.
+        ThreadKind::Vcpu => vhost_user_requests(device_work()).allow_ioctls(&[
             KVM_RUN,
             KVM_GET_REGS,
             KVM_SET_REGS,
@@ -98,8 +107,9 @@ pub fn allow_list(kind: ThreadKind) -> AllowList {
             KVM_GET_VCPU_EVENTS,
             KVM_SET_VCPU_EVENTS,
         ]),
+        // A vhost-user watcher cuts off a backend that does not answer in time.
         ThreadKind::Background => device_work()
-            .allow(&[libc::SYS_recvmsg, libc::SYS_recvfrom])
+            .allow(&[libc::SYS_recvmsg, libc::SYS_recvfrom, libc::SYS_shutdown])
             .allow_ioctls(&[libc::FIONREAD]),
         ThreadKind::MsixWatcher => {
             device_work().allow(&[libc::SYS_epoll_wait, libc::SYS_epoll_pwait])

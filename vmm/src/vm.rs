@@ -25,7 +25,9 @@ use crate::devices::plug::{DeviceError, DeviceOptions, DeviceSet, Plugged, MACHI
 use crate::devices::{DeviceContext, MachineInfo};
 use crate::exit::{ExitReason, VmControl, VmFailure};
 use crate::interrupts::InterruptRouter;
-use crate::memory::{AddressSpace, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind};
+use crate::memory::{
+    AddressSpace, GuestRam, GuestRamRegion, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind,
+};
 use crate::vcpu::{self, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
 
 /// Where the serial port's output goes.
@@ -44,6 +46,8 @@ pub enum SerialConfig {
 pub struct VmConfig {
     /// Guest RAM in bytes.
     pub ram_size: u64,
+    /// How guest RAM is allocated (`--memory ...,shared=on,hugepages=on`).
+    pub ram_backing: crate::memory::RamBacking,
     /// Number of vCPUs.
     pub cpus: u32,
     /// Prefix for console lines (`[NAME] `).
@@ -58,6 +62,7 @@ impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
             ram_size: layout::DEFAULT_RAM_SIZE,
+            ram_backing: Default::default(),
             cpus: 1,
             name: None,
             serial: SerialConfig::Stdio,
@@ -199,7 +204,7 @@ impl Vm {
 
         // Address spaces. The system-memory root spans the whole 64-bit space.
         let sysmem = MemoryRegion::container("system", u64::MAX);
-        let ram = MemoryRegion::ram("ram", config.ram_size)?;
+        let ram = config.ram_backing.create("ram", config.ram_size)?;
         sysmem.add_subregion(0, &ram, 0);
         let memory = AddressSpace::new("memory", sysmem, SpaceKind::Memory);
         memory.add_listener(Box::new(KvmMemoryListener::new(
@@ -249,6 +254,10 @@ impl Vm {
                 ram_size: config.ram_size,
                 created,
             },
+            ram: GuestRam::new(vec![GuestRamRegion {
+                guest_addr: 0,
+                region: ram.clone(),
+            }]),
         });
         let mut vm = Vm {
             kvm,

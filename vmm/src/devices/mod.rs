@@ -7,6 +7,8 @@
 //! - `rtc`: the CMOS real-time clock (MC146818) on 0x70/0x71;
 //! - `console`: where testdev and serial output goes (stdout, a file, nowhere);
 //! - `pci_testdev`, `ivshmem`: PCI devices;
+//! - `virtio_pci`: a virtio 1.x PCI transport; `vhost_user`: its devices served by vhost-user
+//!   backend processes (docs/virtio-pci.md);
 //! - `plug`: the one way every device is created, from typed [`plug::DeviceOptions`].
 //!
 //! No device sees the `Vm`: each gets a [`DeviceContext`] (the bus, the interrupt router, the
@@ -20,7 +22,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::background::BackgroundThreads;
 use crate::exit::VmControl;
 use crate::interrupts::InterruptRouter;
-use crate::memory::AddressSpace;
+use crate::memory::{AddressSpace, GuestRam};
 use crate::pci::PciBus;
 use console::Console;
 
@@ -33,6 +35,8 @@ pub mod plug;
 pub mod rtc;
 pub mod serial;
 pub mod testdev;
+pub mod vhost_user;
+pub mod virtio_pci;
 
 /// What a device needs from the VM it is plugged into.
 #[derive(Clone)]
@@ -56,6 +60,9 @@ pub struct DeviceContext {
     pub guest_memory: GuestMemoryMmap,
     /// The machine's size, for devices that report it.
     pub machine: MachineInfo,
+    /// Guest RAM region by region (guest address, size, our mapping, its file when shared):
+    /// what a vhost-user frontend describes to its backend.
+    pub ram: GuestRam,
 }
 
 /// What the guest can ask a device about the machine it runs in.
@@ -79,10 +86,21 @@ impl DeviceContext {
     pub fn without_kvm(
         ram_size: u64,
     ) -> (DeviceContext, Arc<crate::interrupts::fake::FakeIrqBackend>) {
+        Self::without_kvm_backed(ram_size, crate::memory::RamBacking::default())
+    }
+
+    /// [`DeviceContext::without_kvm`] with RAM backed as `backing` (`shared` for vhost-user
+    /// devices, whose backends map it).
+    pub fn without_kvm_backed(
+        ram_size: u64,
+        backing: crate::memory::RamBacking,
+    ) -> (DeviceContext, Arc<crate::interrupts::fake::FakeIrqBackend>) {
         use crate::arch::x86_64::layout::PCI_ECAM_ADDR;
-        use crate::memory::{MemoryRegion, SpaceKind};
+        use crate::memory::{GuestRamRegion, MemoryRegion, SpaceKind};
         let system = MemoryRegion::container("system", u64::MAX);
-        let ram = MemoryRegion::ram("ram", ram_size).expect("RAM for a KVM-less context");
+        let ram = backing
+            .create("ram", ram_size)
+            .expect("RAM for a KVM-less context");
         system.add_subregion(0, &ram, 0);
         let memory = AddressSpace::new("memory", system, SpaceKind::Memory);
         let io = AddressSpace::new(
@@ -111,6 +129,10 @@ impl DeviceContext {
                 ram_size,
                 created: Instant::now(),
             },
+            ram: GuestRam::new(vec![GuestRamRegion {
+                guest_addr: 0,
+                region: ram,
+            }]),
         };
         (ctx, fake)
     }

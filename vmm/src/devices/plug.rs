@@ -13,6 +13,8 @@ use super::pci_testdev::{PciTestDev, PciTestDevConfig, PciTestDevError};
 use super::rtc::{CmosRtc, RTC_BASE, RTC_SIZE};
 use super::serial::{SerialPort, COM1_BASE, COM1_GSI, COM1_SIZE};
 use super::testdev::{TestDev, TestDevMmio, TestDevPio};
+use super::vhost_user::{KindInfo, VhostUserError, VhostUserOptions};
+use super::virtio_pci::VirtioPci;
 use super::DeviceContext;
 use crate::arch::x86_64::layout::{self, TESTDEV_PIO_BASE, TESTDEV_PIO_SIZE};
 use crate::interrupts::InterruptError;
@@ -27,6 +29,8 @@ pub enum DeviceOptions {
     Ivshmem(IvshmemOptions),
     /// The PCI test device.
     PciTestDev(PciTestDevConfig),
+    /// A virtio-pci device served by a vhost-user backend process.
+    VhostUser(VhostUserOptions),
 }
 
 /// The ISA-style devices every VM has, at fixed addresses.
@@ -63,6 +67,8 @@ pub enum Plugged {
     Ivshmem(Arc<IvshmemDevice>),
     /// The PCI test device.
     PciTestDev(Arc<PciTestDev>),
+    /// A vhost-user device (its kind's name, e.g. `vhost-user-blk`, and the transport).
+    VhostUser(&'static str, Arc<VirtioPci>),
 }
 
 /// Why a device could not be created.
@@ -74,6 +80,9 @@ pub enum DeviceError {
     /// The PCI test device.
     #[error(transparent)]
     PciTestDev(#[from] PciTestDevError),
+    /// A vhost-user device.
+    #[error(transparent)]
+    VhostUser(#[from] VhostUserError),
     /// A legacy interrupt line could not be wired.
     #[error("{device}: {source}")]
     Interrupt {
@@ -124,6 +133,13 @@ impl DeviceSet {
             DeviceOptions::PciTestDev(config) => {
                 Plugged::PciTestDev(super::pci_testdev::add(&self.ctx, config)?)
             }
+            DeviceOptions::VhostUser(options) => {
+                // Numbered per kind in logs: vhost-user-blk0, vhost-user-blk1, ...
+                let kind = KindInfo::of(options).name;
+                let index = self.vhost_user().filter(|(k, _)| *k == kind).count();
+                let device = super::vhost_user::add(&self.ctx, options, index)?;
+                Plugged::VhostUser(kind, device)
+            }
         };
         self.plugged.push(device);
         Ok(self.plugged.last().expect("just pushed"))
@@ -141,6 +157,14 @@ impl DeviceSet {
     pub fn ivshmem(&self) -> impl Iterator<Item = &Arc<IvshmemDevice>> {
         self.plugged.iter().filter_map(|d| match d {
             Plugged::Ivshmem(device) => Some(device),
+            _ => None,
+        })
+    }
+
+    /// The vhost-user devices (kind name, transport), in the order they were plugged.
+    pub fn vhost_user(&self) -> impl Iterator<Item = (&'static str, &Arc<VirtioPci>)> {
+        self.plugged.iter().filter_map(|d| match d {
+            Plugged::VhostUser(kind, device) => Some((*kind, device)),
             _ => None,
         })
     }

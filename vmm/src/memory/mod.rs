@@ -6,6 +6,7 @@
 //! - `listener`: the `MemoryListener` trait (diffs between views);
 //! - `kvm_listener`: KVM memory slots and ioeventfds following the view;
 //! - `dispatch`: guest reads/writes (MMIO and port exits) served from a view;
+//! - `guest_ram`: how RAM is backed (shared memfd, hugepages) and how outside processes map it;
 //! - `mtree`: `info mtree` / `info flatview` text.
 //!
 //! Tree changes take effect at `AddressSpace::commit()`, like QEMU's transactions.
@@ -13,6 +14,7 @@
 mod address_space;
 mod dispatch;
 mod flat_view;
+mod guest_ram;
 mod kvm_listener;
 mod listener;
 mod mtree;
@@ -23,6 +25,7 @@ mod tests;
 
 pub use address_space::{AddressSpace, SpaceKind};
 pub use flat_view::{FlatRange, FlatView, IoEventFdRange};
+pub use guest_ram::{GuestRam, GuestRamRegion, MemoryOptions, RamBacking};
 pub use kvm_listener::{KvmListenerStats, KvmMemoryListener};
 pub use listener::MemoryListener;
 pub use region::{AccessSizes, IoAccess, MemoryRegion, RegionOps};
@@ -62,6 +65,28 @@ pub enum MemoryError {
         /// The mmap error.
         #[source]
         source: vm_memory::mmap::MmapRegionError,
+    },
+    /// A memfd for shared RAM could not be created or sized.
+    #[error("memory region {name}: creating a memfd{}: {source}", if *hugepages { " on hugepages" } else { "" })]
+    Memfd {
+        /// The region's name.
+        name: String,
+        /// Whether hugetlb pages were asked for.
+        hugepages: bool,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not enough free hugepages for a hugepage-backed region.
+    #[error(
+        "memory region {name}: cannot map {size:#x} bytes on hugepages: not enough free 2 MiB \
+         hugepages (see HugePages_Free in /proc/meminfo; raise vm.nr_hugepages)"
+    )]
+    NoHugepages {
+        /// The region's name.
+        name: String,
+        /// The size asked for.
+        size: u64,
     },
     /// The backing fd could not be duplicated (to keep it past the caller's copy).
     #[error("memory region {name}: duplicating the backing fd: {source}")]

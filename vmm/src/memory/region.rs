@@ -12,7 +12,7 @@
 //! claim an address wins.
 
 use std::fmt;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -165,6 +165,66 @@ pub(crate) enum RegionKind {
     Reservation,
 }
 
+/// A memfd of `size` bytes (hugetlb pages when `hugepages`), mapped `MAP_SHARED`: guest RAM that
+/// another process (a vhost-user backend) can map from the fd.
+fn map_memfd(name: &str, size: u64, hugepages: bool) -> Result<RamMapping, MemoryError> {
+    let len = mapping_len(name, size)?;
+    let mut flags = libc::MFD_CLOEXEC;
+    if hugepages {
+        flags |= libc::MFD_HUGETLB;
+    }
+    let cname = std::ffi::CString::new(format!("vmm-{name}")).unwrap_or_default();
+    // SAFETY: a NUL-terminated name and plain flags; the returned fd is checked below.
+    let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(MemoryError::Memfd {
+            name: name.to_string(),
+            hugepages,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh fd we own.
+    let file = unsafe { std::fs::File::from_raw_fd(raw) };
+    file.set_len(len as u64)
+        .map_err(|source| MemoryError::Memfd {
+            name: name.to_string(),
+            hugepages,
+            source,
+        })?;
+    let mapping = MmapRegion::build(
+        Some(FileOffset::new(file, 0)),
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED | if hugepages { libc::MAP_POPULATE } else { 0 },
+    );
+    mapping.map_err(|source| {
+        if hugepages {
+            // hugetlbfs reserves the pages at mmap time: ENOMEM means too few free hugepages.
+            MemoryError::NoHugepages {
+                name: name.to_string(),
+                size: len as u64,
+            }
+        } else {
+            mmap_failed(name, len, source)
+        }
+    })
+}
+
+/// Anonymous private memory on 2 MiB hugetlb pages (not shareable).
+fn map_anonymous_hugepages(name: &str, size: u64) -> Result<RamMapping, MemoryError> {
+    let len = mapping_len(name, size)?;
+    MmapRegion::build(
+        None,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
+    )
+    .map_err(|_| MemoryError::NoHugepages {
+        name: name.to_string(),
+        size: len as u64,
+    })
+}
+
 /// An ioeventfd registered on an I/O region, at an offset relative to the region.
 #[derive(Clone)]
 pub(crate) struct RegionEventFd {
@@ -269,6 +329,19 @@ impl MemoryRegion {
     /// Anonymous private RAM of `size` bytes (zero-filled).
     pub fn ram(name: &str, size: u64) -> Result<Self, MemoryError> {
         let mapping = map_anonymous(name, size)?;
+        Ok(Self::with_kind(name, size, RegionKind::Ram(mapping)))
+    }
+
+    /// RAM of `size` bytes another process can map: a memfd (on hugetlb pages when
+    /// `hugepages`), mapped `MAP_SHARED`; [`MemoryRegion::ram_file`] gives its fd.
+    pub fn ram_shared(name: &str, size: u64, hugepages: bool) -> Result<Self, MemoryError> {
+        let mapping = map_memfd(name, size, hugepages)?;
+        Ok(Self::with_kind(name, size, RegionKind::Ram(mapping)))
+    }
+
+    /// Anonymous private RAM on hugetlb pages (fails when too few are free).
+    pub fn ram_hugepages(name: &str, size: u64) -> Result<Self, MemoryError> {
+        let mapping = map_anonymous_hugepages(name, size)?;
         Ok(Self::with_kind(name, size, RegionKind::Ram(mapping)))
     }
 
@@ -494,6 +567,17 @@ impl MemoryRegion {
     pub fn host_addr(&self) -> Option<*mut u8> {
         match &self.node.kind {
             RegionKind::Ram(mapping) => Some(mapping.as_ptr()),
+            _ => None,
+        }
+    }
+
+    /// The file behind a shared RAM region and the offset of the region's first byte in it
+    /// (`None` for anonymous RAM and non-RAM regions). The fd lives as long as the region.
+    pub fn ram_file(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        match &self.node.kind {
+            RegionKind::Ram(mapping) if mapping.flags() & libc::MAP_SHARED != 0 => {
+                mapping.file_offset().map(|f| (f.file().as_fd(), f.start()))
+            }
             _ => None,
         }
     }

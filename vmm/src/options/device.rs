@@ -5,6 +5,12 @@
 //! - `ivshmem-plain,path=FILE|shm=NAME|memfd[,size=S][,mapping=slot|trap]`
 //! - `ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap]`
 //! - `pci-testdev[,vectors=N][,ram=SIZE]`
+//! - `vhost-user-blk,socket=PATH[,queues=N][,queue-size=N]`
+//! - `vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]` (N request queues)
+//! - `vhost-user-vsock,socket=PATH[,queue-size=N]`
+//! - `vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]`
+//!
+//! The vhost-user devices need guest RAM a backend can map (`--memory SIZE,shared=on`).
 //!
 //! `--ivshmem plain,...` / `--ivshmem doorbell,...` mean `--device ivshmem-plain,...` /
 //! `ivshmem-doorbell,...`, and QEMU's old `-device ivshmem,shm=NAME,size=MB` is accepted as
@@ -17,12 +23,17 @@ use crate::devices::ivshmem::options::{
 };
 use crate::devices::pci_testdev::PciTestDevConfig;
 use crate::devices::plug::DeviceOptions;
+use crate::devices::vhost_user::{VhostUserKind, VhostUserOptions, FS_TAG_MAX};
 
 /// The kinds `--device` takes, with their keys (for `--help` and error messages).
 pub const DEVICE_KINDS: &[&str] = &[
     "ivshmem-plain,path=FILE|shm=NAME|memfd[,size=S][,mapping=slot|trap]",
     "ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap]",
     "pci-testdev[,vectors=N][,ram=SIZE]",
+    "vhost-user-blk,socket=PATH[,queues=N][,queue-size=N]",
+    "vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]",
+    "vhost-user-vsock,socket=PATH[,queue-size=N]",
+    "vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]",
 ];
 
 fn known_kinds() -> String {
@@ -40,6 +51,9 @@ pub fn parse_device(text: &str) -> Result<DeviceOptions, OptionError> {
         "ivshmem-plain" => DeviceOptions::Ivshmem(ivshmem_plain(&mut kv, 1)?),
         "ivshmem-doorbell" => DeviceOptions::Ivshmem(ivshmem_doorbell(&mut kv)?),
         "pci-testdev" => DeviceOptions::PciTestDev(pci_testdev(&mut kv)?),
+        "vhost-user-blk" | "vhost-user-fs" | "vhost-user-vsock" | "vhost-user" => {
+            DeviceOptions::VhostUser(vhost_user(&mut kv)?)
+        }
         other => {
             return Err(OptionError::UnknownKind {
                 kind: other.into(),
@@ -124,6 +138,57 @@ fn ivshmem_doorbell(kv: &mut KeyValues) -> Result<IvshmemOptions, OptionError> {
         },
         mapping,
     })
+}
+
+fn vhost_user(kv: &mut KeyValues) -> Result<VhostUserOptions, OptionError> {
+    let socket = kv
+        .path("socket")?
+        .ok_or_else(|| kv.conflict("needs socket=PATH (the backend's UNIX socket)"))?;
+    let queue_size = kv.number::<u16>("queue-size", 1..=32768)?;
+    if let Some(size) = queue_size.filter(|s| !s.is_power_of_two()) {
+        return Err(kv.bad(
+            "queue-size",
+            &size.to_string(),
+            "a power of two up to 32768",
+        ));
+    }
+    // vsock has its three fixed queues: `queues` stays untaken there, so finish() refuses it.
+    let queues = match kv.kind() {
+        "vhost-user-vsock" => None,
+        _ => kv.number::<u16>("queues", 1..=256)?,
+    };
+    let kind = match kv.kind() {
+        "vhost-user-blk" => VhostUserKind::Blk,
+        "vhost-user-fs" => {
+            let tag = kv
+                .string("tag")?
+                .ok_or_else(|| kv.conflict("needs tag=NAME (what the guest mounts)"))?;
+            if tag.is_empty() || tag.len() > FS_TAG_MAX {
+                return Err(kv.bad("tag", &tag, "1 to 36 bytes"));
+            }
+            VhostUserKind::Fs { tag }
+        }
+        "vhost-user-vsock" => VhostUserKind::Vsock,
+        _ => {
+            let virtio_id = kv
+                .number::<u16>("virtio-id", 1..=0xFFBF)?
+                .ok_or_else(|| kv.conflict("needs virtio-id=N"))?;
+            let config_size = kv.number::<u32>("config-size", 0..=4096)?.unwrap_or(0);
+            if queues.is_none() {
+                return Err(kv.conflict("needs queues=N"));
+            }
+            VhostUserKind::Generic {
+                virtio_id,
+                config_size,
+            }
+        }
+    };
+    let mut options = VhostUserOptions::new(kind, socket);
+    options.queues = queues.unwrap_or(1);
+    if let Some(size) = queue_size {
+        options.queue_size = size;
+    }
+    Ok(options)
 }
 
 fn pci_testdev(kv: &mut KeyValues) -> Result<PciTestDevConfig, OptionError> {
@@ -233,7 +298,7 @@ mod tests {
             ("", "empty option string"),
             (
                 "virtio",
-                "unknown device `virtio` (have: ivshmem-plain, ivshmem-doorbell, pci-testdev)",
+                "unknown device `virtio` (have: ivshmem-plain, ivshmem-doorbell, pci-testdev, vhost-user-blk, vhost-user-fs, vhost-user-vsock, vhost-user)",
             ),
             ("ivshmem-plain", "needs exactly one of path=, shm= or memfd"),
             ("ivshmem-plain,path=/a,shm=b", "needs exactly one of"),
@@ -289,5 +354,73 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("plain, doorbell"));
+    }
+
+    fn vhost(text: &str) -> VhostUserOptions {
+        match parse_device(text).unwrap() {
+            DeviceOptions::VhostUser(o) => o,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vhost_user_spellings() {
+        let blk = vhost("vhost-user-blk,socket=/tmp/b.sock");
+        assert_eq!(blk.kind, VhostUserKind::Blk);
+        assert_eq!(blk.socket, PathBuf::from("/tmp/b.sock"));
+        assert_eq!((blk.queues, blk.queue_size), (1, 256));
+        let blk = vhost("vhost-user-blk,socket=s,queues=4,queue-size=1024");
+        assert_eq!((blk.queues, blk.queue_size), (4, 1024));
+        let fs = vhost("vhost-user-fs,socket=s,tag=share,queues=2");
+        assert_eq!(
+            fs.kind,
+            VhostUserKind::Fs {
+                tag: "share".into()
+            }
+        );
+        assert_eq!(fs.queues, 2);
+        assert_eq!(
+            vhost("vhost-user-vsock,socket=s").kind,
+            VhostUserKind::Vsock
+        );
+        let rng = vhost("vhost-user,socket=s,virtio-id=4,queues=1");
+        assert_eq!(
+            rng.kind,
+            VhostUserKind::Generic {
+                virtio_id: 4,
+                config_size: 0
+            }
+        );
+        let console = vhost("vhost-user,socket=s,virtio-id=3,queues=2,config-size=12");
+        assert_eq!(
+            console.kind,
+            VhostUserKind::Generic {
+                virtio_id: 3,
+                config_size: 12
+            }
+        );
+        assert_eq!(console.queues, 2);
+    }
+
+    #[test]
+    fn vhost_user_refusals_name_the_problem() {
+        for (text, expected) in [
+            ("vhost-user-blk", "needs socket=PATH"),
+            ("vhost-user-blk,socket=s,queue-size=100", "power of two"),
+            ("vhost-user-blk,socket=s,queues=0", "from 1 to 256"),
+            ("vhost-user-blk,socket=s,tag=x", "unknown key `tag`"),
+            ("vhost-user-fs,socket=s", "needs tag=NAME"),
+            (
+                "vhost-user-fs,socket=s,tag=0123456789012345678901234567890123456",
+                "1 to 36 bytes",
+            ),
+            ("vhost-user,socket=s,queues=1", "needs virtio-id=N"),
+            ("vhost-user,socket=s,virtio-id=4", "needs queues=N"),
+            ("vhost-user-vsock,socket=s,queues=2", "unknown key `queues`"),
+            ("vhost-user-gpu,socket=s", "unknown device"),
+        ] {
+            let error = parse_device(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 }

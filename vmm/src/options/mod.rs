@@ -5,6 +5,8 @@
 //! before anything starts, with a message naming the device, the key and the value.
 pub mod device;
 pub mod keyvalue;
+pub mod memory;
 
 pub use device::{parse_device, parse_ivshmem, DEVICE_KINDS};
 pub use keyvalue::{KeyValues, OptionError};
+pub use memory::parse_memory;

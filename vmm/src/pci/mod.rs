@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use bar::{Bar, BarKind};
 pub use bus::{Bdf, BusError, PciBus};
-pub use config::{ConfigSpace, PciIds};
+pub use config::{ConfigError, ConfigSpace, PciIds};
 pub use function::{BarSpaces, FunctionError, PciFunction};
 pub use msix::{Msix, MsixError, MsixLayout};
 

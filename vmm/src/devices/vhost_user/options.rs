@@ -1,0 +1,62 @@
+//! The typed options of a vhost-user device ([`VhostUserOptions`]). Their command-line spelling
+//! (`--device vhost-user-blk,socket=PATH,...`) is parsed at the edge, in `options::device`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Longest virtio-fs tag (the config field is 36 bytes, NUL-padded).
+pub const FS_TAG_MAX: usize = 36;
+/// Queue size when none is given (QEMU's for vhost-user-blk and -fs is 128/256).
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// How long a vCPU waits for a backend's reply before giving up on it.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which device a vhost-user backend serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VhostUserKind {
+    /// virtio-blk (id 2); configuration from the backend (GET_CONFIG).
+    Blk,
+    /// virtio-fs (id 26); configuration built here: the tag and the request queue count.
+    Fs {
+        /// The mount tag the guest uses (`mount -t virtiofs TAG /mnt`).
+        tag: String,
+    },
+    /// virtio-vsock (id 19); configuration (the guest CID) from the backend.
+    Vsock,
+    /// Any device by virtio id; configuration from the backend when it offers CONFIG.
+    Generic {
+        /// Virtio device id.
+        virtio_id: u16,
+        /// Bytes of configuration space to ask the backend for (0: none).
+        config_size: u32,
+    },
+}
+
+/// A `--device vhost-user-*` device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VhostUserOptions {
+    /// The device kind.
+    pub kind: VhostUserKind,
+    /// The backend's listening UNIX socket.
+    pub socket: PathBuf,
+    /// Queues: blk and generic, all of them; fs, the request queues (plus one high-priority
+    /// queue); vsock has its fixed three.
+    pub queues: u16,
+    /// Largest ring size the driver may choose (a power of two).
+    pub queue_size: u16,
+    /// How long one request may wait for the backend's reply.
+    pub reply_timeout: Duration,
+}
+
+impl VhostUserOptions {
+    /// Options of `kind` on `socket` with the defaults.
+    pub fn new(kind: VhostUserKind, socket: impl Into<PathBuf>) -> Self {
+        VhostUserOptions {
+            kind,
+            socket: socket.into(),
+            queues: 1,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        }
+    }
+}

@@ -36,6 +36,13 @@ section=""
 row() { rows+=("$section	| $1 | $2 | $3 | $4 | $5 | \`$6\` |"); echo "  $1: $2 vs $3 -> $4 (target $5)" >&2; }
 # value KEY TEXT: the value of the first `KEY=value` line in TEXT
 value() { printf '%s\n' "$2" | sed -n "s/^$1=//p" | head -n1; }
+# stat KEY TEXT: KEY of the `vmm-stats: {JSON}` line (vmm --stats) in TEXT
+stat() {
+    printf '%s\n' "$2" | python3 -c 'import json, sys
+for line in sys.stdin:
+    if line.startswith("vmm-stats: "):
+        print(json.loads(line[len("vmm-stats: "):])[sys.argv[1]]); break' "$1"
+}
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}')" "$1" "$2"; }
 
 # start_server SOCK ARGS...: a foreground server logging to SOCK.log, waited for
@@ -156,14 +163,14 @@ vmm_section() {
         "host memset, same size $hm GB/s (memcpy $hc GB/s)" "$(ratio "$rm" "$hm")" "close to 1" \
         "vmm --guest builtin:ram_bandwidth --memory 1G vs vmm --bench-host-memcpy 509M"
     local first spawn run
-    first=$(vmm --guest builtin:hello --stats 2>&1 | tr ' ' '\n')
+    first=$(vmm --guest builtin:hello --stats 2>&1)
     spawn=$(wall_ms 20 vmm --version)
     run=$(wall_ms 20 vmm --guest builtin:hello)
-    row "VM creation to first guest exit" "$(value first_exit_us "$first") µs; whole hello run $run ms (median of 20)" \
+    row "VM creation to first guest exit" "$(stat first_exit_us "$first") µs; whole hello run $run ms (median of 20)" \
         "starting the vmm binary (--version) $spawn ms" "$(ratio "$run" "$spawn")" "(set-up cost)" \
         "vmm --guest builtin:hello --stats (first_exit_us); wall time vs vmm --version"
     local rss qemu_rss qpid
-    rss=$(value rss_kib "$first")
+    rss=$(stat rss_kib "$first")
     if command -v qemu-system-x86_64 >/dev/null; then
         qemu-system-x86_64 -accel tcg -S -display none -nodefaults -m 64 \
             -qmp "unix:$work/qmp.sock,server=on,wait=off" &
@@ -196,8 +203,8 @@ ivshmem_section() {
         "$(ratio "$(value rtt_ns "$(tr ' ' '\n' <<<"$vm")")" "$(value rtt_ns "$base")")" "(interrupt path)" \
         "vmm --guest builtin:ivshmem_pingpong --guest-args 'role=ping peer=0' + bench doorbell-echo"
     row "VMM exits per doorbell round trip (ioeventfd + irqfd)" \
-        "$(value exits_mmio "$(tr ' ' '\n' <<<"$vm")") exits for 22,000 round trips" \
-        "slow doorbells $(value ivshmem_slow_doorbells "$(tr ' ' '\n' <<<"$vm")")" "—" "≈ set-up only" \
+        "$(stat exits_mmio "$vm") exits for 22,000 round trips" \
+        "slow doorbells $(stat ivshmem_slow_doorbells "$vm")" "—" "≈ set-up only" \
         "vmm --stats (exits_mmio, ivshmem_slow_doorbells)"
 
     # VM <-> VM doorbell round trip (partners found through the shared-memory directory).
@@ -286,14 +293,14 @@ virtio_section() {
     local host_rtt vm vm_rtt poll poll_rtt
     host_rtt=$(median "${virtio_rtt[@]}")
     vm=$(vmm --stats --guest builtin:virtio_echo --ivshmem "doorbell,socket=$sock,vectors=2" \
-        --guest-args "requests=20000 warmup=1000 bytes=64" 2>&1 | tr ' ' '\n')
-    vm_rtt=$(value ns_per_round "$vm")
+        --guest-args "requests=20000 warmup=1000 bytes=64" 2>&1)
+    vm_rtt=$(value ns_per_round "$(tr ' ' '\n' <<<"$vm")")
     row "echo request VM ↔ vhost-user-echo through a virtqueue over ivshmem, 64 B, mean" "$vm_rtt ns" \
         "host driver, same device and payloads $host_rtt ns" "$(ratio "$vm_rtt" "$host_rtt")" "(interrupt path)" \
         "vmm --guest builtin:virtio_echo --guest-args 'requests=20000 warmup=1000 bytes=64' vs virtio_bench virtio"
     row "VMM exits per virtio request from a VM (kick = ioeventfd, call = irqfd)" \
-        "$(value exits_mmio "$vm") exits for 21,000 requests" \
-        "slow doorbells $(value ivshmem_slow_doorbells "$vm")" "—" "≈ set-up only" \
+        "$(stat exits_mmio "$vm") exits for 21,000 requests" \
+        "slow doorbells $(stat ivshmem_slow_doorbells "$vm")" "—" "≈ set-up only" \
         "vmm --stats (exits_mmio, ivshmem_slow_doorbells) of the run above"
     poll=$(vmm --stats --guest builtin:virtio_echo --ivshmem "doorbell,socket=$sock,vectors=2" \
         --guest-args "requests=20000 warmup=1000 bytes=64 wait=poll" 2>&1 | tr ' ' '\n')
@@ -484,7 +491,7 @@ PREAMBLE
 - VM doorbells: a VM rings by writing BAR0's Doorbell register, which KVM turns into an eventfd
   signal (ioeventfd); the receiver's eventfd is bound to an MSI route (irqfd), which KVM injects.
   The VMM's userspace is not involved (the exits row: the only exits are the program's set-up and
-  its console; `ivshmem_slow_doorbells=0`). The extra time over a raw eventfd pair is the guest's
+  its console; `"ivshmem_slow_doorbells":0`). The extra time over a raw eventfd pair is the guest's
   interrupt entry on this machine's nested KVM, where guest ring-0 code (the interrupt stub) is
   emulated; on hardware KVM that part is native.
 - Connecting 1,000 peers × 4 vectors is 4,003,000 protocol messages (each peer learns every other

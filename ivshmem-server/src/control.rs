@@ -245,22 +245,16 @@ fn parse_request(line: &[u8], allowed: bool) -> Result<Request, String> {
     }
 }
 
-/// `{"error":"..."}` and a newline.
+/// `{"error":"..."}` and a newline; control characters in `why` become spaces, so the reply
+/// stays one line.
 pub fn error_json(why: &str) -> String {
-    let mut s = String::from("{\"error\":");
-    let escaped: String = why
+    let why: String = why
         .chars()
-        .flat_map(|c| match c {
-            '"' => vec!['\\', '"'],
-            '\\' => vec!['\\', '\\'],
-            c if (c as u32) < 0x20 => vec![' '],
-            c => vec![c],
-        })
+        .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    s.push('"');
-    s.push_str(&escaped);
-    s.push_str("\"}\n");
-    s
+    let mut line = serde_json::json!({ "error": why }).to_string();
+    line.push('\n');
+    line
 }
 
 /// The client side: sends `request` to the control socket at `path` and returns the answer.

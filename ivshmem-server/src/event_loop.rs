@@ -283,7 +283,7 @@ impl Server {
                 error_json("only the server's own user or root may upgrade it")
             }
             Request::Upgrade { allowed: true } => match self.upgrade() {
-                Ok(pid) => format!("{{\"upgraded\":true,\"pid\":{pid}}}\n"),
+                Ok(pid) => format!("{}\n", serde_json::json!({ "upgraded": true, "pid": pid })),
                 Err(why) => error_json(&format!("upgrade failed, still serving: {why}")),
             },
         }

@@ -2,16 +2,18 @@
 //! the memory, uptime and counters — as JSON for programs and as text for people. Rendering
 //! only; [`crate::control`] serves it and the event loop fills in a [`Report`].
 //!
-//! The JSON is written here by hand (the server has no JSON dependency); its shape is
-//! documented in docs/server-operations.md and versioned by `"format"`.
+//! The JSON (serde_json) has the shape documented in docs/server-operations.md, versioned by
+//! `"format"`.
 
 use std::fmt::Write;
+
+use serde::Serialize;
 
 /// Version of the JSON shape.
 pub const FORMAT: u32 = 1;
 
 /// One connected peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerReport {
     /// Its id.
     pub id: u16,
@@ -62,73 +64,68 @@ pub struct Report {
     pub peers: Vec<PeerReport>,
 }
 
-/// A JSON string literal.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// The JSON document: the report in its documented shape.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    format: u32,
+    pid: u32,
+    socket: &'a str,
+    now: u64,
+    started: u64,
+    process_started: u64,
+    uptime_s: u64,
+    memory: JsonMemory<'a>,
+    vectors: u32,
+    counters: JsonCounters,
+    peers: &'a [PeerReport],
 }
 
-fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+#[derive(Serialize)]
+struct JsonMemory<'a> {
+    size: u64,
+    backing: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonCounters {
+    joins: u64,
+    leaves: u64,
+    drops: u64,
+    upgrades: u64,
+    restarts: u64,
+    log_lines_dropped: u64,
 }
 
 impl Report {
     /// One JSON object, one line, with a trailing newline.
     pub fn to_json(&self) -> String {
-        let mut o = String::with_capacity(512 + self.peers.len() * 96);
-        let _ = write!(o, "{{\"format\":{FORMAT},\"pid\":{},\"socket\":", self.pid);
-        json_string(&mut o, &self.socket);
-        let _ = write!(
-            o,
-            ",\"now\":{},\"started\":{},\"process_started\":{},\"uptime_s\":{},\"memory\":{{\"size\":{},\"backing\":",
-            self.now,
-            self.started,
-            self.process_started,
-            self.now.saturating_sub(self.started),
-            self.memory_size
-        );
-        json_string(&mut o, &self.memory_backing);
-        let _ = write!(
-            o,
-            "}},\"vectors\":{},\"counters\":{{\"joins\":{},\"leaves\":{},\"drops\":{},\"upgrades\":{},\"restarts\":{},\"log_lines_dropped\":{}}},\"peers\":[",
-            self.vectors,
-            self.joins,
-            self.leaves,
-            self.drops,
-            self.upgrades,
-            self.restarts,
-            self.log_lines_dropped
-        );
-        for (i, p) in self.peers.iter().enumerate() {
-            if i > 0 {
-                o.push(',');
-            }
-            let _ = write!(
-                o,
-                "{{\"id\":{},\"pid\":{},\"uid\":{},\"vectors\":{},\"since\":{},\"queued\":{}}}",
-                p.id,
-                json_opt(p.pid),
-                json_opt(p.uid),
-                p.vectors,
-                p.since,
-                p.queued
-            );
-        }
-        o.push_str("]}\n");
-        o
+        let doc = JsonReport {
+            format: FORMAT,
+            pid: self.pid,
+            socket: &self.socket,
+            now: self.now,
+            started: self.started,
+            process_started: self.process_started,
+            uptime_s: self.now.saturating_sub(self.started),
+            memory: JsonMemory {
+                size: self.memory_size,
+                backing: &self.memory_backing,
+            },
+            vectors: self.vectors,
+            counters: JsonCounters {
+                joins: self.joins,
+                leaves: self.leaves,
+                drops: self.drops,
+                upgrades: self.upgrades,
+                restarts: self.restarts,
+                log_lines_dropped: self.log_lines_dropped,
+            },
+            peers: &self.peers,
+        };
+        // Plain data (numbers, strings): serializing cannot fail.
+        let mut line = serde_json::to_string(&doc).unwrap_or_default();
+        line.push('\n');
+        line
     }
 
     /// A few lines for people.

@@ -82,16 +82,18 @@ pub fn check_output(out: &Output, status: i32, want: &[&str]) -> String {
     stdout
 }
 
-/// A number from the `vmm-stats: key=value ...` line that `vmm --stats` prints on stderr.
+/// A number from the `vmm-stats: {JSON}` line that `vmm --stats` prints on stderr.
 pub fn vmm_stat(stderr: &str, key: &str) -> u64 {
     let line = stderr
         .lines()
-        .find(|l| l.starts_with("vmm-stats:"))
+        .find_map(|l| l.strip_prefix("vmm-stats: "))
         .unwrap_or_else(|| panic!("no vmm-stats line in stderr:\n{stderr}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+    let stats: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("vmm-stats is not JSON ({e}): {line}"));
+    stats
+        .get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no number {key:?} in {line}"))
 }
 
 /// Lossy UTF-8 text of captured output.

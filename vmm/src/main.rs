@@ -51,7 +51,8 @@ struct Args {
     /// Print `info mtree` and `info flatview` before running (SIGUSR1 prints them while running).
     #[arg(long)]
     dump_memory: bool,
-    /// On exit, print one line `vmm-stats: exits_mmio=.. exits_pio=.. exits_other=.. ...` on stderr.
+    /// On exit, print one line on stderr: `vmm-stats: ` and a JSON object (`exits_mmio`,
+    /// `exits_pio`, `exits_other`, `first_exit_us`, `ivshmem_slow_doorbells`, `rss_kib`).
     #[arg(long)]
     stats: bool,
     /// Benchmark floor: answer testdev NOP reads (MMIO and PIO) directly in the vCPU loop, bypassing the
@@ -109,6 +110,17 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
             _ => Err(format!("{s:?}: expected stdio, file=PATH or none")),
         },
     }
+}
+
+/// What `--stats` prints, one JSON object.
+#[derive(serde::Serialize)]
+struct StatsReport {
+    #[serde(flatten)]
+    exits: vmm::vcpu::ExitCounts,
+    /// Doorbell writes that matched no ioeventfd and reached the VMM.
+    ivshmem_slow_doorbells: u64,
+    /// Peak resident memory of the VMM process.
+    rss_kib: u64,
 }
 
 /// Peak resident memory (VmHWM), from getrusage: no file to open under the seccomp filter.
@@ -201,12 +213,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
         eprintln!("{message}");
     }
     if args.stats {
-        eprintln!(
-            "vmm-stats: {} ivshmem_slow_doorbells={} rss_kib={}",
-            exit.stats.summary(),
-            exit.ivshmem_slow_doorbells,
-            rss_kib().unwrap_or(0)
-        );
+        let report = StatsReport {
+            exits: exit.stats.counts(),
+            ivshmem_slow_doorbells: exit.ivshmem_slow_doorbells,
+            rss_kib: rss_kib().unwrap_or(0),
+        };
+        eprintln!("vmm-stats: {}", serde_json::to_string(&report)?);
     }
     Ok(exit.reason.exit_status())
 }

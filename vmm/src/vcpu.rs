@@ -47,16 +47,28 @@ pub struct ExitStats {
     pub first_exit_ns: AtomicU64,
 }
 
+/// The exit counters at one moment, as `--stats` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExitCounts {
+    /// MMIO exits.
+    pub exits_mmio: u64,
+    /// Port I/O exits.
+    pub exits_pio: u64,
+    /// Every other exit.
+    pub exits_other: u64,
+    /// Microseconds from VM creation to the first exit (0 = none).
+    pub first_exit_us: u64,
+}
+
 impl ExitStats {
-    /// One machine-readable line: `exits_mmio=.. exits_pio=.. exits_other=..`.
-    pub fn summary(&self) -> String {
-        format!(
-            "exits_mmio={} exits_pio={} exits_other={} first_exit_us={}",
-            self.mmio.load(Ordering::Relaxed),
-            self.pio.load(Ordering::Relaxed),
-            self.other.load(Ordering::Relaxed),
-            self.first_exit_ns.load(Ordering::Relaxed) / 1000
-        )
+    /// The counters now.
+    pub fn counts(&self) -> ExitCounts {
+        ExitCounts {
+            exits_mmio: self.mmio.load(Ordering::Relaxed),
+            exits_pio: self.pio.load(Ordering::Relaxed),
+            exits_other: self.other.load(Ordering::Relaxed),
+            first_exit_us: self.first_exit_ns.load(Ordering::Relaxed) / 1000,
+        }
     }
 }
 

@@ -31,16 +31,26 @@ check ivshmem_plain 0 '' vmm --guest builtin:ivshmem_check --ivshmem plain,path=
 ivshmem-server -F -S /tmp/sock --memfd -l 16M -n 2 2>/tmp/server.log &
 server=$!
 wait_for /tmp/server.log 'listening' 10
-ivshmem-client -S /tmp/sock -c 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH;
-    wait 0 60000; wait-peer 2 60000; int 1 1; int 2 1; read 64 48; read 128 48' >/tmp/host.log 2>&1 &
+# The host peer takes its commands from a FIFO, so that it rings the VMs only once both have
+# greeted everyone (their consoles say so), i.e. once each is in its doorbell loop.
+rm -f /tmp/host-in; mkfifo /tmp/host-in
+ivshmem-client -S /tmp/sock </tmp/host-in >/tmp/host.log 2>&1 &
 host=$!
-wait_for /tmp/server.log 'joined' 10
+exec 3>/tmp/host-in
+echo 'write 16 hello from the host peer\0; write 4 \x00\x00\x00\x00; write 0 IVSH' >&3
+wait_for /tmp/server.log 'peer 0 joined' 10
+id=1
 for name in vm-a vm-b; do
     vmm --name $name --guest builtin:ivshmem_demo --guest-args "peers=2 doorbells=2 timeout_ms=60000" \
         --ivshmem doorbell,socket=/tmp/sock,vectors=2 --stats >/tmp/$name.log 2>&1 &
     eval "pid_$(echo $name | tr - _)=\$!"
-    wait_for /tmp/server.log "peer [12] joined" 10
+    wait_for /tmp/server.log "peer $id joined" 10
+    id=$((id + 1))
 done
+wait_for /tmp/vm-a.log 'rang peer 2' 60
+wait_for /tmp/vm-b.log 'rang peer 1' 60
+echo 'int 1 1; int 2 1; read 64 48; read 128 48' >&3
+exec 3>&-
 for name in vm-a vm-b; do
     eval "wait_bounded \$pid_$(echo $name | tr - _)"
     check "demo_${name}_no_slow_doorbells" 0 '"ivshmem_slow_doorbells":0[,}]' cat /tmp/$name.log

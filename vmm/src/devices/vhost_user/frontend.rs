@@ -13,6 +13,7 @@
 //! (vhost-bridge's `backend.rs` does the same for rings in ivshmem memory; the two differ in
 //! where rings live and how their addresses translate.)
 
+use crate::devices::virtio_pci::QueueActivation;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,26 +85,6 @@ pub enum FrontendError {
         /// The first failure.
         since: String,
     },
-}
-
-/// One queue to start, in our address space.
-pub struct QueueStart {
-    /// Queue index.
-    pub index: usize,
-    /// Ring size.
-    pub size: u16,
-    /// Guest-physical ring addresses: descriptors, driver ring, device ring.
-    pub desc: u64,
-    /// Guest-physical driver (available) ring.
-    pub driver: u64,
-    /// Guest-physical device (used) ring.
-    pub device: u64,
-    /// Kick eventfd (the ioeventfd).
-    pub kick: Arc<EventFd>,
-    /// Call eventfd (the MSI-X vector's source).
-    pub call: Arc<EventFd>,
-    /// Error eventfd (watched by the device's thread).
-    pub err: Arc<EventFd>,
 }
 
 /// A connected, negotiated vhost-user backend.
@@ -281,7 +262,7 @@ impl Connection {
         &mut self,
         driver_features: u64,
         ram: &GuestRam,
-        queues: &[QueueStart],
+        queues: &[&QueueActivation],
     ) -> Result<(), FrontendError> {
         let protocol_bit = self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         self.request("SET_FEATURES", |f| {
@@ -305,7 +286,7 @@ impl Connection {
             .collect::<Result<Vec<_>, FrontendError>>()?;
         self.request("SET_MEM_TABLE", |f| f.set_mem_table(&regions).map(|_| ()))?;
         for q in queues {
-            let i = q.index;
+            let i = usize::from(q.index);
             let size = u64::from(q.size);
             // The rings' extents (virtio 1.x §2.7): the backend maps them whole.
             let translate = |what: &str, gpa: u64, len: u64| {
@@ -353,7 +334,7 @@ impl Connection {
         }
         if protocol_bit != 0 {
             for q in queues {
-                let i = q.index;
+                let i = usize::from(q.index);
                 self.request(&format!("SET_VRING_ENABLE {i}"), |f| {
                     f.set_vring_enable(i, true)
                 })?;

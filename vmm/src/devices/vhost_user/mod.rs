@@ -28,7 +28,7 @@ use super::DeviceContext;
 use crate::memory::GuestRam;
 use crate::pci::BusError;
 
-pub use frontend::{Connection, FrontendError, QueueStart};
+pub use frontend::{Connection, FrontendError};
 pub use kinds::{ConfigSource, KindInfo, SUPPORTED_FEATURES};
 pub use options::{VhostUserKind, VhostUserOptions, DEFAULT_QUEUE_SIZE, FS_TAG_MAX};
 pub use watchdog::RequestWatchdog;
@@ -196,20 +196,10 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn activate(&mut self, activation: Activation) -> anyhow::Result<()> {
-        let queues: Vec<QueueStart> = activation
+        let queues: Vec<_> = activation
             .queues
             .iter()
             .filter(|q| q.index < self.info.backend_queues)
-            .map(|q| QueueStart {
-                index: q.index as usize,
-                size: q.size,
-                desc: q.desc,
-                driver: q.driver,
-                device: q.device,
-                kick: q.kick.clone(),
-                call: q.call.clone(),
-                err: q.err.clone(),
-            })
             .collect();
         self.connection
             .start(activation.features, &self.ram, &queues)?;

@@ -95,11 +95,9 @@ fn qemu_linux_uses_vhost_user_devices_from_third_party_backends() {
     assert_eq!(outcome.status, Some(0));
 }
 
-/// The same scenario in our VMM (`vmm --memory 512M,shared=on --device vhost-user-blk,...`, see
-/// l1.sh's vm_command).
+/// The same scenario in our VMM (`vmm --memory 512M,shared=on --device vhost-user-blk,...
+/// --device virtio-net,tap=tap0`, see l1.sh's vm_command).
 #[test]
-#[ignore = "the VMM's virtio-pci transport and vhost-user devices (issue 14) have not landed yet; \
-            enable this when `vmm --device vhost-user-blk,socket=PATH` exists"]
 fn our_linux_uses_vhost_user_devices_from_third_party_backends() {
     let name = "our_linux_uses_vhost_user_devices_from_third_party_backends";
     if !nested_available(name) || !backends_available(name) {

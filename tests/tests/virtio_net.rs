@@ -4,7 +4,8 @@
 //!   `/dev/vhost-net` the refusal names the device, the step and the module to load; with it,
 //!   the device appears on bus 0 as a virtio-net card (1af4:1041) whose configuration space
 //!   holds the MAC and LINK_UP, offering VERSION_1, MAC and STATUS and no offload;
-//! - the `vmm` binary with a bad `mac=` or `tap=`: a clear refusal, exit status 1.
+//! - the `vmm` binary with a bad `mac=` or `tap=`: a clear refusal, exit status 1; `--help`
+//!   lists the kind.
 //!
 //! The data path (frames between the guest's rings and the TAP) needs vhost-net, which this
 //! machine's kernel lacks: it is tested on the nested bed (tests/nested/vhost-user-devices, L2
@@ -85,4 +86,14 @@ fn bad_virtio_net_options_are_refused_clearly() {
         let stderr = harness::text(&out.stderr);
         assert!(stderr.contains(expected), "{device}: {stderr}");
     }
+}
+
+#[test]
+fn help_lists_virtio_net() {
+    let out = harness::run_vmm(&["--help"]);
+    let help = harness::text(&out.stdout);
+    assert!(
+        help.contains("virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]"),
+        "{help}"
+    );
 }

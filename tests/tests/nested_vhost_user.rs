@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "hwrng_reads",
     "hwrng_is_virtio",
     "net_http_from_l1",
+    "net_after_driver_reset",
     "vsock_l1_connected",
     "blk_scratch_direct_io",
     "no_oops",

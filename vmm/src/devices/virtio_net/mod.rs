@@ -78,9 +78,7 @@ pub enum VirtioNetError {
         cause: TapError,
     },
     /// vhost-net could not be opened or set up.
-    #[error(
-        "virtio-net on {tap}: /dev/vhost-net: {what}: {cause} (is the vhost_net module loaded?)"
-    )]
+    #[error("virtio-net on {tap}: /dev/vhost-net: {what}: {cause}")]
     Vhost {
         /// The interface.
         tap: String,
@@ -182,7 +180,8 @@ impl VhostNetDevice {
             tap: tap_name.clone(),
             why,
         })?;
-        let vhost = Net::new(Arc::new(view)).map_err(vhost_error("opening"))?;
+        let vhost = Net::new(Arc::new(view))
+            .map_err(vhost_error("opening (is the vhost_net module loaded?)"))?;
         vhost.set_owner().map_err(vhost_error("VHOST_SET_OWNER"))?;
         let vhost_features = vhost
             .get_features()

@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "hwrng_reads",
     "hwrng_is_virtio",
     "net_http_from_l1",
+    "net_after_driver_reset",
     "vsock_l1_connected",
     "blk_scratch_direct_io",
     "no_oops",
@@ -95,11 +96,9 @@ fn qemu_linux_uses_vhost_user_devices_from_third_party_backends() {
     assert_eq!(outcome.status, Some(0));
 }
 
-/// The same scenario in our VMM (`vmm --memory 512M,shared=on --device vhost-user-blk,...`, see
-/// l1.sh's vm_command).
+/// The same scenario in our VMM (`vmm --memory 512M,shared=on --device vhost-user-blk,...
+/// --device virtio-net,tap=tap0`, see l1.sh's vm_command).
 #[test]
-#[ignore = "the VMM's virtio-pci transport and vhost-user devices (issue 14) have not landed yet; \
-            enable this when `vmm --device vhost-user-blk,socket=PATH` exists"]
 fn our_linux_uses_vhost_user_devices_from_third_party_backends() {
     let name = "our_linux_uses_vhost_user_devices_from_third_party_backends";
     if !nested_available(name) || !backends_available(name) {

@@ -32,6 +32,8 @@ const ORDER: &[&str] = &[
     // The virtio-pci transport knows no backend; vhost-user devices plug into it.
     "devices::virtio_pci",
     "devices::vhost_user",
+    // virtio-net on the kernel's vhost-net: another server of the transport's queues.
+    "devices::virtio_net",
     // The one creation path knows every device kind.
     "devices::plug",
     "vm",

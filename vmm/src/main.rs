@@ -72,7 +72,9 @@ struct Args {
     ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N];
     ///   vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N];
     ///   vhost-user-vsock,socket=PATH[,queue-size=N];
-    ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]
+    ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N];
+    /// a virtio-pci network card on an existing TAP, served by the kernel's vhost-net:
+    ///   virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]
     #[arg(long, value_name = "KIND,KEY=VALUE...", value_parser = vmm::options::parse_device, verbatim_doc_comment)]
     device: Vec<DeviceOptions>,
     /// Benchmark floor: measure host memset and memcpy bandwidth on two buffers of SIZE (e.g.

@@ -35,6 +35,15 @@ check vsock_l2_to_l1 0 'hello from L1 over vsock' bed-io vsock-connect 2 5001
 # (Debian's busybox-static wget crashes in its static glibc resolver: HTTP by hand with nc.)
 check net_http_from_l1 0 'hello over the network' sh -c \
     "printf 'GET /hello HTTP/1.0\r\n\r\n' | nc -w 30 10.0.2.1 8080"
+# A driver reset and a second session: unbinding virtio_net resets the device (status 0; our VMM
+# then detaches the TAP from vhost-net and reads the ring bases back), binding it again sets up
+# fresh rings on the same TAP.
+check net_after_driver_reset 0 'hello over the network' sh -c '
+    dev=$(basename "$(readlink /sys/class/net/eth0/device)") &&
+    echo "$dev" >/sys/bus/virtio/drivers/virtio_net/unbind &&
+    echo "$dev" >/sys/bus/virtio/drivers/virtio_net/bind &&
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 &&
+    printf "GET /hello HTTP/1.0\r\n\r\n" | nc -w 30 10.0.2.1 8080'
 wait_bounded $listener 60
 check vsock_l1_connected 0 '' test $? = 0
 check blk_scratch_direct_io 0 '^4\+0 records out' sh -c \

@@ -8,7 +8,8 @@
 //! - `console`: where testdev and serial output goes (stdout, a file, nowhere);
 //! - `pci_testdev`, `ivshmem`: PCI devices;
 //! - `virtio_pci`: a virtio 1.x PCI transport; `vhost_user`: its devices served by vhost-user
-//!   backend processes (docs/virtio-pci.md);
+//!   backend processes (docs/virtio-pci.md); `virtio_net`: virtio-net served by the kernel's
+//!   vhost-net on a TAP interface;
 //! - `plug`: the one way every device is created, from typed [`plug::DeviceOptions`].
 //!
 //! No device sees the `Vm`: each gets a [`DeviceContext`] (the bus, the interrupt router, the
@@ -36,6 +37,7 @@ pub mod rtc;
 pub mod serial;
 pub mod testdev;
 pub mod vhost_user;
+pub mod virtio_net;
 pub mod virtio_pci;
 
 /// What a device needs from the VM it is plugged into.

@@ -14,6 +14,7 @@ use super::rtc::{CmosRtc, RTC_BASE, RTC_SIZE};
 use super::serial::{SerialPort, COM1_BASE, COM1_GSI, COM1_SIZE};
 use super::testdev::{TestDev, TestDevMmio, TestDevPio};
 use super::vhost_user::{KindInfo, VhostUserError, VhostUserOptions};
+use super::virtio_net::{VirtioNetError, VirtioNetOptions};
 use super::virtio_pci::VirtioPci;
 use super::DeviceContext;
 use crate::arch::x86_64::layout::{self, TESTDEV_PIO_BASE, TESTDEV_PIO_SIZE};
@@ -31,6 +32,8 @@ pub enum DeviceOptions {
     PciTestDev(PciTestDevConfig),
     /// A virtio-pci device served by a vhost-user backend process.
     VhostUser(VhostUserOptions),
+    /// A virtio-net device served by the kernel's vhost-net on a TAP interface.
+    VirtioNet(VirtioNetOptions),
 }
 
 /// The ISA-style devices every VM has, at fixed addresses.
@@ -69,6 +72,8 @@ pub enum Plugged {
     PciTestDev(Arc<PciTestDev>),
     /// A vhost-user device (its kind's name, e.g. `vhost-user-blk`, and the transport).
     VhostUser(&'static str, Arc<VirtioPci>),
+    /// A virtio-net device (the transport).
+    VirtioNet(Arc<VirtioPci>),
 }
 
 /// Why a device could not be created.
@@ -83,6 +88,9 @@ pub enum DeviceError {
     /// A vhost-user device.
     #[error(transparent)]
     VhostUser(#[from] VhostUserError),
+    /// A virtio-net device.
+    #[error(transparent)]
+    VirtioNet(#[from] VirtioNetError),
     /// A legacy interrupt line could not be wired.
     #[error("{device}: {source}")]
     Interrupt {
@@ -140,6 +148,10 @@ impl DeviceSet {
                 let device = super::vhost_user::add(&self.ctx, options, index)?;
                 Plugged::VhostUser(kind, device)
             }
+            DeviceOptions::VirtioNet(options) => {
+                let index = self.virtio_net().count();
+                Plugged::VirtioNet(super::virtio_net::add(&self.ctx, options, index)?)
+            }
         };
         self.plugged.push(device);
         Ok(self.plugged.last().expect("just pushed"))
@@ -165,6 +177,14 @@ impl DeviceSet {
     pub fn vhost_user(&self) -> impl Iterator<Item = (&'static str, &Arc<VirtioPci>)> {
         self.plugged.iter().filter_map(|d| match d {
             Plugged::VhostUser(kind, device) => Some((*kind, device)),
+            _ => None,
+        })
+    }
+
+    /// The virtio-net devices (their transports), in the order they were plugged.
+    pub fn virtio_net(&self) -> impl Iterator<Item = &Arc<VirtioPci>> {
+        self.plugged.iter().filter_map(|d| match d {
+            Plugged::VirtioNet(device) => Some(device),
             _ => None,
         })
     }

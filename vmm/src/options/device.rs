@@ -9,8 +9,10 @@
 //! - `vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]` (N request queues)
 //! - `vhost-user-vsock,socket=PATH[,queue-size=N]`
 //! - `vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]`
+//! - `virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]`
 //!
-//! The vhost-user devices need guest RAM a backend can map (`--memory SIZE,shared=on`).
+//! The vhost-user devices need guest RAM a backend can map (`--memory SIZE,shared=on`);
+//! virtio-net (the kernel's vhost-net, in our address space) does not.
 //!
 //! `--ivshmem plain,...` / `--ivshmem doorbell,...` mean `--device ivshmem-plain,...` /
 //! `ivshmem-doorbell,...`, and QEMU's old `-device ivshmem,shm=NAME,size=MB` is accepted as
@@ -24,6 +26,7 @@ use crate::devices::ivshmem::options::{
 use crate::devices::pci_testdev::PciTestDevConfig;
 use crate::devices::plug::DeviceOptions;
 use crate::devices::vhost_user::{VhostUserKind, VhostUserOptions, FS_TAG_MAX};
+use crate::devices::virtio_net::{MacAddress, VirtioNetOptions, IFNAME_MAX};
 
 /// The kinds `--device` takes, with their keys (for `--help` and error messages).
 pub const DEVICE_KINDS: &[&str] = &[
@@ -34,6 +37,7 @@ pub const DEVICE_KINDS: &[&str] = &[
     "vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]",
     "vhost-user-vsock,socket=PATH[,queue-size=N]",
     "vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]",
+    "virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]",
 ];
 
 fn known_kinds() -> String {
@@ -54,6 +58,7 @@ pub fn parse_device(text: &str) -> Result<DeviceOptions, OptionError> {
         "vhost-user-blk" | "vhost-user-fs" | "vhost-user-vsock" | "vhost-user" => {
             DeviceOptions::VhostUser(vhost_user(&mut kv)?)
         }
+        "virtio-net" => DeviceOptions::VirtioNet(virtio_net(&mut kv)?),
         other => {
             return Err(OptionError::UnknownKind {
                 kind: other.into(),
@@ -191,6 +196,36 @@ fn vhost_user(kv: &mut KeyValues) -> Result<VhostUserOptions, OptionError> {
     Ok(options)
 }
 
+fn virtio_net(kv: &mut KeyValues) -> Result<VirtioNetOptions, OptionError> {
+    let tap = kv
+        .string("tap")?
+        .ok_or_else(|| kv.conflict("needs tap=NAME (an existing TAP interface)"))?;
+    if tap.is_empty() || tap.len() > IFNAME_MAX || tap.contains(['/', ' ', '\0']) {
+        return Err(kv.bad("tap", &tap, "an interface name of 1 to 15 bytes"));
+    }
+    let mac = match kv.string("mac")? {
+        Some(text) => Some(
+            text.parse::<MacAddress>()
+                .map_err(|e| kv.bad("mac", &text, &e.to_string()))?,
+        ),
+        None => None,
+    };
+    let queue_size = kv.number::<u16>("queue-size", 1..=32768)?;
+    if let Some(size) = queue_size.filter(|s| !s.is_power_of_two()) {
+        return Err(kv.bad(
+            "queue-size",
+            &size.to_string(),
+            "a power of two up to 32768",
+        ));
+    }
+    let mut options = VirtioNetOptions::new(tap);
+    options.mac = mac;
+    if let Some(size) = queue_size {
+        options.queue_size = size;
+    }
+    Ok(options)
+}
+
 fn pci_testdev(kv: &mut KeyValues) -> Result<PciTestDevConfig, OptionError> {
     let mut config = PciTestDevConfig::default();
     if let Some(vectors) = kv.number("vectors", 1..=2048)? {
@@ -298,7 +333,7 @@ mod tests {
             ("", "empty option string"),
             (
                 "virtio",
-                "unknown device `virtio` (have: ivshmem-plain, ivshmem-doorbell, pci-testdev, vhost-user-blk, vhost-user-fs, vhost-user-vsock, vhost-user)",
+                "unknown device `virtio` (have: ivshmem-plain, ivshmem-doorbell, pci-testdev, vhost-user-blk, vhost-user-fs, vhost-user-vsock, vhost-user, virtio-net)",
             ),
             ("ivshmem-plain", "needs exactly one of path=, shm= or memfd"),
             ("ivshmem-plain,path=/a,shm=b", "needs exactly one of"),
@@ -418,6 +453,41 @@ mod tests {
             ("vhost-user,socket=s,virtio-id=4", "needs queues=N"),
             ("vhost-user-vsock,socket=s,queues=2", "unknown key `queues`"),
             ("vhost-user-gpu,socket=s", "unknown device"),
+        ] {
+            let error = parse_device(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn virtio_net_spellings() {
+        let DeviceOptions::VirtioNet(o) = parse_device("virtio-net,tap=tap0").unwrap() else {
+            panic!("not virtio-net")
+        };
+        assert_eq!(o, VirtioNetOptions::new("tap0"));
+        assert_eq!(o.queue_size, 256);
+        let DeviceOptions::VirtioNet(o) =
+            parse_device("virtio-net,tap=t1,mac=02:00:00:00:00:01,queue-size=1024").unwrap()
+        else {
+            panic!("not virtio-net")
+        };
+        assert_eq!(o.tap, "t1");
+        assert_eq!(o.mac, Some(MacAddress([2, 0, 0, 0, 0, 1])));
+        assert_eq!(o.queue_size, 1024);
+    }
+
+    #[test]
+    fn virtio_net_refusals_name_the_problem() {
+        for (text, expected) in [
+            ("virtio-net", "needs tap=NAME"),
+            ("virtio-net,tap=", "tap"),
+            ("virtio-net,tap=0123456789abcdef", "1 to 15 bytes"),
+            ("virtio-net,tap=a/b", "1 to 15 bytes"),
+            ("virtio-net,tap=t,mac=01:00:5e:00:00:01", "not multicast"),
+            ("virtio-net,tap=t,mac=52:54:00:12:34", "six hex bytes"),
+            ("virtio-net,tap=t,queue-size=3", "power of two"),
+            ("virtio-net,tap=t,queues=2", "unknown key `queues`"),
+            ("virtio-net,tap=t,socket=/s", "unknown key `socket`"),
         ] {
             let error = parse_device(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");

@@ -467,7 +467,7 @@ impl Server {
             let line = format!("peer {gone} left: disconnected while no server ran");
             self.log_peer(None, "left: gap".into(), line);
             for other in self.peers.ids_in_order() {
-                self.notify(other, vec![leave(gone)]);
+                self.notify(other, &[leave(gone)]);
             }
         }
         if had_pending {
@@ -731,7 +731,7 @@ impl Server {
         let existing = self.peers.ids_in_order();
         let join = peer_vectors(id, &vectors);
         for &other in &existing {
-            self.notify(other, join.clone());
+            self.notify(other, &join);
         }
 
         // Steps 1-3, 5, 6 for the newcomer.
@@ -776,7 +776,7 @@ impl Server {
     }
 
     /// Queues notices for a peer and sends what its socket takes; dooms it on overflow.
-    fn notify(&mut self, id: u16, messages: Vec<crate::peer::SharedMessage>) {
+    fn notify(&mut self, id: u16, messages: &[crate::peer::SharedMessage]) {
         if self.doomed_set.contains(&id) {
             return;
         }
@@ -901,8 +901,9 @@ impl Server {
                     t.leave(id);
                 }
                 self.ring_lifecycle();
+                let notice = [leave(id)];
                 for other in self.peers.ids_in_order() {
-                    self.notify(other, vec![leave(id)]);
+                    self.notify(other, &notice);
                 }
                 // After the announcement: a crash before this repeats it rather than losing it.
                 self.tell_keeper(crate::keeper::TAG_LEFT, &seq.to_le_bytes(), &[]);
@@ -926,7 +927,7 @@ impl Server {
                 let Some(peer) = self.peers.get_mut(recipient) else {
                     break;
                 };
-                if peer.queue.push_notices(vec![leave(gone)]).is_err() {
+                if peer.queue.push_notices(&[leave(gone)]).is_err() {
                     self.doomed_set.insert(recipient);
                     break;
                 }

@@ -10,7 +10,6 @@
 //! Peers to drop are collected in a work list and processed one at a time, because announcing
 //! one departure can make another peer's queue overflow.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -63,7 +62,7 @@ pub struct Server {
     peers: PeerTable,
     /// Peers to drop, with the reason, in order.
     doomed: Vec<(u16, String)>,
-    doomed_set: HashSet<u16>,
+    doomed_set: crate::peer::IdSet,
     /// An fd kept in reserve so that accept can still take (and refuse) a connection when the
     /// fd table is full; otherwise the listener would stay readable and the loop would spin.
     reserve_fd: Option<File>,
@@ -149,7 +148,7 @@ impl Server {
             config,
             peers: PeerTable::new(),
             doomed: Vec::new(),
-            doomed_set: HashSet::new(),
+            doomed_set: crate::peer::IdSet::default(),
             reserve_fd: File::open("/dev/null").ok(),
             quitting: false,
             peer_log: RateLimiter::new(BURST, WINDOW, MAX_KEYS),

@@ -97,6 +97,8 @@ pub struct Server {
     table: Option<crate::state_table::StateTable>,
     /// `--lifecycle-vector`: rung on every peer at each join and leave.
     lifecycle: Option<u32>,
+    /// `epoll_wait`'s buffer, reused ([`Server::run_once`]).
+    events: Vec<EpollEvent>,
 }
 
 /// What the shared memory is, for hand-overs and `--status`.
@@ -169,6 +171,7 @@ impl Server {
             pending_leaves: Vec::new(),
             table: None,
             lifecycle: None,
+            events: Vec::new(),
         })
     }
 
@@ -605,11 +608,19 @@ impl Server {
     ///
     /// [`run`]: Server::run
     pub fn run_once(&mut self, timeout: EpollTimeout) -> io::Result<bool> {
-        let mut events = [EpollEvent::empty(); 256];
+        // Kept between calls: zeroing a fresh 256-event array was ~8% of the server's
+        // instructions per join/leave cycle (callgrind).
+        let mut events = std::mem::take(&mut self.events);
+        if events.is_empty() {
+            events = vec![EpollEvent::empty(); 256];
+        }
         let n = match self.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.events = events;
+                return Err(e.into());
+            }
         };
         for event in &events[..n] {
             match event.data() {
@@ -626,6 +637,7 @@ impl Server {
         for summary in self.peer_log.expire(Instant::now()) {
             log::info!("{summary}");
         }
+        self.events = events;
         Ok(self.quitting)
     }
 

@@ -251,6 +251,7 @@ impl OutQueue {
 
     /// Queues handshake messages, unbounded.
     pub fn push_handshake(&mut self, messages: Vec<SharedMessage>) {
+        self.items.reserve(messages.len());
         for m in messages {
             self.push(m, false);
         }

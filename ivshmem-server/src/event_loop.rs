@@ -285,7 +285,9 @@ impl Server {
                 error_json("only the server's own user or root may upgrade it")
             }
             Request::Upgrade { allowed: true } => match self.upgrade() {
-                Ok(pid) => format!("{}\n", serde_json::json!({ "upgraded": true, "pid": pid })),
+                // Written by hand: serde_json's map sorts keys, and the documented reply (and
+                // tests/server_status.rs) has "upgraded" first.
+                Ok(pid) => format!("{{\"upgraded\":true,\"pid\":{pid}}}\n"),
                 Err(why) => error_json(&format!("upgrade failed, still serving: {why}")),
             },
         }

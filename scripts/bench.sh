@@ -124,6 +124,79 @@ server_section() {
     done
 }
 
+# recovery_ms MODE SERVER SCRATCH N: median/min/max ms over N samples from a signal to the next
+# server answering a new connection. MODE upgrade: SIGUSR2 to the serving process, then (once it
+# has exited, so any answer comes from its successor) a connection gets its first message.
+# MODE crash: `--keeper`, SIGKILL to the serving process (pid from --status --json), then a
+# connection (queued on the listener the keeper holds) gets its first message.
+recovery_ms() {
+    python3 - "$@" <<'PY'
+import json, os, signal, socket, statistics, subprocess, sys, time
+mode, server, scratch, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sock = os.path.join(scratch, f"ops-{mode}.sock")
+args = [server, "-F", "-S", sock, "--memfd", "-l", "1M", "-n", "1"] + (["--keeper"] if mode == "crash" else [])
+proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def answer(deadline=10.0):
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(max(0.01, end - time.monotonic()))
+            s.connect(sock)
+            data = s.recv(8)
+            s.close()
+            if len(data) == 8:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise SystemExit(f"no answer on {sock}")
+        time.sleep(0.0005)
+def serving_pid():
+    out = subprocess.run([server, "--status", "--json", "-S", sock], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["pid"]
+try:
+    answer()
+    times = []
+    for _ in range(n):
+        time.sleep(0.2)
+        pid = serving_pid()
+        t0 = time.perf_counter()
+        if mode == "upgrade":
+            os.kill(pid, signal.SIGUSR2)
+            # The old process exits once its successor serves; it may be our child or not.
+            # A zombie counts as gone (an orphan waits for its reaper).
+            while pid != proc.pid or proc.poll() is None:
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                            break
+                except OSError:
+                    break
+                time.sleep(0.0002)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        answer()
+        times.append((time.perf_counter() - t0) * 1000)
+    print(f"{statistics.median(times):.1f} {min(times):.1f} {max(times):.1f}")
+finally:
+    try:
+        pid = serving_pid()
+        os.kill(pid, signal.SIGTERM)
+    except Exception:
+        pass
+    if mode == "crash":
+        try:
+            proc.terminate()
+        except Exception:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except Exception:
+        proc.kill()
+PY
+}
+
 server_ops_section() {
     echo "== server operations" >&2
     local off on a b
@@ -140,6 +213,15 @@ server_ops_section() {
     row "join/leave cycles per second, --state-table 0 (quiet, median of 3)" "$b/s" \
         "without the state table $a/s" "$(ratio "$b" "$a")" "≥ 0.95" \
         "load cycles --server ivshmem-server --secs 2 --server-arg=-l --server-arg=4M [--server-arg=--state-table=0], alternating, 3×"
+    local up crash
+    up=$(recovery_ms upgrade "$R/ivshmem-server" "$work" 20)
+    row "upgrade pause: SIGUSR2 → a new connection answered by the successor (quiet, median of 20)" \
+        "${up%% *} ms (range ${up#* } ms)" "—" "—" "(reference)" \
+        "ivshmem-server -F -S SOCK --memfd -l 1M -n 1; 20× SIGUSR2, then connect + read 8 bytes once the old process exited (recovery_ms in bench.sh)"
+    crash=$(recovery_ms crash "$R/ivshmem-server" "$work" 20)
+    row "crash recovery under --keeper: SIGKILL → a new connection answered (quiet, median of 20)" \
+        "${crash%% *} ms (range ${crash#* } ms)" "—" "—" "(reference; issue: within 1 s)" \
+        "ivshmem-server -F -S SOCK --memfd -l 1M -n 1 --keeper; 20× SIGKILL to the serving pid (--status --json), then connect + read 8 bytes (recovery_ms in bench.sh)"
 }
 
 # wall_ms N CMD...: median wall time of N runs of CMD, in ms
@@ -465,7 +547,7 @@ guest_linux_section() {
 declare -A titles=(
     [host]="host peers (peer library vs raw eventfd and memcpy)"
     [server]="server (connects and churn vs a minimal broker)"
-    [server_ops]="server operations (state table; upgrade and crash recovery not measured yet)"
+    [server_ops]="server operations (upgrade pause, crash recovery, state table cost)"
     [vmm]="VMM (exit dispatch, guest RAM, start-up, memory)"
     [ivshmem]="ivshmem devices (VM doorbells and BAR2)"
     [virtio]="virtio over ivshmem (requests through a virtqueue vs a UNIX socket pair)"

@@ -106,9 +106,10 @@ host_section() {
 server_section() {
     echo "== server load" >&2
     local load cycles pin regime
-    # Both wake-up regimes: as scheduled (~50 µs wake-ups between idle vCPUs) and everything on
+    # Both wake-up regimes: unpinned (the scheduler spreads the processes over both CPUs, ~50 µs
+    # wake-ups between idle vCPUs) and everything on
     # one CPU (~2.6 µs wake-ups, where the server's own work per message shows).
-    for regime in quiet pinned; do
+    for regime in unpinned pinned; do
         pin=()
         if [ "$regime" = pinned ]; then pin=(taskset -c 0); fi
         load=$("${pin[@]}" "$R/examples/load" connect --server "$R/ivshmem-server" --peers 1000 --vectors 4)
@@ -210,16 +211,16 @@ server_ops_section() {
         off+=("$(value cycles_per_sec "$a")"); on+=("$(value cycles_per_sec "$b")")
     done
     a=$(median "${off[@]}"); b=$(median "${on[@]}")
-    row "join/leave cycles per second, --state-table 0 (quiet, median of 3)" "$b/s" \
+    row "join/leave cycles per second, --state-table 0 (unpinned, median of 3)" "$b/s" \
         "without the state table $a/s" "$(ratio "$b" "$a")" "≥ 0.95" \
         "load cycles --server ivshmem-server --secs 2 --server-arg=-l --server-arg=4M [--server-arg=--state-table=0], alternating, 3×"
     local up crash
     up=$(recovery_ms upgrade "$R/ivshmem-server" "$work" 20)
-    row "upgrade pause: SIGUSR2 → a new connection answered by the successor (quiet, median of 20)" \
+    row "upgrade pause: SIGUSR2 → a new connection answered by the successor (unpinned, median of 20)" \
         "${up%% *} ms (range ${up#* } ms)" "—" "—" "(reference)" \
         "ivshmem-server -F -S SOCK --memfd -l 1M -n 1; 20× SIGUSR2, then connect + read 8 bytes once the old process exited (recovery_ms in bench.sh)"
     crash=$(recovery_ms crash "$R/ivshmem-server" "$work" 20)
-    row "crash recovery under --keeper: SIGKILL → a new connection answered (quiet, median of 20)" \
+    row "crash recovery under --keeper: SIGKILL → a new connection answered (unpinned, median of 20)" \
         "${crash%% *} ms (range ${crash#* } ms)" "—" "—" "(reference; issue: within 1 s)" \
         "ivshmem-server -F -S SOCK --memfd -l 1M -n 1 --keeper; 20× SIGKILL to the serving pid (--status --json), then connect + read 8 bytes (recovery_ms in bench.sh)"
 }

@@ -83,6 +83,14 @@ impl Nested {
         self
     }
 
+    /// An extra program in L1 at `dst` (with the libraries ldd lists). For programs whose own
+    /// path L1 would hide: L1 mounts a tmpfs on /tmp, where a checkout (and its target/) may be.
+    pub fn binary_at(mut self, src: &Path, dst: &str) -> Nested {
+        self.options
+            .extend(["--binary".into(), format!("{}:{dst}", src.display())]);
+        self
+    }
+
     /// An extra file in the L2 initramfs (the Linux our VMM boots inside L1).
     pub fn l2_file(mut self, src: &Path, dst: &str) -> Nested {
         self.options

@@ -198,9 +198,11 @@ fn virtio_net_moves_frames_through_vhost_net_in_l1() {
         return;
     }
     let exe = std::env::current_exe().expect("the test binary's path");
+    // At a fixed path: L1's /tmp is a tmpfs, which would hide a checkout under /tmp.
+    let in_l1 = "/usr/local/bin/virtio-net-test";
     let outcome = harness::nested::Nested::scenario("virtio-net-host")
-        .binary(&exe)
-        .arg(&format!("VIRTIO_NET_TEST={}", exe.display()))
+        .binary_at(&exe, in_l1)
+        .arg(&format!("VIRTIO_NET_TEST={in_l1}"))
         .run();
     outcome.assert_passed(&["virtio_net_host_test"]);
     assert_eq!(outcome.status, Some(0));

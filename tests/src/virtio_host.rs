@@ -230,6 +230,43 @@ pub struct Buf {
     pub writable: bool,
 }
 
+/// One virtio-blk request of one sector through `driver` (IN = read, OUT = write), its header
+/// at `at`, the sector's data at `at + 0x1000` and the status byte at `at + 0x2000` (guest RAM
+/// the caller keeps clear of its rings); returns the status byte.
+pub fn blk_request(
+    m: &Machine,
+    driver: &mut HostDriver<'_>,
+    write: bool,
+    sector: u64,
+    at: u64,
+) -> u8 {
+    let (header, data, status_byte) = (at, at + 0x1000, at + 0x2000);
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(&u32::from(write).to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&sector.to_le_bytes());
+    m.write_bytes(header, &bytes);
+    m.write_bytes(status_byte, &[0xFF]);
+    driver.submit(&[
+        Buf {
+            addr: header,
+            len: 16,
+            writable: false,
+        },
+        Buf {
+            addr: data,
+            len: 512,
+            writable: !write,
+        },
+        Buf {
+            addr: status_byte,
+            len: 1,
+            writable: true,
+        },
+    ]);
+    m.read_bytes(status_byte, 1)[0]
+}
+
 /// A virtio-pci driver on the host, one split queue (`queue`), polling its used ring.
 pub struct HostDriver<'a> {
     m: &'a Machine,

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::virtio_host::{
-    backend_available, reg, status, Backend, Buf, HostDriver, Machine, BAR4, WAIT,
+    backend_available, reg, status, Backend, HostDriver, Machine, BAR4, WAIT,
 };
 use harness::{require_kvm, run_vmm, text, wait_until, Scratch};
 use vmm::devices::vhost_user::{self, VhostUserKind, VhostUserOptions};
@@ -30,8 +30,7 @@ use vmm::memory::RamBacking;
 const QSD: &str = "qemu-storage-daemon";
 const IMAGE_SIZE: u64 = 8 << 20;
 const HEADER: u64 = 0x11_0000;
-const DATA: u64 = 0x11_1000;
-const STATUS_BYTE: u64 = 0x11_2000;
+const DATA: u64 = HEADER + 0x1000;
 
 macro_rules! require_qsd {
     () => {
@@ -77,30 +76,7 @@ fn make_image(path: &Path) {
 
 /// One virtio-blk request of one sector (IN = read, OUT = write); returns the status byte.
 fn blk_request(m: &Machine, driver: &mut HostDriver<'_>, write: bool, sector: u64) -> u8 {
-    let mut header = Vec::new();
-    header.extend_from_slice(&u32::from(write).to_le_bytes());
-    header.extend_from_slice(&0u32.to_le_bytes());
-    header.extend_from_slice(&sector.to_le_bytes());
-    m.write_bytes(HEADER, &header);
-    m.write_bytes(STATUS_BYTE, &[0xFF]);
-    driver.submit(&[
-        Buf {
-            addr: HEADER,
-            len: 16,
-            writable: false,
-        },
-        Buf {
-            addr: DATA,
-            len: 512,
-            writable: !write,
-        },
-        Buf {
-            addr: STATUS_BYTE,
-            len: 1,
-            writable: true,
-        },
-    ]);
-    m.read_bytes(STATUS_BYTE, 1)[0]
+    harness::virtio_host::blk_request(m, driver, write, sector, HEADER)
 }
 
 fn blk_options(socket: &Path) -> VhostUserOptions {

@@ -13,9 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::fake_vhost_user::{request, Action, FakeVhostUser, Fault};
-use harness::virtio_host::{
-    backend_available, reg, status, Backend, Buf, HostDriver, Machine, BAR4,
-};
+use harness::virtio_host::{backend_available, reg, status, Backend, HostDriver, Machine, BAR4};
 use harness::Scratch;
 use vmm::devices::vhost_user::{self, VhostUserKind, VhostUserOptions};
 
@@ -71,27 +69,7 @@ fn machine_with_disk_and(dir: &Scratch, fake: &FakeVhostUser) -> (Machine, Backe
 
 /// One read of sector 0 on the disk; its status byte.
 fn disk_read(m: &Machine, disk: &mut HostDriver<'_>) -> u8 {
-    let (header, data, status_byte) = (0x18_0000, 0x18_1000, 0x18_2000);
-    m.write_bytes(header, &[0u8; 16]);
-    m.write_bytes(status_byte, &[0xFF]);
-    disk.submit(&[
-        Buf {
-            addr: header,
-            len: 16,
-            writable: false,
-        },
-        Buf {
-            addr: data,
-            len: 512,
-            writable: true,
-        },
-        Buf {
-            addr: status_byte,
-            len: 1,
-            writable: true,
-        },
-    ]);
-    m.read_bytes(status_byte, 1)[0]
+    harness::virtio_host::blk_request(m, disk, false, 0, 0x18_0000)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use harness::virtio_host::{backend_available, status, Backend, Buf, HostDriver, Machine, BAR4};
+use harness::virtio_host::{backend_available, status, Backend, HostDriver, Machine, BAR4};
 use harness::{fd_count, Scratch};
 use vmm::devices::vhost_user::{self, VhostUserKind, VhostUserOptions};
 
@@ -19,26 +19,10 @@ fn one_round(socket: &std::path::Path) {
     .expect("the disk");
     m.map_device();
     let mut driver = HostDriver::start(&m, 0);
-    let (header, data, status_byte) = (0x18_0000, 0x18_1000, 0x18_2000);
-    m.write_bytes(header, &[0u8; 16]);
-    driver.submit(&[
-        Buf {
-            addr: header,
-            len: 16,
-            writable: false,
-        },
-        Buf {
-            addr: data,
-            len: 512,
-            writable: true,
-        },
-        Buf {
-            addr: status_byte,
-            len: 1,
-            writable: true,
-        },
-    ]);
-    assert_eq!(m.read_bytes(status_byte, 1)[0], 0);
+    assert_eq!(
+        harness::virtio_host::blk_request(&m, &mut driver, false, 0, 0x18_0000),
+        0
+    );
     // The guest resets the device (the backend stops its ring), then the machine goes.
     m.write(BAR4 + harness::virtio_host::reg::STATUS, 1, 0);
     assert_eq!(driver.status() & status::NEEDS_RESET, 0);

@@ -4,7 +4,6 @@
 //! host peer on that server: memory both ways, doorbells both ways on every vector, and it
 //! leaves while the guest waits. The guest's own checks are in tests/nested/linux-guest/l1.sh.
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,26 +21,6 @@ const PLAIN_B: &str = "00:06.0";
 const HOST_GREETING: usize = 256;
 const GUEST_GREETING: usize = 512;
 const GUEST_STEP: usize = 768;
-
-/// Builds the module against the test kernel's headers (scripts/build-guest-driver.sh); None
-/// (skip) when that is impossible here, a failure under IVSHMEM_REQUIRE_KVM=1.
-fn build_driver() -> Option<PathBuf> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest-driver.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run build-guest-driver.sh");
-    if out.status.success() {
-        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    let why = String::from_utf8_lossy(&out.stderr);
-    if std::env::var("IVSHMEM_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("{TEST}: cannot build the guest driver: {why}");
-    }
-    eprintln!(
-        "SKIP {TEST}: cannot build the guest driver (scripts/test.sh installs the headers): {why}"
-    );
-    None
-}
 
 fn plain_file(path: &std::path::Path, size: u64, text: &[u8]) {
     let file = std::fs::File::create(path).expect("create plain backing file");
@@ -127,7 +106,7 @@ fn linux_guest_driver_and_client_in_qemu() {
     if !nested_available(TEST) {
         return;
     }
-    let Some(module) = build_driver() else {
+    let Some(module) = harness::nested::build_guest_driver(TEST) else {
         return;
     };
     let checks = bin_dir().join("examples/driver_checks");
@@ -262,7 +241,7 @@ fn linux_guest_driver_and_client_in_our_vmm() {
     if !nested_available("linux_guest_driver_and_client_in_our_vmm") {
         return;
     }
-    let Some(module) = build_driver() else {
+    let Some(module) = harness::nested::build_guest_driver(TEST) else {
         return;
     };
     let checks = bin_dir().join("examples/driver_checks");

@@ -3,39 +3,18 @@
 //! (`peers`, `wait-peer`, `int all`), waits for a host peer that joins while it waits, and
 //! refuses the commands without a table (tests/nested/linux-guest-peers).
 use std::path::PathBuf;
-use std::process::Command;
 
 use harness::bin;
 use harness::nested::{nested_available, Nested};
 
 const TEST: &str = "linux_guest_client_reads_the_state_table";
 
-/// Builds the module (scripts/build-guest-driver.sh); None (skip) when that is impossible here,
-/// a failure under IVSHMEM_REQUIRE_KVM=1.
-fn build_driver() -> Option<PathBuf> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-guest-driver.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run build-guest-driver.sh");
-    if out.status.success() {
-        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    let why = String::from_utf8_lossy(&out.stderr);
-    if std::env::var("IVSHMEM_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("{TEST}: cannot build the guest driver: {why}");
-    }
-    eprintln!(
-        "SKIP {TEST}: cannot build the guest driver (scripts/test.sh installs the headers): {why}"
-    );
-    None
-}
-
 #[test]
 fn linux_guest_client_reads_the_state_table() {
     if !nested_available(TEST) {
         return;
     }
-    let Some(module) = build_driver() else {
+    let Some(module) = harness::nested::build_guest_driver(TEST) else {
         return;
     };
     let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nested/lib.sh");

@@ -180,6 +180,25 @@ ext4_of() {
     "$mke2fs" -q -F -t ext4 -L l2root -d "$1" "$2" "${3}M" >/dev/null || die "mke2fs -d $1 failed"
 }
 
+# hold_bed_lock: one bed at a time on this machine. Two L1s with two TCG vCPUs each on a
+# two-core host starve each other's vCPUs, which is when the bed's own timing faults appear; the
+# runs are CPU-bound, so running them one after another costs little. Held until this script
+# ends (the lock is on a file descriptor). NESTED_LOCK names the file.
+hold_bed_lock() {
+    local lock=${NESTED_LOCK:-${TMPDIR:-/tmp}/ivshmem-nested-bed.lock}
+    exec {bed_lock_fd}>>"$lock"
+    if ! flock -n "$bed_lock_fd"; then
+        echo "nested-kvm: waiting for another bed run to end ($lock)" >&2
+        flock "$bed_lock_fd"
+    fi
+}
+
+# last_reset LOG: the end of QEMU's `-d cpu_reset` log: the CPU state at each reset (the first
+# ones are L1's power-on) and QEMU's "Triple fault" line when that is what ended L1.
+last_reset() {
+    if [ -s "$1" ]; then tail -n 40 "$1"; else echo "(QEMU logged no reset)"; fi
+}
+
 write_l1_init() {
     cat >"$1/init" <<'EOF'
 #!/bin/sh
@@ -332,22 +351,35 @@ run() {
     done
     cpio_of "$l1" "$work/l1.gz"
 
-    local log="$work/console.log"
+    local log="$work/console.log" resets="$work/qemu-resets.log"
     local status attempt input=/dev/null
     [ -t 0 ] && input=/dev/stdin    # interactive use: a terminal reaches L1's console
+    hold_bed_lock
     # no_timer_check: under TCG on a loaded host L1's IO-APIC timer check can time out and
-    # panic; L1 is our test equipment, not the system under test, so a boot that never reached
-    # the scenario is retried once.
+    # panic. L1 is our test equipment, not the system under test: a run where L1 never reached
+    # the scenario, or reset in the middle of it (no panic, no status: TCG's own failure; QEMU
+    # logs the CPU state of every reset, printed below), is retried once.
     for attempt in 1 2; do
         status=0
+        rm -f "$resets"
         timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max,-xsave -m 2G \
             -smp "$smp" -nographic -no-reboot -nodefaults -serial stdio \
+            -d cpu_reset -D "$resets" \
             -kernel "$base/vmlinuz" -initrd "$work/l1.gz" \
             -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${NESTED_L1_CMDLINE:-}" \
             "${qemu_extra[@]}" \
             <"$input" | tee "$log" || status=$?
-        grep -q NESTED-L1-READY "$log" && break
-        [ "$attempt" = 2 ] || echo "nested-kvm: L1 did not boot (QEMU status $status); retrying once" >&2
+        [ "$status" -eq 124 ] && break
+        grep -a -q 'NESTED-EXIT [0-9]' "$log" && break
+        grep -q NESTED-NO-KVM "$log" && break
+        if grep -q NESTED-L1-READY "$log"; then
+            echo "nested-kvm: L1 ended in the middle of the scenario without a panic or a status" \
+                "(QEMU status $status); the end of QEMU's reset log:" >&2
+            last_reset "$resets" >&2
+        fi
+        [ "$attempt" = 2 ] && break
+        echo "nested-kvm: the bed failed (attempt $attempt); retrying once" >&2
+        echo "NESTED-BED-RETRY"   # on stdout: what L1 printed before it is not the verdict
     done
     [ "$status" -eq 124 ] && die "timed out after ${timeout_s}s"
     grep -q NESTED-NO-KVM "$log" && die "L1 has no /dev/kvm (kvm_amd did not load)"

@@ -328,7 +328,7 @@ fn describe_regs(fd: &VcpuFd, memory: &AddressSpace) -> String {
                 ": rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
                 r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr3, s.cr4, s.efer
             );
-            if let Some(pa) = unemulated::translate(memory, s.cr3, r.rip) {
+            if let Some(pa) = unemulated::translate(memory, unemulated::PageTables::of(&s), r.rip) {
                 let mut code = [0u8; 16];
                 memory.read(pa, &mut code);
                 let bytes: Vec<String> = code.iter().map(|b| format!("{b:02x}")).collect();

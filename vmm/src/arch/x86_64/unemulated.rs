@@ -24,7 +24,7 @@ pub fn complete(fd: &VcpuFd, memory: &AddressSpace) -> bool {
     else {
         return false;
     };
-    let Some(pa) = translate(memory, sregs.cr3, regs.rip) else {
+    let Some(pa) = translate(memory, PageTables::of(&sregs), regs.rip) else {
         return false;
     };
     let mut opcode = [0u8; 1];
@@ -46,7 +46,7 @@ pub fn complete(fd: &VcpuFd, memory: &AddressSpace) -> bool {
         _ => {
             let mut code = [0u8; 15];
             memory.read(pa, &mut code);
-            complete_mxcsr(fd, memory, &mut regs, sregs.cr3, &code)
+            complete_mxcsr(fd, memory, &mut regs, PageTables::of(&sregs), &code)
         }
     }
 }
@@ -57,7 +57,7 @@ fn complete_mxcsr(
     fd: &VcpuFd,
     memory: &AddressSpace,
     regs: &mut kvm_bindings::kvm_regs,
-    cr3: u64,
+    tables: PageTables,
     code: &[u8; 15],
 ) -> bool {
     let (rex, rest) = match code[0] {
@@ -117,7 +117,7 @@ fn complete_mxcsr(
         }
         _ => {}
     }
-    let Some(pa) = translate(memory, cr3, addr) else {
+    let Some(pa) = translate(memory, tables, addr) else {
         return false;
     };
     let Ok(mut fpu) = fd.get_fpu() else {
@@ -137,11 +137,40 @@ fn complete_mxcsr(
     fd.set_regs(regs).is_ok()
 }
 
-/// Guest-virtual to guest-physical through 4-level page tables at `cr3` (for diagnostics).
-pub fn translate(memory: &AddressSpace, cr3: u64, va: u64) -> Option<u64> {
+/// A vCPU's page-table root and depth: 5 levels when the guest turned on LA57 (Linux does
+/// wherever the CPU offers it, as L1 KVM on the nested bed does).
+#[derive(Clone, Copy, Debug)]
+pub struct PageTables {
+    root: u64,
+    levels: u32,
+}
+
+impl PageTables {
+    /// 4-level tables at `cr3` (our guest programs' paging).
+    pub fn four_level(cr3: u64) -> PageTables {
+        PageTables {
+            root: cr3,
+            levels: 4,
+        }
+    }
+
+    /// The tables a vCPU is using.
+    pub fn of(sregs: &kvm_bindings::kvm_sregs) -> PageTables {
+        const CR4_LA57: u64 = 1 << 12;
+        PageTables {
+            root: sregs.cr3,
+            levels: if sregs.cr4 & CR4_LA57 != 0 { 5 } else { 4 },
+        }
+    }
+}
+
+/// Guest-virtual to guest-physical through the guest's page tables (for diagnostics and the
+/// instructions above).
+pub fn translate(memory: &AddressSpace, tables: PageTables, va: u64) -> Option<u64> {
     const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
-    let mut table = cr3 & ADDR;
-    for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+    let mut table = tables.root & ADDR;
+    for level in (1..=tables.levels).rev() {
+        let shift = 12 + 9 * (level - 1);
         let mut entry = [0u8; 8];
         memory.read(table + ((va >> shift) & 511) * 8, &mut entry);
         let entry = u64::from_le_bytes(entry);
@@ -175,7 +204,7 @@ mod tests {
             let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_le_bytes()).collect();
             space.write(addr, &bytes);
         }
-        let cr3 = paging::PML4_ADDR;
+        let cr3 = PageTables::four_level(paging::PML4_ADDR);
         assert_eq!(translate(&space, cr3, 0x1234), Some(0x1234)); // 4 KiB page
         assert_eq!(translate(&space, cr3, 0x40_0123), Some(0x40_0123)); // 2 MiB page
         assert_eq!(
@@ -184,5 +213,17 @@ mod tests {
         );
         assert_eq!(translate(&space, cr3, 0), None); // page 0 not present
         assert_eq!(translate(&space, cr3, ram_size + 0x1000), None);
+
+        // The same tables under a 5-level root (LA57): its entry 0 holds the PML4.
+        let pml5 = ram_size - 0x1000;
+        space.write(pml5, &(paging::PML4_ADDR | 3).to_le_bytes());
+        let sregs = kvm_bindings::kvm_sregs {
+            cr3: pml5,
+            cr4: 1 << 12,
+            ..Default::default()
+        };
+        let five = PageTables::of(&sregs);
+        assert_eq!(translate(&space, five, 0x40_0123), Some(0x40_0123));
+        assert_eq!(translate(&space, five, 1 << 48), None); // PML5 entry 1 not present
     }
 }

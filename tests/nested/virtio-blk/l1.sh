@@ -1,8 +1,7 @@
 # Linux (L2) in our VMM reads and writes a disk served by qemu-storage-daemon in L1, through our
 # virtio-pci transport and vhost-user frontend: the virtio modules load, /dev/vda appears with
 # the image's size, sector 0 reads what L1 wrote there, a write from L2 lands in L1's image.
-# Needs (see the Rust test or docs/virtio-pci.md): --binary /usr/bin/qemu-storage-daemon and
-# the L2 virtio modules as --l2-file ...:/modules/NAME.ko.
+# host.sh puts qemu-storage-daemon in L1 and the virtio modules in L2's initramfs.
 . ../lib.sh
 MEMORY=${MEMORY:-256M}
 

@@ -1,7 +1,5 @@
-# Runs in L2: load the virtio modules, read and write /dev/vda, print FACT lines.
-for m in virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio virtio_pci virtio_blk; do
-    insmod /modules/$m.ko || echo "FACT insmod $m failed"
-done
+# Runs in L2, after /init loaded the virtio modules (host.sh): read and write /dev/vda, print
+# FACT lines.
 for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 for dev in /sys/bus/pci/devices/*; do
     [ -e "$dev/driver" ] && echo "FACT driver ${dev##*/} $(basename "$(readlink "$dev/driver")")"

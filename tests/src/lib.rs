@@ -6,6 +6,7 @@ pub mod eventfd;
 pub mod fake_server;
 pub mod fake_vhost_user;
 pub mod nested;
+pub mod qemu;
 pub mod raw_client;
 pub mod server;
 pub mod virtio_host;

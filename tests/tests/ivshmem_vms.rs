@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use harness::qemu::QemuDoorbell;
 use harness::vm::*;
 use harness::{require_kvm, require_qemu, Scratch, Server};
 
@@ -574,8 +575,6 @@ fn peers_coming_and_going_leak_no_fds_in_the_vmm() {
 /// both through ioeventfds (no slow doorbell), and sees QEMU leave when it is killed.
 #[test]
 fn a_vm_and_a_qemu_device_share_a_server() {
-    use std::process::{Command, Stdio};
-
     require_kvm!();
     require_qemu!();
     let scratch = Scratch::new("ivshmem-vm-qemu");
@@ -598,16 +597,7 @@ fn a_vm_and_a_qemu_device_share_a_server() {
         vm.stdout()
     );
 
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-S", "-display", "none", "-nodefaults"])
-        .arg("-chardev")
-        .arg(format!("socket,path={},id=c", socket.display()))
-        .args(["-device", "ivshmem-doorbell,chardev=c,vectors=2"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu");
+    let qemu = QemuDoorbell::spawn(&socket, 2);
     let joined = vm.wait_stderr("joined (2 vectors)", VM_TIMEOUT);
     let mut host = HostPeer::connect(&socket, 2);
     let vm_id = host.read_u64(0x408) as u16;
@@ -621,8 +611,7 @@ fn a_vm_and_a_qemu_device_share_a_server() {
         host.write_u64(0x400, qemu_id as u64);
     }
     let rang = told && vm.wait_output("ok w64:0x410:1", VM_TIMEOUT);
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    drop(qemu);
     assert!(rang, "{}\n{}", vm.stdout(), vm.stderr());
     assert!(
         vm.wait_stderr(&format!("peer {qemu_id} left"), VM_TIMEOUT),

@@ -5,25 +5,15 @@
 //! Skips with a printed reason when `qemu-system-x86_64` is not on PATH, unless
 //! `IVSHMEM_REQUIRE_QEMU=1` (scripts/test.sh installs Debian's qemu-system-x86).
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use harness::eventfd::{poll_readable, ring_eventfd};
+use harness::qemu::QemuDoorbell;
 use harness::raw_client::RawClient;
 use harness::{require_qemu, wait_until, Scratch, Server};
 use protocol::client::ClientEvent;
 
 /// Kills QEMU on drop.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
     require_qemu!();
@@ -32,26 +22,8 @@ fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
     let server = Server::start_without_probe(&sock, &["--memfd", "-n", "2", "-l", "1M"]);
     let mut host = RawClient::connect(&sock, 2);
 
-    let mut qemu = Qemu(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-S",
-                "-display",
-                "none",
-                "-nodefaults",
-                "-chardev",
-            ])
-            .arg(format!("socket,path={},id=c", sock.display()))
-            .args(["-device", "ivshmem-doorbell,chardev=c,vectors=2"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn qemu-system-x86_64"),
-    );
-    let qemu_pid = qemu.0.id();
+    let mut qemu = QemuDoorbell::spawn(&sock, 2);
+    let qemu_pid = qemu.pid();
 
     // QEMU joins with 2 vectors (as peer 1).
     let mut qemu_id = None;
@@ -80,17 +52,10 @@ fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
         ring_eventfd(fd);
         let mut exited = None;
         let consumed = wait_until(Duration::from_secs(5), || {
-            exited = qemu.0.try_wait().ok().flatten();
+            exited = qemu.exited();
             exited.is_none() && !poll_readable(fd, 0)
         });
-        if let Some(status) = exited {
-            let mut err = String::new();
-            qemu.0
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+        if let Some((status, err)) = exited {
             panic!("QEMU exited early ({status}): {err}");
         }
         assert!(consumed, "QEMU did not consume the event on its vector");
@@ -102,9 +67,7 @@ fn qemu_interop_doorbell_device_joins_rings_and_leaves() {
     host.expect_join(late.id);
 
     // Killing QEMU (still running: paused, not exited) is announced as its departure.
-    assert!(qemu.0.try_wait().unwrap().is_none(), "QEMU exited early");
-    qemu.0.kill().unwrap();
-    qemu.0.wait().unwrap();
+    qemu.stop();
     host.expect_leave(qemu_id);
     assert!(server.wait_log(&format!("peer {qemu_id} left (pid {qemu_pid})")));
 }

@@ -5,12 +5,13 @@
 //! QEMU stays connected, and a peer that joins afterwards is told of everyone.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use harness::qemu::QemuDoorbell;
 use harness::raw_client::RawClient;
 use harness::server::process_alive;
 use harness::vm::{doorbell, Vm};
@@ -20,37 +21,6 @@ use nix::unistd::Pid;
 use peer::ServerEvent;
 
 /// Kills QEMU on drop.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn qemu_device(sock: &Path) -> Qemu {
-    Qemu(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-S",
-                "-display",
-                "none",
-                "-nodefaults",
-                "-chardev",
-            ])
-            .arg(format!("socket,path={},id=c", sock.display()))
-            .args(["-device", "ivshmem-doorbell,chardev=c,vectors=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn qemu-system-x86_64"),
-    )
-}
-
 /// A ping-pong thread: what its peer heard from the server, and the peer (kept connected).
 type Player = JoinHandle<Result<(Vec<ServerEvent>, peer::Peer), String>>;
 
@@ -143,7 +113,7 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
         other => panic!("expected a join, got {other:?}"),
     };
     let qemu = qemu_available(name).then(|| {
-        let q = qemu_device(&sock);
+        let q = QemuDoorbell::spawn(&sock, 1);
         joined(&mut watcher, &mut everyone);
         q
     });
@@ -262,12 +232,8 @@ fn storm(name: &str, keeper: bool, mut disrupt: impl FnMut(&Path, &Server)) {
         assert!(echoed > 100, "the VM↔host ping-pong did not run: {echoed}");
         kept.push(echo);
     }
-    if let Some(mut q) = qemu {
-        assert!(q.0.try_wait().unwrap().is_none(), "QEMU exited");
-        q.0.kill().unwrap();
-        q.0.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut q.0.stderr.take().unwrap(), &mut err).unwrap();
+    if let Some(q) = qemu {
+        let err = q.stop();
         assert!(err.trim().is_empty(), "QEMU complained: {err}");
     }
     // Whoever serves now shuts down normally.

@@ -365,13 +365,14 @@ impl<'a> VirtioDriver<'a> {
     }
 
     /// Accepts the offered features among `wanted` (plus the required VIRTIO_F_VERSION_1) and
-    /// sets FEATURES_OK. Returns the accepted set.
+    /// sets FEATURES_OK. Returns the accepted set. Only device-type bits of `wanted` count:
+    /// this driver implements no ring feature (EVENT_IDX, INDIRECT_DESC), so none is accepted.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, VirtioError> {
         let offered = self.u64_at(field::DEVICE_FEATURES).load(Ordering::Acquire);
         if offered & feature::VERSION_1 == 0 {
             return Err(VirtioError::NotModern);
         }
-        let accepted = offered & (wanted | feature::VERSION_1);
+        let accepted = feature::accepted(offered, wanted, 0);
         self.u64_at(field::DRIVER_FEATURES)
             .store(accepted, Ordering::Release);
         let st = self.request(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;

@@ -8,11 +8,24 @@
 //! chains are out, and our own copies of the indices, so nothing the device writes is trusted:
 //! a used element naming a descriptor that is not out, or a used index that moved further than
 //! what is out, is an error, never a panic or a double free.
+//!
+//! Any number of chains may be out at once (up to the queue size, or more with indirect
+//! tables). Two ring features are implemented when negotiated:
+//!
+//! * **VIRTIO_F_EVENT_IDX** (virtio 1.2 §2.7.10): the driver kicks only when its avail index
+//!   crosses the device's `avail_event` ([`needs_kick`](DriverQueue::needs_kick)), and asks for a
+//!   call only when it is about to sleep, by writing `used_event`
+//!   ([`arm_call`](DriverQueue::arm_call)); while it is busy taking used chains the device does
+//!   not call at all.
+//! * **VIRTIO_F_INDIRECT_DESC** (§2.7.5.3): a chain of two or more buffers takes one descriptor of
+//!   the ring, pointing at a table of its own in the shared memory (one table per ring
+//!   descriptor, allocated with the queue), so a queue of N entries holds N requests whatever
+//!   their length.
 
 use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap, Le32};
@@ -53,6 +66,80 @@ pub enum QueueError {
     },
 }
 
+/// Where a queue's indirect descriptor tables are: `entries` descriptors (16 bytes each) for
+/// every ring descriptor, table `i` at `base + i * entries * 16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndirectTables {
+    /// Offset of table 0 in the shared memory (16-byte aligned).
+    pub base: u64,
+    /// Descriptors per table: the longest chain that goes indirect.
+    pub entries: u16,
+}
+
+impl IndirectTables {
+    /// Bytes the tables of a queue of `size` entries take.
+    pub fn bytes(size: u32, entries: u16) -> u64 {
+        16 * size as u64 * entries as u64
+    }
+}
+
+/// Ring features a queue uses (what was negotiated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingFeatures {
+    /// VIRTIO_F_EVENT_IDX: `used_event` / `avail_event` instead of the flags.
+    pub event_idx: bool,
+    /// VIRTIO_F_INDIRECT_DESC, with the tables allocated for it.
+    pub indirect: Option<IndirectTables>,
+}
+
+/// Counters of one queue, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Chains made available.
+    pub added: u64,
+    /// Of those, chains placed in an indirect table.
+    pub indirect: u64,
+    /// Times the driver asked whether to kick and the device wanted it.
+    pub kicks: u64,
+    /// Times the driver asked whether to kick and the device did not want it (suppressed by
+    /// `avail_event` or VRING_USED_F_NO_NOTIFY).
+    pub kicks_suppressed: u64,
+    /// Calls received (the sum of the call eventfd's counts the driver read).
+    pub calls: u64,
+}
+
+/// Whether moving an index from `old` to `new` crossed `event` (vring_need_event, virtio 1.2
+/// §2.7.10: the event index is the last one that does not need a notification).
+pub fn event_crossed(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Writes a chain of `readable` then `writable` buffers as descriptors of the table at `table`;
+/// `slot(i)` is the index in that table of the chain's `i`th descriptor.
+fn write_chain(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    readable: &[Buffer],
+    writable: &[Buffer],
+    slot: impl Fn(usize) -> u16,
+) -> Result<(), GuestMemoryError> {
+    let count = readable.len() + writable.len();
+    let buffers = readable
+        .iter()
+        .map(|b| (b, 0))
+        .chain(writable.iter().map(|b| (b, VRING_DESC_F_WRITE as u16)));
+    for (i, (buffer, write_flag)) in buffers.enumerate() {
+        let (flags, next) = if i + 1 < count {
+            (write_flag | VRING_DESC_F_NEXT as u16, slot(i + 1))
+        } else {
+            (write_flag, 0)
+        };
+        let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
+        mem.write_obj(desc, table.unchecked_add(16 * slot(i) as u64))?;
+    }
+    Ok(())
+}
+
 /// The driver side of one split virtqueue.
 #[derive(Debug)]
 pub struct DriverQueue {
@@ -60,6 +147,10 @@ pub struct DriverQueue {
     desc: GuestAddress,
     avail: GuestAddress,
     used: GuestAddress,
+    features: RingFeatures,
+    /// The avail index when the driver last decided whether to kick.
+    kicked_avail: u16,
+    stats: QueueStats,
     /// Free descriptor indices (a stack).
     free: Vec<u16>,
     /// For each head that is out: the descriptors of its chain.
@@ -72,8 +163,13 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    /// Takes over the rings described by `setup` (already validated) and zeroes them.
-    pub fn new(mem: &GuestMemoryMmap, setup: QueueSetup) -> Result<DriverQueue, QueueError> {
+    /// Takes over the rings described by `setup` (already validated) and zeroes them, using the
+    /// negotiated ring `features` (indirect tables, if any, already allocated).
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        setup: QueueSetup,
+        features: RingFeatures,
+    ) -> Result<DriverQueue, QueueError> {
         let size = setup.size as u16;
         let zero = |addr: u64, len: u64| -> Result<(), GuestMemoryError> {
             mem.write_slice(&vec![0u8; len as usize], GuestAddress(addr))
@@ -86,6 +182,12 @@ impl DriverQueue {
             desc: GuestAddress(setup.desc),
             avail: GuestAddress(setup.avail),
             used: GuestAddress(setup.used),
+            features: RingFeatures {
+                indirect: features.indirect.filter(|t| t.entries >= 2),
+                ..features
+            },
+            kicked_avail: 0,
+            stats: QueueStats::default(),
             free: (0..size).rev().collect(),
             chains: vec![None; size as usize],
             outstanding: 0,
@@ -118,10 +220,15 @@ impl DriverQueue {
         readable: &[Buffer],
         writable: &[Buffer],
     ) -> Result<u16, QueueError> {
-        let needed = readable.len() + writable.len();
-        if needed == 0 {
+        let buffers = readable.len() + writable.len();
+        if buffers == 0 {
             return Err(QueueError::EmptyChain);
         }
+        let table = self
+            .features
+            .indirect
+            .filter(|t| buffers >= 2 && buffers <= t.entries as usize);
+        let needed = if table.is_some() { 1 } else { buffers };
         if needed > self.free.len() {
             return Err(QueueError::Full {
                 free: self.free.len(),
@@ -129,23 +236,30 @@ impl DriverQueue {
             });
         }
         let ids: Vec<u16> = (0..needed).map(|_| self.free.pop().unwrap_or(0)).collect();
-        let buffers = readable
-            .iter()
-            .map(|b| (b, 0))
-            .chain(writable.iter().map(|b| (b, VRING_DESC_F_WRITE as u16)));
-        for (i, (buffer, write_flag)) in buffers.enumerate() {
-            let (flags, next) = match ids.get(i + 1) {
-                Some(&next) => (write_flag | VRING_DESC_F_NEXT as u16, next),
-                None => (write_flag, 0),
-            };
-            let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
-            let at = self.desc.unchecked_add(16 * ids[i] as u64);
-            if let Err(e) = mem.write_obj(desc, at) {
-                self.free.extend(ids.iter().rev());
-                return Err(e.into());
-            }
-        }
         let head = ids[0];
+        let written = match table {
+            // One ring descriptor pointing at this head's own table, which holds the chain
+            // (indices into the table).
+            Some(t) => {
+                let at = t.base + 16 * t.entries as u64 * head as u64;
+                write_chain(mem, GuestAddress(at), readable, writable, |i| i as u16).and_then(
+                    |()| {
+                        let desc = Descriptor::new(
+                            at,
+                            16 * buffers as u32,
+                            VRING_DESC_F_INDIRECT as u16,
+                            0,
+                        );
+                        mem.write_obj(desc, self.desc.unchecked_add(16 * head as u64))
+                    },
+                )
+            }
+            None => write_chain(mem, self.desc, readable, writable, |i| ids[i]),
+        };
+        if let Err(e) = written {
+            self.free.extend(ids.iter().rev());
+            return Err(e.into());
+        }
         let slot = self
             .avail
             .unchecked_add(4 + 2 * (self.next_avail % self.size) as u64);
@@ -155,6 +269,8 @@ impl DriverQueue {
         }
         self.chains[head as usize] = Some(ids);
         self.outstanding += 1;
+        self.stats.added += 1;
+        self.stats.indirect += u64::from(table.is_some());
         self.next_avail = self.next_avail.wrapping_add(1);
         // The descriptors and the ring slot must be visible before the index that publishes them.
         mem.store(
@@ -165,13 +281,61 @@ impl DriverQueue {
         Ok(head)
     }
 
-    /// Whether the device wants a kick for what was just added (it has not set
-    /// VRING_USED_F_NO_NOTIFY).
-    pub fn needs_kick(&self, mem: &GuestMemoryMmap) -> bool {
-        // Order our avail index store before reading the device's flag (virtio 1.2 §2.7.13.3.1).
+    /// Whether the device wants a kick for what was added since the last time this was asked:
+    /// with EVENT_IDX, whether the avail index crossed the device's `avail_event`; otherwise,
+    /// whether it has not set VRING_USED_F_NO_NOTIFY. Counted in [`stats`](Self::stats).
+    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> bool {
+        // Order our avail index store before reading the device's side (virtio 1.2 §2.7.13.3.1).
         fence(Ordering::SeqCst);
-        mem.load::<u16>(self.used, Ordering::Acquire)
-            .map_or(true, |flags| flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+        let new = self.next_avail;
+        let old = std::mem::replace(&mut self.kicked_avail, new);
+        let kick = if self.features.event_idx {
+            let at = self.used.unchecked_add(4 + 8 * self.size as u64);
+            mem.load::<u16>(at, Ordering::Acquire)
+                .map_or(true, |event| event_crossed(event, new, old))
+        } else {
+            new != old
+                && mem
+                    .load::<u16>(self.used, Ordering::Acquire)
+                    .map_or(true, |flags| flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+        };
+        if kick {
+            self.stats.kicks += 1;
+        } else if new != old {
+            self.stats.kicks_suppressed += 1;
+        }
+        kick
+    }
+
+    /// Before sleeping for a call: with EVENT_IDX, asks the device to call once the used index
+    /// moves past the next `count - 1` chains (`used_event`; 1 = the next chain). Then the caller
+    /// must look at the used ring again before sleeping (a chain used before the device saw
+    /// `used_event` brings no call). Without EVENT_IDX the device calls after every batch and
+    /// this does nothing.
+    pub fn arm_call(&mut self, mem: &GuestMemoryMmap, count: u16) -> Result<(), QueueError> {
+        if self.features.event_idx {
+            let event = self.last_used.wrapping_add(count.max(1) - 1);
+            let at = self.avail.unchecked_add(4 + 2 * self.size as u64);
+            mem.store(event, at, Ordering::Release)?;
+            // Our used_event store before the caller's next look at the used index.
+            fence(Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Counts `n` calls received.
+    pub fn count_calls(&mut self, n: u64) {
+        self.stats.calls += n;
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// The ring features in use.
+    pub fn features(&self) -> RingFeatures {
+        self.features
     }
 
     /// Takes the next chain the device has used, if any.

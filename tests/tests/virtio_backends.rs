@@ -15,7 +15,7 @@ use std::time::Duration;
 use harness::vm::{doorbell, Vm, VmOutcome, VM_TIMEOUT};
 use harness::{bin, require_kvm, wait_until, Scratch, Server};
 use peer::{ConnectOptions, Peer};
-use virtio_ivshmem::layout::{field, status, NO_PEER};
+use virtio_ivshmem::layout::{feature, field, status, ErrorCode, NO_PEER};
 use virtio_ivshmem::{Buffer, Driver, DriverError, DriverOptions, Header};
 
 const SHM_SIZE: u64 = 1 << 20;
@@ -164,8 +164,13 @@ fn open_driver(server: &Server) -> Driver {
 /// Opens the device, negotiates nothing optional, sets `queues` queues of `size` entries up
 /// (queue q calls our vector q+1) and starts it.
 fn start_driver(server: &Server, queues: u32, size: u32) -> Driver {
+    start_driver_with(server, queues, size, 0)
+}
+
+/// [`start_driver`], asking for the features `wanted`.
+fn start_driver_with(server: &Server, queues: u32, size: u32, wanted: u64) -> Driver {
     let mut d = open_driver(server);
-    d.negotiate(0).expect("negotiate");
+    d.negotiate(wanted).expect("negotiate");
     for q in 0..queues {
         d.setup_queue(q, size, q + 1).expect("set up queue");
     }
@@ -254,6 +259,247 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
     let used = d.wait_used(0, WAIT);
     let used = used.unwrap_or_else(|e| panic!("a second session: {e:?}\n{}", bridge.text()));
     assert_eq!(used.len, 64);
+}
+
+/// Through vhost-device-rng with EVENT_IDX and INDIRECT_DESC (which it offers): every chain
+/// goes through an indirect table (the ring descriptor says so), and random bytes arrive.
+#[test]
+fn virtio_rng_follows_our_indirect_tables_and_event_idx() {
+    let Some(rng) = vhost_device_rng("virtio_rng_indirect") else {
+        return;
+    };
+    let dir = Scratch::new("virtio-rng-indirect");
+    let server = start_server(&dir);
+    let (_rng, rng_socket) = start_rng(&rng, &dir);
+    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    let wanted = feature::EVENT_IDX | feature::INDIRECT_DESC;
+    let mut d = start_driver_with(&server, 1, 8, wanted);
+    assert_eq!(
+        d.features() & wanted,
+        wanted,
+        "vhost-device-rng offers both"
+    );
+    // vhost-device-rng takes single-buffer chains only: send those through tables too.
+    d.set_indirect_min(0, 1).unwrap();
+    let bufs = d.alloc(64 * 64, 64).unwrap();
+    d.shm().fill(bufs as usize, 64 * 64, 0).unwrap();
+    for round in 0..8u64 {
+        // Eight requests out at once, one kick, then all eight back.
+        for i in 0..8 {
+            let at = bufs + 64 * (8 * round + i);
+            d.add(
+                0,
+                &[],
+                &[Buffer {
+                    offset: at,
+                    len: 64,
+                }],
+            )
+            .unwrap();
+        }
+        assert_eq!(d.outstanding(0), 8);
+        assert!(
+            d.kick(0).unwrap(),
+            "the device wants the first kick of a batch"
+        );
+        for _ in 0..8 {
+            let used = d
+                .wait_used(0, WAIT)
+                .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", bridge.text()));
+            assert_eq!(used.len, 64);
+        }
+    }
+    let stats = d.stats(0);
+    assert_eq!((stats.added, stats.indirect), (64, 64));
+    let mut all = vec![0u8; 64 * 64];
+    d.shm().read(bufs as usize, &mut all).unwrap();
+    let zeros = all.iter().filter(|&&b| b == 0).count();
+    assert!(zeros < 100, "{zeros} of 4096 bytes still zero: not random");
+}
+
+/// 16 requests of two buffers each out at once on a queue of 16 entries (only possible with
+/// indirect tables), one kick for all of them; then a stream at depth 16 where EVENT_IDX
+/// suppresses kicks while the backend works and calls while the driver works.
+#[test]
+fn virtio_echo_keeps_16_requests_in_flight_with_event_idx_and_indirect_tables() {
+    let dir = Scratch::new("virtio-depth");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    let bridge = start_bridge(&server, &socket, "echo", &[]);
+    let wanted = feature::EVENT_IDX | feature::INDIRECT_DESC;
+    let mut d = start_driver_with(&server, 1, 16, wanted);
+    assert_eq!(d.features() & wanted, wanted, "vhost-user-echo offers both");
+    let bufs = d.alloc(16 * 2 * 256, 64).unwrap();
+    let input = |slot: u64| bufs + 512 * slot;
+    let request = |d: &mut Driver, slot: u64, n: u64| -> u16 {
+        let text = format!("slot {slot:2} request {n:6}");
+        d.shm()
+            .write(input(slot) as usize, text.as_bytes())
+            .unwrap();
+        let len = text.len() as u32;
+        d.add(
+            0,
+            &[Buffer {
+                offset: input(slot),
+                len,
+            }],
+            &[Buffer {
+                offset: input(slot) + 256,
+                len,
+            }],
+        )
+        .unwrap()
+    };
+    let check = |d: &Driver, slot: u64, n: u64, len: u32| {
+        let text = format!("slot {slot:2} request {n:6}");
+        assert_eq!(len as usize, text.len());
+        let mut back = vec![0u8; text.len()];
+        d.shm()
+            .read((input(slot) + 256) as usize, &mut back)
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&back), text);
+    };
+
+    // 16 out at once: each took one ring descriptor (its chain is in its own table).
+    let mut slot_of = std::collections::HashMap::new();
+    for slot in 0..16 {
+        slot_of.insert(request(&mut d, slot, slot), slot);
+    }
+    assert_eq!((d.outstanding(0), d.free_descriptors(0)), (16, 0));
+    assert!(
+        matches!(
+            d.add(
+                0,
+                &[Buffer {
+                    offset: bufs,
+                    len: 1
+                }],
+                &[Buffer {
+                    offset: bufs,
+                    len: 1
+                }]
+            ),
+            Err(DriverError::Queue { .. })
+        ),
+        "a 17th request does not fit"
+    );
+    assert!(d.kick(0).unwrap());
+    for _ in 0..16 {
+        let used = d.wait_used_after(0, 16, WAIT).expect("echo");
+        let slot = slot_of.remove(&used.token).expect("a token that is out");
+        check(&d, slot, slot, used.len);
+    }
+    let first = d.stats(0);
+    assert_eq!((first.added, first.indirect, first.kicks), (16, 16, 1));
+    assert!(first.calls <= 1, "one call for the whole batch: {first:?}");
+
+    // A stream at depth 16: every answer's slot is reused at once, each request kicked on its
+    // own (submit), so the device decides which kicks it needs.
+    let total = 2000u64;
+    let mut issued = 16u64;
+    let mut done = 0u64;
+    let mut out = std::collections::HashMap::new();
+    for slot in 0..16 {
+        out.insert(request(&mut d, slot, issued + slot), (slot, issued + slot));
+    }
+    issued += 16;
+    d.kick(0).unwrap();
+    while done < total {
+        let mut used = Some(
+            d.wait_used(0, WAIT)
+                .unwrap_or_else(|e| panic!("{e}\n{}", bridge.text())),
+        );
+        while let Some(u) = used {
+            let (slot, n) = out.remove(&u.token).expect("a token that is out");
+            check(&d, slot, n, u.len);
+            done += 1;
+            if issued < total + 16 {
+                let token = request(&mut d, slot, issued);
+                out.insert(token, (slot, issued));
+                issued += 1;
+                d.kick(0).unwrap();
+            }
+            used = d.try_used(0).unwrap();
+        }
+    }
+    let stream = d.stats(0);
+    let (kicks, suppressed) = (stream.kicks - first.kicks, stream.kicks_suppressed);
+    let calls = stream.calls - first.calls;
+    eprintln!(
+        "{total} requests at depth 16: {kicks} kicks, {suppressed} suppressed, {calls} calls"
+    );
+    // The first 16 went with one kick, then one submission per answer but the last 16.
+    assert_eq!(
+        kicks + suppressed,
+        1 + total - 16,
+        "every submission asked once"
+    );
+    assert!(
+        suppressed > 0 && calls < total,
+        "EVENT_IDX suppressed nothing: {kicks} kicks, {calls} calls for {total} requests"
+    );
+}
+
+/// With REPLY_ACK (vhost-user-echo offers it) every set-up message asks for an
+/// acknowledgement: a queue size above the backend's maximum is refused at SET_VRING_NUM, and
+/// the bridge says so, instead of a later message failing on a closed socket.
+#[test]
+fn virtio_bridge_names_the_message_a_backend_refuses() {
+    let dir = Scratch::new("virtio-refused");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    // vhost-user-echo's maximum is 1024.
+    let bridge = start_bridge(&server, &socket, "echo", &["--queue-size", "2048"]);
+    let mut d = open_driver(&server);
+    d.negotiate(0).unwrap();
+    d.setup_queue(0, 2048, 1).unwrap();
+    match d.start() {
+        Err(DriverError::Refused(ErrorCode::BackendFailed)) => {}
+        other => panic!("DRIVER_OK with a queue of 2048: {other:?}"),
+    }
+    bridge.wait_for("the backend refused vhost-user SET_VRING_NUM 0 (size 2048)");
+    assert!(!bridge.text().contains("Broken pipe"), "{}", bridge.text());
+}
+
+/// A backend that goes away and does not come back within the bridge's grace period: the
+/// device is flagged DEVICE_NEEDS_RESET and a driver waiting for an answer gets that error
+/// (woken by the bridge), not a timeout; once a backend is back, a new session works.
+#[test]
+fn virtio_backend_that_never_comes_back_flags_device_needs_reset() {
+    let dir = Scratch::new("virtio-backend-gone");
+    let server = start_server(&dir);
+    let (mut echo_proc, socket) = start_echo(&dir, 1);
+    let bridge = start_bridge(&server, &socket, "echo", &["--backend-grace-ms", "500"]);
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"before").unwrap(),
+        b"before"
+    );
+    echo_proc.kill();
+    bridge.wait_for("reconnecting to");
+    let started = std::time::Instant::now();
+    match echo(&mut d, 0, bufs, bufs + 256, b"never") {
+        Err(DriverError::NeedsReset { status: st }) => {
+            assert_ne!(st & status::DEVICE_NEEDS_RESET, 0, "status {st:#x}")
+        }
+        other => panic!("a request to a backend that never comes back: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the error came after {:?}, not after the 500 ms grace",
+        started.elapsed()
+    );
+    bridge.wait_for("did not come back within 500ms");
+    drop(d);
+    let (_echo2, _) = start_echo(&dir, 1);
+    bridge.wait_for("connected again");
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"again").unwrap(),
+        b"again"
+    );
 }
 
 #[test]

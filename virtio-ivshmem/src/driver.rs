@@ -432,6 +432,13 @@ impl Driver {
         Ok(true)
     }
 
+    /// With INDIRECT_DESC: chains of at least `buffers` buffers (default 2) on `queue` go into
+    /// an indirect table; 1 sends every chain through one.
+    pub fn set_indirect_min(&mut self, queue: u32, buffers: usize) -> Result<(), DriverError> {
+        self.queue_mut(queue)?.ring.set_indirect_min(buffers);
+        Ok(())
+    }
+
     /// Chains out on `queue` (added and not yet used).
     pub fn outstanding(&self, queue: u32) -> usize {
         self.queue_ref(queue).map_or(0, |q| q.ring.outstanding())

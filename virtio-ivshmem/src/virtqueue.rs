@@ -148,6 +148,8 @@ pub struct DriverQueue {
     avail: GuestAddress,
     used: GuestAddress,
     features: RingFeatures,
+    /// Chains of at least this many buffers go into an indirect table (when there are tables).
+    indirect_min: usize,
     /// The avail index when the driver last decided whether to kick.
     kicked_avail: u16,
     stats: QueueStats,
@@ -186,6 +188,7 @@ impl DriverQueue {
                 indirect: features.indirect.filter(|t| t.entries >= 2),
                 ..features
             },
+            indirect_min: 2,
             kicked_avail: 0,
             stats: QueueStats::default(),
             free: (0..size).rev().collect(),
@@ -227,7 +230,7 @@ impl DriverQueue {
         let table = self
             .features
             .indirect
-            .filter(|t| buffers >= 2 && buffers <= t.entries as usize);
+            .filter(|t| buffers >= self.indirect_min && buffers <= t.entries as usize);
         let needed = if table.is_some() { 1 } else { buffers };
         if needed > self.free.len() {
             return Err(QueueError::Full {
@@ -321,6 +324,13 @@ impl DriverQueue {
             fence(Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Chains of at least `buffers` buffers (default 2) go into an indirect table when the
+    /// queue has tables; 1 sends every chain through one (a single-buffer chain gains nothing
+    /// from it, but it shows whether a backend follows tables).
+    pub fn set_indirect_min(&mut self, buffers: usize) {
+        self.indirect_min = buffers.max(1);
     }
 
     /// Counts `n` calls received.

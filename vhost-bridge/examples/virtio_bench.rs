@@ -9,8 +9,9 @@
 //!   it into the slot's answer buffer, and the driver reads the answer out and checks it whole.
 //!   `--event-idx` and `--indirect` ask for those ring features.
 //! * `virtio_bench socketpair --bytes N --depth D` — the baseline: the same payloads written to
-//!   one end of a `socketpair(AF_UNIX, SOCK_STREAM)` by a sender thread that keeps D requests
-//!   out, echoed by a thread on the other end, read back and checked whole by the main thread.
+//!   one end of a `socketpair(AF_UNIX, SOCK_STREAM)`, D requests out at a time, echoed by a
+//!   thread on the other end, read back and checked whole; one non-blocking client thread
+//!   that sleeps in poll() only when it can neither write nor read.
 //! * `virtio_bench memcpy --bytes N --depth D` — the other baseline: the same payloads copied
 //!   between D source and D destination buffers (one copy per request, no check).
 //!
@@ -20,12 +21,13 @@
 //! `calls=` and `indirect=` (chains in indirect tables), and `max_outstanding=`.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, Subcommand};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use peer::{ConnectOptions, Peer, DEFAULT_SOCKET_PATH};
 use virtio_ivshmem::layout::feature;
 use virtio_ivshmem::{device_id, Buffer, Driver, DriverOptions};
@@ -259,62 +261,101 @@ impl Pipeline {
 fn socketpair(args: &Args) -> anyhow::Result<()> {
     let (client, mut server) = UnixStream::pair()?;
     let bytes = args.bytes;
+    // The echo returns whatever arrived in one read (a byte stream: requests that arrived
+    // together go back together), so at depth it costs fewer system calls than one per request.
+    let echo_buf = (bytes * args.depth).max(bytes);
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut buf = vec![0u8; bytes];
+        let mut buf = vec![0u8; echo_buf];
         loop {
-            match server.read_exact(&mut buf) {
-                Ok(()) => server.write_all(&buf)?,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            match server.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => server.write_all(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
     });
-    let depth = args.depth;
+    // One thread, the socket non-blocking: it writes requests while fewer than `depth` are
+    // out (as far as the socket takes them) and reads answers as they come, sleeping in
+    // poll() only when it can do neither. Answers come back in order.
+    // One request out never needs to write and read at once: plain blocking calls then.
+    client.set_nonblocking(args.depth > 1)?;
+    let mut client = client;
+    let depth = args.depth as u64;
     let total = args.warmup + args.requests;
-    // The sender keeps `depth` requests out: it takes a credit per request and the receiver
-    // gives one back per answer.
-    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(depth);
-    for _ in 0..depth {
-        credit_tx.send(())?;
+    let mut slots = vec![vec![0u8; bytes]; args.depth];
+    for (slot, payload) in slots.iter_mut().enumerate() {
+        pattern(payload, slot);
     }
-    let mut sender_stream = client.try_clone()?;
-    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut slots = vec![vec![0u8; bytes]; depth];
-        for (slot, payload) in slots.iter_mut().enumerate() {
-            pattern(payload, slot);
-        }
-        for i in 0..total {
-            if credit_rx.recv().is_err() {
-                return Ok(());
-            }
-            let slot = &mut slots[(i % depth as u64) as usize];
-            slot[..8].copy_from_slice(&stamp(i));
-            sender_stream.write_all(slot)?;
-        }
-        Ok(())
-    });
-    let mut reader = client;
-    let mut expected = vec![vec![0u8; bytes]; depth];
-    for (slot, want) in expected.iter_mut().enumerate() {
-        pattern(want, slot);
-    }
-    let mut back = vec![0u8; bytes];
+    let mut expected = slots.clone();
+    // Answers are read as they come, several per read when several are there.
+    let mut inbuf = vec![0u8; bytes * args.depth];
+    let (mut issued, mut sent_bytes, mut done, mut filled) = (0u64, 0usize, 0u64, 0usize);
     let mut start = Instant::now();
-    for i in 0..total {
-        if i == args.warmup {
-            start = Instant::now();
+    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+    while done < total {
+        let mut progress = false;
+        // Send: the request being written, or the next one if fewer than `depth` are out.
+        while issued < total && issued - done < depth {
+            let slot = &mut slots[(issued % depth) as usize];
+            if sent_bytes == 0 {
+                slot[..8].copy_from_slice(&stamp(issued));
+            }
+            match client.write(&slot[sent_bytes..]) {
+                Ok(n) => {
+                    progress = true;
+                    sent_bytes += n;
+                    if sent_bytes == bytes {
+                        sent_bytes = 0;
+                        issued += 1;
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
         }
-        reader.read_exact(&mut back)?;
-        let want = &mut expected[(i % depth as u64) as usize];
-        want[..8].copy_from_slice(&stamp(i));
-        ensure!(back == *want, "request {i}: a different payload came back");
-        let _ = credit_tx.try_send(());
+        // Receive whatever answers are there, and check every complete one.
+        match client.read(&mut inbuf[filled..]) {
+            Ok(0) => bail!("the echo thread closed the socket"),
+            Ok(n) => {
+                progress = true;
+                filled += n;
+                let mut at = 0;
+                while filled - at >= bytes {
+                    let want = &mut expected[(done % depth) as usize];
+                    want[..8].copy_from_slice(&stamp(done));
+                    ensure!(
+                        inbuf[at..at + bytes] == *want,
+                        "request {done}: a different payload came back"
+                    );
+                    at += bytes;
+                    done += 1;
+                    if done == args.warmup {
+                        start = Instant::now();
+                    }
+                }
+                inbuf.copy_within(at..filled, 0);
+                filled -= at;
+            }
+            Err(e) if would_block(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !progress {
+            let mut events = PollFlags::POLLIN;
+            if issued < total && issued - done < depth {
+                events |= PollFlags::POLLOUT;
+            }
+            let mut fds = [PollFd::new(client.as_fd(), events)];
+            match nix::poll::poll(&mut fds, PollTimeout::from(10_000u16)) {
+                Ok(0) => bail!("no progress for 10 s"),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     report(args, secs);
-    drop(credit_tx);
-    sender.join().expect("sender thread")?;
-    reader.shutdown(std::net::Shutdown::Both)?;
+    client.shutdown(std::net::Shutdown::Both)?;
     echo.join().expect("echo thread")?;
     Ok(())
 }

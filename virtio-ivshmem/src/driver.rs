@@ -526,13 +526,16 @@ impl Driver {
                 .peer
                 .own_vector_fd(vector)
                 .ok_or(DriverError::NoOwnVector(vector))?;
-            let mut fds = vec![PollFd::new(vector_fd.as_fd(), PollFlags::POLLIN)];
-            if let Some(server) = self.peer.server_fd() {
-                fds.push(PollFd::new(server, PollFlags::POLLIN));
-            }
+            let vector_fd = vector_fd.as_fd();
+            let server = self.peer.server_fd();
+            let mut all = [
+                PollFd::new(vector_fd, PollFlags::POLLIN),
+                PollFd::new(server.unwrap_or(vector_fd), PollFlags::POLLIN),
+            ];
+            let fds = &mut all[..1 + usize::from(server.is_some())];
             let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX);
-            match nix::poll::poll(&mut fds, ms) {
+            match nix::poll::poll(fds, ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(DriverError::Poll(e)),
             }

@@ -155,8 +155,12 @@ pub struct DriverQueue {
     stats: QueueStats,
     /// Free descriptor indices (a stack).
     free: Vec<u16>,
-    /// For each head that is out: the descriptors of its chain.
-    chains: Vec<Option<Vec<u16>>>,
+    /// For each head that is out: how many ring descriptors its chain took; 0 otherwise.
+    chain_len: Vec<u16>,
+    /// Our own copy of each ring descriptor's `next` (the shared copy may be scribbled on), so
+    /// a returned chain is freed without reading the shared memory. Fixed arrays: adding and
+    /// taking chains allocates nothing.
+    next: Vec<u16>,
     outstanding: usize,
     /// Our avail index (the copy in memory is only ever written by us).
     next_avail: u16,
@@ -192,7 +196,8 @@ impl DriverQueue {
             kicked_avail: 0,
             stats: QueueStats::default(),
             free: (0..size).rev().collect(),
-            chains: vec![None; size as usize],
+            chain_len: vec![0; size as usize],
+            next: vec![0; size as usize],
             outstanding: 0,
             next_avail: 0,
             last_used: 0,
@@ -238,8 +243,11 @@ impl DriverQueue {
                 needed,
             });
         }
-        let ids: Vec<u16> = (0..needed).map(|_| self.free.pop().unwrap_or(0)).collect();
-        let head = ids[0];
+        // The chain's descriptors are the top `needed` of the free stack, top first; they leave
+        // the stack only once everything is written.
+        let top = self.free.len() - 1;
+        let id = |i: usize| self.free[top - i];
+        let head = id(0);
         let written = match table {
             // One ring descriptor pointing at this head's own table, which holds the chain
             // (indices into the table).
@@ -257,20 +265,18 @@ impl DriverQueue {
                     },
                 )
             }
-            None => write_chain(mem, self.desc, readable, writable, |i| ids[i]),
+            None => write_chain(mem, self.desc, readable, writable, id),
         };
-        if let Err(e) = written {
-            self.free.extend(ids.iter().rev());
-            return Err(e.into());
-        }
+        written?;
         let slot = self
             .avail
             .unchecked_add(4 + 2 * (self.next_avail % self.size) as u64);
-        if let Err(e) = mem.write_obj(head, slot) {
-            self.free.extend(ids.iter().rev());
-            return Err(e.into());
+        mem.write_obj(head, slot)?;
+        for i in 0..needed - 1 {
+            self.next[id(i) as usize] = id(i + 1);
         }
-        self.chains[head as usize] = Some(ids);
+        self.free.truncate(self.free.len() - needed);
+        self.chain_len[head as usize] = needed as u16;
         self.outstanding += 1;
         self.stats.added += 1;
         self.stats.indirect += u64::from(table.is_some());
@@ -369,15 +375,152 @@ impl DriverQueue {
         let len = u32::from(mem.read_obj::<Le32>(at.unchecked_add(4))?);
         let chain = usize::try_from(id)
             .ok()
-            .and_then(|i| self.chains.get_mut(i))
-            .and_then(Option::take)
+            .and_then(|i| self.chain_len.get_mut(i))
+            .map(std::mem::take)
+            .filter(|&n| n != 0)
             .ok_or(QueueError::BadUsedId { id })?;
-        self.free.extend(chain.iter().rev());
+        let mut desc = id as u16;
+        for _ in 0..chain {
+            self.free.push(desc);
+            desc = self.next[desc as usize];
+        }
         self.outstanding -= 1;
         self.last_used = self.last_used.wrapping_add(1);
         Ok(Some(Used {
             token: id as u16,
             len,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u32 = 8;
+
+    fn setup() -> (GuestMemoryMmap, QueueSetup) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let setup = QueueSetup {
+            size: SIZE,
+            desc: 0x1000,
+            avail: 0x2000,
+            used: 0x3000,
+        };
+        (mem, setup)
+    }
+
+    /// Plays the device: returns chain `id` as used.
+    fn use_chain(mem: &GuestMemoryMmap, q: &QueueSetup, used_idx: &mut u16, id: u16) {
+        let at = GuestAddress(q.used + 4 + 8 * (*used_idx % SIZE as u16) as u64);
+        mem.write_obj(Le32::from(id as u32), at).unwrap();
+        mem.write_obj(Le32::from(7u32), at.unchecked_add(4))
+            .unwrap();
+        *used_idx = used_idx.wrapping_add(1);
+        mem.store(*used_idx, GuestAddress(q.used + 2), Ordering::Release)
+            .unwrap();
+    }
+
+    fn buf(offset: u64) -> Buffer {
+        Buffer { offset, len: 16 }
+    }
+
+    #[test]
+    fn event_index_crossing_follows_the_spec() {
+        // The event index is the last index that does not need a notification.
+        assert!(event_crossed(0, 1, 0));
+        assert!(!event_crossed(1, 1, 0));
+        assert!(event_crossed(4, 10, 3));
+        assert!(!event_crossed(12, 10, 3));
+        assert!(event_crossed(u16::MAX, 2, u16::MAX - 1)); // across the wrap
+    }
+
+    #[test]
+    fn chains_direct_and_indirect_come_back_to_the_free_list() {
+        let (mem, q) = setup();
+        let tables = IndirectTables {
+            base: 0x4000,
+            entries: 4,
+        };
+        let features = RingFeatures {
+            event_idx: true,
+            indirect: Some(tables),
+        };
+        let mut ring = DriverQueue::new(&mem, q, features).unwrap();
+        // Four 3-buffer chains in indirect tables take four ring descriptors.
+        let mut heads = Vec::new();
+        for i in 0..4 {
+            heads.push(
+                ring.add(&mem, &[buf(0x8000 + i)], &[buf(0x9000), buf(0xA000)])
+                    .unwrap(),
+            );
+        }
+        assert_eq!(ring.free_descriptors(), 4);
+        let d: Descriptor = mem
+            .read_obj(GuestAddress(q.desc + 16 * heads[0] as u64))
+            .unwrap();
+        assert_eq!(d.flags(), VRING_DESC_F_INDIRECT as u16);
+        assert_eq!(d.len(), 48);
+        // A 5-buffer chain does not fit a table: it takes 5 descriptors, of which 4 are free.
+        let five = [buf(0), buf(0), buf(0), buf(0), buf(0)];
+        assert!(matches!(
+            ring.add(&mem, &five, &[]),
+            Err(QueueError::Full { free: 4, needed: 5 })
+        ));
+        // With tables from 3 buffers on, a 2-buffer chain is direct.
+        ring.set_indirect_min(3);
+        let direct = ring.add(&mem, &[buf(1)], &[buf(2)]).unwrap();
+        assert_eq!(ring.free_descriptors(), 2);
+        let d: Descriptor = mem
+            .read_obj(GuestAddress(q.desc + 16 * direct as u64))
+            .unwrap();
+        assert_eq!(d.flags(), VRING_DESC_F_NEXT as u16);
+        // Returned out of order; a second return of the same chain is an error.
+        let mut used_idx = 0;
+        for &id in [direct, heads[2], heads[0], heads[3], heads[1]].iter() {
+            use_chain(&mem, &q, &mut used_idx, id);
+            assert_eq!(ring.pop_used(&mem).unwrap().map(|u| u.token), Some(id));
+        }
+        assert_eq!((ring.free_descriptors(), ring.outstanding()), (8, 0));
+        let again = ring.add(&mem, &[buf(1)], &[]).unwrap();
+        use_chain(&mem, &q, &mut used_idx, heads[1]);
+        if heads[1] != again {
+            assert!(matches!(
+                ring.pop_used(&mem),
+                Err(QueueError::BadUsedId { .. })
+            ));
+        }
+        let stats = ring.stats();
+        assert_eq!((stats.added, stats.indirect), (6, 4));
+    }
+
+    #[test]
+    fn event_idx_kicks_only_when_the_device_asked() {
+        let (mem, q) = setup();
+        let features = RingFeatures {
+            event_idx: true,
+            indirect: None,
+        };
+        let mut ring = DriverQueue::new(&mem, q, features).unwrap();
+        let avail_event = GuestAddress(q.used + 4 + 8 * SIZE as u64);
+        // avail_event 0: the first chain needs a kick, the next ones do not.
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(ring.needs_kick(&mem));
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(!ring.needs_kick(&mem));
+        // The device went back to sleep at index 2: the third chain kicks.
+        mem.store(2u16, avail_event, Ordering::Release).unwrap();
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(ring.needs_kick(&mem));
+        assert_eq!((ring.stats().kicks, ring.stats().kicks_suppressed), (2, 1));
+        // used_event: a call after `count` more chains.
+        ring.arm_call(&mem, 3).unwrap();
+        let used_event: u16 = mem
+            .load(
+                GuestAddress(q.avail + 4 + 2 * SIZE as u64),
+                Ordering::Acquire,
+            )
+            .unwrap();
+        assert_eq!(used_event, 2);
     }
 }

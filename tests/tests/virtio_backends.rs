@@ -205,17 +205,50 @@ fn echo(
     Ok(back)
 }
 
+/// A server with vhost-device-rng behind a bridge (the device at header 0), in its own
+/// directory; `None` (the test skips) when vhost-device-rng is not installed.
+struct RngBed {
+    server: Server,
+    bridge: Proc,
+    _rng: Proc,
+    _dir: Scratch,
+}
+
+fn rng_bed(test: &str, dir: &str) -> Option<RngBed> {
+    let rng = vhost_device_rng(test)?;
+    let dir = Scratch::new(dir);
+    let server = start_server(&dir);
+    let (rng, rng_socket) = start_rng(&rng, &dir);
+    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    Some(RngBed {
+        server,
+        bridge,
+        _rng: rng,
+        _dir: dir,
+    })
+}
+
+/// Asserts that the `len` bytes at `at` (zeroed before the requests) look random: few zeros,
+/// and the first two 64-byte blocks differ.
+fn assert_random(d: &Driver, at: u64, len: usize) {
+    let mut all = vec![0u8; len];
+    d.shm().read(at as usize, &mut all).unwrap();
+    let zeros = all.iter().filter(|&&b| b == 0).count();
+    assert!(
+        zeros < len / 32,
+        "{zeros} of {len} bytes still zero: not random"
+    );
+    assert_ne!(all[..64], all[64..128]);
+}
+
 #[test]
 fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
-    let Some(rng) = vhost_device_rng("virtio_rng") else {
+    let Some(bed) = rng_bed("virtio_rng", "virtio-rng") else {
         return;
     };
-    let dir = Scratch::new("virtio-rng");
-    let server = start_server(&dir);
-    let (_rng, rng_socket) = start_rng(&rng, &dir);
-    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    let (server, bridge) = (&bed.server, &bed.bridge);
     // A small queue, so 100 requests wrap the rings several times.
-    let mut d = start_driver(&server, 1, 16);
+    let mut d = start_driver(server, 1, 16);
     assert_eq!(d.device_id(), virtio_ivshmem::device_id::ENTROPY);
     let buf = d.alloc(64 * 100, 64).unwrap();
     d.shm().fill(buf as usize, 64 * 100, 0).unwrap();
@@ -233,11 +266,7 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
         let used = d.wait_used(0, WAIT).expect("random bytes");
         assert_eq!(used.len, 64, "request {i}");
     }
-    let mut all = vec![0u8; 64 * 100];
-    d.shm().read(buf as usize, &mut all).unwrap();
-    let zeros = all.iter().filter(|&&b| b == 0).count();
-    assert!(zeros < 200, "{zeros} of 6400 bytes still zero: not random");
-    assert_ne!(all[..64], all[64..128]);
+    assert_random(&d, buf, 64 * 100);
     // The bridge logs through a pipe read by another thread: wait for the line, not race it.
     bridge.wait_for("device live: driver peer");
 
@@ -245,7 +274,7 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
     // keeps its used index across SET_VRING_BASE: the bridge gives each session a fresh
     // connection.
     drop(d);
-    let mut d = start_driver(&server, 1, 16);
+    let mut d = start_driver(server, 1, 16);
     let buf = d.alloc(64, 64).unwrap();
     d.submit(
         0,
@@ -265,15 +294,12 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
 /// goes through an indirect table (the ring descriptor says so), and random bytes arrive.
 #[test]
 fn virtio_rng_follows_our_indirect_tables_and_event_idx() {
-    let Some(rng) = vhost_device_rng("virtio_rng_indirect") else {
+    let Some(bed) = rng_bed("virtio_rng_indirect", "virtio-rng-indirect") else {
         return;
     };
-    let dir = Scratch::new("virtio-rng-indirect");
-    let server = start_server(&dir);
-    let (_rng, rng_socket) = start_rng(&rng, &dir);
-    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    let (server, bridge) = (&bed.server, &bed.bridge);
     let wanted = feature::EVENT_IDX | feature::INDIRECT_DESC;
-    let mut d = start_driver_with(&server, 1, 8, wanted);
+    let mut d = start_driver_with(server, 1, 8, wanted);
     assert_eq!(
         d.features() & wanted,
         wanted,
@@ -311,10 +337,7 @@ fn virtio_rng_follows_our_indirect_tables_and_event_idx() {
     }
     let stats = d.stats(0);
     assert_eq!((stats.added, stats.indirect), (64, 64));
-    let mut all = vec![0u8; 64 * 64];
-    d.shm().read(bufs as usize, &mut all).unwrap();
-    let zeros = all.iter().filter(|&&b| b == 0).count();
-    assert!(zeros < 100, "{zeros} of 4096 bytes still zero: not random");
+    assert_random(&d, bufs, 64 * 64);
 }
 
 /// 16 requests of two buffers each out at once on a queue of 16 entries (only possible with
@@ -461,15 +484,22 @@ fn virtio_bridge_names_the_message_a_backend_refuses() {
     assert!(!bridge.text().contains("Broken pipe"), "{}", bridge.text());
 }
 
-/// A backend that goes away and does not come back within the bridge's grace period: the
-/// device is flagged DEVICE_NEEDS_RESET and a driver waiting for an answer gets that error
-/// (woken by the bridge), not a timeout; once a backend is back, a new session works.
-#[test]
-fn virtio_backend_that_never_comes_back_flags_device_needs_reset() {
-    let dir = Scratch::new("virtio-backend-gone");
+/// A live echo device (bridge options `bridge_extra`) that answered one request, whose backend
+/// was then killed; the bridge has noticed.
+struct EchoLost {
+    dir: Scratch,
+    server: Server,
+    bridge: Proc,
+    d: Driver,
+    /// 512 bytes of buffers: input at +0, output at +256.
+    bufs: u64,
+}
+
+fn echo_backend_lost(name: &str, bridge_extra: &[&str]) -> EchoLost {
+    let dir = Scratch::new(name);
     let server = start_server(&dir);
     let (mut echo_proc, socket) = start_echo(&dir, 1);
-    let bridge = start_bridge(&server, &socket, "echo", &["--backend-grace-ms", "500"]);
+    let bridge = start_bridge(&server, &socket, "echo", bridge_extra);
     let mut d = start_driver(&server, 1, 8);
     let bufs = d.alloc(512, 64).unwrap();
     assert_eq!(
@@ -478,6 +508,27 @@ fn virtio_backend_that_never_comes_back_flags_device_needs_reset() {
     );
     echo_proc.kill();
     bridge.wait_for("reconnecting to");
+    EchoLost {
+        dir,
+        server,
+        bridge,
+        d,
+        bufs,
+    }
+}
+
+/// A backend that goes away and does not come back within the bridge's grace period: the
+/// device is flagged DEVICE_NEEDS_RESET and a driver waiting for an answer gets that error
+/// (woken by the bridge), not a timeout; once a backend is back, a new session works.
+#[test]
+fn virtio_backend_that_never_comes_back_flags_device_needs_reset() {
+    let EchoLost {
+        dir,
+        server,
+        bridge,
+        mut d,
+        bufs,
+    } = echo_backend_lost("virtio-backend-gone", &["--backend-grace-ms", "500"]);
     let started = std::time::Instant::now();
     match echo(&mut d, 0, bufs, bufs + 256, b"never") {
         Err(DriverError::NeedsReset { status: st }) => {
@@ -548,19 +599,13 @@ fn virtio_echo_serves_several_queues_and_its_config_space() {
 
 #[test]
 fn virtio_echo_backend_killed_and_restarted_resumes_the_rings() {
-    let dir = Scratch::new("virtio-restart");
-    let server = start_server(&dir);
-    let (mut echo_proc, socket) = start_echo(&dir, 1);
-    let bridge = start_bridge(&server, &socket, "echo", &[]);
-    let mut d = start_driver(&server, 1, 8);
-    let bufs = d.alloc(512, 64).unwrap();
-    assert_eq!(
-        echo(&mut d, 0, bufs, bufs + 256, b"before").unwrap(),
-        b"before"
-    );
-
-    echo_proc.kill();
-    bridge.wait_for("reconnecting to");
+    let EchoLost {
+        dir,
+        server: _server,
+        bridge,
+        mut d,
+        bufs,
+    } = echo_backend_lost("virtio-restart", &[]);
     // A request made while the backend is down waits in the ring; the kick waits in the eventfd.
     d.shm().write(bufs as usize, b"during").unwrap();
     let token = d

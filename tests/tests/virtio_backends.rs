@@ -75,19 +75,22 @@ impl Drop for Proc {
 
 /// rust-vmm's vhost-device-rng, if installed (scripts/test.sh installs it with cargo install).
 fn vhost_device_rng(test: &str) -> Option<PathBuf> {
+    vhost_device("vhost-device-rng", test)
+}
+
+/// A rust-vmm `vhost-device-*` backend on PATH, if installed (scripts/test.sh installs them
+/// with cargo install); the test skips without it unless IVSHMEM_REQUIRE_VHOST_DEVICE=1.
+fn vhost_device(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|p| p.join("vhost-device-rng"))
+            .map(|p| p.join(name))
             .find(|p| p.is_file())
     });
     if found.is_none() {
         if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
-            panic!("{test}: vhost-device-rng not on PATH and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
+            panic!("{test}: {name} not on PATH and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
         }
-        eprintln!(
-            "SKIP {test}: vhost-device-rng not on PATH (cargo install vhost-device-rng; \
-             scripts/test.sh does)"
-        );
+        eprintln!("SKIP {test}: {name} not on PATH (cargo install {name}; scripts/test.sh does)");
     }
     found
 }
@@ -515,6 +518,48 @@ fn echo_backend_lost(name: &str, bridge_extra: &[&str]) -> EchoLost {
         d,
         bufs,
     }
+}
+
+/// Acknowledged set-up (NEED_REPLY on every set-up message) against a backend on another
+/// vhost crate release: vhost-device-vsock's three queues go live, answer nothing unasked, and
+/// reset for the next driver.
+#[test]
+fn virtio_acknowledged_set_up_works_with_vhost_device_vsock() {
+    let Some(vsock) = vhost_device("vhost-device-vsock", "virtio_vsock_acked") else {
+        return;
+    };
+    let dir = Scratch::new("virtio-vsock-acked");
+    let server = start_server(&dir);
+    let socket = dir.join("vsock.sock");
+    let _vsock = Proc::spawn(Command::new(vsock).arg("--vm").arg(format!(
+        "guest-cid=3,socket={},uds-path={}",
+        socket.display(),
+        dir.join("vm.vsock").display()
+    )));
+    assert!(
+        wait_until(WAIT, || socket.exists()),
+        "vhost-device-vsock did not listen"
+    );
+    let bridge = start_bridge(
+        &server,
+        &socket,
+        "19",
+        &["--queues", "3", "--config-size", "8"],
+    );
+    for session in 0..2 {
+        let d = start_driver(&server, 3, 128);
+        let mut config = [0u8; 8];
+        d.read_config(0, &mut config);
+        assert_eq!(u64::from_le_bytes(config), 3, "the guest CID");
+        drop(d);
+        assert!(
+            wait_until(WAIT, || bridge.text().matches("device live").count()
+                > session),
+            "{}",
+            bridge.text()
+        );
+    }
+    assert!(!bridge.text().contains("refused"), "{}", bridge.text());
 }
 
 /// A backend that goes away and does not come back within the bridge's grace period: the

@@ -144,7 +144,8 @@ fn set_up_queue(
     queues
         .get_mut(queue as usize)
         .and_then(Option::as_mut)
-        .ok_or(DriverError::BadQueue {
+        // Built only on failure: this runs on every request.
+        .ok_or_else(|| DriverError::BadQueue {
             queue,
             what: "not set up".into(),
         })

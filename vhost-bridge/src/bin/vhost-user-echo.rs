@@ -59,6 +59,9 @@ struct Echo {
     features: u64,
     event_idx: bool,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// A chain's readable and writable buffers, kept to be reused by the next chain.
+    readable: Vec<(GuestAddress, usize)>,
+    writable: Vec<(GuestAddress, usize)>,
 }
 
 /// Copies the bytes of `readable` (address, length) buffers, in order, into the `writable`
@@ -97,7 +100,7 @@ fn copy_chain(
 
 impl Echo {
     /// Echoes every available chain of `vring`; returns whether any was used.
-    fn process(&self, vring: &VringRwLock) -> std::io::Result<bool> {
+    fn process(&mut self, vring: &VringRwLock) -> std::io::Result<bool> {
         let Some(mem) = &self.mem else {
             return Ok(false);
         };
@@ -111,7 +114,9 @@ impl Echo {
         let any = !chains.is_empty();
         for chain in chains {
             let head = chain.head_index();
-            let (mut readable, mut writable) = (Vec::new(), Vec::new());
+            let (readable, writable) = (&mut self.readable, &mut self.writable);
+            readable.clear();
+            writable.clear();
             for desc in chain.clone() {
                 let buffer = (desc.addr(), desc.len() as usize);
                 if desc.is_write_only() {
@@ -120,7 +125,7 @@ impl Echo {
                     readable.push(buffer);
                 }
             }
-            let written = copy_chain(&mem, &readable, &writable);
+            let written = copy_chain(&mem, readable, writable);
             vring
                 .add_used(head, written)
                 .map_err(std::io::Error::other)?;
@@ -247,6 +252,8 @@ fn main() -> std::process::ExitCode {
             queues: args.queues,
             features,
             event_idx: false,
+            readable: Vec::new(),
+            writable: Vec::new(),
             mem: None,
         }));
         let mut daemon = match VhostUserDaemon::new(

@@ -897,3 +897,35 @@ fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_and_polling() {
         polled.stdout
     );
 }
+
+/// The guest programs' driver with 16 requests in flight on one queue and EVENT_IDX: every
+/// answer checked, the kicks the device did not want counted and skipped, fewer calls than
+/// requests.
+#[test]
+fn virtio_echo_from_a_vm_keeps_16_in_flight_with_event_idx() {
+    require_kvm!();
+    let dir = Scratch::new("virtio-echo-vm-depth");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    let _bridge = start_bridge(&server, &socket, "echo", &[]);
+    let out = run_driver_vm(
+        &server,
+        "virtio_echo",
+        2,
+        "requests=2000 warmup=100 bytes=256 size=32 depth=16 event_idx=1",
+    );
+    let value = |key: &str| -> u64 {
+        out.value(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in\n{}", out.stdout))
+    };
+    assert_eq!(value("max_outstanding"), 16, "{}", out.stdout);
+    let (kicks, suppressed, calls) = (value("kicks"), value("kicks_suppressed"), value("calls"));
+    eprintln!("a VM at depth 16: {kicks} kicks, {suppressed} suppressed, {calls} calls");
+    assert_eq!(kicks + suppressed, 2000, "one kick decision per request");
+    assert!(
+        suppressed > 0 && calls < 2000,
+        "EVENT_IDX suppressed nothing: {}",
+        out.stdout
+    );
+}

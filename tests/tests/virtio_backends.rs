@@ -862,7 +862,7 @@ fn virtio_rng_from_a_vm_reads_random_bytes_without_exits_per_request() {
 }
 
 #[test]
-fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_and_polling() {
+fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_polling_and_16_in_flight() {
     require_kvm!();
     let dir = Scratch::new("virtio-echo-vm");
     let server = start_server(&dir);
@@ -896,18 +896,9 @@ fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_and_polling() {
         "{}",
         polled.stdout
     );
-}
 
-/// The guest programs' driver with 16 requests in flight on one queue and EVENT_IDX: every
-/// answer checked, the kicks the device did not want counted and skipped, fewer calls than
-/// requests.
-#[test]
-fn virtio_echo_from_a_vm_keeps_16_in_flight_with_event_idx() {
-    require_kvm!();
-    let dir = Scratch::new("virtio-echo-vm-depth");
-    let server = start_server(&dir);
-    let (_echo, socket) = start_echo(&dir, 1);
-    let _bridge = start_bridge(&server, &socket, "echo", &[]);
+    // 16 requests in flight on queue 0 with EVENT_IDX: every answer checked, the kicks the
+    // device did not want counted and skipped, fewer calls than requests.
     let out = run_driver_vm(
         &server,
         "virtio_echo",

@@ -705,8 +705,8 @@ PREAMBLE
 - virtio_depth rows: with 16 requests out, EVENT_IDX leaves a kick and a call per 15 to 30
   requests, so the wake-ups that bound the one-in-flight rows (each costs at least the floor row)
   are amortised. Unpinned, the backend's copy and the driver's read-out and check of the answers
-  overlap on the two cores, which is how 64 KiB echo can pass a single thread's memcpy rate; under
-  `taskset -c 0` they take turns. The 64 B rows miss the 0.25× memcpy target: a 64-byte memcpy
+  overlap on the two cores, which is how 64 KiB echo comes near a single thread's memcpy rate (an
+  earlier run on the same day: 1.28×); under `taskset -c 0` they take turns. The 64 B rows miss the 0.25× memcpy target: a 64-byte memcpy
   is tens of nanoseconds, while a request costs the ring work on both sides (perf: vm-memory's
   bounds-checked address lookup, `to_region_addr`, is the largest user-space symbol of both the
   driver and vhost-user-echo at 12 to 15 % of samples; descriptor, avail and used accesses; the

@@ -37,6 +37,15 @@ const USED_F_NO_NOTIFY: u16 = 1;
 /// VRING_AVAIL_F_NO_INTERRUPT: we do not want calls (we poll the used ring).
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
+/// The ring features this driver implements and accepts when asked: VIRTIO_F_EVENT_IDX
+/// (interrupt waits only; a polling queue asks for no calls with the flag instead).
+pub const RING_FEATURES: u64 = feature::EVENT_IDX;
+
+/// Whether moving an index from `old` to `new` crossed `event` (virtio 1.2 §2.7.10).
+fn event_crossed(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// What went wrong driving the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VirtioError {
@@ -126,12 +135,21 @@ struct Queue {
     outstanding: u16,
     next_avail: u16,
     last_used: u16,
+    /// VIRTIO_F_EVENT_IDX: kick when the avail index crosses `avail_event`, ask for a call
+    /// with `used_event` before halting.
+    event_idx: bool,
+    /// The avail index when we last decided whether to kick.
+    kicked_avail: u16,
+    kicks: u64,
+    kicks_suppressed: u64,
 }
 
 /// The queues [`VirtioDriver::bring_up`] sets up: `0..count`, each `size` entries, waited on
-/// as `wait`.
+/// as `wait`, with the features `wanted` (EVENT_IDX only for interrupt waits).
 #[derive(Debug, Clone, Copy)]
 pub struct QueuePlan {
+    /// Features asked for (device-type bits and [`RING_FEATURES`]).
+    pub wanted: u64,
     /// How many queues, from queue 0.
     pub count: u32,
     /// Entries per queue (a power of two the device accepts).
@@ -157,8 +175,9 @@ pub struct VirtioDriver<'a> {
 
 impl<'a> VirtioDriver<'a> {
     /// The whole bring-up a program does before its first request: claim the device at `header`
-    /// (rings and buffers in `arena`, config vector 0), print which device it is, accept no
-    /// optional features, set up the queues `queues` describes (queue q calls our vector q + 1)
+    /// (rings and buffers in `arena`, config vector 0), print which device it is, accept the
+    /// features `queues.wanted` asks for, set up the queues `queues` describes (queue q calls
+    /// our vector q + 1)
     /// and set DRIVER_OK. On failure it prints `program: step: error`
     /// and returns the program's exit status for that step: 20 open, 21 negotiate, 22 a queue,
     /// 23 DRIVER_OK.
@@ -181,7 +200,11 @@ impl<'a> VirtioDriver<'a> {
             d.num_queues(),
             dev.id()
         );
-        d.negotiate(0).map_err(|e| {
+        let wanted = match queues.wait {
+            Wait::Poll => queues.wanted & !feature::EVENT_IDX,
+            Wait::Interrupt => queues.wanted,
+        };
+        d.negotiate(wanted).map_err(|e| {
             crate::println!("{program}: negotiate: {e}");
             21
         })?;
@@ -365,13 +388,15 @@ impl<'a> VirtioDriver<'a> {
     }
 
     /// Accepts the offered features among `wanted` (plus the required VIRTIO_F_VERSION_1) and
-    /// sets FEATURES_OK. Returns the accepted set.
+    /// sets FEATURES_OK. Returns the accepted set. Of `wanted`, device-type bits and the ring
+    /// features this driver implements ([`RING_FEATURES`]: EVENT_IDX) count; INDIRECT_DESC and
+    /// the other ring and transport bits are never accepted.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, VirtioError> {
         let offered = self.u64_at(field::DEVICE_FEATURES).load(Ordering::Acquire);
         if offered & feature::VERSION_1 == 0 {
             return Err(VirtioError::NotModern);
         }
-        let accepted = offered & (wanted | feature::VERSION_1);
+        let accepted = feature::accepted(offered, wanted, RING_FEATURES);
         self.u64_at(field::DRIVER_FEATURES)
             .store(accepted, Ordering::Release);
         let st = self.request(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
@@ -442,7 +467,12 @@ impl<'a> VirtioDriver<'a> {
         self.zero(setup.desc, layout::ring_size::desc(size));
         self.zero(setup.avail, layout::ring_size::avail(size));
         self.zero(setup.used, layout::ring_size::used(size));
+        let event_idx = self.features & feature::EVENT_IDX != 0;
         if wait == Wait::Poll {
+            if event_idx {
+                // With EVENT_IDX the device ignores the flag: polling is refused.
+                return Err(VirtioError::BadQueue("polling does not go with EVENT_IDX"));
+            }
             self.ring16(setup.avail)
                 .store(AVAIL_F_NO_INTERRUPT, Ordering::Release);
         }
@@ -464,6 +494,10 @@ impl<'a> VirtioDriver<'a> {
             outstanding: 0,
             next_avail: 0,
             last_used: 0,
+            event_idx,
+            kicked_avail: 0,
+            kicks: 0,
+            kicks_suppressed: 0,
         };
         let at = |f| layout::queue_offset(queue, f);
         self.set(at(queue_field::SIZE), size);
@@ -556,18 +590,32 @@ impl<'a> VirtioDriver<'a> {
         q.chain_len[head as usize] = needed as u16;
         q.outstanding += 1;
         let slot = q.avail + 4 + 2 * (q.next_avail % q.size) as u64;
-        let (avail, used) = (q.avail, q.used);
+        let (avail, used, size) = (q.avail, q.used, q.size);
         q.next_avail = q.next_avail.wrapping_add(1);
         let next_avail = q.next_avail;
-        let kick = q.kick_vector;
+        let old = core::mem::replace(&mut q.kicked_avail, next_avail);
+        let (kick, event_idx) = (q.kick_vector, q.event_idx);
         self.ring16(slot).store(head, Ordering::Relaxed);
         // Descriptors and the slot must be visible before the index that publishes them.
         compiler_fence(Ordering::Release);
         self.ring16(avail + 2).store(next_avail, Ordering::Release);
-        // Our index store before reading the device's flag (virtio 1.2 §2.7.13.3.1).
+        // Our index store before reading the device's side (virtio 1.2 §2.7.13.3.1).
         fence(Ordering::SeqCst);
-        if self.ring16(used).load(Ordering::Acquire) & USED_F_NO_NOTIFY == 0 {
+        let wanted = if event_idx {
+            // avail_event, after the used ring's elements.
+            let event = self
+                .ring16(used + 4 + 8 * size as u64)
+                .load(Ordering::Acquire);
+            event_crossed(event, next_avail, old)
+        } else {
+            self.ring16(used).load(Ordering::Acquire) & USED_F_NO_NOTIFY == 0
+        };
+        let q = self.queue_mut(queue)?;
+        if wanted {
+            q.kicks += 1;
             dev.ring(device_peer, kick);
+        } else {
+            q.kicks_suppressed += 1;
         }
         Ok(head)
     }
@@ -618,13 +666,22 @@ impl<'a> VirtioDriver<'a> {
         if let Some(used) = self.try_used(queue)? {
             return Ok(used);
         }
-        let call_vector = self.queue_mut(queue)?.call_vector;
+        let q = self.queue_mut(queue)?;
+        let (call_vector, event_idx, avail, size) = (q.call_vector, q.event_idx, q.avail, q.size);
         let cpu_vector = self.dev.cpu_vector(call_vector);
         let deadline = Deadline::start(self.timeout_ns);
         loop {
             // Read before looking at the ring: a call landing after the look moves the counter
             // and ends the halt at once.
             let seen = interrupts::count(cpu_vector);
+            if event_idx && wait == Wait::Interrupt {
+                // Ask for a call once the next chain is used (used_event, after the avail
+                // ring's slots), before the last look at the ring.
+                let last_used = self.queue_mut(queue)?.last_used;
+                self.ring16(avail + 4 + 2 * size as u64)
+                    .store(last_used, Ordering::Release);
+                fence(Ordering::SeqCst);
+            }
             if let Some(used) = self.try_used(queue)? {
                 return Ok(used);
             }
@@ -636,6 +693,23 @@ impl<'a> VirtioDriver<'a> {
                 interrupts::halt_until_changed(cpu_vector, seen);
             }
         }
+    }
+
+    /// Kicks rung and kicks the device did not want (VRING_USED_F_NO_NOTIFY or, with
+    /// EVENT_IDX, `avail_event` not crossed) on `queue`.
+    pub fn kicks(&self, queue: u32) -> (u64, u64) {
+        self.queues
+            .get(queue as usize)
+            .and_then(Option::as_ref)
+            .map_or((0, 0), |q| (q.kicks, q.kicks_suppressed))
+    }
+
+    /// Chains out on `queue`.
+    pub fn outstanding(&self, queue: u32) -> u16 {
+        self.queues
+            .get(queue as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |q| q.outstanding)
     }
 
     /// Fails when the device side reset the device on its own or flagged DEVICE_NEEDS_RESET.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use harness::vm::{doorbell, Vm, VmOutcome, VM_TIMEOUT};
 use harness::{bin, require_kvm, wait_until, Scratch, Server};
 use peer::{ConnectOptions, Peer};
-use virtio_ivshmem::layout::{field, status, NO_PEER};
+use virtio_ivshmem::layout::{feature, field, status, ErrorCode, NO_PEER};
 use virtio_ivshmem::{Buffer, Driver, DriverError, DriverOptions, Header};
 
 const SHM_SIZE: u64 = 1 << 20;
@@ -75,19 +75,22 @@ impl Drop for Proc {
 
 /// rust-vmm's vhost-device-rng, if installed (scripts/test.sh installs it with cargo install).
 fn vhost_device_rng(test: &str) -> Option<PathBuf> {
+    vhost_device("vhost-device-rng", test)
+}
+
+/// A rust-vmm `vhost-device-*` backend on PATH, if installed (scripts/test.sh installs them
+/// with cargo install); the test skips without it unless IVSHMEM_REQUIRE_VHOST_DEVICE=1.
+fn vhost_device(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|p| p.join("vhost-device-rng"))
+            .map(|p| p.join(name))
             .find(|p| p.is_file())
     });
     if found.is_none() {
         if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
-            panic!("{test}: vhost-device-rng not on PATH and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
+            panic!("{test}: {name} not on PATH and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
         }
-        eprintln!(
-            "SKIP {test}: vhost-device-rng not on PATH (cargo install vhost-device-rng; \
-             scripts/test.sh does)"
-        );
+        eprintln!("SKIP {test}: {name} not on PATH (cargo install {name}; scripts/test.sh does)");
     }
     found
 }
@@ -164,8 +167,13 @@ fn open_driver(server: &Server) -> Driver {
 /// Opens the device, negotiates nothing optional, sets `queues` queues of `size` entries up
 /// (queue q calls our vector q+1) and starts it.
 fn start_driver(server: &Server, queues: u32, size: u32) -> Driver {
+    start_driver_with(server, queues, size, 0)
+}
+
+/// [`start_driver`], asking for the features `wanted`.
+fn start_driver_with(server: &Server, queues: u32, size: u32, wanted: u64) -> Driver {
     let mut d = open_driver(server);
-    d.negotiate(0).expect("negotiate");
+    d.negotiate(wanted).expect("negotiate");
     for q in 0..queues {
         d.setup_queue(q, size, q + 1).expect("set up queue");
     }
@@ -200,17 +208,50 @@ fn echo(
     Ok(back)
 }
 
+/// A server with vhost-device-rng behind a bridge (the device at header 0), in its own
+/// directory; `None` (the test skips) when vhost-device-rng is not installed.
+struct RngBed {
+    server: Server,
+    bridge: Proc,
+    _rng: Proc,
+    _dir: Scratch,
+}
+
+fn rng_bed(test: &str, dir: &str) -> Option<RngBed> {
+    let rng = vhost_device_rng(test)?;
+    let dir = Scratch::new(dir);
+    let server = start_server(&dir);
+    let (rng, rng_socket) = start_rng(&rng, &dir);
+    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    Some(RngBed {
+        server,
+        bridge,
+        _rng: rng,
+        _dir: dir,
+    })
+}
+
+/// Asserts that the `len` bytes at `at` (zeroed before the requests) look random: few zeros,
+/// and the first two 64-byte blocks differ.
+fn assert_random(d: &Driver, at: u64, len: usize) {
+    let mut all = vec![0u8; len];
+    d.shm().read(at as usize, &mut all).unwrap();
+    let zeros = all.iter().filter(|&&b| b == 0).count();
+    assert!(
+        zeros < len / 32,
+        "{zeros} of {len} bytes still zero: not random"
+    );
+    assert_ne!(all[..64], all[64..128]);
+}
+
 #[test]
 fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
-    let Some(rng) = vhost_device_rng("virtio_rng") else {
+    let Some(bed) = rng_bed("virtio_rng", "virtio-rng") else {
         return;
     };
-    let dir = Scratch::new("virtio-rng");
-    let server = start_server(&dir);
-    let (_rng, rng_socket) = start_rng(&rng, &dir);
-    let bridge = start_bridge(&server, &rng_socket, "entropy", &[]);
+    let (server, bridge) = (&bed.server, &bed.bridge);
     // A small queue, so 100 requests wrap the rings several times.
-    let mut d = start_driver(&server, 1, 16);
+    let mut d = start_driver(server, 1, 16);
     assert_eq!(d.device_id(), virtio_ivshmem::device_id::ENTROPY);
     let buf = d.alloc(64 * 100, 64).unwrap();
     d.shm().fill(buf as usize, 64 * 100, 0).unwrap();
@@ -228,11 +269,7 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
         let used = d.wait_used(0, WAIT).expect("random bytes");
         assert_eq!(used.len, 64, "request {i}");
     }
-    let mut all = vec![0u8; 64 * 100];
-    d.shm().read(buf as usize, &mut all).unwrap();
-    let zeros = all.iter().filter(|&&b| b == 0).count();
-    assert!(zeros < 200, "{zeros} of 6400 bytes still zero: not random");
-    assert_ne!(all[..64], all[64..128]);
+    assert_random(&d, buf, 64 * 100);
     // The bridge logs through a pipe read by another thread: wait for the line, not race it.
     bridge.wait_for("device live: driver peer");
 
@@ -240,7 +277,7 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
     // keeps its used index across SET_VRING_BASE: the bridge gives each session a fresh
     // connection.
     drop(d);
-    let mut d = start_driver(&server, 1, 16);
+    let mut d = start_driver(server, 1, 16);
     let buf = d.alloc(64, 64).unwrap();
     d.submit(
         0,
@@ -254,6 +291,311 @@ fn virtio_rng_reads_random_bytes_from_vhost_device_rng_through_shared_memory() {
     let used = d.wait_used(0, WAIT);
     let used = used.unwrap_or_else(|e| panic!("a second session: {e:?}\n{}", bridge.text()));
     assert_eq!(used.len, 64);
+}
+
+/// Through vhost-device-rng with EVENT_IDX and INDIRECT_DESC (which it offers): every chain
+/// goes through an indirect table (the ring descriptor says so), and random bytes arrive.
+#[test]
+fn virtio_rng_follows_our_indirect_tables_and_event_idx() {
+    let Some(bed) = rng_bed("virtio_rng_indirect", "virtio-rng-indirect") else {
+        return;
+    };
+    let (server, bridge) = (&bed.server, &bed.bridge);
+    let wanted = feature::EVENT_IDX | feature::INDIRECT_DESC;
+    let mut d = start_driver_with(server, 1, 8, wanted);
+    assert_eq!(
+        d.features() & wanted,
+        wanted,
+        "vhost-device-rng offers both"
+    );
+    // vhost-device-rng takes single-buffer chains only: send those through tables too.
+    d.set_indirect_min(0, 1).unwrap();
+    let bufs = d.alloc(64 * 64, 64).unwrap();
+    d.shm().fill(bufs as usize, 64 * 64, 0).unwrap();
+    for round in 0..8u64 {
+        // Eight requests out at once, one kick, then all eight back.
+        for i in 0..8 {
+            let at = bufs + 64 * (8 * round + i);
+            d.add(
+                0,
+                &[],
+                &[Buffer {
+                    offset: at,
+                    len: 64,
+                }],
+            )
+            .unwrap();
+        }
+        assert_eq!(d.outstanding(0), 8);
+        assert!(
+            d.kick(0).unwrap(),
+            "the device wants the first kick of a batch"
+        );
+        for _ in 0..8 {
+            let used = d
+                .wait_used(0, WAIT)
+                .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", bridge.text()));
+            assert_eq!(used.len, 64);
+        }
+    }
+    let stats = d.stats(0);
+    assert_eq!((stats.added, stats.indirect), (64, 64));
+    assert_random(&d, bufs, 64 * 64);
+}
+
+/// 16 requests of two buffers each out at once on a queue of 16 entries (only possible with
+/// indirect tables), one kick for all of them; then a stream at depth 16 where EVENT_IDX
+/// suppresses kicks while the backend works and calls while the driver works.
+#[test]
+fn virtio_echo_keeps_16_requests_in_flight_with_event_idx_and_indirect_tables() {
+    let dir = Scratch::new("virtio-depth");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    let bridge = start_bridge(&server, &socket, "echo", &[]);
+    let wanted = feature::EVENT_IDX | feature::INDIRECT_DESC;
+    let mut d = start_driver_with(&server, 1, 16, wanted);
+    assert_eq!(d.features() & wanted, wanted, "vhost-user-echo offers both");
+    let bufs = d.alloc(16 * 2 * 256, 64).unwrap();
+    let input = |slot: u64| bufs + 512 * slot;
+    let request = |d: &mut Driver, slot: u64, n: u64| -> u16 {
+        let text = format!("slot {slot:2} request {n:6}");
+        d.shm()
+            .write(input(slot) as usize, text.as_bytes())
+            .unwrap();
+        let len = text.len() as u32;
+        d.add(
+            0,
+            &[Buffer {
+                offset: input(slot),
+                len,
+            }],
+            &[Buffer {
+                offset: input(slot) + 256,
+                len,
+            }],
+        )
+        .unwrap()
+    };
+    let check = |d: &Driver, slot: u64, n: u64, len: u32| {
+        let text = format!("slot {slot:2} request {n:6}");
+        assert_eq!(len as usize, text.len());
+        let mut back = vec![0u8; text.len()];
+        d.shm()
+            .read((input(slot) + 256) as usize, &mut back)
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&back), text);
+    };
+
+    // 16 out at once: each took one ring descriptor (its chain is in its own table).
+    let mut slot_of = std::collections::HashMap::new();
+    for slot in 0..16 {
+        slot_of.insert(request(&mut d, slot, slot), slot);
+    }
+    assert_eq!((d.outstanding(0), d.free_descriptors(0)), (16, 0));
+    assert!(
+        matches!(
+            d.add(
+                0,
+                &[Buffer {
+                    offset: bufs,
+                    len: 1
+                }],
+                &[Buffer {
+                    offset: bufs,
+                    len: 1
+                }]
+            ),
+            Err(DriverError::Queue { .. })
+        ),
+        "a 17th request does not fit"
+    );
+    assert!(d.kick(0).unwrap());
+    for _ in 0..16 {
+        let used = d.wait_used_after(0, 16, WAIT).expect("echo");
+        let slot = slot_of.remove(&used.token).expect("a token that is out");
+        check(&d, slot, slot, used.len);
+    }
+    let first = d.stats(0);
+    assert_eq!((first.added, first.indirect, first.kicks), (16, 16, 1));
+    assert!(first.calls <= 1, "one call for the whole batch: {first:?}");
+
+    // A stream at depth 16: every answer's slot is reused at once, each request kicked on its
+    // own (submit), so the device decides which kicks it needs.
+    let total = 2000u64;
+    let mut issued = 16u64;
+    let mut done = 0u64;
+    let mut out = std::collections::HashMap::new();
+    for slot in 0..16 {
+        out.insert(request(&mut d, slot, issued + slot), (slot, issued + slot));
+    }
+    issued += 16;
+    d.kick(0).unwrap();
+    while done < total {
+        let mut used = Some(
+            d.wait_used(0, WAIT)
+                .unwrap_or_else(|e| panic!("{e}\n{}", bridge.text())),
+        );
+        while let Some(u) = used {
+            let (slot, n) = out.remove(&u.token).expect("a token that is out");
+            check(&d, slot, n, u.len);
+            done += 1;
+            if issued < total + 16 {
+                let token = request(&mut d, slot, issued);
+                out.insert(token, (slot, issued));
+                issued += 1;
+                d.kick(0).unwrap();
+            }
+            used = d.try_used(0).unwrap();
+        }
+    }
+    let stream = d.stats(0);
+    let (kicks, suppressed) = (stream.kicks - first.kicks, stream.kicks_suppressed);
+    let calls = stream.calls - first.calls;
+    eprintln!(
+        "{total} requests at depth 16: {kicks} kicks, {suppressed} suppressed, {calls} calls"
+    );
+    // The first 16 went with one kick, then one submission per answer but the last 16.
+    assert_eq!(
+        kicks + suppressed,
+        1 + total - 16,
+        "every submission asked once"
+    );
+    assert!(
+        suppressed > 0 && calls < total,
+        "EVENT_IDX suppressed nothing: {kicks} kicks, {calls} calls for {total} requests"
+    );
+}
+
+/// With REPLY_ACK (vhost-user-echo offers it) every set-up message asks for an
+/// acknowledgement: a queue size above the backend's maximum is refused at SET_VRING_NUM, and
+/// the bridge says so, instead of a later message failing on a closed socket.
+#[test]
+fn virtio_bridge_names_the_message_a_backend_refuses() {
+    let dir = Scratch::new("virtio-refused");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 1);
+    // vhost-user-echo's maximum is 1024.
+    let bridge = start_bridge(&server, &socket, "echo", &["--queue-size", "2048"]);
+    let mut d = open_driver(&server);
+    d.negotiate(0).unwrap();
+    d.setup_queue(0, 2048, 1).unwrap();
+    match d.start() {
+        Err(DriverError::Refused(ErrorCode::BackendFailed)) => {}
+        other => panic!("DRIVER_OK with a queue of 2048: {other:?}"),
+    }
+    bridge.wait_for("the backend refused vhost-user SET_VRING_NUM 0 (size 2048)");
+    assert!(!bridge.text().contains("Broken pipe"), "{}", bridge.text());
+}
+
+/// A live echo device (bridge options `bridge_extra`) that answered one request, whose backend
+/// was then killed; the bridge has noticed.
+struct EchoLost {
+    dir: Scratch,
+    server: Server,
+    bridge: Proc,
+    d: Driver,
+    /// 512 bytes of buffers: input at +0, output at +256.
+    bufs: u64,
+}
+
+fn echo_backend_lost(name: &str, bridge_extra: &[&str]) -> EchoLost {
+    let dir = Scratch::new(name);
+    let server = start_server(&dir);
+    let (mut echo_proc, socket) = start_echo(&dir, 1);
+    let bridge = start_bridge(&server, &socket, "echo", bridge_extra);
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"before").unwrap(),
+        b"before"
+    );
+    echo_proc.kill();
+    bridge.wait_for("reconnecting to");
+    EchoLost {
+        dir,
+        server,
+        bridge,
+        d,
+        bufs,
+    }
+}
+
+/// Acknowledged set-up (NEED_REPLY on every set-up message) against a backend on another
+/// vhost crate release: vhost-device-vsock's three queues go live, answer nothing unasked, and
+/// reset for the next driver.
+#[test]
+fn virtio_acknowledged_set_up_works_with_vhost_device_vsock() {
+    let Some(vsock) = vhost_device("vhost-device-vsock", "virtio_vsock_acked") else {
+        return;
+    };
+    let dir = Scratch::new("virtio-vsock-acked");
+    let server = start_server(&dir);
+    let socket = dir.join("vsock.sock");
+    let _vsock = Proc::spawn(Command::new(vsock).arg("--vm").arg(format!(
+        "guest-cid=3,socket={},uds-path={}",
+        socket.display(),
+        dir.join("vm.vsock").display()
+    )));
+    assert!(
+        wait_until(WAIT, || socket.exists()),
+        "vhost-device-vsock did not listen"
+    );
+    let bridge = start_bridge(
+        &server,
+        &socket,
+        "19",
+        &["--queues", "3", "--config-size", "8"],
+    );
+    for session in 0..2 {
+        let d = start_driver(&server, 3, 128);
+        let mut config = [0u8; 8];
+        d.read_config(0, &mut config);
+        assert_eq!(u64::from_le_bytes(config), 3, "the guest CID");
+        drop(d);
+        assert!(
+            wait_until(WAIT, || bridge.text().matches("device live").count()
+                > session),
+            "{}",
+            bridge.text()
+        );
+    }
+    assert!(!bridge.text().contains("refused"), "{}", bridge.text());
+}
+
+/// A backend that goes away and does not come back within the bridge's grace period: the
+/// device is flagged DEVICE_NEEDS_RESET and a driver waiting for an answer gets that error
+/// (woken by the bridge), not a timeout; once a backend is back, a new session works.
+#[test]
+fn virtio_backend_that_never_comes_back_flags_device_needs_reset() {
+    let EchoLost {
+        dir,
+        server,
+        bridge,
+        mut d,
+        bufs,
+    } = echo_backend_lost("virtio-backend-gone", &["--backend-grace-ms", "500"]);
+    let started = std::time::Instant::now();
+    match echo(&mut d, 0, bufs, bufs + 256, b"never") {
+        Err(DriverError::NeedsReset { status: st }) => {
+            assert_ne!(st & status::DEVICE_NEEDS_RESET, 0, "status {st:#x}")
+        }
+        other => panic!("a request to a backend that never comes back: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the error came after {:?}, not after the 500 ms grace",
+        started.elapsed()
+    );
+    bridge.wait_for("did not come back within 500ms");
+    drop(d);
+    let (_echo2, _) = start_echo(&dir, 1);
+    bridge.wait_for("connected again");
+    let mut d = start_driver(&server, 1, 8);
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"again").unwrap(),
+        b"again"
+    );
 }
 
 #[test]
@@ -302,19 +644,13 @@ fn virtio_echo_serves_several_queues_and_its_config_space() {
 
 #[test]
 fn virtio_echo_backend_killed_and_restarted_resumes_the_rings() {
-    let dir = Scratch::new("virtio-restart");
-    let server = start_server(&dir);
-    let (mut echo_proc, socket) = start_echo(&dir, 1);
-    let bridge = start_bridge(&server, &socket, "echo", &[]);
-    let mut d = start_driver(&server, 1, 8);
-    let bufs = d.alloc(512, 64).unwrap();
-    assert_eq!(
-        echo(&mut d, 0, bufs, bufs + 256, b"before").unwrap(),
-        b"before"
-    );
-
-    echo_proc.kill();
-    bridge.wait_for("reconnecting to");
+    let EchoLost {
+        dir,
+        server: _server,
+        bridge,
+        mut d,
+        bufs,
+    } = echo_backend_lost("virtio-restart", &[]);
     // A request made while the backend is down waits in the ring; the kick waits in the eventfd.
     d.shm().write(bufs as usize, b"during").unwrap();
     let token = d
@@ -526,7 +862,7 @@ fn virtio_rng_from_a_vm_reads_random_bytes_without_exits_per_request() {
 }
 
 #[test]
-fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_and_polling() {
+fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_polling_and_16_in_flight() {
     require_kvm!();
     let dir = Scratch::new("virtio-echo-vm");
     let server = start_server(&dir);
@@ -559,5 +895,28 @@ fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_and_polling() {
         Some("0"),
         "{}",
         polled.stdout
+    );
+
+    // 16 requests in flight on queue 0 with EVENT_IDX: every answer checked, the kicks the
+    // device did not want counted and skipped, fewer calls than requests.
+    let out = run_driver_vm(
+        &server,
+        "virtio_echo",
+        2,
+        "requests=2000 warmup=100 bytes=256 size=32 depth=16 event_idx=1",
+    );
+    let value = |key: &str| -> u64 {
+        out.value(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in\n{}", out.stdout))
+    };
+    assert_eq!(value("max_outstanding"), 16, "{}", out.stdout);
+    let (kicks, suppressed, calls) = (value("kicks"), value("kicks_suppressed"), value("calls"));
+    eprintln!("a VM at depth 16: {kicks} kicks, {suppressed} suppressed, {calls} calls");
+    assert_eq!(kicks + suppressed, 2000, "one kick decision per request");
+    assert!(
+        suppressed > 0 && calls < 2000,
+        "EVENT_IDX suppressed nothing: {}",
+        out.stdout
     );
 }

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::path::Path;
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -22,7 +22,14 @@ const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
 /// Errors talking to the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// A vhost-user request failed (the backend refused it or the socket broke).
+    /// The backend answered a message we asked an acknowledgement for (REPLY_ACK) with a
+    /// failure.
+    #[error("the backend refused vhost-user {what}")]
+    Refused {
+        /// Which message.
+        what: String,
+    },
+    /// A vhost-user request failed (the socket broke, or a malformed answer).
     #[error("vhost-user {what}: {source}")]
     Request {
         /// Which step.
@@ -41,7 +48,12 @@ pub enum BackendError {
 
 fn step(what: impl Into<String>) -> impl FnOnce(vhost::Error) -> BackendError {
     let what = what.into();
-    move |source| BackendError::Request { what, source }
+    move |source| match source {
+        vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::BackendInternalError) => {
+            BackendError::Refused { what }
+        }
+        source => BackendError::Request { what, source },
+    }
 }
 
 /// One queue to hand to the backend.
@@ -71,6 +83,9 @@ pub struct Backend {
     pub config: Vec<u8>,
     /// Queues handed over and not stopped yet.
     started: Vec<u32>,
+    /// REPLY_ACK was negotiated: set-up messages ask for an acknowledgement (NEED_REPLY), so
+    /// a refusal is reported as the message refused, not as a broken socket later.
+    reply_ack: bool,
 }
 
 /// An owned duplicate of `fd` as vmm-sys-util's EventFd (what the `vhost` crate takes).
@@ -130,7 +145,25 @@ impl Backend {
             num_queues: num_queues as u32,
             config,
             started: Vec::new(),
+            reply_ack: protocol.contains(VhostUserProtocolFeatures::REPLY_ACK),
         })
+    }
+
+    /// Sends one message that has no reply of its own, with NEED_REPLY when REPLY_ACK was
+    /// negotiated, so that the backend's refusal comes back as the error of `what`.
+    fn acked<T>(
+        &mut self,
+        what: impl Into<String>,
+        send: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T, BackendError> {
+        if self.reply_ack {
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let result = send(&mut self.frontend);
+        if self.reply_ack {
+            self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        }
+        result.map_err(step(what))
     }
 
     /// The socket fd: it turns readable (EOF) when the backend goes away, since a backend never
@@ -151,9 +184,9 @@ impl Backend {
         queues: &[QueueStart<'_>],
     ) -> Result<(), BackendError> {
         let vhost_bits = self.features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        self.frontend
-            .set_features(driver_features | vhost_bits)
-            .map_err(step("SET_FEATURES"))?;
+        self.acked("SET_FEATURES", |f| {
+            f.set_features(driver_features | vhost_bits)
+        })?;
         let region = VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
             memory_size: shm_size,
@@ -161,15 +194,13 @@ impl Backend {
             mmap_offset: 0,
             mmap_handle: shm_fd.as_raw_fd(),
         };
-        self.frontend
-            .set_mem_table(&[region])
-            .map_err(step("SET_MEM_TABLE"))?;
+        self.acked("SET_MEM_TABLE", |f| f.set_mem_table(&[region]))?;
         for q in queues {
             let i = q.index as usize;
             let s = q.setup;
-            self.frontend
-                .set_vring_num(i, s.size as u16)
-                .map_err(step(format!("SET_VRING_NUM {i}")))?;
+            self.acked(format!("SET_VRING_NUM {i} (size {})", s.size), |f| {
+                f.set_vring_num(i, s.size as u16)
+            })?;
             let config = VringConfigData {
                 queue_max_size: q.max_size as u16,
                 queue_size: s.size as u16,
@@ -180,29 +211,32 @@ impl Backend {
                 avail_ring_addr: shm_va + s.avail,
                 log_addr: None,
             };
-            self.frontend
-                .set_vring_addr(i, &config)
-                .map_err(step(format!("SET_VRING_ADDR {i}")))?;
-            self.frontend
-                .set_vring_base(i, q.base)
-                .map_err(step(format!("SET_VRING_BASE {i}")))?;
-            self.frontend
-                .set_vring_call(i, &eventfd_of(q.call)?)
-                .map_err(step(format!("SET_VRING_CALL {i}")))?;
-            self.frontend
-                .set_vring_kick(i, &eventfd_of(q.kick)?)
-                .map_err(step(format!("SET_VRING_KICK {i}")))?;
+            self.acked(format!("SET_VRING_ADDR {i}"), |f| {
+                f.set_vring_addr(i, &config)
+            })?;
+            self.acked(format!("SET_VRING_BASE {i}"), |f| {
+                f.set_vring_base(i, q.base)
+            })?;
+            let call = eventfd_of(q.call)?;
+            self.acked(format!("SET_VRING_CALL {i}"), |f| {
+                f.set_vring_call(i, &call)
+            })?;
+            let kick = eventfd_of(q.kick)?;
+            self.acked(format!("SET_VRING_KICK {i}"), |f| {
+                f.set_vring_kick(i, &kick)
+            })?;
             self.started.push(q.index);
             if vhost_bits != 0 {
-                self.frontend
-                    .set_vring_enable(i, true)
-                    .map_err(step(format!("SET_VRING_ENABLE {i}")))?;
+                self.acked(format!("SET_VRING_ENABLE {i}"), |f| {
+                    f.set_vring_enable(i, true)
+                })?;
             }
         }
-        // None of those messages is answered, and a kick that reaches vhost-user-backend's
-        // worker before its ring is enabled is read and dropped (the request then waits
-        // forever). One request with a reply proves the backend applied them all before the
-        // driver is told DRIVER_OK; then one kick per queue covers kicks that were already
+        // Without REPLY_ACK none of those messages is answered, and a kick that reaches
+        // vhost-user-backend's worker before its ring is enabled is read and dropped (the
+        // request then waits forever). One request with a reply proves the backend applied them
+        // all before the driver is told DRIVER_OK (with REPLY_ACK each was acknowledged already;
+        // the round trip is kept as it costs little); then one kick per queue covers kicks that were already
         // pending (a driver that went on while a restarted backend was away). Virtio devices
         // take a spurious kick as a look at an unchanged ring.
         self.frontend
@@ -220,7 +254,9 @@ impl Backend {
     pub fn stop(&mut self) {
         for q in std::mem::take(&mut self.started) {
             // Refused by the `vhost` crate itself when protocol features are off; harmless.
-            let _ = self.frontend.set_vring_enable(q as usize, false);
+            let _ = self.acked("SET_VRING_ENABLE (stop)", |f| {
+                f.set_vring_enable(q as usize, false)
+            });
             if let Err(e) = self.frontend.get_vring_base(q as usize) {
                 log::warn!("stopping queue {q}: GET_VRING_BASE failed: {e}");
             }

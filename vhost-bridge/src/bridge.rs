@@ -36,6 +36,9 @@ pub struct Config {
     pub config_size: u32,
     /// How long to wait for the server, and for the backend at start.
     pub timeout: Duration,
+    /// How long live rings wait for a lost backend to come back before the device is flagged
+    /// DEVICE_NEEDS_RESET (the driver then gets an error instead of waiting on).
+    pub backend_grace: Duration,
 }
 
 /// Errors that stop the bridge.
@@ -97,6 +100,8 @@ pub struct Bridge {
     offered: u64,
     next_reconnect: Instant,
     reconnect_delay: Duration,
+    /// When the backend of live rings went away (cleared when it is back or we gave up).
+    backend_lost_at: Option<Instant>,
 }
 
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
@@ -136,6 +141,7 @@ impl Bridge {
             status: 0,
             next_reconnect: Instant::now(),
             reconnect_delay: RECONNECT_MIN,
+            backend_lost_at: None,
         };
         bridge.publish();
         log::info!(
@@ -192,7 +198,11 @@ impl Bridge {
         loop {
             self.handle_request();
             let timeout = if self.backend.is_none() {
-                self.next_reconnect
+                let mut until = self.next_reconnect;
+                if let Some(lost) = self.backend_lost_at {
+                    until = until.min(lost + self.config.backend_grace);
+                }
+                until
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1))
             } else {
@@ -219,6 +229,12 @@ impl Bridge {
             }
             if self.backend.is_none() && Instant::now() >= self.next_reconnect {
                 self.reconnect();
+            }
+            if self
+                .backend_lost_at
+                .is_some_and(|lost| lost.elapsed() >= self.config.backend_grace)
+            {
+                self.give_up_on_backend();
             }
         }
     }
@@ -509,6 +525,37 @@ impl Bridge {
             log::warn!("{why}; reconnecting to {}", self.config.backend.display());
             self.next_reconnect = Instant::now();
             self.reconnect_delay = RECONNECT_MIN;
+            if self.running.is_some() {
+                self.backend_lost_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The backend of live rings did not come back within the grace period: the rings are
+    /// given up and the device flagged DEVICE_NEEDS_RESET, so the driver gets an error instead
+    /// of waiting for a device that looks merely slow. Reconnecting goes on for the next
+    /// session.
+    fn give_up_on_backend(&mut self) {
+        self.backend_lost_at = None;
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        log::warn!(
+            "backend {} did not come back within {:?}: device flagged DEVICE_NEEDS_RESET",
+            self.config.backend.display(),
+            self.config.backend_grace
+        );
+        self.flag_needs_reset(&running);
+    }
+
+    /// Sets DEVICE_NEEDS_RESET and wakes the driver: its config vector, and every queue's call
+    /// vector (a driver sleeping for used buffers looks at the status when it wakes).
+    fn flag_needs_reset(&mut self, running: &Running) {
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.header().set(field::DEVICE_STATUS, self.status);
+        self.notify_driver();
+        for &(_, _, call) in &running.queues {
+            let _ = self.peer.ring(running.driver, call);
         }
     }
 
@@ -523,13 +570,12 @@ impl Bridge {
                 log::info!("backend {} connected again", self.config.backend.display());
                 self.backend = Some(backend);
                 self.reconnect_delay = RECONNECT_MIN;
+                self.backend_lost_at = None;
                 if let Some(running) = self.running.take() {
                     if self.start_rings(&running, true).is_ok() {
                         self.running = Some(running);
                     } else {
-                        self.status |= status::DEVICE_NEEDS_RESET;
-                        self.header().set(field::DEVICE_STATUS, self.status);
-                        self.notify_driver();
+                        self.flag_needs_reset(&running);
                     }
                 }
             }

@@ -36,9 +36,11 @@ struct Args {
     #[arg(long)]
     queues: Option<u32>,
     /// Largest queue size offered to the driver (power of two). The default, 128, is what
-    /// QEMU's vhost-user devices use and stock backends accept; above a backend's own maximum
-    /// (vhost-device-console 0.1: 128) the backend refuses SET_VRING_NUM and the driver's
-    /// DRIVER_OK is refused with BackendFailed.
+    /// QEMU's vhost-user devices use and stock backends accept. Above a backend's own maximum
+    /// (vhost-device-console 0.1: 128) a driver that takes the offered size fails: the backend
+    /// refuses SET_VRING_NUM (logged here as "the backend refused vhost-user SET_VRING_NUM"
+    /// when it acknowledges messages, REPLY_ACK; most backends then also close the
+    /// connection) and the driver's DRIVER_OK is refused with BackendFailed.
     #[arg(long, default_value_t = 128)]
     queue_size: u32,
     /// Bytes of device configuration space to fetch from the backend, if it offers GET_CONFIG.
@@ -47,6 +49,11 @@ struct Args {
     /// Seconds to wait for the server and, at start, for the backend.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Milliseconds a live device waits for a lost backend to come back (it is reconnected
+    /// and handed the rings again) before the device is flagged DEVICE_NEEDS_RESET, so the
+    /// driver gets an error instead of waiting on.
+    #[arg(long, default_value_t = 3000)]
+    backend_grace_ms: u64,
 }
 
 fn parse_device(s: &str) -> Result<u32, String> {
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
             .config_size
             .min(virtio_ivshmem::layout::field::CONFIG_MAX as u32),
         timeout: Duration::from_secs(args.timeout),
+        backend_grace: Duration::from_millis(args.backend_grace_ms),
     };
     let result = bridge::Bridge::new(config).and_then(|mut b| b.run());
     match result {

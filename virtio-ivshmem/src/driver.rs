@@ -15,10 +15,20 @@ use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::header::{BadHeaderBase, Header};
 use crate::layout::{self, feature, field, queue_field, status, ErrorCode, QueueSetup};
-use crate::virtqueue::{Buffer, DriverQueue, QueueError, Used};
+use crate::virtqueue::{
+    Buffer, DriverQueue, IndirectTables, QueueError, QueueStats, RingFeatures, Used,
+};
 
 /// How long a driver waits for the device side by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ring features this driver implements and accepts when the caller asks for them in
+/// [`Driver::negotiate`]: VIRTIO_F_EVENT_IDX and VIRTIO_F_INDIRECT_DESC.
+pub const RING_FEATURES: u64 = feature::EVENT_IDX | feature::INDIRECT_DESC;
+
+/// Descriptors per indirect table (the longest chain that takes one ring descriptor); longer
+/// chains use the ring's descriptors directly.
+pub const INDIRECT_ENTRIES: u16 = 16;
 
 /// How the driver uses the shared memory and its own vectors.
 #[derive(Debug, Clone)]
@@ -134,7 +144,8 @@ fn set_up_queue(
     queues
         .get_mut(queue as usize)
         .and_then(Option::as_mut)
-        .ok_or(DriverError::BadQueue {
+        // Built only on failure: this runs on every request.
+        .ok_or_else(|| DriverError::BadQueue {
             queue,
             what: "not set up".into(),
         })
@@ -256,16 +267,17 @@ impl Driver {
     }
 
     /// Accepts the offered features among `wanted` (plus VIRTIO_F_VERSION_1, which is
-    /// required) and sets FEATURES_OK. Returns the accepted set. Only device-type bits of
-    /// `wanted` count ([`feature::DEVICE_SPECIFIC`]): ring and transport features this driver
-    /// does not implement (EVENT_IDX, INDIRECT_DESC) are never accepted.
+    /// required) and sets FEATURES_OK. Returns the accepted set. Of `wanted`, device-type bits
+    /// ([`feature::DEVICE_SPECIFIC`]) and the ring features this driver implements
+    /// ([`RING_FEATURES`]: EVENT_IDX, INDIRECT_DESC) count; other ring and transport bits
+    /// (packed rings, ...) are never accepted.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, DriverError> {
         let offered = self.device_features();
         if offered & feature::VERSION_1 == 0 {
             return Err(DriverError::NotModern);
         }
-        // Only what we implement: device-type bits the caller asked for, and VERSION_1.
-        let accepted = feature::accepted(offered, wanted);
+        // Only what we implement: bits the caller asked for, and VERSION_1.
+        let accepted = feature::accepted(offered, wanted, RING_FEATURES);
         self.header().set64(field::DRIVER_FEATURES, accepted);
         let st = self.request(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         if st & status::FEATURES_OK == 0 {
@@ -276,7 +288,9 @@ impl Driver {
     }
 
     /// Sets queue `queue` up with `size` entries (0: the device's maximum, capped at 256),
-    /// rings allocated from the arena, the device calling our vector `call_vector`.
+    /// rings allocated from the arena, the device calling our vector `call_vector`. With
+    /// INDIRECT_DESC negotiated, the queue's indirect tables ([`INDIRECT_ENTRIES`] descriptors
+    /// per ring entry) come from the arena too.
     pub fn setup_queue(
         &mut self,
         queue: u32,
@@ -302,6 +316,19 @@ impl Driver {
         let desc = self.alloc(layout::ring_size::desc(size), 16)?;
         let avail = self.alloc(layout::ring_size::avail(size), 2)?;
         let used = self.alloc(layout::ring_size::used(size), 4)?;
+        let indirect = if self.features & feature::INDIRECT_DESC != 0 {
+            let bytes = IndirectTables::bytes(size, INDIRECT_ENTRIES);
+            Some(IndirectTables {
+                base: self.alloc(bytes, 16)?,
+                entries: INDIRECT_ENTRIES,
+            })
+        } else {
+            None
+        };
+        let ring_features = RingFeatures {
+            event_idx: self.features & feature::EVENT_IDX != 0,
+            indirect,
+        };
         let setup = QueueSetup {
             size,
             desc,
@@ -312,7 +339,7 @@ impl Driver {
         setup
             .validate(max, shm_size, self.base)
             .map_err(|e| bad(format!("{e:?} (device maximum {max})")))?;
-        let ring = DriverQueue::new(&self.mem, setup)
+        let ring = DriverQueue::new(&self.mem, setup, ring_features)
             .map_err(|source| DriverError::Queue { queue, source })?;
         let header = self.header();
         header.queue_set(queue, queue_field::SIZE, size);
@@ -372,18 +399,66 @@ impl Driver {
         readable: &[Buffer],
         writable: &[Buffer],
     ) -> Result<u16, DriverError> {
+        let token = self.add(queue, readable, writable)?;
+        self.kick(queue)?;
+        Ok(token)
+    }
+
+    /// Offers a chain like [`submit`](Self::submit) but does not kick: add several, then
+    /// [`kick`](Self::kick) once.
+    pub fn add(
+        &mut self,
+        queue: u32,
+        readable: &[Buffer],
+        writable: &[Buffer],
+    ) -> Result<u16, DriverError> {
+        let mem = &self.mem;
+        let q = set_up_queue(&mut self.queues, queue)?;
+        q.ring
+            .add(mem, readable, writable)
+            .map_err(|source| DriverError::Queue { queue, source })
+    }
+
+    /// Kicks the device for the chains added since the last kick, if it wants a kick (with
+    /// EVENT_IDX: if our avail index crossed its `avail_event`). Returns whether it rang.
+    pub fn kick(&mut self, queue: u32) -> Result<bool, DriverError> {
         let device_peer = self.device_peer as u16;
         let mem = &self.mem;
         let q = set_up_queue(&mut self.queues, queue)?;
-        let token = q
-            .ring
-            .add(mem, readable, writable)
-            .map_err(|source| DriverError::Queue { queue, source })?;
-        if q.ring.needs_kick(mem) {
-            let kick = q.kick_vector;
-            self.peer.ring(device_peer, kick)?;
+        if !q.ring.needs_kick(mem) {
+            return Ok(false);
         }
-        Ok(token)
+        let kick = q.kick_vector;
+        self.peer.ring(device_peer, kick)?;
+        Ok(true)
+    }
+
+    /// With INDIRECT_DESC: chains of at least `buffers` buffers (default 2) on `queue` go into
+    /// an indirect table; 1 sends every chain through one.
+    pub fn set_indirect_min(&mut self, queue: u32, buffers: usize) -> Result<(), DriverError> {
+        self.queue_mut(queue)?.ring.set_indirect_min(buffers);
+        Ok(())
+    }
+
+    /// Chains out on `queue` (added and not yet used).
+    pub fn outstanding(&self, queue: u32) -> usize {
+        self.queue_ref(queue).map_or(0, |q| q.ring.outstanding())
+    }
+
+    /// Free descriptors of `queue`'s ring.
+    pub fn free_descriptors(&self, queue: u32) -> usize {
+        self.queue_ref(queue)
+            .map_or(0, |q| q.ring.free_descriptors())
+    }
+
+    /// `queue`'s counters: chains added (indirect ones), kicks rung and suppressed, calls.
+    pub fn stats(&self, queue: u32) -> QueueStats {
+        self.queue_ref(queue)
+            .map_or_else(QueueStats::default, |q| q.ring.stats())
+    }
+
+    fn queue_ref(&self, queue: u32) -> Option<&QueueState> {
+        self.queues.get(queue as usize).and_then(Option::as_ref)
     }
 
     /// Takes the next used chain of `queue` without waiting.
@@ -398,9 +473,34 @@ impl Driver {
     /// Waits up to `timeout` for the next used chain of `queue`. Fails early when the device
     /// peer leaves or the device needs a reset.
     pub fn wait_used(&mut self, queue: u32, timeout: Duration) -> Result<Used, DriverError> {
+        self.wait_used_after(queue, 1, timeout)
+    }
+
+    /// Like [`wait_used`](Self::wait_used), but with EVENT_IDX the device is asked to call only
+    /// once `count` more chains are used (one call for a batch; without EVENT_IDX it calls
+    /// after each batch it completes). Returns the first used chain; take the others with
+    /// [`try_used`](Self::try_used). `count` above what is outstanding waits for all of it.
+    pub fn wait_used_after(
+        &mut self,
+        queue: u32,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<Used, DriverError> {
         let deadline = Instant::now() + timeout;
         let call_vector = self.queue_mut(queue)?.call_vector;
         loop {
+            if let Some(used) = self.try_used(queue)? {
+                return Ok(used);
+            }
+            {
+                let mem = &self.mem;
+                let q = set_up_queue(&mut self.queues, queue)?;
+                let count = count.min(q.ring.outstanding().clamp(1, u16::MAX as usize) as u16);
+                q.ring
+                    .arm_call(mem, count)
+                    .map_err(|source| DriverError::Queue { queue, source })?;
+            }
+            // A chain used before the device saw used_event brings no call: look again.
             if let Some(used) = self.try_used(queue)? {
                 return Ok(used);
             }
@@ -409,32 +509,48 @@ impl Driver {
             if left.is_zero() {
                 return Err(DriverError::Timeout(timeout));
             }
-            self.wait_vector_or_server(call_vector, left)?;
+            let calls = self.wait_vector_or_server(call_vector, left)?;
+            self.queue_mut(queue)?.ring.count_calls(calls);
         }
     }
 
     /// Waits until our `vector` or the server socket is readable (or `timeout`), then drains the
-    /// vector and takes in server news.
-    fn wait_vector_or_server(&mut self, vector: u32, timeout: Duration) -> Result<(), DriverError> {
-        {
+    /// vector and, if the server socket was readable, takes in server news. Returns the
+    /// vector's count (rings received).
+    fn wait_vector_or_server(
+        &mut self,
+        vector: u32,
+        timeout: Duration,
+    ) -> Result<u64, DriverError> {
+        let server_readable = {
             let vector_fd = self
                 .peer
                 .own_vector_fd(vector)
                 .ok_or(DriverError::NoOwnVector(vector))?;
-            let mut fds = vec![PollFd::new(vector_fd.as_fd(), PollFlags::POLLIN)];
-            if let Some(server) = self.peer.server_fd() {
-                fds.push(PollFd::new(server, PollFlags::POLLIN));
-            }
+            let vector_fd = vector_fd.as_fd();
+            let server = self.peer.server_fd();
+            let mut all = [
+                PollFd::new(vector_fd, PollFlags::POLLIN),
+                PollFd::new(server.unwrap_or(vector_fd), PollFlags::POLLIN),
+            ];
+            let fds = &mut all[..1 + usize::from(server.is_some())];
             let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX);
-            match nix::poll::poll(&mut fds, ms) {
+            match nix::poll::poll(fds, ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(DriverError::Poll(e)),
             }
+            // Only a readable (or hung-up) server socket has news; not asking it otherwise
+            // saves a system call per wait.
+            fds.get(1)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
+        let count = self.peer.drain_vector(vector)?;
+        if server_readable {
+            self.take_server_news();
         }
-        self.peer.drain_vector(vector)?;
-        self.take_server_news();
-        Ok(())
+        Ok(count)
     }
 
     fn take_server_news(&mut self) {

@@ -128,16 +128,22 @@ pub mod feature {
     pub const VHOST_ONLY: u64 = (1 << 26) | (1 << 30);
     /// Bits the transport never offers.
     pub const NEVER_OFFERED: u64 = RING_PACKED | ACCESS_PLATFORM | VHOST_ONLY;
+    /// VIRTIO_F_INDIRECT_DESC: chains in indirect descriptor tables.
+    pub const INDIRECT_DESC: u64 = 1 << 28;
+    /// VIRTIO_F_EVENT_IDX: `used_event` / `avail_event` notification suppression.
+    pub const EVENT_IDX: u64 = 1 << 29;
     /// Device-type bits (virtio 1.2 §6: 0 to 23 and 50 to 63): a driver's caller may ask for
-    /// these. Bits 24 to 49 describe the rings and the transport, which our drivers implement
-    /// only VERSION_1 of (no EVENT_IDX, INDIRECT_DESC, ...): they must not be accepted, or a
-    /// backend that honours them (used_event, indirect tables) would stall the driver.
+    /// these. Bits 24 to 49 describe the rings and the transport: a driver accepts only those
+    /// it implements (its `ring` argument to [`accepted`]), or a backend that honours them
+    /// (used_event, indirect tables) would stall it.
     pub const DEVICE_SPECIFIC: u64 = ((1 << 24) - 1) | !((1 << 50) - 1);
 
-    /// What a driver that implements only VERSION_1 of the transport accepts of `offered` when
-    /// its caller wants `wanted`.
-    pub const fn accepted(offered: u64, wanted: u64) -> u64 {
-        offered & ((wanted & DEVICE_SPECIFIC) | VERSION_1)
+    /// What a driver accepts of `offered` when its caller wants `wanted`: the device-type bits
+    /// asked for, the ring and transport bits asked for among those the driver implements
+    /// (`ring`, e.g. `EVENT_IDX | INDIRECT_DESC`; 0 for a driver that implements none), and
+    /// VERSION_1.
+    pub const fn accepted(offered: u64, wanted: u64, ring: u64) -> u64 {
+        offered & ((wanted & (DEVICE_SPECIFIC | (ring & !DEVICE_SPECIFIC))) | VERSION_1)
     }
 }
 
@@ -307,19 +313,35 @@ mod tests {
 
     #[test]
     fn drivers_accept_only_device_bits_and_version_1() {
-        let event_idx = 1 << 29;
-        let indirect = 1 << 28;
+        let event_idx = feature::EVENT_IDX;
+        let indirect = feature::INDIRECT_DESC;
         let offered = feature::VERSION_1 | event_idx | indirect | 0b101;
         assert_eq!(
-            feature::accepted(offered, u64::MAX),
+            feature::accepted(offered, u64::MAX, 0),
             feature::VERSION_1 | 0b101
         );
-        assert_eq!(feature::accepted(offered, 0), feature::VERSION_1);
+        assert_eq!(feature::accepted(offered, 0, 0), feature::VERSION_1);
         assert_eq!(
-            feature::accepted(offered, event_idx | 1),
+            feature::accepted(offered, event_idx | 1, 0),
             feature::VERSION_1 | 1
         );
-        assert_eq!(feature::accepted(1 << 55, 1 << 55), 1 << 55);
+        assert_eq!(feature::accepted(1 << 55, 1 << 55, 0), 1 << 55);
+        // A driver that implements EVENT_IDX accepts it when asked, and nothing else of the
+        // ring bits (packed rings, access platform) even when asked.
+        let ring = event_idx | indirect;
+        assert_eq!(
+            feature::accepted(offered | feature::RING_PACKED, u64::MAX, event_idx),
+            feature::VERSION_1 | event_idx | 0b101
+        );
+        assert_eq!(
+            feature::accepted(offered, event_idx | indirect, ring),
+            feature::VERSION_1 | event_idx | indirect
+        );
+        assert_eq!(feature::accepted(offered, 0, ring), feature::VERSION_1);
+        assert_eq!(
+            feature::accepted(feature::VERSION_1, ring, ring),
+            feature::VERSION_1
+        );
     }
 
     #[test]

@@ -8,11 +8,24 @@
 //! chains are out, and our own copies of the indices, so nothing the device writes is trusted:
 //! a used element naming a descriptor that is not out, or a used index that moved further than
 //! what is out, is an error, never a panic or a double free.
+//!
+//! Any number of chains may be out at once (up to the queue size, or more with indirect
+//! tables). Two ring features are implemented when negotiated:
+//!
+//! * **VIRTIO_F_EVENT_IDX** (virtio 1.2 §2.7.10): the driver kicks only when its avail index
+//!   crosses the device's `avail_event` ([`needs_kick`](DriverQueue::needs_kick)), and asks for a
+//!   call only when it is about to sleep, by writing `used_event`
+//!   ([`arm_call`](DriverQueue::arm_call)); while it is busy taking used chains the device does
+//!   not call at all.
+//! * **VIRTIO_F_INDIRECT_DESC** (§2.7.5.3): a chain of two or more buffers takes one descriptor of
+//!   the ring, pointing at a table of its own in the shared memory (one table per ring
+//!   descriptor, allocated with the queue), so a queue of N entries holds N requests whatever
+//!   their length.
 
 use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap, Le32};
@@ -53,6 +66,80 @@ pub enum QueueError {
     },
 }
 
+/// Where a queue's indirect descriptor tables are: `entries` descriptors (16 bytes each) for
+/// every ring descriptor, table `i` at `base + i * entries * 16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndirectTables {
+    /// Offset of table 0 in the shared memory (16-byte aligned).
+    pub base: u64,
+    /// Descriptors per table: the longest chain that goes indirect.
+    pub entries: u16,
+}
+
+impl IndirectTables {
+    /// Bytes the tables of a queue of `size` entries take.
+    pub fn bytes(size: u32, entries: u16) -> u64 {
+        16 * size as u64 * entries as u64
+    }
+}
+
+/// Ring features a queue uses (what was negotiated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingFeatures {
+    /// VIRTIO_F_EVENT_IDX: `used_event` / `avail_event` instead of the flags.
+    pub event_idx: bool,
+    /// VIRTIO_F_INDIRECT_DESC, with the tables allocated for it.
+    pub indirect: Option<IndirectTables>,
+}
+
+/// Counters of one queue, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Chains made available.
+    pub added: u64,
+    /// Of those, chains placed in an indirect table.
+    pub indirect: u64,
+    /// Times the driver asked whether to kick and the device wanted it.
+    pub kicks: u64,
+    /// Times the driver asked whether to kick and the device did not want it (suppressed by
+    /// `avail_event` or VRING_USED_F_NO_NOTIFY).
+    pub kicks_suppressed: u64,
+    /// Calls received (the sum of the call eventfd's counts the driver read).
+    pub calls: u64,
+}
+
+/// Whether moving an index from `old` to `new` crossed `event` (vring_need_event, virtio 1.2
+/// §2.7.10: the event index is the last one that does not need a notification).
+pub fn event_crossed(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Writes a chain of `readable` then `writable` buffers as descriptors of the table at `table`;
+/// `slot(i)` is the index in that table of the chain's `i`th descriptor.
+fn write_chain(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    readable: &[Buffer],
+    writable: &[Buffer],
+    slot: impl Fn(usize) -> u16,
+) -> Result<(), GuestMemoryError> {
+    let count = readable.len() + writable.len();
+    let buffers = readable
+        .iter()
+        .map(|b| (b, 0))
+        .chain(writable.iter().map(|b| (b, VRING_DESC_F_WRITE as u16)));
+    for (i, (buffer, write_flag)) in buffers.enumerate() {
+        let (flags, next) = if i + 1 < count {
+            (write_flag | VRING_DESC_F_NEXT as u16, slot(i + 1))
+        } else {
+            (write_flag, 0)
+        };
+        let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
+        mem.write_obj(desc, table.unchecked_add(16 * slot(i) as u64))?;
+    }
+    Ok(())
+}
+
 /// The driver side of one split virtqueue.
 #[derive(Debug)]
 pub struct DriverQueue {
@@ -60,10 +147,20 @@ pub struct DriverQueue {
     desc: GuestAddress,
     avail: GuestAddress,
     used: GuestAddress,
+    features: RingFeatures,
+    /// Chains of at least this many buffers go into an indirect table (when there are tables).
+    indirect_min: usize,
+    /// The avail index when the driver last decided whether to kick.
+    kicked_avail: u16,
+    stats: QueueStats,
     /// Free descriptor indices (a stack).
     free: Vec<u16>,
-    /// For each head that is out: the descriptors of its chain.
-    chains: Vec<Option<Vec<u16>>>,
+    /// For each head that is out: how many ring descriptors its chain took; 0 otherwise.
+    chain_len: Vec<u16>,
+    /// Our own copy of each ring descriptor's `next` (the shared copy may be scribbled on), so
+    /// a returned chain is freed without reading the shared memory. Fixed arrays: adding and
+    /// taking chains allocates nothing.
+    next: Vec<u16>,
     outstanding: usize,
     /// Our avail index (the copy in memory is only ever written by us).
     next_avail: u16,
@@ -72,8 +169,13 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    /// Takes over the rings described by `setup` (already validated) and zeroes them.
-    pub fn new(mem: &GuestMemoryMmap, setup: QueueSetup) -> Result<DriverQueue, QueueError> {
+    /// Takes over the rings described by `setup` (already validated) and zeroes them, using the
+    /// negotiated ring `features` (indirect tables, if any, already allocated).
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        setup: QueueSetup,
+        features: RingFeatures,
+    ) -> Result<DriverQueue, QueueError> {
         let size = setup.size as u16;
         let zero = |addr: u64, len: u64| -> Result<(), GuestMemoryError> {
             mem.write_slice(&vec![0u8; len as usize], GuestAddress(addr))
@@ -86,8 +188,16 @@ impl DriverQueue {
             desc: GuestAddress(setup.desc),
             avail: GuestAddress(setup.avail),
             used: GuestAddress(setup.used),
+            features: RingFeatures {
+                indirect: features.indirect.filter(|t| t.entries >= 2),
+                ..features
+            },
+            indirect_min: 2,
+            kicked_avail: 0,
+            stats: QueueStats::default(),
             free: (0..size).rev().collect(),
-            chains: vec![None; size as usize],
+            chain_len: vec![0; size as usize],
+            next: vec![0; size as usize],
             outstanding: 0,
             next_avail: 0,
             last_used: 0,
@@ -118,43 +228,58 @@ impl DriverQueue {
         readable: &[Buffer],
         writable: &[Buffer],
     ) -> Result<u16, QueueError> {
-        let needed = readable.len() + writable.len();
-        if needed == 0 {
+        let buffers = readable.len() + writable.len();
+        if buffers == 0 {
             return Err(QueueError::EmptyChain);
         }
+        let table = self
+            .features
+            .indirect
+            .filter(|t| buffers >= self.indirect_min && buffers <= t.entries as usize);
+        let needed = if table.is_some() { 1 } else { buffers };
         if needed > self.free.len() {
             return Err(QueueError::Full {
                 free: self.free.len(),
                 needed,
             });
         }
-        let ids: Vec<u16> = (0..needed).map(|_| self.free.pop().unwrap_or(0)).collect();
-        let buffers = readable
-            .iter()
-            .map(|b| (b, 0))
-            .chain(writable.iter().map(|b| (b, VRING_DESC_F_WRITE as u16)));
-        for (i, (buffer, write_flag)) in buffers.enumerate() {
-            let (flags, next) = match ids.get(i + 1) {
-                Some(&next) => (write_flag | VRING_DESC_F_NEXT as u16, next),
-                None => (write_flag, 0),
-            };
-            let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
-            let at = self.desc.unchecked_add(16 * ids[i] as u64);
-            if let Err(e) = mem.write_obj(desc, at) {
-                self.free.extend(ids.iter().rev());
-                return Err(e.into());
+        // The chain's descriptors are the top `needed` of the free stack, top first; they leave
+        // the stack only once everything is written.
+        let top = self.free.len() - 1;
+        let id = |i: usize| self.free[top - i];
+        let head = id(0);
+        let written = match table {
+            // One ring descriptor pointing at this head's own table, which holds the chain
+            // (indices into the table).
+            Some(t) => {
+                let at = t.base + 16 * t.entries as u64 * head as u64;
+                write_chain(mem, GuestAddress(at), readable, writable, |i| i as u16).and_then(
+                    |()| {
+                        let desc = Descriptor::new(
+                            at,
+                            16 * buffers as u32,
+                            VRING_DESC_F_INDIRECT as u16,
+                            0,
+                        );
+                        mem.write_obj(desc, self.desc.unchecked_add(16 * head as u64))
+                    },
+                )
             }
-        }
-        let head = ids[0];
+            None => write_chain(mem, self.desc, readable, writable, id),
+        };
+        written?;
         let slot = self
             .avail
             .unchecked_add(4 + 2 * (self.next_avail % self.size) as u64);
-        if let Err(e) = mem.write_obj(head, slot) {
-            self.free.extend(ids.iter().rev());
-            return Err(e.into());
+        mem.write_obj(head, slot)?;
+        for i in 0..needed - 1 {
+            self.next[id(i) as usize] = id(i + 1);
         }
-        self.chains[head as usize] = Some(ids);
+        self.free.truncate(self.free.len() - needed);
+        self.chain_len[head as usize] = needed as u16;
         self.outstanding += 1;
+        self.stats.added += 1;
+        self.stats.indirect += u64::from(table.is_some());
         self.next_avail = self.next_avail.wrapping_add(1);
         // The descriptors and the ring slot must be visible before the index that publishes them.
         mem.store(
@@ -165,13 +290,68 @@ impl DriverQueue {
         Ok(head)
     }
 
-    /// Whether the device wants a kick for what was just added (it has not set
-    /// VRING_USED_F_NO_NOTIFY).
-    pub fn needs_kick(&self, mem: &GuestMemoryMmap) -> bool {
-        // Order our avail index store before reading the device's flag (virtio 1.2 §2.7.13.3.1).
+    /// Whether the device wants a kick for what was added since the last time this was asked:
+    /// with EVENT_IDX, whether the avail index crossed the device's `avail_event`; otherwise,
+    /// whether it has not set VRING_USED_F_NO_NOTIFY. Counted in [`stats`](Self::stats).
+    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> bool {
+        // Order our avail index store before reading the device's side (virtio 1.2 §2.7.13.3.1).
         fence(Ordering::SeqCst);
-        mem.load::<u16>(self.used, Ordering::Acquire)
-            .map_or(true, |flags| flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+        let new = self.next_avail;
+        let old = std::mem::replace(&mut self.kicked_avail, new);
+        let kick = if self.features.event_idx {
+            let at = self.used.unchecked_add(4 + 8 * self.size as u64);
+            mem.load::<u16>(at, Ordering::Acquire)
+                .map_or(true, |event| event_crossed(event, new, old))
+        } else {
+            new != old
+                && mem
+                    .load::<u16>(self.used, Ordering::Acquire)
+                    .map_or(true, |flags| flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
+        };
+        if kick {
+            self.stats.kicks += 1;
+        } else if new != old {
+            self.stats.kicks_suppressed += 1;
+        }
+        kick
+    }
+
+    /// Before sleeping for a call: with EVENT_IDX, asks the device to call once the used index
+    /// moves past the next `count - 1` chains (`used_event`; 1 = the next chain). Then the caller
+    /// must look at the used ring again before sleeping (a chain used before the device saw
+    /// `used_event` brings no call). Without EVENT_IDX the device calls after every batch and
+    /// this does nothing.
+    pub fn arm_call(&mut self, mem: &GuestMemoryMmap, count: u16) -> Result<(), QueueError> {
+        if self.features.event_idx {
+            let event = self.last_used.wrapping_add(count.max(1) - 1);
+            let at = self.avail.unchecked_add(4 + 2 * self.size as u64);
+            mem.store(event, at, Ordering::Release)?;
+            // Our used_event store before the caller's next look at the used index.
+            fence(Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Chains of at least `buffers` buffers (default 2) go into an indirect table when the
+    /// queue has tables; 1 sends every chain through one (a single-buffer chain gains nothing
+    /// from it, but it shows whether a backend follows tables).
+    pub fn set_indirect_min(&mut self, buffers: usize) {
+        self.indirect_min = buffers.max(1);
+    }
+
+    /// Counts `n` calls received.
+    pub fn count_calls(&mut self, n: u64) {
+        self.stats.calls += n;
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// The ring features in use.
+    pub fn features(&self) -> RingFeatures {
+        self.features
     }
 
     /// Takes the next chain the device has used, if any.
@@ -195,15 +375,152 @@ impl DriverQueue {
         let len = u32::from(mem.read_obj::<Le32>(at.unchecked_add(4))?);
         let chain = usize::try_from(id)
             .ok()
-            .and_then(|i| self.chains.get_mut(i))
-            .and_then(Option::take)
+            .and_then(|i| self.chain_len.get_mut(i))
+            .map(std::mem::take)
+            .filter(|&n| n != 0)
             .ok_or(QueueError::BadUsedId { id })?;
-        self.free.extend(chain.iter().rev());
+        let mut desc = id as u16;
+        for _ in 0..chain {
+            self.free.push(desc);
+            desc = self.next[desc as usize];
+        }
         self.outstanding -= 1;
         self.last_used = self.last_used.wrapping_add(1);
         Ok(Some(Used {
             token: id as u16,
             len,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u32 = 8;
+
+    fn setup() -> (GuestMemoryMmap, QueueSetup) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let setup = QueueSetup {
+            size: SIZE,
+            desc: 0x1000,
+            avail: 0x2000,
+            used: 0x3000,
+        };
+        (mem, setup)
+    }
+
+    /// Plays the device: returns chain `id` as used.
+    fn use_chain(mem: &GuestMemoryMmap, q: &QueueSetup, used_idx: &mut u16, id: u16) {
+        let at = GuestAddress(q.used + 4 + 8 * (*used_idx % SIZE as u16) as u64);
+        mem.write_obj(Le32::from(id as u32), at).unwrap();
+        mem.write_obj(Le32::from(7u32), at.unchecked_add(4))
+            .unwrap();
+        *used_idx = used_idx.wrapping_add(1);
+        mem.store(*used_idx, GuestAddress(q.used + 2), Ordering::Release)
+            .unwrap();
+    }
+
+    fn buf(offset: u64) -> Buffer {
+        Buffer { offset, len: 16 }
+    }
+
+    #[test]
+    fn event_index_crossing_follows_the_spec() {
+        // The event index is the last index that does not need a notification.
+        assert!(event_crossed(0, 1, 0));
+        assert!(!event_crossed(1, 1, 0));
+        assert!(event_crossed(4, 10, 3));
+        assert!(!event_crossed(12, 10, 3));
+        assert!(event_crossed(u16::MAX, 2, u16::MAX - 1)); // across the wrap
+    }
+
+    #[test]
+    fn chains_direct_and_indirect_come_back_to_the_free_list() {
+        let (mem, q) = setup();
+        let tables = IndirectTables {
+            base: 0x4000,
+            entries: 4,
+        };
+        let features = RingFeatures {
+            event_idx: true,
+            indirect: Some(tables),
+        };
+        let mut ring = DriverQueue::new(&mem, q, features).unwrap();
+        // Four 3-buffer chains in indirect tables take four ring descriptors.
+        let mut heads = Vec::new();
+        for i in 0..4 {
+            heads.push(
+                ring.add(&mem, &[buf(0x8000 + i)], &[buf(0x9000), buf(0xA000)])
+                    .unwrap(),
+            );
+        }
+        assert_eq!(ring.free_descriptors(), 4);
+        let d: Descriptor = mem
+            .read_obj(GuestAddress(q.desc + 16 * heads[0] as u64))
+            .unwrap();
+        assert_eq!(d.flags(), VRING_DESC_F_INDIRECT as u16);
+        assert_eq!(d.len(), 48);
+        // A 5-buffer chain does not fit a table: it takes 5 descriptors, of which 4 are free.
+        let five = [buf(0), buf(0), buf(0), buf(0), buf(0)];
+        assert!(matches!(
+            ring.add(&mem, &five, &[]),
+            Err(QueueError::Full { free: 4, needed: 5 })
+        ));
+        // With tables from 3 buffers on, a 2-buffer chain is direct.
+        ring.set_indirect_min(3);
+        let direct = ring.add(&mem, &[buf(1)], &[buf(2)]).unwrap();
+        assert_eq!(ring.free_descriptors(), 2);
+        let d: Descriptor = mem
+            .read_obj(GuestAddress(q.desc + 16 * direct as u64))
+            .unwrap();
+        assert_eq!(d.flags(), VRING_DESC_F_NEXT as u16);
+        // Returned out of order; a second return of the same chain is an error.
+        let mut used_idx = 0;
+        for &id in [direct, heads[2], heads[0], heads[3], heads[1]].iter() {
+            use_chain(&mem, &q, &mut used_idx, id);
+            assert_eq!(ring.pop_used(&mem).unwrap().map(|u| u.token), Some(id));
+        }
+        assert_eq!((ring.free_descriptors(), ring.outstanding()), (8, 0));
+        let again = ring.add(&mem, &[buf(1)], &[]).unwrap();
+        use_chain(&mem, &q, &mut used_idx, heads[1]);
+        if heads[1] != again {
+            assert!(matches!(
+                ring.pop_used(&mem),
+                Err(QueueError::BadUsedId { .. })
+            ));
+        }
+        let stats = ring.stats();
+        assert_eq!((stats.added, stats.indirect), (6, 4));
+    }
+
+    #[test]
+    fn event_idx_kicks_only_when_the_device_asked() {
+        let (mem, q) = setup();
+        let features = RingFeatures {
+            event_idx: true,
+            indirect: None,
+        };
+        let mut ring = DriverQueue::new(&mem, q, features).unwrap();
+        let avail_event = GuestAddress(q.used + 4 + 8 * SIZE as u64);
+        // avail_event 0: the first chain needs a kick, the next ones do not.
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(ring.needs_kick(&mem));
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(!ring.needs_kick(&mem));
+        // The device went back to sleep at index 2: the third chain kicks.
+        mem.store(2u16, avail_event, Ordering::Release).unwrap();
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(ring.needs_kick(&mem));
+        assert_eq!((ring.stats().kicks, ring.stats().kicks_suppressed), (2, 1));
+        // used_event: a call after `count` more chains.
+        ring.arm_call(&mem, 3).unwrap();
+        let used_event: u16 = mem
+            .load(
+                GuestAddress(q.avail + 4 + 2 * SIZE as u64),
+                Ordering::Acquire,
+            )
+            .unwrap();
+        assert_eq!(used_event, 2);
     }
 }

@@ -43,6 +43,7 @@ fn main() -> i32 {
         arena..dev.shm_size,
         timeout_ns,
         QueuePlan {
+            wanted: 0,
             count: 1,
             size,
             wait: Wait::Interrupt,

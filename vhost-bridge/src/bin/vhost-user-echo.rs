@@ -1,9 +1,17 @@
 //! `vhost-user-echo`: a small vhost-user backend (built on `vhost-user-backend`) for tests and
 //! benchmarks. Every queue echoes: the bytes of a chain's readable buffers are copied, in order,
 //! into its writable buffers, and the chain is returned with the number of bytes written. Its
-//! configuration space is `b"ECHO"` followed by the queue count (u32 little-endian). It calls
-//! the driver after using chains unless the driver set VRING_AVAIL_F_NO_INTERRUPT (a driver
-//! polling the used ring; virtio-queue does not look at that flag itself).
+//! configuration space is `b"ECHO"` followed by the queue count (u32 little-endian).
+//!
+//! It offers VIRTIO_F_EVENT_IDX and VIRTIO_F_INDIRECT_DESC (virtio-queue follows indirect tables
+//! itself). With EVENT_IDX it calls the driver only when the used index crosses the driver's
+//! `used_event`, and the driver kicks only when its avail index crosses our `avail_event`
+//! (written when we go back to sleep); without it, kicks are suppressed with
+//! VRING_USED_F_NO_NOTIFY while we work, and we call after using chains unless the driver set
+//! VRING_AVAIL_F_NO_INTERRUPT (a driver polling the used ring; virtio-queue does not look at
+//! that flag itself). `--no-event-idx` / `--no-indirect` leave a feature out of the offer.
+//! Bytes are copied from the readable buffers to the writable ones in the shared memory
+//! directly (one copy).
 //!
 //! It serves one frontend at a time and listens again when that one disconnects, like the
 //! rust-vmm vhost-device backends.
@@ -14,9 +22,13 @@ use clap::Parser;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
+};
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -34,16 +46,61 @@ struct Args {
     /// Number of queues.
     #[arg(short, long, default_value_t = 1)]
     queues: usize,
+    /// Do not offer VIRTIO_F_EVENT_IDX.
+    #[arg(long)]
+    no_event_idx: bool,
+    /// Do not offer VIRTIO_F_INDIRECT_DESC.
+    #[arg(long)]
+    no_indirect: bool,
 }
 
 struct Echo {
     queues: usize,
+    features: u64,
+    event_idx: bool,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// A chain's readable and writable buffers, kept to be reused by the next chain.
+    readable: Vec<(GuestAddress, usize)>,
+    writable: Vec<(GuestAddress, usize)>,
+}
+
+/// Copies the bytes of `readable` (address, length) buffers, in order, into the `writable`
+/// ones, shared memory to shared memory; returns the bytes written. A buffer outside the memory
+/// ends the copy there.
+fn copy_chain(
+    mem: &GuestMemoryMmap,
+    readable: &[(GuestAddress, usize)],
+    writable: &[(GuestAddress, usize)],
+) -> u32 {
+    let (mut r, mut r_off, mut w, mut w_off) = (0, 0, 0, 0);
+    let mut written = 0u32;
+    while let (Some(&(src, src_len)), Some(&(dst, dst_len))) = (readable.get(r), writable.get(w)) {
+        let n = (src_len - r_off).min(dst_len - w_off);
+        if n > 0 {
+            let (Ok(from), Ok(to)) = (
+                mem.get_slice(GuestAddress(src.0 + r_off as u64), n),
+                mem.get_slice(GuestAddress(dst.0 + w_off as u64), n),
+            ) else {
+                break;
+            };
+            from.copy_to_volatile_slice(to);
+            written = written.saturating_add(n as u32);
+        }
+        r_off += n;
+        w_off += n;
+        if r_off == src_len {
+            (r, r_off) = (r + 1, 0);
+        }
+        if w_off == dst_len {
+            (w, w_off) = (w + 1, 0);
+        }
+    }
+    written
 }
 
 impl Echo {
     /// Echoes every available chain of `vring`; returns whether any was used.
-    fn process(&self, vring: &VringRwLock) -> std::io::Result<bool> {
+    fn process(&mut self, vring: &VringRwLock) -> std::io::Result<bool> {
         let Some(mem) = &self.mem else {
             return Ok(false);
         };
@@ -57,33 +114,18 @@ impl Echo {
         let any = !chains.is_empty();
         for chain in chains {
             let head = chain.head_index();
-            let mut data = Vec::new();
-            let mut written = 0u32;
+            let (readable, writable) = (&mut self.readable, &mut self.writable);
+            readable.clear();
+            writable.clear();
             for desc in chain.clone() {
+                let buffer = (desc.addr(), desc.len() as usize);
                 if desc.is_write_only() {
-                    continue;
-                }
-                let start = data.len();
-                data.resize(start + desc.len() as usize, 0);
-                if chain
-                    .memory()
-                    .read_slice(&mut data[start..], desc.addr())
-                    .is_err()
-                {
-                    data.truncate(start);
+                    writable.push(buffer);
+                } else {
+                    readable.push(buffer);
                 }
             }
-            let mut rest = &data[..];
-            for desc in chain {
-                if !desc.is_write_only() || rest.is_empty() {
-                    continue;
-                }
-                let n = rest.len().min(desc.len() as usize);
-                if mem.write_slice(&rest[..n], desc.addr()).is_ok() {
-                    written += n as u32;
-                    rest = &rest[n..];
-                }
-            }
+            let written = copy_chain(&mem, readable, writable);
             vring
                 .add_used(head, written)
                 .map_err(std::io::Error::other)?;
@@ -118,7 +160,7 @@ impl VhostUserBackendMut for Echo {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        self.features
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -127,7 +169,9 @@ impl VhostUserBackendMut for Echo {
             | VhostUserProtocolFeatures::CONFIG
     }
 
-    fn set_event_idx(&mut self, _enabled: bool) {}
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
 
     // The worker thread stops on this event when the frontend disconnects; without it the
     // daemon could not be dropped and we could not listen again.
@@ -164,13 +208,27 @@ impl VhostUserBackendMut for Echo {
         let Some(vring) = vrings.get(device_event as usize) else {
             return Ok(());
         };
-        // Drain until no new chain appeared while we worked (notifications stay on).
-        while self.process(vring)? {
-            if self.wants_call(vring) {
-                vring.signal_used_queue()?;
+        // No kicks while we work (without EVENT_IDX: VRING_USED_F_NO_NOTIFY; with it, the
+        // driver kicks only when its index crosses the avail_event we leave behind); drain until
+        // no chain appeared while notifications were being turned back on.
+        loop {
+            vring
+                .disable_notification()
+                .map_err(std::io::Error::other)?;
+            if self.process(vring)? {
+                let call = if self.event_idx {
+                    vring.needs_notification().map_err(std::io::Error::other)?
+                } else {
+                    self.wants_call(vring)
+                };
+                if call {
+                    vring.signal_used_queue()?;
+                }
+            }
+            if !vring.enable_notification().map_err(std::io::Error::other)? {
+                return Ok(());
             }
         }
-        Ok(())
     }
 }
 
@@ -182,8 +240,20 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     loop {
+        let mut features =
+            1 << VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if !args.no_event_idx {
+            features |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
+        if !args.no_indirect {
+            features |= 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        }
         let backend = Arc::new(RwLock::new(Echo {
             queues: args.queues,
+            features,
+            event_idx: false,
+            readable: Vec::new(),
+            writable: Vec::new(),
             mem: None,
         }));
         let mut daemon = match VhostUserDaemon::new(

@@ -327,10 +327,10 @@ fn virtio_rng_follows_our_indirect_tables_and_event_idx() {
             .unwrap();
         }
         assert_eq!(d.outstanding(0), 8);
-        assert!(
-            d.kick(0).unwrap(),
-            "the device wants the first kick of a batch"
-        );
+        // Whether this batch needs a kick depends on whether the backend has already
+        // re-armed its avail_event after the last one (it re-reads the ring after re-arming,
+        // so a skipped kick loses nothing): no assertion on the answer, only on delivery.
+        d.kick(0).unwrap();
         for _ in 0..8 {
             let used = d
                 .wait_used(0, WAIT)

@@ -624,9 +624,13 @@ impl Server {
                 return Err(e.into());
             }
         };
+        // A new connection is taken after everything else in the batch: a peer that hung up
+        // before it connected is gone from its handshake (not listed, then announced as
+        // leaving), which saves both of them messages.
+        let mut listener_ready = false;
         for event in &events[..n] {
             match event.data() {
-                LISTENER_TOKEN => self.accept_all(),
+                LISTENER_TOKEN => listener_ready = true,
                 SIGNAL_TOKEN => self.read_signals(),
                 CONTROL_TOKEN => self.control_accept(),
                 token if token >= CONTROL_SLOT_BASE => {
@@ -634,6 +638,14 @@ impl Server {
                 }
                 token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
             }
+            if self.upgraded {
+                // A successor owns every socket now: this process must not touch them.
+                break;
+            }
+            self.drop_doomed();
+        }
+        if listener_ready && !self.quitting {
+            self.accept_one();
             self.drop_doomed();
         }
         for summary in self.peer_log.expire(Instant::now()) {
@@ -660,16 +672,19 @@ impl Server {
         }
     }
 
-    fn accept_all(&mut self) {
+    /// Accepts one connection. The listener is level-triggered: if more wait, the next
+    /// `epoll_wait` reports it again at once, so no `accept4` is spent learning that the
+    /// backlog is empty.
+    fn accept_one(&mut self) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.add_peer(stream),
+            match accept_nonblocking(&self.listener) {
+                Ok(stream) => return self.add_peer(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ECONNABORTED)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // Take the connection with the reserved fd and close it at once.
                     self.reserve_fd = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
+                    if let Ok(stream) = accept_nonblocking(&self.listener) {
                         log::warn!("refused a connection: out of file descriptors ({e})");
                         drop(stream);
                     }
@@ -695,12 +710,6 @@ impl Server {
             "new connection ({pid_text}), {} peers connected",
             self.peers.len()
         );
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!(
-                "refused a connection ({pid_text}): cannot make its socket non-blocking: {e}"
-            );
-            return;
-        }
         let Some(id) = self.peers.allocate_id() else {
             log::warn!("refused a connection ({pid_text}): cannot allocate a peer id, all 65536 are in use");
             return;
@@ -1065,6 +1074,22 @@ fn check_socket(fd: &impl AsFd, listening: bool, what: &str) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// One `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`, retried on EINTR: the socket comes
+/// non-blocking, without the `ioctl(FIONBIO)` that `UnixListener::accept` would need after it.
+fn accept_nonblocking(listener: &std::os::unix::net::UnixListener) -> io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags =
+        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+    loop {
+        match nix::sys::socket::accept4(listener.as_raw_fd(), flags) {
+            // SAFETY: accept4 just returned this fd, which nothing else owns.
+            Ok(fd) => return Ok(unsafe { UnixStream::from_raw_fd(fd) }),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// An epoll timeout that ends at `at` (rounded up to whole milliseconds, at most u16::MAX ms).

@@ -385,6 +385,10 @@ pub struct Peer {
     pub queue: OutQueue,
     /// EPOLLOUT is in its epoll interest set.
     pub wants_write: bool,
+    /// Another process may hold a copy of its socket (the keeper, the server it was taken over
+    /// from, a successor being started): closing ours then leaves the socket in the epoll set,
+    /// so it must be taken out first (`EPOLL_CTL_DEL`). Otherwise closing does that.
+    pub socket_elsewhere: bool,
 }
 
 impl Peer {
@@ -443,6 +447,11 @@ impl PeerTable {
     pub fn insert(&mut self, peer: Peer) {
         self.order.insert(peer.seq, peer.id);
         self.by_id.insert(peer.id, peer);
+    }
+
+    /// Calls `f` on every peer.
+    pub fn for_each_mut(&mut self, f: impl FnMut(&mut Peer)) {
+        self.by_id.values_mut().for_each(f);
     }
 
     /// Takes a peer out by id (it left or is dropped).
@@ -655,6 +664,7 @@ mod tests {
                 vectors: vec![],
                 queue: OutQueue::new(1),
                 wants_write: false,
+                socket_elsewhere: false,
             });
         }
         assert_eq!(t.ids_in_order(), vec![0, 1, 2]);

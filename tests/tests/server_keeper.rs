@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use harness::eventfd::{ring_eventfd, wait_rung};
 use harness::raw_client::{silent_for, RawClient};
 use harness::server::process_alive;
-use harness::{bin, text, wait_until, Scratch, Server, TIMEOUT};
+use harness::{bin, stays_idle, text, wait_until, Scratch, Server, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -90,8 +90,9 @@ fn server_keeper_survives_kill_9() {
         recovery < Duration::from_secs(3),
         "recovery took {recovery:?}"
     );
+    // The log reader thread may trail the new server's first answer.
     assert!(
-        keeper.log_text().contains("killed by SIGKILL"),
+        keeper.wait_log("killed by SIGKILL"),
         "{}",
         keeper.log_text()
     );
@@ -144,6 +145,38 @@ fn server_keeper_survives_kill_9() {
     a.expect_leave(0);
     assert!(!sock.exists(), "socket file removed");
     assert!(!process_alive(third));
+}
+
+/// Under a keeper, which holds a copy of every peer's socket, a departed peer's socket must be
+/// taken out of the server's epoll set explicitly (closing the server's fd does not do it): the
+/// server stays idle after peers come and go.
+#[test]
+fn server_keeper_peers_leave_without_the_server_spinning() {
+    let dir = Scratch::new("srv-keeper-idle");
+    let sock = dir.join("sock");
+    let mut command = Command::new(bin("ivshmem-server"));
+    command
+        .args(["-F", "--memfd", "-n", "2", "--keeper", "-S"])
+        .arg(&sock);
+    let keeper = Server::from_command(command, &sock);
+    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    let serving = serving_pid(&sock).expect("the server answers --status");
+    let mut resident = RawClient::connect(&sock, 2);
+    for _ in 0..20 {
+        let c = RawClient::connect(&sock, 2);
+        resident.expect_join(c.id);
+        let id = c.id;
+        drop(c);
+        resident.expect_leave(id);
+    }
+    assert!(
+        stays_idle(serving as u32),
+        "the server spins after peers left"
+    );
+    assert!(
+        stays_idle(keeper.pid()),
+        "the keeper spins after peers left"
+    );
 }
 
 #[test]

@@ -79,10 +79,14 @@ impl<K: Hash + Eq + Clone, L: Display> RateLimiter<K, L> {
     /// the summary) and the answer is None.
     pub fn admit(&mut self, key: K, line: L, now: Instant) -> Option<L> {
         let fresh = Window::new(now + self.window, self.burst);
-        let entry = if self.windows.contains_key(&key) || self.windows.len() < self.max_keys {
+        // One hash of the key either way (SipHash: pids are the clients').
+        let entry = if self.windows.len() < self.max_keys {
             self.windows.entry(key).or_insert(fresh)
         } else {
-            self.overflow.get_or_insert(fresh)
+            match self.windows.get_mut(&key) {
+                Some(window) => window,
+                None => self.overflow.get_or_insert(fresh),
+            }
         };
         let end = entry.end;
         let admitted = entry.admit(line);

@@ -975,9 +975,10 @@ impl Server {
     fn shutdown(&mut self) {
         let order = self.peers.ids_in_order();
         // The peer at position k hears that peers 0..k left; sent as queued, so memory stays
-        // bounded by the queue limit whatever the number of peers.
+        // bounded by the queue limit whatever the number of peers. Sent a batch (one
+        // `sendmmsg`) at a time; a peer whose socket is full waits for the drain below.
         for (k, &recipient) in order.iter().enumerate() {
-            for &gone in &order[..k] {
+            for (i, &gone) in order[..k].iter().enumerate() {
                 if self.doomed_set.contains(&recipient) {
                     break;
                 }
@@ -988,7 +989,10 @@ impl Server {
                     self.doomed_set.insert(recipient);
                     break;
                 }
-                self.flush(recipient);
+                let batch_full = peer.queue.len() >= crate::peer::SEND_BATCH || i + 1 == k;
+                if batch_full && !peer.wants_write {
+                    self.flush(recipient);
+                }
             }
         }
         // Only the peers' sockets matter now.

@@ -24,7 +24,7 @@ use protocol::wire::{encode, MESSAGE_LEN};
 
 /// Messages handed to the kernel per `sendmmsg` (a handshake with 4 vectors and no other peer
 /// is 7; longer queues take several calls).
-const SEND_BATCH: usize = 16;
+pub(crate) const SEND_BATCH: usize = 16;
 
 /// Room for one cmsghdr carrying one int (`CMSG_SPACE(4)` is 24 on 64-bit Linux), aligned for
 /// cmsghdr.

@@ -29,6 +29,24 @@ fn serving_pid(sock: &Path) -> Option<i32> {
         .ok()
 }
 
+/// `ivshmem-server -F --memfd -n VECTORS --keeper -S SOCK`, once a server serves.
+fn start_keeper(sock: &Path, vectors: u32) -> Server {
+    let mut command = Command::new(bin("ivshmem-server"));
+    command
+        .args([
+            "-F",
+            "--memfd",
+            "-n",
+            &vectors.to_string(),
+            "--keeper",
+            "-S",
+        ])
+        .arg(sock);
+    let keeper = Server::from_command(command, sock);
+    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    keeper
+}
+
 fn status_json(sock: &Path) -> String {
     let out = Command::new(bin("ivshmem-server"))
         .arg("-S")
@@ -43,12 +61,7 @@ fn status_json(sock: &Path) -> String {
 fn server_keeper_survives_kill_9() {
     let dir = Scratch::new("srv-keeper");
     let sock = dir.join("sock");
-    let mut command = Command::new(bin("ivshmem-server"));
-    command
-        .args(["-F", "--memfd", "-n", "2", "--keeper", "-S"])
-        .arg(&sock);
-    let keeper = Server::from_command(command, &sock);
-    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    let keeper = start_keeper(&sock, 2);
     let first = serving_pid(&sock).expect("the server answers --status");
     assert_ne!(
         first,
@@ -154,21 +167,9 @@ fn server_keeper_survives_kill_9() {
 fn server_keeper_peers_leave_without_the_server_spinning() {
     let dir = Scratch::new("srv-keeper-idle");
     let sock = dir.join("sock");
-    let mut command = Command::new(bin("ivshmem-server"));
-    command
-        .args(["-F", "--memfd", "-n", "2", "--keeper", "-S"])
-        .arg(&sock);
-    let keeper = Server::from_command(command, &sock);
-    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    let keeper = start_keeper(&sock, 2);
     let serving = serving_pid(&sock).expect("the server answers --status");
-    let mut resident = RawClient::connect(&sock, 2);
-    for _ in 0..20 {
-        let c = RawClient::connect(&sock, 2);
-        resident.expect_join(c.id);
-        let id = c.id;
-        drop(c);
-        resident.expect_leave(id);
-    }
+    RawClient::connect(&sock, 2).watch_cycles(&sock, 20);
     assert!(
         stays_idle(serving as u32),
         "the server spins after peers left"
@@ -213,12 +214,7 @@ fn server_keeper_gives_up_on_a_server_that_keeps_dying() {
 fn server_keeper_disconnects_a_peer_with_messages_in_flight() {
     let dir = Scratch::new("srv-keeper-inflight");
     let sock = dir.join("sock");
-    let mut command = Command::new(bin("ivshmem-server"));
-    command
-        .args(["-F", "--memfd", "-n", "64", "--keeper", "-S"])
-        .arg(&sock);
-    let keeper = Server::from_command(command, &sock);
-    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    let keeper = start_keeper(&sock, 64);
 
     // P connects and never reads; joins and leaves pile up until its socket is full.
     let p = std::os::unix::net::UnixStream::connect(&sock).unwrap();

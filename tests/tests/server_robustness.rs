@@ -60,13 +60,7 @@ fn server_join_leave_cycles_leak_no_fds() {
     // The join line is logged once the server has set the resident up: its fds are the baseline.
     assert!(server.wait_log("peer 0 joined"), "{}", server.log_text());
     let before = fd_count(server.pid());
-    for _ in 0..300 {
-        let c = RawClient::connect(&sock, 4);
-        resident.expect_join(c.id);
-        let id = c.id;
-        drop(c);
-        resident.expect_leave(id);
-    }
+    resident.watch_cycles(&sock, 300);
     assert!(
         wait_until(Duration::from_secs(5), || fd_count(server.pid()) == before),
         "server fds: {before} before, {} after 300 cycles",

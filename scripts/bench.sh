@@ -123,7 +123,7 @@ server_section() {
         row "join/leave cycles per second ($regime${pin:+, taskset -c 0})" "$(value cycles_per_sec "$cycles")/s (fds $(value server_fds_before "$cycles")→$(value server_fds_after "$cycles"))" \
             "minimal blocking broker $(value floor_cycles_per_sec "$cycles")/s" \
             "$(value cycles_ratio "$cycles")" "≥ 0.91 (1/1.1)" \
-            "${pin[*]:+${pin[*]} }load cycles --server ivshmem-server --secs 3"
+            "${pin[*]:+${pin[*]} }load cycles --server ivshmem-server --secs 3 (server and floor in 6 alternating 0.5 s slices; medians)"
     done
 }
 

@@ -12,7 +12,10 @@
 //!   announces each departure) and the time to exit 0.
 //! * `load cycles --server BIN --secs 3`: one client connects, reads its handshake, closes, over
 //!   and over; cycles per second against the server and the floor, and the server's fd count
-//!   before and after (no leak).
+//!   before and after (no leak). Both run side by side and are measured in alternation,
+//!   `--rounds` slices of `secs / rounds` each (server first in odd rounds, floor first in even
+//!   ones), so that load from elsewhere on the machine hits both alike; the figures are the
+//!   medians over the slices, the ratio the median of the rounds' ratios.
 //!
 //! Output: `key=value` lines for scripts, `#` lines for humans. Every wait has a deadline, so a
 //! broken server makes this fail with a message instead of hanging.
@@ -86,6 +89,9 @@ enum Workload {
         /// Unmeasured cycles before each run.
         #[arg(long, default_value_t = 50)]
         warmup: u32,
+        /// Alternating measurement slices per side (`--secs` is split among them).
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
         /// An extra argument for the server (repeatable), e.g. `--server-arg=--state-table=0`.
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
@@ -106,8 +112,9 @@ fn main() {
             secs,
             vectors,
             warmup,
+            rounds,
             server_args,
-        } => cycles_benchmark(&server, secs, vectors, warmup, &server_args),
+        } => cycles_benchmark(&server, secs, vectors, warmup, rounds, &server_args),
     };
     if let Err(e) = result {
         eprintln!("load: error: {e:#}");
@@ -511,22 +518,34 @@ fn cycles_benchmark(
     secs: f64,
     vectors: u32,
     warmup: u32,
+    rounds: u32,
     server_args: &[String],
 ) -> Result<()> {
     if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
         bail!("--secs must be between 0 and 3600");
     }
+    if rounds == 0 || rounds > 1000 {
+        bail!("--rounds must be between 1 and 1000");
+    }
     check_vectors(vectors)?;
     raise_fd_limit().context("raise RLIMIT_NOFILE")?;
-    let duration = Duration::from_secs_f64(secs);
-    println!("# cycles: one peer joins and leaves for {secs} s, {vectors} vectors, {warmup} warm-up cycles");
+    let slice = Duration::from_secs_f64(secs / f64::from(rounds));
+    println!(
+        "# cycles: one peer joins and leaves for {secs} s on each side, in {rounds} alternating \
+         slices, {vectors} vectors, {warmup} warm-up cycles"
+    );
     let scratch = Scratch::new()?;
 
     let socket = scratch.path("server.sock");
     let mut server = ServerProcess::start(server_bin, &socket, vectors, &scratch, server_args)?;
     let fds_before = server.fd_count()?;
-    let ours = run_cycles(&socket, vectors, warmup, duration)
-        .with_context(|| format!("cycles against the server{}", server.log_tail()))?;
+    let floor_socket = scratch.path("floor.sock");
+    let floor = FloorBroker::start(&floor_socket, vectors, FloorMode::Cycles)?;
+    let measured = alternate_cycles(&socket, &floor_socket, vectors, warmup, rounds, slice);
+    let floor_end = floor.stop();
+    let (ours, floor_runs) =
+        measured.with_context(|| format!("cycles against the server{}", server.log_tail()))?;
+    floor_end.context("floor broker")?;
     // The last departure is handled asynchronously: give the server a moment to close it.
     let settle = Instant::now() + Duration::from_secs(2);
     let mut fds_after = server.fd_count()?;
@@ -535,42 +554,83 @@ fn cycles_benchmark(
         fds_after = server.fd_count()?;
     }
     let shutdown = server.terminate()?;
+
+    let rate = |runs: &[CyclesOutcome]| median(runs.iter().map(CyclesOutcome::per_sec).collect());
+    let (ours_rate, floor_rate) = (rate(&ours), rate(&floor_runs));
+    let ratio = median(
+        ours.iter()
+            .zip(&floor_runs)
+            .map(|(a, b)| a.per_sec() / b.per_sec().max(f64::MIN_POSITIVE))
+            .collect(),
+    );
+    let total = |runs: &[CyclesOutcome]| runs.iter().map(|r| r.cycles).sum::<u64>();
+    let stale: u64 = ours.iter().map(|r| r.stale_handshakes).sum();
+    let spread = |runs: &[CyclesOutcome]| {
+        let rates: Vec<f64> = runs.iter().map(CyclesOutcome::per_sec).collect();
+        let low = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = rates.iter().copied().fold(0.0, f64::max);
+        format!("{low:.0}-{high:.0}")
+    };
     println!(
-        "# server: {:.0} cycles/s ({} cycles; {} handshakes also listed a previous peer); fds {fds_before} -> {fds_after}",
-        ours.per_sec(),
-        ours.cycles,
-        ours.stale_handshakes
+        "# server: {ours_rate:.0} cycles/s, median of {rounds} (range {}; {} cycles; {stale} \
+         handshakes also listed a previous peer); fds {fds_before} -> {fds_after}",
+        spread(&ours),
+        total(&ours)
+    );
+    println!(
+        "# floor: {floor_rate:.0} cycles/s, median of {rounds} (range {}; {} cycles)",
+        spread(&floor_runs),
+        total(&floor_runs)
     );
 
-    let floor_socket = scratch.path("floor.sock");
-    let floor = FloorBroker::start(&floor_socket, vectors, FloorMode::Cycles)?;
-    let floor_run = run_cycles(&floor_socket, vectors, warmup, duration)
-        .context("cycles against the floor broker");
-    let floor_end = floor.stop();
-    let floor_run = floor_run?;
-    floor_end.context("floor broker")?;
-    println!(
-        "# floor: {:.0} cycles/s ({} cycles)",
-        floor_run.per_sec(),
-        floor_run.cycles
-    );
-
-    println!("cycles={}", ours.cycles);
-    println!("cycles_per_sec={:.1}", ours.per_sec());
-    println!("stale_handshakes={}", ours.stale_handshakes);
+    println!("cycles={}", total(&ours));
+    println!("cycles_per_sec={ours_rate:.1}");
+    println!("stale_handshakes={stale}");
     println!("server_fds_before={fds_before}");
     println!("server_fds_after={fds_after}");
     println!("shutdown_ms={:.1}", ms(shutdown));
-    println!("floor_cycles={}", floor_run.cycles);
-    println!("floor_cycles_per_sec={:.1}", floor_run.per_sec());
-    println!(
-        "cycles_ratio={:.3}",
-        ours.per_sec() / floor_run.per_sec().max(f64::MIN_POSITIVE)
-    );
+    println!("floor_cycles={}", total(&floor_runs));
+    println!("floor_cycles_per_sec={floor_rate:.1}");
+    println!("rounds={rounds}");
+    println!("cycles_ratio={ratio:.3}");
     if fds_after != fds_before {
         bail!("the server's fd count went from {fds_before} to {fds_after}: a leak");
     }
     Ok(())
+}
+
+/// `rounds` slices of `slice` against each broker, alternating which goes first; each warmed
+/// up once before the first.
+fn alternate_cycles(
+    server: &Path,
+    floor: &Path,
+    vectors: u32,
+    warmup: u32,
+    rounds: u32,
+    slice: Duration,
+) -> Result<(Vec<CyclesOutcome>, Vec<CyclesOutcome>)> {
+    run_cycles(server, vectors, warmup, Duration::ZERO).context("warming up the server")?;
+    run_cycles(floor, vectors, warmup, Duration::ZERO).context("warming up the floor broker")?;
+    let (mut ours, mut floor_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for server_turn in [round % 2 == 0, round % 2 != 0] {
+            if server_turn {
+                ours.push(run_cycles(server, vectors, 0, slice).context("server")?);
+            } else {
+                floor_runs.push(run_cycles(floor, vectors, 0, slice).context("floor broker")?);
+            }
+        }
+    }
+    Ok((ours, floor_runs))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 struct CyclesOutcome {

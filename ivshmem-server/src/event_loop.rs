@@ -10,6 +10,7 @@
 //! Peers to drop are collected in a work list and processed one at a time, because announcing
 //! one departure can make another peer's queue overflow.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -61,14 +62,14 @@ pub struct Server {
     config: LoopConfig,
     peers: PeerTable,
     /// Peers to drop, with the reason, in order.
-    doomed: Vec<(u16, String)>,
+    doomed: Vec<(u16, Departure)>,
     doomed_set: crate::peer::IdSet,
     /// An fd kept in reserve so that accept can still take (and refuse) a connection when the
     /// fd table is full; otherwise the listener would stay readable and the loop would spin.
     reserve_fd: Option<File>,
     quitting: bool,
     /// Join and leave lines, rate-limited per (pid, what happened): reconnect storms.
-    peer_log: RateLimiter<(Option<i32>, String)>,
+    peer_log: RateLimiter<LineKey, PeerLine>,
     /// The shared memory's size and origin, for hand-overs and `--status`.
     shm_info: ShmInfo,
     /// Joins, leaves, drops, upgrades, start time.
@@ -317,6 +318,7 @@ impl Server {
     pub fn set_keeper(&mut self, keeper: UpgradeHelper) {
         self.helper = Some(keeper);
         self.mirror = true;
+        self.peers.for_each_mut(|p| p.socket_elsewhere = true);
     }
 
     /// Tells the keeper something; on failure it is forgotten (logged once): the server
@@ -455,6 +457,8 @@ impl Server {
                 vectors: p.vectors.iter().map(|&i| fds.shared(i)).collect(),
                 queue,
                 wants_write: false,
+                // The predecessor (or the keeper) holds it too, for a while or for good.
+                socket_elsewhere: true,
             });
         }
         Ok(server)
@@ -468,8 +472,7 @@ impl Server {
             self.flush(id);
         }
         for gone in std::mem::take(&mut self.pending_leaves) {
-            let line = format!("peer {gone} left: disconnected while no server ran");
-            self.log_peer(None, "left: gap".into(), line);
+            self.log_peer(PeerLine::LeftInGap { id: gone });
             for other in self.peers.ids_in_order() {
                 self.notify(other, &[leave(gone)]);
             }
@@ -546,6 +549,10 @@ impl Server {
         }
         // Doomed peers go first: their departure is announced by us, not lost in between.
         self.drop_doomed();
+        // From here the helper and the new server hold copies of every peer's socket (for
+        // good if it serves; a failed one has closed them by the time we hear of it, but a
+        // helper that does not answer may still hold them).
+        self.peers.for_each_mut(|p| p.socket_elsewhere = true);
         let (state, fds) = self.snapshot();
         let helper = self.helper.as_ref().expect("checked above");
         let body = state.encode_body();
@@ -624,9 +631,13 @@ impl Server {
                 return Err(e.into());
             }
         };
+        // A new connection is taken after everything else in the batch: a peer that hung up
+        // before it connected is gone from its handshake (not listed, then announced as
+        // leaving), which saves both of them messages.
+        let mut listener_ready = false;
         for event in &events[..n] {
             match event.data() {
-                LISTENER_TOKEN => self.accept_all(),
+                LISTENER_TOKEN => listener_ready = true,
                 SIGNAL_TOKEN => self.read_signals(),
                 CONTROL_TOKEN => self.control_accept(),
                 token if token >= CONTROL_SLOT_BASE => {
@@ -634,6 +645,14 @@ impl Server {
                 }
                 token => self.peer_event(token - PEER_TOKEN_BASE, event.events()),
             }
+            if self.upgraded {
+                // A successor owns every socket now: this process must not touch them.
+                break;
+            }
+            self.drop_doomed();
+        }
+        if listener_ready && !self.quitting {
+            self.accept_one();
             self.drop_doomed();
         }
         for summary in self.peer_log.expire(Instant::now()) {
@@ -660,16 +679,19 @@ impl Server {
         }
     }
 
-    fn accept_all(&mut self) {
+    /// Accepts one connection. The listener is level-triggered: if more wait, the next
+    /// `epoll_wait` reports it again at once, so no `accept4` is spent learning that the
+    /// backlog is empty.
+    fn accept_one(&mut self) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.add_peer(stream),
+            match accept_nonblocking(&self.listener) {
+                Ok(stream) => return self.add_peer(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ECONNABORTED)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // Take the connection with the reserved fd and close it at once.
                     self.reserve_fd = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
+                    if let Ok(stream) = accept_nonblocking(&self.listener) {
                         log::warn!("refused a connection: out of file descriptors ({e})");
                         drop(stream);
                     }
@@ -695,12 +717,6 @@ impl Server {
             "new connection ({pid_text}), {} peers connected",
             self.peers.len()
         );
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!(
-                "refused a connection ({pid_text}): cannot make its socket non-blocking: {e}"
-            );
-            return;
-        }
         let Some(id) = self.peers.allocate_id() else {
             log::warn!("refused a connection ({pid_text}): cannot allocate a peer id, all 65536 are in use");
             return;
@@ -727,6 +743,7 @@ impl Server {
 
         // The keeper first: if we die from here on, it knows this peer (unsettled until its
         // handshake is out) and can announce its departure.
+        let socket_elsewhere = self.mirror;
         if self.mirror {
             let payload = crate::keeper::join_payload(id, seq, pid, uid, unix_now());
             let split = vectors.len().min(crate::keeper::VECTORS_IN_JOIN);
@@ -770,18 +787,18 @@ impl Server {
             vectors,
             queue,
             wants_write: false,
+            socket_elsewhere,
         });
         self.counters.joins += 1;
         if let Some(t) = &mut self.table {
             t.join(id, self.config.vectors);
         }
         self.ring_lifecycle();
-        let line = log_line(format_args!(
-            "peer {id} joined ({pid_text}, {} vector{})",
-            self.config.vectors,
-            if self.config.vectors == 1 { "" } else { "s" }
-        ));
-        self.log_peer(pid, "joined".into(), line);
+        self.log_peer(PeerLine::Joined {
+            id,
+            pid,
+            vectors: self.config.vectors,
+        });
         self.flush(id);
         if self.mirror && self.peers.get(id).is_some_and(|p| !p.wants_write) {
             self.tell_settled(id, true);
@@ -858,28 +875,45 @@ impl Server {
             | EpollFlags::EPOLLHUP
             | EpollFlags::EPOLLERR;
         if flags.intersects(readable) {
-            let reason = self.departure_reason(id);
-            self.doom(id, reason);
+            self.doom(id, Departure::Socket(flags));
         } else if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush(id);
         }
     }
 
-    /// Why a peer whose socket became readable leaves (the protocol is server→client only).
-    fn departure_reason(&self, id: u16) -> String {
-        let Some(peer) = self.peers.get(id) else {
-            return "gone".into();
+    /// Why `peer` leaves, in words. A hang-up's reason is read from the epoll flags where
+    /// they say it: readable while still connected is data sent (clients must not send). A
+    /// hang-up may have left data unread (sent, then closed) and an error needs its errno:
+    /// that takes a peek at the socket, one more syscall per departure, so for the usual
+    /// hang-up it is only taken when the line will be logged. In a reconnect storm, once its
+    /// line is being suppressed, a hang-up counts as "disconnected" in the summary.
+    fn leave_reason(&self, peer: &Peer, departure: Departure) -> Cow<'static, str> {
+        let flags = match departure {
+            Departure::Dropped(why) => return Cow::Owned(why),
+            Departure::Socket(flags) => flags,
         };
+        let hung_up = flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP);
+        if !flags.contains(EpollFlags::EPOLLERR) {
+            if !hung_up {
+                return Cow::Borrowed(SENT_DATA);
+            }
+            if !self
+                .peer_log
+                .would_admit(&(peer.pid, Cow::Borrowed(DISCONNECTED)))
+            {
+                return Cow::Borrowed(DISCONNECTED);
+            }
+        }
         let mut byte = [0u8; 1];
         match recv(
             std::os::fd::AsRawFd::as_raw_fd(&peer.socket),
             &mut byte,
             MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
         ) {
-            Ok(0) => "disconnected".into(),
-            Ok(_) => "sent data (clients must not send anything)".into(),
-            Err(Errno::EAGAIN) => "hung up".into(),
-            Err(e) => format!("connection error: {e}"),
+            Ok(0) => Cow::Borrowed(DISCONNECTED),
+            Ok(_) => Cow::Borrowed(SENT_DATA),
+            Err(Errno::EAGAIN) => Cow::Borrowed("hung up"),
+            Err(e) => Cow::Owned(format!("connection error: {e}")),
         }
     }
 
@@ -888,10 +922,10 @@ impl Server {
         if !self.doomed_set.contains(&id) {
             self.counters.drops += 1;
         }
-        self.doom(id, reason);
+        self.doom(id, Departure::Dropped(reason));
     }
 
-    fn doom(&mut self, id: u16, reason: String) {
+    fn doom(&mut self, id: u16, reason: Departure) {
         if self.doomed_set.insert(id) {
             self.doomed.push((id, reason));
         }
@@ -901,16 +935,23 @@ impl Server {
     fn drop_doomed(&mut self) {
         let mut next = 0;
         while next < self.doomed.len() {
-            let (id, reason) = self.doomed[next].clone();
+            let id = self.doomed[next].0;
+            let departure =
+                std::mem::replace(&mut self.doomed[next].1, Departure::Dropped(String::new()));
             next += 1;
             if let Some(peer) = self.peers.remove(id) {
                 self.counters.leaves += 1;
-                let _ = self.epoll.delete(&peer.socket);
-                let line = log_line(format_args!(
-                    "peer {id} left ({}): {reason}",
-                    PidText(peer.pid)
-                ));
-                self.log_peer(peer.pid, format!("left: {reason}"), line);
+                // Closing the last fd of a socket takes it out of the epoll set; a copy in
+                // another process (keeper, predecessor, successor) would keep it there.
+                if peer.socket_elsewhere {
+                    let _ = self.epoll.delete(&peer.socket);
+                }
+                let reason = self.leave_reason(&peer, departure);
+                self.log_peer(PeerLine::Left {
+                    id,
+                    pid: peer.pid,
+                    reason,
+                });
                 let seq = peer.seq;
                 drop(peer); // closes its socket; queued fds live on in other queues
                 if let Some(t) = &mut self.table {
@@ -934,9 +975,10 @@ impl Server {
     fn shutdown(&mut self) {
         let order = self.peers.ids_in_order();
         // The peer at position k hears that peers 0..k left; sent as queued, so memory stays
-        // bounded by the queue limit whatever the number of peers.
+        // bounded by the queue limit whatever the number of peers. Sent a batch (one
+        // `sendmmsg`) at a time; a peer whose socket is full waits for the drain below.
         for (k, &recipient) in order.iter().enumerate() {
-            for &gone in &order[..k] {
+            for (i, &gone) in order[..k].iter().enumerate() {
                 if self.doomed_set.contains(&recipient) {
                     break;
                 }
@@ -947,7 +989,10 @@ impl Server {
                     self.doomed_set.insert(recipient);
                     break;
                 }
-                self.flush(recipient);
+                let batch_full = peer.queue.len() >= crate::peer::SEND_BATCH || i + 1 == k;
+                if batch_full && !peer.wants_write {
+                    self.flush(recipient);
+                }
             }
         }
         // Only the peers' sockets matter now.
@@ -998,11 +1043,11 @@ impl Server {
         }
         for id in order {
             if let Some(peer) = self.peers.remove(id) {
-                let line = log_line(format_args!(
-                    "peer {id} left ({}): server shutting down",
-                    PidText(peer.pid)
-                ));
-                self.log_peer(peer.pid, "left: shutdown".into(), line);
+                self.log_peer(PeerLine::Left {
+                    id,
+                    pid: peer.pid,
+                    reason: Cow::Borrowed("server shutting down"),
+                });
             }
         }
         for summary in self.peer_log.flush() {
@@ -1011,8 +1056,8 @@ impl Server {
     }
 
     /// Logs a join or leave line unless the same kind of line from the same pid is storming.
-    fn log_peer(&mut self, pid: Option<i32>, what: String, line: String) {
-        if self.peer_log.admit((pid, what), &line, Instant::now()) {
+    fn log_peer(&mut self, line: PeerLine) {
+        if let Some(line) = self.peer_log.admit(line.key(), line, Instant::now()) {
             log::info!("{line}");
         }
     }
@@ -1036,13 +1081,66 @@ impl std::fmt::Display for PidText {
     }
 }
 
-/// A join/leave line in one allocation: `format!` starts small and grew these lines two or
-/// three times each (reallocations were ~10% of a join/leave cycle's instructions).
-fn log_line(args: std::fmt::Arguments<'_>) -> String {
-    use std::fmt::Write;
-    let mut line = String::with_capacity(128);
-    let _ = line.write_fmt(args);
-    line
+/// Why a doomed peer leaves.
+#[derive(Debug)]
+enum Departure {
+    /// Its socket reported these events (hang-up, data, error): see [`Server::leave_reason`].
+    Socket(EpollFlags),
+    /// The server dropped it, for this reason.
+    Dropped(String),
+}
+
+const DISCONNECTED: &str = "disconnected";
+const SENT_DATA: &str = "sent data (clients must not send anything)";
+
+/// What the join/leave log limit groups lines by: the pid, and "joined" or the leave reason.
+type LineKey = (Option<i32>, Cow<'static, str>);
+
+/// A join or leave line, formatted only when it is written (logged, or summed up when its
+/// rate-limit window ends): in a reconnect storm the suppressed lines cost no formatting.
+#[derive(Debug)]
+enum PeerLine {
+    Joined {
+        id: u16,
+        pid: Option<i32>,
+        vectors: u32,
+    },
+    Left {
+        id: u16,
+        pid: Option<i32>,
+        reason: Cow<'static, str>,
+    },
+    /// Gone while no server ran (announced by the server that resumed).
+    LeftInGap { id: u16 },
+}
+
+impl PeerLine {
+    fn key(&self) -> LineKey {
+        match self {
+            PeerLine::Joined { pid, .. } => (*pid, Cow::Borrowed("joined")),
+            PeerLine::Left { pid, reason, .. } => (*pid, reason.clone()),
+            PeerLine::LeftInGap { .. } => (None, Cow::Borrowed("gap")),
+        }
+    }
+}
+
+impl std::fmt::Display for PeerLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerLine::Joined { id, pid, vectors } => write!(
+                f,
+                "peer {id} joined ({}, {vectors} vector{})",
+                PidText(*pid),
+                if *vectors == 1 { "" } else { "s" }
+            ),
+            PeerLine::Left { id, pid, reason } => {
+                write!(f, "peer {id} left ({}): {reason}", PidText(*pid))
+            }
+            PeerLine::LeftInGap { id } => {
+                write!(f, "peer {id} left: disconnected while no server ran")
+            }
+        }
+    }
 }
 
 /// Checks that an fd handed over is the kind of socket the state says: a UNIX stream socket,
@@ -1065,6 +1163,22 @@ fn check_socket(fd: &impl AsFd, listening: bool, what: &str) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// One `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`, retried on EINTR: the socket comes
+/// non-blocking, without the `ioctl(FIONBIO)` that `UnixListener::accept` would need after it.
+fn accept_nonblocking(listener: &std::os::unix::net::UnixListener) -> io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let flags =
+        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+    loop {
+        match nix::sys::socket::accept4(listener.as_raw_fd(), flags) {
+            // SAFETY: accept4 just returned this fd, which nothing else owns.
+            Ok(fd) => return Ok(unsafe { UnixStream::from_raw_fd(fd) }),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// An epoll timeout that ends at `at` (rounded up to whole milliseconds, at most u16::MAX ms).

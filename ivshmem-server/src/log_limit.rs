@@ -8,6 +8,10 @@
 //! suppressing stays quiet for the next window too (a storm yields one summary per window); a
 //! key whose window passes without suppression is forgotten.
 //!
+//! Lines are values of any `Display` type, formatted only when written: a suppressed line is
+//! kept as it is (the last one of a window is shown in its summary), so a reconnect storm costs
+//! no formatting per suppressed line.
+//!
 //! Memory: every key logged within the last window is remembered, even one that logged a single
 //! line, so the table follows the rate of distinct sources (each short-lived client is a new
 //! pid). At most [`MAX_KEYS`] are tracked; lines of further keys share one overflow window with
@@ -15,6 +19,7 @@
 //! gives its memory back when it empties out after a flood.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -28,29 +33,30 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_KEYS: usize = 4096;
 
 #[derive(Debug)]
-struct Window {
+struct Window<L> {
     end: Instant,
     /// Lines still allowed in this window.
     allowance: u32,
     suppressed: u64,
     /// The last suppressed line, shown in the summary.
-    last: String,
+    last: Option<L>,
 }
 
-/// Per-key windows; time is passed in, so it is testable without sleeping.
+/// Per-key windows over lines of type `L`; time is passed in, so it is testable without
+/// sleeping.
 #[derive(Debug)]
-pub struct RateLimiter<K> {
+pub struct RateLimiter<K, L = String> {
     burst: u32,
     window: Duration,
-    windows: HashMap<K, Window>,
+    windows: HashMap<K, Window<L>>,
     max_keys: usize,
     /// Shared by the lines of keys that arrive while `max_keys` are tracked.
-    overflow: Option<Window>,
+    overflow: Option<Window<L>>,
     /// Earliest window end, when [`RateLimiter::expire`] has work.
     next_end: Option<Instant>,
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K: Hash + Eq + Clone, L: Display> RateLimiter<K, L> {
     /// Lets `burst` alike lines per key through in each `window`; the rest are counted. Tracks
     /// at most `max_keys` keys; the lines of others share one overflow window.
     pub fn new(burst: u32, window: Duration, max_keys: usize) -> Self {
@@ -69,18 +75,36 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.windows.len()
     }
 
-    /// True when `line` should be logged now; otherwise it is counted for a later summary.
-    pub fn admit(&mut self, key: K, line: &str, now: Instant) -> bool {
+    /// `Some(line)` when `line` should be logged now; otherwise it is counted (and kept, for
+    /// the summary) and the answer is None.
+    pub fn admit(&mut self, key: K, line: L, now: Instant) -> Option<L> {
         let fresh = Window::new(now + self.window, self.burst);
-        let entry = if self.windows.contains_key(&key) || self.windows.len() < self.max_keys {
+        // One hash of the key either way (SipHash: pids are the clients').
+        let entry = if self.windows.len() < self.max_keys {
             self.windows.entry(key).or_insert(fresh)
         } else {
-            self.overflow.get_or_insert(fresh)
+            match self.windows.get_mut(&key) {
+                Some(window) => window,
+                None => self.overflow.get_or_insert(fresh),
+            }
         };
         let end = entry.end;
         let admitted = entry.admit(line);
         self.next_end = Some(self.next_end.map_or(end, |e| e.min(end)));
         admitted
+    }
+
+    /// Whether [`admit`](Self::admit) would let a line of `key` through now (nothing is
+    /// counted): a caller can skip work that only the written line needs.
+    pub fn would_admit(&self, key: &K) -> bool {
+        match self.windows.get(key) {
+            Some(w) => w.allowance > 0,
+            None if self.windows.len() < self.max_keys => self.burst > 0,
+            None => self
+                .overflow
+                .as_ref()
+                .map_or(self.burst > 0, |w| w.allowance > 0),
+        }
     }
 
     /// When [`expire`](Self::expire) should run next (None: nothing pending).
@@ -122,47 +146,50 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let mut summaries: Vec<String> = self
             .windows
             .drain()
-            .filter(|(_, w)| w.suppressed > 0)
-            .map(|(_, w)| Summary::Similar.line(&w.last, w.suppressed))
+            .filter_map(|(_, w)| w.summary(Summary::Similar))
             .collect();
-        summaries.extend(
-            overflow
-                .filter(|w| w.suppressed > 0)
-                .map(|w| Summary::Overflow.line(&w.last, w.suppressed)),
-        );
+        summaries.extend(overflow.and_then(|w| w.summary(Summary::Overflow)));
         summaries
     }
 }
 
-impl Window {
+impl<L: Display> Window<L> {
     fn new(end: Instant, allowance: u32) -> Self {
         Window {
             end,
             allowance,
             suppressed: 0,
-            last: String::new(),
+            last: None,
         }
     }
 
-    /// Takes one line from the allowance, or counts it as suppressed.
-    fn admit(&mut self, line: &str) -> bool {
+    /// Takes one line from the allowance (and gives it back to be logged), or counts it as
+    /// suppressed and keeps it as the last one.
+    fn admit(&mut self, line: L) -> Option<L> {
         if self.allowance > 0 {
             self.allowance -= 1;
-            return true;
+            return Some(line);
         }
         self.suppressed += 1;
-        self.last.clear();
-        self.last.push_str(line);
-        false
+        self.last = Some(line);
+        None
+    }
+
+    /// The summary of what this window suppressed, if anything.
+    fn summary(&self, kind: Summary) -> Option<String> {
+        match &self.last {
+            Some(last) if self.suppressed > 0 => Some(kind.line(last, self.suppressed)),
+            _ => None,
+        }
     }
 
     /// Ends this window: false when nothing was suppressed (forget it); otherwise adds its
     /// summary and starts a quiet window ending at `next` (still storming).
     fn roll_over(&mut self, next: Instant, summaries: &mut Vec<String>, kind: Summary) -> bool {
-        if self.suppressed == 0 {
+        let Some(summary) = self.summary(kind) else {
             return false;
-        }
-        summaries.push(kind.line(&self.last, self.suppressed));
+        };
+        summaries.push(summary);
         *self = Window::new(next, 0);
         true
     }
@@ -178,7 +205,7 @@ enum Summary {
 }
 
 impl Summary {
-    fn line(self, last: &str, suppressed: u64) -> String {
+    fn line(self, last: &impl Display, suppressed: u64) -> String {
         let s = if suppressed == 1 { "" } else { "s" };
         match self {
             Summary::Similar => format!("{last} ({suppressed} similar line{s} suppressed)"),
@@ -202,12 +229,17 @@ mod tests {
         let mut l = limiter();
         let t0 = Instant::now();
         let admitted: Vec<bool> = (0..10)
-            .map(|i| l.admit("pid 7 joined", &format!("peer {i} joined"), t0))
+            .map(|i| {
+                l.admit("pid 7 joined", format!("peer {i} joined"), t0)
+                    .is_some()
+            })
             .collect();
         assert_eq!(admitted.iter().filter(|a| **a).count(), 3);
         assert!(admitted[..3].iter().all(|a| *a));
         // Another key is independent.
-        assert!(l.admit("pid 8 joined", "peer 99 joined", t0));
+        assert!(l
+            .admit("pid 8 joined", "peer 99 joined".to_string(), t0)
+            .is_some());
         assert_eq!(l.next_deadline(), Some(t0 + Duration::from_secs(10)));
         assert!(l.expire(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(
@@ -216,18 +248,49 @@ mod tests {
         );
     }
 
+    /// `would_admit` answers what `admit` would do, without counting anything.
+    #[test]
+    fn would_admit_predicts_admit() {
+        let mut l: RateLimiter<u32> = RateLimiter::new(2, Duration::from_secs(10), 2);
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert!(l.would_admit(&1));
+            assert!(l.would_admit(&1), "asking counts nothing");
+            assert!(l.admit(1, "one".to_string(), t0).is_some());
+        }
+        assert!(!l.would_admit(&1));
+        assert!(l.admit(1, "one".to_string(), t0).is_none());
+        // Beyond the tracked keys: the overflow window's allowance decides.
+        assert!(l.admit(2, "two".to_string(), t0).is_some());
+        for _ in 0..2 {
+            assert!(l.would_admit(&3));
+            assert!(l.admit(3, "three".to_string(), t0).is_some());
+        }
+        assert!(!l.would_admit(&4));
+        assert!(l.admit(4, "four".to_string(), t0).is_none());
+        assert_eq!(
+            l.flush(),
+            vec![
+                "one (1 similar line suppressed)".to_string(),
+                "four (1 line of other sources suppressed: too many sources at once)".to_string()
+            ]
+        );
+    }
+
     #[test]
     fn a_continuing_storm_stays_quiet_with_one_summary_per_window() {
         let mut l = limiter();
         let t0 = Instant::now();
         for i in 0..5 {
-            l.admit("k", &format!("line {i}"), t0);
+            let _ = l.admit("k", format!("line {i}"), t0);
         }
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(l.expire(t1).len(), 1);
         // The next window admits nothing.
-        assert!(!l.admit("k", "line 5", t1));
-        assert!(!l.admit("k", "line 6", t1 + Duration::from_secs(1)));
+        assert!(l.admit("k", "line 5".to_string(), t1).is_none());
+        assert!(l
+            .admit("k", "line 6".to_string(), t1 + Duration::from_secs(1))
+            .is_none());
         let t2 = t1 + Duration::from_secs(10);
         assert_eq!(
             l.expire(t2),
@@ -236,18 +299,20 @@ mod tests {
         // A quiet window ends the storm: the key is forgotten and logs again.
         assert!(l.expire(t2 + Duration::from_secs(10)).is_empty());
         assert_eq!(l.next_deadline(), None);
-        assert!(l.admit("k", "line 7", t2 + Duration::from_secs(11)));
+        assert!(l
+            .admit("k", "line 7".to_string(), t2 + Duration::from_secs(11))
+            .is_some());
     }
 
     #[test]
     fn quiet_keys_are_forgotten_and_flush_reports_open_windows() {
         let mut l = limiter();
         let t0 = Instant::now();
-        assert!(l.admit("a", "a", t0));
+        assert!(l.admit("a", "a".to_string(), t0).is_some());
         assert!(l.expire(t0 + Duration::from_secs(11)).is_empty());
         assert_eq!(l.next_deadline(), None);
         for _ in 0..4 {
-            l.admit("b", "b", t0);
+            let _ = l.admit("b", "b".to_string(), t0);
         }
         assert_eq!(l.flush(), vec!["b (1 similar line suppressed)".to_string()]);
         assert!(l.flush().is_empty());
@@ -265,8 +330,8 @@ mod tests {
         let mut most = 0;
         for pid in 0..sources {
             let now = t0 + step * pid;
-            assert!(l.admit(pid * 2, "joined", now));
-            assert!(l.admit(pid * 2 + 1, "left", now));
+            assert!(l.admit(pid * 2, "joined".to_string(), now).is_some());
+            assert!(l.admit(pid * 2 + 1, "left".to_string(), now).is_some());
             assert!(l.expire(now).is_empty());
             most = most.max(l.tracked_keys());
         }
@@ -286,13 +351,13 @@ mod tests {
         let mut l: RateLimiter<u32> = RateLimiter::new(3, Duration::from_secs(10), 100);
         let t0 = Instant::now();
         let admitted = (0..1000)
-            .filter(|&pid| l.admit(pid, &format!("peer {pid} joined"), t0))
+            .filter(|&pid| l.admit(pid, format!("peer {pid} joined"), t0).is_some())
             .count();
         // Each tracked key's first line, then the overflow window's burst.
         assert_eq!(admitted, 100 + 3);
         assert_eq!(l.tracked_keys(), 100);
         // A tracked key keeps its own window.
-        assert!(l.admit(5, "peer 5 left", t0));
+        assert!(l.admit(5, "peer 5 left".to_string(), t0).is_some());
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(
             l.expire(t1),
@@ -304,7 +369,7 @@ mod tests {
         assert_eq!(l.tracked_keys(), 0);
         // The quiet keys are forgotten, so a new key is tracked (and logged) again; the
         // overflow window stays, quiet, until a window passes without suppression.
-        assert!(l.admit(5000, "peer 5000 joined", t1));
+        assert!(l.admit(5000, "peer 5000 joined".to_string(), t1).is_some());
         assert_eq!(l.tracked_keys(), 1);
         assert!(l.expire(t1 + Duration::from_secs(10)).is_empty());
         assert_eq!(l.next_deadline(), None);

@@ -15,62 +15,109 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 
 use protocol::server::Message;
 use protocol::wire::{encode, MESSAGE_LEN};
 
-/// One `sendmsg` of `bytes` with `fd` (if any) as SCM_RIGHTS, `MSG_NOSIGNAL`, retried on EINTR:
-/// the same call `protocol::fdpass::send_bytes` makes, without its three heap allocations (two
-/// `Vec`s and nix's zeroed control buffer) per message: the control buffer is on the stack.
-/// Profiled with callgrind, those allocations were most of the server's instructions per
-/// message. The wire bytes and the one fd per message are unchanged.
-fn send_one(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
-    // Room for one cmsghdr carrying one int, aligned for cmsghdr.
-    #[repr(C)]
-    union ControlBuffer {
-        _align: libc::cmsghdr,
-        bytes: [u8; 64],
-    }
-    let mut control = ControlBuffer { bytes: [0; 64] };
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
+/// Messages handed to the kernel per `sendmmsg` (a handshake with 4 vectors and no other peer
+/// is 7; longer queues take several calls).
+pub(crate) const SEND_BATCH: usize = 16;
+
+/// Room for one cmsghdr carrying one int (`CMSG_SPACE(4)` is 24 on 64-bit Linux), aligned for
+/// cmsghdr.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union ControlBuffer {
+    _align: libc::cmsghdr,
+    bytes: [u8; 32],
+}
+
+/// Sends the first `count` (at most [`SEND_BATCH`]) of `items` with one `sendmmsg`: each
+/// message its own `msghdr` with its remaining bytes and, if none of it went yet, its fd as
+/// SCM_RIGHTS; `MSG_NOSIGNAL`; retried on EINTR. Returns the bytes each message sent, in order,
+/// for as many messages as the kernel took.
+///
+/// On the wire this is exactly `count` `sendmsg` calls in a row: the kernel runs its `sendmsg`
+/// for each header in turn, so every message is its own write with its own fd, and a reader
+/// taking 8 bytes and one fd at a time (QEMU's clients) sees no difference. The kernel stops at
+/// the first message it cannot take whole (full socket, error: the rest are not attempted),
+/// so the byte stream never skips ahead of a partly sent message. Control buffers are on the
+/// stack (no allocation per message; they were most of the server's instructions once).
+fn send_batch(
+    sock: BorrowedFd<'_>,
+    items: &VecDeque<Queued>,
+    count: usize,
+) -> io::Result<([u32; SEND_BATCH], usize)> {
+    let count = count.min(SEND_BATCH).min(items.len());
+    let mut controls = [ControlBuffer { bytes: [0; 32] }; SEND_BATCH];
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; SEND_BATCH];
+    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+    let mut headers: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize,
+            libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize,
+        )
     };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        let raw = fd.as_raw_fd();
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-        let (space, len) = unsafe {
-            (
-                libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize,
-                libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize,
-            )
+    debug_assert!(space <= std::mem::size_of::<ControlBuffer>());
+    for (i, item) in items.iter().take(count).enumerate() {
+        let bytes = &item.bytes[item.sent..];
+        iovs[i] = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
         };
-        debug_assert!(space <= std::mem::size_of::<ControlBuffer>());
-        msg.msg_control = std::ptr::addr_of_mut!(control).cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `control`, aligned for cmsghdr and at least `space`
-        // bytes long, so CMSG_FIRSTHDR is non-null and the header and its one int fit in it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = len as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), raw);
+        let msg = &mut headers[i].msg_hdr;
+        msg.msg_iov = &mut iovs[i];
+        msg.msg_iovlen = 1;
+        // The fd went with the first byte: a partly sent message has none left to send.
+        let fd = if item.sent == 0 {
+            item.fd.as_ref()
+        } else {
+            None
+        };
+        if let Some(fd) = fd {
+            msg.msg_control = std::ptr::addr_of_mut!(controls[i]).cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: msg_control points at `controls[i]`, aligned for cmsghdr and at least
+            // `space` bytes long, so CMSG_FIRSTHDR is non-null and the header and its one int
+            // fit in it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(msg);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = len as _;
+                std::ptr::write_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+                    fd.as_raw_fd(),
+                );
+            }
         }
     }
     loop {
-        // SAFETY: msg points at a live iovec over `bytes` and, with an fd, at the control
-        // buffer filled above; both outlive the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        // SAFETY: the first `count` headers point at live iovecs over the queued messages'
+        // bytes and, with an fd, at their control buffers; all of it outlives the call, and
+        // the kernel writes only the headers' msg_len.
+        let n = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_NOSIGNAL,
+            )
+        };
         if n >= 0 {
-            return Ok(n as usize);
+            let mut sent = [0u32; SEND_BATCH];
+            for (out, header) in sent.iter_mut().zip(&headers).take(n as usize) {
+                *out = header.msg_len;
+            }
+            return Ok((sent, n as usize));
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -281,27 +328,33 @@ impl OutQueue {
         });
     }
 
-    /// Sends as much as the socket takes, resuming a partially sent message without its fd.
+    /// Sends as much as the socket takes, resuming a partially sent message without its fd:
+    /// up to [`SEND_BATCH`] messages per `sendmmsg`.
     pub fn flush(&mut self, sock: BorrowedFd<'_>) -> Flush {
-        while let Some(front) = self.items.front_mut() {
-            let fd = if front.sent == 0 {
-                front.fd.as_ref().map(|f| f.as_fd())
-            } else {
-                None
-            };
-            match send_one(sock, &front.bytes[front.sent..], fd) {
-                Ok(0) => return Flush::Blocked,
-                Ok(n) => {
-                    front.sent += n;
-                    if front.sent == MESSAGE_LEN {
-                        let done = self.items.pop_front().expect("front exists");
-                        if done.is_notice {
-                            self.notices -= 1;
-                        }
-                    }
-                }
+        while !self.items.is_empty() {
+            let (sent, taken) = match send_batch(sock, &self.items, SEND_BATCH) {
+                Ok(result) => result,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
                 Err(e) => return Flush::Failed(e),
+            };
+            if taken == 0 {
+                return Flush::Blocked;
+            }
+            for &n in &sent[..taken] {
+                let Some(front) = self.items.front_mut() else {
+                    break;
+                };
+                if n == 0 {
+                    return Flush::Blocked;
+                }
+                front.sent += n as usize;
+                if front.sent < MESSAGE_LEN {
+                    // Taken in part: the kernel stopped here, the rest waits.
+                    break;
+                }
+                if self.items.pop_front().is_some_and(|done| done.is_notice) {
+                    self.notices -= 1;
+                }
             }
         }
         // A handshake queues 3 + vectors × peers messages at once; give that memory back
@@ -332,6 +385,10 @@ pub struct Peer {
     pub queue: OutQueue,
     /// EPOLLOUT is in its epoll interest set.
     pub wants_write: bool,
+    /// Another process may hold a copy of its socket (the keeper, the server it was taken over
+    /// from, a successor being started): closing ours then leaves the socket in the epoll set,
+    /// so it must be taken out first (`EPOLL_CTL_DEL`). Otherwise closing does that.
+    pub socket_elsewhere: bool,
 }
 
 impl Peer {
@@ -392,6 +449,11 @@ impl PeerTable {
         self.by_id.insert(peer.id, peer);
     }
 
+    /// Calls `f` on every peer.
+    pub fn for_each_mut(&mut self, f: impl FnMut(&mut Peer)) {
+        self.by_id.values_mut().for_each(f);
+    }
+
     /// Takes a peer out by id (it left or is dropped).
     pub fn remove(&mut self, id: u16) -> Option<Peer> {
         let peer = self.by_id.remove(&id)?;
@@ -435,6 +497,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::io::Read;
+    use std::os::fd::AsFd;
 
     #[test]
     fn ids_are_monotonic_and_not_reused_until_wrap() {
@@ -527,6 +590,54 @@ mod tests {
         }
     }
 
+    /// A batch of messages with fds reads, 8 bytes and one fd at a time (QEMU's way), as the
+    /// same messages sent one `sendmsg` each: every fd with its own message, in order.
+    #[test]
+    fn each_fd_arrives_with_its_own_message() {
+        use protocol::fdpass::{recv_message, Received};
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let eventfds: Vec<Rc<OwnedFd>> = (0..3)
+            .map(|_| Rc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())))
+            .collect();
+        let mut q = OutQueue::new(usize::MAX);
+        // More than one batch: 40 messages, every other one with an fd.
+        let messages: Vec<SharedMessage> = (0..40)
+            .map(|i| SharedMessage::new(i, (i % 2 == 0).then(|| eventfds[i as usize % 3].clone())))
+            .collect();
+        q.push_handshake(messages);
+        assert!(matches!(q.flush(a.as_fd()), Flush::Done));
+        for i in 0..40 {
+            match recv_message(b.as_fd()).unwrap() {
+                Received::Message { value, fd } => {
+                    assert_eq!(value, i);
+                    assert_eq!(fd.is_some(), i % 2 == 0, "message {i}");
+                }
+                Received::Eof => panic!("EOF at {i}"),
+            }
+        }
+    }
+
+    /// A message a predecessor had sent in part continues where it stopped, without its fd,
+    /// and the messages after it follow in the same batch.
+    #[test]
+    fn an_adopted_partial_message_resumes() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut q = OutQueue::new(4);
+        let fd = Rc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        q.push_adopted(encode(0x0102_0304_0506_0708), 3, Some(fd), true);
+        q.push_notices(&[msg(9)]).unwrap();
+        assert!(matches!(q.flush(a.as_fd()), Flush::Done));
+        assert!(q.is_empty());
+        let mut buf = [0u8; 13];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf[..5], &encode(0x0102_0304_0506_0708)[3..]);
+        assert_eq!(&buf[5..], &encode(9));
+        // The notice budget was given back for both.
+        q.push_notices(&[msg(1), msg(2), msg(3), msg(4)]).unwrap();
+    }
+
     #[test]
     fn closed_peer_fails() {
         let (a, b) = UnixStream::pair().unwrap();
@@ -553,6 +664,7 @@ mod tests {
                 vectors: vec![],
                 queue: OutQueue::new(1),
                 wants_write: false,
+                socket_elsewhere: false,
             });
         }
         assert_eq!(t.ids_in_order(), vec![0, 1, 2]);

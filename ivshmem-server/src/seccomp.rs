@@ -8,8 +8,9 @@
 //! - `sandbox::thread_start()`: the filter is entered on all threads at once and may reach the
 //!   log writer thread (`log_sink`) while it is still starting;
 //! - brokering: `epoll_wait`/`epoll_ctl`, `accept4`, `getsockopt` (`SO_PEERCRED`), `eventfd2`
-//!   (each new peer's vectors), `sendmsg` (messages with fds), `recvfrom`/`recvmsg`/`read`
-//!   (hang-ups, the signalfd), `ioctl(FIONBIO)` (non-blocking peer sockets), `shutdown`;
+//!   (each new peer's vectors), `sendmmsg`/`sendmsg` (messages with fds),
+//!   `recvfrom`/`recvmsg`/`read` (hang-ups, the signalfd), `ioctl(FIONBIO)` (non-blocking peer
+//!   sockets), `shutdown`;
 //! - shutdown: `statx`/`newfstatat` and `unlink` to remove the socket file (only if it is still
 //!   a socket), the PID file and, with `--unlink-shm`, the `-M` object.
 //!
@@ -30,6 +31,7 @@ pub fn allow_list() -> AllowList {
             libc::SYS_getsockopt,
             libc::SYS_eventfd2,
             libc::SYS_sendmsg,
+            libc::SYS_sendmmsg,
             libc::SYS_sendto,
             libc::SYS_recvfrom,
             libc::SYS_recvmsg,

@@ -232,6 +232,27 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// CPU time a process has used (user + system), in clock ticks, from /proc/PID/stat; 0 when
+/// it cannot be read.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses, may contain spaces): state is field 3, utime 14.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+}
+
+/// True when the process uses (nearly) no CPU for half a second: an event loop that is not
+/// spinning on an event it does not clear.
+pub fn stays_idle(pid: u32) -> bool {
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    // A spinning loop burns ~50 ticks (100 Hz) here; allow a little for a loaded machine.
+    cpu_ticks(pid).saturating_sub(before) <= 10
+}
+
 /// Number of open fds of a process, from /proc/PID/fd.
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

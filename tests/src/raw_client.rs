@@ -141,6 +141,18 @@ impl RawClient {
         self.vectors.remove(&id);
     }
 
+    /// `cycles` times: another client with as many vectors connects (this one hears it join)
+    /// and closes (this one hears it leave).
+    pub fn watch_cycles(&mut self, path: &Path, cycles: usize) {
+        for _ in 0..cycles {
+            let c = RawClient::connect(path, self.n_vectors);
+            self.expect_join(c.id);
+            let id = c.id;
+            drop(c);
+            self.expect_leave(id);
+        }
+    }
+
     /// Ids of the other peers the server announced (and not announced as left).
     pub fn peer_ids(&self) -> Vec<u16> {
         self.state.peers().into_iter().map(|(id, _)| id).collect()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use harness::eventfd::{ring_eventfd, wait_rung};
 use harness::raw_client::{silent_for, RawClient};
 use harness::server::process_alive;
-use harness::{bin, text, wait_until, Scratch, Server, TIMEOUT};
+use harness::{bin, stays_idle, text, wait_until, Scratch, Server, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -29,6 +29,24 @@ fn serving_pid(sock: &Path) -> Option<i32> {
         .ok()
 }
 
+/// `ivshmem-server -F --memfd -n VECTORS --keeper -S SOCK`, once a server serves.
+fn start_keeper(sock: &Path, vectors: u32) -> Server {
+    let mut command = Command::new(bin("ivshmem-server"));
+    command
+        .args([
+            "-F",
+            "--memfd",
+            "-n",
+            &vectors.to_string(),
+            "--keeper",
+            "-S",
+        ])
+        .arg(sock);
+    let keeper = Server::from_command(command, sock);
+    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    keeper
+}
+
 fn status_json(sock: &Path) -> String {
     let out = Command::new(bin("ivshmem-server"))
         .arg("-S")
@@ -43,12 +61,7 @@ fn status_json(sock: &Path) -> String {
 fn server_keeper_survives_kill_9() {
     let dir = Scratch::new("srv-keeper");
     let sock = dir.join("sock");
-    let mut command = Command::new(bin("ivshmem-server"));
-    command
-        .args(["-F", "--memfd", "-n", "2", "--keeper", "-S"])
-        .arg(&sock);
-    let keeper = Server::from_command(command, &sock);
-    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    let keeper = start_keeper(&sock, 2);
     let first = serving_pid(&sock).expect("the server answers --status");
     assert_ne!(
         first,
@@ -90,8 +103,9 @@ fn server_keeper_survives_kill_9() {
         recovery < Duration::from_secs(3),
         "recovery took {recovery:?}"
     );
+    // The log reader thread may trail the new server's first answer.
     assert!(
-        keeper.log_text().contains("killed by SIGKILL"),
+        keeper.wait_log("killed by SIGKILL"),
         "{}",
         keeper.log_text()
     );
@@ -146,6 +160,26 @@ fn server_keeper_survives_kill_9() {
     assert!(!process_alive(third));
 }
 
+/// Under a keeper, which holds a copy of every peer's socket, a departed peer's socket must be
+/// taken out of the server's epoll set explicitly (closing the server's fd does not do it): the
+/// server stays idle after peers come and go.
+#[test]
+fn server_keeper_peers_leave_without_the_server_spinning() {
+    let dir = Scratch::new("srv-keeper-idle");
+    let sock = dir.join("sock");
+    let keeper = start_keeper(&sock, 2);
+    let serving = serving_pid(&sock).expect("the server answers --status");
+    RawClient::connect(&sock, 2).watch_cycles(&sock, 20);
+    assert!(
+        stays_idle(serving as u32),
+        "the server spins after peers left"
+    );
+    assert!(
+        stays_idle(keeper.pid()),
+        "the keeper spins after peers left"
+    );
+}
+
 #[test]
 fn server_keeper_gives_up_on_a_server_that_keeps_dying() {
     let dir = Scratch::new("srv-keeper-dies");
@@ -180,12 +214,7 @@ fn server_keeper_gives_up_on_a_server_that_keeps_dying() {
 fn server_keeper_disconnects_a_peer_with_messages_in_flight() {
     let dir = Scratch::new("srv-keeper-inflight");
     let sock = dir.join("sock");
-    let mut command = Command::new(bin("ivshmem-server"));
-    command
-        .args(["-F", "--memfd", "-n", "64", "--keeper", "-S"])
-        .arg(&sock);
-    let keeper = Server::from_command(command, &sock);
-    assert!(keeper.wait_log("serves"), "{}", keeper.log_text());
+    let keeper = start_keeper(&sock, 64);
 
     // P connects and never reads; joins and leaves pile up until its socket is full.
     let p = std::os::unix::net::UnixStream::connect(&sock).unwrap();

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::raw_client::{recv_raw, RawClient};
-use harness::{bin, fd_count, wait_until, Scratch, Server};
+use harness::{bin, fd_count, stays_idle, wait_until, Scratch, Server};
 use protocol::client::ClientEvent;
 use protocol::fdpass::Received;
 
@@ -60,19 +60,19 @@ fn server_join_leave_cycles_leak_no_fds() {
     // The join line is logged once the server has set the resident up: its fds are the baseline.
     assert!(server.wait_log("peer 0 joined"), "{}", server.log_text());
     let before = fd_count(server.pid());
-    for _ in 0..300 {
-        let c = RawClient::connect(&sock, 4);
-        resident.expect_join(c.id);
-        let id = c.id;
-        drop(c);
-        resident.expect_leave(id);
-    }
+    resident.watch_cycles(&sock, 300);
     assert!(
         wait_until(Duration::from_secs(5), || fd_count(server.pid()) == before),
         "server fds: {before} before, {} after 300 cycles",
         fd_count(server.pid())
     );
     assert_eq!(resident.vectors.len(), 1, "only own vectors remain");
+    // The departed sockets were closed without EPOLL_CTL_DEL (the server held their only fd,
+    // so closing took them out of the epoll set): nothing is left to wake the loop.
+    assert!(
+        stays_idle(server.pid()),
+        "the server spins after the cycles"
+    );
 }
 
 #[test]
@@ -100,6 +100,37 @@ fn server_drops_a_client_that_sends_anything() {
     }
     let c = RawClient::connect(&sock, 1);
     a.expect_join(c.id);
+}
+
+/// The leave reason of a logged line is exact: a client that sent data and then closed is not
+/// reported as merely disconnected, nor one that closed quietly as having sent data.
+#[test]
+fn server_logs_why_a_client_left() {
+    let dir = Scratch::new("srv-why");
+    let sock = dir.join("sock");
+    let server = Server::start_without_probe(&sock, &["--memfd"]);
+    let mut a = RawClient::connect(&sock, 1);
+    let mut g = RawClient::connect(&sock, 1);
+    a.expect_join(g.id);
+    g.sock.write_all(b"garbage!").unwrap();
+    let gone = g.id;
+    drop(g);
+    a.expect_leave(gone);
+    let q = RawClient::connect(&sock, 1);
+    a.expect_join(q.id);
+    let quiet = q.id;
+    drop(q);
+    a.expect_leave(quiet);
+    let sent = format!("peer {gone} left (pid {}): sent data", std::process::id());
+    let closed = format!(
+        "peer {quiet} left (pid {}): disconnected",
+        std::process::id()
+    );
+    assert!(
+        server.wait_log(&sent) && server.wait_log(&closed),
+        "{}",
+        server.log_text()
+    );
 }
 
 #[test]

@@ -13,14 +13,16 @@
 # and memory against QEMU/KVM on the ordinary-KVM bed, scripts/nested-kvm.sh), guest_linux (a
 # Linux guest's doorbell round trip and BAR2 bandwidth through the ivshmem driver, on that bed),
 # nested_virtio (L2 Linux on vhost-user devices from third-party backends: disk, virtiofs, vsock,
-# boot and memory, our VMM against QEMU -accel kvm on that bed).
+# boot and memory, our VMM against QEMU -accel kvm on that bed), nested_linux_virtio (a Linux
+# guest's /dev/hwrng and vsock through virtio_ivshmem.ko and vhost-bridge against QEMU's
+# vhost-user-rng-pci and vhost-user-vsock-pci, same backends, in QEMU -accel kvm on that bed).
 # Run it on a quiet machine: the round trips are sensitive to other load, which is why medians
 # are reported next to means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
-sections=${SECTIONS:-host server vmm ivshmem virtio nested nested_virtio guest_linux}
+sections=${SECTIONS:-host server vmm ivshmem virtio nested nested_virtio nested_linux_virtio guest_linux}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -501,6 +503,68 @@ nested_virtio_section() {
         "same runs: bed-io vsock-ping 2 5002 2000 in L2, bed-io uds-echo in L1"
 }
 
+# On the nested bed (tests/nested/linux-virtio-bench): a Linux L2 guest in QEMU -accel kvm inside
+# L1 reads /dev/hwrng and pings a vsock echo in L1, through the stock virtio-rng and vsock drivers
+# on our transport (QEMU's ivshmem-doorbell on ivshmem-server, virtio_ivshmem.ko, vhost-bridge)
+# and on QEMU's vhost-user-rng-pci / vhost-user-vsock-pci, the same backend binaries
+# (vhost-device-rng, vhost-device-vsock) behind both. One transport per boot (Linux takes one
+# vsock device), alternated, $rounds rounds, medians; per-operation interrupt and KVM exit counts
+# (L2's /proc/interrupts, L1's KVM debugfs) say where the time goes.
+nested_linux_virtio_section() {
+    echo "== Linux virtio drivers over ivshmem vs vhost-user-pci (nested bed)" >&2
+    local out rounds=3 secs=5 pings=2000
+    out=$(PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin" scripts/nested-kvm.sh run \
+        tests/nested/linux-virtio-bench --bins "$R" --arg ROUNDS=$rounds --arg RNG_SECS=$secs \
+        --arg PINGS=$pings | tr -d '\r' | grep -E '^(BENCH|ivshmem: FACT|pci: FACT)' || true)
+    printf '%s\n' "$out" | sed 's/^/  /' >&2
+    # lv_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines (or empty).
+    lv_median() {
+        local values
+        values=$(printf '%s\n' "$out" |
+            awk -v who="$1" '$1 == "BENCH" && $2 == who {for (i = 3; i <= NF; i++) print $i}' |
+            sed -n "s/^$2=\([0-9.]*\)$/\1/p" | xargs)
+        # shellcheck disable=SC2086  # one number per word
+        [ -z "$values" ] || median $values
+    }
+    local q o
+    q=$(lv_median pci read_bytes_per_s); o=$(lv_median ivshmem read_bytes_per_s)
+    if [ -z "$q" ] || [ -z "$o" ]; then
+        echo "  nested_linux_virtio: a transport did not report (BENCH-FAILED above), skipped" >&2
+        return
+    fi
+    local cmd="scripts/nested-kvm.sh run tests/nested/linux-virtio-bench --arg ROUNDS=$rounds --arg RNG_SECS=$secs --arg PINGS=$pings"
+    local qemu="QEMU -M microvm,pcie=on -accel kvm"
+    row "L2 Linux /dev/hwrng throughput: virtio-rng over ivshmem (QEMU ivshmem-doorbell + virtio_ivshmem.ko + vhost-bridge), median of $rounds" \
+        "$o B/s" "$qemu, vhost-user-rng-pci (MSI-X): $q B/s" "$(ratio "$o" "$q")" "≥ 0.9" \
+        "$cmd (bed-io read /dev/hwrng $secs 4096 in L2; vhost-device-rng behind both)"
+    local qr or
+    qr=$(lv_median pci vsock_rtt_us); or=$(lv_median ivshmem vsock_rtt_us)
+    row "L2 Linux vsock round trips/s (1 byte, L2 → echo in L1): vsock over ivshmem, median of $rounds" \
+        "$(python3 -c "print(round(1e6 / $or, 1))")/s ($or µs)" \
+        "$qemu, vhost-user-vsock-pci: $(python3 -c "print(round(1e6 / $qr, 1))")/s ($qr µs)" \
+        "$(ratio "$qr" "$or")" "≥ 0.9" \
+        "same runs: bed-io vsock-ping 2 5002 $pings in L2, bed-io uds-echo on vhost-device-vsock's UDS in L1"
+    # per_op WHO: interrupts and KVM exits per /dev/hwrng request (one interrupt each: virtio-rng
+    # keeps one request out) and per vsock round trip (bed-io adds a tenth for warm-up).
+    per_op() {
+        python3 - "$(lv_median "$1" rng_bytes)" "$(lv_median "$1" rng_irqs)" \
+            "$(lv_median "$1" rng_exits)" "$(lv_median "$1" rng_mmio_exits)" \
+            "$(lv_median "$1" vsock_irqs)" "$(lv_median "$1" vsock_exits)" \
+            "$(lv_median "$1" vsock_mmio_exits)" "$(lv_median "$1" vsock_halt_exits)" \
+            "$(lv_median "$1" vsock_rounds)" <<'PY'
+import sys
+def f(x):
+    return float(x) if x else float("nan")
+b, ri, re, rm, vi, ve, vm, vh, p = map(f, sys.argv[1:])
+n = p * 1.1
+print(f"{b / ri:.0f} B/request, {re / ri:.1f} exits ({rm / ri:.1f} MMIO) per request; "
+      f"vsock {vi / n:.2f} interrupts, {ve / n:.1f} exits ({vm / n:.1f} MMIO, {vh / n:.1f} HLT) per round trip")
+PY
+    }
+    row "where the time goes, ours (medians; L2 /proc/interrupts, L1 KVM debugfs exits)" "$(per_op ivshmem)" \
+        "$qemu, vhost-user-*-pci: $(per_op pci)" "—" "(diagnosis)" "same runs"
+}
+
 # On the nested bed (tests/nested/guest-bench): guest_bench (linux-guest/examples) in L2 Linux in
 # our VMM rings a guest-program pong VM and waits to be rung back, against the built-in
 # ivshmem_pingpong program doing the same with its own pong VM; and writes into BAR2 through the
@@ -555,6 +619,7 @@ declare -A titles=(
     [nested]="Linux on ordinary KVM (nested bed) vs QEMU"
     [nested_virtio]="Linux on vhost-user devices (nested bed) vs QEMU"
     [guest_linux]="a Linux guest's ivshmem driver (nested bed)"
+    [nested_linux_virtio]="stock Linux virtio drivers over ivshmem vs QEMU's vhost-user-*-pci (nested bed)"
 )
 fresh=()
 for section in $sections; do

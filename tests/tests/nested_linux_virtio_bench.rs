@@ -5,9 +5,9 @@
 //! `virtio_ivshmem.ko` and two `vhost-bridge`s, on the same backend binaries
 //! (`vhost-device-rng`, `vhost-device-vsock`); both boots must deliver `/dev/hwrng` bytes and
 //! vsock round trips to an echo in L1, with a kernel log free of warnings.
-use std::process::Command;
-
-use harness::nested::{build_guest_driver, nested_available, Nested};
+use harness::nested::{
+    backends_present, build_guest_driver, missing_tools, nested_available, Nested,
+};
 
 /// What l1.sh checks in MODE=test, for each transport.
 const CHECKS: &[&str] = &[
@@ -17,39 +17,16 @@ const CHECKS: &[&str] = &[
     "no_kernel_problems",
 ];
 
-/// vhost-device-rng and vhost-device-vsock, looked up as the scenario's host.sh does (PATH and
-/// cargo's bin directory): missing ones skip the test, or fail it under
-/// IVSHMEM_REQUIRE_VHOST_DEVICE=1.
-fn backends_available(test: &str) -> bool {
-    let cargo_bin = std::env::var("CARGO_HOME")
-        .map(|home| format!("{home}/bin"))
-        .or_else(|_| std::env::var("HOME").map(|home| format!("{home}/.cargo/bin")))
-        .unwrap_or_default();
-    let path = format!("{}:{cargo_bin}", std::env::var("PATH").unwrap_or_default());
-    let missing: Vec<&str> = ["vhost-device-rng", "vhost-device-vsock"]
-        .into_iter()
-        .filter(|tool| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .env("PATH", &path)
-                .output()
-                .is_ok_and(|out| out.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
-        panic!("{test}: the backends {missing:?} are missing and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
-    }
-    eprintln!("SKIP {test}: the backends {missing:?} are missing (scripts/test.sh installs them)");
-    false
-}
-
 #[test]
 fn linux_virtio_over_ivshmem_and_vhost_user_pci_both_deliver() {
     const TEST: &str = "linux_virtio_over_ivshmem_and_vhost_user_pci_both_deliver";
-    if !nested_available(TEST) || !backends_available(TEST) || build_guest_driver(TEST).is_none() {
+    if !nested_available(TEST)
+        || !backends_present(
+            TEST,
+            &missing_tools(&["vhost-device-rng", "vhost-device-vsock"]),
+        )
+        || build_guest_driver(TEST).is_none()
+    {
         return;
     }
     // One round, 1 s of /dev/hwrng and 100 round trips per transport: two L2 boots in one L1.

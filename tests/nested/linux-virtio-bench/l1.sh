@@ -42,12 +42,6 @@ vm_command() {
         -kernel /l2/vmlinuz -initrd /l2/initrd.gz "$devices" -append
 }
 
-wait_socket() {
-    for _ in $(seq 300); do [ -S "$1" ] && return 0; sleep 0.1; done
-    echo "l1.sh: $1 did not appear" >&2
-    return 1
-}
-
 # start_side TRANSPORT: the backends (and for ivshmem the server and two bridges) for one boot.
 start_side() {
     rm -rf $B; mkdir -p $B

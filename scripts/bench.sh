@@ -546,16 +546,17 @@ nested_linux_virtio_section() {
     # keeps one request out) and per vsock round trip (bed-io adds a tenth for warm-up).
     per_op() {
         python3 - "$(bench_median "$1" rng_bytes)" "$(bench_median "$1" rng_irqs)" \
-            "$(bench_median "$1" rng_exits)" "$(bench_median "$1" rng_ticks)" \
-            "$(bench_median "$1" vsock_rounds)" "$(bench_median "$1" vsock_irqs)" \
-            "$(bench_median "$1" vsock_exits)" "$(bench_median "$1" vsock_ticks)" <<'PY'
+            "$(bench_median "$1" rng_exits)" "$(bench_median "$1" rng_halt_exits)" \
+            "$(bench_median "$1" rng_ticks)" "$(bench_median "$1" vsock_rounds)" \
+            "$(bench_median "$1" vsock_irqs)" "$(bench_median "$1" vsock_exits)" \
+            "$(bench_median "$1" vsock_halt_exits)" "$(bench_median "$1" vsock_ticks)" <<'PY'
 import sys
 def f(x):
     return float(x) if x else float("nan")
-b, ri, re, rt, p, vi, ve, vt = map(f, sys.argv[1:])
+b, ri, re, rh, rt, p, vi, ve, vh, vt = map(f, sys.argv[1:])
 n = p * 1.1
-print(f"{b / ri:.0f} B/request; per request {re / ri:.1f} KVM exits, {rt / ri:.2f} timer ticks; "
-      f"per vsock round trip {vi / n:.2f} device interrupts, {ve / n:.1f} KVM exits, {vt / n:.2f} timer ticks")
+print(f"{b / ri:.0f} B/request; per request {re / ri:.1f} KVM exits ({rh / ri:.2f} HLT), {rt / ri:.2f} timer ticks; "
+      f"per vsock round trip {vi / n:.2f} device interrupts, {ve / n:.1f} KVM exits ({vh / n:.2f} HLT), {vt / n:.2f} timer ticks")
 PY
     }
     row "where the time goes, ours (medians; L2 /proc/interrupts, L1 KVM debugfs exits)" "$(per_op ivshmem)" \

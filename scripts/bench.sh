@@ -15,14 +15,16 @@
 # and memory against QEMU/KVM on the ordinary-KVM bed, scripts/nested-kvm.sh), guest_linux (a
 # Linux guest's doorbell round trip and BAR2 bandwidth through the ivshmem driver, on that bed),
 # nested_virtio (L2 Linux on vhost-user devices from third-party backends: disk, virtiofs, vsock,
-# boot and memory, our VMM against QEMU -accel kvm on that bed).
+# boot and memory, our VMM against QEMU -accel kvm on that bed), nested_linux_virtio (a Linux
+# guest's /dev/hwrng and vsock through virtio_ivshmem.ko and vhost-bridge against QEMU's
+# vhost-user-rng-pci and vhost-user-vsock-pci, same backends, in QEMU -accel kvm on that bed).
 # Run it on a quiet machine: the round trips are sensitive to other load, which is why medians
 # are reported next to means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
-sections=${SECTIONS:-host server vmm ivshmem virtio virtio_depth nested nested_virtio guest_linux}
+sections=${SECTIONS:-host server vmm ivshmem virtio virtio_depth nested nested_virtio nested_linux_virtio guest_linux}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -61,6 +63,17 @@ wait_joined() { wait_for_line "$1.log" "joined (pid $2," 10; }
 
 # median NUMBERS...: the median of its arguments
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+
+# bench_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines in $out (the
+# calling section's output from the nested bed), or nothing when there are none.
+bench_median() {
+    local values
+    values=$(printf '%s\n' "$out" |
+        awk -v who="$1" '$1 == "BENCH" && $2 == who {for (i = 3; i <= NF; i++) print $i}' |
+        sed -n "s/^$2=\([0-9.]*\)$/\1/p" | xargs)
+    # shellcheck disable=SC2086  # one number per word
+    [ -z "$values" ] || median $values
+}
 
 # Round trips are sensitive to whatever else the machine runs, so the doorbell and its raw
 # eventfd baseline are measured in alternation, three times each, and the medians compared.
@@ -542,14 +555,6 @@ nested_virtio_section() {
         tests/nested/vhost-user-devices --bins "$R" --arg MODE=bench --arg "VMM=$vmms" \
         --arg ROUNDS=$rounds --arg QEMU_MACHINE=microvm,pcie=on | tr -d '\r' | grep -E '^BENCH' || true)
     printf '%s\n' "$out" | sed 's/^/  /' >&2
-    # bench_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines (or empty).
-    bench_median() {
-        local values
-        values=$(printf '%s\n' "$out" |
-            awk -v who="$1" '$1 == "BENCH" && $2 == who {for (i = 3; i <= NF; i++) print $i}' |
-            sed -n "s/^$2=\([0-9.]*\)$/\1/p" | xargs)
-        [ -z "$values" ] || median $values
-    }
     if [ -z "$(bench_median qemu boot_to_init_ms)" ]; then
         echo "  nested_virtio: QEMU's L2 did not report (BENCH-FAILED above), skipped" >&2
         return
@@ -578,6 +583,73 @@ nested_virtio_section() {
         "same runs: cp -a /tmp/tree /share/tree-copy && sync in L2"
     virtio_row "vsock round trip L2 → L1 (1 byte, echo on vhost-device-vsock's UDS)" vsock_rtt_us µs "≤ 1" \
         "same runs: bed-io vsock-ping 2 5002 2000 in L2, bed-io uds-echo in L1"
+}
+
+# On the nested bed (tests/nested/linux-virtio-bench): a Linux L2 guest in QEMU -accel kvm inside
+# L1 reads /dev/hwrng and pings a vsock echo in L1, through the stock virtio-rng and vsock drivers
+# on our transport (QEMU's ivshmem-doorbell on ivshmem-server, virtio_ivshmem.ko, vhost-bridge)
+# and on QEMU's vhost-user-rng-pci / vhost-user-vsock-pci, the same backend binaries
+# (vhost-device-rng, vhost-device-vsock) behind both. One transport per boot (Linux takes one
+# vsock device), alternated, $rounds rounds, medians; per-operation interrupt and KVM exit counts
+# (L2's /proc/interrupts, L1's KVM debugfs) say where the time goes.
+nested_linux_virtio_section() {
+    echo "== Linux virtio drivers over ivshmem vs vhost-user-pci (nested bed)" >&2
+    local out rounds=3 secs=5 pings=1000
+    out=$(PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin" scripts/nested-kvm.sh run \
+        tests/nested/linux-virtio-bench --bins "$R" --arg ROUNDS=$rounds --arg RNG_SECS=$secs \
+        --arg PINGS=$pings --timeout 3600 | tr -d '\r' | grep -E '^(BENCH|ivshmem: FACT|pci: FACT)' || true)
+    printf '%s\n' "$out" | sed 's/^/  /' >&2
+    local q o
+    q=$(bench_median pci read_bytes_per_s); o=$(bench_median ivshmem read_bytes_per_s)
+    if [ -z "$q" ] || [ -z "$o" ]; then
+        echo "  nested_linux_virtio: a transport did not report (BENCH-FAILED above), skipped" >&2
+        return
+    fi
+    local cmd="scripts/nested-kvm.sh run tests/nested/linux-virtio-bench --arg ROUNDS=$rounds --arg RNG_SECS=$secs --arg PINGS=$pings"
+    local qemu="QEMU -M microvm,pcie=on -accel kvm"
+    # boots WHO: how many of WHO's boots reported (a run cut short by the bed has fewer).
+    boots() { printf '%s\n' "$out" | grep -c "^BENCH $1 read_bytes_per_s=" || true; }
+    local n
+    n="medians of $(boots ivshmem) boots over ivshmem, $(boots pci) with vhost-user-*-pci ($rounds rounds asked)"
+    row "L2 Linux /dev/hwrng throughput: virtio-rng over ivshmem (QEMU ivshmem-doorbell + virtio_ivshmem.ko + vhost-bridge), $n" \
+        "$o B/s" "$qemu, vhost-user-rng-pci (MSI-X): $q B/s" "$(ratio "$o" "$q")" "≥ 0.9" \
+        "$cmd (bed-io read /dev/hwrng $secs 4096 in L2; vhost-device-rng behind both)"
+    local qr or
+    qr=$(bench_median pci vsock_rtt_us); or=$(bench_median ivshmem vsock_rtt_us)
+    row "L2 Linux vsock round trips/s (1 byte, L2 → echo in L1): vsock over ivshmem, $n" \
+        "$(python3 -c "print(round(1e6 / $or, 1))")/s ($or µs)" \
+        "$qemu, vhost-user-vsock-pci: $(python3 -c "print(round(1e6 / $qr, 1))")/s ($qr µs)" \
+        "$(ratio "$qr" "$or")" "≥ 0.9" \
+        "same runs: bed-io vsock-ping 2 5002 $pings in L2, bed-io uds-echo on vhost-device-vsock's UDS in L1"
+    # per_op WHO: interrupts and KVM exits per /dev/hwrng request (one interrupt each: virtio-rng
+    # keeps one request out) and per vsock round trip (bed-io adds a tenth for warm-up).
+    per_op() {
+        python3 - "$(bench_median "$1" rng_bytes)" "$(bench_median "$1" rng_irqs)" \
+            "$(bench_median "$1" rng_exits)" "$(bench_median "$1" rng_halt_exits)" \
+            "$(bench_median "$1" rng_ticks)" "$(bench_median "$1" vsock_rounds)" \
+            "$(bench_median "$1" vsock_irqs)" "$(bench_median "$1" vsock_exits)" \
+            "$(bench_median "$1" vsock_halt_exits)" "$(bench_median "$1" vsock_ticks)" <<'PY'
+import sys
+def f(x):
+    return float(x) if x else float("nan")
+b, ri, re, rh, rt, p, vi, ve, vh, vt = map(f, sys.argv[1:])
+n = p * 1.1
+print(f"{b / ri:.0f} B/request; per request {re / ri:.1f} KVM exits ({rh / ri:.2f} HLT), {rt / ri:.2f} timer ticks; "
+      f"per vsock round trip {vi / n:.2f} device interrupts, {ve / n:.1f} KVM exits ({vh / n:.2f} HLT), {vt / n:.2f} timer ticks")
+PY
+    }
+    row "where the time goes, ours (medians; L2 /proc/interrupts, L1 KVM debugfs exits)" "$(per_op ivshmem)" \
+        "$qemu, vhost-user-*-pci: $(per_op pci)" "—" "(diagnosis)" "same runs"
+    # every WHO KEY: KEY of each of WHO's boots, in run order.
+    every() {
+        printf '%s\n' "$out" | awk -v who="$1" '$1 == "BENCH" && $2 == who {for (i = 3; i <= NF; i++) print $i}' |
+            sed -n "s/^$2=//p" | paste -sd, - | sed 's/,/, /g'
+    }
+    local who
+    for who in ivshmem pci; do
+        row "every $who boot, in run order" "/dev/hwrng $(every "$who" read_bytes_per_s) B/s" \
+            "vsock round trip $(every "$who" vsock_rtt_us) µs" "—" "(spread)" "same runs"
+    done
 }
 
 # On the nested bed (tests/nested/guest-bench): guest_bench (linux-guest/examples) in L2 Linux in
@@ -635,6 +707,7 @@ declare -A titles=(
     [nested]="Linux on ordinary KVM (nested bed) vs QEMU"
     [nested_virtio]="Linux on vhost-user devices (nested bed) vs QEMU"
     [guest_linux]="a Linux guest's ivshmem driver (nested bed)"
+    [nested_linux_virtio]="Linux virtio drivers over ivshmem vs vhost-user PCI devices (nested bed)"
 )
 fresh=()
 for section in $sections; do
@@ -715,6 +788,21 @@ PREAMBLE
   checking it. 0.25× would be about 170 ns per request across two processes, which needs polled
   rings rather than notifications. The floor row gives the wake-up cost and the load average at
   the time: the 2 cores were shared with other work, which moves every figure.
+- Linux virtio drivers over ivshmem (nested bed): both boots are QEMU -accel kvm (`-M
+  microvm,pcie=on`, 256 MiB memfd RAM, 1 vCPU) in the same L1, with the same kernel, drivers
+  (virtio-rng, vmw_vsock_virtio_transport) and backend binaries (vhost-device-rng,
+  vhost-device-vsock, fresh for every boot); only the transport differs. Over ivshmem the data
+  path has no extra process either: a kick is a write of QEMU's ivshmem-doorbell register, a KVM
+  ioeventfd on the backend's kick eventfd, and a call is the backend's write to our vector's
+  eventfd, a KVM irqfd on its MSI-X route; vhost-bridge only does the set-up. What differs per
+  operation is inside the guest: every buffer is copied into the shared-memory arena when
+  mapped and back when unmapped (64 B per /dev/hwrng request, a 4 KiB receive buffer per vsock
+  packet), and our transport gives every queue its own MSI-X vector where QEMU's
+  vhost-user-vsock-pci (two vectors by default) shares one among its queues, so a vsock round
+  trip takes more interrupts. `vhost-user-rng-pci` runs with `vectors=2`: its default of one
+  vector leaves Linux on INTx through the IO-APIC. The rows give the interrupts and KVM exits
+  per operation (L2's /proc/interrupts, L1's KVM debugfs) next to the local timer ticks, which
+  cost exits of their own and grow with the time an operation takes.
 NOTES
 } >"$work/notes.md"
 python3 scripts/bench_merge.py "$out" "$work/preamble.md" "$work/notes.md" "${fresh[@]}"

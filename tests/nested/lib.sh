@@ -74,3 +74,32 @@ wait_for() {
     done
     return 1
 }
+
+# wait_socket PATH: until a backend's listening socket exists (30 s at most).
+wait_socket() {
+    for _ in $(seq 300); do [ -S "$1" ] && return 0; sleep 0.1; done
+    echo "$1 did not appear" >&2
+    return 1
+}
+
+# hwrng_read: 16 bytes from /dev/hwrng, bounded (busybox timeout kills dd); prints the count.
+hwrng_read() { timeout 20 dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c; }
+
+# hwrng_first_read (in a guest, with virtio_rng bound): vhost-device-rng 0.1 may drop the
+# driver's first request: the front-end's kick can reach it before it has processed
+# SET_VRING_ENABLE (QEMU does not wait for it), and it reads the kick with its ring still
+# disabled; the driver then waits for that request forever. Rebinding the driver resets the
+# device and asks again (up to three times). Reports each read as a FACT line.
+hwrng_first_read() {
+    local n i dev
+    n=$(hwrng_read)
+    echo "FACT hwrng first read: $n bytes"
+    for i in 1 2 3; do
+        [ "$n" = 16 ] && break
+        dev=$(basename /sys/bus/virtio/drivers/virtio_rng/virtio*)
+        echo "$dev" >/sys/bus/virtio/drivers/virtio_rng/unbind
+        echo "$dev" >/sys/bus/virtio/drivers/virtio_rng/bind
+        n=$(hwrng_read)
+        echo "FACT hwrng read after rebinding $dev ($i): $n bytes"
+    done
+}

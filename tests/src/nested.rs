@@ -45,6 +45,44 @@ pub fn nested_available(test: &str) -> bool {
     false
 }
 
+/// The programs in `tools` that a scenario's host.sh would not find: it looks on PATH, in
+/// cargo's bin directory (where `cargo install` puts the rust-vmm backends) and in /sbin and
+/// /usr/sbin.
+pub fn missing_tools(tools: &[&str]) -> Vec<String> {
+    let cargo_bin = std::env::var("CARGO_HOME")
+        .map(|home| format!("{home}/bin"))
+        .or_else(|_| std::env::var("HOME").map(|home| format!("{home}/.cargo/bin")))
+        .unwrap_or_default();
+    let path = format!(
+        "{}:{cargo_bin}:/sbin:/usr/sbin",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    tools
+        .iter()
+        .filter(|tool| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .env("PATH", &path)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .map(|tool| tool.to_string())
+        .collect()
+}
+
+/// True when nothing is `missing`; else the test skips with a reason, or fails when
+/// IVSHMEM_REQUIRE_VHOST_DEVICE=1 (scripts/test.sh sets that in CI once it installed them).
+pub fn backends_present(test: &str, missing: &[String]) -> bool {
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
+        panic!("{test}: the backends {missing:?} are missing and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
+    }
+    eprintln!("SKIP {test}: the backends {missing:?} are missing (scripts/test.sh installs them)");
+    false
+}
+
 /// One run of a scenario on the bed.
 pub struct Nested {
     scenario: String,

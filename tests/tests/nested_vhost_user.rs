@@ -6,9 +6,7 @@
 //!
 //! The same scenario runs in QEMU `-accel kvm` inside L1 (the baseline: it proves the bed, the
 //! backends and the guest side) and in our VMM (`VMM=ours`).
-use std::process::Command;
-
-use harness::nested::{nested_available, Nested};
+use harness::nested::{backends_present, missing_tools, nested_available, Nested};
 
 /// The checks of one run (tests/nested/vhost-user-devices/l1.sh and l2.sh).
 const CHECKS: &[&str] = &[
@@ -35,53 +33,23 @@ const CHECKS: &[&str] = &[
     "no_oops",
 ];
 
-/// The backends the scenario carries into L1 (its host.sh), looked up as it does: PATH and
-/// cargo's bin directory. Missing ones skip the test with a reason, or fail it when
-/// IVSHMEM_REQUIRE_VHOST_DEVICE=1 (scripts/test.sh sets that in CI once it installed them).
+/// The backends the scenario carries into L1 (its host.sh), looked up as it does. Missing ones
+/// skip the test with a reason, or fail it when IVSHMEM_REQUIRE_VHOST_DEVICE=1.
 fn backends_available(test: &str) -> bool {
-    let cargo_bin = std::env::var("CARGO_HOME")
-        .map(|home| format!("{home}/bin"))
-        .or_else(|_| std::env::var("HOME").map(|home| format!("{home}/.cargo/bin")))
-        .unwrap_or_default();
-    let path = format!("{}:{cargo_bin}", std::env::var("PATH").unwrap_or_default());
-    let missing: Vec<&str> = [
+    let mut missing = missing_tools(&[
         "qemu-storage-daemon",
         "vhost-device-vsock",
         "vhost-device-rng",
         "mke2fs",
-    ]
-    .into_iter()
-    .filter(|tool| {
-        !Command::new("sh")
-            .args([
-                "-c",
-                &format!("PATH=\"$PATH:/sbin:/usr/sbin\" command -v {tool}"),
-            ])
-            .env("PATH", &path)
-            .output()
-            .is_ok_and(|out| out.status.success())
-    })
-    .collect();
+    ]);
     let virtiofsd = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
         .iter()
         .any(|path| std::path::Path::new(path).exists())
-        || Command::new("sh")
-            .args(["-c", "command -v virtiofsd"])
-            .env("PATH", &path)
-            .output()
-            .is_ok_and(|out| out.status.success());
-    let mut missing: Vec<String> = missing.into_iter().map(String::from).collect();
+        || missing_tools(&["virtiofsd"]).is_empty();
     if !virtiofsd {
         missing.push("virtiofsd".into());
     }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("IVSHMEM_REQUIRE_VHOST_DEVICE").as_deref() == Ok("1") {
-        panic!("{test}: the backends {missing:?} are missing and IVSHMEM_REQUIRE_VHOST_DEVICE=1");
-    }
-    eprintln!("SKIP {test}: the backends {missing:?} are missing (scripts/test.sh installs them)");
-    false
+    backends_present(test, &missing)
 }
 
 /// The baseline: QEMU -accel kvm (q35, vhost-user-*-pci, virtio-net-pci with vhost=on) in L1.

@@ -53,13 +53,6 @@ vm_command() {
     esac
 }
 
-# wait_socket PATH: until a backend's listening socket exists (bounded).
-wait_socket() {
-    for _ in $(seq 300); do [ -S "$1" ] && return 0; sleep 0.1; done
-    echo "l1.sh: $1 did not appear" >&2
-    return 1
-}
-
 # start_backends: fresh backend processes for one VM (virtiofsd and the vhost-device daemons
 # serve one front-end connection each).
 start_backends() {

@@ -13,6 +13,8 @@
 //! bed-io randread DEV SECONDS        4 KiB O_DIRECT reads at random offsets: randread_iops=
 //! bed-io seqread DEV MIB             1 MiB O_DIRECT reads from offset 0: seq_read_mbs=
 //! bed-io seqwrite DEV MIB            1 MiB O_DIRECT writes from offset 0: seq_write_mbs=
+//! bed-io read FILE SECONDS BS        read(2)s of BS bytes for SECONDS (e.g. /dev/hwrng):
+//!                                    read_bytes_per_s=, with bytes= and reads=
 //! ```
 //! (Debian's busybox dd prints no transfer rate, hence seqread/seqwrite.)
 use std::io::{Read, Write};
@@ -47,6 +49,7 @@ fn run() -> Result<()> {
         ["randread", dev, seconds] => randread(dev, num(seconds)?),
         ["seqread", dev, mib] => sequential(dev, num(mib)?, false),
         ["seqwrite", dev, mib] => sequential(dev, num(mib)?, true),
+        ["read", file, seconds, bs] => read_rate(file, num(seconds)?, num(bs)?),
         _ => Err("usage: see the comment at the top of tests/src/bin/bed-io.rs".into()),
     }
 }
@@ -294,5 +297,28 @@ fn randread(dev: &str, seconds: u64) -> Result<()> {
     }
     let iops = reads as f64 / start.elapsed().as_secs_f64();
     println!("randread_iops={iops:.0} reads={reads}");
+    Ok(())
+}
+
+/// read(2)s of BS bytes from FILE for SECONDS (a character device such as /dev/hwrng: no
+/// O_DIRECT, no seeking); fails when nothing came at all.
+fn read_rate(file: &str, seconds: f64, bs: usize) -> Result<()> {
+    let mut f = std::fs::File::open(file).map_err(|e| format!("open {file}: {e}"))?;
+    let mut buf = vec![0u8; bs.max(1)];
+    let (start, limit) = (Instant::now(), Duration::from_secs_f64(seconds));
+    let (mut bytes, mut reads) = (0u64, 0u64);
+    while start.elapsed() < limit {
+        let n = f.read(&mut buf).map_err(|e| format!("read {file}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        reads += 1;
+    }
+    if bytes == 0 {
+        return Err(format!("{file}: no bytes"));
+    }
+    let rate = bytes as f64 / start.elapsed().as_secs_f64();
+    println!("read_bytes_per_s={rate:.0} bytes={bytes} reads={reads}");
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use harness::vm::{doorbell, Vm, VmOutcome, VM_TIMEOUT};
 use harness::{bin, require_kvm, wait_until, Scratch, Server};
 use peer::{ConnectOptions, Peer};
-use virtio_ivshmem::layout::{feature, field, status, ErrorCode, NO_PEER};
+use virtio_ivshmem::layout::{feature, field, queue_field, status, ErrorCode, NO_PEER};
 use virtio_ivshmem::{Buffer, Driver, DriverError, DriverOptions, Header};
 
 const SHM_SIZE: u64 = 1 << 20;
@@ -725,6 +725,45 @@ fn virtio_driver_leaving_resets_the_device_for_the_next_driver() {
     let mut d = start_driver(&server, 1, 8);
     let bufs = d.alloc(512, 64).unwrap();
     assert_eq!(echo(&mut d, 0, bufs, bufs + 256, b"next").unwrap(), b"next");
+}
+
+#[test]
+fn virtio_reset_forgets_the_queues_of_the_previous_driver() {
+    let dir = Scratch::new("virtio-reset-queues");
+    let server = start_server(&dir);
+    let (_echo, socket) = start_echo(&dir, 3);
+    let bridge = start_bridge(&server, &socket, "echo", &[]);
+    // The first driver uses all three queues, then resets the device (on drop).
+    let mut d = start_driver(&server, 3, 8);
+    let first = d.peer().id();
+    bridge.wait_for(&format!("device live: driver peer {first}, 3 queue(s)"));
+    let bufs = d.alloc(512, 64).unwrap();
+    for q in 0..3 {
+        assert_eq!(
+            echo(&mut d, q, bufs, bufs + 256, b"first").unwrap(),
+            b"first"
+        );
+    }
+    drop(d);
+    let watcher = connect(&server);
+    let h = Header::new(watcher.shm(), 0).unwrap();
+    for q in 0..3 {
+        assert_eq!(
+            h.queue_get(q, queue_field::SIZE),
+            0,
+            "queue {q} after the reset"
+        );
+    }
+    // The next one sets only queue 0 up, and only queue 0 goes to the backend: the first
+    // driver's queues 1 and 2 had rings where this driver's queue 0 now is.
+    let mut d = start_driver(&server, 1, 32);
+    let second = d.peer().id();
+    bridge.wait_for(&format!("device live: driver peer {second}, 1 queue(s)"));
+    let bufs = d.alloc(512, 64).unwrap();
+    assert_eq!(
+        echo(&mut d, 0, bufs, bufs + 256, b"second").unwrap(),
+        b"second"
+    );
 }
 
 /// Drops a driver's peer connection without the driver's own reset, as a crash would: the

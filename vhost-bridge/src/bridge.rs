@@ -340,6 +340,7 @@ impl Bridge {
         if wanted == 0 {
             self.end_session();
             self.status = 0;
+            self.clear_queue_entries();
             return Ok(());
         }
         if self.running.is_some() {
@@ -499,6 +500,21 @@ impl Bridge {
         }
     }
 
+    /// Clears what drivers write in every queue entry (size 0: unused), as a reset must: the
+    /// next driver sets up only the queues it uses, and an entry left from an earlier session
+    /// would be handed to the backend at its DRIVER_OK, with rings in memory that driver now uses
+    /// for something else (the backend's writes to them, such as `avail_event`, land in it).
+    fn clear_queue_entries(&self) {
+        let h = self.header();
+        for q in 0..self.num_queues {
+            h.queue_set(q, queue_field::SIZE, 0);
+            h.queue_set(q, queue_field::CALL_VECTOR, 0);
+            h.queue_set64(q, queue_field::DESC, 0);
+            h.queue_set64(q, queue_field::AVAIL, 0);
+            h.queue_set64(q, queue_field::USED, 0);
+        }
+    }
+
     /// A peer left: if it was our driver, reset the device for the next one.
     fn peer_left(&mut self, peer: u16) {
         let h = self.header();
@@ -512,9 +528,7 @@ impl Bridge {
         h.set(field::DEVICE_STATUS, 0);
         h.set(field::DRIVER_STATUS, 0);
         h.set(field::ERROR, 0);
-        for q in 0..self.num_queues {
-            h.queue_set(q, queue_field::SIZE, 0);
-        }
+        self.clear_queue_entries();
         h.set(field::ACK, h.get(field::REQUEST));
         h.bump(field::GENERATION);
         let _ = h.compare_exchange(field::DRIVER_PEER, peer as u32, NO_PEER);

@@ -77,3 +77,11 @@ pub fn self_ipi(vector: u8) {
     // SAFETY: LAPIC ICR write.
     unsafe { mmio::write32(LAPIC_ADDR + LAPIC_ICR_LOW, 0x4_0000 | vector as u32) };
 }
+
+/// Halts this vCPU forever without burning a host CPU.
+pub fn park() -> ! {
+    loop {
+        // Vector 0 (#DE) is never counted, so its counter stays 0 and the gate halts.
+        halt_until_changed(0, 0);
+    }
+}

@@ -86,13 +86,7 @@ pub fn free_ram() -> (u64, u64) {
     (start, ram - stacks)
 }
 
-/// Halts this vCPU forever without burning a host CPU.
-pub fn park() -> ! {
-    loop {
-        // Vector 0 (#DE) is never counted, so its counter stays 0 and the gate halts.
-        crate::interrupts::halt_until_changed(0, 0);
-    }
-}
+pub use crate::interrupts::park;
 
 /// The precompiled `core` for the host target refers to this symbol (it was built with
 /// unwinding); with panic=abort it is never called.

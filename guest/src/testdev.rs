@@ -6,7 +6,7 @@ use crate::mmio;
 pub fn exit(code: i32) -> ! {
     // SAFETY: the testdev EXIT register is identity-mapped for ring 3.
     unsafe { mmio::write32(TESTDEV_ADDR + reg::EXIT, code as u32) };
-    crate::rt::park()
+    crate::interrupts::park()
 }
 
 /// Sends `bytes` to the VMM console in one exit per 64 KiB.

@@ -25,6 +25,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use protocol::server::{leave, new_peer_sequence, peer_vectors};
 
+use crate::clock::unix_now;
 use crate::control::{error_json, Control, Event as ControlEvent, Request, MAX_CONNECTIONS};
 use crate::handover::{Counters, FdCollector, Inherited, PeerState, QueuedState, State};
 use crate::log_limit::{RateLimiter, BURST, MAX_KEYS, WINDOW};
@@ -109,13 +110,6 @@ pub struct ShmInfo {
     pub size: u64,
     /// Where it comes from (`/dev/shm/NAME`, `memfd`, ...).
     pub description: String,
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Server {

@@ -249,7 +249,7 @@ pub fn run(
     mut notifier: Option<crate::systemd::Notifier>,
 ) -> anyhow::Result<()> {
     let mut counters = Counters {
-        started: crate::event_loop::unix_now(),
+        started: crate::clock::unix_now(),
         ..Counters::default()
     };
     let mut mirror = Mirror::default();

@@ -16,6 +16,7 @@
 //! (`--status`, `--upgrade` on `<socket>.ctl`), [`state_table`] (`--state-table`, the peer
 //! table in the shared memory, and `--lifecycle-vector`).
 
+pub mod clock;
 pub mod control;
 pub mod event_loop;
 pub mod handover;

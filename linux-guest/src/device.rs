@@ -42,7 +42,7 @@ pub struct GuestDevice {
     vectors: Vec<Option<Vector>>,
     device: OwnedFd,
     /// Where the server keeps its state table, once [`GuestDevice::set_state_table`] said.
-    pub(crate) table: Option<crate::peers::StateTableConfig>,
+    pub(crate) table: Option<StateTableConfig>,
 }
 
 impl GuestDevice {
@@ -376,4 +376,13 @@ impl peer::vector::OwnVectors for GuestDevice {
     fn wait_any(&mut self, timeout: Option<Duration>) -> Result<Vec<u32>, WaitError> {
         Ok(self.wait(timeout)?.into_iter().map(|n| n.vector).collect())
     }
+}
+
+/// Where the table is and which of our vectors the server rings on joins and leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTableConfig {
+    /// Byte offset of the table in the shared memory (the server's `--state-table`).
+    pub offset: usize,
+    /// Our vector the server rings on each join and leave (its `--lifecycle-vector`).
+    pub lifecycle: Option<u32>,
 }

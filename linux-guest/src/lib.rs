@@ -35,8 +35,9 @@ pub mod peers;
 pub mod registers;
 pub mod uapi;
 
+pub use device::StateTableConfig;
 pub use device::{DeviceInfo, GuestDevice};
 pub use discovery::DeviceEntry;
 pub use error::{OpenError, RingError, WaitError};
 pub use peer::{Notification, PeerInfo, SharedMemory};
-pub use peers::{PeersError, StateTableConfig};
+pub use peers::PeersError;

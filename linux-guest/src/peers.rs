@@ -26,20 +26,11 @@ use peer::PeerInfo;
 pub use protocol::state_table::ReadError;
 use protocol::state_table::{self, Header, Row, SharedTable, DEFAULT_ATTEMPTS, TABLE_SIZE};
 
-use crate::device::GuestDevice;
+use crate::device::{GuestDevice, StateTableConfig};
 use crate::error::WaitError;
 
 /// How often a wait re-reads the table when no lifecycle vector wakes it.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Where the table is and which of our vectors the server rings on joins and leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateTableConfig {
-    /// Byte offset of the table in the shared memory (the server's `--state-table`).
-    pub offset: usize,
-    /// Our vector the server rings on each join and leave (its `--lifecycle-vector`).
-    pub lifecycle: Option<u32>,
-}
 
 /// Why the peer list is not available.
 #[derive(Debug, thiserror::Error)]

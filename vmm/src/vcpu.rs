@@ -10,8 +10,9 @@
 //! a real-time signal whose handler sets `kvm_run.immediate_exit`: `KVM_RUN` then returns EINTR
 //! at once, whether the signal arrived during the run or just before it.
 use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -45,7 +46,42 @@ pub struct ExitStats {
     pub other: AtomicU64,
     /// Nanoseconds from VM creation to the first exit of any vCPU (0 = none yet).
     pub first_exit_ns: AtomicU64,
+    /// Exits by kind and port or address (`ExitKey`), for `--stats`' breakdown.
+    by_key: Mutex<HashMap<ExitKey, u64>>,
 }
+
+/// What one exit was, for the breakdown: the kind and, for I/O, the port or address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitKey {
+    /// `in` from a port.
+    PioIn(u16),
+    /// `out` to a port.
+    PioOut(u16),
+    /// MMIO read at an address.
+    MmioRead(u64),
+    /// MMIO write at an address.
+    MmioWrite(u64),
+    /// MMIO at an address past the breakdown's limit (`MAX_KEYS`).
+    MmioOther,
+    /// Any other exit, by its name.
+    Other(&'static str),
+}
+
+impl ExitKey {
+    fn label(&self) -> String {
+        match self {
+            ExitKey::PioIn(port) => format!("pio_in {port:#x}"),
+            ExitKey::PioOut(port) => format!("pio_out {port:#x}"),
+            ExitKey::MmioRead(addr) => format!("mmio_read {addr:#x}"),
+            ExitKey::MmioWrite(addr) => format!("mmio_write {addr:#x}"),
+            ExitKey::MmioOther => "mmio (other addresses)".to_string(),
+            ExitKey::Other(name) => (*name).to_string(),
+        }
+    }
+}
+
+/// Distinct MMIO addresses the breakdown keeps apart; beyond them, `ExitKey::MmioOther`.
+const MAX_KEYS: usize = 4096;
 
 /// The exit counters at one moment, as `--stats` reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -61,6 +97,28 @@ pub struct ExitCounts {
 }
 
 impl ExitStats {
+    /// Adds one vCPU's breakdown (kept by its thread while it runs, so counting costs no lock).
+    fn merge(&self, local: &HashMap<ExitKey, u64>) {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, n) in local {
+            let key = match key {
+                ExitKey::MmioRead(_) | ExitKey::MmioWrite(_)
+                    if map.len() >= MAX_KEYS && !map.contains_key(key) =>
+                {
+                    ExitKey::MmioOther
+                }
+                key => *key,
+            };
+            *map.entry(key).or_insert(0) += n;
+        }
+    }
+
+    /// The breakdown now: `"pio_out 0x3f8"`, `"mmio_read 0xb0000000"`, `"hlt"`, ... → count.
+    pub fn breakdown(&self) -> BTreeMap<String, u64> {
+        let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(key, n)| (key.label(), *n)).collect()
+    }
+
     /// The counters now.
     pub fn counts(&self) -> ExitCounts {
         ExitCounts {
@@ -203,6 +261,21 @@ fn run(mut fd: VcpuFd, ctx: VcpuContext) {
 
 /// Runs until the VM stops; returns a reason if this vCPU ended the VM itself.
 fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
+    let mut counts = HashMap::new();
+    let reason = exit_loop(fd, ctx, &mut counts);
+    ctx.stats.merge(&counts);
+    reason
+}
+
+fn tally(counts: &mut HashMap<ExitKey, u64>, key: ExitKey) {
+    *counts.entry(key).or_insert(0) += 1;
+}
+
+fn exit_loop(
+    fd: &mut VcpuFd,
+    ctx: &VcpuContext,
+    counts: &mut HashMap<ExitKey, u64>,
+) -> Option<ExitReason> {
     let kvm_run: *const kvm_bindings::kvm_run = fd.get_kvm_run();
     let shortcut = ctx.shortcut.as_deref();
     let mut first = true;
@@ -221,18 +294,21 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
         match exit {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 ctx.stats.mmio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::MmioRead(addr));
                 if !shortcut.is_some_and(|s| s.answer_mmio(addr, ExitData::Read(&mut *data))) {
                     ctx.memory.read(addr, data);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 ctx.stats.mmio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::MmioWrite(addr));
                 if !shortcut.is_some_and(|s| s.answer_mmio(addr, ExitData::Write(data))) {
                     ctx.memory.write(addr, data);
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.stats.pio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::PioIn(port));
                 if shortcut.is_some_and(|s| s.answer_pio(port, ExitData::Read(&mut *data))) {
                     continue;
                 }
@@ -243,6 +319,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 ctx.stats.pio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::PioOut(port));
                 if shortcut.is_some_and(|s| s.answer_pio(port, ExitData::Write(data))) {
                     continue;
                 }
@@ -253,6 +330,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::Shutdown) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("shutdown"));
                 return Some(ExitReason::TripleFault {
                     cpu: ctx.cpu,
                     state: describe_regs(fd, &ctx.memory),
@@ -261,13 +339,16 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             Ok(VcpuExit::Hlt) => {
                 // Only without an in-kernel LAPIC; with it KVM blocks in the kernel.
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("hlt"));
             }
             Ok(VcpuExit::Intr) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("intr"));
                 fd.set_kvm_immediate_exit(0);
             }
             Ok(VcpuExit::InternalError) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("internal_error"));
                 if unemulated::complete(fd, &ctx.memory) {
                     continue;
                 }
@@ -278,6 +359,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("fail_entry"));
                 return Some(ExitReason::Error(VmFailure::EntryFailed {
                     cpu: ctx.cpu,
                     reason,
@@ -286,6 +368,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("system_event"));
                 return Some(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
                     _ => ExitReason::GuestExit(0),
@@ -293,10 +376,12 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(other) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("unhandled"));
                 log::warn!("vcpu{}: unhandled exit {other:?}", ctx.cpu);
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("eintr"));
                 fd.set_kvm_immediate_exit(0);
             }
             Err(e) => {

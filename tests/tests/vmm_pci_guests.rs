@@ -28,6 +28,38 @@ fn enumeration_finds_host_bridge_and_testdev() {
     );
 }
 
+/// Conf1's address register (0xCF8) is coalesced: KVM buffers the writes and the VMM applies
+/// them at the next exit (the data port's), so the cross-check through conf1 still agrees with
+/// ECAM while only the data-port accesses exit.
+#[test]
+fn conf1_address_writes_are_coalesced_not_exits() {
+    require_kvm!();
+    let out = vmm(&[
+        "--guest",
+        "builtin:pci_enum",
+        "--device",
+        "pci-testdev",
+        "--stats",
+    ]);
+    check(&out, 0, &["pci: conf1 agrees with ECAM"]);
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("vmm-stats: "))
+        .expect("a vmm-stats line");
+    let stats: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let by = &stats["exits_by"];
+    let coalesced = by["coalesced pio_out 0xcf8 (no exit)"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(coalesced > 0, "no coalesced conf1 writes: {line}");
+    assert!(
+        by.get("pio_out 0xcf8").is_none(),
+        "conf1 writes exited: {line}"
+    );
+    assert!(by["pio_in 0xcfc"].as_u64().unwrap_or(0) > 0, "{line}");
+}
+
 #[test]
 fn enumeration_without_devices_sees_only_the_host_bridge() {
     require_kvm!();

@@ -5,12 +5,17 @@
 # log with its timestamps (`DMESG ` lines: everything but initcalls under DMESG_MIN_US).
 #   scripts/nested-kvm.sh run tests/nested/boot-profile [--vmlinux --arg KERNEL=vmlinux]
 #       [--arg CPUS=2] [--arg MEMORY=1G] [--arg CMDLINE_EXTRA=...] [--arg VMM=ours,qemu]
+#       [--arg MODES=stats] [--arg EXIT_BENCH=1]
+# VMM lists what boots, alternated: `ours` (vmm), `qemu`, or NAME for a binary `vmm-NAME` shipped
+# with --binary (e.g. `--binary target/old/vmm:/usr/local/bin/vmm-before --arg VMM=before,ours`
+# compares two builds in one L1).
 . ../lib.sh
 KERNEL=${KERNEL:-vmlinuz}
 CPUS=${CPUS:-1}
 MEMORY=${MEMORY:-256M}
 ROUNDS=${ROUNDS:-1}
 VMM=${VMM:-ours}
+MODES=${MODES:-stats dmesg}
 DMESG_MIN_US=${DMESG_MIN_US:-2000}
 CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 
@@ -18,13 +23,14 @@ now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 
 # boot WHO MODE CMDLINE: one boot; prints the time to L2-READY and what L2 and the VMM said.
 boot() {
-    local who=$1 mode=$2 cmdline="$3 profile=$2" start ready pid
+    local who=$1 mode=$2 cmdline="$3 profile=$2" start ready pid bin
     case $who in
-        ours) set -- vmm --stats --kernel "/l2/$KERNEL" --initrd /l2/initrd.gz --memory "$MEMORY" \
-            --cpus "$CPUS" --cmdline "$cmdline" ;;
         qemu) set -- qemu-system-x86_64 -M microvm -accel kvm -cpu host -m "$MEMORY" -smp "$CPUS" \
             -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
             -kernel "/l2/$KERNEL" -initrd /l2/initrd.gz -append "$cmdline" ;;
+        *) [ "$who" = ours ] && bin=vmm || bin=vmm-$who
+            set -- "$bin" --stats --kernel "/l2/$KERNEL" --initrd /l2/initrd.gz --memory "$MEMORY" \
+                --cpus "$CPUS" --cmdline "$cmdline" ;;
     esac
     start=$(now_ms)
     timeout 300 "$@" </dev/null >/tmp/boot.log 2>&1 &
@@ -44,10 +50,23 @@ boot() {
     tr -d '\r' </tmp/boot.log | grep -E '^(vmm-stats:|DMESG )' || true
 }
 
+# EXIT_BENCH=1: what one exit costs on this bed, through our dispatch and answered in the vCPU
+# thread (`EXIT-BENCH dispatch|bare ...`), alternated twice.
+if [ "${EXIT_BENCH:-0}" = 1 ]; then
+    for _ in 1 2; do
+        echo "EXIT-BENCH dispatch $(vmm --guest builtin:exit_bench 2>&1 | grep -o '[a-z_]*exits_per_sec=[0-9.]*' | tr '\n' ' ')"
+        echo "EXIT-BENCH bare $(vmm --guest builtin:exit_bench --bench-bare-exits 2>&1 | grep -o '[a-z_]*exits_per_sec=[0-9.]*' | tr '\n' ' ')"
+    done
+fi
+
 for _ in $(seq "$ROUNDS"); do
     for who in ${VMM//,/ }; do
-        boot "$who" stats "$CMDLINE"
-        boot "$who" dmesg "$CMDLINE initcall_debug printk.time=1 dmesg_min_us=$DMESG_MIN_US"
+        for mode in ${MODES//,/ }; do
+            case $mode in
+                stats) boot "$who" stats "$CMDLINE" ;;
+                dmesg) boot "$who" dmesg "$CMDLINE initcall_debug printk.time=1 dmesg_min_us=$DMESG_MIN_US" ;;
+            esac
+        done
     done
 done
 exit 0

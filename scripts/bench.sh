@@ -423,6 +423,7 @@ virtio_section() {
 # this script or CI), alternated three times per configuration: the bzImage and the ELF vmlinux
 # with 1 vCPU and 256 MiB, then the bzImage with 2 vCPUs, and with 1 GiB.
 NESTED_CONFIGS=${NESTED_CONFIGS:-vmlinuz:1:256M vmlinux:1:256M vmlinuz:2:256M vmlinuz:1:1G}
+NESTED_ROUNDS=${NESTED_ROUNDS:-3}
 nested_section() {
     local qemu firmware boots peers=() config who
     qemu=$(command -v qemu-system-x86_64) || { echo "  nested: no qemu-system-x86_64, skipped" >&2; return; }
@@ -430,7 +431,7 @@ nested_section() {
         --file /usr/share/qemu/linuxboot_dma.bin:/usr/share/qemu/linuxboot_dma.bin)
     [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
-    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --vmlinux --arg ROUNDS=3 \
+    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
         --arg "CONFIGS=$NESTED_CONFIGS" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
         tr -d '\r' | grep '^BOOT' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2
@@ -439,7 +440,7 @@ nested_section() {
         median $(awk -v c="$1" -v who="$2" -v col="$3" '$1 == "BOOT" && $2 == c && $3 == who {print $col}' <<<"$boots")
     }
     has() { grep -q "^BOOT $1 $2 " <<<"$boots"; }
-    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=3 --arg CONFIGS=... (alternated)"
+    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg CONFIGS='$NESTED_CONFIGS' (alternated)"
     for config in $NESTED_CONFIGS; do
         local kernel=${config%%:*} rest=${config#*:}
         local what="${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
@@ -460,9 +461,9 @@ nested_section() {
                 qemu) name="QEMU -M microvm -accel kvm" ;;
                 *) name=$who ;;
             esac
-            row "Linux boot to /init ($what), median of 3" "$vmm_ms ms" "$name $ms ms" \
+            row "Linux boot to /init ($what), median of $NESTED_ROUNDS" "$vmm_ms ms" "$name $ms ms" \
                 "$(ratio "$vmm_ms" "$ms")" "≤ 1" "$cmd"
-            row "VMM resident memory at /init ($what), median of 3" "$vmm_rss KiB" "$name $rss KiB" \
+            row "VMM resident memory at /init ($what), median of $NESTED_ROUNDS" "$vmm_rss KiB" "$name $rss KiB" \
                 "$(ratio "$vmm_rss" "$rss")" "< 1" "same runs (VmRSS when L2 reaches /init)"
         done
     done

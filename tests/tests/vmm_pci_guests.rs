@@ -6,7 +6,7 @@
 //! at once.
 use std::process::{Command, Stdio};
 
-use harness::{check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat};
+use harness::{check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat, vmm_stats};
 
 #[test]
 fn enumeration_finds_host_bridge_and_testdev() {
@@ -42,12 +42,8 @@ fn conf1_address_writes_are_coalesced_not_exits() {
         "--stats",
     ]);
     check(&out, 0, &["pci: conf1 agrees with ECAM"]);
-    let stderr = text(&out.stderr);
-    let line = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("vmm-stats: "))
-        .expect("a vmm-stats line");
-    let stats: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let stats = vmm_stats(&text(&out.stderr));
+    let line = stats.to_string();
     let by = &stats["exits_by"];
     let coalesced = by["coalesced pio_out 0xcf8 (no exit)"]
         .as_u64()

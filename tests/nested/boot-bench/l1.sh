@@ -24,11 +24,7 @@ boot_once() {
     start=$(now_ms)
     "$@" </tmp/console-in >/tmp/boot.log 2>&1 &
     pid=$!
-    for _ in $(seq 30000); do
-        grep -q L2-READY /tmp/boot.log && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.01
-    done
+    wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
     rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null)
     echo sampled >&3

@@ -48,11 +48,7 @@ boot() {
     start=$(now_ms)
     timeout 300 "$@" </dev/null >/tmp/boot.log 2>&1 &
     pid=$!
-    for _ in $(seq 30000); do
-        grep -q L2-READY /tmp/boot.log && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.01
-    done
+    wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
     wait $pid
     # The VM's own share of L1 KVM's counters (the boot and its power-off).

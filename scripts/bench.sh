@@ -432,7 +432,7 @@ nested_section() {
     [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
     boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
-        --arg "CONFIGS=$NESTED_CONFIGS" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
+        --arg "CONFIGS=${NESTED_CONFIGS// /,}" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
         tr -d '\r' | grep '^BOOT' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2
     # boot_median CONFIG WHO COLUMN: the median of that column over the `BOOT config who ms rss` lines.
@@ -440,7 +440,7 @@ nested_section() {
         median $(awk -v c="$1" -v who="$2" -v col="$3" '$1 == "BOOT" && $2 == c && $3 == who {print $col}' <<<"$boots")
     }
     has() { grep -q "^BOOT $1 $2 " <<<"$boots"; }
-    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg CONFIGS='$NESTED_CONFIGS' (alternated)"
+    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg CONFIGS=${NESTED_CONFIGS// /,} (alternated)"
     for config in $NESTED_CONFIGS; do
         local kernel=${config%%:*} rest=${config#*:}
         local what="${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"

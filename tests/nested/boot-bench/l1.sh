@@ -4,8 +4,8 @@
 # `BOOT CONFIG WHO MS_TO_INIT RSS_KIB` (process start to L2's /init; resident memory then), with
 # CONFIG = KERNEL:CPUS:MEMORY. Run by scripts/bench.sh, which ships QEMU (--binary, --file) and
 # the peers given by $FIRECRACKER / $CLOUD_HYPERVISOR (--binary ...:/usr/local/bin/NAME).
-#   CONFIGS="vmlinuz:1:256M vmlinux:1:256M vmlinuz:2:256M vmlinuz:1:1G" (default: vmlinuz:1:256M;
-#   a vmlinux configuration needs nested-kvm.sh --vmlinux)
+#   CONFIGS=vmlinuz:1:256M,vmlinux:1:256M,vmlinuz:2:256M,vmlinuz:1:1G (default: vmlinuz:1:256M;
+#   commas, since --arg values reach l1.sh unquoted; a vmlinux configuration needs --vmlinux)
 . ../lib.sh
 ROUNDS=${ROUNDS:-3}
 CONFIGS=${CONFIGS:-vmlinuz:1:256M}
@@ -48,7 +48,7 @@ EOF
 
 mib() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
 
-for config in $CONFIGS; do
+for config in ${CONFIGS//,/ }; do
     kernel=/l2/${config%%:*}
     rest=${config#*:}
     cpus=${rest%%:*}

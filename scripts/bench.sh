@@ -431,7 +431,7 @@ nested_section() {
         --file /usr/share/qemu/linuxboot_dma.bin:/usr/share/qemu/linuxboot_dma.bin)
     [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
-    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
+    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 3600 --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
         --arg "CONFIGS=${NESTED_CONFIGS// /,}" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
         tr -d '\r' | grep '^BOOT' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2

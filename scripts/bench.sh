@@ -509,33 +509,56 @@ virtio_depth_section() {
     done
 }
 
-# Inside one L1 of the nested bed, the same L2 (kernel, initramfs, 256 MiB, 1 vCPU, command line)
-# boots in our VMM and in QEMU (microvm, -accel kvm), alternated three times.
+# Inside one L1 of the nested bed, the same L2 (kernel, initramfs, command line) boots in our VMM
+# and in QEMU (microvm, -accel kvm), and in firecracker and cloud-hypervisor when $FIRECRACKER /
+# $CLOUD_HYPERVISOR name their binaries (built from their public sources: BENCHMARKS.md; never by
+# this script or CI), alternated three times per configuration: the bzImage and the ELF vmlinux
+# with 1 vCPU and 256 MiB, then the bzImage with 2 vCPUs, and with 1 GiB.
+NESTED_CONFIGS=${NESTED_CONFIGS:-vmlinuz:1:256M vmlinux:1:256M vmlinuz:2:256M vmlinuz:1:1G}
+NESTED_ROUNDS=${NESTED_ROUNDS:-3}
 nested_section() {
-    local qemu firmware boots
+    local qemu firmware boots peers=() config who
     qemu=$(command -v qemu-system-x86_64) || { echo "  nested: no qemu-system-x86_64, skipped" >&2; return; }
     firmware=(--file /usr/share/qemu/bios-microvm.bin:/usr/share/qemu/bios-microvm.bin
         --file /usr/share/qemu/linuxboot_dma.bin:/usr/share/qemu/linuxboot_dma.bin)
-    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --arg ROUNDS=3 \
-        --binary "$qemu" "${firmware[@]}" | tr -d '\r' | grep '^BOOT' || true)
+    [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
+    [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
+    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 3600 --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
+        --arg "CONFIGS=${NESTED_CONFIGS// /,}" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
+        tr -d '\r' | grep '^BOOT' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2
-    # boot_median WHO COLUMN: the median of that column over WHO's `BOOT who ms rss` lines.
-    boot_median() { median $(awk -v who="$1" -v col="$2" '$1 == "BOOT" && $2 == who {print $col}' <<<"$boots"); }
-    if ! grep -q '^BOOT vmm ' <<<"$boots" || ! grep -q '^BOOT qemu ' <<<"$boots"; then
-        echo "  nested: a VMM did not reach /init (BOOT-FAILED above), skipped" >&2
-        return
-    fi
-    local vmm_ms qemu_ms vmm_rss qemu_rss
-    vmm_ms=$(boot_median vmm 3)
-    qemu_ms=$(boot_median qemu 3)
-    vmm_rss=$(boot_median vmm 4)
-    qemu_rss=$(boot_median qemu 4)
-    row "Linux boot to /init on ordinary KVM (nested bed), median of 3" "$vmm_ms ms" \
-        "QEMU -M microvm -accel kvm $qemu_ms ms" "$(ratio "$vmm_ms" "$qemu_ms")" "≤ 1" \
-        "scripts/nested-kvm.sh run tests/nested/boot-bench --arg ROUNDS=3 (vmm vs qemu, alternated)"
-    row "VMM resident memory while that Linux runs (256 MiB guest), median of 3" "$vmm_rss KiB" \
-        "QEMU microvm $qemu_rss KiB" "$(ratio "$vmm_rss" "$qemu_rss")" "< 1" \
-        "same runs (VmRSS when L2 reaches /init)"
+    # boot_median CONFIG WHO COLUMN: the median of that column over the `BOOT config who ms rss` lines.
+    boot_median() {
+        median $(awk -v c="$1" -v who="$2" -v col="$3" '$1 == "BOOT" && $2 == c && $3 == who {print $col}' <<<"$boots")
+    }
+    has() { grep -q "^BOOT $1 $2 " <<<"$boots"; }
+    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg CONFIGS=${NESTED_CONFIGS// /,} (alternated)"
+    for config in $NESTED_CONFIGS; do
+        local kernel=${config%%:*} rest=${config#*:}
+        local what="${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
+        what=${what/vmlinux/ELF vmlinux}
+        if ! has "$config" vmm; then
+            echo "  nested: $config: our VMM did not reach /init (BOOT-FAILED above), skipped" >&2
+            continue
+        fi
+        local vmm_ms vmm_rss
+        vmm_ms=$(boot_median "$config" vmm 4)
+        vmm_rss=$(boot_median "$config" vmm 5)
+        for who in qemu firecracker cloud-hypervisor; do
+            has "$config" "$who" || continue
+            local ms rss name
+            ms=$(boot_median "$config" "$who" 4)
+            rss=$(boot_median "$config" "$who" 5)
+            case $who in
+                qemu) name="QEMU -M microvm -accel kvm" ;;
+                *) name=$who ;;
+            esac
+            row "Linux boot to /init ($what), median of $NESTED_ROUNDS" "$vmm_ms ms" "$name $ms ms" \
+                "$(ratio "$vmm_ms" "$ms")" "≤ 1" "$cmd"
+            row "VMM resident memory at /init ($what), median of $NESTED_ROUNDS" "$vmm_rss KiB" "$name $rss KiB" \
+                "$(ratio "$vmm_rss" "$rss")" "< 1" "same runs (VmRSS when L2 reaches /init)"
+        done
+    done
 }
 
 # On the nested bed (tests/nested/vhost-user-devices, MODE=bench): L2 Linux with its root on
@@ -704,7 +727,7 @@ declare -A titles=(
     [ivshmem]="ivshmem devices (VM doorbells and BAR2)"
     [virtio]="virtio over ivshmem (requests through a virtqueue vs a UNIX socket pair)"
     [virtio_depth]="virtio over ivshmem, 16 requests in flight (vs a socket pair at the same depth and memcpy)"
-    [nested]="Linux on ordinary KVM (nested bed) vs QEMU"
+    [nested]="Linux boot on ordinary KVM (nested bed) vs QEMU, firecracker, cloud-hypervisor"
     [nested_virtio]="Linux on vhost-user devices (nested bed) vs QEMU"
     [guest_linux]="a Linux guest's ivshmem driver (nested bed)"
     [nested_linux_virtio]="Linux virtio drivers over ivshmem vs vhost-user PCI devices (nested bed)"
@@ -760,6 +783,18 @@ PREAMBLE
 - The nested rows run inside QEMU's software emulation (TCG) of an SVM CPU: absolute times there
   mean nothing for hardware, the ratio between two VMMs booting the same kernel on the same
   ordinary KVM does. Both VMMs' RSS includes the guest RAM Linux has touched by /init.
+- Nested boot rows against firecracker and cloud-hypervisor appear when `FIRECRACKER` and
+  `CLOUD_HYPERVISOR` name their binaries (`FIRECRACKER=... CLOUD_HYPERVISOR=... SECTIONS=nested
+  scripts/bench.sh`); neither this script nor CI builds them, and none of their code is in this
+  repository. Build them outside it from their public sources with their default features, e.g.
+  `git clone https://github.com/firecracker-microvm/firecracker /work/peers/firecracker &&
+  cargo build --release -p firecracker` and `git clone
+  https://github.com/cloud-hypervisor/cloud-hypervisor /work/peers/cloud-hypervisor && cargo
+  build --release` (binaries under each `target/release/`). On the bed L1 runs `-cpu
+  max,-xsave`, so firecracker's list of required KVM capabilities (`kvm_capabilities`) must drop
+  XSAVE and XCRS there (issue 15); firecracker loads only ELF kernels on x86, so it has rows for
+  the ELF configuration only; both end on the guest's reset. Where a boot's time goes and why the
+  VMMs differ: docs/boot-time.md.
 - `mapping=trap` serves every guest access to BAR2 through an MMIO exit: it exists to show the gap.
 - Linux guest rows (nested bed, TCG, cores shared, hence medians of blocks): the Linux program
   rings with one store to the driver's mapped Doorbell register and sleeps in poll() on its

@@ -103,3 +103,15 @@ hwrng_first_read() {
         echo "FACT hwrng read after rebinding $dev ($i): $n bytes"
     done
 }
+
+# wait_l2_ready LOG PID: waits (at most 300 s) until LOG shows L2-READY (L2's /init started);
+# fails as soon as PID, the VMM writing LOG, has ended without it.
+wait_l2_ready() {
+    local i
+    for i in $(seq 30000); do
+        grep -q L2-READY "$1" && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.01
+    done
+    return 1
+}

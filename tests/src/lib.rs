@@ -83,18 +83,22 @@ pub fn check_output(out: &Output, status: i32, want: &[&str]) -> String {
     stdout
 }
 
-/// A number from the `vmm-stats: {JSON}` line that `vmm --stats` prints on stderr.
-pub fn vmm_stat(stderr: &str, key: &str) -> u64 {
+/// The `vmm-stats: {JSON}` line that `vmm --stats` prints on stderr, parsed.
+pub fn vmm_stats(stderr: &str) -> serde_json::Value {
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("vmm-stats: "))
         .unwrap_or_else(|| panic!("no vmm-stats line in stderr:\n{stderr}"));
-    let stats: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("vmm-stats is not JSON ({e}): {line}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("vmm-stats is not JSON ({e}): {line}"))
+}
+
+/// A number from the `vmm-stats: {JSON}` line that `vmm --stats` prints on stderr.
+pub fn vmm_stat(stderr: &str, key: &str) -> u64 {
+    let stats = vmm_stats(stderr);
     stats
         .get(key)
         .and_then(serde_json::Value::as_u64)
-        .unwrap_or_else(|| panic!("no number {key:?} in {line}"))
+        .unwrap_or_else(|| panic!("no number {key:?} in {stats}"))
 }
 
 /// Lossy UTF-8 text of captured output.

@@ -6,7 +6,7 @@
 //! at once.
 use std::process::{Command, Stdio};
 
-use harness::{check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat};
+use harness::{check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat, vmm_stats};
 
 #[test]
 fn enumeration_finds_host_bridge_and_testdev() {
@@ -26,6 +26,34 @@ fn enumeration_finds_host_bridge_and_testdev() {
             "MSI-X cap at 0x40 with 4 vectors",
         ],
     );
+}
+
+/// Conf1's address register (0xCF8) is coalesced: KVM buffers the writes and the VMM applies
+/// them at the next exit (the data port's), so the cross-check through conf1 still agrees with
+/// ECAM while only the data-port accesses exit.
+#[test]
+fn conf1_address_writes_are_coalesced_not_exits() {
+    require_kvm!();
+    let out = vmm(&[
+        "--guest",
+        "builtin:pci_enum",
+        "--device",
+        "pci-testdev",
+        "--stats",
+    ]);
+    check(&out, 0, &["pci: conf1 agrees with ECAM"]);
+    let stats = vmm_stats(&text(&out.stderr));
+    let line = stats.to_string();
+    let by = &stats["exits_by"];
+    let coalesced = by["coalesced pio_out 0xcf8 (no exit)"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(coalesced > 0, "no coalesced conf1 writes: {line}");
+    assert!(
+        by.get("pio_out 0xcf8").is_none(),
+        "conf1 writes exited: {line}"
+    );
+    assert!(by["pio_in 0xcfc"].as_u64().unwrap_or(0) > 0, "{line}");
 }
 
 #[test]

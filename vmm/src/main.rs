@@ -52,7 +52,8 @@ struct Args {
     #[arg(long)]
     dump_memory: bool,
     /// On exit, print one line on stderr: `vmm-stats: ` and a JSON object (`exits_mmio`,
-    /// `exits_pio`, `exits_other`, `first_exit_us`, `ivshmem_slow_doorbells`, `rss_kib`).
+    /// `exits_pio`, `exits_other`, `first_exit_us`, `ivshmem_slow_doorbells`, `rss_kib`, and
+    /// `exits_by`: the exits by kind and port or address).
     #[arg(long)]
     stats: bool,
     /// Benchmark floor: answer testdev NOP reads (MMIO and PIO) directly in the vCPU loop, bypassing the
@@ -123,6 +124,8 @@ struct StatsReport {
     ivshmem_slow_doorbells: u64,
     /// Peak resident memory of the VMM process.
     rss_kib: u64,
+    /// Exits by kind and port or address (`"pio_out 0x3f8"`, `"mmio_read 0xb0000000"`, `"hlt"`).
+    exits_by: std::collections::BTreeMap<String, u64>,
 }
 
 /// Peak resident memory (VmHWM), from getrusage: no file to open under the seccomp filter.
@@ -219,6 +222,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             exits: exit.stats.counts(),
             ivshmem_slow_doorbells: exit.ivshmem_slow_doorbells,
             rss_kib: rss_kib().unwrap_or(0),
+            exits_by: exit.stats.breakdown(),
         };
         eprintln!("vmm-stats: {}", serde_json::to_string(&report)?);
     }

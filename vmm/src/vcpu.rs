@@ -10,8 +10,9 @@
 //! a real-time signal whose handler sets `kvm_run.immediate_exit`: `KVM_RUN` then returns EINTR
 //! at once, whether the signal arrived during the run or just before it.
 use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -45,7 +46,46 @@ pub struct ExitStats {
     pub other: AtomicU64,
     /// Nanoseconds from VM creation to the first exit of any vCPU (0 = none yet).
     pub first_exit_ns: AtomicU64,
+    /// Exits by kind and port or address (`ExitKey`), for `--stats`' breakdown.
+    by_key: Mutex<HashMap<ExitKey, u64>>,
 }
+
+/// What one exit was, for the breakdown: the kind and, for I/O, the port or address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitKey {
+    /// `in` from a port.
+    PioIn(u16),
+    /// `out` to a port.
+    PioOut(u16),
+    /// MMIO read at an address.
+    MmioRead(u64),
+    /// MMIO write at an address.
+    MmioWrite(u64),
+    /// MMIO at an address past the breakdown's limit (`MAX_KEYS`).
+    MmioOther,
+    /// A port write KVM kept in the coalesced ring instead of exiting (not an exit: applied at
+    /// the next exit of any vCPU, see `CoalescedRing`).
+    CoalescedPioOut(u16),
+    /// Any other exit, by its name.
+    Other(&'static str),
+}
+
+impl ExitKey {
+    fn label(&self) -> String {
+        match self {
+            ExitKey::PioIn(port) => format!("pio_in {port:#x}"),
+            ExitKey::PioOut(port) => format!("pio_out {port:#x}"),
+            ExitKey::MmioRead(addr) => format!("mmio_read {addr:#x}"),
+            ExitKey::MmioWrite(addr) => format!("mmio_write {addr:#x}"),
+            ExitKey::MmioOther => "mmio (other addresses)".to_string(),
+            ExitKey::CoalescedPioOut(port) => format!("coalesced pio_out {port:#x} (no exit)"),
+            ExitKey::Other(name) => (*name).to_string(),
+        }
+    }
+}
+
+/// Distinct MMIO addresses the breakdown keeps apart; beyond them, `ExitKey::MmioOther`.
+const MAX_KEYS: usize = 4096;
 
 /// The exit counters at one moment, as `--stats` reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -61,6 +101,28 @@ pub struct ExitCounts {
 }
 
 impl ExitStats {
+    /// Adds one vCPU's breakdown (kept by its thread while it runs, so counting costs no lock).
+    fn merge(&self, local: &HashMap<ExitKey, u64>) {
+        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, n) in local {
+            let key = match key {
+                ExitKey::MmioRead(_) | ExitKey::MmioWrite(_)
+                    if map.len() >= MAX_KEYS && !map.contains_key(key) =>
+                {
+                    ExitKey::MmioOther
+                }
+                key => *key,
+            };
+            *map.entry(key).or_insert(0) += n;
+        }
+    }
+
+    /// The breakdown now: `"pio_out 0x3f8"`, `"mmio_read 0xb0000000"`, `"hlt"`, ... → count.
+    pub fn breakdown(&self) -> BTreeMap<String, u64> {
+        let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(key, n)| (key.label(), *n)).collect()
+    }
+
     /// The counters now.
     pub fn counts(&self) -> ExitCounts {
         ExitCounts {
@@ -130,6 +192,8 @@ pub struct VcpuContext {
     pub created: Instant,
     /// Answers some exits before dispatch (benchmarks); None for every real VM.
     pub shortcut: Option<Arc<dyn ExitShortcut>>,
+    /// The VM's coalesced-write ring, when KVM has one (see `CoalescedRing`).
+    pub coalesced: Option<Arc<CoalescedRing>>,
 }
 
 /// A running vCPU thread.
@@ -203,6 +267,21 @@ fn run(mut fd: VcpuFd, ctx: VcpuContext) {
 
 /// Runs until the VM stops; returns a reason if this vCPU ended the VM itself.
 fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
+    let mut counts = HashMap::new();
+    let reason = exit_loop(fd, ctx, &mut counts);
+    ctx.stats.merge(&counts);
+    reason
+}
+
+fn tally(counts: &mut HashMap<ExitKey, u64>, key: ExitKey) {
+    *counts.entry(key).or_insert(0) += 1;
+}
+
+fn exit_loop(
+    fd: &mut VcpuFd,
+    ctx: &VcpuContext,
+    counts: &mut HashMap<ExitKey, u64>,
+) -> Option<ExitReason> {
     let kvm_run: *const kvm_bindings::kvm_run = fd.get_kvm_run();
     let shortcut = ctx.shortcut.as_deref();
     let mut first = true;
@@ -218,21 +297,32 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
                 Ordering::Relaxed,
             );
         }
+        // Writes KVM held back in the coalesced ring happened before this exit: apply them
+        // first (a conf1 data access must see the address written just before it).
+        if let Some(ring) = &ctx.coalesced {
+            ring.drain(|port, data| {
+                tally(counts, ExitKey::CoalescedPioOut(port));
+                ctx.io.write(port as u64, data);
+            });
+        }
         match exit {
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 ctx.stats.mmio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::MmioRead(addr));
                 if !shortcut.is_some_and(|s| s.answer_mmio(addr, ExitData::Read(&mut *data))) {
                     ctx.memory.read(addr, data);
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 ctx.stats.mmio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::MmioWrite(addr));
                 if !shortcut.is_some_and(|s| s.answer_mmio(addr, ExitData::Write(data))) {
                     ctx.memory.write(addr, data);
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.stats.pio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::PioIn(port));
                 if shortcut.is_some_and(|s| s.answer_pio(port, ExitData::Read(&mut *data))) {
                     continue;
                 }
@@ -243,6 +333,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 ctx.stats.pio.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::PioOut(port));
                 if shortcut.is_some_and(|s| s.answer_pio(port, ExitData::Write(data))) {
                     continue;
                 }
@@ -253,6 +344,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::Shutdown) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("shutdown"));
                 return Some(ExitReason::TripleFault {
                     cpu: ctx.cpu,
                     state: describe_regs(fd, &ctx.memory),
@@ -261,13 +353,16 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             Ok(VcpuExit::Hlt) => {
                 // Only without an in-kernel LAPIC; with it KVM blocks in the kernel.
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("hlt"));
             }
             Ok(VcpuExit::Intr) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("intr"));
                 fd.set_kvm_immediate_exit(0);
             }
             Ok(VcpuExit::InternalError) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("internal_error"));
                 if unemulated::complete(fd, &ctx.memory) {
                     continue;
                 }
@@ -278,6 +373,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("fail_entry"));
                 return Some(ExitReason::Error(VmFailure::EntryFailed {
                     cpu: ctx.cpu,
                     reason,
@@ -286,6 +382,7 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("system_event"));
                 return Some(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
                     _ => ExitReason::GuestExit(0),
@@ -293,10 +390,12 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
             }
             Ok(other) => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("unhandled"));
                 log::warn!("vcpu{}: unhandled exit {other:?}", ctx.cpu);
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 ctx.stats.other.fetch_add(1, Ordering::Relaxed);
+                tally(counts, ExitKey::Other("eintr"));
                 fd.set_kvm_immediate_exit(0);
             }
             Err(e) => {
@@ -308,6 +407,128 @@ fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
         }
     }
     None
+}
+
+/// KVM's coalesced I/O ring (`KVM_REGISTER_COALESCED_MMIO` with `KVM_COALESCED_PIO`): guest
+/// writes to a registered port do not exit; KVM appends them to one page shared by the VM's
+/// vCPUs, and the VMM applies them, in order, at the next exit of any vCPU. For a register whose
+/// writes only matter to the next access of another register (PCI conf1's address port: the data
+/// port's access exits anyway), that halves the exits. Each vCPU thread drains it before handling
+/// its exit; the lock keeps two drains from applying one entry twice.
+pub struct CoalescedRing {
+    page: std::ptr::NonNull<u8>,
+    page_size: usize,
+    drain: Mutex<()>,
+}
+
+// SAFETY: the page is a MAP_SHARED mapping owned by this value; the entries and `first` are
+// only accessed under `drain`, `last` (written by KVM) through an atomic load.
+unsafe impl Send for CoalescedRing {}
+// SAFETY: as above: every shared access is synchronised.
+unsafe impl Sync for CoalescedRing {}
+
+const RING_HEADER: usize = std::mem::size_of::<kvm_bindings::kvm_coalesced_mmio_ring>();
+const RING_ENTRY: usize = std::mem::size_of::<kvm_bindings::kvm_coalesced_mmio>();
+
+impl CoalescedRing {
+    /// Registers `ports` (`(first port, length)`) for coalescing and maps the ring through
+    /// `vcpu` (the page is the VM's, whichever vCPU maps it). None when KVM lacks
+    /// `KVM_CAP_COALESCED_PIO` or refuses: the writes then exit as before.
+    pub fn set_up(
+        kvm: &kvm_ioctls::Kvm,
+        vm: &kvm_ioctls::VmFd,
+        vcpu: &VcpuFd,
+        ports: &[(u16, u32)],
+    ) -> Option<CoalescedRing> {
+        use std::os::fd::AsRawFd;
+        if !kvm.check_extension(kvm_ioctls::Cap::CoalescedPio) {
+            return None;
+        }
+        // SAFETY: sysconf with a valid name has no other effect.
+        let page_size = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+        let offset = kvm_bindings::KVM_COALESCED_MMIO_PAGE_OFFSET as usize * page_size;
+        // SAFETY: a new shared mapping of one page of the vCPU fd at KVM's ring offset; no
+        // existing memory is affected. MAP_FAILED is checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page_size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vcpu.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            log::debug!(
+                "coalesced I/O ring: mmap: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        let ring = CoalescedRing {
+            page: std::ptr::NonNull::new(addr.cast())?,
+            page_size,
+            drain: Mutex::new(()),
+        };
+        for &(port, len) in ports {
+            let zone = kvm_ioctls::IoEventAddress::Pio(port as u64);
+            if let Err(e) = vm.register_coalesced_mmio(zone, len) {
+                log::debug!("coalesced I/O at port {port:#x}: {e}");
+                return None;
+            }
+        }
+        Some(ring)
+    }
+
+    fn index(&self, at: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: `first` (offset 0) and `last` (offset 4) are aligned u32s at the start of the
+        // mapped page, which lives as long as `self`.
+        unsafe {
+            &*self
+                .page
+                .as_ptr()
+                .add(at)
+                .cast::<std::sync::atomic::AtomicU32>()
+        }
+    }
+
+    /// Applies every pending write, oldest first, as `apply(port, bytes)`; returns how many.
+    pub fn drain(&self, mut apply: impl FnMut(u16, &[u8])) -> usize {
+        let (first, last) = (self.index(0), self.index(4));
+        if first.load(Ordering::Relaxed) == last.load(Ordering::Acquire) {
+            return 0;
+        }
+        let _guard = self.drain.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = (self.page_size - RING_HEADER) / RING_ENTRY;
+        let mut applied = 0;
+        loop {
+            let at = first.load(Ordering::Relaxed) as usize;
+            if at == last.load(Ordering::Acquire) as usize || at >= slots {
+                break;
+            }
+            // SAFETY: `at < slots`, so the entry lies inside the page; KVM wrote it before
+            // publishing `last` (the Acquire load above), and does not touch it until `first`
+            // moves past it.
+            let entry: kvm_bindings::kvm_coalesced_mmio = unsafe {
+                std::ptr::read_volatile(
+                    self.page.as_ptr().add(RING_HEADER + at * RING_ENTRY).cast(),
+                )
+            };
+            let len = (entry.len as usize).min(entry.data.len());
+            apply(entry.phys_addr as u16, &entry.data[..len]);
+            first.store(((at + 1) % slots) as u32, Ordering::Release);
+            applied += 1;
+        }
+        applied
+    }
+}
+
+impl Drop for CoalescedRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the page `set_up` mapped; nothing refers to it after `self`.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), self.page_size) };
+    }
 }
 
 /// Element size of the current `KVM_EXIT_IO` (`VcpuExit` only gives the `size * count` bytes).

@@ -28,7 +28,7 @@ use crate::interrupts::InterruptRouter;
 use crate::memory::{
     AddressSpace, GuestRam, GuestRamRegion, KvmMemoryListener, MemoryError, MemoryRegion, SpaceKind,
 };
-use crate::vcpu::{self, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
+use crate::vcpu::{self, CoalescedRing, ExitShortcut, ExitStats, VcpuContext, VcpuThread};
 
 /// Where the serial port's output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +173,16 @@ pub struct Vm {
     devices: DeviceSet,
     threads: Arc<BackgroundThreads>,
     exit_shortcut: Option<Arc<dyn ExitShortcut>>,
+    coalesced: Option<Arc<CoalescedRing>>,
 }
+
+/// Ports whose writes KVM buffers instead of exiting (`vcpu::CoalescedRing`): PCI conf1's
+/// address register, which Linux writes before every config access through the data port
+/// (twice 8,192 times at boot on AMD family 0Fh CPUs, where it looks for an AGP bridge on
+/// every bus: docs/boot-time.md). Its value matters only to the next data-port access, which
+/// exits and applies it first. Byte writes to 0xCF9 (a reset register we do not model) land in
+/// the same 4 bytes and are ignored as before.
+const COALESCED_PORTS: &[(u16, u32)] = &[(crate::pci::bus::CONF1_ADDRESS_PORT as u16, 4)];
 
 impl Vm {
     /// Creates the VM with RAM, irqchip, PIT and the base devices, and its vCPUs (not yet
@@ -275,6 +284,7 @@ impl Vm {
             devices,
             threads,
             exit_shortcut: None,
+            coalesced: None,
         };
         for device in MACHINE_DEVICES {
             vm.devices.plug(&DeviceOptions::Fixed(device))?;
@@ -286,6 +296,8 @@ impl Vm {
                 .map_err(kvm_err("create vCPU"))?;
             vm.vcpus.push(fd);
         }
+        vm.coalesced =
+            CoalescedRing::set_up(&vm.kvm, &vm.vm_fd, &vm.vcpus[0], COALESCED_PORTS).map(Arc::new);
         vm.memory.commit();
         vm.io.commit();
         Ok(vm)
@@ -394,6 +406,7 @@ impl Vm {
                 stats: self.stats.clone(),
                 created: self.created,
                 shortcut: self.exit_shortcut.clone(),
+                coalesced: self.coalesced.clone(),
             };
             match VcpuThread::spawn(fd, ctx) {
                 Ok(t) => threads.push(t),

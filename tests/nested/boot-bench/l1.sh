@@ -1,45 +1,79 @@
-# Boot time and memory of our VMM against QEMU (microvm, -accel kvm) on the same ordinary KVM,
-# same kernel, initramfs, memory and command line; alternated ROUNDS times. Prints one line per
-# boot: `BOOT vmm|qemu MS_TO_INIT RSS_KIB` (process start to L2's /init; resident memory while
-# L2 runs). Run by scripts/bench.sh, which needs the L1 to carry QEMU (--binary, --file).
+# Boot time and memory of our VMM against QEMU (microvm, -accel kvm) and, when the L1 carries
+# them, firecracker and cloud-hypervisor, on the same ordinary KVM: same kernel, initramfs, memory
+# and command line; alternated ROUNDS times per configuration. Prints one line per boot:
+# `BOOT CONFIG WHO MS_TO_INIT RSS_KIB` (process start to L2's /init; resident memory then), with
+# CONFIG = KERNEL:CPUS:MEMORY. Run by scripts/bench.sh, which ships QEMU (--binary, --file) and
+# the peers given by $FIRECRACKER / $CLOUD_HYPERVISOR (--binary ...:/usr/local/bin/NAME).
+#   CONFIGS=vmlinuz:1:256M,vmlinux:1:256M,vmlinuz:2:256M,vmlinuz:1:1G (default: vmlinuz:1:256M;
+#   commas, since --arg values reach l1.sh unquoted; a vmlinux configuration needs --vmlinux)
 . ../lib.sh
 ROUNDS=${ROUNDS:-3}
+CONFIGS=${CONFIGS:-vmlinuz:1:256M}
 CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 
 now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 
-# boot_once NAME CMD...: starts CMD, waits for L2's /init, samples RSS, then tells L2 (a line on
-# its serial console, which both VMMs feed from their stdin) that it may end, and waits for it.
+# boot_once CONFIG NAME CMD...: starts CMD, waits for L2's /init, samples RSS, then tells L2 (a
+# line on its serial console, which every VMM here feeds from its stdin) that it may end, and
+# waits for it.
 boot_once() {
-    local name=$1 start ready rss pid
-    shift
+    local config=$1 name=$2 start ready rss pid
+    shift 2
     rm -f /tmp/console-in; mkfifo /tmp/console-in
     exec 3<>/tmp/console-in
     start=$(now_ms)
     "$@" </tmp/console-in >/tmp/boot.log 2>&1 &
     pid=$!
-    for _ in $(seq 30000); do
-        grep -q L2-READY /tmp/boot.log && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.01
-    done
+    wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
     rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null)
     echo sampled >&3
     wait $pid
     exec 3>&-
     if grep -q L2-READY /tmp/boot.log; then
-        echo "BOOT $name $((ready - start)) ${rss:-0}"
+        echo "BOOT $config $name $((ready - start)) ${rss:-0}"
     else
-        echo "BOOT-FAILED $name"; tail -n 20 /tmp/boot.log
+        echo "BOOT-FAILED $config $name"; tail -n 20 /tmp/boot.log
     fi
 }
 
-for round in $(seq "$ROUNDS"); do
-    boot_once vmm timeout 120 vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory 256M \
-        --cpus 1 --cmdline "$CMDLINE"
-    boot_once qemu timeout 120 qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 256M -smp 1 \
-        -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-        -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "$CMDLINE"
+# firecracker_config KERNEL CPUS MIB: firecracker's --config-file for this boot (it loads only
+# ELF kernels on x86; its serial console is its stdin/stdout).
+firecracker_config() {
+    cat >/tmp/firecracker.json <<EOF
+{"boot-source": {"kernel_image_path": "$1", "initrd_path": "/l2/initrd.gz", "boot_args": "$CMDLINE"},
+ "drives": [], "machine-config": {"vcpu_count": $2, "mem_size_mib": $3}}
+EOF
+}
+
+mib() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
+
+for config in ${CONFIGS//,/ }; do
+    kernel=/l2/${config%%:*}
+    rest=${config#*:}
+    cpus=${rest%%:*}
+    memory=${rest#*:}
+    if [ ! -f "$kernel" ]; then
+        echo "BOOT-FAILED $config all: no $kernel (nested-kvm.sh --vmlinux)"
+        continue
+    fi
+    for _ in $(seq "$ROUNDS"); do
+        boot_once "$config" vmm timeout 300 vmm --kernel "$kernel" --initrd /l2/initrd.gz \
+            --memory "$memory" --cpus "$cpus" --cmdline "$CMDLINE"
+        boot_once "$config" qemu timeout 300 qemu-system-x86_64 -M microvm -accel kvm -cpu host \
+            -m "$memory" -smp "$cpus" -nodefaults -no-user-config -nographic -serial stdio \
+            -no-reboot -kernel "$kernel" -initrd /l2/initrd.gz -append "$CMDLINE"
+        if command -v firecracker >/dev/null && [ "${kernel##*/}" = vmlinux ]; then
+            firecracker_config "$kernel" "$cpus" "$(mib "$memory")"
+            rm -f /tmp/firecracker.sock
+            boot_once "$config" firecracker timeout 300 firecracker --no-api --no-seccomp \
+                --config-file /tmp/firecracker.json --api-sock /tmp/firecracker.sock
+        fi
+        if command -v cloud-hypervisor >/dev/null; then
+            boot_once "$config" cloud-hypervisor timeout 300 cloud-hypervisor --kernel "$kernel" \
+                --initramfs /l2/initrd.gz --cmdline "$CMDLINE" --cpus "boot=$cpus" \
+                --memory "size=$memory" --serial tty --console off
+        fi
+    done
 done
 exit 0

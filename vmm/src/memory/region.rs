@@ -92,13 +92,99 @@ impl IoAccess {
 
 /// The host mapping behind a RAM region: vm-memory's `MmapRegion`, which owns the mapping and
 /// unmaps it when the last handle to the region goes (and, for a file mapping, keeps a
-/// duplicate of the fd open as long). Its length is the region size rounded up to a page.
-pub(crate) type RamMapping = MmapRegion;
+/// duplicate of the fd open as long), or, for anonymous RAM placed by `map_anonymous`, one that
+/// this value unmaps itself. Its length is the region size rounded up to a page.
+pub(crate) struct RamMapping {
+    region: MmapRegion,
+    /// `(address, length)` to unmap on drop, when `region` does not own its mapping.
+    unmap: Option<(usize, usize)>,
+}
 
-/// Anonymous private memory, zero-filled, without swap reservation (as `MmapRegion::new`).
+impl From<MmapRegion> for RamMapping {
+    fn from(region: MmapRegion) -> Self {
+        RamMapping {
+            region,
+            unmap: None,
+        }
+    }
+}
+
+impl std::ops::Deref for RamMapping {
+    type Target = MmapRegion;
+    fn deref(&self) -> &MmapRegion {
+        &self.region
+    }
+}
+
+impl Drop for RamMapping {
+    fn drop(&mut self) {
+        if let Some((addr, len)) = self.unmap {
+            // SAFETY: the mapping `map_anonymous` made and handed to nobody else; the region
+            // viewing it goes with this value.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        }
+    }
+}
+
+/// Where anonymous RAM starts in the host's address space: a multiple of 2 MiB, so that a
+/// 2 MiB-aligned guest range sits on a 2 MiB-aligned host range. KVM maps guest memory with
+/// 2 MiB pages (one nested page fault per 2 MiB instead of per 4 KiB) only where the two are
+/// congruent, and transparent huge pages back only aligned host ranges. Linux before 6.7 does
+/// not align large anonymous mappings by itself (docs/boot-time.md).
+const ANONYMOUS_RAM_ALIGN: usize = 2 << 20;
+
+/// Anonymous private memory, zero-filled, without swap reservation (as `MmapRegion::new`),
+/// starting at a multiple of `ANONYMOUS_RAM_ALIGN`.
 fn map_anonymous(name: &str, size: u64) -> Result<RamMapping, MemoryError> {
     let len = mapping_len(name, size)?;
-    MmapRegion::new(len).map_err(|source| mmap_failed(name, len, source))
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let reserve = len
+        .checked_add(ANONYMOUS_RAM_ALIGN)
+        .ok_or_else(|| MemoryError::TooLarge {
+            name: name.to_string(),
+            size,
+        })?;
+    // SAFETY: a new anonymous mapping at an address of the kernel's choosing; no existing memory
+    // is affected. MAP_FAILED is checked below.
+    let base = unsafe { libc::mmap(std::ptr::null_mut(), reserve, prot, flags, -1, 0) };
+    if base == libc::MAP_FAILED {
+        let source = MmapRegionError::Mmap(std::io::Error::last_os_error());
+        return Err(mmap_failed(name, reserve, source));
+    }
+    let base = base as usize;
+    let start = (base + ANONYMOUS_RAM_ALIGN - 1) & !(ANONYMOUS_RAM_ALIGN - 1);
+    let (head, tail) = (start - base, base + reserve - (start + len));
+    // SAFETY: both ranges lie inside the mapping just made and outside [start, start + len),
+    // which is all that is kept; nothing refers to them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base as *mut libc::c_void, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + len) as *mut libc::c_void, tail);
+        }
+    }
+    // SAFETY: [start, start + len) is a live mapping of this process, unmapped only when the
+    // returned `RamMapping` drops.
+    let built = unsafe {
+        vm_memory::mmap::MmapRegionBuilder::new(len)
+            .with_mmap_prot(prot)
+            .with_mmap_flags(flags)
+            .with_raw_mmap_pointer(start as *mut u8)
+    }
+    .build();
+    match built {
+        Ok(region) => Ok(RamMapping {
+            region,
+            unmap: Some((start, len)),
+        }),
+        Err(source) => {
+            // SAFETY: the kept range, which nothing else refers to.
+            unsafe { libc::munmap(start as *mut libc::c_void, len) };
+            Err(mmap_failed(name, len, source))
+        }
+    }
 }
 
 /// A `MAP_SHARED` read/write mapping of `fd` from `offset` (page-aligned).
@@ -127,6 +213,7 @@ fn map_shared_fd(
         libc::PROT_READ | libc::PROT_WRITE,
         libc::MAP_SHARED,
     )
+    .map(RamMapping::from)
     .map_err(|source| mmap_failed(name, len, source))
 }
 
@@ -197,7 +284,7 @@ fn map_memfd(name: &str, size: u64, hugepages: bool) -> Result<RamMapping, Memor
         libc::PROT_READ | libc::PROT_WRITE,
         libc::MAP_SHARED | if hugepages { libc::MAP_POPULATE } else { 0 },
     );
-    mapping.map_err(|source| {
+    mapping.map(RamMapping::from).map_err(|source| {
         if hugepages {
             // hugetlbfs reserves the pages at mmap time: ENOMEM means too few free hugepages.
             MemoryError::NoHugepages {
@@ -219,6 +306,7 @@ fn map_anonymous_hugepages(name: &str, size: u64) -> Result<RamMapping, MemoryEr
         libc::PROT_READ | libc::PROT_WRITE,
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
     )
+    .map(RamMapping::from)
     .map_err(|_| MemoryError::NoHugepages {
         name: name.to_string(),
         size: len as u64,

@@ -447,3 +447,27 @@ fn concurrent_dispatch_during_commits() {
         }
     });
 }
+
+/// Anonymous RAM starts on a 2 MiB boundary of the host's address space (so KVM can map it with
+/// 2 MiB pages), is zero-filled and writable end to end, and is unmapped when dropped.
+#[test]
+fn anonymous_ram_is_2mib_aligned_and_usable() {
+    for size in [2u64 << 20, 34 << 20, (64 << 20) + 4096] {
+        let ram = MemoryRegion::ram("ram", size).unwrap();
+        let addr = ram.host_addr().unwrap() as usize;
+        assert_eq!(addr % (2 << 20), 0, "{size:#x} bytes at {addr:#x}");
+        let space = AddressSpace::new("test", ram.clone(), SpaceKind::Memory);
+        let mut byte = [0xAAu8];
+        space.read(size - 1, &mut byte);
+        assert_eq!(byte, [0]);
+        space.write(size - 1, &[0x5A]);
+        space.read(size - 1, &mut byte);
+        assert_eq!(byte, [0x5A]);
+        drop((space, ram));
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(
+            !maps.lines().any(|l| l.starts_with(&format!("{addr:x}-"))),
+            "{addr:#x} still mapped"
+        );
+    }
+}

@@ -1,0 +1,68 @@
+# Where an L2 Linux boot's time goes (docs/boot-time.md): boots L2 in our VMM (and, with
+# VMM=ours,qemu, in QEMU microvm too) ROUNDS times, each time twice: once with `--stats` ending
+# right at /init (`BOOT-PROFILE vmm MS_TO_INIT` and the `vmm-stats:` line with the exits by kind
+# and port/address), once with `initcall_debug printk.time=1` (quiet kept) printing L2's kernel
+# log with its timestamps (`DMESG ` lines: everything but initcalls under DMESG_MIN_US).
+#   scripts/nested-kvm.sh run tests/nested/boot-profile [--vmlinux --arg KERNEL=vmlinux]
+#       [--arg CPUS=2] [--arg MEMORY=1G] [--arg CMDLINE_EXTRA=...] [--arg VMM=ours,qemu]
+#       [--arg MODES=stats] [--arg EXIT_BENCH=1]
+# VMM lists what boots, alternated: `ours` (vmm), `qemu`, or NAME for a binary `vmm-NAME` shipped
+# with --binary (e.g. `--binary target/old/vmm:/usr/local/bin/vmm-before --arg VMM=before,ours`
+# compares two builds in one L1).
+. ../lib.sh
+KERNEL=${KERNEL:-vmlinuz}
+CPUS=${CPUS:-1}
+MEMORY=${MEMORY:-256M}
+ROUNDS=${ROUNDS:-1}
+VMM=${VMM:-ours}
+MODES=${MODES:-stats dmesg}
+DMESG_MIN_US=${DMESG_MIN_US:-2000}
+CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
+
+now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+
+# boot WHO MODE CMDLINE: one boot; prints the time to L2-READY and what L2 and the VMM said.
+boot() {
+    local who=$1 mode=$2 cmdline="$3 profile=$2" start ready pid bin
+    case $who in
+        qemu) set -- qemu-system-x86_64 -M microvm -accel kvm -cpu host -m "$MEMORY" -smp "$CPUS" \
+            -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+            -kernel "/l2/$KERNEL" -initrd /l2/initrd.gz -append "$cmdline" ;;
+        *) [ "$who" = ours ] && bin=vmm || bin=vmm-$who
+            set -- "$bin" --stats --kernel "/l2/$KERNEL" --initrd /l2/initrd.gz --memory "$MEMORY" \
+                --cpus "$CPUS" --cmdline "$cmdline" ;;
+    esac
+    start=$(now_ms)
+    timeout 300 "$@" </dev/null >/tmp/boot.log 2>&1 &
+    pid=$!
+    wait_l2_ready /tmp/boot.log $pid
+    ready=$(now_ms)
+    wait $pid
+    if grep -q L2-READY /tmp/boot.log; then
+        echo "BOOT-PROFILE $who $mode $KERNEL cpus=$CPUS memory=$MEMORY $((ready - start)) ms"
+    else
+        echo "BOOT-FAILED $who $mode"; tail -n 30 /tmp/boot.log
+    fi
+    tr -d '\r' </tmp/boot.log | grep -E '^(vmm-stats:|DMESG )' || true
+}
+
+# EXIT_BENCH=1: what one exit costs on this bed, through our dispatch and answered in the vCPU
+# thread (`EXIT-BENCH dispatch|bare ...`), alternated twice.
+if [ "${EXIT_BENCH:-0}" = 1 ]; then
+    for _ in 1 2; do
+        echo "EXIT-BENCH dispatch $(vmm --guest builtin:exit_bench 2>&1 | grep -o '[a-z_]*exits_per_sec=[0-9.]*' | tr '\n' ' ')"
+        echo "EXIT-BENCH bare $(vmm --guest builtin:exit_bench --bench-bare-exits 2>&1 | grep -o '[a-z_]*exits_per_sec=[0-9.]*' | tr '\n' ' ')"
+    done
+fi
+
+for _ in $(seq "$ROUNDS"); do
+    for who in ${VMM//,/ }; do
+        for mode in ${MODES//,/ }; do
+            case $mode in
+                stats) boot "$who" stats "$CMDLINE" ;;
+                dmesg) boot "$who" dmesg "$CMDLINE initcall_debug printk.time=1 dmesg_min_us=$DMESG_MIN_US" ;;
+            esac
+        done
+    done
+done
+exit 0

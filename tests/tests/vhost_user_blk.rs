@@ -165,7 +165,7 @@ fn a_two_queue_disk_serves_its_second_queue() {
     {
         let m = Machine::shared();
         let mut options = blk_options(&socket);
-        options.queues = 2;
+        options.queues = Some(2);
         vhost_user::add(&m.ctx, &options, 0).expect("a two-queue vhost-user-blk");
         m.map_device();
         assert_eq!(m.read(BAR4 + reg::NUM_QUEUES, 2), 2);
@@ -180,7 +180,7 @@ fn a_two_queue_disk_serves_its_second_queue() {
     // machine: qemu-storage-daemon serves one frontend at a time).
     let m = Machine::shared();
     let mut options = blk_options(&socket);
-    options.queues = 4;
+    options.queues = Some(4);
     let error = vhost_user::add(&m.ctx, &options, 0)
         .err()
         .expect("4 queues on a 2-queue backend")
@@ -189,6 +189,35 @@ fn a_two_queue_disk_serves_its_second_queue() {
         error.contains("has 2 queue(s)") && error.contains("needs 4"),
         "{error}"
     );
+}
+
+#[test]
+fn a_disk_without_queues_gets_one_per_vcpu_up_to_what_the_backend_serves() {
+    require_qsd!();
+    let dir = Scratch::new("vhost-user-blk-auto-queues");
+    let image = dir.join("disk.img");
+    let socket = dir.join("blk.sock");
+    make_image(&image);
+    // QEMU's vhost-user-blk-pci: num-queues = vCPUs. Three vCPUs on a two-queue backend:
+    // two (QEMU would refuse to start), the guest sees them in num_queues too.
+    let daemon = storage_daemon_with_queues(&image, &socket, 2);
+    {
+        let mut m = Machine::shared();
+        m.ctx.machine.cpus = 3;
+        vhost_user::add(&m.ctx, &blk_options(&socket), 0).expect("vhost-user-blk");
+        m.map_device();
+        assert_eq!(m.read(BAR4 + reg::NUM_QUEUES, 2), 2);
+        assert_eq!(m.read(BAR4 + reg::DEVICE_CFG + 34, 2), 2);
+    }
+    drop(daemon);
+    // One vCPU on a four-queue backend: one.
+    let socket = dir.join("blk4.sock");
+    let _daemon = storage_daemon_with_queues(&image, &socket, 4);
+    let m = Machine::shared();
+    vhost_user::add(&m.ctx, &blk_options(&socket), 0).expect("vhost-user-blk");
+    m.map_device();
+    assert_eq!(m.read(BAR4 + reg::NUM_QUEUES, 2), 1);
+    assert_eq!(m.read(BAR4 + reg::DEVICE_CFG + 34, 2), 1);
 }
 
 #[test]

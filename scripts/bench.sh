@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh                 # all sections
 #   SECTIONS="host server" scripts/bench.sh
+#   SECTIONS=nested_virtio VIRTIO_ROUNDS=2 scripts/bench.sh   # fewer alternated boots (default 3)
 #
 # Sections: host (peer library vs raw eventfd / memcpy), server (connect and join/leave load
 # vs a minimal broker), vmm (exit dispatch, guest RAM bandwidth, start-up, RSS), ivshmem
@@ -454,13 +455,15 @@ nested_section() {
 # VMM has vhost-user devices (issue 14) only QEMU runs: its rows have no ratio.
 nested_virtio_section() {
     echo "== vhost-user devices (nested bed)" >&2
-    local vmms=qemu,ours note="" out rounds=3
+    local vmms=qemu,ours note="" out rounds=${VIRTIO_ROUNDS:-3}
     if ! vmm --help 2>/dev/null | grep -q 'vhost-user-blk'; then
         echo "  nested_virtio: our vmm has no vhost-user devices yet (issue 14): QEMU alone, no ratios" >&2
         vmms=qemu note=" (our VMM: not yet, issue 14)"
     fi
+    # Six L2 boots with their benchmarks: ~10 min on a quiet machine, past nested-kvm.sh's
+    # default 900 s when other work shares the cores (everything then runs under TCG slower).
     out=$(PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin" scripts/nested-kvm.sh run \
-        tests/nested/vhost-user-devices --bins "$R" --arg MODE=bench --arg "VMM=$vmms" \
+        tests/nested/vhost-user-devices --bins "$R" --timeout 3600 --arg MODE=bench --arg "VMM=$vmms" \
         --arg ROUNDS=$rounds --arg QEMU_MACHINE=microvm,pcie=on | tr -d '\r' | grep -E '^BENCH' || true)
     printf '%s\n' "$out" | sed 's/^/  /' >&2
     # bench_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines (or empty).

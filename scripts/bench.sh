@@ -561,7 +561,9 @@ declare -A titles=(
 )
 fresh=()
 for section in $sections; do
+    load_before=$(cut -d' ' -f1 /proc/loadavg)
     "${section}_section"
+    load_after=$(cut -d' ' -f1 /proc/loadavg)
     mine=()
     for r in "${rows[@]}"; do
         if [ "${r%%	*}" = "$section" ]; then mine+=("${r#*	}"); fi
@@ -575,7 +577,8 @@ for section in $sections; do
         echo "## $section: ${titles[$section]}"
         echo
         echo "Measured $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r); KVM modules:"
-        echo "$(ls /sys/module 2>/dev/null | grep -E '^kvm' | paste -sd, -)) by \`SECTIONS=$section scripts/bench.sh\`."
+        echo "$(ls /sys/module 2>/dev/null | grep -E '^kvm' | paste -sd, -)) by \`SECTIONS=$section scripts/bench.sh\`;"
+        echo "1-minute load average $load_before at the start, $load_after at the end."
         echo
         echo "| what | result | baseline (same run) | ratio | target | command |"
         echo "|---|---|---|---|---|---|"

@@ -19,6 +19,7 @@ const CHECKS: &[&str] = &[
     "vsock_l2_to_l1_listener",
     // L2
     "root_on_vda",
+    "blk_queue_per_vcpu",
     "root_writable",
     "virtiofs_mounted",
     "fs_reads_l1",

@@ -154,6 +154,19 @@ fn qsd_blk_handshake_config_and_sector_io_through_the_transport() {
     drop(device);
 }
 
+/// Plugs a disk on `socket` into a machine of `cpus` vCPUs with `options` and maps it; checks
+/// the queue count the driver reads (common configuration) and the one virtio_blk_config says
+/// (num_queues, offset 34: ours, not the backend's).
+fn plug_disk_with_queues(cpus: u32, options: &VhostUserOptions, queues: u64) -> Machine {
+    let mut m = Machine::shared();
+    m.ctx.machine.cpus = cpus;
+    vhost_user::add(&m.ctx, options, 0).expect("vhost-user-blk");
+    m.map_device();
+    assert_eq!(m.read(BAR4 + reg::NUM_QUEUES, 2), queues);
+    assert_eq!(m.read(BAR4 + reg::DEVICE_CFG + 34, 2), queues);
+    m
+}
+
 #[test]
 fn a_two_queue_disk_serves_its_second_queue() {
     require_qsd!();
@@ -163,14 +176,9 @@ fn a_two_queue_disk_serves_its_second_queue() {
     make_image(&image);
     let _daemon = storage_daemon_with_queues(&image, &socket, 2);
     {
-        let m = Machine::shared();
         let mut options = blk_options(&socket);
-        options.queues = 2;
-        vhost_user::add(&m.ctx, &options, 0).expect("a two-queue vhost-user-blk");
-        m.map_device();
-        assert_eq!(m.read(BAR4 + reg::NUM_QUEUES, 2), 2);
-        // virtio_blk_config.num_queues (offset 34) says ours.
-        assert_eq!(m.read(BAR4 + reg::DEVICE_CFG + 34, 2), 2);
+        options.queues = Some(2);
+        let m = plug_disk_with_queues(1, &options, 2);
         let mut driver = HostDriver::start(&m, 1);
         assert_eq!(blk_request(&m, &mut driver, false, 2), 0);
         assert_eq!(&m.read_bytes(DATA, 8)[..], b"sector 2");
@@ -180,7 +188,7 @@ fn a_two_queue_disk_serves_its_second_queue() {
     // machine: qemu-storage-daemon serves one frontend at a time).
     let m = Machine::shared();
     let mut options = blk_options(&socket);
-    options.queues = 4;
+    options.queues = Some(4);
     let error = vhost_user::add(&m.ctx, &options, 0)
         .err()
         .expect("4 queues on a 2-queue backend")
@@ -189,6 +197,24 @@ fn a_two_queue_disk_serves_its_second_queue() {
         error.contains("has 2 queue(s)") && error.contains("needs 4"),
         "{error}"
     );
+}
+
+#[test]
+fn a_disk_without_queues_gets_one_per_vcpu_up_to_what_the_backend_serves() {
+    require_qsd!();
+    let dir = Scratch::new("vhost-user-blk-auto-queues");
+    let image = dir.join("disk.img");
+    let socket = dir.join("blk.sock");
+    make_image(&image);
+    // QEMU's vhost-user-blk-pci: num-queues = vCPUs. Three vCPUs on a two-queue backend:
+    // two (QEMU would refuse to start), the guest sees them in num_queues too.
+    let daemon = storage_daemon_with_queues(&image, &socket, 2);
+    drop(plug_disk_with_queues(3, &blk_options(&socket), 2));
+    drop(daemon);
+    // One vCPU on a four-queue backend: one.
+    let socket = dir.join("blk4.sock");
+    let _daemon = storage_daemon_with_queues(&image, &socket, 4);
+    drop(plug_disk_with_queues(1, &blk_options(&socket), 1));
 }
 
 #[test]

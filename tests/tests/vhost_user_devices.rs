@@ -24,7 +24,7 @@ const REPLY: u64 = 0x11_1000;
 
 fn options(kind: VhostUserKind, socket: &std::path::Path, queues: u16) -> VhostUserOptions {
     let mut options = VhostUserOptions::new(kind, socket);
-    options.queues = queues;
+    options.queues = Some(queues);
     options.reply_timeout = Duration::from_secs(3);
     options
 }

@@ -70,7 +70,8 @@ struct Args {
     ///   ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap];
     ///   pci-testdev[,vectors=N][,ram=SIZE];
     /// virtio-pci devices served by a vhost-user backend process (need --memory SIZE,shared=on):
-    ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N];
+    ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N] (queues: one per vCPU, at most
+    ///     as many as the backend serves, unless given);
     ///   vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N];
     ///   vhost-user-vsock,socket=PATH[,queue-size=N];
     ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N];

@@ -54,14 +54,15 @@ vm_command() {
 }
 
 # start_backends: fresh backend processes for one VM (virtiofsd and the vhost-device daemons
-# serve one front-end connection each).
+# serve one front-end connection each). The disks serve one queue per vCPU: QEMU's
+# vhost-user-blk-pci asks for that many (and refuses fewer), ours takes that many by default.
 start_backends() {
     rm -rf $S; mkdir -p $S
     qemu-storage-daemon \
         --blockdev driver=file,node-name=root,filename=/l2/rootfs.img \
-        --export type=vhost-user-blk,id=root,node-name=root,addr.type=unix,addr.path=$S/blk-root.sock,writable=on \
+        --export type=vhost-user-blk,id=root,node-name=root,addr.type=unix,addr.path=$S/blk-root.sock,writable=on,num-queues=$CPUS \
         --blockdev driver=file,node-name=scratch,filename=/tmp/scratch.img \
-        --export type=vhost-user-blk,id=scratch,node-name=scratch,addr.type=unix,addr.path=$S/blk-scratch.sock,writable=on \
+        --export type=vhost-user-blk,id=scratch,node-name=scratch,addr.type=unix,addr.path=$S/blk-scratch.sock,writable=on,num-queues=$CPUS \
         >/tmp/qsd.log 2>&1 &
     backends="$!"
     if [ -x /usr/lib/qemu/virtiofsd ]; then

@@ -24,6 +24,8 @@ if grep -q 'bed_mode=bench' /proc/cmdline; then
 fi
 
 check root_on_vda 0 '^/dev/vda / ext4 rw' cat /proc/mounts
+# One request queue per vCPU (QEMU's num-queues default, ours too): blk-mq's hardware queues.
+check blk_queue_per_vcpu 0 "^$(grep -c ^processor /proc/cpuinfo)\$" sh -c 'ls /sys/block/vda/mq | wc -l'
 check root_writable 0 '^written$' sh -c 'echo written >/written && sync && cat /written'
 check virtiofs_mounted 0 '^share /share virtiofs' cat /proc/mounts
 check fs_reads_l1 0 'hello from L1' cat /share/from-l1

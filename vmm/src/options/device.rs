@@ -25,7 +25,7 @@ use crate::devices::ivshmem::options::{
 };
 use crate::devices::pci_testdev::PciTestDevConfig;
 use crate::devices::plug::DeviceOptions;
-use crate::devices::vhost_user::{VhostUserKind, VhostUserOptions, FS_TAG_MAX};
+use crate::devices::vhost_user::{VhostUserKind, VhostUserOptions, FS_TAG_MAX, MAX_QUEUES};
 use crate::devices::virtio_net::{MacAddress, VirtioNetOptions, IFNAME_MAX};
 
 /// The kinds `--device` takes, with their keys (for `--help` and error messages).
@@ -160,7 +160,7 @@ fn vhost_user(kv: &mut KeyValues) -> Result<VhostUserOptions, OptionError> {
     // vsock has its three fixed queues: `queues` stays untaken there, so finish() refuses it.
     let queues = match kv.kind() {
         "vhost-user-vsock" => None,
-        _ => kv.number::<u16>("queues", 1..=256)?,
+        _ => kv.number::<u16>("queues", 1..=MAX_QUEUES)?,
     };
     let kind = match kv.kind() {
         "vhost-user-blk" => VhostUserKind::Blk,
@@ -189,7 +189,7 @@ fn vhost_user(kv: &mut KeyValues) -> Result<VhostUserOptions, OptionError> {
         }
     };
     let mut options = VhostUserOptions::new(kind, socket);
-    options.queues = queues.unwrap_or(1);
+    options.queues = queues;
     if let Some(size) = queue_size {
         options.queue_size = size;
     }
@@ -403,9 +403,9 @@ mod tests {
         let blk = vhost("vhost-user-blk,socket=/tmp/b.sock");
         assert_eq!(blk.kind, VhostUserKind::Blk);
         assert_eq!(blk.socket, PathBuf::from("/tmp/b.sock"));
-        assert_eq!((blk.queues, blk.queue_size), (1, 256));
+        assert_eq!((blk.queues, blk.queue_size), (None, 256));
         let blk = vhost("vhost-user-blk,socket=s,queues=4,queue-size=1024");
-        assert_eq!((blk.queues, blk.queue_size), (4, 1024));
+        assert_eq!((blk.queues, blk.queue_size), (Some(4), 1024));
         let fs = vhost("vhost-user-fs,socket=s,tag=share,queues=2");
         assert_eq!(
             fs.kind,
@@ -413,7 +413,7 @@ mod tests {
                 tag: "share".into()
             }
         );
-        assert_eq!(fs.queues, 2);
+        assert_eq!(fs.queues, Some(2));
         assert_eq!(
             vhost("vhost-user-vsock,socket=s").kind,
             VhostUserKind::Vsock
@@ -434,7 +434,29 @@ mod tests {
                 config_size: 12
             }
         );
-        assert_eq!(console.queues, 2);
+        assert_eq!(console.queues, Some(2));
+    }
+
+    #[test]
+    fn vhost_user_blk_queues_default_to_the_vcpus_the_backend_can_serve() {
+        // Left out: one per vCPU (QEMU's num-queues default), capped by GET_QUEUE_NUM.
+        let blk = vhost("vhost-user-blk,socket=s");
+        assert_eq!(blk.queue_count(4, Some(8)), 4);
+        assert_eq!(blk.queue_count(4, Some(2)), 2);
+        assert_eq!(blk.queue_count(1, Some(8)), 1);
+        // A backend without the MQ protocol feature serves one.
+        assert_eq!(blk.queue_count(4, None), 1);
+        assert_eq!(blk.queue_count(1000, Some(1000)), 256);
+        // Given: as given, whatever the vCPUs (more than the backend has fails at start-up).
+        let blk = vhost("vhost-user-blk,socket=s,queues=3");
+        assert_eq!(blk.queue_count(1, Some(2)), 3);
+        // fs: one request queue unless given; generic: as given.
+        let fs = vhost("vhost-user-fs,socket=s,tag=t");
+        assert_eq!(fs.queue_count(4, Some(8)), 1);
+        let fs = vhost("vhost-user-fs,socket=s,tag=t,queues=2");
+        assert_eq!(fs.queue_count(4, Some(8)), 2);
+        let rng = vhost("vhost-user,socket=s,virtio-id=4,queues=1");
+        assert_eq!(rng.queue_count(4, Some(8)), 1);
     }
 
     #[test]
@@ -443,6 +465,8 @@ mod tests {
             ("vhost-user-blk", "needs socket=PATH"),
             ("vhost-user-blk,socket=s,queue-size=100", "power of two"),
             ("vhost-user-blk,socket=s,queues=0", "from 1 to 256"),
+            ("vhost-user-blk,socket=s,queues=257", "from 1 to 256"),
+            ("vhost-user-blk,socket=s,queues=auto", "queues"),
             ("vhost-user-blk,socket=s,tag=x", "unknown key `tag`"),
             ("vhost-user-fs,socket=s", "needs tag=NAME"),
             (

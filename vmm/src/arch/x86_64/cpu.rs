@@ -26,18 +26,32 @@ pub const RFLAGS_IF: u64 = 1 << 9;
 /// RFLAGS.IOPL = 3: ring 3 may use port I/O (where the hypervisor keeps it).
 pub const RFLAGS_IOPL3: u64 = 3 << 12;
 
+/// CPUID.1:ECX bit 24: the LAPIC timer has TSC-deadline mode.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// CPUID.1:ECX bit 31: running under a hypervisor.
+const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+
 /// The host's supported CPUID, adjusted per vCPU (APIC ids) — set before any other state,
 /// because KVM checks EFER.LME against the guest's CPUID.
+///
+/// KVM emulates the LAPIC's TSC-deadline timer mode but leaves its bit out of the supported
+/// CPUID (it is a capability, KVM_CAP_TSC_DEADLINE_TIMER): without it a Linux guest arms its
+/// timer through the initial-count register, with a conversion on every arming and a
+/// calibration at boot. We set the bit when KVM has the capability, as QEMU's `-cpu host` does.
 pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd, cpu: u32, ncpus: u32) -> Result<(), CpuError> {
     let mut cpuid: CpuId = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported cpuid"))?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             1 => {
                 // Initial APIC id, logical processor count; we are a hypervisor guest.
                 entry.ebx = (entry.ebx & 0x0000_FFFF) | (cpu << 24) | (ncpus.min(255) << 16);
-                entry.ecx |= 1 << 31;
+                entry.ecx |= CPUID_1_ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= CPUID_1_ECX_TSC_DEADLINE;
+                }
             }
             0xB | 0x1F => entry.edx = cpu,
             _ => {}

@@ -51,15 +51,21 @@ pub struct KindInfo {
 }
 
 impl KindInfo {
-    /// The facts for `options`.
+    /// The facts for `options`, with its queue count as given (1 when left to the default:
+    /// [`KindInfo::with_queues`] takes the resolved count).
     pub fn of(options: &VhostUserOptions) -> KindInfo {
+        Self::with_queues(options, options.queues.unwrap_or(1))
+    }
+
+    /// The facts for `options` with `queues` queues (blk, generic) or request queues (fs).
+    pub fn with_queues(options: &VhostUserOptions, queues: u16) -> KindInfo {
         match &options.kind {
             VhostUserKind::Blk => KindInfo {
                 name: "vhost-user-blk",
                 virtio_id: 2,
                 class_code: 0x01_00_00,
-                guest_queues: options.queues,
-                backend_queues: options.queues,
+                guest_queues: queues,
+                backend_queues: queues,
                 config: ConfigSource::Backend(BLK_CONFIG_SIZE),
                 // Their configuration fields lie past the 60 bytes we read.
                 hidden_features: 1 << VIRTIO_BLK_F_SECURE_ERASE | 1 << VIRTIO_BLK_F_ZONED,
@@ -68,13 +74,13 @@ impl KindInfo {
                 // virtio_fs_config: tag[36] (NUL-padded), num_request_queues (le32).
                 let mut config = vec![0u8; FS_TAG_MAX + 4];
                 config[..tag.len()].copy_from_slice(tag.as_bytes());
-                config[FS_TAG_MAX..].copy_from_slice(&u32::from(options.queues).to_le_bytes());
+                config[FS_TAG_MAX..].copy_from_slice(&u32::from(queues).to_le_bytes());
                 KindInfo {
                     name: "vhost-user-fs",
                     virtio_id: 26,
                     class_code: 0x01_80_00,
-                    guest_queues: options.queues + 1,
-                    backend_queues: options.queues + 1,
+                    guest_queues: queues + 1,
+                    backend_queues: queues + 1,
                     config: ConfigSource::Built(config),
                     hidden_features: 0,
                 }
@@ -101,8 +107,8 @@ impl KindInfo {
                     3 | 19 => 0x07_80_00,
                     _ => 0xFF_00_00,
                 },
-                guest_queues: options.queues,
-                backend_queues: options.queues,
+                guest_queues: queues,
+                backend_queues: queues,
                 config: ConfigSource::BackendIfOffered(*config_size),
                 hidden_features: 0,
             },
@@ -137,7 +143,7 @@ mod tests {
             },
             "/tmp/s",
         );
-        options.queues = 2;
+        options.queues = Some(2);
         let info = KindInfo::of(&options);
         assert_eq!((info.virtio_id, info.guest_queues), (26, 3));
         let ConfigSource::Built(config) = info.config else {
@@ -151,7 +157,7 @@ mod tests {
     #[test]
     fn blk_config_shows_our_queue_count() {
         let mut options = VhostUserOptions::new(VhostUserKind::Blk, "/tmp/s");
-        options.queues = 2;
+        options.queues = Some(2);
         let info = KindInfo::of(&options);
         let mut config = vec![0xFFu8; 60];
         info.fix_config(&mut config);

@@ -30,7 +30,7 @@ use crate::pci::BusError;
 
 pub use frontend::{Connection, FrontendError};
 pub use kinds::{ConfigSource, KindInfo, SUPPORTED_FEATURES};
-pub use options::{VhostUserKind, VhostUserOptions, DEFAULT_QUEUE_SIZE, FS_TAG_MAX};
+pub use options::{VhostUserKind, VhostUserOptions, DEFAULT_QUEUE_SIZE, FS_TAG_MAX, MAX_QUEUES};
 pub use watchdog::RequestWatchdog;
 
 /// Why a vhost-user device could not be added.
@@ -75,19 +75,22 @@ pub struct VhostUserDevice {
 
 impl VhostUserDevice {
     /// Negotiates with the backend on `connection` (opened, its watchdog enforced) for the
-    /// device `options` describe; `name` is for logs.
+    /// device `options` describe in a VM of `cpus` vCPUs (a blk device's default queue count);
+    /// `name` is for logs.
     pub fn negotiate(
         name: &str,
         options: &VhostUserOptions,
+        cpus: u32,
         ram: GuestRam,
         mut connection: Connection,
     ) -> Result<VhostUserDevice, VhostUserError> {
-        let info = KindInfo::of(options);
         let failed = |cause| VhostUserError::Backend {
             device: name.to_string(),
             cause,
         };
         connection.negotiate().map_err(failed)?;
+        let queues = options.queue_count(cpus, connection.queue_num());
+        let info = KindInfo::with_queues(options, queues);
         let features = connection.features();
         if features & (1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1) == 0 {
             return Err(failed(connection.unsuitable(format!(
@@ -232,8 +235,7 @@ pub fn add(
     options: &VhostUserOptions,
     index: usize,
 ) -> Result<Arc<VirtioPci>, VhostUserError> {
-    let info = KindInfo::of(options);
-    let name = format!("{}{index}", info.name);
+    let name = format!("{}{index}", KindInfo::of(options).name);
     if !ctx.ram.is_shareable() {
         return Err(VhostUserError::RamNotShared(name));
     }
@@ -259,7 +261,15 @@ pub fn add(
         })
         .map_err(VhostUserError::Thread)?;
     let watchdog = connection.watchdog().clone();
-    let device = VhostUserDevice::negotiate(&name, options, ctx.ram.clone(), connection)?;
+    let device = VhostUserDevice::negotiate(
+        &name,
+        options,
+        ctx.machine.cpus,
+        ctx.ram.clone(),
+        connection,
+    )?;
+    // The queue count as negotiated (a blk device's default depends on the backend).
+    let info = device.info().clone();
     let config = VirtioPciConfig {
         name: name.clone(),
         virtio_id: info.virtio_id,

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const FS_TAG_MAX: usize = 36;
 /// Queue size when none is given (QEMU's for vhost-user-blk and -fs is 128/256).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Most queues `queues=` accepts, and most a blk device gets by default (one per vCPU).
+pub const MAX_QUEUES: u16 = 256;
 /// How long a vCPU waits for a backend's reply before giving up on it.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,8 +42,8 @@ pub struct VhostUserOptions {
     /// The backend's listening UNIX socket.
     pub socket: PathBuf,
     /// Queues: blk and generic, all of them; fs, the request queues (plus one high-priority
-    /// queue); vsock has its fixed three.
-    pub queues: u16,
+    /// queue); vsock has its fixed three. `None`: the kind's default ([`VhostUserOptions::queue_count`]).
+    pub queues: Option<u16>,
     /// Largest ring size the driver may choose (a power of two).
     pub queue_size: u16,
     /// How long one request may wait for the backend's reply.
@@ -54,9 +56,28 @@ impl VhostUserOptions {
         VhostUserOptions {
             kind,
             socket: socket.into(),
-            queues: 1,
+            queues: None,
             queue_size: DEFAULT_QUEUE_SIZE,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        }
+    }
+
+    /// The queue count the device gets. Given (`queues=N`): that. Otherwise blk gets one
+    /// queue per vCPU, as QEMU's `vhost-user-blk-pci` (its `num-queues` defaults to the vCPU
+    /// count), but no more than the backend serves (`backend_queues`: GET_QUEUE_NUM, `None`
+    /// when the backend has no MQ protocol feature, i.e. one); where QEMU would stop with
+    /// "the maximum number of queues supported by the backend is N", we take N. Other
+    /// kinds: 1 (fs: one request queue, as QEMU's `num-request-queues`).
+    pub fn queue_count(&self, cpus: u32, backend_queues: Option<u64>) -> u16 {
+        if let Some(queues) = self.queues {
+            return queues;
+        }
+        match self.kind {
+            VhostUserKind::Blk => {
+                let backend = backend_queues.unwrap_or(1).max(1);
+                u64::from(cpus).clamp(1, u64::from(MAX_QUEUES)).min(backend) as u16
+            }
+            _ => 1,
         }
     }
 }

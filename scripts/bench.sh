@@ -815,7 +815,12 @@ PREAMBLE
   (qemu-storage-daemon, virtiofsd, vhost-device-vsock, vhost-device-rng) inside the same L1; the
   data path is guest ↔ backend in both, so throughput ratios should be about 1 and show only what
   the VMMs' notification paths (ioeventfd, irqfd) cost. Under TCG the absolute figures are slow
-  and move with the machine's load: only the ratio within one run means something.
+  and move with the machine's load: only the ratio within one run means something, and on a
+  loaded machine (the header's load averages) not even that: rounds then disagree by 2-4x.
+  During the I/O rows the only exits to either VMM's userspace are the serial console's (L1's
+  kvm tracepoints, docs/virtio-pci.md). Since 2026-12-05 our VMM offers the TSC-deadline timer
+  as QEMU's `-cpu host` does; before, L2 armed its LAPIC timer through the initial-count
+  register, with 1.7-1.8 times QEMU's timer writes for the same I/O.
 - virtio_depth rows: with 16 requests out, EVENT_IDX leaves a kick and a call per 15 to 30
   requests, so the wake-ups that bound the one-in-flight rows (each costs at least the floor row)
   are amortised. Unpinned, the backend's copy and the driver's read-out and check of the answers

@@ -213,7 +213,10 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    assert_eq!(idle_rounds, IDLE_TURNS, "server and clients never went idle");
+    assert_eq!(
+        idle_rounds, IDLE_TURNS,
+        "server and clients never went idle"
+    );
 
     let connected: BTreeMap<u16, usize> = clients
         .iter()

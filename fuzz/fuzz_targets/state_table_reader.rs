@@ -13,8 +13,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocol::state_table::{
-    header, read_header, read_row, read_rows, row_offset, ReadError, Row, SharedTable,
-    TableMemory, HEADER_SIZE, MAGIC, ROWS, ROW_SIZE, TABLE_SIZE, VERSION,
+    header, read_header, read_row, read_rows, row_offset, ReadError, Row, SharedTable, TableMemory,
+    HEADER_SIZE, MAGIC, ROWS, ROW_SIZE, TABLE_SIZE, VERSION,
 };
 
 /// Memory whose sequence counter moves on every load: the seqlock never agrees.
@@ -84,7 +84,10 @@ fuzz_target!(|data: &[u8]| {
     check(&table[..]);
     let odd = u64::from_le_bytes(table[8..16].try_into().unwrap()) % 2 == 1;
     if odd {
-        assert_eq!(read_header(&table[..], 3), Err(ReadError::Busy { attempts: 3 }));
+        assert_eq!(
+            read_header(&table[..], 3),
+            Err(ReadError::Busy { attempts: 3 })
+        );
     }
 
     // The same bytes through the live-memory reader (atomic loads, 8-aligned storage).
@@ -99,5 +102,8 @@ fuzz_target!(|data: &[u8]| {
 
     // A sequence that never holds still: Busy, after exactly the attempts given.
     let moving = Moving(&table, std::cell::Cell::new(0));
-    assert_eq!(read_rows(&moving, &mut [], 4), Err(ReadError::Busy { attempts: 4 }));
+    assert_eq!(
+        read_rows(&moving, &mut [], 4),
+        Err(ReadError::Busy { attempts: 4 })
+    );
 });

@@ -63,7 +63,7 @@ start_server() {
 wait_joined() { wait_for_line "$1.log" "joined (pid $2," 10; }
 
 # median NUMBERS...: the median of its arguments
-median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+median() { python3 -c "import statistics,sys; print(format(statistics.median(float(x) for x in sys.argv[1:]), '.10g'))" "$@"; }
 
 # bench_median WHO KEY: the median of KEY over WHO's `BENCH who key=value` lines in $out (the
 # calling section's output from the nested bed), or nothing when there are none.

@@ -482,10 +482,16 @@ impl CoalescedRing {
             page_size,
             drain: Mutex::new(()),
         };
-        for &(port, len) in ports {
+        for (i, &(port, len)) in ports.iter().enumerate() {
             let zone = kvm_ioctls::IoEventAddress::Pio(port as u64);
             if let Err(e) = vm.register_coalesced_mmio(zone, len) {
                 log::debug!("coalesced I/O at port {port:#x}: {e}");
+                // Without the ring nobody would apply the writes KVM keeps for the zones
+                // already registered: take them back, so those ports exit as before.
+                for &(port, len) in &ports[..i] {
+                    let zone = kvm_ioctls::IoEventAddress::Pio(port as u64);
+                    let _ = vm.unregister_coalesced_mmio(zone, len);
+                }
                 return None;
             }
         }

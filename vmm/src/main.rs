@@ -192,6 +192,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             name: args.name.clone(),
             serial: args.serial.clone(),
             serial_input: args.kernel.is_some() && args.serial == SerialConfig::Stdio,
+            exit_breakdown: args.stats,
         },
         devices: args.device.iter().chain(&args.ivshmem).cloned().collect(),
         guest,

@@ -48,6 +48,8 @@ pub struct ExitStats {
     pub first_exit_ns: AtomicU64,
     /// Exits by kind and port or address (`ExitKey`), for `--stats`' breakdown.
     by_key: Mutex<HashMap<ExitKey, u64>>,
+    /// Whether the vCPUs keep that breakdown (a map update per exit).
+    breakdown: bool,
 }
 
 /// What one exit was, for the breakdown: the kind and, for I/O, the port or address.
@@ -101,6 +103,14 @@ pub struct ExitCounts {
 }
 
 impl ExitStats {
+    /// Counters for a VM; `breakdown`: also count exits by kind and port or address.
+    pub fn new(breakdown: bool) -> ExitStats {
+        ExitStats {
+            breakdown,
+            ..ExitStats::default()
+        }
+    }
+
     /// Adds one vCPU's breakdown (kept by its thread while it runs, so counting costs no lock).
     fn merge(&self, local: &HashMap<ExitKey, u64>) {
         let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
@@ -267,16 +277,21 @@ fn run(mut fd: VcpuFd, ctx: VcpuContext) {
 
 /// Runs until the VM stops; returns a reason if this vCPU ended the VM itself.
 fn run_loop(fd: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
-    let mut counts = HashMap::new();
+    let mut counts = ctx.stats.breakdown.then(HashMap::new);
     let reason = exit_loop(fd, ctx, &mut counts);
-    ctx.stats.merge(&counts);
+    if let Some(counts) = &counts {
+        ctx.stats.merge(counts);
+    }
     reason
 }
 
 /// Counts one exit in this vCPU's breakdown. MMIO addresses come from the guest, so past
 /// `MAX_KEYS` distinct keys a new address counts as `MmioOther`: the map stays bounded however
 /// many addresses a guest touches.
-fn tally(counts: &mut HashMap<ExitKey, u64>, key: ExitKey) {
+fn tally(counts: &mut Option<HashMap<ExitKey, u64>>, key: ExitKey) {
+    let Some(counts) = counts else {
+        return;
+    };
     let key = match key {
         ExitKey::MmioRead(_) | ExitKey::MmioWrite(_)
             if counts.len() >= MAX_KEYS && !counts.contains_key(&key) =>
@@ -291,7 +306,7 @@ fn tally(counts: &mut HashMap<ExitKey, u64>, key: ExitKey) {
 fn exit_loop(
     fd: &mut VcpuFd,
     ctx: &VcpuContext,
-    counts: &mut HashMap<ExitKey, u64>,
+    counts: &mut Option<HashMap<ExitKey, u64>>,
 ) -> Option<ExitReason> {
     let kvm_run: *const kvm_bindings::kvm_run = fd.get_kvm_run();
     let shortcut = ctx.shortcut.as_deref();
@@ -584,13 +599,22 @@ mod tests {
 
     #[test]
     fn a_guest_touching_many_mmio_addresses_keeps_the_breakdown_bounded() {
-        let mut counts = HashMap::new();
+        let mut counts = Some(HashMap::new());
         for addr in 0..(MAX_KEYS as u64 + 1000) {
             tally(&mut counts, ExitKey::MmioRead(addr * 8));
         }
         tally(&mut counts, ExitKey::MmioRead(0)); // a known address still counts as itself
+        let counts = counts.unwrap();
         assert!(counts.len() <= MAX_KEYS + 1);
         assert_eq!(counts[&ExitKey::MmioRead(0)], 2);
         assert_eq!(counts[&ExitKey::MmioOther], 1000);
+    }
+
+    #[test]
+    fn without_the_breakdown_nothing_is_counted() {
+        let mut counts = None;
+        tally(&mut counts, ExitKey::PioOut(0x3f8));
+        assert!(counts.is_none());
+        assert!(ExitStats::new(false).breakdown().is_empty());
     }
 }

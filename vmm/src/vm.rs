@@ -56,6 +56,9 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// Forward the vmm's stdin to the serial port (Linux consoles).
     pub serial_input: bool,
+    /// Count exits by kind and port or address (`--stats`' `exits_by`): a map update per exit,
+    /// so only when asked for.
+    pub exit_breakdown: bool,
 }
 
 impl Default for VmConfig {
@@ -67,6 +70,7 @@ impl Default for VmConfig {
             name: None,
             serial: SerialConfig::Stdio,
             serial_input: false,
+            exit_breakdown: false,
         }
     }
 }
@@ -268,6 +272,7 @@ impl Vm {
                 region: ram.clone(),
             }]),
         });
+        let stats = ExitStats::new(config.exit_breakdown);
         let mut vm = Vm {
             kvm,
             vm_fd,
@@ -278,7 +283,7 @@ impl Vm {
             guest_memory,
             control,
             console,
-            stats: Arc::new(ExitStats::default()),
+            stats: Arc::new(stats),
             created,
             vcpus: Vec::new(),
             devices,

@@ -581,6 +581,12 @@ fn describe_regs(fd: &VcpuFd, memory: &AddressSpace) -> String {
                 ": rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
                 r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr3, s.cr4, s.efer
             );
+            if r.rip == 0xFFF0 && s.cs.selector == 0xF000 {
+                // KVM on AMD reinitializes the vCPU before it reports a shutdown: these are
+                // power-on registers, not the fault's.
+                text.push_str(" (the vCPU's reset state: KVM on AMD reinitializes it on a shutdown; the faulting rip is in the host's kvm:kvm_exit trace)");
+                return text;
+            }
             if let Some(pa) = unemulated::translate(memory, unemulated::PageTables::of(&s), r.rip) {
                 let mut code = [0u8; 16];
                 memory.read(pa, &mut code);

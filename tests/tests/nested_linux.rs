@@ -24,6 +24,8 @@ const BOOT_CHECKS: &[&str] = &[
     "rtc_set_by_guest",
     "write_combining",
     "pci_ivshmem",
+    "machine_cmdline",
+    "no_early_pci_probe",
     "no_boot_complaints",
 ];
 

@@ -31,9 +31,14 @@ struct Args {
     /// Initramfs for --kernel.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
-    /// Kernel command line for --kernel.
+    /// Kernel command line for --kernel. The VMM appends what Linux should know about its
+    /// machine model (`pci=noearly`: no early PCI scans, see docs/boot-time.md).
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
+    /// Pass --cmdline to Linux exactly as given, without the machine model's parameters
+    /// (QEMU microvm's `auto-kernel-cmdline=off`).
+    #[arg(long, requires = "kernel")]
+    no_auto_cmdline: bool,
     /// Guest RAM: `SIZE[,shared=on][,hugepages=on]` (or `size=SIZE,...`), e.g. 64M, 1G
     /// (multiple of 2M). `shared=on` puts RAM in a memfd that vhost-user backends map (required
     /// by `--device vhost-user-*`); `hugepages=on` uses 2 MiB hugetlb pages.
@@ -180,6 +185,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
                 .cmdline
                 .clone()
                 .unwrap_or_else(|| vmm::boot::linux::DEFAULT_CMDLINE.to_string()),
+            machine_params: !args.no_auto_cmdline,
         },
         _ => bail!("give --guest FILE|builtin:NAME or --kernel FILE (see --help)"),
     };

@@ -47,5 +47,7 @@ case " $CMDLINE_EXTRA " in
 *" scenario_end=reboot "*) check reboots 0 'L2-REBOOTING' l2 L2-REBOOTING ;;
 esac
 check pci_ivshmem 0 'FACT pci .*1af4:1110' l2 'FACT pci'
+check machine_cmdline 0 'FACT cmdline .* pci=noearly' l2 'FACT cmdline'
+check no_early_pci_probe 0 'FACT agp_probes 0$' l2 'FACT agp_probes'
 check no_boot_complaints 0 'FACT complaints 0$' l2 'FACT complaints'
 exit 0

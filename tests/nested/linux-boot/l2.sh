@@ -17,6 +17,9 @@ echo "FACT pat $(dmesg | grep 'x86/PAT: Configuration')"
 for dev in /sys/bus/pci/devices/*; do
     echo "FACT pci ${dev##*/} $(sed 's/0x//' $dev/vendor):$(sed 's/0x//' $dev/device)"
 done
+# The VMM's machine parameter reached the kernel, and with it no early AGP probe ran.
+echo "FACT cmdline $(cat /proc/cmdline)"
+echo "FACT agp_probes $(dmesg | grep -c 'AGP: Checking aperture')"
 # What the kernel complained about while booting (shown, and counted for the check). Two lines
 # every x86 ACPI boot prints, and that only mention bugs, are not complaints: the pci=nocrs hint
 # and AMD-Vi's "This is not a bug" (the bed's CPU is an AMD one).

@@ -25,6 +25,29 @@ use crate::vm::Vm;
 /// Used when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// Appended to every command line unless the caller opts out (`vmm --no-auto-cmdline`, like
+/// QEMU microvm's `auto-kernel-cmdline=off`): what Linux needs to know about this machine model.
+/// `pci=noearly` skips Linux's type-1 PCI scans before the PCI subsystem starts: the early
+/// quirks, which only chipsets this machine does not have need, and, on AMD family 0Fh-15h CPUs
+/// (the nested bed's TCG CPU), two `search_agp_bridge()` walks of all 256 buses, 2 × 8,192
+/// configuration reads that each cost a PIO exit (docs/boot-time.md). PCI itself still probes
+/// the bus normally (conf1 and ECAM), so the ivshmem and virtio devices appear as before.
+pub const MACHINE_CMDLINE: &str = "pci=noearly";
+
+/// `cmdline` followed by [`MACHINE_CMDLINE`]'s parameters it does not already have.
+pub fn with_machine_params(cmdline: &str) -> String {
+    let mut line = cmdline.trim_end().to_string();
+    for param in MACHINE_CMDLINE.split_whitespace() {
+        if !cmdline.split_whitespace().any(|given| given == param) {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(param);
+        }
+    }
+    line
+}
+
 /// The boot parameters ("zero page") the kernel reads at entry (RSI).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// The kernel command line.
@@ -237,6 +260,21 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_params_are_appended_once() {
+        assert_eq!(
+            with_machine_params("console=ttyS0 quiet"),
+            "console=ttyS0 quiet pci=noearly"
+        );
+        assert_eq!(with_machine_params(""), "pci=noearly");
+        assert_eq!(
+            with_machine_params("pci=noearly quiet "),
+            "pci=noearly quiet"
+        );
+        // A different pci= option does not stand for ours: Linux takes every pci= it is given.
+        assert_eq!(with_machine_params("pci=nomsi"), "pci=nomsi pci=noearly");
+    }
 
     #[test]
     fn e820_covers_ram_and_reserves_holes() {

@@ -30,6 +30,8 @@ pub enum Guest {
         initrd: Option<PathBuf>,
         /// Kernel command line.
         cmdline: String,
+        /// Append [`linux::MACHINE_CMDLINE`] (what Linux should know about this machine).
+        machine_params: bool,
     },
 }
 
@@ -120,6 +122,14 @@ pub fn load(vm: &Vm, guest: &Guest) -> Result<(), BootError> {
             kernel,
             initrd,
             cmdline,
-        } => linux::boot(vm, kernel, initrd.as_deref(), cmdline),
+            machine_params,
+        } => {
+            let line = if *machine_params {
+                linux::with_machine_params(cmdline)
+            } else {
+                cmdline.clone()
+            };
+            linux::boot(vm, kernel, initrd.as_deref(), &line)
+        }
     }
 }

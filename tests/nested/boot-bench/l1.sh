@@ -27,6 +27,13 @@ boot_once() {
     wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
     rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null)
+    # What that RSS is: the largest mapping (guest RAM; its transparent huge pages) and the rest.
+    awk -v who="$name" -v config="$config" '
+        /^[0-9a-f]+-[0-9a-f]+ / { m++ } /^Rss:/ { rss[m] = $2; total += $2 }
+        /^AnonHugePages:/ { huge[m] = $2 }
+        END { for (i in rss) if (rss[i] > rss[big]) big = i
+              print "RSS-SPLIT", config, who, "largest_mapping_kib=" rss[big], "its_thp_kib=" huge[big] + 0,
+                  "rest_kib=" total - rss[big] }' /proc/$pid/smaps 2>/dev/null
     echo sampled >&3
     wait $pid
     exec 3>&-

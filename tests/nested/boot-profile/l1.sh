@@ -6,7 +6,8 @@
 #   scripts/nested-kvm.sh run tests/nested/boot-profile [--vmlinux --arg KERNEL=vmlinux]
 #       [--arg CPUS=2] [--arg MEMORY=1G] [--arg CMDLINE_EXTRA=...] [--arg VMM=ours,qemu]
 #       [--arg MODES=stats] [--arg EXIT_BENCH=1]
-# VMM lists what boots, alternated: `ours` (vmm), `qemu`, or NAME for a binary `vmm-NAME` shipped
+# VMM lists what boots, alternated: `ours` (vmm), `qemu`, `firecracker` or `cloud-hypervisor`
+# (shipped with --binary PATH:/usr/local/bin/NAME; MEMORY in M), or NAME for a binary `vmm-NAME` shipped
 # with --binary (e.g. `--binary target/old/vmm:/usr/local/bin/vmm-before --arg VMM=before,ours`
 # compares two builds in one L1).
 . ../lib.sh
@@ -28,6 +29,18 @@ boot() {
         qemu) set -- qemu-system-x86_64 -M microvm -accel kvm -cpu host -m "$MEMORY" -smp "$CPUS" \
             -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
             -kernel "/l2/$KERNEL" -initrd /l2/initrd.gz -append "$cmdline" ;;
+        # Peers shipped with --binary ...:/usr/local/bin/NAME (built as BENCHMARKS.md says);
+        # no --stats there, only the kernel's own timeline (MODES=dmesg).
+        firecracker)
+            cat >/tmp/firecracker.json <<EOF
+{"boot-source": {"kernel_image_path": "/l2/$KERNEL", "initrd_path": "/l2/initrd.gz", "boot_args": "$cmdline"},
+ "drives": [], "machine-config": {"vcpu_count": $CPUS, "mem_size_mib": ${MEMORY%M}}}
+EOF
+            rm -f /tmp/firecracker.sock
+            set -- firecracker --no-api --no-seccomp --config-file /tmp/firecracker.json \
+                --api-sock /tmp/firecracker.sock ;;
+        cloud-hypervisor) set -- cloud-hypervisor --kernel "/l2/$KERNEL" --initramfs /l2/initrd.gz \
+            --cmdline "$cmdline" --cpus "boot=$CPUS" --memory "size=$MEMORY" --serial tty --console off ;;
         *) [ "$who" = ours ] && bin=vmm || bin=vmm-$who
             set -- "$bin" --stats --kernel "/l2/$KERNEL" --initrd /l2/initrd.gz --memory "$MEMORY" \
                 --cpus "$CPUS" --cmdline "$cmdline" ;;

@@ -125,17 +125,20 @@ server_section() {
     # Both wake-up regimes: unpinned (the scheduler spreads the processes over both CPUs, ~50 µs
     # wake-ups between idle vCPUs) and everything on
     # one CPU (~2.6 µs wake-ups, where the server's own work per message shows).
+    # The ratios are wall time; next to them the CPU time (schedstat) of the broker alone and of
+    # the whole workload (broker and client threads), which other load on the machine does not
+    # move: where the wall ratio and the CPU ratio disagree, the machine's load did.
     for regime in unpinned pinned; do
         pin=()
         if [ "$regime" = pinned ]; then pin=(taskset -c 0); fi
         load=$("${pin[@]}" "$R/examples/load" connect --server "$R/ivshmem-server" --peers 1000 --vectors 4)
-        row "connect 1,000 peers × 4 vectors ($regime${pin:+, taskset -c 0})" "$(value connect_ms "$load") ms, server RSS $(value server_rss_kib "$load") KiB" \
-            "minimal blocking broker $(value floor_connect_ms "$load") ms" \
+        row "connect 1,000 peers × 4 vectors ($regime${pin:+, taskset -c 0})" "$(value connect_ms "$load") ms (rounds $(value connect_ms_rounds "$load")), server RSS $(value server_rss_kib "$load") KiB; CPU: server $(value server_cpu_ms "$load") ms, workload $(value connect_cpu_ms "$load") ms" \
+            "minimal blocking broker $(value floor_connect_ms "$load") ms (rounds $(value floor_connect_ms_rounds "$load")); CPU: broker $(value floor_broker_cpu_ms "$load") ms, workload $(value floor_connect_cpu_ms "$load") ms; CPU ratios: workload $(value connect_cpu_ratio "$load"), broker $(value broker_cpu_ratio "$load")" \
             "$(value connect_ratio "$load")" "≤ 1.1" \
-            "${pin[*]:+${pin[*]} }load connect --server ivshmem-server --peers 1000 --vectors 4"
+            "${pin[*]:+${pin[*]} }load connect --server ivshmem-server --peers 1000 --vectors 4 (2 storms each, alternated S F F S; means)"
         cycles=$("${pin[@]}" "$R/examples/load" cycles --server "$R/ivshmem-server" --secs 3)
-        row "join/leave cycles per second ($regime${pin:+, taskset -c 0})" "$(value cycles_per_sec "$cycles")/s (fds $(value server_fds_before "$cycles")→$(value server_fds_after "$cycles"))" \
-            "minimal blocking broker $(value floor_cycles_per_sec "$cycles")/s" \
+        row "join/leave cycles per second ($regime${pin:+, taskset -c 0})" "$(value cycles_per_sec "$cycles")/s (fds $(value server_fds_before "$cycles")→$(value server_fds_after "$cycles")); CPU per cycle: server $(value server_cpu_us_per_cycle "$cycles") µs, workload $(value cycle_cpu_us "$cycles") µs" \
+            "minimal blocking broker $(value floor_cycles_per_sec "$cycles")/s; CPU per cycle: broker $(value floor_broker_cpu_us_per_cycle "$cycles") µs, workload $(value floor_cycle_cpu_us "$cycles") µs; CPU ratios (floor/ours): workload $(value cycles_cpu_ratio "$cycles"), broker $(value broker_cpu_ratio "$cycles")" \
             "$(value cycles_ratio "$cycles")" "≥ 0.91 (1/1.1)" \
             "${pin[*]:+${pin[*]} }load cycles --server ivshmem-server --secs 3 (server and floor in 6 alternating 0.5 s slices; medians)"
     done

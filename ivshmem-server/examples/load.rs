@@ -9,13 +9,23 @@
 //!   `peers*(3+vectors) + vectors*peers*(peers-1)`. Reports the wall time, the server's RSS with
 //!   everyone joined (per peer: the growth over the idle server's RSS, divided by the peers), the
 //!   same workload against the floor, then SIGTERM with everyone still connected (the server
-//!   announces each departure) and the time to exit 0.
+//!   announces each departure) and the time to exit 0. `--rounds` storms (default 2) against
+//!   each side, a fresh server or floor each time, alternating which goes first (server, floor,
+//!   floor, server, ...): one storm takes 30-100 s on a small shared machine, and one storm of
+//!   each, one after the other, measured how the machine's other load drifted as much as the
+//!   server. The times are the means, the ratio the ratio of the means.
 //! * `load cycles --server BIN --secs 3`: one client connects, reads its handshake, closes, over
 //!   and over; cycles per second against the server and the floor, and the server's fd count
 //!   before and after (no leak). Both run side by side and are measured in alternation,
 //!   `--rounds` slices of `secs / rounds` each (server first in odd rounds, floor first in even
 //!   ones), so that load from elsewhere on the machine hits both alike; the figures are the
 //!   medians over the slices, the ratio the median of the rounds' ratios.
+//!
+//! Both also report CPU time (`schedstat`, nanoseconds): the broker's alone (the server
+//! process, or the floor's thread) and the whole workload's (the broker and the client
+//! threads), with `*_cpu_ratio=` lines in the same sense as the wall-time ratio. What other
+//! processes take from the CPUs counts in the wall time, not here; where the two disagree, the
+//! machine's load moved, not the server's cost.
 //!
 //! Output: `key=value` lines for scripts, `#` lines for humans. Every wait has a deadline, so a
 //! broken server makes this fail with a message instead of hanging.
@@ -75,6 +85,10 @@ enum Workload {
         /// Fail if the expected messages have not all arrived within this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// Storms against each side, alternating which goes first (server, floor, floor,
+        /// server, ...); the figures are the means.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
     },
     /// One peer joins and leaves over and over; cycles per second and the server's fd count.
     Cycles {
@@ -106,7 +120,14 @@ fn main() {
             peers,
             vectors,
             timeout_secs,
-        } => connect_benchmark(&server, peers, vectors, Duration::from_secs(timeout_secs)),
+            rounds,
+        } => connect_benchmark(
+            &server,
+            peers,
+            vectors,
+            Duration::from_secs(timeout_secs),
+            rounds,
+        ),
         Workload::Cycles {
             server,
             secs,
@@ -130,12 +151,16 @@ fn connect_benchmark(
     peers: usize,
     vectors: u32,
     timeout: Duration,
+    rounds: u32,
 ) -> Result<()> {
     if peers == 0 || peers > usize::from(MAX_PEER_ID) + 1 {
         bail!(
             "--peers must be between 1 and {}",
             usize::from(MAX_PEER_ID) + 1
         );
+    }
+    if rounds == 0 || rounds > 100 {
+        bail!("--rounds must be between 1 and 100");
     }
     check_vectors(vectors)?;
     let fd_limit = raise_fd_limit().context("raise RLIMIT_NOFILE")?;
@@ -145,20 +170,120 @@ fn connect_benchmark(
         bail!("{peers} peers with {vectors} vectors need about {needed} fds here, the limit is {fd_limit}");
     }
     let expected = expected_messages(peers, vectors);
-    println!("# connect: {peers} peers, {vectors} vectors, {expected} messages in all");
+    println!(
+        "# connect: {peers} peers, {vectors} vectors, {expected} messages in all; {rounds} \
+         round(s), the server first in odd rounds and the floor first in even ones"
+    );
     println!("peers={peers}");
     println!("vectors={vectors}");
     println!("expected_messages={expected}");
 
     let scratch = Scratch::new()?;
+    let (mut ours, mut floor_runs) = (Vec::new(), Vec::new());
+    let mut first_server = None;
+    for round in 0..rounds {
+        for server_turn in [round % 2 == 0, round % 2 != 0] {
+            if server_turn {
+                let run = connect_server_once(server_bin, peers, vectors, timeout, &scratch)?;
+                println!(
+                    "# round {}: server: everyone joined in {:.1} ms (CPU: server {:.1} ms, \
+                     clients {:.1} ms)",
+                    round + 1,
+                    ms(run.storm.elapsed),
+                    ms(run.broker_cpu),
+                    ms(run.storm.clients_cpu)
+                );
+                ours.push((run.storm.elapsed, run.broker_cpu, run.storm.clients_cpu));
+                first_server.get_or_insert(run);
+            } else {
+                let (storm, broker_cpu) = connect_floor_once(peers, vectors, timeout, &scratch)?;
+                println!(
+                    "# round {}: floor: everyone joined in {:.1} ms (CPU: broker {:.1} ms, \
+                     clients {:.1} ms)",
+                    round + 1,
+                    ms(storm.elapsed),
+                    ms(broker_cpu),
+                    ms(storm.clients_cpu)
+                );
+                floor_runs.push((storm.elapsed, broker_cpu, storm.clients_cpu));
+            }
+        }
+    }
+    let first = first_server.ok_or_else(|| anyhow!("no server round ran"))?;
+    println!(
+        "# server: RSS {} KiB with everyone joined ({:.1} KiB per peer over {} KiB at start); \
+         exited 0 {:.1} ms after SIGTERM; clients saw {} departure notices (first round)",
+        first.rss,
+        first.rss_per_peer,
+        first.rss_start,
+        ms(first.shutdown),
+        first.storm.leave_notices
+    );
+    // Means; with the two sides alternated (S F F S ...) a load that drifts steadily during the
+    // run weighs on both alike.
+    let mean = |runs: &[(Duration, Duration, Duration)],
+                pick: fn(&(Duration, Duration, Duration)) -> Duration| {
+        runs.iter().map(pick).sum::<Duration>().as_secs_f64() / runs.len() as f64
+    };
+    let (wall, floor_wall) = (mean(&ours, |r| r.0), mean(&floor_runs, |r| r.0));
+    let (broker, floor_broker) = (mean(&ours, |r| r.1), mean(&floor_runs, |r| r.1));
+    let (all, floor_all) = (mean(&ours, |r| r.1 + r.2), mean(&floor_runs, |r| r.1 + r.2));
+    let list = |runs: &[(Duration, Duration, Duration)]| {
+        runs.iter()
+            .map(|r| format!("{:.1}", ms(r.0)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!("connect_ms={:.1}", wall * 1000.0);
+    println!("connect_ms_rounds={}", list(&ours));
+    println!("server_rss_start_kib={}", first.rss_start);
+    println!("server_rss_kib={}", first.rss);
+    println!("server_rss_per_peer_kib={:.2}", first.rss_per_peer);
+    println!("shutdown_ms={:.1}", ms(first.shutdown));
+    println!("shutdown_leave_notices={}", first.storm.leave_notices);
+    println!("floor_connect_ms={:.1}", floor_wall * 1000.0);
+    println!("floor_connect_ms_rounds={}", list(&floor_runs));
+    println!("rounds={rounds}");
+    println!("connect_ratio={:.3}", wall / floor_wall);
+    // CPU time: the broker alone, and the broker with both client threads (the whole
+    // workload); what other processes on the machine take does not count here.
+    println!("server_cpu_ms={:.1}", broker * 1000.0);
+    println!("floor_broker_cpu_ms={:.1}", floor_broker * 1000.0);
+    println!("broker_cpu_ratio={:.3}", broker / floor_broker);
+    println!("connect_cpu_ms={:.1}", all * 1000.0);
+    println!("floor_connect_cpu_ms={:.1}", floor_all * 1000.0);
+    println!("connect_cpu_ratio={:.3}", all / floor_all);
+    Ok(())
+}
 
-    // Our server.
+/// One connect storm against a fresh server process.
+struct ServerStorm {
+    storm: ConnectOutcome,
+    /// The server's CPU time from serving (after the probe) to everyone joined.
+    broker_cpu: Duration,
+    rss_start: u64,
+    rss: u64,
+    rss_per_peer: f64,
+    shutdown: Duration,
+}
+
+fn connect_server_once(
+    server_bin: &Path,
+    peers: usize,
+    vectors: u32,
+    timeout: Duration,
+    scratch: &Scratch,
+) -> Result<ServerStorm> {
     let socket = scratch.path("server.sock");
-    let mut server = ServerProcess::start(server_bin, &socket, vectors, &scratch, &[])?;
+    let _ = std::fs::remove_file(&socket);
+    let mut server = ServerProcess::start(server_bin, &socket, vectors, scratch, &[])?;
     let rss_start = server.rss_kib()?;
+    let cpu_start = server.cpu()?;
     let mut rss = 0;
+    let mut broker_cpu = Duration::ZERO;
     let mut shutdown = None;
-    let ours = run_connect(&socket, peers, vectors, timeout, |joined| {
+    let storm = run_connect(&socket, peers, vectors, timeout, |joined| {
+        broker_cpu = server.cpu()?.saturating_sub(cpu_start);
         rss = server.rss_kib()?;
         // Shut down with everyone still connected: the server announces every departure.
         joined.shutting_down.store(true, Ordering::SeqCst);
@@ -169,42 +294,37 @@ fn connect_benchmark(
     let shutdown = shutdown.ok_or_else(|| anyhow!("server was not shut down"))?;
     // Per peer: what the peers added on top of the idle server.
     let rss_per_peer = rss.saturating_sub(rss_start) as f64 / peers as f64;
-    println!(
-        "# server: everyone joined in {:.1} ms, RSS {rss} KiB ({:.1} KiB per peer over {rss_start} KiB at start)",
-        ms(ours.elapsed),
-        rss_per_peer
-    );
-    println!(
-        "# server: exited 0 {:.1} ms after SIGTERM; clients saw {} departure notices",
-        ms(shutdown),
-        ours.leave_notices
-    );
+    Ok(ServerStorm {
+        storm,
+        broker_cpu,
+        rss_start,
+        rss,
+        rss_per_peer,
+        shutdown,
+    })
+}
 
-    // The floor.
+/// One connect storm against a fresh floor broker; with the broker thread's CPU time.
+fn connect_floor_once(
+    peers: usize,
+    vectors: u32,
+    timeout: Duration,
+    scratch: &Scratch,
+) -> Result<(ConnectOutcome, Duration)> {
     let floor_socket = scratch.path("floor.sock");
+    let _ = std::fs::remove_file(&floor_socket);
     let floor = FloorBroker::start(&floor_socket, vectors, FloorMode::Connect { peers })?;
-    let floor_run = run_connect(&floor_socket, peers, vectors, timeout, |_| Ok(()))
-        .context("connect workload against the floor broker");
+    let cpu_start = floor.cpu()?;
+    let mut broker_cpu = Duration::ZERO;
+    let floor_run = run_connect(&floor_socket, peers, vectors, timeout, |_| {
+        broker_cpu = floor.cpu()?.saturating_sub(cpu_start);
+        Ok(())
+    })
+    .context("connect workload against the floor broker");
     let floor_end = floor.stop();
     let floor_run = floor_run?;
     floor_end.context("floor broker")?;
-    println!(
-        "# floor: everyone joined in {:.1} ms",
-        ms(floor_run.elapsed)
-    );
-
-    println!("connect_ms={:.1}", ms(ours.elapsed));
-    println!("server_rss_start_kib={rss_start}");
-    println!("server_rss_kib={rss}");
-    println!("server_rss_per_peer_kib={rss_per_peer:.2}");
-    println!("shutdown_ms={:.1}", ms(shutdown));
-    println!("shutdown_leave_notices={}", ours.leave_notices);
-    println!("floor_connect_ms={:.1}", ms(floor_run.elapsed));
-    println!(
-        "connect_ratio={:.3}",
-        ours.elapsed.as_secs_f64() / floor_run.elapsed.as_secs_f64()
-    );
-    Ok(())
+    Ok((floor_run, broker_cpu))
 }
 
 /// Everything `peers` clients receive in all: each its handshake (version, id, shared memory)
@@ -222,8 +342,18 @@ fn expected_per_client(peers: usize, vectors: u32) -> u64 {
 struct ConnectOutcome {
     /// From the first connect to the last expected message.
     elapsed: Duration,
+    /// CPU time of this side's two client threads over `elapsed`: the connecting thread and
+    /// the drainer.
+    clients_cpu: Duration,
     /// Departure notices received after `shutting_down` was set.
     leave_notices: u64,
+}
+
+/// The drainer's word that every expected message arrived.
+struct Joined {
+    at: Instant,
+    /// The drainer's CPU time until then.
+    drainer_cpu: Duration,
 }
 
 /// Shared between the connecting thread and the drainer.
@@ -250,7 +380,7 @@ fn run_connect(
         stop: AtomicBool::new(false),
     });
     let (stream_tx, stream_rx) = mpsc::channel::<UnixStream>();
-    let (joined_tx, joined_rx) = mpsc::channel::<Result<Instant>>();
+    let (joined_tx, joined_rx) = mpsc::channel::<Result<Joined>>();
     let drainer = {
         let epoll = Arc::clone(&epoll);
         let shared = Arc::clone(&shared);
@@ -267,6 +397,7 @@ fn run_connect(
     };
 
     let start = Instant::now();
+    let main_cpu_start = thread_cpu()?;
     for index in 0..peers {
         if start.elapsed() > timeout {
             let drained = stop_drainer(drainer);
@@ -301,7 +432,7 @@ fn run_connect(
         }
     }
     let finished = match joined_rx.recv_timeout(timeout.saturating_sub(start.elapsed())) {
-        Ok(Ok(at)) => at,
+        Ok(Ok(joined)) => joined,
         Ok(Err(e)) => {
             let _ = stop_drainer(drainer);
             return Err(e);
@@ -319,7 +450,8 @@ fn run_connect(
             );
         }
     };
-    let elapsed = finished.duration_since(start);
+    let elapsed = finished.at.duration_since(start);
+    let clients_cpu = finished.drainer_cpu + thread_cpu()?.saturating_sub(main_cpu_start);
     let hook = when_joined(&shared);
     if shared.shutting_down.load(Ordering::SeqCst) {
         // Let the drainer read the departure notices up to every client's EOF.
@@ -332,6 +464,7 @@ fn run_connect(
     hook?;
     Ok(ConnectOutcome {
         elapsed,
+        clients_cpu,
         leave_notices: drained?,
     })
 }
@@ -346,7 +479,9 @@ struct Drainer {
     counts: Vec<u64>,
     clients: Vec<Option<UnixStream>>,
     incoming: mpsc::Receiver<UnixStream>,
-    joined: Option<mpsc::Sender<Result<Instant>>>,
+    joined: Option<mpsc::Sender<Result<Joined>>>,
+    /// This thread's CPU time when it started.
+    cpu_start: Duration,
     leave_notices: u64,
     closed: usize,
 }
@@ -356,7 +491,7 @@ impl Drainer {
         peers: usize,
         vectors: u32,
         incoming: mpsc::Receiver<UnixStream>,
-        joined: mpsc::Sender<Result<Instant>>,
+        joined: mpsc::Sender<Result<Joined>>,
     ) -> Self {
         Drainer {
             peers,
@@ -367,6 +502,7 @@ impl Drainer {
             clients: Vec::with_capacity(peers),
             incoming,
             joined: Some(joined),
+            cpu_start: Duration::ZERO,
             leave_notices: 0,
             closed: 0,
         }
@@ -375,7 +511,10 @@ impl Drainer {
     /// Returns the number of departure notices seen during shutdown. An error is also sent on
     /// the `joined` channel when it happens before everyone joined.
     fn run(mut self, epoll: &Epoll, shared: &DrainShared) -> Result<u64> {
-        let result = self.drain(epoll, shared);
+        let result = thread_cpu().and_then(|cpu| {
+            self.cpu_start = cpu;
+            self.drain(epoll, shared)
+        });
         if let (Err(e), Some(joined)) = (&result, self.joined.take()) {
             let _ = joined.send(Err(anyhow!("{e:#}")));
         }
@@ -462,7 +601,12 @@ impl Drainer {
                     self.received += 1;
                     if self.received == self.total {
                         if let Some(joined) = self.joined.take() {
-                            let _ = joined.send(Ok(Instant::now()));
+                            let at = Instant::now();
+                            let cpu = thread_cpu()?.saturating_sub(self.cpu_start);
+                            let _ = joined.send(Ok(Joined {
+                                at,
+                                drainer_cpu: cpu,
+                            }));
                         }
                     }
                 }
@@ -541,7 +685,14 @@ fn cycles_benchmark(
     let fds_before = server.fd_count()?;
     let floor_socket = scratch.path("floor.sock");
     let floor = FloorBroker::start(&floor_socket, vectors, FloorMode::Cycles)?;
-    let measured = alternate_cycles(&socket, &floor_socket, vectors, warmup, rounds, slice);
+    let measured = alternate_cycles(
+        (&socket, &server),
+        (&floor_socket, &floor),
+        vectors,
+        warmup,
+        rounds,
+        slice,
+    );
     let floor_end = floor.stop();
     let (ours, floor_runs) =
         measured.with_context(|| format!("cycles against the server{}", server.log_tail()))?;
@@ -593,6 +744,30 @@ fn cycles_benchmark(
     println!("floor_cycles_per_sec={floor_rate:.1}");
     println!("rounds={rounds}");
     println!("cycles_ratio={ratio:.3}");
+    // CPU time per cycle over all slices: the broker alone, and the broker with the client
+    // thread (the whole workload); what other processes on the machine take does not count
+    // here. The ratio is the floor's over ours, a rate ratio like cycles_ratio.
+    let per_cycle = |runs: &[CyclesOutcome], pick: fn(&CyclesOutcome) -> Duration| {
+        runs.iter().map(pick).sum::<Duration>().as_secs_f64() * 1e6 / total(runs).max(1) as f64
+    };
+    let (broker, floor_broker) = (
+        per_cycle(&ours, |r| r.broker_cpu),
+        per_cycle(&floor_runs, |r| r.broker_cpu),
+    );
+    let (all, floor_all) = (
+        per_cycle(&ours, |r| r.broker_cpu + r.client_cpu),
+        per_cycle(&floor_runs, |r| r.broker_cpu + r.client_cpu),
+    );
+    println!(
+        "# CPU per cycle: server {broker:.1} µs (with the client {all:.1} µs), floor \
+         {floor_broker:.1} µs (with the client {floor_all:.1} µs)"
+    );
+    println!("server_cpu_us_per_cycle={broker:.2}");
+    println!("floor_broker_cpu_us_per_cycle={floor_broker:.2}");
+    println!("broker_cpu_ratio={:.3}", floor_broker / broker);
+    println!("cycle_cpu_us={all:.2}");
+    println!("floor_cycle_cpu_us={floor_all:.2}");
+    println!("cycles_cpu_ratio={:.3}", floor_all / all);
     if fds_after != fds_before {
         bail!("the server's fd count went from {fds_before} to {fds_after}: a leak");
     }
@@ -602,8 +777,8 @@ fn cycles_benchmark(
 /// `rounds` slices of `slice` against each broker, alternating which goes first; each warmed
 /// up once before the first.
 fn alternate_cycles(
-    server: &Path,
-    floor: &Path,
+    (server, server_process): (&Path, &ServerProcess),
+    (floor, floor_broker): (&Path, &FloorBroker),
     vectors: u32,
     warmup: u32,
     rounds: u32,
@@ -614,10 +789,27 @@ fn alternate_cycles(
     let (mut ours, mut floor_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for server_turn in [round % 2 == 0, round % 2 != 0] {
-            if server_turn {
-                ours.push(run_cycles(server, vectors, 0, slice).context("server")?);
+            // The CPU time of the broker and of this (the client) thread over the slice; the
+            // other broker is idle meanwhile.
+            let broker_cpu = || {
+                if server_turn {
+                    server_process.cpu()
+                } else {
+                    floor_broker.cpu()
+                }
+            };
+            let (broker_start, client_start) = (broker_cpu()?, thread_cpu()?);
+            let mut run = if server_turn {
+                run_cycles(server, vectors, 0, slice).context("server")?
             } else {
-                floor_runs.push(run_cycles(floor, vectors, 0, slice).context("floor broker")?);
+                run_cycles(floor, vectors, 0, slice).context("floor broker")?
+            };
+            run.broker_cpu = broker_cpu()?.saturating_sub(broker_start);
+            run.client_cpu = thread_cpu()?.saturating_sub(client_start);
+            if server_turn {
+                ours.push(run);
+            } else {
+                floor_runs.push(run);
             }
         }
     }
@@ -636,6 +828,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 struct CyclesOutcome {
     cycles: u64,
     elapsed: Duration,
+    /// CPU time of the broker (server process or floor thread) over the slice.
+    broker_cpu: Duration,
+    /// CPU time of the client thread over the slice.
+    client_cpu: Duration,
     /// Handshakes that also listed an earlier peer whose departure the server had not yet
     /// processed (allowed: leaving is asynchronous).
     stale_handshakes: u64,
@@ -668,6 +864,8 @@ fn run_cycles(
     Ok(CyclesOutcome {
         cycles,
         elapsed: start.elapsed(),
+        broker_cpu: Duration::ZERO,
+        client_cpu: Duration::ZERO,
         stale_handshakes,
     })
 }
@@ -730,6 +928,8 @@ enum FloorMode {
 struct FloorBroker {
     thread: JoinHandle<Result<()>>,
     stop: Arc<AtomicBool>,
+    /// The broker thread's id, for its CPU time.
+    tid: i32,
 }
 
 struct FloorPeer {
@@ -746,19 +946,32 @@ impl FloorBroker {
         listener.set_nonblocking(true)?;
         let shm = memfd(1 << 20)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (tid_tx, tid_rx) = mpsc::channel();
         let thread = {
             let stop = Arc::clone(&stop);
             thread::Builder::new()
                 .name("floor".into())
-                .spawn(move || match mode {
-                    FloorMode::Connect { peers } => {
-                        floor_connect(&listener, &shm, vectors, peers, &stop)
+                .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let _ = tid_tx.send(unsafe { libc::gettid() });
+                    match mode {
+                        FloorMode::Connect { peers } => {
+                            floor_connect(&listener, &shm, vectors, peers, &stop)
+                        }
+                        FloorMode::Cycles => floor_cycles(&listener, &shm, vectors, &stop),
                     }
-                    FloorMode::Cycles => floor_cycles(&listener, &shm, vectors, &stop),
                 })
                 .context("cannot start the floor thread")?
         };
-        Ok(FloorBroker { thread, stop })
+        let tid = tid_rx
+            .recv_timeout(STARTUP_LIMIT)
+            .map_err(|_| anyhow!("the floor thread did not start"))?;
+        Ok(FloorBroker { thread, stop, tid })
+    }
+
+    /// CPU time the broker thread has run so far.
+    fn cpu(&self) -> Result<Duration> {
+        task_cpu(&format!("/proc/self/task/{}/schedstat", self.tid))
     }
 
     fn stop(self) -> Result<()> {
@@ -1006,6 +1219,20 @@ impl ServerProcess {
             .ok_or_else(|| anyhow!("no VmRSS in {path}"))
     }
 
+    /// CPU time the server has run so far, all its threads.
+    fn cpu(&self) -> Result<Duration> {
+        let dir = format!("/proc/{}/task", self.pid);
+        let mut total = Duration::ZERO;
+        for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let path = task?.path().join("schedstat");
+            // A thread that ended in between has nothing more to add.
+            if let Ok(cpu) = task_cpu(&path.to_string_lossy()) {
+                total += cpu;
+            }
+        }
+        Ok(total)
+    }
+
     fn fd_count(&self) -> Result<usize> {
         let path = format!("/proc/{}/fd", self.pid);
         Ok(std::fs::read_dir(&path)
@@ -1121,6 +1348,23 @@ fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A task's CPU time: the first field of its `schedstat` (nanoseconds on the CPU; not
+/// rounded to clock ticks as `stat`'s utime and stime are).
+fn task_cpu(path: &str) -> Result<Duration> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let ns: u64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| anyhow!("no CPU time in {path}: {text:?}"))?;
+    Ok(Duration::from_nanos(ns))
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Result<Duration> {
+    task_cpu("/proc/thread-self/schedstat")
 }
 
 fn check_vectors(vectors: u32) -> Result<()> {

@@ -256,8 +256,44 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(status) => ExitCode::from(status as u8),
         Err(e) => {
-            eprintln!("vmm: {e:#}");
+            eprintln!("vmm: {}", error_chain(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// `e` and its causes, joined by ": ", leaving out a cause whose text is already there (many
+/// library errors print their source in their own message, which `{:#}` would repeat).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let line = cause.to_string();
+        if text.contains(&line) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&line);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(vmm::boot::BootError::ReadImage {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("booting");
+        assert_eq!(
+            error_chain(&e),
+            "booting: cannot read guest image /x: no such file"
+        );
     }
 }

@@ -174,6 +174,25 @@ kvm_exits() {
     done
 }
 
+# cpu_ticks PID: CPU time (utime + stime, clock ticks) of the VM process's vCPU threads (ours
+# `vcpuN`, QEMU's `CPU N/KVM`), of its other threads, and of the backend processes ($backends),
+# as key=value words: what the VMM and the backends spend besides the guest.
+cpu_ticks() {
+    local t v vcpu=0 other=0 backend=0 pid
+    for t in /proc/"$1"/task/*; do
+        v=$(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $12 + $13}')
+        case $(cat "$t/comm" 2>/dev/null) in
+            vcpu* | CPU*) vcpu=$((vcpu + ${v:-0})) ;;
+            *) other=$((other + ${v:-0})) ;;
+        esac
+    done
+    for pid in $backends; do
+        v=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+        backend=$((backend + ${v:-0}))
+    done
+    printf 'vcpu_ticks=%s vmm_other_ticks=%s backend_ticks=%s ' "$vcpu" "$other" "$backend"
+}
+
 # watch_phases PID: while the VM runs, at each `PHASE name begin|end` line on its console,
 # appends that line and kvm_exits to /tmp/phases.
 watch_phases() {
@@ -183,7 +202,7 @@ watch_phases() {
         n=$(grep -c '^PHASE' /tmp/vm.log)
         while [ "$seen" -lt "$n" ]; do
             seen=$((seen + 1))
-            echo "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r') $(kvm_exits "$1")" >>/tmp/phases
+            echo "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r') $(kvm_exits "$1")$(cpu_ticks "$1")" >>/tmp/phases
         done
         sleep 0.05
     done

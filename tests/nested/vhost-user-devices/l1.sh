@@ -9,8 +9,10 @@
 #   MODE=test   the checks (RESULT lines; L2's own checks come through its console)
 #   MODE=bench  VMM may list both ("qemu,ours"): ROUNDS alternated boots, each printing
 #               `BENCH <vmm> key=value` lines (boot to /init, RSS, disk, virtiofs, vsock) and
-#               where the time goes: per phase, KVM's exit counters (name_exits=, ...) and L2's
-#               interrupts per vector (name_irq_LABEL=), and the features each driver took
+#               where the time goes: per phase, KVM's exit counters (name_exits=, ...), the CPU
+#               ticks of the VM's vCPU threads, its other threads and the backends
+#               (name_vcpu_ticks=, name_vmm_other_ticks=, name_backend_ticks=), L2's interrupts
+#               per vector (name_irq_LABEL=), and the features each driver took
 #   VMM_STATS=1 (bench) ours runs with --stats: its exits by address (whole run) as BENCH-DIAG
 #
 # L2 boots /l2/vmlinuz with /l2/initrd.gz (busybox, the virtio modules) and root=/dev/vda: the

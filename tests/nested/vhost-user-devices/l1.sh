@@ -178,7 +178,9 @@ kvm_exits() {
 
 # cpu_ticks PID: CPU time (utime + stime, clock ticks) of the VM process's vCPU threads (ours
 # `vcpuN`, QEMU's `CPU N/KVM`), of its other threads, and of the backend processes ($backends),
-# as key=value words: what the VMM and the backends spend besides the guest.
+# as key=value words: what the VMM and the backends spend besides the guest. (QEMU names its
+# threads only with `-name ...,debug-threads=on`, which the baseline does not use: all of its
+# ticks show as vmm_other_ticks.)
 cpu_ticks() {
     local t v vcpu=0 other=0 backend=0 pid
     for t in /proc/"$1"/task/*; do

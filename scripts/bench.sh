@@ -612,6 +612,31 @@ nested_virtio_section() {
         "same runs: cp -a /tmp/tree /share/tree-copy && sync in L2"
     virtio_row "vsock round trip L2 → L1 (1 byte, echo on vhost-device-vsock's UDS)" vsock_rtt_us µs "≤ 1" \
         "same runs: bed-io vsock-ping 2 5002 2000 in L2, bed-io uds-echo in L1"
+    # where WHO: per operation, the KVM exits (L1's debugfs, around each phase), device
+    # interrupts and timer ticks (L2's /proc/interrupts) of the rows above, medians of the rounds.
+    where() {
+        local k args=()
+        for k in reads randread_exits randread_virtio_irqs randread_irq_LOC randread_halt_exits \
+            fsread_exits fsread_virtio_irqs fsread_irq_LOC fswrite_exits fswrite_virtio_irqs \
+            fswrite_irq_LOC rounds vsock_exits vsock_virtio_irqs vsock_irq_LOC vsock_irq_window_exits; do
+            args+=("$(bench_median "$1" "$k")")
+        done
+        python3 - "${args[@]}" <<'PY'
+import sys
+def f(x):
+    return float(x) if x else float("nan")
+r, re, ri, rt, rh, fre, fri, frt, fwe, fwi, fwt, p, ve, vi, vt, vw = map(f, sys.argv[1:])
+n = p * 1.1  # bed-io vsock-ping adds a tenth for warm-up
+print(f"per 4 KiB read {re / r:.1f} KVM exits ({rh / r:.2f} HLT), {ri / r:.2f} device interrupts, {rt / r:.2f} timer ticks; "
+      f"per file copied out of / into the share {fre / 200:.0f} / {fwe / 200:.0f} exits, {fri / 200:.1f} / {fwi / 200:.1f} interrupts, "
+      f"{frt / 200:.1f} / {fwt / 200:.1f} ticks; per vsock round trip {ve / n:.1f} exits ({vw / n:.2f} interrupt windows), "
+      f"{vi / n:.2f} device interrupts, {vt / n:.2f} ticks")
+PY
+    }
+    if [ -n "$(bench_median ours randread_exits)" ] && [ -n "$(bench_median qemu randread_exits)" ]; then
+        row "where the time goes, ours (medians; L1 KVM debugfs exits, L2 /proc/interrupts)" "$(where ours)" \
+            "QEMU -M microvm,pcie=on -accel kvm, vhost-user-*-pci: $(where qemu)" "—" "(diagnosis)" "same runs"
+    fi
 }
 
 # On the nested bed (tests/nested/linux-virtio-bench): a Linux L2 guest in QEMU -accel kvm inside

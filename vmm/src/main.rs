@@ -75,11 +75,12 @@ struct Args {
     ///   ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap];
     ///   pci-testdev[,vectors=N][,ram=SIZE];
     /// virtio-pci devices served by a vhost-user backend process (need --memory SIZE,shared=on):
-    ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N] (queues: one per vCPU, at most
-    ///     as many as the backend serves, unless given);
-    ///   vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N];
-    ///   vhost-user-vsock,socket=PATH[,queue-size=N];
-    ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N];
+    ///   vhost-user-blk,socket=PATH[,queues=N][,queue-size=N][,vectors=N] (queues: one per
+    ///     vCPU, at most as many as the backend serves, unless given);
+    ///   vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N][,vectors=N];
+    ///   vhost-user-vsock,socket=PATH[,queue-size=N][,vectors=N] (vectors: 2, shared by the
+    ///     queues, as QEMU's; the others: one per queue plus one, unless given);
+    ///   vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N][,vectors=N];
     /// a virtio-pci network card on an existing TAP, served by the kernel's vhost-net:
     ///   virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]
     #[arg(long, value_name = "KIND,KEY=VALUE...", value_parser = vmm::options::parse_device, verbatim_doc_comment)]

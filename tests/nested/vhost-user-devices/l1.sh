@@ -8,7 +8,12 @@
 #   VMM=ours    our vmm with --device vhost-user-... (the same backends and sockets)
 #   MODE=test   the checks (RESULT lines; L2's own checks come through its console)
 #   MODE=bench  VMM may list both ("qemu,ours"): ROUNDS alternated boots, each printing
-#               `BENCH <vmm> key=value` lines (boot to /init, RSS, disk, virtiofs, vsock)
+#               `BENCH <vmm> key=value` lines (boot to /init, RSS, disk, virtiofs, vsock) and
+#               where the time goes: per phase, KVM's exit counters (name_exits=, ...), the CPU
+#               ticks of the VM's vCPU threads, its other threads and the backends
+#               (name_vcpu_ticks=, name_vmm_other_ticks=, name_backend_ticks=), L2's interrupts
+#               per vector (name_irq_LABEL=), and the features each driver took
+#   VMM_STATS=1 (bench) ours runs with --stats: its exits by address (whole run) as BENCH-DIAG
 #
 # L2 boots /l2/vmlinuz with /l2/initrd.gz (busybox, the virtio modules) and root=/dev/vda: the
 # first disk is /l2/rootfs.img (ext4: busybox, l2.sh as /scenario.sh, bed-io), the second a
@@ -17,6 +22,9 @@
 VMM=${VMM:-qemu}
 MODE=${MODE:-test}
 ROUNDS=${ROUNDS:-1}
+VMM_STATS=${VMM_STATS:-0}
+stats_flag=""
+[ "$VMM_STATS" = 1 ] && stats_flag=--stats
 CPUS=${CPUS:-1}
 QEMU_MACHINE=${QEMU_MACHINE:-q35}
 MEM=512M
@@ -42,7 +50,7 @@ vm_command() {
             -chardev socket,id=rng,path=$S/rng.sock0 -device vhost-user-rng-pci,chardev=rng \
             -netdev tap,id=net0,ifname=tap0,script=no,downscript=no,vhost=on \
             -device virtio-net-pci,netdev=net0,romfile= -append ;;
-        ours) echo vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory $MEM,shared=on --cpus "$CPUS" \
+        ours) echo vmm ${stats_flag:+"$stats_flag"} --kernel /l2/vmlinuz --initrd /l2/initrd.gz --memory $MEM,shared=on --cpus "$CPUS" \
             --device vhost-user-blk,socket=$S/blk-root.sock \
             --device vhost-user-blk,socket=$S/blk-scratch.sock \
             --device vhost-user-fs,socket=$S/fs.sock,tag=share \
@@ -155,8 +163,71 @@ if [ "$MODE" = test ]; then
     exit 0
 fi
 
+# kvm_exits PID: KVM's exit counters (debugfs, summed over the VM's vCPUs) of the VM of
+# process PID, as key=value words.
+kvm_exits() {
+    local d f
+    for d in /sys/kernel/debug/kvm/"$1"-*; do break; done
+    [ -d "$d" ] || return 0
+    for f in exits mmio_exits io_exits halt_exits halt_wakeup irq_injections irq_exits \
+        irq_window_exits insn_emulation hypercalls pf_fixed pf_taken signal_exits \
+        request_irq_exits host_state_reload; do
+        printf '%s=%s ' "$f" "$(cat "$d/$f" 2>/dev/null)"
+    done
+}
+
+# cpu_ticks PID: CPU time (utime + stime, clock ticks) of the VM process's vCPU threads (ours
+# `vcpuN`, QEMU's `CPU N/KVM`), of its other threads, and of the backend processes ($backends),
+# as key=value words: what the VMM and the backends spend besides the guest. (QEMU names its
+# threads only with `-name ...,debug-threads=on`, which the baseline does not use: all of its
+# ticks show as vmm_other_ticks.)
+cpu_ticks() {
+    local t v vcpu=0 other=0 backend=0 pid
+    for t in /proc/"$1"/task/*; do
+        v=$(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $12 + $13}')
+        case $(cat "$t/comm" 2>/dev/null) in
+            vcpu* | CPU*) vcpu=$((vcpu + ${v:-0})) ;;
+            *) other=$((other + ${v:-0})) ;;
+        esac
+    done
+    for pid in $backends; do
+        v=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+        backend=$((backend + ${v:-0}))
+    done
+    printf 'vcpu_ticks=%s vmm_other_ticks=%s backend_ticks=%s ' "$vcpu" "$other" "$backend"
+}
+
+# watch_phases PID: while the VM runs, at each `PHASE name begin|end` line on its console,
+# appends that line and kvm_exits to /tmp/phases.
+watch_phases() {
+    local seen=0 n
+    : >/tmp/phases
+    while kill -0 "$1" 2>/dev/null; do
+        n=$(grep -c '^PHASE' /tmp/vm.log)
+        while [ "$seen" -lt "$n" ]; do
+            seen=$((seen + 1))
+            echo "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r') $(kvm_exits "$1")$(cpu_ticks "$1")" >>/tmp/phases
+        done
+        sleep 0.05
+    done
+}
+
+# phase_exits: BENCH words name_exits=N name_mmio_exits=N ... (end minus begin) from /tmp/phases.
+phase_exits() {
+    awk '$1 == "PHASE" {
+        for (i = 4; i <= NF; i++) { split($i, kv, "="); v[$2, $3, kv[1]] = kv[2]; keys[kv[1]] = 1; names[$2] = 1 }
+    } END {
+        for (n in names) for (k in keys) if ((n, "end", k) in v && (n, "begin", k) in v)
+            printf "%s_%s=%d ", n, k, v[n, "end", k] - v[n, "begin", k]
+    }' /tmp/phases
+}
+
 # MODE=bench: a file tree in the share for the virtiofs copy (200 files of 16 KiB in 10
 # directories), then ROUNDS rounds of one boot per VMM in VMM, alternated.
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+for vmm in $(echo "$VMM" | tr , " "); do
+    echo "vhost-user-devices: $vmm: $(vm_command "$vmm" | tr '\n' ' ') '$CMDLINE'"
+done
 for d in $(seq 10); do
     mkdir -p "$SHARE/tree/d$d"
     for f in $(seq 20); do dd if=/dev/urandom of="$SHARE/tree/d$d/f$f" bs=16k count=1 2>/dev/null; done
@@ -170,6 +241,8 @@ for _ in $(seq "$ROUNDS"); do
         bed-io uds-echo $S/vsock.uds_5002 >/dev/null 2>&1 &
         echo_pid=$!
         start_vm "$vmm"
+        watch_phases "$vm_pid" &
+        watcher=$!
         # Boot to /init with root on virtio-blk: L2-READY is printed by /sbin/init on /dev/vda.
         rss=""
         for _ in $(seq 60000); do
@@ -180,11 +253,14 @@ for _ in $(seq "$ROUNDS"); do
         ready=$(now_ms)
         rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$vm_pid/status" 2>/dev/null)
         wait_bounded "$vm_pid" 600
+        wait_bounded $watcher 10
         kill $echo_pid 2>/dev/null
         stop_backends
         if grep -q 'L2-EXIT 0' /tmp/vm.log; then
             echo "BENCH $vmm boot_to_init_ms=$((ready - vm_start_ms)) rss_kib=${rss:-0}"
             tr -d '\r' </tmp/vm.log | sed -n "s/^BENCH /BENCH $vmm /p"
+            echo "BENCH $vmm $(phase_exits)"
+            tr -d '\r' </tmp/vm.log | sed -n "s/^BENCH-DIAG /BENCH-DIAG $vmm /p; s/^vmm-stats: /BENCH-DIAG $vmm vmm-stats /p"
         else
             # Shown by bench.sh (its lines start with BENCH), ignored by its medians.
             echo "BENCH-FAILED $vmm"

@@ -8,18 +8,68 @@ mkdir -p /share
 mount -t virtiofs share /share
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 
-if grep -q 'bed_mode=bench' /proc/cmdline; then
-    echo "BENCH $(bed-io seqwrite /dev/vdb 64 | cut -d' ' -f1)"
-    echo "BENCH $(bed-io seqread /dev/vdb 64 | cut -d' ' -f1)"
-    echo "BENCH $(bed-io randread /dev/vdb 5 | cut -d' ' -f1)"
+# Where the time goes (bed_mode=bench): around each phase a `PHASE name begin|end` console line,
+# at which L1 reads KVM's exit counters for this VM (the pause lets L1 see the line before the
+# work starts), and `BENCH name_irq_LABEL=N` lines: the interrupts each vector took meanwhile
+# (/proc/interrupts, summed over CPUs; LABEL is the vector's name, e.g. virtio2_req_0, or LOC).
+phase() { echo "PHASE $1 $2"; sleep 0.5; }
+irq_snapshot() {
+    awk '{ n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i
+           label = ($1 ~ /^[0-9]+:$/) ? $NF : $1; gsub(/[^A-Za-z0-9]/, "_", label); sub(/_$/, "", label)
+           if (i > 2) print label, n }' /proc/interrupts >"$1"
+}
+irq_delta() {
+    awk -v p="$1" 'NR == FNR { b[$1] = $2; next }
+        { d = $2 - b[$1]; if (d > 0) { printf "%s_irq_%s=%d ", p, $1, d; if ($1 ~ /^virtio/) t += d } }
+        END { printf "%s_virtio_irqs=%d\n", p, t }' /tmp/irq.before /tmp/irq.after
+}
+# bench_phase NAME CMD...: CMD between the phase lines, its output and interrupt counts as BENCH.
+bench_phase() {
+    local name=$1 out
+    shift
+    phase "$name" begin
+    irq_snapshot /tmp/irq.before
+    out=$("$@")
+    irq_snapshot /tmp/irq.after
+    phase "$name" end
+    [ -z "$out" ] || echo "BENCH $out"
+    echo "BENCH $(irq_delta "$name")"
+}
+fs_read() {
+    local start
     start=$(now_ms)
     cp -a /share/tree /tmp/tree
-    echo "BENCH fs_tree_read_ms=$(($(now_ms) - start))"
+    echo "fs_tree_read_ms=$(($(now_ms) - start))"
+}
+fs_write() {
+    local start
     start=$(now_ms)
     rm -rf /share/tree-copy && cp -a /tmp/tree /share/tree-copy && sync
-    echo "BENCH fs_tree_write_ms=$(($(now_ms) - start))"
+    echo "fs_tree_write_ms=$(($(now_ms) - start))"
+}
+
+if grep -q 'bed_mode=bench' /proc/cmdline; then
+    # What the driver negotiated and the vectors it set up (same for every phase).
+    for d in /sys/bus/virtio/devices/virtio*; do
+        n=${d##*virtio}
+        echo "BENCH feat_virtio${n}_id$(($(cat "$d/device"))) features=0x$(awk '{
+            h = ""; for (i = 1; i <= length($0); i += 4) {
+                v = substr($0, i, 1) + 2 * substr($0, i + 1, 1) + 4 * substr($0, i + 2, 1) + 8 * substr($0, i + 3, 1)
+                h = substr("0123456789abcdef", v + 1, 1) h }
+            print h }' "$d/features")"
+    done
+    echo "BENCH vdb_nr_requests=$(cat /sys/block/vdb/queue/nr_requests) vdb_hw_queues=$(ls /sys/block/vdb/mq | wc -l) vdb_tags=$(cat /sys/block/vdb/mq/0/nr_tags)"
+    # What else the guest runs on: clock, timer, idle driver, CPU flags.
+    echo "BENCH-DIAG clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) clockevent=$(cat /sys/devices/system/clockevents/clockevent0/current_device 2>/dev/null) cpuidle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null)"
+    echo "BENCH-DIAG cpuflags $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)"
+    grep -E 'virtio' /proc/interrupts | awk '{print "BENCH-DIAG irq-vector", $1, $(NF-1), $NF}'
+    bench_phase seqwrite sh -c 'bed-io seqwrite /dev/vdb 64 | cut -d" " -f1'
+    bench_phase seqread sh -c 'bed-io seqread /dev/vdb 64 | cut -d" " -f1'
+    bench_phase randread bed-io randread /dev/vdb 5
+    bench_phase fsread fs_read
+    bench_phase fswrite fs_write
     rm -rf /share/tree-copy
-    echo "BENCH $(bed-io vsock-ping 2 5002 2000 | cut -d' ' -f1)"
+    bench_phase vsock bed-io vsock-ping 2 5002 2000
     exit 0
 fi
 

@@ -5,10 +5,10 @@
 //! - `ivshmem-plain,path=FILE|shm=NAME|memfd[,size=S][,mapping=slot|trap]`
 //! - `ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap]`
 //! - `pci-testdev[,vectors=N][,ram=SIZE]`
-//! - `vhost-user-blk,socket=PATH[,queues=N][,queue-size=N]`
-//! - `vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]` (N request queues)
-//! - `vhost-user-vsock,socket=PATH[,queue-size=N]`
-//! - `vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]`
+//! - `vhost-user-blk,socket=PATH[,queues=N][,queue-size=N][,vectors=N]`
+//! - `vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N][,vectors=N]` (N request queues)
+//! - `vhost-user-vsock,socket=PATH[,queue-size=N][,vectors=N]`
+//! - `vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N][,vectors=N]`
 //! - `virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]`
 //!
 //! The vhost-user devices need guest RAM a backend can map (`--memory SIZE,shared=on`);
@@ -27,16 +27,17 @@ use crate::devices::pci_testdev::PciTestDevConfig;
 use crate::devices::plug::DeviceOptions;
 use crate::devices::vhost_user::{VhostUserKind, VhostUserOptions, FS_TAG_MAX, MAX_QUEUES};
 use crate::devices::virtio_net::{MacAddress, VirtioNetOptions, IFNAME_MAX};
+use crate::devices::virtio_pci::MAX_MSIX_VECTORS;
 
 /// The kinds `--device` takes, with their keys (for `--help` and error messages).
 pub const DEVICE_KINDS: &[&str] = &[
     "ivshmem-plain,path=FILE|shm=NAME|memfd[,size=S][,mapping=slot|trap]",
     "ivshmem-doorbell,socket=PATH[,vectors=N][,ioeventfd=on|off][,mapping=slot|trap]",
     "pci-testdev[,vectors=N][,ram=SIZE]",
-    "vhost-user-blk,socket=PATH[,queues=N][,queue-size=N]",
-    "vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N]",
-    "vhost-user-vsock,socket=PATH[,queue-size=N]",
-    "vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N]",
+    "vhost-user-blk,socket=PATH[,queues=N][,queue-size=N][,vectors=N]",
+    "vhost-user-fs,socket=PATH,tag=NAME[,queues=N][,queue-size=N][,vectors=N]",
+    "vhost-user-vsock,socket=PATH[,queue-size=N][,vectors=N]",
+    "vhost-user,socket=PATH,virtio-id=N,queues=N[,queue-size=N][,config-size=N][,vectors=N]",
     "virtio-net,tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,queue-size=N]",
 ];
 
@@ -157,6 +158,7 @@ fn vhost_user(kv: &mut KeyValues) -> Result<VhostUserOptions, OptionError> {
             "a power of two up to 32768",
         ));
     }
+    let vectors = kv.number::<u16>("vectors", 2..=MAX_MSIX_VECTORS)?;
     // vsock has its three fixed queues: `queues` stays untaken there, so finish() refuses it.
     let queues = match kv.kind() {
         "vhost-user-vsock" => None,
@@ -190,6 +192,7 @@ fn vhost_user(kv: &mut KeyValues) -> Result<VhostUserOptions, OptionError> {
     };
     let mut options = VhostUserOptions::new(kind, socket);
     options.queues = queues;
+    options.vectors = vectors;
     if let Some(size) = queue_size {
         options.queue_size = size;
     }
@@ -435,6 +438,17 @@ mod tests {
             }
         );
         assert_eq!(console.queues, Some(2));
+        // MSI-X vectors: one per queue plus one unless given; vsock 2 (shared, as QEMU's).
+        assert_eq!(vhost("vhost-user-blk,socket=s").vector_count(), None);
+        assert_eq!(
+            vhost("vhost-user-blk,socket=s,vectors=2").vector_count(),
+            Some(2)
+        );
+        assert_eq!(vhost("vhost-user-vsock,socket=s").vector_count(), Some(2));
+        assert_eq!(
+            vhost("vhost-user-vsock,socket=s,vectors=4").vector_count(),
+            Some(4)
+        );
     }
 
     #[test]
@@ -476,6 +490,7 @@ mod tests {
             ("vhost-user,socket=s,queues=1", "needs virtio-id=N"),
             ("vhost-user,socket=s,virtio-id=4", "needs queues=N"),
             ("vhost-user-vsock,socket=s,queues=2", "unknown key `queues`"),
+            ("vhost-user-vsock,socket=s,vectors=1", "from 2 to 2048"),
             ("vhost-user-gpu,socket=s", "unknown device"),
         ] {
             let error = parse_device(text).unwrap_err().to_string();

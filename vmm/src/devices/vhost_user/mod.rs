@@ -30,7 +30,10 @@ use crate::pci::BusError;
 
 pub use frontend::{Connection, FrontendError};
 pub use kinds::{ConfigSource, KindInfo, SUPPORTED_FEATURES};
-pub use options::{VhostUserKind, VhostUserOptions, DEFAULT_QUEUE_SIZE, FS_TAG_MAX, MAX_QUEUES};
+pub use options::{
+    VhostUserKind, VhostUserOptions, DEFAULT_QUEUE_SIZE, FS_TAG_MAX, MAX_QUEUES,
+    VSOCK_DEFAULT_VECTORS,
+};
 pub use watchdog::RequestWatchdog;
 
 /// Why a vhost-user device could not be added.
@@ -276,6 +279,7 @@ pub fn add(
         class_code: info.class_code,
         queue_max_sizes: vec![options.queue_size; info.guest_queues as usize],
         device_config_len: device.config().len() as u32,
+        msix_vectors: options.vector_count(),
     };
     let (function, pci) = VirtioPci::create(config, Box::new(device), ctx.interrupts.clone())?;
     ctx.pci.add_device(function)?;
@@ -283,11 +287,12 @@ pub fn add(
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&pci);
     watchdog.nudge();
     log::info!(
-        "{name}: virtio id {} on {} ({} queue(s) of up to {})",
+        "{name}: virtio id {} on {} ({} queue(s) of up to {}, {} MSI-X vectors)",
         info.virtio_id,
         options.socket.display(),
         info.guest_queues,
-        options.queue_size
+        options.queue_size,
+        options.vector_count().unwrap_or(info.guest_queues + 1)
     );
     Ok(pci)
 }

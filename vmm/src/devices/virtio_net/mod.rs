@@ -421,6 +421,7 @@ pub fn add(
         class_code: CLASS_ETHERNET,
         queue_max_sizes: vec![options.queue_size; QUEUES],
         device_config_len: CONFIG_LEN as u32,
+        msix_vectors: None,
     };
     let (function, pci) = VirtioPci::create(config, Box::new(device), ctx.interrupts.clone())?;
     ctx.pci.add_device(function)?;

@@ -6,8 +6,10 @@
 //! - `backend`: the [`VirtioBackend`] trait the device's server implements (vhost-user today).
 //!
 //! Identity: vendor 0x1AF4, device 0x1040 + virtio id, revision 1, subsystem 0x1AF4:0x1100 (as
-//! QEMU's modern-only devices). No INTx: interrupts are MSI-X only, one vector per queue plus
-//! one for configuration changes, table and PBA in an exclusive BAR1.
+//! QEMU's modern-only devices). No INTx: interrupts are MSI-X only, by default one vector per
+//! queue plus one for configuration changes (`VirtioPciConfig::msix_vectors` may ask for fewer:
+//! Linux then takes one for configuration changes and shares one among its queues), table and
+//! PBA in an exclusive BAR1.
 //!
 //! What never reaches the VMM once the driver is running: a queue notification is a guest
 //! write to the queue's notify address, which KVM turns into a signal on the queue's kick
@@ -62,7 +64,15 @@ pub struct VirtioPciConfig {
     pub queue_max_sizes: Vec<u16>,
     /// Bytes of device configuration the driver may read.
     pub device_config_len: u32,
+    /// MSI-X vectors (the table's size). `None`: one per queue plus one for configuration
+    /// changes. Fewer than that makes Linux share one vector among all queues (QEMU's
+    /// `vectors=`); at least 2, since without INTx a Linux driver needs one for configuration
+    /// changes and one for its queues.
+    pub msix_vectors: Option<u16>,
 }
+
+/// Most MSI-X vectors a function may have (the table size field's limit).
+pub const MAX_MSIX_VECTORS: u16 = 2048;
 
 /// Why the transport could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +92,14 @@ pub enum VirtioPciError {
         name: String,
         /// The size asked for.
         size: u16,
+    },
+    /// A vector count outside 2..=2048.
+    #[error("{name}: {count} MSI-X vectors (have 2..={MAX_MSIX_VECTORS}: one for configuration changes, one or more for the queues)")]
+    VectorCount {
+        /// The device.
+        name: String,
+        /// Vectors asked for.
+        count: u16,
     },
     /// MSI-X set-up failed.
     #[error(transparent)]
@@ -145,7 +163,11 @@ impl VirtioPci {
         if let Some(&size) = config.queue_max_sizes.iter().find(|s| !s.is_power_of_two()) {
             return Err(VirtioPciError::QueueSize { name, size });
         }
-        let vectors = queues + 1;
+        let vectors = match config.msix_vectors {
+            None => queues + 1,
+            Some(count) if (2..=MAX_MSIX_VECTORS).contains(&count) => usize::from(count),
+            Some(count) => return Err(VirtioPciError::VectorCount { name, count }),
+        };
         let msix = Msix::new(&name, vectors, router)?;
         let new_fd = || {
             EventFd::new(EFD_NONBLOCK)

@@ -73,6 +73,7 @@ fn device(queues: usize) -> (PciFunction, Arc<VirtioPci>, Arc<Mutex<Record>>) {
         class_code: 0x018000,
         queue_max_sizes: vec![256; queues],
         device_config_len: 8,
+        msix_vectors: None,
     };
     let (function, device) = VirtioPci::create(
         config,
@@ -263,6 +264,7 @@ fn queues_get_their_vector_eventfd_as_call_and_notify_kicks() {
         class_code: 0x018000,
         queue_max_sizes: vec![256, 256],
         device_config_len: 0,
+        msix_vectors: None,
     };
     let (_, d) = VirtioPci::create(
         config,
@@ -287,6 +289,70 @@ fn queues_get_their_vector_eventfd_as_call_and_notify_kicks() {
         d.kick_fd(0).unwrap().read().is_err(),
         "queue 0 was not kicked"
     );
+}
+
+#[test]
+fn fewer_vectors_than_queues_share_one_call_eventfd() {
+    // vsock's layout (QEMU's vhost-user-vsock-pci): 3 queues, 2 vectors; Linux puts its
+    // configuration changes on vector 0 and every queue on vector 1.
+    struct Capture(Arc<Mutex<Option<Activation>>>);
+    impl VirtioBackend for Capture {
+        fn device_features(&self) -> u64 {
+            VERSION_1
+        }
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, a: Activation) -> anyhow::Result<()> {
+            *self.0.lock().unwrap() = Some(a);
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+    let config = |vectors| VirtioPciConfig {
+        name: "shared".into(),
+        virtio_id: 19,
+        class_code: 0x078000,
+        queue_max_sizes: vec![128; 3],
+        device_config_len: 8,
+        msix_vectors: vectors,
+    };
+    let record = Arc::new(Mutex::new(None));
+    let (_, d) = VirtioPci::create(
+        config(Some(2)),
+        Box::new(Capture(record.clone())),
+        InterruptRouter::new(FakeIrqBackend::new()),
+    )
+    .unwrap();
+    assert_eq!(d.msix().vector_count(), 2);
+    negotiate(&d, VERSION_1);
+    // Vector 2 is past the table: read back as NO_VECTOR.
+    common_write(&d, reg::QUEUE_SELECT, 2, 0);
+    common_write(&d, reg::QUEUE_MSIX_VECTOR, 2, 2);
+    assert_eq!(common_read(&d, reg::QUEUE_MSIX_VECTOR, 2), NO_VECTOR as u64);
+    for queue in 0..3 {
+        program_queue(&d, queue, 128, 1, 0x10_0000 * (u64::from(queue) + 1));
+    }
+    set_status(&d, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
+    let activation = record.lock().unwrap().take().unwrap();
+    assert_eq!(activation.queues.len(), 3);
+    for q in &activation.queues {
+        assert!(
+            Arc::ptr_eq(&q.call, d.vector_fd(1).unwrap()),
+            "queue {}",
+            q.index
+        );
+    }
+    // Fewer than 2 (no vector left for the queues) or more than MSI-X allows: refused.
+    for bad in [0, 1, MAX_MSIX_VECTORS + 1] {
+        let error = VirtioPci::create(
+            config(Some(bad)),
+            Box::new(Capture(Arc::new(Mutex::new(None)))),
+            InterruptRouter::new(FakeIrqBackend::new()),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{bad} vectors accepted"));
+        assert!(error.to_string().contains("MSI-X vectors"), "{error}");
+    }
 }
 
 #[test]
@@ -421,6 +487,7 @@ fn a_failure_is_reported_while_a_vcpu_waits_on_the_backend() {
         class_code: 0,
         queue_max_sizes: vec![16],
         device_config_len: 0,
+        msix_vectors: None,
     };
     let (_, d) = VirtioPci::create(
         config,

@@ -529,7 +529,7 @@ nested_section() {
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
     boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 3600 --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
         --arg "CONFIGS=${NESTED_CONFIGS// /,}" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
-        tr -d '\r' | grep '^BOOT' || true)
+        tr -d '\r' | grep -E '^(BOOT|RSS-SPLIT)' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2
     # boot_median CONFIG WHO COLUMN: the median of that column over the `BOOT config who ms rss` lines.
     boot_median() {

@@ -268,7 +268,8 @@ fn linux_boot_protocol_reaches_the_kernel() {
     check(&out, 0, &["probe: serial ok, boot protocol ok\n"]);
     let stdout = text(&out.stdout);
     for needle in [
-        "probe: cmdline \"console=ttyS0 probe=yes\"",
+        // The machine model's parameter follows the user's (boot::linux::MACHINE_CMDLINE).
+        "probe: cmdline \"console=ttyS0 probe=yes pci=noearly\"",
         "bytes \"initrd-marker-4711\\n\"",
         "probe: e820 0x0000100000-0x0004000000 type 1",
         "probe: acpi FACP APIC MCFG",
@@ -276,6 +277,25 @@ fn linux_boot_protocol_reaches_the_kernel() {
     ] {
         assert!(stdout.contains(needle), "{needle} missing in\n{stdout}");
     }
+}
+
+/// `--no-auto-cmdline`: the kernel gets the command line exactly as given.
+#[test]
+fn no_auto_cmdline_passes_the_command_line_as_given() {
+    require_kvm!();
+    let scratch = Scratch::new("vmm-raw-cmdline");
+    let probe = vmm(&["--dump-builtin", "linux_boot_probe"]);
+    assert!(probe.status.success());
+    let kernel = scratch.join("probe.elf");
+    std::fs::write(&kernel, &probe.stdout).unwrap();
+    let out = vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 probe=yes",
+        "--no-auto-cmdline",
+    ]);
+    check(&out, 0, &["probe: cmdline \"console=ttyS0 probe=yes\"\n"]);
 }
 
 #[test]

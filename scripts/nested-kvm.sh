@@ -369,16 +369,31 @@ run() {
     # the scenario, or reset in the middle of it (no panic, no status: TCG's own failure; QEMU
     # logs the CPU state of every reset, printed below), is retried once; so is a run where an
     # L2 VM triple-faulted (L1's kvm_exit trace prints where).
+    # L1's own boot takes well under a minute even on a loaded host; TCG has been seen to hang in
+    # it (no output after SeaBIOS for 15 minutes). A watchdog stops an L1 that has not reached
+    # its init within NESTED_L1_BOOT_TIMEOUT seconds, and that attempt counts as a failed bed.
+    local l1_boot_s=${NESTED_L1_BOOT_TIMEOUT:-300} watchdog
     for attempt in 1 2; do
         status=0
-        rm -f "$resets"
+        rm -f "$resets" "$work/qemu.pid"
+        : >"$log"
+        (
+            for _ in $(seq "$l1_boot_s"); do
+                sleep 1
+                grep -a -q 'NESTED-L1-READY\|NESTED-NO-KVM' "$log" 2>/dev/null && exit 0
+            done
+            echo "nested-kvm: L1 did not reach its init within ${l1_boot_s}s; stopping it" >&2
+            kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
+        ) &
+        watchdog=$!
         timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max,-xsave -m 2G \
             -smp "$smp" -nographic -no-reboot -nodefaults -serial stdio \
-            -d cpu_reset -D "$resets" \
+            -d cpu_reset -D "$resets" -pidfile "$work/qemu.pid" \
             -kernel "$base/vmlinuz" -initrd "$work/l1.gz" \
             -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${NESTED_L1_CMDLINE:-}" \
             "${qemu_extra[@]}" \
             <"$input" | tee "$log" || status=$?
+        kill "$watchdog" 2>/dev/null || true; wait "$watchdog" 2>/dev/null || true
         [ "$status" -eq 124 ] && break
         # Our VMM reporting a triple fault (seen once in CI under heavy load, a bzImage boot on
         # 1 vCPU): no scenario asks for one (a Linux reboot in QEMU may end in one, which QEMU

@@ -115,3 +115,41 @@ wait_l2_ready() {
     done
     return 1
 }
+
+# watch_phases PID: while the VM of process PID runs, at each `PHASE name begin|end` line on its
+# console (/tmp/vm.log), appends that line and `phase_sample PID` (key=value words; the scenario
+# defines it, e.g. KVM's debugfs exit counters) to /tmp/phases.
+watch_phases() {
+    local seen=0 n
+    : >/tmp/phases
+    while kill -0 "$1" 2>/dev/null; do
+        n=$(grep -c '^PHASE' /tmp/vm.log)
+        while [ "$seen" -lt "$n" ]; do
+            seen=$((seen + 1))
+            echo "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r') $(phase_sample "$1")" >>/tmp/phases
+        done
+        sleep 0.05
+    done
+}
+
+# phase_exits: BENCH words name_key=N (end minus begin, for every sampled key) from /tmp/phases.
+phase_exits() {
+    awk '$1 == "PHASE" {
+        for (i = 4; i <= NF; i++) { split($i, kv, "="); v[$2, $3, kv[1]] = kv[2]; keys[kv[1]] = 1; names[$2] = 1 }
+    } END {
+        for (n in names) for (k in keys) if ((n, "end", k) in v && (n, "begin", k) in v)
+            printf "%s_%s=%d ", n, k, v[n, "end", k] - v[n, "begin", k]
+    }' /tmp/phases
+}
+
+# kvm_exits PID KEY...: KVM's counters KEY (debugfs, summed over the VM's vCPUs) of the VM of
+# process PID, as key=value words (nothing when debugfs has no such VM).
+kvm_exits() {
+    local d f pid=$1
+    shift
+    for d in /sys/kernel/debug/kvm/"$pid"-*; do break; done
+    [ -d "$d" ] || return 0
+    for f in "$@"; do
+        printf '%s=%s ' "$f" "$(cat "$d/$f" 2>/dev/null)"
+    done
+}

@@ -67,41 +67,8 @@ start_side() {
         wait_for $B/vsock-bridge.log 'serving virtio device' 30
 }
 
-# kvm_exits PID: KVM's exit counters (debugfs, summed over the VM's vCPUs) of the VM of
-# process PID, as key=value words.
-kvm_exits() {
-    local d f
-    for d in /sys/kernel/debug/kvm/"$1"-*; do break; done
-    [ -d "$d" ] || return 0
-    for f in exits mmio_exits io_exits halt_exits irq_injections; do
-        printf '%s=%s ' "$f" "$(cat "$d/$f" 2>/dev/null)"
-    done
-}
-
-# watch_phases PID: while the VM runs, at each `PHASE name begin|end` line on its console,
-# appends that line and kvm_exits to /tmp/phases.
-watch_phases() {
-    local seen=0 n
-    : >/tmp/phases
-    while kill -0 "$1" 2>/dev/null; do
-        n=$(grep -c '^PHASE' /tmp/vm.log)
-        while [ "$seen" -lt "$n" ]; do
-            seen=$((seen + 1))
-            echo "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r') $(kvm_exits "$1")" >>/tmp/phases
-        done
-        sleep 0.05
-    done
-}
-
-# phase_exits: BENCH words name_exits=N name_mmio_exits=N ... (end minus begin) from /tmp/phases.
-phase_exits() {
-    awk '$1 == "PHASE" {
-        for (i = 4; i <= NF; i++) { split($i, kv, "="); v[$2, $3, kv[1]] = kv[2]; keys[kv[1]] = 1; names[$2] = 1 }
-    } END {
-        for (n in names) for (k in keys) if ((n, "end", k) in v && (n, "begin", k) in v)
-            printf "%s_%s=%d ", n, k, v[n, "end", k] - v[n, "begin", k]
-    }' /tmp/phases
-}
+# phase_sample PID: what watch_phases records at each phase edge.
+phase_sample() { kvm_exits "$1" exits mmio_exits io_exits halt_exits irq_injections; }
 
 stop_side() {
     local pid

@@ -163,19 +163,6 @@ if [ "$MODE" = test ]; then
     exit 0
 fi
 
-# kvm_exits PID: KVM's exit counters (debugfs, summed over the VM's vCPUs) of the VM of
-# process PID, as key=value words.
-kvm_exits() {
-    local d f
-    for d in /sys/kernel/debug/kvm/"$1"-*; do break; done
-    [ -d "$d" ] || return 0
-    for f in exits mmio_exits io_exits halt_exits halt_wakeup irq_injections irq_exits \
-        irq_window_exits insn_emulation hypercalls pf_fixed pf_taken signal_exits \
-        request_irq_exits host_state_reload; do
-        printf '%s=%s ' "$f" "$(cat "$d/$f" 2>/dev/null)"
-    done
-}
-
 # cpu_ticks PID: CPU time (utime + stime, clock ticks) of the VM process's vCPU threads (ours
 # `vcpuN`, QEMU's `CPU N/KVM`), of its other threads, and of the backend processes ($backends),
 # as key=value words: what the VMM and the backends spend besides the guest. (QEMU names its
@@ -197,29 +184,12 @@ cpu_ticks() {
     printf 'vcpu_ticks=%s vmm_other_ticks=%s backend_ticks=%s ' "$vcpu" "$other" "$backend"
 }
 
-# watch_phases PID: while the VM runs, at each `PHASE name begin|end` line on its console,
-# appends that line and kvm_exits to /tmp/phases.
-watch_phases() {
-    local seen=0 n
-    : >/tmp/phases
-    while kill -0 "$1" 2>/dev/null; do
-        n=$(grep -c '^PHASE' /tmp/vm.log)
-        while [ "$seen" -lt "$n" ]; do
-            seen=$((seen + 1))
-            echo "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r') $(kvm_exits "$1")$(cpu_ticks "$1")" >>/tmp/phases
-        done
-        sleep 0.05
-    done
-}
-
-# phase_exits: BENCH words name_exits=N name_mmio_exits=N ... (end minus begin) from /tmp/phases.
-phase_exits() {
-    awk '$1 == "PHASE" {
-        for (i = 4; i <= NF; i++) { split($i, kv, "="); v[$2, $3, kv[1]] = kv[2]; keys[kv[1]] = 1; names[$2] = 1 }
-    } END {
-        for (n in names) for (k in keys) if ((n, "end", k) in v && (n, "begin", k) in v)
-            printf "%s_%s=%d ", n, k, v[n, "end", k] - v[n, "begin", k]
-    }' /tmp/phases
+# phase_sample PID: what watch_phases records at each phase edge: KVM's counters and CPU ticks.
+phase_sample() {
+    kvm_exits "$1" exits mmio_exits io_exits halt_exits halt_wakeup irq_injections irq_exits \
+        irq_window_exits insn_emulation hypercalls pf_fixed pf_taken signal_exits \
+        request_irq_exits host_state_reload
+    cpu_ticks "$1"
 }
 
 # MODE=bench: a file tree in the share for the virtiofs copy (200 files of 16 KiB in 10

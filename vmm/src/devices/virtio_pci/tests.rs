@@ -242,22 +242,25 @@ fn queue_programming_reaches_the_backend_at_driver_ok() {
     );
 }
 
+/// A backend that keeps the activation the transport hands it (queues, call and kick fds).
+struct Capture(Arc<Mutex<Option<Activation>>>);
+
+impl VirtioBackend for Capture {
+    fn device_features(&self) -> u64 {
+        VERSION_1
+    }
+    fn read_config(&self, _: u64, _: &mut [u8]) {}
+    fn write_config(&mut self, _: u64, _: &[u8]) {}
+    fn activate(&mut self, a: Activation) -> anyhow::Result<()> {
+        *self.0.lock().unwrap() = Some(a);
+        Ok(())
+    }
+    fn reset(&mut self) {}
+}
+
 #[test]
 fn queues_get_their_vector_eventfd_as_call_and_notify_kicks() {
     let record = Arc::new(Mutex::new(None));
-    struct Capture(Arc<Mutex<Option<Activation>>>);
-    impl VirtioBackend for Capture {
-        fn device_features(&self) -> u64 {
-            VERSION_1
-        }
-        fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(&mut self, a: Activation) -> anyhow::Result<()> {
-            *self.0.lock().unwrap() = Some(a);
-            Ok(())
-        }
-        fn reset(&mut self) {}
-    }
     let config = VirtioPciConfig {
         name: "capture".into(),
         virtio_id: 26,
@@ -295,19 +298,6 @@ fn queues_get_their_vector_eventfd_as_call_and_notify_kicks() {
 fn fewer_vectors_than_queues_share_one_call_eventfd() {
     // vsock's layout (QEMU's vhost-user-vsock-pci): 3 queues, 2 vectors; Linux puts its
     // configuration changes on vector 0 and every queue on vector 1.
-    struct Capture(Arc<Mutex<Option<Activation>>>);
-    impl VirtioBackend for Capture {
-        fn device_features(&self) -> u64 {
-            VERSION_1
-        }
-        fn read_config(&self, _: u64, _: &mut [u8]) {}
-        fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(&mut self, a: Activation) -> anyhow::Result<()> {
-            *self.0.lock().unwrap() = Some(a);
-            Ok(())
-        }
-        fn reset(&mut self) {}
-    }
     let config = |vectors| VirtioPciConfig {
         name: "shared".into(),
         virtio_id: 19,

@@ -8,6 +8,17 @@ use harness::{
     bin, check_output as check, require_kvm, run_vmm as vmm, text, vmm_stat, wait_until, Scratch,
 };
 
+/// Writes built-in guest `name` (an ELF, from `vmm --dump-builtin`) into `scratch` as
+/// `name.elf` and returns its path.
+fn dump_builtin(scratch: &Scratch, name: &str) -> String {
+    let elf = vmm(&["--dump-builtin", name]);
+    assert!(elf.status.success(), "--dump-builtin {name} failed");
+    assert_eq!(&elf.stdout[..4], b"\x7fELF");
+    let path = scratch.join(&format!("{name}.elf"));
+    std::fs::write(&path, &elf.stdout).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 #[test]
 fn hello_prints_and_exits_zero() {
     require_kvm!();
@@ -26,12 +37,8 @@ fn guest_exit_code_becomes_the_vmm_status() {
 fn guest_from_an_elf_file() {
     require_kvm!();
     let scratch = Scratch::new("vmm-elf");
-    let elf = vmm(&["--dump-builtin", "hello"]);
-    assert!(elf.status.success());
-    assert_eq!(&elf.stdout[..4], b"\x7fELF");
-    let path = scratch.join("hello.elf");
-    std::fs::write(&path, &elf.stdout).unwrap();
-    let out = vmm(&["--guest", path.to_str().unwrap()]);
+    let path = dump_builtin(&scratch, "hello");
+    let out = vmm(&["--guest", &path]);
     check(&out, 0, &["Hello from guest"]);
 }
 
@@ -249,15 +256,12 @@ fn bad_guests_and_arguments_are_errors_not_panics() {
 fn linux_boot_protocol_reaches_the_kernel() {
     require_kvm!();
     let scratch = Scratch::new("vmm-linux");
-    let probe = vmm(&["--dump-builtin", "linux_boot_probe"]);
-    assert!(probe.status.success());
-    let kernel = scratch.join("probe.elf");
-    std::fs::write(&kernel, &probe.stdout).unwrap();
+    let kernel = dump_builtin(&scratch, "linux_boot_probe");
     let initrd = scratch.join("initrd");
     std::fs::write(&initrd, b"initrd-marker-4711\n").unwrap();
     let out = vmm(&[
         "--kernel",
-        kernel.to_str().unwrap(),
+        &kernel,
         "--initrd",
         initrd.to_str().unwrap(),
         "--cmdline",
@@ -284,13 +288,10 @@ fn linux_boot_protocol_reaches_the_kernel() {
 fn no_auto_cmdline_passes_the_command_line_as_given() {
     require_kvm!();
     let scratch = Scratch::new("vmm-raw-cmdline");
-    let probe = vmm(&["--dump-builtin", "linux_boot_probe"]);
-    assert!(probe.status.success());
-    let kernel = scratch.join("probe.elf");
-    std::fs::write(&kernel, &probe.stdout).unwrap();
+    let kernel = dump_builtin(&scratch, "linux_boot_probe");
     let out = vmm(&[
         "--kernel",
-        kernel.to_str().unwrap(),
+        &kernel,
         "--cmdline",
         "console=ttyS0 probe=yes",
         "--no-auto-cmdline",
@@ -302,11 +303,8 @@ fn no_auto_cmdline_passes_the_command_line_as_given() {
 fn triple_fault_is_reported() {
     require_kvm!();
     let scratch = Scratch::new("vmm-triple");
-    let image = vmm(&["--dump-builtin", "triple_fault"]);
-    assert!(image.status.success());
-    let kernel = scratch.join("triple.elf");
-    std::fs::write(&kernel, &image.stdout).unwrap();
-    let out = vmm(&["--kernel", kernel.to_str().unwrap()]);
+    let kernel = dump_builtin(&scratch, "triple_fault");
+    let out = vmm(&["--kernel", &kernel]);
     check(&out, 2, &["triple_fault: loading an empty IDT"]);
     assert!(text(&out.stderr).contains("triple fault (KVM_EXIT_SHUTDOWN) on vcpu0"));
 }

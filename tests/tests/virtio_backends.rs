@@ -108,12 +108,18 @@ fn start_rng(binary: &Path, dir: &Scratch) -> (Proc, PathBuf) {
 }
 
 fn start_echo(dir: &Scratch, queues: u32) -> (Proc, PathBuf) {
+    start_echo_with(dir, queues, &[])
+}
+
+/// [`start_echo`] with `extra` arguments.
+fn start_echo_with(dir: &Scratch, queues: u32, extra: &[&str]) -> (Proc, PathBuf) {
     let socket = dir.join("echo.sock");
     let proc = Proc::spawn(
         Command::new(bin("vhost-user-echo"))
             .arg("--socket")
             .arg(&socket)
-            .args(["--queues", &queues.to_string()]),
+            .args(["--queues", &queues.to_string()])
+            .args(extra),
     );
     proc.wait_for("listening on");
     (proc, socket)
@@ -152,6 +158,11 @@ fn connect(server: &Server) -> Peer {
 }
 
 fn open_driver(server: &Server) -> Driver {
+    open_driver_polling(server, Duration::ZERO)
+}
+
+/// [`open_driver`] with waits that busy-poll for up to `busy_poll` before sleeping.
+fn open_driver_polling(server: &Server, busy_poll: Duration) -> Driver {
     Driver::open(
         connect(server),
         DriverOptions {
@@ -159,6 +170,7 @@ fn open_driver(server: &Server) -> Driver {
             arena: 0x1000..SHM_SIZE,
             config_vector: 0,
             timeout: WAIT,
+            busy_poll,
         },
     )
     .expect("open the device")
@@ -464,6 +476,100 @@ fn virtio_echo_keeps_16_requests_in_flight_with_event_idx_and_indirect_tables() 
         suppressed > 0 && calls < total,
         "EVENT_IDX suppressed nothing: {kicks} kicks, {calls} calls for {total} requests"
     );
+}
+
+/// Busy polling (the driver's `busy_poll`, vhost-user-echo's `--poll-us`) on either side or
+/// both, with and without EVENT_IDX: every request of a stream at depth 16 is answered with
+/// its own bytes; a polling driver finds answers by polling (and a driver that does not poll
+/// never does), and with both sides polling, kicks and calls nearly disappear.
+#[test]
+fn virtio_echo_with_busy_polling_answers_every_request_with_and_without_event_idx() {
+    // A generous budget: on a loaded machine the other side may take a while to be scheduled.
+    let budget = Duration::from_millis(2);
+    for event_idx in [false, true] {
+        for (driver_polls, echo_polls) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let what = format!(
+                "event_idx {event_idx}, driver polls {driver_polls}, echo polls {echo_polls}"
+            );
+            let dir = Scratch::new("virtio-poll");
+            let server = start_server(&dir);
+            let poll_us = if echo_polls { "2000" } else { "0" };
+            let (_echo, socket) = start_echo_with(&dir, 1, &["--poll-us", poll_us]);
+            let bridge = start_bridge(&server, &socket, "echo", &[]);
+            let mut d =
+                open_driver_polling(&server, if driver_polls { budget } else { Duration::ZERO });
+            let wanted = feature::INDIRECT_DESC | if event_idx { feature::EVENT_IDX } else { 0 };
+            assert_eq!(d.negotiate(wanted).unwrap() & wanted, wanted, "{what}");
+            d.setup_queue(0, 64, 1).unwrap();
+            d.start().unwrap();
+            let bufs = d.alloc(16 * 128, 64).unwrap();
+            let text = |slot: u64, n: u64| format!("slot {slot:2} request {n:6}");
+            let request = |d: &mut Driver, slot: u64, n: u64| -> u16 {
+                let at = bufs + 128 * slot;
+                let text = text(slot, n);
+                d.shm().write(at as usize, text.as_bytes()).unwrap();
+                let len = text.len() as u32;
+                let token = d
+                    .add(
+                        0,
+                        &[Buffer { offset: at, len }],
+                        &[Buffer {
+                            offset: at + 64,
+                            len,
+                        }],
+                    )
+                    .unwrap();
+                d.kick(0).unwrap();
+                token
+            };
+            let total = 3000u64;
+            let mut out = std::collections::HashMap::new();
+            for slot in 0..16 {
+                out.insert(request(&mut d, slot, slot), (slot, slot));
+            }
+            let (mut issued, mut done) = (16u64, 0u64);
+            while done < total {
+                let mut used = Some(
+                    d.wait_used(0, WAIT)
+                        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", bridge.text())),
+                );
+                while let Some(u) = used {
+                    let (slot, n) = out.remove(&u.token).expect("a token that is out");
+                    let want = text(slot, n);
+                    assert_eq!(u.len as usize, want.len(), "{what}");
+                    let mut back = vec![0u8; want.len()];
+                    d.shm()
+                        .read((bufs + 128 * slot + 64) as usize, &mut back)
+                        .unwrap();
+                    assert_eq!(String::from_utf8_lossy(&back), want, "{what}");
+                    done += 1;
+                    if issued < total {
+                        out.insert(request(&mut d, slot, issued), (slot, issued));
+                        issued += 1;
+                    }
+                    used = d.try_used(0).unwrap();
+                }
+            }
+            let stats = d.stats(0);
+            eprintln!("{what}: {stats:?}");
+            if driver_polls {
+                assert!(
+                    stats.polled > 0,
+                    "{what}: no wait was answered by polling: {stats:?}"
+                );
+            } else {
+                assert_eq!(stats.polled, 0, "{what}: {stats:?}");
+            }
+            if driver_polls && echo_polls {
+                assert!(
+                    stats.kicks + stats.calls < total / 4,
+                    "{what}: polling on both sides still notified: {stats:?}"
+                );
+            }
+        }
+    }
 }
 
 /// With REPLY_ACK (vhost-user-echo offers it) every set-up message asks for an

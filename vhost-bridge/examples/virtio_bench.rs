@@ -7,7 +7,9 @@
 //!   request has its own slot in the shared memory: the payload is produced there in place (its
 //!   first 8 bytes carry the request number, the rest is the slot's pattern), the backend copies
 //!   it into the slot's answer buffer, and the driver reads the answer out and checks it whole.
-//!   `--event-idx` and `--indirect` ask for those ring features.
+//!   `--event-idx` and `--indirect` ask for those ring features; `--poll-us N` busy-polls the
+//!   used ring for up to N µs before sleeping for a call (the driver's
+//!   [`busy_poll`](virtio_ivshmem::DriverOptions::busy_poll); 0, the default, sleeps at once).
 //! * `virtio_bench socketpair --bytes N --depth D` — the baseline: the same payloads written to
 //!   one end of a `socketpair(AF_UNIX, SOCK_STREAM)`, D requests out at a time, echoed by a
 //!   thread on the other end, read back and checked whole; one non-blocking client thread
@@ -18,7 +20,8 @@
 //! `--warmup` untimed requests first. Output lines: `requests_per_sec=`, `mb_per_sec=` (10^6
 //! payload bytes per second, one way), `rtt_ns=` (mean time per request: with D in flight, the
 //! inverse of the rate, not a latency); `virtio` adds per-request `kicks=`, `kicks_suppressed=`,
-//! `calls=` and `indirect=` (chains in indirect tables), and `max_outstanding=`.
+//! `calls=`, `indirect=` (chains in indirect tables), `sleeps=` (waits that slept) and `polled=`
+//! (waits busy polling answered), and `max_outstanding=`.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -69,6 +72,9 @@ enum Mode {
         /// Queue size (a power of two the device accepts).
         #[arg(long, default_value_t = 128)]
         queue_size: u32,
+        /// Busy-poll the used ring for up to this many µs before sleeping (0: sleep at once).
+        #[arg(long, default_value_t = 0)]
+        poll_us: u64,
     },
     /// Through a UNIX socket pair to an echo thread.
     Socketpair,
@@ -109,6 +115,7 @@ fn virtio(
     event_idx: bool,
     indirect: bool,
     queue_size: u32,
+    poll_us: u64,
 ) -> anyhow::Result<()> {
     let peer = Peer::connect_with(
         socket,
@@ -126,6 +133,7 @@ fn virtio(
             arena: 0x1000..shm_size,
             config_vector: 0,
             timeout: TIMEOUT,
+            busy_poll: Duration::from_micros(poll_us),
         },
     )
     .context("opening the echo device")?;
@@ -181,6 +189,8 @@ fn virtio(
     );
     println!("calls={:.3}", per(after.calls, before.calls));
     println!("indirect={:.3}", per(after.indirect, before.indirect));
+    println!("sleeps={:.3}", per(after.sleeps, before.sleeps));
+    println!("polled={:.3}", per(after.polled, before.polled));
     println!("max_outstanding={}", p.max_outstanding);
     Ok(())
 }
@@ -398,7 +408,8 @@ fn main() -> anyhow::Result<()> {
             event_idx,
             indirect,
             queue_size,
-        } => virtio(&args, socket, *event_idx, *indirect, *queue_size),
+            poll_us,
+        } => virtio(&args, socket, *event_idx, *indirect, *queue_size, *poll_us),
         Mode::Socketpair => socketpair(&args),
         Mode::Memcpy => memcpy(&args),
     }

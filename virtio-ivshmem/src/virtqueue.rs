@@ -106,6 +106,10 @@ pub struct QueueStats {
     pub kicks_suppressed: u64,
     /// Calls received (the sum of the call eventfd's counts the driver read).
     pub calls: u64,
+    /// Waits for a used chain that went to sleep (armed a call and blocked).
+    pub sleeps: u64,
+    /// Waits for a used chain that found it by busy polling, after a first look found none.
+    pub polled: u64,
 }
 
 /// Whether moving an index from `old` to `new` crossed `event` (vring_need_event, virtio 1.2
@@ -342,6 +346,16 @@ impl DriverQueue {
     /// Counts `n` calls received.
     pub fn count_calls(&mut self, n: u64) {
         self.stats.calls += n;
+    }
+
+    /// Counts a wait that went to sleep.
+    pub fn count_sleep(&mut self) {
+        self.stats.sleeps += 1;
+    }
+
+    /// Counts a wait that busy polling satisfied.
+    pub fn count_polled(&mut self) {
+        self.stats.polled += 1;
     }
 
     /// The queue's counters.

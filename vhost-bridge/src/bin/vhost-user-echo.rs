@@ -108,25 +108,27 @@ fn copy_chain(
 }
 
 impl Echo {
-    /// Echoes every available chain of `vring`; returns whether any was used.
+    /// Echoes every available chain of `vring`; returns whether any was used. Each chain is
+    /// returned as soon as it is answered (a polling driver can take it while we do the next),
+    /// and the avail index is read again for each, so chains added meanwhile are taken in the
+    /// same pass. One lock of the vring and one look-up of the memory for the whole pass; the
+    /// buffers lists are reused: nothing is allocated per chain.
     fn process(&mut self, vring: &VringRwLock) -> std::io::Result<bool> {
         let Some(mem) = &self.mem else {
             return Ok(false);
         };
-        let mem = mem.memory();
-        let chains: Vec<_> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem.clone())
-            .map_err(std::io::Error::other)?
-            .collect();
-        let any = !chains.is_empty();
-        for chain in chains {
+        let guard = mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        let mut any = false;
+        while let Some(chain) = queue.iter(mem).map_err(std::io::Error::other)?.next() {
+            any = true;
             let head = chain.head_index();
             let (readable, writable) = (&mut self.readable, &mut self.writable);
             readable.clear();
             writable.clear();
-            for desc in chain.clone() {
+            for desc in chain {
                 let buffer = (desc.addr(), desc.len() as usize);
                 if desc.is_write_only() {
                     writable.push(buffer);
@@ -134,9 +136,9 @@ impl Echo {
                     readable.push(buffer);
                 }
             }
-            let written = copy_chain(&mem, readable, writable);
-            vring
-                .add_used(head, written)
+            let written = copy_chain(mem, readable, writable);
+            queue
+                .add_used(mem, head, written)
                 .map_err(std::io::Error::other)?;
         }
         Ok(any)

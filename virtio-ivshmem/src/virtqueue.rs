@@ -2,9 +2,11 @@
 //! memory.
 //!
 //! The ring formats are virtio-queue's ([`Descriptor`]; a used element is its `VirtqUsedElem`) and every access goes
-//! through vm-memory's bounds-checked, volatile `GuestMemory` over the shared mapping (atomic
-//! with explicit ordering for the two indices), the same crates the vhost-user backends use on
-//! the other side. What is ours is the driver's bookkeeping: which descriptors are free, which
+//! through vm-memory's bounds-checked, volatile views of the shared mapping (atomic with
+//! explicit ordering for the indices), the same crates the vhost-user backends use on the other
+//! side. Each operation looks a ring up in the `GuestMemory` once, as a [`VolatileSlice`] of the
+//! whole ring, and reaches its fields through that slice (a bounds check against the slice, not
+//! another search of the memory's regions per field). What is ours is the driver's bookkeeping: which descriptors are free, which
 //! chains are out, and our own copies of the indices, so nothing the device writes is trusted:
 //! a used element naming a descriptor that is not out, or a used index that moved further than
 //! what is out, is an error, never a panic or a double free.
@@ -28,7 +30,10 @@ use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap, Le32};
+use vm_memory::volatile_memory::{self, VolatileMemory, VolatileSlice};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
+};
 
 use crate::layout::QueueSetup;
 pub use crate::layout::{Buffer, Used};
@@ -50,6 +55,9 @@ pub enum QueueError {
     /// A ring access failed (outside the shared memory).
     #[error("ring access failed: {0}")]
     Memory(#[from] GuestMemoryError),
+    /// A field access inside a ring failed (cannot happen for a ring of the queue's size).
+    #[error("ring field access failed: {0}")]
+    Field(#[from] volatile_memory::Error),
     /// The device returned a chain that is not out.
     #[error("the device returned descriptor {id}, which is not an outstanding chain head")]
     BadUsedId {
@@ -118,15 +126,23 @@ pub fn event_crossed(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
-/// Writes a chain of `readable` then `writable` buffers as descriptors of the table at `table`;
+/// The shared memory view of one ring (or table), looked up once per operation.
+type Ring<'a> = VolatileSlice<'a, ()>;
+
+/// Stores `value` at `offset` of `ring` (a volatile, unaligned-safe store).
+fn put<T: ByteValued>(ring: &Ring, offset: usize, value: T) -> Result<(), QueueError> {
+    ring.get_ref::<T>(offset)?.store(value);
+    Ok(())
+}
+
+/// Writes a chain of `readable` then `writable` buffers as descriptors of the table `table`;
 /// `slot(i)` is the index in that table of the chain's `i`th descriptor.
 fn write_chain(
-    mem: &GuestMemoryMmap,
-    table: GuestAddress,
+    table: &Ring,
     readable: &[Buffer],
     writable: &[Buffer],
     slot: impl Fn(usize) -> u16,
-) -> Result<(), GuestMemoryError> {
+) -> Result<(), QueueError> {
     let count = readable.len() + writable.len();
     let buffers = readable
         .iter()
@@ -139,7 +155,7 @@ fn write_chain(
             (write_flag, 0)
         };
         let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
-        mem.write_obj(desc, table.unchecked_add(16 * slot(i) as u64))?;
+        put(table, 16 * slot(i) as usize, desc)?;
     }
     Ok(())
 }
@@ -213,6 +229,33 @@ impl DriverQueue {
         self.size
     }
 
+    /// The descriptor ring.
+    fn desc_ring<'m>(&self, mem: &'m GuestMemoryMmap) -> Result<Ring<'m>, QueueError> {
+        let len = crate::layout::ring_size::desc(self.size as u32);
+        Ok(mem.get_slice(self.desc, len as usize)?)
+    }
+
+    /// The avail ring, `used_event` included.
+    fn avail_ring<'m>(&self, mem: &'m GuestMemoryMmap) -> Result<Ring<'m>, QueueError> {
+        let len = crate::layout::ring_size::avail(self.size as u32);
+        Ok(mem.get_slice(self.avail, len as usize)?)
+    }
+
+    /// The used ring, `avail_event` included.
+    fn used_ring<'m>(&self, mem: &'m GuestMemoryMmap) -> Result<Ring<'m>, QueueError> {
+        let len = crate::layout::ring_size::used(self.size as u32);
+        Ok(mem.get_slice(self.used, len as usize)?)
+    }
+
+    /// Offset of `used_event` in the avail ring, and of `avail_event` in the used ring.
+    fn avail_used_event(&self) -> usize {
+        4 + 2 * self.size as usize
+    }
+
+    fn avail_event(&self) -> usize {
+        4 + 8 * self.size as usize
+    }
+
     /// Chains handed to the device and not yet returned.
     pub fn outstanding(&self) -> usize {
         self.outstanding
@@ -252,30 +295,26 @@ impl DriverQueue {
         let top = self.free.len() - 1;
         let id = |i: usize| self.free[top - i];
         let head = id(0);
-        let written = match table {
+        let desc_ring = self.desc_ring(mem)?;
+        match table {
             // One ring descriptor pointing at this head's own table, which holds the chain
             // (indices into the table).
             Some(t) => {
                 let at = t.base + 16 * t.entries as u64 * head as u64;
-                write_chain(mem, GuestAddress(at), readable, writable, |i| i as u16).and_then(
-                    |()| {
-                        let desc = Descriptor::new(
-                            at,
-                            16 * buffers as u32,
-                            VRING_DESC_F_INDIRECT as u16,
-                            0,
-                        );
-                        mem.write_obj(desc, self.desc.unchecked_add(16 * head as u64))
-                    },
-                )
+                let table = mem.get_slice(GuestAddress(at), 16 * buffers)?;
+                write_chain(&table, readable, writable, |i| i as u16)?;
+                let desc =
+                    Descriptor::new(at, 16 * buffers as u32, VRING_DESC_F_INDIRECT as u16, 0);
+                put(&desc_ring, 16 * head as usize, desc)?;
             }
-            None => write_chain(mem, self.desc, readable, writable, id),
-        };
-        written?;
-        let slot = self
-            .avail
-            .unchecked_add(4 + 2 * (self.next_avail % self.size) as u64);
-        mem.write_obj(head, slot)?;
+            None => write_chain(&desc_ring, readable, writable, id)?,
+        }
+        let avail_ring = self.avail_ring(mem)?;
+        put(
+            &avail_ring,
+            4 + 2 * (self.next_avail % self.size) as usize,
+            head,
+        )?;
         for i in 0..needed - 1 {
             self.next[id(i) as usize] = id(i + 1);
         }
@@ -286,11 +325,7 @@ impl DriverQueue {
         self.stats.indirect += u64::from(table.is_some());
         self.next_avail = self.next_avail.wrapping_add(1);
         // The descriptors and the ring slot must be visible before the index that publishes them.
-        mem.store(
-            self.next_avail,
-            self.avail.unchecked_add(2),
-            Ordering::Release,
-        )?;
+        avail_ring.store(self.next_avail, 2, Ordering::Release)?;
         Ok(head)
     }
 
@@ -302,14 +337,15 @@ impl DriverQueue {
         fence(Ordering::SeqCst);
         let new = self.next_avail;
         let old = std::mem::replace(&mut self.kicked_avail, new);
+        let used_ring = self.used_ring(mem);
         let kick = if self.features.event_idx {
-            let at = self.used.unchecked_add(4 + 8 * self.size as u64);
-            mem.load::<u16>(at, Ordering::Acquire)
+            used_ring
+                .and_then(|r| Ok(r.load::<u16>(self.avail_event(), Ordering::Acquire)?))
                 .map_or(true, |event| event_crossed(event, new, old))
         } else {
             new != old
-                && mem
-                    .load::<u16>(self.used, Ordering::Acquire)
+                && used_ring
+                    .and_then(|r| Ok(r.load::<u16>(0, Ordering::Acquire)?))
                     .map_or(true, |flags| flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
         };
         if kick {
@@ -328,8 +364,8 @@ impl DriverQueue {
     pub fn arm_call(&mut self, mem: &GuestMemoryMmap, count: u16) -> Result<(), QueueError> {
         if self.features.event_idx {
             let event = self.last_used.wrapping_add(count.max(1) - 1);
-            let at = self.avail.unchecked_add(4 + 2 * self.size as u64);
-            mem.store(event, at, Ordering::Release)?;
+            let at = self.avail_used_event();
+            self.avail_ring(mem)?.store(event, at, Ordering::Release)?;
             // Our used_event store before the caller's next look at the used index.
             fence(Ordering::SeqCst);
         }
@@ -370,7 +406,8 @@ impl DriverQueue {
 
     /// Takes the next chain the device has used, if any.
     pub fn pop_used(&mut self, mem: &GuestMemoryMmap) -> Result<Option<Used>, QueueError> {
-        let used_idx: u16 = mem.load(self.used.unchecked_add(2), Ordering::Acquire)?;
+        let used_ring = self.used_ring(mem)?;
+        let used_idx: u16 = used_ring.load(2, Ordering::Acquire)?;
         let moved = used_idx.wrapping_sub(self.last_used);
         if moved == 0 {
             return Ok(None);
@@ -381,12 +418,9 @@ impl DriverQueue {
                 outstanding: self.outstanding,
             });
         }
-        let at = self
-            .used
-            .unchecked_add(4 + 8 * (self.last_used % self.size) as u64);
-        // A used element is (id: le32, len: le32), virtio-queue's `VirtqUsedElem`.
-        let id = u32::from(mem.read_obj::<Le32>(at)?);
-        let len = u32::from(mem.read_obj::<Le32>(at.unchecked_add(4))?);
+        let at = 4 + 8 * (self.last_used % self.size) as usize;
+        // A used element is (id: le32, len: le32), virtio-queue's `VirtqUsedElem`: one load.
+        let [id, len] = used_ring.get_ref::<[u32; 2]>(at)?.load().map(u32::from_le);
         let chain = usize::try_from(id)
             .ok()
             .and_then(|i| self.chain_len.get_mut(i))
@@ -410,6 +444,7 @@ impl DriverQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::{Address, Le32};
 
     const SIZE: u32 = 8;
 

@@ -27,7 +27,9 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
 };
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::QueueT;
+use vm_memory::volatile_memory::{VolatileMemory, VolatileSlice};
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
 };
@@ -107,12 +109,69 @@ fn copy_chain(
     written
 }
 
+/// Reads the buffers of the chain at `head` of the descriptor table `table` (`size` entries),
+/// following an indirect table if the head points at one (virtio 1.2 §2.7.5), into `readable`
+/// and `writable` (address, length). A malformed chain (an index outside its table, a loop, a
+/// nested or misshapen indirect table, a table outside the memory, more than 4 GiB in all) ends
+/// where it breaks: the echo answers what it could read, the way virtio-queue's chain iterator
+/// stops.
+fn walk_chain(
+    mem: &GuestMemoryMmap,
+    table: &VolatileSlice<()>,
+    size: u16,
+    head: u16,
+    readable: &mut Vec<(GuestAddress, usize)>,
+    writable: &mut Vec<(GuestAddress, usize)>,
+) {
+    readable.clear();
+    writable.clear();
+    let mut table = *table;
+    let (mut entries, mut index, mut indirect) = (size, head, false);
+    // Descriptors left before the walk is a loop: each table's size.
+    let mut ttl = entries;
+    let mut bytes = 0u32;
+    while index < entries && ttl > 0 {
+        ttl -= 1;
+        let Ok(desc) = table.get_ref::<Descriptor>(16 * index as usize) else {
+            return;
+        };
+        let desc = desc.load();
+        if desc.refers_to_indirect_table() {
+            let len = desc.len();
+            if indirect || len == 0 || len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
+                return;
+            }
+            let Ok(inner) = mem.get_slice(desc.addr(), len as usize) else {
+                return;
+            };
+            (table, entries, index, indirect) = (inner, (len / 16) as u16, 0, true);
+            ttl = entries;
+            continue;
+        }
+        let Some(total) = bytes.checked_add(desc.len()) else {
+            return;
+        };
+        bytes = total;
+        let buffer = (desc.addr(), desc.len() as usize);
+        if desc.is_write_only() {
+            writable.push(buffer);
+        } else {
+            readable.push(buffer);
+        }
+        if !desc.has_next() {
+            return;
+        }
+        index = desc.next();
+    }
+}
+
 impl Echo {
     /// Echoes every available chain of `vring`; returns whether any was used. Each chain is
     /// returned as soon as it is answered (a polling driver can take it while we do the next),
-    /// and the avail index is read again for each, so chains added meanwhile are taken in the
-    /// same pass. One lock of the vring and one look-up of the memory for the whole pass; the
-    /// buffers lists are reused: nothing is allocated per chain.
+    /// and the avail index is read again after each batch, so chains added meanwhile are taken
+    /// in the same pass. One lock of the vring per pass; the avail ring and the descriptor
+    /// table are looked up in the memory once per pass and read through those slices
+    /// ([`walk_chain`]); the buffer lists are reused: nothing is allocated per chain.
     fn process(&mut self, vring: &VringRwLock) -> std::io::Result<bool> {
         let Some(mem) = &self.mem else {
             return Ok(false);
@@ -121,25 +180,52 @@ impl Echo {
         let mem: &GuestMemoryMmap = &guard;
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
+        if !queue.ready() {
+            return Ok(false);
+        }
+        let size = queue.size();
+        let ring = |addr: u64, len: usize| {
+            mem.get_slice(GuestAddress(addr), len)
+                .map_err(std::io::Error::other)
+        };
+        // The ring entries (not used_event) and the whole descriptor table.
+        let avail = ring(queue.avail_ring(), 4 + 2 * size as usize)?;
+        let table = ring(queue.desc_table(), 16 * size as usize)?;
+        let mut next_avail = queue.next_avail();
         let mut any = false;
-        while let Some(chain) = queue.iter(mem).map_err(std::io::Error::other)?.next() {
-            any = true;
-            let head = chain.head_index();
-            let (readable, writable) = (&mut self.readable, &mut self.writable);
-            readable.clear();
-            writable.clear();
-            for desc in chain {
-                let buffer = (desc.addr(), desc.len() as usize);
-                if desc.is_write_only() {
-                    writable.push(buffer);
-                } else {
-                    readable.push(buffer);
-                }
-            }
-            let written = copy_chain(mem, readable, writable);
-            queue
-                .add_used(mem, head, written)
+        loop {
+            // Acquire: the entries and descriptors behind the index are read next.
+            let avail_idx = avail
+                .load::<u16>(2, Ordering::Acquire)
+                .map(u16::from_le)
                 .map_err(std::io::Error::other)?;
+            let pending = avail_idx.wrapping_sub(next_avail);
+            if pending == 0 {
+                break;
+            }
+            if pending > size {
+                return Err(std::io::Error::other(format!(
+                    "the driver's avail index moved by {pending}, more than the queue's {size} \
+                     entries"
+                )));
+            }
+            for _ in 0..pending {
+                let entry = 4 + 2 * (next_avail % size) as usize;
+                let head = avail
+                    .get_ref::<u16>(entry)
+                    .map_err(std::io::Error::other)?
+                    .load();
+                let head = u16::from_le(head);
+                next_avail = next_avail.wrapping_add(1);
+                queue.set_next_avail(next_avail);
+                any = true;
+                let (readable, writable) = (&mut self.readable, &mut self.writable);
+                walk_chain(mem, &table, size, head, readable, writable);
+                let written = copy_chain(mem, readable, writable);
+                queue
+                    .add_used(mem, head, written)
+                    .map_err(std::io::Error::other)?;
+            }
         }
         Ok(any)
     }
@@ -313,5 +399,87 @@ fn main() -> std::process::ExitCode {
             Ok(()) => log::info!("frontend disconnected; listening again"),
             Err(e) => log::warn!("frontend connection ended: {e}; listening again"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+
+    const SIZE: u16 = 8;
+    const TABLE: u64 = 0x1000;
+    const INDIRECT: u64 = 0x2000;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    fn put(mem: &GuestMemoryMmap, table: u64, index: u16, desc: Descriptor) {
+        mem.write_obj(desc, GuestAddress(table + 16 * index as u64))
+            .unwrap();
+    }
+
+    /// The (readable, writable) buffers `walk_chain` reads for `head`.
+    fn walk(mem: &GuestMemoryMmap, head: u16) -> (Vec<u64>, Vec<u64>) {
+        let table = mem
+            .get_slice(GuestAddress(TABLE), 16 * SIZE as usize)
+            .unwrap();
+        let (mut readable, mut writable) = (Vec::new(), Vec::new());
+        walk_chain(mem, &table, SIZE, head, &mut readable, &mut writable);
+        let addrs = |v: Vec<(GuestAddress, usize)>| v.into_iter().map(|(a, _)| a.0).collect();
+        (addrs(readable), addrs(writable))
+    }
+
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    #[test]
+    fn walks_direct_and_indirect_chains() {
+        let mem = memory();
+        put(&mem, TABLE, 3, Descriptor::new(0x8000, 64, NEXT, 5));
+        put(&mem, TABLE, 5, Descriptor::new(0x9000, 64, WRITE, 0));
+        assert_eq!(walk(&mem, 3), (vec![0x8000], vec![0x9000]));
+        put(&mem, INDIRECT, 0, Descriptor::new(0xA000, 8, NEXT, 1));
+        put(&mem, INDIRECT, 1, Descriptor::new(0xB000, 8, WRITE, 0));
+        let indirect = VRING_DESC_F_INDIRECT as u16;
+        put(&mem, TABLE, 0, Descriptor::new(INDIRECT, 32, indirect, 0));
+        assert_eq!(walk(&mem, 0), (vec![0xA000], vec![0xB000]));
+    }
+
+    #[test]
+    fn malformed_chains_end_where_they_break() {
+        let mem = memory();
+        // A loop: at most one table's worth of descriptors.
+        put(&mem, TABLE, 1, Descriptor::new(0x8000, 1, NEXT, 2));
+        put(&mem, TABLE, 2, Descriptor::new(0x8001, 1, NEXT, 1));
+        assert_eq!(walk(&mem, 1).0.len(), SIZE as usize);
+        // A next index outside the table.
+        put(&mem, TABLE, 4, Descriptor::new(0x8000, 1, NEXT, SIZE));
+        assert_eq!(walk(&mem, 4), (vec![0x8000], vec![]));
+        // A head outside the table.
+        assert_eq!(walk(&mem, SIZE), (vec![], vec![]));
+        let indirect = VRING_DESC_F_INDIRECT as u16;
+        // An indirect table inside an indirect table, one of a length that is not whole
+        // descriptors, and one outside the memory.
+        put(&mem, INDIRECT, 0, Descriptor::new(0x8000, 1, NEXT, 1));
+        put(
+            &mem,
+            INDIRECT,
+            1,
+            Descriptor::new(INDIRECT, 16, indirect, 0),
+        );
+        put(&mem, TABLE, 0, Descriptor::new(INDIRECT, 32, indirect, 0));
+        assert_eq!(walk(&mem, 0), (vec![0x8000], vec![]));
+        put(&mem, TABLE, 0, Descriptor::new(INDIRECT, 20, indirect, 0));
+        assert_eq!(walk(&mem, 0), (vec![], vec![]));
+        put(&mem, TABLE, 0, Descriptor::new(0xFFF0, 32, indirect, 0));
+        assert_eq!(walk(&mem, 0), (vec![], vec![]));
+        // More than 4 GiB in all.
+        put(&mem, TABLE, 6, Descriptor::new(0x8000, u32::MAX, NEXT, 7));
+        put(&mem, TABLE, 7, Descriptor::new(0x9000, 2, WRITE, 0));
+        assert_eq!(walk(&mem, 6), (vec![0x8000], vec![]));
     }
 }

@@ -30,6 +30,12 @@ pub const RING_FEATURES: u64 = feature::EVENT_IDX | feature::INDIRECT_DESC;
 /// chains use the ring's descriptors directly.
 pub const INDIRECT_ENTRIES: u16 = 16;
 
+/// Busy polling looks at the ring this many times (with a spin-loop hint) after each yield of
+/// the CPU: a device side on another CPU answers within a fraction of a system call's time, so
+/// a yield per look would cost more than the wait; a device side on our CPU has had its turn
+/// (the yield) and answers at the first look.
+pub const SPINS_PER_YIELD: u32 = 32;
+
 /// How the driver uses the shared memory and its own vectors.
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
@@ -535,9 +541,12 @@ impl Driver {
         let start = Instant::now();
         while start.elapsed() < budget {
             std::thread::yield_now();
-            if let Some(used) = self.try_used(queue)? {
-                self.queue_mut(queue)?.ring.count_polled();
-                return Ok(Some(used));
+            for _ in 0..SPINS_PER_YIELD {
+                if let Some(used) = self.try_used(queue)? {
+                    self.queue_mut(queue)?.ring.count_polled();
+                    return Ok(Some(used));
+                }
+                std::hint::spin_loop();
             }
         }
         Ok(None)

@@ -17,7 +17,7 @@ pub mod header;
 pub mod layout;
 pub mod virtqueue;
 
-pub use driver::{Driver, DriverError, DriverOptions, DEFAULT_TIMEOUT};
+pub use driver::{Driver, DriverError, DriverOptions, DEFAULT_TIMEOUT, SPINS_PER_YIELD};
 pub use header::Header;
 pub use virtqueue::{Buffer, DriverQueue, QueueError, Used};
 

@@ -27,6 +27,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
 };
+use virtio_ivshmem::SPINS_PER_YIELD;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueT;
 use vm_memory::volatile_memory::{VolatileMemory, VolatileSlice};
@@ -243,12 +244,17 @@ impl Echo {
             std::thread::yield_now();
             let state = vring.get_ref();
             let queue = state.get_queue();
-            // Acquire: the chains behind the index are read next (virtio 1.2 §2.7.13.3).
-            match queue.avail_idx(&*mem, Ordering::Acquire) {
-                Ok(avail) if avail.0 != queue.next_avail() => return true,
-                Ok(_) => {}
-                // A broken ring is for process() to report; stop polling it.
-                Err(_) => return false,
+            // Several looks per yield, like the driver's (virtio_ivshmem::SPINS_PER_YIELD): a
+            // driver on another CPU adds its next chain sooner than a yield returns.
+            for _ in 0..SPINS_PER_YIELD {
+                // Acquire: the chains behind the index are read next (virtio 1.2 §2.7.13.3).
+                match queue.avail_idx(&*mem, Ordering::Acquire) {
+                    Ok(avail) if avail.0 != queue.next_avail() => return true,
+                    Ok(_) => {}
+                    // A broken ring is for process() to report; stop polling it.
+                    Err(_) => return false,
+                }
+                std::hint::spin_loop();
             }
         }
         false

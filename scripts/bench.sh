@@ -6,6 +6,7 @@
 #   scripts/bench.sh                 # all sections
 #   SECTIONS="host server" scripts/bench.sh
 #   SECTIONS=nested_virtio VIRTIO_ROUNDS=2 scripts/bench.sh   # fewer alternated boots (default 3)
+#   SECTIONS=virtio_depth DEPTH_POLL_US=0 scripts/bench.sh    # no busy polling (default 5 µs)
 #
 # Sections: host (peer library vs raw eventfd / memcpy), server (connect and join/leave load
 # vs a minimal broker), vmm (exit dispatch, guest RAM bandwidth, start-up, RSS), ivshmem
@@ -444,7 +445,11 @@ virtio_section() {
 # the same payloads between 16 + 16 buffers. Two wake-up regimes: unpinned (each process where
 # the scheduler puts it) and everything, server and backend included, under `taskset -c 0`. The
 # floor of each regime is a raw eventfd round trip between two processes (examples/bench
-# eventfd). Medians of 3 alternated runs.
+# eventfd). Both sides busy-poll their ring for up to DEPTH_POLL_US µs (yielding the CPU between
+# looks) before they arm a notification and sleep: vhost-user-echo --poll-us and virtio_bench
+# --poll-us (the driver's DriverOptions::busy_poll); 0 turns polling off. Medians of 3
+# alternated runs.
+DEPTH_POLL_US=${DEPTH_POLL_US:-5}
 virtio_depth_section() {
     echo "== virtio over ivshmem, 16 in flight" >&2
     cargo build --release --quiet -p vhost-bridge --examples
@@ -457,7 +462,7 @@ virtio_depth_section() {
         sock=$work/depth-$regime.sock
         "${pin[@]}" ivshmem-server -F -S "$sock" --memfd -l 16M -n 2 2>"$sock.log" &
         rpids+=("$!"); pids+=("$!"); wait_for_line "$sock.log" "listening on" 10
-        "${pin[@]}" vhost-user-echo --socket "$work/depth-$regime-echo.sock" \
+        "${pin[@]}" vhost-user-echo --socket "$work/depth-$regime-echo.sock" --poll-us "$DEPTH_POLL_US" \
             2>"$work/depth-$regime-echo.log" &
         rpids+=("$!"); pids+=("$!"); wait_for_line "$work/depth-$regime-echo.log" "listening on" 10
         "${pin[@]}" vhost-bridge -S "$sock" --backend "$work/depth-$regime-echo.sock" --device echo \
@@ -475,7 +480,7 @@ virtio_depth_section() {
             v_mbs=(); v_rps=(); p_mbs=(); p_rps=(); m_mbs=(); m_rps=(); kicks=(); calls=()
             for i in 1 2 3; do
                 out=$("${pin[@]}" "$bench" virtio -S "$sock" --bytes "$bytes" -n "$n" --depth 16 \
-                    --event-idx --indirect)
+                    --event-idx --indirect --poll-us "$DEPTH_POLL_US")
                 if [ "$(value max_outstanding "$out")" != 16 ]; then
                     echo "virtio_depth: not 16 in flight: $out" >&2; exit 1
                 fi
@@ -496,12 +501,14 @@ virtio_depth_section() {
                 what="echo requests/s, 64 B, 16 in flight"; unit="/s"
                 p1="$(value requests_per_sec "$out")/s"
             fi
-            cmd="virtio_bench virtio -S SOCK --bytes $bytes -n $n --depth 16 --event-idx --indirect"
+            cmd="virtio_bench virtio -S SOCK --bytes $bytes -n $n --depth 16 --event-idx --indirect --poll-us $DEPTH_POLL_US (vhost-user-echo --poll-us $DEPTH_POLL_US)"
             [ "$regime" = pinned ] && cmd="taskset -c 0 (server, backend, bridge, bench): $cmd"
-            row "$what, host driver ↔ vhost-user-echo over ivshmem ($label; per request $(median "${kicks[@]}") kicks, $(median "${calls[@]}") calls), median of 3" \
+            polling="busy polling up to $DEPTH_POLL_US µs on both sides"
+            [ "$DEPTH_POLL_US" = 0 ] && polling="no busy polling"
+            row "$what, host driver ↔ vhost-user-echo over ivshmem ($label, $polling; per request $(median "${kicks[@]}") kicks, $(median "${calls[@]}") calls), median of 3" \
                 "$v$unit" "UNIX socket pair at depth 16 $p$unit (at depth 1: $p1)" \
                 "$(ratio "$v" "$p")" "≥ 3" "$cmd vs virtio_bench socketpair --depth 16, alternated 3×"
-            row "$what ($label), same runs" "$v$unit" "memcpy of the same payloads $m$unit" \
+            row "$what ($label, $polling), same runs" "$v$unit" "memcpy of the same payloads $m$unit" \
                 "$(ratio "$v" "$m")" "≥ 0.25" \
                 "same runs vs virtio_bench memcpy --bytes $bytes -n $((n * 10)) --depth 16"
         done
@@ -849,19 +856,31 @@ PREAMBLE
   kvm tracepoints, docs/virtio-pci.md). Since 2026-12-05 our VMM offers the TSC-deadline timer
   as QEMU's `-cpu host` does; before, L2 armed its LAPIC timer through the initial-count
   register, with 1.7-1.8 times QEMU's timer writes for the same I/O.
-- virtio_depth rows: with 16 requests out, EVENT_IDX leaves a kick and a call per 15 to 30
-  requests, so the wake-ups that bound the one-in-flight rows (each costs at least the floor row)
-  are amortised. Unpinned, the backend's copy and the driver's read-out and check of the answers
-  overlap on the two cores, which is how 64 KiB echo comes near a single thread's memcpy rate (an
-  earlier run on the same day: 1.28×); under `taskset -c 0` they take turns. The 64 B rows miss the 0.25× memcpy target: a 64-byte memcpy
-  is tens of nanoseconds, while a request costs the ring work on both sides (perf: vm-memory's
-  bounds-checked address lookup, `to_region_addr`, is the largest user-space symbol of both the
-  driver and vhost-user-echo at 12 to 15 % of samples; descriptor, avail and used accesses; the
-  backend's descriptor-chain walk), the context switches of the few kicks and calls (the
-  scheduler's `finish_task_switch` and unlock, about 20 %), and reading the answer out and
-  checking it. 0.25× would be about 170 ns per request across two processes, which needs polled
-  rings rather than notifications. The floor row gives the wake-up cost and the load average at
-  the time: the 2 cores were shared with other work, which moves every figure.
+- virtio_depth rows: with 16 requests out and both sides busy polling their ring for up to
+  DEPTH_POLL_US µs (default 5; vhost-user-echo --poll-us, virtio_bench --poll-us: 32 looks per
+  yield of the CPU) before they arm a notification and sleep, kicks and calls all but disappear
+  (0.000 per request in our runs; without polling EVENT_IDX left one of each per 15 to 30
+  requests, and even unpinned the two sides mostly took turns: 0.3 and 0.23 CPUs busy). Unpinned,
+  the driver and vhost-user-echo then work on their own cores at once, which is also how 64 KiB
+  echo comes near a single thread's memcpy rate; under `taskset -c 0` they take turns, two
+  process switches (sched_yield) per 16 requests. Where a 64 B request's time went (perf, and
+  CPU time per request from getrusage and /proc, 2026-12-05): vm-memory's `to_region_addr` was
+  the largest user-space symbol on both sides (12 to 21 % of samples), one region search per
+  field; now the driver looks each ring up once per operation and reaches fields through that
+  slice, and vhost-user-echo reads the avail ring and the chains (direct and indirect) through
+  slices looked up once per pass, with one vring lock per pass and nothing allocated per batch:
+  user time per request, pinned, driver 180 -> 125 ns, backend 185 -> 100 ns. Same runs, same
+  load (1.7 to 2.8 on the 2 cores): main's 1.1 M req/s became 2.2 M pinned and 2.2 to 6 M
+  unpinned (6 M with both cores free; when other work takes a core, a side waits for it and the
+  rate halves). The 64 B rows still miss the 0.25× memcpy target: a 64-byte memcpy is 8 to 17 ns
+  (58 to 120 M/s, it moves with the load), so 0.25× leaves 35 to 70 ns per request for the ring
+  work on both sides, the payload's stamp, copy, read-out and check, and either the cache lines
+  of descriptor, avail entry, used element and payload crossing between the cores (unpinned,
+  about 130 to 150 ns of work per request on each side) or the two process switches per 16
+  requests (pinned: about 220 ns of system time per request, 1.7 µs a switch on this VM, plus
+  about 230 ns of user time). Deeper queues would amortise the switches; the depth is 16 here.
+  The floor row gives the wake-up cost and the load average at the time: the 2 cores were
+  shared with other work, which moves every figure.
 - Linux virtio drivers over ivshmem (nested bed): both boots are QEMU -accel kvm (`-M
   microvm,pcie=on`, 256 MiB memfd RAM, 1 vCPU) in the same L1, with the same kernel, drivers
   (virtio-rng, vmw_vsock_virtio_transport) and backend binaries (vhost-device-rng,

@@ -567,7 +567,7 @@ nested_section() {
             row "Linux boot to /init ($what), median of $NESTED_ROUNDS" "$vmm_ms ms" "$name $ms ms" \
                 "$(ratio "$vmm_ms" "$ms")" "≤ 1" "$cmd"
             row "VMM resident memory at /init ($what), median of $NESTED_ROUNDS" "$vmm_rss KiB" "$name $rss KiB" \
-                "$(ratio "$vmm_rss" "$rss")" "< 1" "same runs (VmRSS when L2 reaches /init)"
+                "$(ratio "$vmm_rss" "$rss")" "< 1" "same runs (Rss of /proc/PID/smaps_rollup when L2 reaches /init)"
         done
     done
 }
@@ -606,7 +606,7 @@ nested_virtio_section() {
     virtio_row "Linux boot to /init with root on virtio-blk (nested bed)" boot_to_init_ms ms "≤ 1" \
         "$cmd (VMM start → L2-READY from /sbin/init on /dev/vda)"
     virtio_row "VMM resident memory at /init, 512 MiB shared guest RAM, 5 vhost-user devices + virtio-net" \
-        rss_kib KiB "< 1" "same runs (VmRSS of the VMM process)"
+        rss_kib KiB "< 1" "same runs (Rss of the VMM process, /proc/PID/smaps_rollup)"
     virtio_row "virtio-blk sequential read (1 MiB O_DIRECT reads, 64 MiB)" seq_read_mbs MiB/s "≥ 1" \
         "same runs: bed-io seqread /dev/vdb 64 in L2"
     virtio_row "virtio-blk sequential write (1 MiB O_DIRECT writes + fsync, 64 MiB)" seq_write_mbs MiB/s "≥ 1" \

@@ -221,7 +221,8 @@ for _ in $(seq "$ROUNDS"); do
             sleep 0.01
         done
         ready=$(now_ms)
-        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$vm_pid/status" 2>/dev/null)
+        # From the page tables: VmRSS is approximate on L1's kernel (boot-bench/l1.sh says why).
+        rss=$(awk '/^Rss:/ {print $2}' "/proc/$vm_pid/smaps_rollup" 2>/dev/null)
         wait_bounded "$vm_pid" 600
         wait_bounded $watcher 10
         kill $echo_pid 2>/dev/null

@@ -37,6 +37,11 @@ boot_once() {
         END { for (i in rss) if (rss[i] > rss[big]) big = i
               print "RSS-SPLIT", config, who, "largest_mapping_kib=" rss[big], "its_thp_kib=" huge[big] + 0,
                   "rest_kib=" total - rss[big], "vmrss_kib=" vmrss }' /proc/$pid/smaps 2>/dev/null
+    # What the boot made L1's KVM do for this VM (debugfs, summed over its vCPUs): exits that
+    # reach the VMM (io, mmio) against those KVM handles itself (faults, halts, interrupts).
+    echo "BOOT-EXITS $config $name $(kvm_exits "$pid" exits io_exits mmio_exits halt_exits \
+        halt_wakeup irq_exits irq_window_exits irq_injections insn_emulation pf_taken pf_fixed \
+        hypercalls)"
     echo sampled >&3
     wait $pid
     exec 3>&-

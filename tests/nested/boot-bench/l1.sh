@@ -44,6 +44,9 @@ boot_once() {
         hypercalls)"
     echo sampled >&3
     wait $pid
+    # How long the VMM took to end after L2 was told to power off (a VMM that does not end on
+    # its guest's power-off holds the round until `timeout` stops it).
+    echo "BOOT-END $config $name $(( $(now_ms) - ready ))"
     exec 3>&-
     if grep -q L2-READY /tmp/boot.log; then
         echo "BOOT $config $name $((ready - start)) ${rss:-0}"

@@ -367,13 +367,17 @@ run() {
     # no_timer_check: under TCG on a loaded host L1's IO-APIC timer check can time out and
     # panic. L1 is our test equipment, not the system under test: a run where L1 never reached
     # the scenario, or reset in the middle of it (no panic, no status: TCG's own failure; QEMU
-    # logs the CPU state of every reset, printed below), is retried once; so is a run where an
-    # L2 VM triple-faulted (L1's kvm_exit trace prints where).
+    # logs the CPU state of every reset, printed below), or whose kernel panicked (TCG has been
+    # seen to take an interrupt in L1 with a guest's GS base: `BUG: TASK stack guard page was
+    # hit` in exc_page_fault while QEMU or our VMM sat in KVM_RUN), is retried, up to
+    # NESTED_BED_ATTEMPTS (3) attempts in all; so is a run where an L2 VM triple-faulted (L1's
+    # kvm_exit trace prints where; seen at an L2's first instruction in QEMU and in ours alike).
     # L1's own boot takes well under a minute even on a loaded host; TCG has been seen to hang in
     # it (no output after SeaBIOS for 15 minutes). A watchdog stops an L1 that has not reached
     # its init within NESTED_L1_BOOT_TIMEOUT seconds, and that attempt counts as a failed bed.
     local l1_boot_s=${NESTED_L1_BOOT_TIMEOUT:-300} watchdog
-    for attempt in 1 2; do
+    local attempts=${NESTED_BED_ATTEMPTS:-3}
+    for attempt in $(seq "$attempts"); do
         status=0
         rm -f "$resets" "$work/qemu.pid"
         : >"$log"
@@ -398,21 +402,25 @@ run() {
         # Our VMM reporting a triple fault (seen once in CI under heavy load, a bzImage boot on
         # 1 vCPU): no scenario asks for one (a Linux reboot in QEMU may end in one, which QEMU
         # takes as a reset: those shutdowns are traced too, but are no reason to retry).
-        if [ "$attempt" = 1 ] && grep -a -q 'NESTED-L2-SHUTDOWN' "$log" &&
+        if [ "$attempt" -lt "$attempts" ] && grep -a -q 'NESTED-L2-SHUTDOWN' "$log" &&
             grep -a -q 'vmm: guest triple fault' "$log"; then
-            echo "nested-kvm: an L2 VM triple-faulted (NESTED-L2-SHUTDOWN above); retrying once" >&2
+            echo "nested-kvm: an L2 VM triple-faulted (NESTED-L2-SHUTDOWN above); retrying" >&2
             echo "NESTED-BED-RETRY"
             continue
         fi
         grep -a -q 'NESTED-EXIT [0-9]' "$log" && break
         grep -q NESTED-NO-KVM "$log" && break
-        if grep -q NESTED-L1-READY "$log"; then
+        if grep -a -q 'Kernel panic' "$log"; then
+            echo "nested-kvm: L1's kernel panicked in the middle of the scenario (the bed, not the" \
+                "system under test):" >&2
+            tr -d '\r' <"$log" | grep -a -m 3 -E 'BUG:|Comm:|Kernel panic' >&2
+        elif grep -q NESTED-L1-READY "$log"; then
             echo "nested-kvm: L1 ended in the middle of the scenario without a panic or a status" \
                 "(QEMU status $status); the end of QEMU's reset log:" >&2
             last_reset "$resets" >&2
         fi
-        [ "$attempt" = 2 ] && break
-        echo "nested-kvm: the bed failed (attempt $attempt); retrying once" >&2
+        [ "$attempt" = "$attempts" ] && break
+        echo "nested-kvm: the bed failed (attempt $attempt of $attempts); retrying" >&2
         echo "NESTED-BED-RETRY"   # on stdout: what L1 printed before it is not the verdict
     done
     [ "$status" -eq 124 ] && die "timed out after ${timeout_s}s"

@@ -104,6 +104,11 @@ pub struct Bridge {
     backend_lost_at: Option<Instant>,
 }
 
+/// How long a request from a driver peer we have not heard of waits for the server to announce
+/// it: a driver can ring us as soon as it has joined, before the server's message about its
+/// join (and its vectors) has reached us. Without the wait such a request was refused
+/// (`UnknownDriverPeer`) and its answer could not even be rung.
+const DRIVER_JOIN_WAIT: Duration = Duration::from_secs(2);
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
@@ -323,8 +328,28 @@ impl Bridge {
         known
     }
 
+    /// Takes in the server's news until the driver peer the header names is known to us (at
+    /// most [`DRIVER_JOIN_WAIT`]); the events met on the way stay queued for [`run`](Self::run).
+    /// A known peer's vectors came with its join (the server sends them in one burst), so a
+    /// config vector beyond them is the driver's error, refused at once.
+    fn await_driver_announced(&mut self) {
+        let claim = self.header().get(field::DRIVER_PEER);
+        let Ok(driver) = u16::try_from(claim) else {
+            return;
+        };
+        if driver == self.peer.id() || self.peer.peer_vector_count(driver).is_some() {
+            return;
+        }
+        if !self.peer.await_peer(driver, Some(DRIVER_JOIN_WAIT)) {
+            log::warn!(
+                "driver peer {driver} not announced by the server within {DRIVER_JOIN_WAIT:?}"
+            );
+        }
+    }
+
     /// Applies the status the driver asks for.
     fn apply(&mut self, wanted: u32) -> Result<(), ErrorCode> {
+        self.await_driver_announced();
         let Some(driver) = self.driver_peer() else {
             return Err(ErrorCode::UnknownDriverPeer);
         };

@@ -247,12 +247,13 @@ impl DriverQueue {
         Ok(mem.get_slice(self.used, len as usize)?)
     }
 
-    /// Offset of `used_event` in the avail ring, and of `avail_event` in the used ring.
-    fn avail_used_event(&self) -> usize {
+    /// Offset of `used_event` (written by us) in the avail ring.
+    fn used_event_offset(&self) -> usize {
         4 + 2 * self.size as usize
     }
 
-    fn avail_event(&self) -> usize {
+    /// Offset of `avail_event` (written by the device) in the used ring.
+    fn avail_event_offset(&self) -> usize {
         4 + 8 * self.size as usize
     }
 
@@ -340,7 +341,7 @@ impl DriverQueue {
         let used_ring = self.used_ring(mem);
         let kick = if self.features.event_idx {
             used_ring
-                .and_then(|r| Ok(r.load::<u16>(self.avail_event(), Ordering::Acquire)?))
+                .and_then(|r| Ok(r.load::<u16>(self.avail_event_offset(), Ordering::Acquire)?))
                 .map_or(true, |event| event_crossed(event, new, old))
         } else {
             new != old
@@ -364,7 +365,7 @@ impl DriverQueue {
     pub fn arm_call(&mut self, mem: &GuestMemoryMmap, count: u16) -> Result<(), QueueError> {
         if self.features.event_idx {
             let event = self.last_used.wrapping_add(count.max(1) - 1);
-            let at = self.avail_used_event();
+            let at = self.used_event_offset();
             self.avail_ring(mem)?.store(event, at, Ordering::Release)?;
             // Our used_event store before the caller's next look at the used index.
             fence(Ordering::SeqCst);

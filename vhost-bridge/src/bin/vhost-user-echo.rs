@@ -223,10 +223,12 @@ impl Echo {
                 queue.set_next_avail(next_avail);
                 any = true;
                 let (readable, writable) = (&mut self.readable, &mut self.writable);
-                readable.clear();
-                writable.clear();
-                if let Some(table) = &table {
-                    walk_chain(mem, table, size, head, readable, writable);
+                match &table {
+                    Some(table) => walk_chain(mem, table, size, head, readable, writable),
+                    None => {
+                        readable.clear();
+                        writable.clear();
+                    }
                 }
                 let written = copy_chain(mem, readable, writable);
                 queue

@@ -222,6 +222,8 @@ grep -q holding /tmp/kvm-hold.log || { echo "nested-kvm: kvm-hold did not start:
 # An L2 triple fault: KVM on AMD reinitializes the vCPU before it reports the shutdown to the
 # VMM, so the VMM can only print reset-state registers; the faulting rip is in KVM's exit trace.
 # Keep that one event on, filtered to shutdowns (SVM exit code 0x7f), and print what it caught.
+# KVM's per-VM counters (tests/nested/lib.sh kvm_exits) live in debugfs.
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 t=/sys/kernel/tracing
 mount -t tracefs nodev $t 2>/dev/null
 echo 'exit_reason == 127' >$t/events/kvm/kvm_exit/filter 2>/dev/null &&

@@ -8,8 +8,6 @@
 #   commas, since --arg values reach l1.sh unquoted; a vmlinux configuration needs --vmlinux)
 . ../lib.sh
 ROUNDS=${ROUNDS:-3}
-# KVM's per-VM counters (BOOT-EXITS) live in debugfs.
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 CONFIGS=${CONFIGS:-vmlinuz:1:256M}
 CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 

@@ -15,7 +15,6 @@
 #   MODE=test                          also RESULT lines: both transports delivered bytes and
 #                                      round trips (tests/tests/nested_linux_virtio_bench.rs)
 . ../lib.sh
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 MODE=${MODE:-bench}
 ROUNDS=${ROUNDS:-3}
 RNG_SECS=${RNG_SECS:-5}

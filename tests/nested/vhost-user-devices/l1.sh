@@ -194,7 +194,6 @@ phase_sample() {
 
 # MODE=bench: a file tree in the share for the virtiofs copy (200 files of 16 KiB in 10
 # directories), then ROUNDS rounds of one boot per VMM in VMM, alternated.
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 for vmm in $(echo "$VMM" | tr , " "); do
     echo "vhost-user-devices: $vmm: $(vm_command "$vmm" | tr '\n' ' ') '$CMDLINE'"
 done

@@ -117,12 +117,10 @@ static const char * const vi_errors[] = {
 struct vi_host;
 
 /*
- * A bounce mapping: where the buffer really is. One per VI_MIN_ALLOC_ORDER chunk of the arena,
- * in a table allocated with the device (size 0: no mapping starts in that chunk). A table, not
- * a tree or an allocation per mapping: an xarray keyed by address allocated and freed its nodes
- * (freed through RCU) on every request, and the RCU work that woke made readers such as
- * /dev/hwrng's yield a whole tick (rng_dev_read sleeps when need_resched()): half the
- * throughput of virtio-pci on the same backend (docs/virtio-over-ivshmem.md).
+ * A bounce mapping: where the buffer really is. One per arena granule, in a table allocated
+ * with the device (size 0: no mapping starts there), so that a request allocates and frees
+ * nothing: RCU-freed xarray nodes made /dev/hwrng readers yield a tick per request
+ * (docs/virtio-over-ivshmem.md).
  */
 struct vi_map {
 	phys_addr_t orig;
@@ -277,7 +275,13 @@ static void *vi_arena_va(struct vi_dev *vd, dma_addr_t dma)
 	return (u8 *)vd->host->shm + dma;
 }
 
-/* The mapping that starts at dma, or NULL when none does. */
+/* The table entry of the granule at dma (an address gen_pool gave out). */
+static struct vi_map *vi_slot(struct vi_dev *vd, dma_addr_t dma)
+{
+	return &vd->maps[(dma - vd->arena) >> VI_MIN_ALLOC_ORDER];
+}
+
+/* The mapping that starts at dma (an address the driver hands back), or NULL when none does. */
 static struct vi_map *vi_map_of(struct vi_dev *vd, dma_addr_t dma)
 {
 	struct vi_map *m;
@@ -285,7 +289,7 @@ static struct vi_map *vi_map_of(struct vi_dev *vd, dma_addr_t dma)
 	if (dma < vd->arena || dma - vd->arena >= vd->arena_len ||
 	    (dma - vd->arena) & ((1 << VI_MIN_ALLOC_ORDER) - 1))
 		return NULL;
-	m = &vd->maps[(dma - vd->arena) >> VI_MIN_ALLOC_ORDER];
+	m = vi_slot(vd, dma);
 	return m->size ? m : NULL;
 }
 
@@ -306,7 +310,7 @@ static dma_addr_t vi_map_page(struct device *dev, struct page *page, unsigned lo
 		return DMA_MAPPING_ERROR;
 	}
 	dma = gen_pool_virt_to_phys(vd->pool, va);
-	m = &vd->maps[(dma - vd->arena) >> VI_MIN_ALLOC_ORDER];
+	m = vi_slot(vd, dma);
 	m->orig = page_to_phys(page) + offset;
 	m->size = size;
 	/* Always, as swiotlb does: the device must not see what the arena held before. */
@@ -662,8 +666,11 @@ static int vi_find_vqs(struct virtio_device *vdev, unsigned int nvqs, struct vir
 		vd->vqs[i].vector = -1;
 		vd->vqs[i].shared = false;
 	}
-	/* A vector per queue when there are enough (and not asked otherwise), else one for all. */
-	for (i = 0; i < nvqs && !virtio_shared_vector; i++) {
+	/*
+	 * A vector per queue when asked (virtio_shared_vector=0) and there are enough; otherwise
+	 * (i stops short of nvqs) one for all of them.
+	 */
+	for (i = 0; !virtio_shared_vector && i < nvqs; i++) {
 		if (!names[i])
 			continue;
 		v = vi_take_vector(h, vi_vq_irq, &vd->vqs[i]);

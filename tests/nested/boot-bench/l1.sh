@@ -6,12 +6,59 @@
 # the peers given by $FIRECRACKER / $CLOUD_HYPERVISOR (--binary ...:/usr/local/bin/NAME).
 #   CONFIGS=vmlinuz:1:256M,vmlinux:1:256M,vmlinuz:2:256M,vmlinuz:1:1G (default: vmlinuz:1:256M;
 #   commas, since --arg values reach l1.sh unquoted; a vmlinux configuration needs --vmlinux)
+#   TRACE=1 (by hand, not for bench.sh: tracing costs time) also splits each boot with L1's ftrace
+#   (docs/boot-time.md): `BOOT-TRACE CONFIG WHO setup_ms=` (the VMM's exec to its first entry
+#   into the guest: loading the kernel, memory, devices) `run_ms=` (from there to L2's /init)
+#   `userspace_exit_ms=` (the vCPU thread in the VMM between a userspace exit and the next entry)
+#   `vcpu_preempted_ms=` (the vCPU thread runnable but not running) `entries=` (= exits + 1).
 . ../lib.sh
 ROUNDS=${ROUNDS:-3}
 CONFIGS=${CONFIGS:-vmlinuz:1:256M}
+TRACE=${TRACE:-0}
 CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
+T=/sys/kernel/debug/tracing
 
 now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+
+# trace_start: L1's ftrace from now on: process starts, scheduling, entries into L2, userspace
+# exits (cleared first).
+trace_start() {
+    local e
+    echo 16384 >$T/buffer_size_kb
+    echo >$T/trace
+    for e in sched/sched_process_exec sched/sched_switch kvm/kvm_entry kvm/kvm_userspace_exit; do
+        echo 1 >$T/events/$e/enable
+    done
+    echo 1 >$T/tracing_on
+}
+
+# trace_summary CONFIG WHO: the BOOT-TRACE line of the boot traced since trace_start, whose end
+# is the L2-READY mark. The VMM's start is the first exec that is not busybox's `timeout` (which
+# runs as /proc/self/exe); its vCPU is the thread of the first entry. Task names may hold spaces
+# (firecracker's "fc_vcpu 0"): the pid follows the last '-' before the "[cpu]" field.
+trace_summary() {
+    awk -v config="$1" -v who="$2" '
+        /^#/ { next }
+        { for (i = 2; i <= NF; i++) if ($i ~ /^\[[0-9]+\]$/) break
+          task = $1; for (j = 2; j < i; j++) task = task " " $j
+          pid = task; sub(/.*-/, "", pid)
+          t = $(i + 2); sub(/:$/, "", t); t += 0; ev = $(i + 3) }
+        ev == "sched_process_exec:" && exec0 == "" && !/filename=\/proc\/self\/exe/ &&
+            !/filename=[^ ]*\/timeout / { exec0 = t }
+        ev == "kvm_entry:" {
+            if (vcpu == "") { vcpu = pid; entry0 = t }
+            if (user != "") { user_s += t - user; user = "" }
+            entries++ }
+        ev == "kvm_userspace_exit:" && pid == vcpu { user = t }
+        ev == "sched_switch:" && vcpu != "" {
+            if ($0 ~ ("prev_pid=" vcpu " ") && $0 ~ /prev_state=R/) off = t
+            if ($0 ~ ("next_pid=" vcpu " ") && off != "") { preempted_s += t - off; off = "" } }
+        ev == "tracing_mark_write:" && /L2-READY/ { ready = t }
+        END { if (exec0 == "" || entry0 == "" || ready == "") { print "BOOT-TRACE-FAILED", config, who; exit }
+              printf "BOOT-TRACE %s %s setup_ms=%d run_ms=%d userspace_exit_ms=%d vcpu_preempted_ms=%d entries=%d\n",
+                  config, who, (entry0 - exec0) * 1000, (ready - entry0) * 1000, user_s * 1000,
+                  preempted_s * 1000, entries }' $T/trace
+}
 
 # boot_once CONFIG NAME CMD...: starts CMD, waits for L2's /init, samples RSS, then tells L2 (a
 # line on its serial console, which every VMM here feeds from its stdin) that it may end, and
@@ -21,11 +68,16 @@ boot_once() {
     shift 2
     rm -f /tmp/console-in; mkfifo /tmp/console-in
     exec 3<>/tmp/console-in
+    [ "$TRACE" != 1 ] || trace_start
     start=$(now_ms)
     "$@" </tmp/console-in >/tmp/boot.log 2>&1 &
     pid=$!
     wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
+    if [ "$TRACE" = 1 ]; then
+        echo L2-READY >$T/trace_marker
+        echo 0 >$T/tracing_on
+    fi
     # Resident memory from the page tables (smaps), not VmRSS: L1's kernel (6.1) keeps VmRSS in
     # per-thread caches of up to 64 pages each, so a process with many threads (cloud-hypervisor)
     # reads up to a few MB low there (proc(5): "use smaps_rollup if accurate values are required").
@@ -48,6 +100,7 @@ boot_once() {
     # is bounded: what is measured was sampled above.
     wait_bounded "$pid" 20 || true
     echo "BOOT-END $config $name $(( $(now_ms) - ready ))"
+    [ "$TRACE" != 1 ] || trace_summary "$config" "$name"
     exec 3>&-
     if grep -q L2-READY /tmp/boot.log; then
         echo "BOOT $config $name $((ready - start)) ${rss:-0}"

@@ -65,6 +65,20 @@ wait_bounded() {
     wait "$pid"
 }
 
+# wait_console FILE PATTERN SECONDS PID: until FILE (a VM's console) contains PATTERN (grep -E;
+# status 0), PID ends (1) or SECONDS of wall time pass (1). Wall time, not a count of polls: on
+# a loaded bed each poll takes longer. The benchmarks bound a boot's start with it: the bed's
+# TCG has been seen to hang an L2 at its start (QEMU's and ours alike) until the run's limits.
+wait_console() {
+    local deadline=$(($(awk '{printf "%d", $1}' /proc/uptime) + $3))
+    while [ "$(awk '{printf "%d", $1}' /proc/uptime)" -lt "$deadline" ]; do
+        grep -qE -- "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$4" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    grep -qE -- "$2" "$1" 2>/dev/null
+}
+
 # wait_for FILE PATTERN [SECONDS]: polls until FILE contains PATTERN (grep -E).
 wait_for() {
     local i

@@ -31,7 +31,8 @@
 # in L1, timeout, QEMU error).
 #
 # NESTED_L1_CMDLINE is appended to L1's kernel command line (e.g. loglevel=7 to see L1's
-# kernel messages in full).
+# kernel messages in full). NESTED_BED_ATTEMPTS (3), NESTED_L1_BOOT_TIMEOUT (300 s) and
+# NESTED_SILENCE_TIMEOUT (900 s of a silent console) bound a failing bed (docs/nested-kvm.md).
 # Cache: $NESTED_CACHE or <target>/nested (kernel and busybox packages resolved at run time from
 # apt: the kernel is the package linux-image-amd64 depends on, so its ABI number may change).
 set -euo pipefail
@@ -195,6 +196,28 @@ hold_bed_lock() {
 
 # last_reset LOG: the end of QEMU's `-d cpu_reset` log: the CPU state at each reset (the first
 # ones are L1's power-on) and QEMU's "Triple fault" line when that is what ended L1.
+# monitor_command SOCKET COMMAND: COMMAND's output from QEMU's human monitor on SOCKET.
+monitor_command() {
+    python3 - "$1" "$2" <<'PY' 2>/dev/null || echo "(QEMU's monitor did not answer)"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+out = b""
+s.sendall(sys.argv[2].encode() + b"\n")
+end = time.time() + 5
+while time.time() < end:
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        break
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
+PY
+}
+
 last_reset() {
     if [ -s "$1" ]; then tail -n 40 "$1"; else echo "(QEMU logged no reset)"; fi
 }
@@ -377,26 +400,46 @@ run() {
     # L1's own boot takes well under a minute even on a loaded host; TCG has been seen to hang in
     # it (no output after SeaBIOS for 15 minutes). A watchdog stops an L1 that has not reached
     # its init within NESTED_L1_BOOT_TIMEOUT seconds, and that attempt counts as a failed bed.
-    local l1_boot_s=${NESTED_L1_BOOT_TIMEOUT:-300} watchdog
-    local attempts=${NESTED_BED_ATTEMPTS:-3}
+    # TCG has also been seen to hang L1 in the middle of a scenario (one L1 CPU busy for good, the
+    # console silent; the scenario's own time limits then never fire): an L1 whose console has
+    # been silent for NESTED_SILENCE_TIMEOUT seconds (900; every scenario prints well within
+    # that) is stopped the same way, after printing where its CPUs are (QEMU's monitor, `info
+    # registers -a`: L1 runs with nokaslr, so its RIPs read against the kernel's System.map).
+    local l1_boot_s=${NESTED_L1_BOOT_TIMEOUT:-300} silence_s=${NESTED_SILENCE_TIMEOUT:-900} watchdog
+    local attempts=${NESTED_BED_ATTEMPTS:-3} monitor="$work/monitor.sock"
     for attempt in $(seq "$attempts"); do
         status=0
-        rm -f "$resets" "$work/qemu.pid"
+        rm -f "$resets" "$work/qemu.pid" "$monitor"
         : >"$log"
         (
+            stop_l1() { kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true; }
+            ready=""
             for _ in $(seq "$l1_boot_s"); do
                 sleep 1
-                grep -a -q 'NESTED-L1-READY\|NESTED-NO-KVM' "$log" 2>/dev/null && exit 0
+                grep -a -q 'NESTED-L1-READY\|NESTED-NO-KVM' "$log" 2>/dev/null && { ready=1; break; }
             done
-            echo "nested-kvm: L1 did not reach its init within ${l1_boot_s}s; stopping it" >&2
-            kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
+            if [ -z "$ready" ]; then
+                echo "nested-kvm: L1 did not reach its init within ${l1_boot_s}s; stopping it" >&2
+                stop_l1; exit 0
+            fi
+            size=-1 quiet=0
+            while sleep 10; do
+                now=$(stat -c %s "$log" 2>/dev/null || echo 0)
+                if [ "$now" = "$size" ]; then quiet=$((quiet + 10)); else quiet=0 size=$now; fi
+                [ "$quiet" -ge "$silence_s" ] || continue
+                echo "nested-kvm: L1's console has been silent for ${silence_s}s (TCG hung it?);" \
+                    "where its CPUs are:" >&2
+                monitor_command "$monitor" "info registers -a" | grep -a -o -E "CPU#[0-9]+|RIP=[0-9a-f]+|RSP=[0-9a-f]+|CR3=[0-9a-f]+|HLT=[01]|monitor did not answer" >&2 || true
+                stop_l1; exit 0
+            done
         ) &
         watchdog=$!
         timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max,-xsave -m 2G \
             -smp "$smp" -nographic -no-reboot -nodefaults -serial stdio \
             -d cpu_reset -D "$resets" -pidfile "$work/qemu.pid" \
+            -monitor "unix:$monitor,server=on,wait=off" \
             -kernel "$base/vmlinuz" -initrd "$work/l1.gz" \
-            -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check ${NESTED_L1_CMDLINE:-}" \
+            -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check nokaslr ${NESTED_L1_CMDLINE:-}" \
             "${qemu_extra[@]}" \
             <"$input" | tee "$log" || status=$?
         kill "$watchdog" 2>/dev/null || true; wait "$watchdog" 2>/dev/null || true

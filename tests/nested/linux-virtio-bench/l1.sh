@@ -104,7 +104,9 @@ for round in $(seq "$ROUNDS"); do
             if wait_console /tmp/vm.log '^PHASE rng begin' "$READY_TIMEOUT" $vm; then
                 wait_bounded $vm 600
             else
-                echo "BENCH-FAILED $t: L2 did not start its first phase in $READY_TIMEOUT s (attempt $attempt)"
+                if kill -0 $vm 2>/dev/null; then
+                    echo "BENCH-FAILED $t: L2 did not start its first phase in $READY_TIMEOUT s; stopping it"
+                fi
                 wait_bounded $vm 1
             fi
             status=$?

@@ -229,7 +229,9 @@ for _ in $(seq "$ROUNDS"); do
                 rss=$(awk '/^Rss:/ {print $2}' "/proc/$vm_pid/smaps_rollup" 2>/dev/null)
                 wait_bounded "$vm_pid" 600
             else
-                echo "BENCH-FAILED $vmm: L2 did not reach /init in $READY_TIMEOUT s (attempt $attempt)"
+                if kill -0 "$vm_pid" 2>/dev/null; then
+                    echo "BENCH-FAILED $vmm: L2 did not reach /init in $READY_TIMEOUT s; stopping it"
+                fi
                 wait_bounded "$vm_pid" 1   # SIGTERM: our VMM says where each vCPU was
             fi
             wait_bounded $watcher 10

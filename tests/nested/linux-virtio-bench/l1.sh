@@ -12,8 +12,9 @@
 # device at a time, so each boot has one transport. ROUNDS rounds of one boot per transport
 # (TRANSPORTS, alternated); each boot prints `BENCH <transport> key=value` lines (l2.sh).
 #   ROUNDS=3 RNG_SECS=5 PINGS=2000     the benchmark (scripts/bench.sh nested_linux_virtio)
-#   READY_TIMEOUT=300                  seconds for a boot to start its first phase; a failed boot
-#                                      is tried once more
+#   READY_TIMEOUT=300                  seconds for a boot to start its first phase
+#   BOOT_ATTEMPTS=3                    boots at most per round and transport (a failed one is
+#                                      booted again)
 #   MODE=test                          also RESULT lines: both transports delivered bytes and
 #                                      round trips (tests/tests/nested_linux_virtio_bench.rs)
 . ../lib.sh
@@ -22,6 +23,7 @@ ROUNDS=${ROUNDS:-3}
 RNG_SECS=${RNG_SECS:-5}
 PINGS=${PINGS:-2000}
 READY_TIMEOUT=${READY_TIMEOUT:-300}
+BOOT_ATTEMPTS=${BOOT_ATTEMPTS:-3}
 TRANSPORTS=${TRANSPORTS:-pci,ivshmem}
 QEMU_MACHINE=${QEMU_MACHINE:-microvm,pcie=on}
 MEM=256M
@@ -85,10 +87,11 @@ done
 for round in $(seq "$ROUNDS"); do
     for t in $(echo "$TRANSPORTS" | tr , ' '); do
         # A boot that fails (the bed's TCG has been seen to hang an L2 at its start and to
-        # triple-fault one in the middle, QEMU's and ours) is reported as BENCH-FAILED and tried
-        # once more with a fresh side, so that the round keeps its boot. One that has not started
-        # its first phase in READY_TIMEOUT (wall time; a quiet bed: under 30 s) is stopped.
-        for attempt in 1 2; do
+        # triple-fault one in the middle, QEMU's and ours) is reported as BENCH-FAILED and booted
+        # again with a fresh side (BOOT_ATTEMPTS in all), so that the round keeps its boot. One
+        # that has not started its first phase in READY_TIMEOUT (wall time; a quiet bed: under
+        # 30 s) is stopped.
+        for attempt in $(seq "$BOOT_ATTEMPTS"); do
             if ! start_side "$t"; then
                 echo "BENCH-FAILED $t set-up"
                 tail -n 5 $B/*.log | sed 's/^/BENCH-FAILED-LOG | /'
@@ -117,9 +120,9 @@ for round in $(seq "$ROUNDS"); do
                 echo "BENCH $t $(phase_exits)"
                 break
             fi
-            echo "BENCH-FAILED $t (VM status $status, attempt $attempt of 2)"
+            echo "BENCH-FAILED $t (VM status $status, attempt $attempt of $BOOT_ATTEMPTS)"
             tail -n 30 /tmp/vm.log $B/*.log | tr -d '\r' | sed 's/^/BENCH-FAILED-LOG | /'
-            [ "$attempt" = 2 ] || stop_side
+            [ "$attempt" = "$BOOT_ATTEMPTS" ] || stop_side
         done
         # What the bridges saw (set-up, resets) and the backends' complaints.
         [ "$t" = pci ] || tail -n 8 $B/rng-bridge.log $B/vsock-bridge.log | sed "s/^/$t: BRIDGE /"

@@ -14,7 +14,8 @@
 #               (name_vcpu_ticks=, name_vmm_other_ticks=, name_backend_ticks=), L2's interrupts
 #               per vector (name_irq_LABEL=), and the features each driver took
 #   VMM_STATS=1 (bench) ours runs with --stats: its exits by address (whole run) as BENCH-DIAG
-#   READY_TIMEOUT=300 (bench) seconds for a boot to reach /init; a failed boot is tried once more
+#   READY_TIMEOUT=300 (bench) seconds for a boot to reach /init; BOOT_ATTEMPTS=3 boots at most
+#               per round and VMM (a failed one is booted again)
 #
 # L2 boots /l2/vmlinuz with /l2/initrd.gz (busybox, the virtio modules) and root=/dev/vda: the
 # first disk is /l2/rootfs.img (ext4: busybox, l2.sh as /scenario.sh, bed-io), the second a
@@ -25,6 +26,7 @@ MODE=${MODE:-test}
 ROUNDS=${ROUNDS:-1}
 VMM_STATS=${VMM_STATS:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-300}
+BOOT_ATTEMPTS=${BOOT_ATTEMPTS:-3}
 stats_flag=""
 [ "$VMM_STATS" = 1 ] && stats_flag=--stats
 CPUS=${CPUS:-1}
@@ -213,9 +215,10 @@ for _ in $(seq "$ROUNDS"); do
         # Boot to /init with root on virtio-blk: L2-READY is printed by /sbin/init on /dev/vda
         # (17-30 s on a quiet bed). A boot that fails (the bed's TCG has been seen to hang an L2
         # at its start and to triple-fault one in the middle of a benchmark, QEMU's and ours) is
-        # reported as BENCH-FAILED and tried once more with fresh backends, so that the round
-        # keeps its boot. One that has not reached /init in READY_TIMEOUT (wall time) is stopped.
-        for attempt in 1 2; do
+        # reported as BENCH-FAILED and booted again with fresh backends (BOOT_ATTEMPTS in all),
+        # so that the round keeps its boot. One that has not reached /init in READY_TIMEOUT
+        # (wall time) is stopped.
+        for attempt in $(seq "$BOOT_ATTEMPTS"); do
             start_backends || { echo "BENCH-FAILED $vmm backends"; stop_backends; continue 2; }
             bed-io uds-echo $S/vsock.uds_5002 >/dev/null 2>&1 &
             echo_pid=$!
@@ -246,7 +249,7 @@ for _ in $(seq "$ROUNDS"); do
             fi
             # Shown by bench.sh (its lines start with BENCH), left out of its medians; L1's
             # trace names an L2 triple fault (NESTED-L2-SHUTDOWN, docs/nested-kvm.md).
-            echo "BENCH-FAILED $vmm (attempt $attempt of 2)"
+            echo "BENCH-FAILED $vmm (attempt $attempt of $BOOT_ATTEMPTS)"
             tail -n 30 /tmp/vm.log /tmp/qsd.log /tmp/virtiofsd.log /tmp/vsock.log /tmp/rng.log |
                 tr -d '\r' | sed 's/^/BENCH-FAILED-LOG | /'
         done

@@ -148,16 +148,31 @@ if [ "$MODE" = test ]; then
     # The VM with its console shown as it comes (L2's RESULT lines are the scenario's too) and
     # kept in /tmp/vm.log, its exit status on the last line.
     cmd=$(vm_command "$VMM")
-    # shellcheck disable=SC2086  # the command line is words; the kernel's is one argument
-    ( $cmd "$CMDLINE" </dev/null 2>&1 & echo $! >/tmp/vm.pid; wait $!; echo "VM-STATUS $?" ) |
-        tr -d '\r' | tee /tmp/vm.log &
-    console=$!
-    # L2 listens on vsock port 5000 and says so on its console; L1 connects through the UDS.
-    if wait_for_vm 'vsock: listening on port 5000' "$CHECK_TIMEOUT"; then
-        check vsock_l1_to_l2 0 'hello from L2 over vsock' bed-io uds-connect $S/vsock.uds 5000
-    else
+    # QEMU's microvm L2 on this bed sometimes dies within seconds with "PCI: Fatal: No config
+    # space access function found" (its ACPI tables did not arrive; docs/nested-kvm.md): the
+    # baseline, not the system under test, so that one failure boots it a second time.
+    for try in 1 2; do
+        # shellcheck disable=SC2086  # the command line is words; the kernel's is one argument
+        ( $cmd "$CMDLINE" </dev/null 2>&1 & echo $! >/tmp/vm.pid; wait $!; echo "VM-STATUS $?" ) |
+            tr -d '\r' | tee /tmp/vm.log &
+        console=$!
+        # L2 listens on vsock port 5000 and says so on its console; L1 connects through the UDS.
+        if wait_for_vm 'vsock: listening on port 5000' "$CHECK_TIMEOUT"; then
+            check vsock_l1_to_l2 0 'hello from L2 over vsock' bed-io uds-connect $S/vsock.uds 5000
+            break
+        fi
+        if [ "$try" = 1 ] && [ "$VMM" = qemu ] &&
+            grep -q 'PCI: Fatal: No config space access function found' /tmp/vm.log; then
+            echo "vhost-user-devices: QEMU's L2 found no PCI configuration access; booting it again"
+            wait_bounded $console 30 || kill "$(cat /tmp/vm.pid)"
+            stop_backends
+            start_backends || echo "l1.sh: the backends did not start"
+            rm -f /tmp/vm.pid
+            continue
+        fi
         echo "RESULT vsock_l1_to_l2 fail (L2 never listened on vsock port 5000)"
-    fi
+        break
+    done
     wait_bounded $console 900 || kill "$(cat /tmp/vm.pid)"
     check vm_exit_status 0 'VM-STATUS 0' cat /tmp/vm.log
     check l2_switched_root 0 'L2-SWITCH-ROOT /dev/vda' cat /tmp/vm.log

@@ -67,16 +67,21 @@ wait_bounded() {
 
 # wait_console FILE PATTERN SECONDS PID: until FILE (a VM's console) contains PATTERN (grep -E;
 # status 0), PID ends (1) or SECONDS of wall time pass (1). Wall time, not a count of polls: on
-# a loaded bed each poll takes longer. The benchmarks bound a boot's start with it: the bed's
-# TCG has been seen to hang an L2 at its start (QEMU's and ours alike) until the run's limits.
+# a loaded bed each poll takes longer, and TCG has been seen to hang an L2 at its start (QEMU's
+# and ours alike). It polls every 10 ms, since boot benchmarks time the pattern's arrival by it,
+# and reads the clock at every 100th poll only.
 wait_console() {
-    local deadline=$(($(awk '{printf "%d", $1}' /proc/uptime) + $3))
-    while [ "$(awk '{printf "%d", $1}' /proc/uptime)" -lt "$deadline" ]; do
+    local deadline polls=0
+    deadline=$(($(awk '{printf "%d", $1}' /proc/uptime) + $3))
+    while :; do
         grep -qE -- "$2" "$1" 2>/dev/null && return 0
         kill -0 "$4" 2>/dev/null || return 1
-        sleep 0.05
+        polls=$((polls + 1))
+        if [ $((polls % 100)) = 0 ] && [ "$(awk '{printf "%d", $1}' /proc/uptime)" -ge "$deadline" ]; then
+            return 1
+        fi
+        sleep 0.01
     done
-    grep -qE -- "$2" "$1" 2>/dev/null
 }
 
 # wait_for FILE PATTERN [SECONDS]: polls until FILE contains PATTERN (grep -E).
@@ -120,21 +125,7 @@ hwrng_first_read() {
 
 # wait_l2_ready LOG PID: waits (at most 300 s of wall time) until LOG shows L2-READY (L2's /init
 # started); fails as soon as PID, the VMM writing LOG, has ended without it.
-# It polls every 10 ms (the boot benchmarks time L2-READY by it) and reads the clock every
-# 100th poll only.
-wait_l2_ready() {
-    local deadline polls=0
-    deadline=$(($(awk '{printf "%d", $1}' /proc/uptime) + 300))
-    while :; do
-        grep -q L2-READY "$1" && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        polls=$((polls + 1))
-        if [ $((polls % 100)) = 0 ] && [ "$(awk '{printf "%d", $1}' /proc/uptime)" -ge "$deadline" ]; then
-            return 1
-        fi
-        sleep 0.01
-    done
-}
+wait_l2_ready() { wait_console "$1" L2-READY 300 "$2"; }
 
 # watch_phases PID: while the VM of process PID runs, at each `PHASE name begin|end` line on its
 # console (/tmp/vm.log), appends that line and `phase_sample PID` (key=value words; the scenario

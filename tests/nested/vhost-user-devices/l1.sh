@@ -16,6 +16,11 @@
 #   VMM_STATS=1 (bench) ours runs with --stats: its exits by address (whole run) as BENCH-DIAG
 #   READY_TIMEOUT=300 (bench) seconds for a boot to reach /init; BOOT_ATTEMPTS=3 boots at most
 #               per round and VMM (a failed one is booted again)
+#   TRACE_PHASE=vsock (bench, by hand: tracing costs time) L1's ftrace over that phase of each
+#               boot: `<vmm>: TRACE-LAT kick_to_call|call_to_next_kick n= p25= p50= p75= mean=`
+#               (µs; kicks are KVM's `kvm_mmio` writes at notify addresses, calls its
+#               `kvm_msi_set_irq` injections) and `<vmm>: TRACE-COUNT n task event ...`, the
+#               most frequent scheduler events and who caused them (docs/virtio-pci.md)
 #
 # L2 boots /l2/vmlinuz with /l2/initrd.gz (busybox, the virtio modules) and root=/dev/vda: the
 # first disk is /l2/rootfs.img (ext4: busybox, l2.sh as /scenario.sh, bed-io), the second a
@@ -27,6 +32,7 @@ ROUNDS=${ROUNDS:-1}
 VMM_STATS=${VMM_STATS:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-300}
 BOOT_ATTEMPTS=${BOOT_ATTEMPTS:-3}
+TRACE_PHASE=${TRACE_PHASE:-}
 stats_flag=""
 [ "$VMM_STATS" = 1 ] && stats_flag=--stats
 CPUS=${CPUS:-1}
@@ -205,8 +211,51 @@ cpu_ticks() {
     printf 'vcpu_ticks=%s vmm_other_ticks=%s backend_ticks=%s ' "$vcpu" "$other" "$backend"
 }
 
-# phase_sample PID: what watch_phases records at each phase edge: KVM's counters and CPU ticks.
+# trace_phase begin|end: TRACE_PHASE's tracing. It starts at a marker in the buffer instead of
+# clearing it (nested-kvm.sh's shutdown exits stay), leaves tracing on, and writes its summary
+# to /tmp/trace-summary, which the boot's report prints.
+T=/sys/kernel/tracing
+TRACE_EVENTS="kvm/kvm_mmio kvm/kvm_msi_set_irq sched/sched_switch sched/sched_wakeup"
+trace_phase() {
+    local e k n
+    if [ "$1" = begin ]; then
+        echo 32768 >$T/buffer_size_kb
+        for e in $TRACE_EVENTS; do echo 1 >$T/events/$e/enable; done
+        echo TRACE-PHASE-BEGIN >$T/trace_marker
+        return
+    fi
+    for e in $TRACE_EVENTS; do echo 0 >$T/events/$e/enable; done
+    grep -v '^#' $T/trace | awk '/TRACE-PHASE-BEGIN/ { n = NR } { l[NR] = $0 } END { for (i = n + 1; i <= NR; i++) print l[i] }' >/tmp/trace.txt
+    # Per event: the task, the event and what it did (switched to whom, woke whom, wrote where).
+    awk '{ ev = ""; for (i = 1; i <= NF; i++) if ($i ~ /^[a-z_]+:$/ && $(i-1) ~ /^[0-9.]+:$/) { ev = $i; break }
+        comm = $1; sub(/-[0-9]+$/, "", comm); key = comm " " ev
+        if (ev == "sched_switch:") { n = $0; sub(/.*next_comm=/, "", n); sub(/ next_pid.*/, "", n); p = $0; sub(/.*prev_state=/, "", p); sub(/ .*/, "", p); key = key " " p " -> " n }
+        if (ev == "sched_wakeup:") { n = $0; sub(/.*sched_wakeup: /, "", n); sub(/:[0-9]+ .*/, "", n); key = key " wakes " n }
+        if (ev == "kvm_mmio:") { n = $0; sub(/.*kvm_mmio: /, "", n); sub(/ val.*/, "", n); key = key " " n }
+        c[key]++ } END { for (k in c) print "TRACE-COUNT " c[k] " " k }' /tmp/trace.txt | sort -k2 -n -r | head -40 >/tmp/trace-summary
+    # A kick opens a request, the next call closes it; the call opens the guest's turn, its next
+    # kick closes that.
+    awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) { t = substr($i, 1, length($i) - 1) + 0; break } }
+        / kvm_mmio: mmio write/ { if (tm != "" && tk == "") print "call_to_next_kick", (t - tm) * 1e6; tk = t; tm = "" }
+        / kvm_msi_set_irq:/ { if (tk != "") print "kick_to_call", (t - tk) * 1e6; tk = ""; tm = t }' /tmp/trace.txt >/tmp/lat.txt
+    for k in kick_to_call call_to_next_kick; do
+        awk -v k=$k '$1 == k {print $2}' /tmp/lat.txt | sort -n >/tmp/lat.one
+        n=$(grep -c . /tmp/lat.one)
+        [ "$n" -gt 0 ] || continue
+        echo "TRACE-LAT $k n=$n p25=$(sed -n "$((n / 4 + 1))p" /tmp/lat.one) p50=$(sed -n "$((n / 2 + 1))p" /tmp/lat.one) p75=$(sed -n "$((n * 3 / 4 + 1))p" /tmp/lat.one) mean=$(awk '{s += $1} END {printf "%.1f", s / NR}' /tmp/lat.one)" >>/tmp/trace-summary
+    done
+    rm -f /tmp/trace.txt /tmp/lat.txt /tmp/lat.one
+}
+
+# phase_sample PID: what watch_phases records at each phase edge: KVM's counters and CPU ticks
+# (and TRACE_PHASE's tracing; $seen is watch_phases' count of the phase lines so far).
 phase_sample() {
+    if [ -n "$TRACE_PHASE" ]; then
+        case "$(grep '^PHASE' /tmp/vm.log | sed -n "${seen}p" | tr -d '\r')" in
+            "PHASE $TRACE_PHASE begin") trace_phase begin ;;
+            "PHASE $TRACE_PHASE end") trace_phase end ;;
+        esac
+    fi
     kvm_exits "$1" exits mmio_exits io_exits halt_exits halt_wakeup irq_injections irq_exits \
         irq_window_exits insn_emulation hypercalls pf_fixed pf_taken signal_exits \
         request_irq_exits host_state_reload
@@ -252,9 +301,11 @@ for _ in $(seq "$ROUNDS"); do
                 fi
                 wait_bounded "$vm_pid" 1   # SIGTERM: our VMM says where each vCPU was
             fi
-            wait_bounded $watcher 10
+            wait_bounded $watcher 120   # (TRACE_PHASE's summary takes a while under TCG)
             kill $echo_pid 2>/dev/null
             stop_backends
+            [ ! -f /tmp/trace-summary ] || sed "s/^/$vmm: /" /tmp/trace-summary
+            rm -f /tmp/trace-summary
             if grep -q 'L2-EXIT 0' /tmp/vm.log; then
                 echo "BENCH $vmm boot_to_init_ms=$((ready - vm_start_ms)) rss_kib=${rss:-0}"
                 tr -d '\r' </tmp/vm.log | sed -n "s/^BENCH /BENCH $vmm /p"

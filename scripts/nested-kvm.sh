@@ -457,6 +457,17 @@ run() {
             echo "NESTED-BED-RETRY"
             continue
         fi
+        # The same TCG fault as L1's `stack guard page` panic below, seen in an L2 kernel (CI,
+        # 2026-12-06: L2 Linux in our VMM, 5 s in, a user process of the scenario): an endless
+        # chain of page faults at exc_page_fault's first %gs access, GS base and KERNEL_GS_BASE
+        # both the kernel's. The scenario's checks then fail on a dead L2: not a verdict.
+        if [ "$attempt" -lt "$attempts" ] &&
+            awk '/stack guard page was hit/ && !/BENCH-FAILED-LOG/ { found = 1 } END { exit !found }' "$log"; then
+            echo "nested-kvm: a kernel's page-fault handler faulted on its own per-CPU access" \
+                "(TCG's SVM emulation; \`stack guard page was hit\` above); retrying" >&2
+            echo "NESTED-BED-RETRY"
+            continue
+        fi
         grep -a -q 'NESTED-EXIT [0-9]' "$log" && break
         grep -q NESTED-NO-KVM "$log" && break
         if grep -a -q 'Kernel panic' "$log"; then

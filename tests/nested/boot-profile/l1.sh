@@ -56,7 +56,7 @@ EOF
     else
         echo "BOOT-FAILED $who $mode"; tail -n 30 /tmp/boot.log
     fi
-    tr -d '\r' </tmp/boot.log | grep -E '^(vmm-stats:|DMESG )' || true
+    tr -d '\r' </tmp/boot.log | grep -E '^(vmm-stats:|DMESG |CPU )' || true
 }
 
 # EXIT_BENCH=1: what one exit costs on this bed, through our dispatch and answered in the vCPU

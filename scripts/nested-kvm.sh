@@ -216,6 +216,43 @@ sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
 PY
 }
 
+# l1_cpu_stuck SOCKET NCPUS: whether an L1 CPU sits halted, interrupts enabled, with an interrupt
+# in its local APIC's IRR above its processor priority: one it may take and has not. A CPU in
+# that state for seconds is not waiting for work, TCG lost its wake-up (seen 2026-12-06: L1's
+# CPU 0 halted with its timer's and two IPIs' vectors pending for minutes, the scenario stuck
+# behind it). Prints each such CPU.
+l1_cpu_stuck() {
+    python3 - "$1" "$2" <<'PY' 2>/dev/null
+import re, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+commands = ["info registers -a"] + ["info lapic %d" % i for i in range(int(sys.argv[2]))]
+s.sendall(("\n".join(commands) + "\n").encode())
+out, end = b"", time.time() + 5
+while time.time() < end:
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        break
+    if not chunk:
+        break
+    out += chunk
+text = out.decode(errors="replace").replace("\r", "")
+regs = {int(c): (rip, int(rfl, 16), hlt) for c, rip, rfl, hlt in
+        re.findall(r"CPU#(\d+)\n.*?RIP=([0-9a-f]+) RFL=([0-9a-f]+).*?HLT=(\d)", text, re.S)}
+stuck = False
+for cpu, irr, ppr in re.findall(
+        r"local APIC state for CPU (\d+)\s*\n.*?IRR\s+([^\n]*)\n.*?PPR 0x([0-9a-f]+)", text, re.S):
+    vectors = [int(v) for v in irr.split() if v.isdigit()]
+    rip, rflags, halted = regs.get(int(cpu), ("?", 0, "0"))
+    if halted == "1" and rflags & 0x200 and vectors and max(vectors) >> 4 > int(ppr, 16) >> 4:
+        print("CPU#%s halted at RIP=%s, interrupts enabled, IRR %s above PPR 0x%s" % (cpu, rip, irr.strip(), ppr))
+        stuck = True
+sys.exit(0 if stuck else 1)
+PY
+}
+
 # last_reset LOG: the end of QEMU's `-d cpu_reset` log: the CPU state at each reset (the first
 # ones are L1's power-on) and QEMU's "Triple fault" line when that is what ended L1.
 last_reset() {
@@ -428,6 +465,14 @@ run() {
             while sleep 10; do
                 now=$(stat -c %s "$log" 2>/dev/null || echo 0)
                 if [ "$now" = "$size" ]; then quiet=$((quiet + 10)); else quiet=0 size=$now; fi
+                # A quiet L1 with a CPU that has not taken a pending interrupt, twice 10 s apart:
+                # hung for good, no need to wait out the silence limit.
+                if [ "$quiet" -ge 60 ] && [ $((quiet % 30)) = 0 ] && l1_cpu_stuck "$monitor" "$smp" >/dev/null &&
+                    sleep 10 && stuck=$(l1_cpu_stuck "$monitor" "$smp"); then
+                    echo "nested-kvm: L1 is hung (TCG): a CPU has not taken its pending interrupts:" >&2
+                    echo "$stuck" >&2
+                    stop_l1; exit 0
+                fi
                 [ "$quiet" -ge "$silence_s" ] || continue
                 echo "nested-kvm: L1's console has been silent for ${silence_s}s (TCG hung it?);" \
                     "where its CPUs are:" >&2

@@ -11,10 +11,16 @@
 #   into the guest: loading the kernel, memory, devices) `run_ms=` (from there to L2's /init)
 #   `userspace_exit_ms=` (the vCPU thread in the VMM between a userspace exit and the next entry)
 #   `vcpu_preempted_ms=` (the vCPU thread runnable but not running) `entries=` (= exits + 1).
+#   SETTLE=1 compacts L1's memory before every boot, so that each VMM's guest starts from the
+#   same supply of free 2 MiB blocks (docs/boot-time.md).
+# Every boot also prints `BOOT-L1MEM CONFIG WHO free_2m_blocks=` (before it) and L1's huge-page
+# and compaction counters over it (`thp_fault_alloc=`, `thp_fault_fallback=`, `compact_stall=`):
+# L1 backs each first touch of guest RAM with a transparent huge page, zeroed under TCG.
 . ../lib.sh
 ROUNDS=${ROUNDS:-3}
 CONFIGS=${CONFIGS:-vmlinuz:1:256M}
 TRACE=${TRACE:-0}
+SETTLE=${SETTLE:-0}
 CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 T=/sys/kernel/debug/tracing
 
@@ -60,6 +66,15 @@ trace_summary() {
                   preempted_s * 1000, entries }' $T/trace
 }
 
+# free_2m_blocks: L1's free blocks of 2 MiB or more, counted in 2 MiB (buddyinfo's orders 9, 10).
+free_2m_blocks() { awk '{ n += $(NF - 1) + 2 * $NF } END { print n }' /proc/buddyinfo; }
+
+# vmstat_of NAME...: those counters of /proc/vmstat, as NAME=VALUE words.
+vmstat_of() {
+    local name
+    for name in "$@"; do awk -v n="$name" '$1 == n { printf "%s=%s ", n, $2 }' /proc/vmstat; done
+}
+
 # boot_once CONFIG NAME CMD...: starts CMD, waits for L2's /init, samples RSS, then tells L2 (a
 # line on its serial console, which every VMM here feeds from its stdin) that it may end, and
 # waits for it.
@@ -68,12 +83,24 @@ boot_once() {
     shift 2
     rm -f /tmp/console-in; mkfifo /tmp/console-in
     exec 3<>/tmp/console-in
+    if [ "$SETTLE" = 1 ]; then
+        echo 1 >/proc/sys/vm/compact_memory
+        sleep 1
+    fi
+    local before
+    before=$(vmstat_of thp_fault_alloc thp_fault_fallback compact_stall)
+    echo "BOOT-L1MEM $config $name free_2m_blocks=$(free_2m_blocks)"
     [ "$TRACE" != 1 ] || trace_start
     start=$(now_ms)
     "$@" </tmp/console-in >/tmp/boot.log 2>&1 &
     pid=$!
     wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
+    # L1's counters over the boot (to /init): what backing the guest's first touches cost.
+    echo "BOOT-L1MEM $config $name over_boot $(awk -v b="$before" \
+        -v a="$(vmstat_of thp_fault_alloc thp_fault_fallback compact_stall)" 'BEGIN {
+            n = split(b, x, " "); split(a, y, " ")
+            for (i = 1; i <= n; i++) { split(x[i], p, "="); split(y[i], q, "="); printf "%s=%d ", p[1], q[2] - p[2] } }')"
     if [ "$TRACE" = 1 ]; then
         echo L2-READY >$T/trace_marker
         echo 0 >$T/tracing_on

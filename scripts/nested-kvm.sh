@@ -194,15 +194,16 @@ hold_bed_lock() {
     fi
 }
 
-# monitor_command SOCKET COMMAND: COMMAND's output from QEMU's human monitor on SOCKET.
+# monitor_command SOCKET COMMAND...: the commands' output from QEMU's human monitor on SOCKET
+# (one session, the commands in turn).
 monitor_command() {
-    python3 - "$1" "$2" <<'PY' 2>/dev/null || echo "(QEMU's monitor did not answer)"
+    python3 - "$@" <<'PY' 2>/dev/null || echo "(QEMU's monitor did not answer)"
 import socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(5)
 s.connect(sys.argv[1])
 out = b""
-s.sendall(sys.argv[2].encode() + b"\n")
+s.sendall("".join(c + "\n" for c in sys.argv[2:]).encode())
 end = time.time() + 5
 while time.time() < end:
     try:
@@ -222,23 +223,11 @@ PY
 # CPU 0 halted with its timer's and two IPIs' vectors pending for minutes, the scenario stuck
 # behind it). Prints each such CPU.
 l1_cpu_stuck() {
-    python3 - "$1" "$2" <<'PY' 2>/dev/null
-import re, socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
-s.connect(sys.argv[1])
-commands = ["info registers -a"] + ["info lapic %d" % i for i in range(int(sys.argv[2]))]
-s.sendall(("\n".join(commands) + "\n").encode())
-out, end = b"", time.time() + 5
-while time.time() < end:
-    try:
-        chunk = s.recv(65536)
-    except socket.timeout:
-        break
-    if not chunk:
-        break
-    out += chunk
-text = out.decode(errors="replace").replace("\r", "")
+    local commands=("info registers -a") i
+    for ((i = 0; i < $2; i++)); do commands+=("info lapic $i"); done
+    monitor_command "$1" "${commands[@]}" | python3 -c '
+import re, sys
+text = sys.stdin.read()
 regs = {int(c): (rip, int(rfl, 16), hlt) for c, rip, rfl, hlt in
         re.findall(r"CPU#(\d+)\n.*?RIP=([0-9a-f]+) RFL=([0-9a-f]+).*?HLT=(\d)", text, re.S)}
 stuck = False
@@ -250,7 +239,29 @@ for cpu, irr, ppr in re.findall(
         print("CPU#%s halted at RIP=%s, interrupts enabled, IRR %s above PPR 0x%s" % (cpu, rip, irr.strip(), ppr))
         stuck = True
 sys.exit(0 if stuck else 1)
-PY
+'
+}
+
+# tcg_crash LOG: when the run in LOG was ended by one of TCG's crashes of a VM, which retries the
+# bed even though the scenario reported a status, says which (status 0); else status 1.
+# - Our VMM reporting a triple fault (seen in CI under heavy load, a bzImage boot on 1 vCPU), with
+#   L1's trace of it (NESTED-L2-SHUTDOWN): no scenario asks for one.
+# - Any L2's shutdown while a page fault was being delivered (`intr_info 0x8000..0e`; CI,
+#   2026-12-06, the vhost-user-devices QEMU baseline 34 s in). A Linux reboot's triple fault,
+#   which QEMU takes as a reset, is traced too but is no crash.
+# - A kernel's `stack guard page was hit`: an endless chain of page faults at exc_page_fault's
+#   first %gs access (L1's own kernel, or an L2's: CI, 2026-12-06, L2 Linux in our VMM, GS base
+#   and KERNEL_GS_BASE both the kernel's).
+# A benchmark scenario that retried a boot itself quotes its console in BENCH-FAILED-LOG lines:
+# those are no reason to run it all again.
+tcg_crash() {
+    awk '/BENCH-FAILED-LOG/ { next }
+         /NESTED-L2-SHUTDOWN/ { traced = 1 }
+         /vmm: guest triple fault/ { ours = 1 }
+         /NESTED-L2-SHUTDOWN.*intr_info 0x8000[0-9a-f][0-9a-f]0e/ { why = "an L2 VM triple-faulted while a page fault was being delivered (NESTED-L2-SHUTDOWN above)" }
+         /stack guard page was hit/ { why = "a kernel'"'"'s page-fault handler faulted on its own per-CPU access (`stack guard page was hit` above)" }
+         END { if (why == "" && ours && traced) why = "an L2 VM of ours triple-faulted (NESTED-L2-SHUTDOWN above)"
+               if (why == "") exit 1; print why }' "$1"
 }
 
 # last_reset LOG: the end of QEMU's `-d cpu_reset` log: the CPU state at each reset (the first
@@ -491,30 +502,10 @@ run() {
             <"$input" | tee "$log" || status=$?
         kill "$watchdog" 2>/dev/null || true; wait "$watchdog" 2>/dev/null || true
         [ "$status" -eq 124 ] && break
-        # Our VMM reporting a triple fault (seen once in CI under heavy load, a bzImage boot on
-        # 1 vCPU): no scenario asks for one (a Linux reboot in QEMU may end in one, which QEMU
-        # takes as a reset: those shutdowns are traced too, but are no reason to retry).
-        # (A benchmark scenario that retried the boot itself quotes the fault in BENCH-FAILED-LOG
-        # lines: not a reason to run it all again.)
-        # QEMU's L2s are retried too when the shutdown came while a page fault was being
-        # delivered (`intr_info 0x8000..0e`: seen in CI on 2026-12-06, the vhost-user-devices
-        # QEMU baseline, 34 s in): that is a crash, where a Linux reboot's triple fault is not.
-        if [ "$attempt" -lt "$attempts" ] && grep -a -q 'NESTED-L2-SHUTDOWN' "$log" &&
-            awk '/BENCH-FAILED-LOG/ { next }
-                 /vmm: guest triple fault/ || /NESTED-L2-SHUTDOWN.*intr_info 0x8000[0-9a-f][0-9a-f]0e/ { found = 1 }
-                 END { exit !found }' "$log"; then
-            echo "nested-kvm: an L2 VM triple-faulted (NESTED-L2-SHUTDOWN above); retrying" >&2
-            echo "NESTED-BED-RETRY"
-            continue
-        fi
-        # The same TCG fault as L1's `stack guard page` panic below, seen in an L2 kernel (CI,
-        # 2026-12-06: L2 Linux in our VMM, 5 s in, a user process of the scenario): an endless
-        # chain of page faults at exc_page_fault's first %gs access, GS base and KERNEL_GS_BASE
-        # both the kernel's. The scenario's checks then fail on a dead L2: not a verdict.
-        if [ "$attempt" -lt "$attempts" ] &&
-            awk '/stack guard page was hit/ && !/BENCH-FAILED-LOG/ { found = 1 } END { exit !found }' "$log"; then
-            echo "nested-kvm: a kernel's page-fault handler faulted on its own per-CPU access" \
-                "(TCG's SVM emulation; \`stack guard page was hit\` above); retrying" >&2
+        local crash
+        if [ "$attempt" -lt "$attempts" ] && crash=$(tcg_crash "$log"); then
+            echo "nested-kvm: $crash (TCG's emulation, not the system under test); retrying" >&2
+            tr -d '\r' <"$log" | grep -a -m 3 -E 'BUG:|Comm:|Kernel panic' >&2 || true
             echo "NESTED-BED-RETRY"
             continue
         fi

@@ -69,11 +69,8 @@ trace_summary() {
 # free_2m_blocks: L1's free blocks of 2 MiB or more, counted in 2 MiB (buddyinfo's orders 9, 10).
 free_2m_blocks() { awk '{ n += $(NF - 1) + 2 * $NF } END { print n }' /proc/buddyinfo; }
 
-# vmstat_of NAME...: those counters of /proc/vmstat, as NAME=VALUE words.
-vmstat_of() {
-    local name
-    for name in "$@"; do awk -v n="$name" '$1 == n { printf "%s=%s ", n, $2 }' /proc/vmstat; done
-}
+# vmstat_of NAME...: those counters of /proc/vmstat, as NAME=VALUE words (in /proc/vmstat's order).
+vmstat_of() { awk -v names=" $* " 'index(names, " " $1 " ") { printf "%s=%s ", $1, $2 }' /proc/vmstat; }
 
 # boot_once CONFIG NAME CMD...: starts CMD, waits for L2's /init, samples RSS, then tells L2 (a
 # line on its serial console, which every VMM here feeds from its stdin) that it may end, and

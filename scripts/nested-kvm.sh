@@ -252,6 +252,10 @@ sys.exit(0 if stuck else 1)
 # - A kernel's `stack guard page was hit`: an endless chain of page faults at exc_page_fault's
 #   first %gs access (L1's own kernel, or an L2's: CI, 2026-12-06, L2 Linux in our VMM, GS base
 #   and KERNEL_GS_BASE both the kernel's).
+# - L1's kernel reporting a soft lockup in a VMM's vCPU thread (ours `vcpuN`, QEMU's `CPU N/KVM`,
+#   firecracker's `fc_vcpu N`): the thread sat in KVM_RUN for tens of seconds without being
+#   scheduled, which TCG's emulation of SVM does and no VMM in L1 can (CI, 2026-12-06: our vcpu1
+#   stuck for 52-117 s, its L2 stalled behind it).
 # A benchmark scenario that retried a boot itself quotes its console in BENCH-FAILED-LOG lines:
 # those are no reason to run it all again.
 tcg_crash() {
@@ -259,6 +263,7 @@ tcg_crash() {
          /NESTED-L2-SHUTDOWN/ { traced = 1 }
          /vmm: guest triple fault/ { ours = 1 }
          /NESTED-L2-SHUTDOWN.*intr_info 0x8000[0-9a-f][0-9a-f]0e/ { why = "an L2 VM triple-faulted while a page fault was being delivered (NESTED-L2-SHUTDOWN above)" }
+         /soft lockup - CPU#[0-9]+ stuck for [0-9]+s! \[(vcpu[0-9]+|CPU [0-9]+\/KVM|fc_vcpu [0-9]+):/ { why = "L1 ran a vCPU thread for tens of seconds without scheduling (`soft lockup` above)" }
          /stack guard page was hit/ { why = "a kernel'"'"'s page-fault handler faulted on its own per-CPU access (`stack guard page was hit` above)" }
          END { if (why == "" && ours && traced) why = "an L2 VM of ours triple-faulted (NESTED-L2-SHUTDOWN above)"
                if (why == "") exit 1; print why }' "$1"

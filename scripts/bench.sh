@@ -534,15 +534,16 @@ virtio_depth_section() {
 # since firecracker boots only that on x86: all four VMMs then have rows in every configuration).
 NESTED_CONFIGS=${NESTED_CONFIGS:-vmlinuz:1:256M vmlinux:1:256M vmlinux:2:256M vmlinux:1:1G}
 NESTED_ROUNDS=${NESTED_ROUNDS:-3}
+# Each boot starts from compacted L1 memory (boot-bench's SETTLE=1), so that every VMM's guest
+# RAM is backed from the same supply of free huge pages; NESTED_SETTLE=0 boots without.
+NESTED_SETTLE=${NESTED_SETTLE:-1}
 nested_section() {
-    local qemu firmware boots peers=() config who
-    qemu=$(command -v qemu-system-x86_64) || { echo "  nested: no qemu-system-x86_64, skipped" >&2; return; }
-    firmware=(--file /usr/share/qemu/bios-microvm.bin:/usr/share/qemu/bios-microvm.bin
-        --file /usr/share/qemu/linuxboot_dma.bin:/usr/share/qemu/linuxboot_dma.bin)
+    local boots peers=() config who
+    command -v qemu-system-x86_64 >/dev/null || { echo "  nested: no qemu-system-x86_64, skipped" >&2; return; }
     [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
     boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 3600 --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
-        --arg "CONFIGS=${NESTED_CONFIGS// /,}" --binary "$qemu" "${firmware[@]}" "${peers[@]}" |
+        --arg "SETTLE=$NESTED_SETTLE" --arg "CONFIGS=${NESTED_CONFIGS// /,}" --qemu "${peers[@]}" |
         tr -d '\r' | grep -E '^(BOOT|RSS-SPLIT)' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2
     # boot_median CONFIG WHO COLUMN: the median of that column over the `BOOT config who ms rss` lines.
@@ -553,7 +554,7 @@ nested_section() {
     # boots_of CONFIG WHO: how many boots reached /init (bench.sh keeps the lines of every bed
     # attempt, so after a failed attempt there may be more than NESTED_ROUNDS, or fewer).
     boots_of() { grep -c "^BOOT $1 $2 " <<<"$boots"; }
-    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg CONFIGS=${NESTED_CONFIGS// /,} (alternated)"
+    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg SETTLE=$NESTED_SETTLE --arg CONFIGS=${NESTED_CONFIGS// /,} (alternated)"
     for config in $NESTED_CONFIGS; do
         local kernel=${config%%:*} rest=${config#*:}
         local what="${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
@@ -810,6 +811,10 @@ for section in $sections; do
         echo "Measured $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -r); KVM modules:"
         echo "$(ls /sys/module 2>/dev/null | grep -E '^kvm' | paste -sd, -)) by \`SECTIONS=$section scripts/bench.sh\`;"
         echo "1-minute load average $load_before at the start, $load_after at the end."
+        case $section in
+            nested* | guest_linux)  # the bed's L1 and the QEMU baselines inside it
+                echo "$(qemu-system-x86_64 --version 2>/dev/null | head -n1 | sed 's/ emulator version//') (L1's TCG and the QEMU in L1)." ;;
+        esac
         echo
         echo "| what | result | baseline (same run) | ratio | target | command |"
         echo "|---|---|---|---|---|---|"

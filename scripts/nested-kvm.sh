@@ -15,6 +15,8 @@
 #   --file SRC:DST  an extra file in the L1 initramfs (repeatable)
 #   --binary PATH[:DST]  an extra program in L1 at the same path (or DST), with the libraries
 #                   ldd lists
+#   --qemu          the host's qemu-system-x86_64 in L1 (a baseline VMM there) with the firmware
+#                   its x86 machines load (ship_qemu)
 #   --l2-file SRC:DST, --l2-binary SRC:DST   the same for the L2 initramfs
 #   --modules "M..."     kernel modules L1's /init loads after kvm (dependencies come along)
 #   --l2-modules "M..."  modules in L2's initramfs, loaded by its /init
@@ -347,6 +349,25 @@ EOF
     chmod 0755 "$1/init"
 }
 
+# ship_qemu: adds the host's qemu-system-x86_64 to L1 (binaries+=) with the firmware its x86
+# machines load (files+=): SeaBIOS for pc/q35, qboot for microvm, the option ROMs that boot a
+# -kernel. Debian 12's QEMU calls qboot bios-microvm.bin; Debian 13's (and bookworm-backports')
+# ships it as qboot.rom and still looks for bios-microvm.bin, so L1 gets it under that name.
+ship_qemu() {
+    local qemu rom qboot=""
+    qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found (scripts/test.sh installs it)"
+    binaries+=("$qemu")
+    for rom in /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom; do
+        [ -e "$rom" ] && { qboot=$rom; break; }
+    done
+    [ -n "$qboot" ] || die "QEMU's qboot firmware (/usr/share/qemu/bios-microvm.bin or qboot.rom) not found"
+    files+=("$qboot:/usr/share/qemu/bios-microvm.bin"
+        /usr/share/seabios/bios-256k.bin:/usr/share/seabios/bios-256k.bin)
+    for rom in linuxboot_dma.bin kvmvapic.bin pvh.bin; do
+        [ ! -e "/usr/share/qemu/$rom" ] || files+=("/usr/share/qemu/$rom:/usr/share/qemu/$rom")
+    done
+}
+
 run() {
     local scenario=${1:?scenario directory}
     shift
@@ -359,6 +380,7 @@ run() {
             --arg) args+=("$2"); shift 2 ;;
             --file) files+=("$2"); shift 2 ;;
             --binary) binaries+=("$2"); shift 2 ;;
+            --qemu) ship_qemu; shift ;;
             --l2-file) l2_files+=("$2"); shift 2 ;;
             --l2-binary) l2_binaries+=("$2"); shift 2 ;;
             --modules) modules="$modules $2"; shift 2 ;;

@@ -10,14 +10,10 @@ for b in vhost-bridge bed-io; do
 done
 binaries+=("$(backend vhost-device-vsock):/usr/local/bin/vhost-device-vsock"
     "$(backend vhost-device-rng):/usr/local/bin/vhost-device-rng"
-    "$(backend qemu-system-x86_64)"
     "$bins/vhost-bridge:/usr/local/bin/vhost-bridge"
     "$bins/bed-io:/usr/local/bin/bed-io")
 # QEMU -accel kvm inside L1: microvm (qboot) by default, q35 (SeaBIOS) with QEMU_MACHINE=q35.
-files+=(/usr/share/seabios/bios-256k.bin:/usr/share/seabios/bios-256k.bin
-    /usr/share/qemu/bios-microvm.bin:/usr/share/qemu/bios-microvm.bin
-    /usr/share/qemu/linuxboot_dma.bin:/usr/share/qemu/linuxboot_dma.bin
-    /usr/share/qemu/kvmvapic.bin:/usr/share/qemu/kvmvapic.bin)
+ship_qemu
 guest_module=$(scripts/build-guest-driver.sh) || die "cannot build the guest modules (scripts/build-guest-driver.sh)"
 l2_files+=("$guest_module:/ivshmem.ko" "$(dirname "$guest_module")/virtio_ivshmem.ko:/virtio_ivshmem.ko"
     "$scenario/../lib.sh:/lib.sh")

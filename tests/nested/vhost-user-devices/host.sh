@@ -26,11 +26,7 @@ case " ${args[*]} " in
     *" VMM=ours "*) ;;
     *)  # QEMU -accel kvm inside L1: q35 (SeaBIOS, whose Debian path is /usr/share/seabios)
         # or microvm (qboot)
-        binaries+=("$(backend qemu-system-x86_64)")
-        files+=(/usr/share/seabios/bios-256k.bin:/usr/share/seabios/bios-256k.bin
-            /usr/share/qemu/bios-microvm.bin:/usr/share/qemu/bios-microvm.bin
-            /usr/share/qemu/linuxboot_dma.bin:/usr/share/qemu/linuxboot_dma.bin
-            /usr/share/qemu/kvmvapic.bin:/usr/share/qemu/kvmvapic.bin) ;;
+        ship_qemu ;;
 esac
 # L1: the kernel's vhost-net and TAP devices for the network.
 modules="$modules vhost_net"

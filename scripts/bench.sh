@@ -813,7 +813,7 @@ for section in $sections; do
         echo "1-minute load average $load_before at the start, $load_after at the end."
         case $section in
             nested* | guest_linux)  # the bed's L1 and the QEMU baselines inside it
-                echo "$(qemu-system-x86_64 --version 2>/dev/null | head -n1 | sed 's/ emulator version//') (L1's TCG and the QEMU in L1)." ;;
+                echo "L1's TCG and the QEMU inside L1: $(qemu-system-x86_64 --version 2>/dev/null | head -n1 | sed 's/ emulator version//')." ;;
         esac
         echo
         echo "| what | result | baseline (same run) | ratio | target | command |"

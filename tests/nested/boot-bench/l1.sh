@@ -2,7 +2,7 @@
 # them, firecracker and cloud-hypervisor, on the same ordinary KVM: same kernel, initramfs, memory
 # and command line; alternated ROUNDS times per configuration. Prints one line per boot:
 # `BOOT CONFIG WHO MS_TO_INIT RSS_KIB` (process start to L2's /init; resident memory then), with
-# CONFIG = KERNEL:CPUS:MEMORY. Run by scripts/bench.sh, which ships QEMU (--binary, --file) and
+# CONFIG = KERNEL:CPUS:MEMORY. Run by scripts/bench.sh, which ships QEMU (--qemu) and
 # the peers given by $FIRECRACKER / $CLOUD_HYPERVISOR (--binary ...:/usr/local/bin/NAME).
 #   CONFIGS=vmlinuz:1:256M,vmlinux:1:256M,vmlinuz:2:256M,vmlinuz:1:1G (default: vmlinuz:1:256M;
 #   commas, since --arg values reach l1.sh unquoted; a vmlinux configuration needs --vmlinux)

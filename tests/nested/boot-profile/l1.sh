@@ -5,7 +5,7 @@
 # log with its timestamps (`DMESG ` lines: everything but initcalls under DMESG_MIN_US).
 #   scripts/nested-kvm.sh run tests/nested/boot-profile [--vmlinux --arg KERNEL=vmlinux]
 #       [--arg CPUS=2] [--arg MEMORY=1G] [--arg CMDLINE_EXTRA=...] [--arg VMM=ours,qemu]
-#       [--arg MODES=stats] [--arg EXIT_BENCH=1]
+#       [--arg MODES=stats] [--arg EXIT_BENCH=1]   (with `qemu` in VMM: --qemu, the host's QEMU)
 # VMM lists what boots, alternated: `ours` (vmm), `qemu`, `firecracker` or `cloud-hypervisor`
 # (shipped with --binary PATH:/usr/local/bin/NAME; MEMORY in M), or NAME for a binary `vmm-NAME` shipped
 # with --binary (e.g. `--binary target/old/vmm:/usr/local/bin/vmm-before --arg VMM=before,ours`

@@ -25,7 +25,7 @@ install_packages() {
     command -v cpio >/dev/null || missing+=(cpio)
     # The nested bed's vhost-user scenario: qemu-storage-daemon (vhost-user-blk; Debian's C
     # virtiofsd comes with qemu-system-x86's qemu-system-common) and mke2fs for L2's root image.
-    command -v qemu-storage-daemon >/dev/null || missing+=(qemu-utils)
+    command -v qemu-storage-daemon >/dev/null || missing+=(qemu-system-common)
     # Newer Debian ships virtiofsd (the Rust one) as its own package, no longer in QEMU's.
     if [ ! -x /usr/lib/qemu/virtiofsd ] && [ ! -x /usr/libexec/virtiofsd ] &&
         ! command -v virtiofsd >/dev/null && apt-cache show virtiofsd >/dev/null 2>&1; then

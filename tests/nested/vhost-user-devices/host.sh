@@ -2,7 +2,7 @@
 # Sourced by scripts/nested-kvm.sh on the host before L1's initramfs is built (see
 # docs/nested-kvm.md): the third-party vhost-user backends, and QEMU with its firmware when
 # VMM names it, go into L1 with their libraries; bed-io goes into L1 and onto L2's root.
-# Backends: qemu-storage-daemon (Debian qemu-utils), virtiofsd (Debian's C one in
+# Backends: qemu-storage-daemon (Debian qemu-system-common), virtiofsd (Debian's C one in
 # qemu-system-common, else the Rust one from crates.io), vhost-device-vsock and vhost-device-rng
 # (crates.io; scripts/test.sh installs all of them).
 PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"

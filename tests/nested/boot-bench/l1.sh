@@ -11,6 +11,7 @@
 #   into the guest: loading the kernel, memory, devices) `run_ms=` (from there to L2's /init)
 #   `userspace_exit_ms=` (the vCPU thread in the VMM between a userspace exit and the next entry)
 #   `vcpu_preempted_ms=` (the vCPU thread runnable but not running) `entries=` (= exits + 1).
+#   PIN=CPUS runs every VMM under `taskset -c CPUS` (L1's CPU numbers; default: not pinned).
 #   SETTLE=1 compacts L1's memory before every boot, so that each VMM's guest starts from the
 #   same supply of free 2 MiB blocks (docs/boot-time.md).
 # Every boot also prints `BOOT-L1MEM CONFIG WHO free_2m_blocks=` (before it) and L1's huge-page
@@ -21,6 +22,7 @@ ROUNDS=${ROUNDS:-3}
 CONFIGS=${CONFIGS:-vmlinuz:1:256M}
 TRACE=${TRACE:-0}
 SETTLE=${SETTLE:-0}
+PIN=${PIN:-}
 CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 T=/sys/kernel/debug/tracing
 
@@ -50,7 +52,7 @@ trace_summary() {
           pid = task; sub(/.*-/, "", pid)
           t = $(i + 2); sub(/:$/, "", t); t += 0; ev = $(i + 3) }
         ev == "sched_process_exec:" && exec0 == "" && !/filename=\/proc\/self\/exe/ &&
-            !/filename=[^ ]*\/timeout / { exec0 = t }
+            !/filename=[^ ]*\/timeout / && !/filename=[^ ]*\/taskset / { exec0 = t }
         ev == "kvm_entry:" {
             if (vcpu == "") { vcpu = pid; entry0 = t }
             if (user != "") { user_s += t - user; user = "" }
@@ -88,6 +90,7 @@ boot_once() {
     before=$(vmstat_of thp_fault_alloc thp_fault_fallback compact_stall)
     echo "BOOT-L1MEM $config $name free_2m_blocks=$(free_2m_blocks)"
     [ "$TRACE" != 1 ] || trace_start
+    [ -z "$PIN" ] || set -- taskset -c "$PIN" "$@"
     start=$(now_ms)
     "$@" </tmp/console-in >/tmp/boot.log 2>&1 &
     pid=$!

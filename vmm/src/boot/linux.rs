@@ -9,7 +9,6 @@
 //! included), CS = 0x10 / DS = 0x18 in a GDT at `GDT_ADDR`, interrupts off and `rsi` = the zero
 //! page. Every vCPU gets CPUID, MSRs, FPU and LAPIC state; the APs stay in wait-for-SIPI, as on
 //! real hardware, and Linux starts them itself.
-use std::fs::File;
 use std::path::Path;
 
 use linux_loader::cmdline::Cmdline;
@@ -17,6 +16,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, load_cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::image::DeferredCopy;
 use super::{acpi, kvm_err, BootError};
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{cpu, descriptors, paging};
@@ -79,11 +79,18 @@ fn write(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<(), BootError
         })
 }
 
-fn open(path: &Path) -> Result<File, BootError> {
-    File::open(path).map_err(|source| BootError::ReadImage {
+fn open_image<'m>(mem: &'m GuestMemoryMmap, path: &Path) -> Result<DeferredCopy<'m>, BootError> {
+    DeferredCopy::open(mem, path).map_err(|source| BootError::ReadImage {
         path: path.display().to_string(),
         source,
     })
+}
+
+fn finish_image(image: DeferredCopy) -> Result<(), BootError> {
+    let path = image.path().display().to_string();
+    image
+        .finish()
+        .map_err(|source| BootError::ReadImage { path, source })
 }
 
 /// The e820 map: low RAM, the legacy hole, RAM from 1 MiB, the ECAM window (reserved, so Linux
@@ -130,17 +137,18 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
     let ram_size = vm.config().ram_size;
     let ncpus = vm.config().cpus;
 
-    // Kernel: a bzImage, or else an ELF vmlinux.
-    let mut file = open(kernel)?;
+    // Kernel: a bzImage, or else an ELF vmlinux. linux-loader checks it and places it; the
+    // copies into guest RAM are done afterwards, by several threads (`image`).
+    let mut image = open_image(mem, kernel)?;
     let (entry, setup_header) =
-        match BzImage::load(mem, None, &mut file, Some(GuestAddress(KERNEL_ADDR))) {
+        match BzImage::load(mem, None, &mut image, Some(GuestAddress(KERNEL_ADDR))) {
             Ok(loaded) => {
                 // The 64-bit entry point is 0x200 past the protected-mode code's start.
                 (loaded.kernel_load.0 + 0x200, loaded.setup_header)
             }
             Err(bz_err) => {
-                let mut file = open(kernel)?;
-                match Elf::load(mem, None, &mut file, Some(GuestAddress(KERNEL_ADDR))) {
+                image = open_image(mem, kernel)?;
+                match Elf::load(mem, None, &mut image, Some(GuestAddress(KERNEL_ADDR))) {
                     Ok(loaded) => (loaded.kernel_load.0, None),
                     Err(elf_err) => {
                         return Err(BootError::NotAKernel {
@@ -152,6 +160,7 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
                 }
             }
         };
+    finish_image(image)?;
 
     let mut params = boot_params::default();
     if let Some(hdr) = setup_header {
@@ -174,23 +183,23 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
 
     // Initramfs at the top of RAM (below the kernel's limit), page-aligned.
     if let Some(path) = initrd {
-        let image = std::fs::read(path).map_err(|source| BootError::ReadImage {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let mut image = open_image(mem, path)?;
+        let size = image.len();
         let limit = ram_size.min(params.hdr.initrd_addr_max as u64 + 1);
         let addr = limit
-            .checked_sub(image.len() as u64)
+            .checked_sub(size)
             .map(|a| a & !0xFFF)
             .filter(|&a| a >= KERNEL_ADDR + (16 << 20))
             .ok_or_else(|| BootError::InitrdTooLarge {
                 path: path.display().to_string(),
-                size: image.len() as u64,
+                size,
                 ram_size,
             })?;
-        write(mem, addr, &image)?;
+        mem.read_exact_volatile_from(GuestAddress(addr), &mut image, size as usize)
+            .map_err(|_| BootError::OutOfRam { addr, len: size })?;
+        finish_image(image)?;
         params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = image.len() as u32;
+        params.hdr.ramdisk_size = size as u32;
     }
 
     let map = e820(ram_size);

@@ -1,8 +1,10 @@
 //! Loading a guest into a created [`Vm`]: a guest program (`program`: a static ELF entered in
-//! ring 3, with its arguments) or a Linux kernel (`linux`, with the ACPI tables of `acpi`). This
+//! ring 3, with its arguments) or a Linux kernel (`linux`, with the ACPI tables of `acpi`, its
+//! kernel and initramfs copied into guest RAM by several threads in `image`). This
 //! floor sits above `vm` and uses the CPU-level pieces of `arch`; nothing below names it.
 //! [`load`] is the one entry point.
 pub mod acpi;
+pub mod image;
 pub mod linux;
 pub mod program;
 

@@ -535,7 +535,9 @@ virtio_depth_section() {
 NESTED_CONFIGS=${NESTED_CONFIGS:-vmlinuz:1:256M vmlinux:1:256M vmlinux:2:256M vmlinux:1:1G}
 NESTED_ROUNDS=${NESTED_ROUNDS:-3}
 # Each boot starts from compacted L1 memory (boot-bench's SETTLE=1), so that every VMM's guest
-# RAM is backed from the same supply of free huge pages; NESTED_SETTLE=0 boots without.
+# RAM is backed from the same supply of free huge pages; NESTED_SETTLE=0 boots without. An
+# untimed boot of ours comes first (boot-bench's WARMUP): the first L2 boot in a fresh L1 is
+# faster than any later one, whichever VMM it is.
 NESTED_SETTLE=${NESTED_SETTLE:-1}
 nested_section() {
     local boots peers=() config who

@@ -302,6 +302,16 @@ vmm_section() {
     row "VM creation to first guest exit" "$(stat first_exit_us "$first") µs; whole hello run $run ms (median of 20)" \
         "starting the vmm binary (--version) $spawn ms" "$(ratio "$run" "$spawn")" "(set-up cost)" \
         "vmm --guest builtin:hello --stats (first_exit_us); wall time vs vmm --version"
+    # A kernel-sized image (64 MiB, in the page cache) copied into fresh guest RAM as `--kernel`
+    # and `--initrd` are loaded (boot::image: several threads), against one thread.
+    head -c 64M /dev/urandom >"$work/image.bin"
+    out=$(vmm --bench-image-copy "$work/image.bin" 2>&1 | tr ' ' '\n')
+    local one par threads
+    one=$(value one_thread_ms "$out"); par=$(value parallel_ms "$out"); threads=$(value threads "$out")
+    rm -f "$work/image.bin"
+    row "kernel image (64 MiB) copied into fresh guest RAM on $threads threads, median of 5" "$par ms" \
+        "the same copy on one thread $one ms" "$(ratio "$par" "$one")" "< 1" \
+        "vmm --bench-image-copy FILE (alternated 5×)"
     local rss qemu_rss qpid
     rss=$(stat rss_kib "$first")
     if command -v qemu-system-x86_64 >/dev/null; then

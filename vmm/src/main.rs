@@ -89,6 +89,11 @@ struct Args {
     /// 256M), print `host_memset_gbps=.. host_memcpy_gbps=..` and exit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     bench_host_memcpy: Option<u64>,
+    /// Benchmark: copy FILE into fresh guest RAM as a kernel is loaded, on one thread and on
+    /// several, alternated 5 times; print `image_copy: ... one_thread_ms=.. parallel_ms=..` and
+    /// exit.
+    #[arg(long, value_name = "FILE")]
+    bench_image_copy: Option<PathBuf>,
     /// List the built-in guest programs and exit.
     #[arg(long)]
     list_builtins: bool,
@@ -155,6 +160,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
     }
     if let Some(size) = args.bench_host_memcpy {
         println!("{}", vmm::bench::host_memory(size as usize));
+        return Ok(0);
+    }
+    if let Some(path) = &args.bench_image_copy {
+        println!("{}", vmm::boot::image::bench_copy(path)?);
         return Ok(0);
     }
     if let Some(name) = &args.dump_builtin {

@@ -501,7 +501,7 @@ impl Vm {
 
 /// Guest RAM as a vm-memory view over the RAM region's own mapping (for loaders and devices
 /// reading guest memory).
-fn ram_view(ram: &MemoryRegion, size: u64) -> Result<GuestMemoryMmap, VmError> {
+pub(crate) fn ram_view(ram: &MemoryRegion, size: u64) -> Result<GuestMemoryMmap, VmError> {
     let host = ram.host_addr().ok_or(VmError::RamUnmapped)?;
     // SAFETY: `host` is the RAM region's live mapping of `size` bytes. The view does not own it
     // (`build_raw`: never unmapped by the view); `Vm` keeps the region alive as long as it hands

@@ -86,13 +86,17 @@ impl<'m> DeferredCopy<'m> {
         &self.path
     }
 
-    /// Does the noted copies, on as many threads as are worth it; the first error ends them.
+    /// Does the noted copies on one thread per CPU we may run on, up to [`MAX_THREADS`].
     pub fn finish(self) -> io::Result<()> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.finish_on(cpus.min(MAX_THREADS))
+    }
+
+    /// Does the noted copies on at most `threads` threads (one below [`MIN_PARALLEL_BYTES`]);
+    /// the first error ends them.
+    pub fn finish_on(self, threads: usize) -> io::Result<()> {
         let total: u64 = self.copies.iter().map(|c| c.len).sum();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_THREADS)
-            .min(total.div_ceil(PIECE) as usize);
+        let threads = threads.min(total.div_ceil(PIECE) as usize);
         let pieces = split_into_pieces(&self.copies);
         let mut files = vec![self.file];
         if total >= MIN_PARALLEL_BYTES {
@@ -226,6 +230,40 @@ impl ReadVolatile for DeferredCopy<'_> {
         }
         Ok(len as usize)
     }
+}
+
+/// Benchmark (`vmm --bench-image-copy FILE`): copies `path` into fresh guest RAM, allocated as
+/// the VM's is, the way a kernel is loaded, on one thread and on the threads [`DeferredCopy::finish`]
+/// picks, alternated `ROUNDS` times; returns the medians.
+pub fn bench_copy(path: &Path) -> anyhow::Result<String> {
+    const ROUNDS: usize = 5;
+    let len = std::fs::metadata(path)?.len();
+    let ram_size = (len + PIECE).next_multiple_of(PIECE);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cpus.min(MAX_THREADS);
+    let copy_once = |threads: usize| -> anyhow::Result<f64> {
+        let ram = crate::memory::MemoryRegion::ram("bench-image", ram_size)?;
+        let mem = crate::vm::ram_view(&ram, ram_size)?;
+        let start = std::time::Instant::now();
+        let mut image = DeferredCopy::open(&mem, path)?;
+        mem.read_exact_volatile_from(GuestAddress(0), &mut image, len as usize)?;
+        image.finish_on(threads)?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        one.push(copy_once(1)?);
+        many.push(copy_once(threads)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(format!(
+        "image_copy: bytes={len} threads={threads} one_thread_ms={:.2} parallel_ms={:.2}",
+        median(&mut one),
+        median(&mut many)
+    ))
 }
 
 #[cfg(test)]

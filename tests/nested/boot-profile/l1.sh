@@ -22,6 +22,24 @@ CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 
 now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 
+# wait_until_still LOG PID: waits for PID to end; QEMU microvm, firecracker and cloud-hypervisor
+# do not end on L2's power-off (they would hold every boot for timeout's 300 s), so once LOG has
+# not grown for 5 s, L2 has said everything and PID is stopped.
+wait_until_still() {
+    local log=$1 pid=$2 size=-1 still=0 now
+    while kill -0 "$pid" 2>/dev/null; do
+        now=$(stat -c %s "$log" 2>/dev/null || echo 0)
+        if [ "$now" = "$size" ]; then
+            still=$((still + 1))
+            if [ "$still" -ge 10 ]; then kill -TERM "$pid" 2>/dev/null; break; fi
+        else
+            still=0 size=$now
+        fi
+        sleep 0.5
+    done
+    wait "$pid" 2>/dev/null || true
+}
+
 # boot WHO MODE CMDLINE: one boot; prints the time to L2-READY and what L2 and the VMM said.
 boot() {
     local who=$1 mode=$2 cmdline="$3 profile=$2" start ready pid bin
@@ -50,7 +68,7 @@ EOF
     pid=$!
     wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
-    wait $pid
+    wait_until_still /tmp/boot.log $pid
     if grep -q L2-READY /tmp/boot.log; then
         echo "BOOT-PROFILE $who $mode $KERNEL cpus=$CPUS memory=$MEMORY $((ready - start)) ms"
     else

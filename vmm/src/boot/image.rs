@@ -8,7 +8,8 @@
 //! then does them on up to [`MAX_THREADS`] threads (the CPUs we may run on), in 2 MiB pieces
 //! aligned to guest-physical 2 MiB boundaries, so that no two threads fault the same huge page.
 //! Each thread reads through its own open file description (`/proc/self/fd/N`), so their file
-//! offsets do not race; where that cannot be opened, one thread does every copy.
+//! offsets do not race. The pieces are one queue: where no such description can be opened or a
+//! thread cannot start, the threads that run copy its share.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -104,7 +105,7 @@ impl<'m> DeferredCopy<'m> {
                 match reopen(&files[0]) {
                     Ok(file) => files.push(file),
                     Err(e) => {
-                        log::debug!("{}: one copy thread ({e})", self.path.display());
+                        log::debug!("{}: no second file description ({e})", self.path.display());
                         break;
                     }
                 }
@@ -129,7 +130,14 @@ impl<'m> DeferredCopy<'m> {
             let mut files = files.into_iter();
             let own = files.next();
             for file in files {
-                scope.spawn(|| copy_pieces(file));
+                // The pieces are a shared queue: should a thread not start, the others copy
+                // its share.
+                let spawned = std::thread::Builder::new()
+                    .name("image-copy".into())
+                    .spawn_scoped(scope, || copy_pieces(file));
+                if let Err(e) = spawned {
+                    log::debug!("{}: a copy thread did not start ({e})", self.path.display());
+                }
             }
             if let Some(file) = own {
                 copy_pieces(file);

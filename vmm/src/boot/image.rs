@@ -34,7 +34,7 @@ const MIN_PARALLEL_BYTES: u64 = 4 << 20;
 
 /// One copy linux-loader asked for: `len` bytes from `file_offset` to `guest_addr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Copy {
+struct PendingCopy {
     file_offset: u64,
     guest_addr: u64,
     len: u64,
@@ -45,9 +45,9 @@ struct Copy {
 pub struct DeferredCopy<'m> {
     path: PathBuf,
     file: File,
-    len: u64,
+    file_size: u64,
     mem: &'m GuestMemoryMmap,
-    copies: Vec<Copy>,
+    copies: Vec<PendingCopy>,
 }
 
 impl<'m> DeferredCopy<'m> {
@@ -62,24 +62,19 @@ impl<'m> DeferredCopy<'m> {
                 "not a regular file",
             ));
         }
-        let len = metadata.len();
+        let file_size = metadata.len();
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            len,
+            file_size,
             mem,
             copies: Vec::new(),
         })
     }
 
     /// The file's size in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the file is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    pub fn file_size(&self) -> u64 {
+        self.file_size
     }
 
     /// The file's path (for errors).
@@ -170,7 +165,7 @@ fn reopen(file: &File) -> io::Result<File> {
 }
 
 /// Copies one piece of the file into guest RAM.
-fn copy_piece(mem: &GuestMemoryMmap, file: &mut File, piece: &Copy) -> io::Result<()> {
+fn copy_piece(mem: &GuestMemoryMmap, file: &mut File, piece: &PendingCopy) -> io::Result<()> {
     file.seek(SeekFrom::Start(piece.file_offset))?;
     mem.read_exact_volatile_from(GuestAddress(piece.guest_addr), file, piece.len as usize)
         .map_err(|e| io::Error::new(io::ErrorKind::UnexpectedEof, e))
@@ -178,7 +173,7 @@ fn copy_piece(mem: &GuestMemoryMmap, file: &mut File, piece: &Copy) -> io::Resul
 
 /// `copies` cut so that every piece ends at a 2 MiB guest-physical boundary or where its copy
 /// ends.
-fn split_into_pieces(copies: &[Copy]) -> Vec<Copy> {
+fn split_into_pieces(copies: &[PendingCopy]) -> Vec<PendingCopy> {
     let mut pieces = Vec::new();
     for copy in copies {
         let mut done = 0;
@@ -186,7 +181,7 @@ fn split_into_pieces(copies: &[Copy]) -> Vec<Copy> {
             let guest_addr = copy.guest_addr + done;
             let to_boundary = PIECE - guest_addr % PIECE;
             let len = to_boundary.min(copy.len - done);
-            pieces.push(Copy {
+            pieces.push(PendingCopy {
                 file_offset: copy.file_offset + done,
                 guest_addr,
                 len,
@@ -225,12 +220,12 @@ impl ReadVolatile for DeferredCopy<'_> {
             .file
             .stream_position()
             .map_err(VolatileMemoryError::IOError)?;
-        let len = (buf.len() as u64).min(self.len.saturating_sub(file_offset));
+        let len = (buf.len() as u64).min(self.file_size.saturating_sub(file_offset));
         self.file
             .seek(SeekFrom::Start(file_offset + len))
             .map_err(VolatileMemoryError::IOError)?;
         if len > 0 {
-            self.copies.push(Copy {
+            self.copies.push(PendingCopy {
                 file_offset,
                 guest_addr,
                 len,
@@ -386,7 +381,7 @@ mod tests {
 
     #[test]
     fn pieces_end_at_2mib_guest_boundaries() {
-        let pieces = split_into_pieces(&[Copy {
+        let pieces = split_into_pieces(&[PendingCopy {
             file_offset: 10,
             guest_addr: (2 << 20) - 100,
             len: (2 << 20) + 200,
@@ -394,17 +389,17 @@ mod tests {
         assert_eq!(
             pieces,
             [
-                Copy {
+                PendingCopy {
                     file_offset: 10,
                     guest_addr: (2 << 20) - 100,
                     len: 100
                 },
-                Copy {
+                PendingCopy {
                     file_offset: 110,
                     guest_addr: 2 << 20,
                     len: 2 << 20
                 },
-                Copy {
+                PendingCopy {
                     file_offset: 110 + (2 << 20),
                     guest_addr: 4 << 20,
                     len: 100

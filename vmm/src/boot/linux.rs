@@ -184,7 +184,7 @@ pub fn boot(vm: &Vm, kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Res
     // Initramfs at the top of RAM (below the kernel's limit), page-aligned.
     if let Some(path) = initrd {
         let mut image = open_image(mem, path)?;
-        let size = image.len();
+        let size = image.file_size();
         let limit = ram_size.min(params.hdr.initrd_addr_max as u64 + 1);
         let addr = limit
             .checked_sub(size)

@@ -153,8 +153,8 @@ EOF
 
 mib() { case $1 in *G) echo $((${1%G} * 1024)) ;; *M) echo "${1%M}" ;; *) echo "$1" ;; esac; }
 
-if [ "$WARMUP" = 1 ]; then
-    first=${CONFIGS%%,*}
+first=${CONFIGS%%,*}
+if [ "$WARMUP" = 1 ] && [ -f "/l2/${first%%:*}" ]; then
     rest=${first#*:}
     boot_once "$first" warmup timeout 300 vmm --kernel "/l2/${first%%:*}" --initrd /l2/initrd.gz \
         --memory "${rest#*:}" --cpus "${rest%%:*}" --cmdline "$CMDLINE"

@@ -22,9 +22,9 @@ CMDLINE="console=ttyS0 quiet panic=-1 $CMDLINE_EXTRA"
 
 now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
 
-# wait_until_still LOG PID: waits for PID to end; QEMU microvm, firecracker and cloud-hypervisor
-# do not end on L2's power-off (they would hold every boot for timeout's 300 s), so once LOG has
-# not grown for 5 s, L2 has said everything and PID is stopped.
+# wait_until_still LOG PID: waits for a peer VMM to end; QEMU microvm, firecracker and
+# cloud-hypervisor do not end on L2's power-off (they would hold every boot for timeout's 300 s),
+# so once LOG has not grown for 5 s, L2 has said everything and PID is stopped.
 wait_until_still() {
     local log=$1 pid=$2 size=-1 still=0 now
     while kill -0 "$pid" 2>/dev/null; do
@@ -68,7 +68,8 @@ EOF
     pid=$!
     wait_l2_ready /tmp/boot.log $pid
     ready=$(now_ms)
-    wait_until_still /tmp/boot.log $pid
+    # Our builds end on L2's power-off and print their --stats line then: wait for them.
+    if [ -n "$bin" ]; then wait $pid; else wait_until_still /tmp/boot.log $pid; fi
     if grep -q L2-READY /tmp/boot.log; then
         echo "BOOT-PROFILE $who $mode $KERNEL cpus=$CPUS memory=$MEMORY $((ready - start)) ms"
     else

@@ -7,6 +7,7 @@
 #   SECTIONS="host server" scripts/bench.sh
 #   SECTIONS=nested_virtio VIRTIO_ROUNDS=2 scripts/bench.sh   # fewer alternated boots (default 3)
 #   SECTIONS=virtio_depth DEPTH_POLL_US=0 scripts/bench.sh    # no busy polling (default 5 µs)
+#   FIRECRACKER=... CLOUD_HYPERVISOR=... SECTIONS=nested_icount scripts/bench.sh   # peers' boots
 #
 # Sections: host (peer library vs raw eventfd / memcpy), server (connect and join/leave load
 # vs a minimal broker), vmm (exit dispatch, guest RAM bandwidth, start-up, RSS), ivshmem
@@ -14,7 +15,9 @@
 # vhost-user-echo, from the host and from a VM, vs a UNIX socket pair), virtio_depth (the same
 # with 16 requests in flight, EVENT_IDX and indirect descriptors, vs a socket pair at depth 16
 # and memcpy, unpinned and all on one CPU, with the raw eventfd round trip as the floor), nested (Linux boot time
-# and memory against QEMU/KVM on the ordinary-KVM bed, scripts/nested-kvm.sh), guest_linux (a
+# and memory against QEMU/KVM on the ordinary-KVM bed, scripts/nested-kvm.sh), nested_icount
+# (the same boots against firecracker and cloud-hypervisor on that bed with L1's clock counting
+# emulated instructions: the host's changing speed out of the figures), guest_linux (a
 # Linux guest's doorbell round trip and BAR2 bandwidth through the ivshmem driver, on that bed),
 # nested_virtio (L2 Linux on vhost-user devices from third-party backends: disk, virtiofs, vsock,
 # boot and memory, our VMM against QEMU -accel kvm on that bed), nested_linux_virtio (a Linux
@@ -26,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 out=${1:-BENCHMARKS.md}
-sections=${SECTIONS:-host server vmm ivshmem virtio virtio_depth nested nested_virtio nested_linux_virtio guest_linux}
+sections=${SECTIONS:-host server vmm ivshmem virtio virtio_depth nested nested_icount nested_virtio nested_linux_virtio guest_linux}
 
 echo "bench.sh: building (release)" >&2
 cargo build --release --quiet --workspace --bins
@@ -550,12 +553,37 @@ NESTED_ROUNDS=${NESTED_ROUNDS:-3}
 # faster than any later one, whichever VMM it is.
 NESTED_SETTLE=${NESTED_SETTLE:-1}
 nested_section() {
-    local boots peers=() config who
     command -v qemu-system-x86_64 >/dev/null || { echo "  nested: no qemu-system-x86_64, skipped" >&2; return; }
+    nested_boots nested "$NESTED_CONFIGS" "$NESTED_ROUNDS" --qemu
+}
+
+# The same boots on an instruction-clocked bed (nested-kvm.sh --icount: QEMU -icount
+# shift=0,sleep=off, one L1 vCPU): L1's clock advances 1 ns per emulated instruction and skips
+# idle time to the next timer, so a boot's time in L1 is the work the VMM, L1's kernel and the
+# guest did (plus the guest's timed waits), not how fast the host happened to run. On this
+# machine the host's own speed moves by up to 1.8x from one half second to the next
+# (docs/boot-time.md), which no number of wall-clock rounds averages out; here repeated boots of
+# one VMM agree within 1%. Without QEMU (its microvm boots are slow and it has the wall-clock
+# rows) and without the warm-up boot (the first boot is not faster here). About two minutes of
+# wall time per boot.
+NESTED_ICOUNT_CONFIGS=${NESTED_ICOUNT_CONFIGS:-vmlinux:1:256M vmlinuz:1:256M}
+NESTED_ICOUNT_ROUNDS=${NESTED_ICOUNT_ROUNDS:-3}
+nested_icount_section() {
+    command -v qemu-system-x86_64 >/dev/null || { echo "  nested_icount: no qemu-system-x86_64, skipped" >&2; return; }
+    nested_boots nested_icount "$NESTED_ICOUNT_CONFIGS" "$NESTED_ICOUNT_ROUNDS" --icount --arg WARMUP=0
+}
+
+# nested_boots SECTION CONFIGS ROUNDS BED_OPTIONS...: boot-bench in one L1 with the peers named by
+# $FIRECRACKER / $CLOUD_HYPERVISOR, and a boot-time and a memory row per configuration and peer.
+nested_boots() {
+    local name=$1 configs=$2 rounds=$3
+    shift 3
+    local boots peers=() config who clock=""
+    [ "$name" = nested_icount ] && clock="L1 clocked by instructions, "
     [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
-    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 3600 --vmlinux --arg "ROUNDS=$NESTED_ROUNDS" \
-        --arg "SETTLE=$NESTED_SETTLE" --arg "CONFIGS=${NESTED_CONFIGS// /,}" --qemu "${peers[@]}" |
+    boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 5400 --vmlinux --arg "ROUNDS=$rounds" \
+        --arg "SETTLE=$NESTED_SETTLE" --arg "CONFIGS=${configs// /,}" "$@" "${peers[@]}" |
         tr -d '\r' | grep -E '^(BOOT|RSS-SPLIT)' || true)
     printf '%s\n' "$boots" | sed 's/^/  /' >&2
     # boot_median CONFIG WHO COLUMN: the median of that column over the `BOOT config who ms rss` lines.
@@ -564,15 +592,15 @@ nested_section() {
     }
     has() { grep -q "^BOOT $1 $2 " <<<"$boots"; }
     # boots_of CONFIG WHO: how many boots reached /init (bench.sh keeps the lines of every bed
-    # attempt, so after a failed attempt there may be more than NESTED_ROUNDS, or fewer).
+    # attempt, so after a failed attempt there may be more than the rounds asked, or fewer).
     boots_of() { grep -c "^BOOT $1 $2 " <<<"$boots"; }
-    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux --arg ROUNDS=$NESTED_ROUNDS --arg SETTLE=$NESTED_SETTLE --arg CONFIGS=${NESTED_CONFIGS// /,} (alternated)"
-    for config in $NESTED_CONFIGS; do
+    local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux $* --arg ROUNDS=$rounds --arg SETTLE=$NESTED_SETTLE --arg CONFIGS=${configs// /,} (alternated)"
+    for config in $configs; do
         local kernel=${config%%:*} rest=${config#*:}
-        local what="${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
+        local what="$clock${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
         what=${what/vmlinux/ELF vmlinux}
         if ! has "$config" vmm; then
-            echo "  nested: $config: our VMM did not reach /init (BOOT-FAILED above), skipped" >&2
+            echo "  $name: $config: our VMM did not reach /init (BOOT-FAILED above), skipped" >&2
             continue
         fi
         local vmm_ms vmm_rss
@@ -580,18 +608,18 @@ nested_section() {
         vmm_rss=$(boot_median "$config" vmm 5)
         for who in qemu firecracker cloud-hypervisor; do
             has "$config" "$who" || continue
-            local ms rss name
+            local ms rss peer
             ms=$(boot_median "$config" "$who" 4)
             rss=$(boot_median "$config" "$who" 5)
             case $who in
-                qemu) name="QEMU -M microvm -accel kvm" ;;
-                *) name=$who ;;
+                qemu) peer="QEMU -M microvm -accel kvm" ;;
+                *) peer=$who ;;
             esac
             local counted
-            counted="medians of $(boots_of "$config" vmm) boots of ours and $(boots_of "$config" "$who") of ${who/qemu/QEMU}'s ($NESTED_ROUNDS rounds asked)"
-            row "Linux boot to /init ($what), $counted" "$vmm_ms ms" "$name $ms ms" \
+            counted="medians of $(boots_of "$config" vmm) boots of ours and $(boots_of "$config" "$who") of ${who/qemu/QEMU}'s ($rounds rounds asked)"
+            row "Linux boot to /init ($what), $counted" "$vmm_ms ms" "$peer $ms ms" \
                 "$(ratio "$vmm_ms" "$ms")" "≤ 1" "$cmd"
-            row "VMM resident memory at /init ($what), $counted" "$vmm_rss KiB" "$name $rss KiB" \
+            row "VMM resident memory at /init ($what), $counted" "$vmm_rss KiB" "$peer $rss KiB" \
                 "$(ratio "$vmm_rss" "$rss")" "< 1" "same runs (Rss of /proc/PID/smaps_rollup when L2 reaches /init)"
         done
     done
@@ -799,6 +827,7 @@ declare -A titles=(
     [virtio]="virtio over ivshmem (requests through a virtqueue vs a UNIX socket pair)"
     [virtio_depth]="virtio over ivshmem, 16 requests in flight (vs a socket pair at the same depth and memcpy)"
     [nested]="Linux boot on ordinary KVM (nested bed) vs QEMU, firecracker, cloud-hypervisor"
+    [nested_icount]="Linux boot on an instruction-clocked nested bed vs firecracker, cloud-hypervisor"
     [nested_virtio]="Linux on vhost-user devices (nested bed) vs QEMU"
     [guest_linux]="a Linux guest's ivshmem driver (nested bed)"
     [nested_linux_virtio]="Linux virtio drivers over ivshmem vs vhost-user PCI devices (nested bed)"

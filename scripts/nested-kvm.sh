@@ -25,6 +25,11 @@
 #                   virtio-blk disk on that image), loads --l2-modules and switch_roots onto it
 #   --vmlinux       also put the ELF kernel at /l2/vmlinux (large: only when a scenario boots it)
 #   --smp N         L1 vCPUs (default 2)
+#   --icount        L1's clock counts emulated instructions (QEMU -icount shift=0,sleep=off: 1 ns
+#                   each, idle time skipped to the next timer) instead of following the host's:
+#                   a time measured in L1 is then the work done, whatever the host's speed
+#                   (docs/nested-kvm.md). One L1 vCPU (QEMU 7.2 does not bring up a second one
+#                   under icount); every boot runs several times slower in wall time.
 #   --timeout S     give up after S seconds (default 900)
 # A scenario's host.sh, when there is one, is sourced on the host before the initramfs is built
 # and adds to these options (third-party programs, modules, files).
@@ -373,6 +378,7 @@ run() {
     shift
     [ -f "$scenario/l1.sh" ] || die "$scenario/l1.sh not found"
     local bins="" smp=2 timeout_s=900 vmlinux="" args=() files=() binaries=() qemu_extra=()
+    local icount=""
     local l2_files=() l2_binaries=() modules="" l2_modules="" l2_rootfs=""
     while [ $# -gt 0 ]; do
         case $1 in
@@ -387,6 +393,7 @@ run() {
             --l2-modules) l2_modules="$l2_modules $2"; shift 2 ;;
             --l2-rootfs) l2_rootfs=$2; shift 2 ;;
             --smp) smp=$2; shift 2 ;;
+            --icount) icount=1; shift ;;
             --vmlinux) vmlinux=1; shift ;;
             --timeout) timeout_s=$2; shift 2 ;;
             --) shift; qemu_extra=("$@"); break ;;
@@ -394,6 +401,10 @@ run() {
         esac
     done
     [ -n "$bins" ] || bins="$(target_dir)/debug"
+    if [ -n "$icount" ]; then
+        smp=1
+        qemu_extra=(-icount shift=0,sleep=off "${qemu_extra[@]}")
+    fi
     local base
     base=$(prepare)
     start_scratch nested
@@ -483,6 +494,12 @@ run() {
     # that) is stopped the same way, after printing where its CPUs are (QEMU's monitor, `info
     # registers -a`: L1 runs with nokaslr, so its RIPs read against the kernel's System.map).
     local l1_boot_s=${NESTED_L1_BOOT_TIMEOUT:-300} silence_s=${NESTED_SILENCE_TIMEOUT:-900} watchdog
+    # Under --icount L1 boots slower, and QEMU 7.2 has been seen to stop for good in the middle of
+    # an L2 boot (one vCPU at a fixed address, the clock no longer moving, so no timeout inside
+    # L1 fires): a boot prints within a few minutes, so 8 silent minutes mean that.
+    if [ -n "$icount" ]; then
+        l1_boot_s=${NESTED_L1_BOOT_TIMEOUT:-600} silence_s=${NESTED_SILENCE_TIMEOUT:-480}
+    fi
     local attempts=${NESTED_BED_ATTEMPTS:-3} monitor="$work/monitor.sock"
     for attempt in $(seq "$attempts"); do
         status=0

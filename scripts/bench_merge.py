@@ -11,7 +11,7 @@ block of the run that measured it (each block names its own date and machine).
 import re
 import sys
 
-ORDER = ["host", "server", "server_ops", "vmm", "ivshmem", "virtio", "virtio_depth", "nested", "nested_virtio", "nested_linux_virtio", "guest_linux"]
+ORDER = ["host", "server", "server_ops", "vmm", "ivshmem", "virtio", "virtio_depth", "nested", "nested_icount", "nested_virtio", "nested_linux_virtio", "guest_linux"]
 
 
 def blocks(text):

@@ -62,14 +62,12 @@ impl BackgroundThreads {
         let stop = StopSignal::new()?;
         let thread = name.to_string();
         let signal = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(
-                move || match crate::seccomp::enter(ThreadKind::Background) {
-                    Ok(()) => body(signal),
-                    Err(e) => log::error!("{thread}: {e}; thread not started"),
-                },
-            )?;
+        let handle = crate::threads::named(name).spawn(move || {
+            match crate::seccomp::enter(ThreadKind::Background) {
+                Ok(()) => body(signal),
+                Err(e) => log::error!("{thread}: {e}; thread not started"),
+            }
+        })?;
         self.lock().push(Running {
             name: name.to_string(),
             stop,

@@ -9,6 +9,7 @@ const ORDER: &[&str] = &[
     "arch",
     "guest_abi",
     "guest_images",
+    "threads",
     "arch::x86_64::layout",
     "memory",
     "interrupts",

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod options;
 pub mod pci;
 pub mod seccomp;
+pub mod threads;
 pub mod vcpu;
 pub mod vm;
 

@@ -217,9 +217,7 @@ impl VcpuThread {
     /// Starts a `vcpuN` thread running `fd` until the VM stops.
     pub fn spawn(fd: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuThread> {
         let cpu = ctx.cpu;
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{cpu}"))
-            .spawn(move || run(fd, ctx))?;
+        let handle = crate::threads::named(format!("vcpu{cpu}")).spawn(move || run(fd, ctx))?;
         Ok(VcpuThread { cpu, handle })
     }
 

@@ -127,9 +127,8 @@ impl<'m> DeferredCopy<'m> {
             for file in files {
                 // The pieces are a shared queue: should a thread not start, the others copy
                 // its share.
-                let spawned = std::thread::Builder::new()
-                    .name("image-copy".into())
-                    .spawn_scoped(scope, || copy_pieces(file));
+                let spawned =
+                    crate::threads::named("image-copy").spawn_scoped(scope, || copy_pieces(file));
                 if let Err(e) = spawned {
                     log::debug!("{}: a copy thread did not start ({e})", self.path.display());
                 }

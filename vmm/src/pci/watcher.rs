@@ -54,8 +54,7 @@ impl EventWatcher {
                     next_token: AtomicU64::new(1),
                 });
                 let runner = watcher.clone();
-                std::thread::Builder::new()
-                    .name("msix-watcher".into())
+                crate::threads::named("msix-watcher")
                     .spawn(move || runner.run())
                     .expect("spawn the MSI-X watcher thread");
                 watcher

@@ -903,6 +903,14 @@ PREAMBLE
   XSAVE and XCRS there (issue 15); firecracker loads only ELF kernels on x86, so it has rows for
   the ELF configuration only; both end on the guest's reset. Where a boot's time goes and why the
   VMMs differ: docs/boot-time.md.
+- nested_icount rows: the same boots with L1's clock counting emulated instructions
+  (`nested-kvm.sh --icount`, QEMU `-icount shift=0,sleep=off`, one L1 vCPU). A time there is
+  the work the VMM, L1's KVM and the guest did, not how fast the host ran: this machine's own
+  speed moves by up to 1.8x within seconds (docs/boot-time.md), and the wall-clock rows above
+  carry that, while repeated boots of one VMM agree within 1% here. What it does not weigh as
+  hardware would: an exit costs the instructions L1's KVM runs for it, not a world switch, and
+  a copy costs its instructions, not its cache misses. Resident memory is measured as in the
+  wall-clock rows.
 - `mapping=trap` serves every guest access to BAR2 through an MMIO exit: it exists to show the gap.
 - Linux guest rows (nested bed, TCG, cores shared, hence medians of blocks): the Linux program
   rings with one store to the driver's mapped Doorbell register and sleeps in poll() on its

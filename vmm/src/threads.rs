@@ -26,18 +26,42 @@ pub fn named(name: impl Into<String>) -> std::thread::Builder {
 mod tests {
     use super::*;
 
+    /// The size of the mapping of /proc/self/maps that holds `addr`.
+    fn mapping_size(addr: usize) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .filter_map(|line| {
+                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+                let start = usize::from_str_radix(start, 16).ok()?;
+                let end = usize::from_str_radix(end, 16).ok()?;
+                (start..end).contains(&addr).then_some(end - start)
+            })
+            .next()
+            .expect("a mapping holds the stack")
+    }
+
     #[test]
-    fn threads_are_named_and_their_stacks_usable() {
-        // A thread can use a good part of it (512 KiB on the stack, which an unoptimized build copies once more) and has its name.
-        let name = named("stack-test")
+    fn thread_stacks_are_usable_and_never_a_whole_huge_page() {
+        let (name, stack_mapping) = named("stack-test")
             .spawn(|| {
+                // A good part of the stack is usable (512 KiB on it, which an unoptimized build
+                // copies once more).
                 let buf = std::hint::black_box([7u8; 512 << 10]);
                 assert_eq!(buf[(512 << 10) - 1], 7);
-                std::thread::current().name().map(str::to_owned)
+                let local = 0u8;
+                (
+                    std::thread::current().name().map(str::to_owned),
+                    mapping_size(std::hint::black_box(&local) as *const u8 as usize),
+                )
             })
             .unwrap()
             .join()
             .unwrap();
         assert_eq!(name.as_deref(), Some("stack-test"));
+        // The writable stack mapping is smaller than a 2 MiB huge page, so THP cannot back it.
+        assert!(
+            stack_mapping < 2 << 20,
+            "stack mapping of {stack_mapping} bytes"
+        );
     }
 }

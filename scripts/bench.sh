@@ -554,7 +554,7 @@ NESTED_ROUNDS=${NESTED_ROUNDS:-3}
 NESTED_SETTLE=${NESTED_SETTLE:-1}
 nested_section() {
     command -v qemu-system-x86_64 >/dev/null || { echo "  nested: no qemu-system-x86_64, skipped" >&2; return; }
-    nested_boots nested "$NESTED_CONFIGS" "$NESTED_ROUNDS" --qemu
+    nested_boots nested "" "$NESTED_CONFIGS" "$NESTED_ROUNDS" --qemu
 }
 
 # The same boots on an instruction-clocked bed (nested-kvm.sh --icount: QEMU -icount
@@ -565,22 +565,23 @@ nested_section() {
 # (docs/boot-time.md), which no number of wall-clock rounds averages out; here repeated boots of
 # one VMM agree within 1%. Without QEMU (its microvm boots are slow and it has the wall-clock
 # rows) and without the warm-up boot (the first boot is not faster here). The configurations
-# are the wall-clock section's; a 2-vCPU guest's vCPUs share L1's one. About a minute of wall
-# time per boot.
+# are the wall-clock section's; a 2-vCPU guest's vCPUs share L1's one. A boot takes about a
+# minute of wall time (three with 2 vCPUs).
 NESTED_ICOUNT_CONFIGS=${NESTED_ICOUNT_CONFIGS:-$NESTED_CONFIGS}
 NESTED_ICOUNT_ROUNDS=${NESTED_ICOUNT_ROUNDS:-3}
 nested_icount_section() {
     command -v qemu-system-x86_64 >/dev/null || { echo "  nested_icount: no qemu-system-x86_64, skipped" >&2; return; }
-    nested_boots nested_icount "$NESTED_ICOUNT_CONFIGS" "$NESTED_ICOUNT_ROUNDS" --icount --arg WARMUP=0
+    nested_boots nested_icount "L1 clocked by instructions, " "$NESTED_ICOUNT_CONFIGS" \
+        "$NESTED_ICOUNT_ROUNDS" --icount --arg WARMUP=0
 }
 
-# nested_boots SECTION CONFIGS ROUNDS BED_OPTIONS...: boot-bench in one L1 with the peers named by
-# $FIRECRACKER / $CLOUD_HYPERVISOR, and a boot-time and a memory row per configuration and peer.
+# nested_boots SECTION LABEL CONFIGS ROUNDS BED_OPTIONS...: boot-bench in one L1 with the peers
+# named by $FIRECRACKER / $CLOUD_HYPERVISOR, and a boot-time and a memory row per configuration and
+# peer, LABEL heading each row's description of the configuration.
 nested_boots() {
-    local name=$1 configs=$2 rounds=$3
-    shift 3
-    local boots peers=() config who clock=""
-    [ "$name" = nested_icount ] && clock="L1 clocked by instructions, "
+    local name=$1 label=$2 configs=$3 rounds=$4
+    shift 4
+    local boots peers=() config who
     [ -n "${FIRECRACKER:-}" ] && peers+=(--binary "$FIRECRACKER:/usr/local/bin/firecracker")
     [ -n "${CLOUD_HYPERVISOR:-}" ] && peers+=(--binary "$CLOUD_HYPERVISOR:/usr/local/bin/cloud-hypervisor")
     boots=$(scripts/nested-kvm.sh run tests/nested/boot-bench --bins "$R" --timeout 5400 --vmlinux --arg "ROUNDS=$rounds" \
@@ -598,7 +599,7 @@ nested_boots() {
     local cmd="scripts/nested-kvm.sh run tests/nested/boot-bench --vmlinux $* --arg ROUNDS=$rounds --arg SETTLE=$NESTED_SETTLE --arg CONFIGS=${configs// /,} (alternated)"
     for config in $configs; do
         local kernel=${config%%:*} rest=${config#*:}
-        local what="$clock${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
+        local what="$label${kernel/vmlinuz/bzImage}, ${rest%%:*} vCPU, ${rest#*:}"
         what=${what/vmlinux/ELF vmlinux}
         if ! has "$config" vmm; then
             echo "  $name: $config: our VMM did not reach /init (BOOT-FAILED above), skipped" >&2

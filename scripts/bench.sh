@@ -563,7 +563,7 @@ nested_section() {
 # guest did (plus the guest's timed waits), not how fast the host happened to run. On this
 # machine the host's own speed moves by up to 1.8x from one half second to the next
 # (docs/boot-time.md), which no number of wall-clock rounds averages out; here repeated boots of
-# one VMM agree within 1%. Without QEMU (its microvm boots are slow and it has the wall-clock
+# one VMM agree within 1.5%. Without QEMU (its microvm boots are slow and it has the wall-clock
 # rows) and without the warm-up boot (the first boot is not faster here). The configurations
 # are the wall-clock section's; a 2-vCPU guest's vCPUs share L1's one. A boot takes about a
 # minute of wall time (three with 2 vCPUs).
@@ -908,7 +908,7 @@ PREAMBLE
   (`nested-kvm.sh --icount`, QEMU `-icount shift=0,sleep=off`, one L1 vCPU). A time there is
   the work the VMM, L1's KVM and the guest did, not how fast the host ran: this machine's own
   speed moves by up to 1.8x within seconds (docs/boot-time.md), and the wall-clock rows above
-  carry that, while repeated boots of one VMM agree within 1% here. What it does not weigh as
+  carry that, while repeated boots of one VMM agree within 1.5% here. What it does not weigh as
   hardware would: an exit costs the instructions L1's KVM runs for it, not a world switch, and
   a copy costs its instructions, not its cache misses. Resident memory is measured as in the
   wall-clock rows.

@@ -473,7 +473,7 @@ virtio_depth_section() {
     echo "== virtio over ivshmem, 16 in flight" >&2
     cargo build --release --quiet -p vhost-bridge --examples
     local bench=$R/examples/virtio_bench regime pin sock i bytes n out load label cmd
-    local v_mbs v_rps p_mbs p_rps p1 m_mbs m_rps floor_p50 floor_mean kicks calls v p m what unit
+    local v_mbs v_rps p_mbs p_rps p1 m_mbs m_rps r_rps floor_p50 floor_mean kicks calls v p m r what unit
     for regime in unpinned pinned; do
         pin=(); label="unpinned"
         if [ "$regime" = pinned ]; then pin=(taskset -c 0); label="all on CPU 0"; fi
@@ -496,7 +496,7 @@ virtio_depth_section() {
         done
         for bytes in 65536 64; do
             n=$(( bytes == 64 ? 200000 : 20000 ))
-            v_mbs=(); v_rps=(); p_mbs=(); p_rps=(); m_mbs=(); m_rps=(); kicks=(); calls=()
+            v_mbs=(); v_rps=(); p_mbs=(); p_rps=(); m_mbs=(); m_rps=(); r_rps=(); kicks=(); calls=()
             for i in 1 2 3; do
                 out=$("${pin[@]}" "$bench" virtio -S "$sock" --bytes "$bytes" -n "$n" --depth 16 \
                     --event-idx --indirect --poll-us "$DEPTH_POLL_US")
@@ -509,6 +509,10 @@ virtio_depth_section() {
                 p_mbs+=("$(value mb_per_sec "$out")"); p_rps+=("$(value requests_per_sec "$out")")
                 out=$("${pin[@]}" "$bench" memcpy --bytes "$bytes" -n "$((n * 10))" --depth 16)
                 m_mbs+=("$(value mb_per_sec "$out")"); m_rps+=("$(value requests_per_sec "$out")")
+                if [ "$bytes" = 64 ]; then
+                    out=$("${pin[@]}" "$bench" ring-model --bytes 64 -n "$((n * 10))" --depth 16)
+                    r_rps+=("$(value requests_per_sec "$out")")
+                fi
             done
             out=$("${pin[@]}" "$bench" socketpair --bytes "$bytes" -n "$n" --depth 1)
             if [ "$bytes" = 65536 ]; then
@@ -530,6 +534,14 @@ virtio_depth_section() {
             row "$what ($label, $polling), same runs" "$v$unit" "memcpy of the same payloads $m$unit" \
                 "$(ratio "$v" "$m")" "≥ 0.25" \
                 "same runs vs virtio_bench memcpy --bytes $bytes -n $((n * 10)) --depth 16"
+            if [ "$bytes" = 64 ]; then
+                r=$(median "${r_rps[@]}")
+                row "$what, a minimal split ring between two threads of one process ($label; no vhost-user, no bounds checks, no notifications: the ring's own cost on this machine), same rounds" \
+                    "$r$unit" "memcpy of the same payloads $m$unit" "$(ratio "$r" "$m")" "(reference)" \
+                    "${pin[*]:+taskset -c 0 }virtio_bench ring-model --bytes 64 -n $((n * 10)) --depth 16 vs virtio_bench memcpy, alternated 3×"
+                row "$what, ours against that ring model ($label)" "$v$unit" "ring model $r$unit" \
+                    "$(ratio "$v" "$r")" "(diagnosis)" "same runs"
+            fi
         done
         row "floor ($label): raw eventfd round trip between two processes, median of 3 (load average at the start: $load)" \
             "p50 $(median "${floor_p50[@]}") ns, mean $(median "${floor_mean[@]}") ns" "—" "—" \
@@ -948,15 +960,19 @@ PREAMBLE
   user time per request, pinned, driver 180 -> 125 ns, backend 185 -> 100 ns. Same runs, same
   load (1.7 to 2.8 on the 2 cores): main's 1.1 M req/s became 2.2 M pinned and 2.2 to 6 M
   unpinned (6 M with both cores free; when other work takes a core, a side waits for it and the
-  rate halves). The 64 B rows still miss the 0.25× memcpy target: a 64-byte memcpy is 8 to 17 ns
-  (58 to 120 M/s, it moves with the load), so 0.25× leaves 35 to 70 ns per request for the ring
-  work on both sides, the payload's stamp, copy, read-out and check, and either the cache lines
-  of descriptor, avail entry, used element and payload crossing between the cores (unpinned,
-  about 130 to 150 ns of work per request on each side) or the two process switches per 16
-  requests (pinned: about 220 ns of system time per request, 1.7 µs a switch on this VM, plus
-  about 230 ns of user time). Deeper queues would amortise the switches; the depth is 16 here.
-  The floor row gives the wake-up cost and the load average at the time: the 2 cores were
-  shared with other work, which moves every figure.
+  rate halves). The 64 B rows miss the 0.25× memcpy target, and the ring-model rows
+  (`virtio_bench ring-model`, since 2026-12-06) show how far any two-sided echo is from it
+  here: the same 64 B echo, 16 in flight, through a minimal split ring between two threads of
+  one process (rings and buffers as arrays of atomics; the device thread answers like
+  vhost-user-echo, the driver thread stamps, offers and checks like `virtio_bench virtio`; both
+  look 32 times and then yield, never sleep; no vhost-user, no vm-memory, no notifications)
+  reaches 0.15× memcpy unpinned and 0.03× on one CPU. A 64-byte memcpy is 8 ns (about 119 M/s)
+  in a single thread's cache; an echo moves the request's and the answer's cache lines, the
+  descriptors, the avail entry and the used element between the two cores, or, on one CPU,
+  pays two thread or process switches per 16 requests. On one CPU ours is at 0.88 of the
+  model; unpinned at 0.29 in the table's run, but repeated runs of the row's command spread from
+  about 3 to 7 M/s: the slow ones run at the one-CPU rate, as if the scheduler had left the two
+  processes on one CPU. The floor row gives the wake-up cost and the load average at the time.
 - Linux virtio drivers over ivshmem (nested bed): both boots are QEMU -accel kvm (`-M
   microvm,pcie=on`, 256 MiB memfd RAM, 1 vCPU) in the same L1, with the same kernel, drivers
   (virtio-rng, vmw_vsock_virtio_transport) and backend binaries (vhost-device-rng,

@@ -16,6 +16,9 @@
 //!   that sleeps in poll() only when it can neither write nor read.
 //! * `virtio_bench memcpy --bytes N --depth D` — the other baseline: the same payloads copied
 //!   between D source and D destination buffers (one copy per request, no check).
+//! * `virtio_bench ring-model --bytes N --depth D` — the same echo through a minimal split ring
+//!   between two threads of this process (ring_model.rs): what the machine allows a virtqueue
+//!   echo at that depth, without anything around the ring.
 //!
 //! `--warmup` untimed requests first. Output lines: `requests_per_sec=`, `mb_per_sec=` (10^6
 //! payload bytes per second, one way), `rtt_ns=` (mean time per request: with D in flight, the
@@ -34,6 +37,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use peer::{ConnectOptions, Peer, DEFAULT_SOCKET_PATH};
 use virtio_ivshmem::layout::feature;
 use virtio_ivshmem::{device_id, Buffer, Driver, DriverOptions};
+
+mod ring_model;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,6 +85,8 @@ enum Mode {
     Socketpair,
     /// memcpy between buffers.
     Memcpy,
+    /// Through a minimal split ring between two threads of this process.
+    RingModel,
 }
 
 /// Slot `slot`'s payload pattern (request numbers go in the first 8 bytes).
@@ -412,5 +419,6 @@ fn main() -> anyhow::Result<()> {
         } => virtio(&args, socket, *event_idx, *indirect, *queue_size, *poll_us),
         Mode::Socketpair => socketpair(&args),
         Mode::Memcpy => memcpy(&args),
+        Mode::RingModel => ring_model::ring_model(&args),
     }
 }

@@ -1,12 +1,13 @@
 //! `virtio_bench ring-model`: the same echo at the same depth through a split virtqueue between
-//! two threads of this process, written as lean as it gets, to measure what the machine allows
-//! rather than what our path costs. The rings (descriptor table, avail ring, used ring) and the
-//! request and answer buffers are arrays of atomics in one allocation; a device thread answers
-//! the way vhost-user-echo does (avail entry, two descriptors, copy, used element, used index),
-//! the driver thread stamps, offers, takes and checks the way `virtio_bench virtio` does. What
-//! it leaves out is everything around the ring: no vhost-user process, no vm-memory bounds
-//! checks or region lookups, no notifications (both sides look at the other's index 32 times
-//! and then yield the CPU, as ours do while busy polling, and never sleep).
+//! two threads of this process, kept minimal, to measure what a two-sided echo costs on this
+//! machine rather than what our path adds to it. The rings (descriptor table, avail ring, used
+//! ring) and the request and answer buffers are arrays of atomics the two threads share; a
+//! device thread answers the way vhost-user-echo does (avail entry, two descriptors, copy, used
+//! element, used index), the driver thread stamps, offers, takes and checks the way
+//! `virtio_bench virtio` does. What it leaves out is everything around the ring: no vhost-user
+//! process, no vm-memory bounds checks or region lookups, no notifications (both sides look at
+//! the other's index 32 times and then yield the CPU, as ours do while busy polling, and never
+//! sleep).
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +56,14 @@ fn wait_for(stop: &AtomicBool, mut look: impl FnMut() -> bool) -> bool {
 /// The device thread: answers every available chain by copying its readable buffer into its
 /// writable one, publishing each used element as it goes.
 fn device(shared: &Shared) {
+    // However this thread ends, the driver stops waiting for it.
+    struct StopOnExit<'a>(&'a AtomicBool);
+    impl Drop for StopOnExit<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_on_exit = StopOnExit(&shared.stop);
     let (mut next_avail, mut next_used) = (0u16, 0u16);
     loop {
         let mut avail_idx = 0;
@@ -139,10 +148,11 @@ impl Driver<'_> {
         let mut done = 0;
         while done < total {
             let mut used_idx = 0;
-            wait_for(&s.stop, || {
+            let answered = wait_for(&s.stop, || {
                 used_idx = s.used[0].load(Ordering::Acquire) as u16;
                 used_idx != self.last_used
             });
+            ensure!(answered, "the device thread stopped");
             while self.last_used != used_idx {
                 let at = 1 + 2 * (self.last_used as usize % QUEUE);
                 let slot = s.used[at].load(Ordering::Relaxed) as usize / 2;

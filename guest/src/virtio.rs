@@ -32,18 +32,32 @@ pub const MAX_DRIVER_QUEUES: usize = 8;
 const DESC_F_NEXT: u16 = 1;
 /// VRING_DESC_F_WRITE: the device writes this buffer.
 const DESC_F_WRITE: u16 = 2;
+/// VRING_DESC_F_INDIRECT: the buffer is a table of descriptors holding the chain.
+const DESC_F_INDIRECT: u16 = 4;
+/// Descriptors per indirect table (the longest chain that takes one ring descriptor), as the
+/// host driver's; longer chains use the ring's descriptors directly.
+pub const INDIRECT_ENTRIES: u16 = 16;
 /// VRING_USED_F_NO_NOTIFY: the device does not want kicks right now.
 const USED_F_NO_NOTIFY: u16 = 1;
 /// VRING_AVAIL_F_NO_INTERRUPT: we do not want calls (we poll the used ring).
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// The ring features this driver implements and accepts when asked: VIRTIO_F_EVENT_IDX
-/// (interrupt waits only; a polling queue asks for no calls with the flag instead).
-pub const RING_FEATURES: u64 = feature::EVENT_IDX;
+/// (interrupt waits only; a polling queue asks for no calls with the flag instead) and
+/// VIRTIO_F_INDIRECT_DESC (a chain of two or more buffers takes one ring descriptor, pointing
+/// at a table of its own in the arena).
+pub const RING_FEATURES: u64 = feature::EVENT_IDX | feature::INDIRECT_DESC;
 
 /// Whether moving an index from `old` to `new` crossed `event` (virtio 1.2 §2.7.10).
 fn event_crossed(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Writes one split-ring descriptor (virtio 1.2 §2.7.5) at shared-memory offset `at`.
+fn write_descriptor(dev: &Ivshmem, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
+    dev.write_u64(at, addr);
+    dev.write_u32(at + 8, len);
+    dev.write_u32(at + 12, flags as u32 | (next as u32) << 16);
 }
 
 /// What went wrong driving the device.
@@ -142,6 +156,11 @@ struct Queue {
     kicked_avail: u16,
     kicks: u64,
     kicks_suppressed: u64,
+    /// With VIRTIO_F_INDIRECT_DESC, where the tables are: ring descriptor i's table holds
+    /// [`INDIRECT_ENTRIES`] descriptors at `tables + i * 16 * INDIRECT_ENTRIES`.
+    tables: Option<u64>,
+    /// Chains placed in an indirect table.
+    indirect_chains: u64,
 }
 
 /// The queues [`VirtioDriver::bring_up`] sets up: `0..count`, each `size` entries, waited on
@@ -389,8 +408,8 @@ impl<'a> VirtioDriver<'a> {
 
     /// Accepts the offered features among `wanted` (plus the required VIRTIO_F_VERSION_1) and
     /// sets FEATURES_OK. Returns the accepted set. Of `wanted`, device-type bits and the ring
-    /// features this driver implements ([`RING_FEATURES`]: EVENT_IDX) count; INDIRECT_DESC and
-    /// the other ring and transport bits are never accepted.
+    /// features this driver implements ([`RING_FEATURES`]: EVENT_IDX, INDIRECT_DESC) count; the
+    /// other ring and transport bits are never accepted.
     pub fn negotiate(&mut self, wanted: u64) -> Result<u64, VirtioError> {
         let offered = self.u64_at(field::DEVICE_FEATURES).load(Ordering::Acquire);
         if offered & feature::VERSION_1 == 0 {
@@ -476,6 +495,12 @@ impl<'a> VirtioDriver<'a> {
             self.ring16(setup.avail)
                 .store(AVAIL_F_NO_INTERRUPT, Ordering::Release);
         }
+        // One table per ring descriptor, so every chain out can have one.
+        let tables = if self.features & feature::INDIRECT_DESC != 0 {
+            Some(self.alloc(16 * INDIRECT_ENTRIES as u64 * size as u64, 16)?)
+        } else {
+            None
+        };
         let mut free = [0u16; MAX_QUEUE_SIZE];
         for (i, slot) in free.iter_mut().take(size as usize).enumerate() {
             *slot = (size as usize - 1 - i) as u16;
@@ -498,6 +523,8 @@ impl<'a> VirtioDriver<'a> {
             kicked_avail: 0,
             kicks: 0,
             kicks_suppressed: 0,
+            tables,
+            indirect_chains: 0,
         };
         let at = |f| layout::queue_offset(queue, f);
         self.set(at(queue_field::SIZE), size);
@@ -562,7 +589,13 @@ impl<'a> VirtioDriver<'a> {
         if needed == 0 {
             return Err(VirtioError::BadQueue("a chain needs a buffer"));
         }
-        if needed > q.free_len {
+        // A chain of two or more buffers goes into the head's own table when there are tables
+        // and it fits one; it then takes a single ring descriptor.
+        let table = q
+            .tables
+            .filter(|_| needed >= 2 && needed <= INDIRECT_ENTRIES as usize);
+        let ring_descriptors = if table.is_some() { 1 } else { needed };
+        if ring_descriptors > q.free_len {
             return Err(VirtioError::QueueFull);
         }
         let buffers = readable
@@ -570,24 +603,55 @@ impl<'a> VirtioDriver<'a> {
             .map(|b| (b, 0))
             .chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
         let head = q.free[q.free_len - 1];
-        let mut id = head;
-        for (i, (buffer, write_flag)) in buffers.enumerate() {
-            q.free_len -= 1;
-            let last = i + 1 == needed;
-            let next = if last { 0 } else { q.free[q.free_len - 1] };
-            let flags = if last {
-                write_flag
-            } else {
-                write_flag | DESC_F_NEXT
-            };
-            let at = q.desc + 16 * id as u64;
-            dev.write_u64(at, buffer.offset);
-            dev.write_u32(at + 8, buffer.len);
-            dev.write_u32(at + 12, flags as u32 | (next as u32) << 16);
-            q.next[id as usize] = next;
-            id = next;
+        match table {
+            Some(tables) => {
+                q.free_len -= 1;
+                let at = tables + 16 * INDIRECT_ENTRIES as u64 * head as u64;
+                for (i, (buffer, write_flag)) in buffers.enumerate() {
+                    let (flags, next) = if i + 1 == needed {
+                        (write_flag, 0)
+                    } else {
+                        (write_flag | DESC_F_NEXT, i as u16 + 1)
+                    };
+                    write_descriptor(
+                        dev,
+                        at + 16 * i as u64,
+                        buffer.offset,
+                        buffer.len,
+                        flags,
+                        next,
+                    );
+                }
+                let ring_at = q.desc + 16 * head as u64;
+                write_descriptor(dev, ring_at, at, 16 * needed as u32, DESC_F_INDIRECT, 0);
+                q.next[head as usize] = 0;
+                q.indirect_chains += 1;
+            }
+            None => {
+                let mut id = head;
+                for (i, (buffer, write_flag)) in buffers.enumerate() {
+                    q.free_len -= 1;
+                    let last = i + 1 == needed;
+                    let next = if last { 0 } else { q.free[q.free_len - 1] };
+                    let flags = if last {
+                        write_flag
+                    } else {
+                        write_flag | DESC_F_NEXT
+                    };
+                    write_descriptor(
+                        dev,
+                        q.desc + 16 * id as u64,
+                        buffer.offset,
+                        buffer.len,
+                        flags,
+                        next,
+                    );
+                    q.next[id as usize] = next;
+                    id = next;
+                }
+            }
         }
-        q.chain_len[head as usize] = needed as u16;
+        q.chain_len[head as usize] = ring_descriptors as u16;
         q.outstanding += 1;
         let slot = q.avail + 4 + 2 * (q.next_avail % q.size) as u64;
         let (avail, used, size) = (q.avail, q.used, q.size);
@@ -702,6 +766,14 @@ impl<'a> VirtioDriver<'a> {
             .get(queue as usize)
             .and_then(Option::as_ref)
             .map_or((0, 0), |q| (q.kicks, q.kicks_suppressed))
+    }
+
+    /// Chains placed in an indirect table on `queue`.
+    pub fn indirect_chains(&self, queue: u32) -> u64 {
+        self.queues
+            .get(queue as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |q| q.indirect_chains)
     }
 
     /// Chains out on `queue`.

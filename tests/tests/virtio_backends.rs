@@ -1120,4 +1120,32 @@ fn virtio_echo_from_a_vm_on_three_queues_with_interrupts_polling_and_16_in_fligh
         "EVENT_IDX suppressed nothing: {}",
         out.stdout
     );
+    assert_eq!(
+        value("indirect"),
+        0,
+        "no tables unless asked: {}",
+        out.stdout
+    );
+
+    // With indirect tables a queue of 16 entries holds 16 two-buffer requests (without, 8):
+    // each takes one ring descriptor, its chain in a table of its own that vhost-user-echo
+    // follows. Every answer is still checked byte for byte.
+    let out = run_driver_vm(
+        &server,
+        "virtio_echo",
+        2,
+        "requests=2000 warmup=100 bytes=256 size=16 depth=16 event_idx=1 indirect=1",
+    );
+    let value = |key: &str| -> u64 {
+        out.value(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in\n{}", out.stdout))
+    };
+    assert_eq!(value("max_outstanding"), 16, "{}", out.stdout);
+    assert_eq!(
+        value("indirect"),
+        2000,
+        "every request in a table: {}",
+        out.stdout
+    );
 }

@@ -8,12 +8,15 @@
 //! Guest args: `queues=Q` (default 1; queue q calls our vector q+1), `requests=N` per queue
 //! (default 100), `warmup=W` untimed rounds (default 0), `bytes=B` (default 64, at most 65536),
 //! `size=S` queue size (default 16), `depth=D` requests in flight per queue (default 1, at most
-//! 32 and size/2), `event_idx=1` (negotiate VIRTIO_F_EVENT_IDX; interrupt waits only),
+//! 32 and size/2, or size with indirect tables), `event_idx=1` (negotiate VIRTIO_F_EVENT_IDX;
+//! interrupt waits only), `indirect=1` (negotiate VIRTIO_F_INDIRECT_DESC: each request's two
+//! buffers go into a table of its own and take one ring descriptor),
 //! `wait=interrupt|poll`, `header=OFF` (default 0), `arena=OFF` (default just after the header),
 //! `index=I`, `timeout_ms=T` (default 10000).
 //! Prints `virtio_echo: queues=Q requests=N bytes=B depth=D ns_per_round=T requests_per_sec=R
-//! mb_per_sec=M calls=C kicks=K kicks_suppressed=S max_outstanding=O` (rounds: one request on
-//! every queue; kicks counted over the timed requests).
+//! mb_per_sec=M calls=C kicks=K kicks_suppressed=S indirect=I max_outstanding=O` (rounds: one
+//! request on every queue; kicks and I, the requests placed in indirect tables, counted over
+//! the timed requests).
 //! Exit status: 0 ok; 2 bad args; 10 no doorbell device; 20 open failed; 21 negotiation
 //! failed; 22 queue set-up failed; 23 DRIVER_OK failed; 30 a request failed; 31 a wrong answer;
 //! 40 the reset at the end failed.
@@ -174,6 +177,7 @@ fn main() -> i32 {
     let size = args::u64_or("size", 16) as u32;
     let depth = args::u64_or("depth", 1);
     let event_idx = args::u64_or("event_idx", 0) != 0;
+    let indirect = args::u64_or("indirect", 0) != 0;
     let header = args::u64_or("header", 0);
     let arena = args::u64_or("arena", header + HEADER_SIZE as u64);
     let timeout_ns = args::u64_or("timeout_ms", 10_000).saturating_mul(1_000_000);
@@ -194,8 +198,12 @@ fn main() -> i32 {
         println!("virtio_echo: queues must be 1..={MAX_DRIVER_QUEUES}");
         return 2;
     }
-    if depth == 0 || depth as usize > MAX_DEPTH || 2 * depth > size as u64 {
-        println!("virtio_echo: depth must be 1..={MAX_DEPTH} and at most size/2");
+    // Without tables each request takes two ring descriptors, with them one.
+    let per_request = if indirect { 1 } else { 2 };
+    if depth == 0 || depth as usize > MAX_DEPTH || per_request * depth > size as u64 {
+        println!(
+            "virtio_echo: depth must be 1..={MAX_DEPTH} and at most size/2 (size with indirect=1)"
+        );
         return 2;
     }
     let Some(dev) = Ivshmem::open_nth(index).filter(|d| d.is_doorbell()) else {
@@ -209,7 +217,8 @@ fn main() -> i32 {
         arena..dev.shm_size,
         timeout_ns,
         QueuePlan {
-            wanted: if event_idx { feature::EVENT_IDX } else { 0 },
+            wanted: if event_idx { feature::EVENT_IDX } else { 0 }
+                | if indirect { feature::INDIRECT_DESC } else { 0 },
             count: queues as u32,
             size,
             wait,
@@ -222,6 +231,10 @@ fn main() -> i32 {
         println!("virtio_echo: EVENT_IDX asked for but not negotiated");
         return 21;
     }
+    if indirect && d.features() & feature::INDIRECT_DESC == 0 {
+        println!("virtio_echo: INDIRECT_DESC asked for but not negotiated");
+        return 21;
+    }
     // Per queue and slot: the request's bytes, then the answer's.
     let Ok(buffers) = d.alloc(2 * bytes * queues * depth, 64) else {
         println!("virtio_echo: no room for the buffers");
@@ -232,6 +245,11 @@ fn main() -> i32 {
         (0..queues as u32)
             .map(|q| d.kicks(q))
             .fold((0, 0), |(a, b), (k, s)| (a + k, b + s))
+    };
+    let indirect_chains = |d: &VirtioDriver| {
+        (0..queues as u32)
+            .map(|q| d.indirect_chains(q))
+            .sum::<u64>()
     };
     let mut echo = Echo {
         d: &mut d,
@@ -252,6 +270,7 @@ fn main() -> i32 {
     }
     let calls_before = calls();
     let kicks_before = kicks(echo.d);
+    let indirect_before = indirect_chains(echo.d);
     let start = clock::now_ns();
     if let Err(status) = echo.run(warmup, requests) {
         return status;
@@ -259,17 +278,19 @@ fn main() -> i32 {
     let elapsed = (clock::now_ns() - start).max(1);
     let max_outstanding = echo.max_outstanding;
     let kicks_after = kicks(&d);
+    let indirect_after = indirect_chains(&d);
     let total = requests * queues;
     println!(
         "virtio_echo: queues={queues} requests={requests} bytes={bytes} depth={depth} \
          ns_per_round={} requests_per_sec={} mb_per_sec={} calls={} kicks={} \
-         kicks_suppressed={} max_outstanding={max_outstanding}",
+         kicks_suppressed={} indirect={} max_outstanding={max_outstanding}",
         elapsed / requests,
         total * 1_000_000_000 / elapsed,
         total * bytes * 1000 / elapsed,
         calls() - calls_before,
         kicks_after.0 - kicks_before.0,
         kicks_after.1 - kicks_before.1,
+        indirect_after - indirect_before,
     );
     if let Err(e) = d.close() {
         println!("virtio_echo: reset: {e}");

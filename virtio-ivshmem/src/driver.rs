@@ -417,7 +417,9 @@ impl Driver {
     }
 
     /// Offers a chain like [`submit`](Self::submit) but does not kick: add several, then
-    /// [`kick`](Self::kick) once.
+    /// [`kick`](Self::kick) once. The device sees the chains added from the kick on (or from the
+    /// next look at the used ring for more, [`try_used`](Self::try_used) and the waits): they
+    /// are published together.
     pub fn add(
         &mut self,
         queue: u32,
@@ -431,13 +433,18 @@ impl Driver {
             .map_err(|source| DriverError::Queue { queue, source })
     }
 
-    /// Kicks the device for the chains added since the last kick, if it wants a kick (with
-    /// EVENT_IDX: if our avail index crossed its `avail_event`). Returns whether it rang.
+    /// Publishes the chains added since the last time and kicks the device for them, if it
+    /// wants a kick (with EVENT_IDX: if our avail index crossed its `avail_event`). Returns
+    /// whether it rang.
     pub fn kick(&mut self, queue: u32) -> Result<bool, DriverError> {
         let device_peer = self.device_peer as u16;
         let mem = &self.mem;
         let q = set_up_queue(&mut self.queues, queue)?;
-        if !q.ring.needs_kick(mem) {
+        if !q
+            .ring
+            .needs_kick(mem)
+            .map_err(|source| DriverError::Queue { queue, source })?
+        {
             return Ok(false);
         }
         let kick = q.kick_vector;

@@ -136,9 +136,13 @@ fn put<T: ByteValued>(ring: &Ring, offset: usize, value: T) -> Result<(), QueueE
 }
 
 /// Writes a chain of `readable` then `writable` buffers as descriptors of the table `table`;
-/// `slot(i)` is the index in that table of the chain's `i`th descriptor.
+/// `slot(i)` is the index in that table of the chain's `i`th descriptor. `written` is our copy
+/// of what the table holds: a descriptor that would not change is not stored again, so a
+/// request that reuses the descriptors and buffers of an earlier one leaves those cache lines
+/// shared with the device's CPU instead of taking them back.
 fn write_chain(
     table: &Ring,
+    written: &mut [Descriptor],
     readable: &[Buffer],
     writable: &[Buffer],
     slot: impl Fn(usize) -> u16,
@@ -155,7 +159,31 @@ fn write_chain(
             (write_flag, 0)
         };
         let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
-        put(table, 16 * slot(i) as usize, desc)?;
+        let at = slot(i) as usize;
+        store_changed(table, written, at, desc)?;
+    }
+    Ok(())
+}
+
+/// Stores descriptor `desc` at index `at` of `table` unless `written[at]`, our copy of it,
+/// says it is there already.
+fn store_changed(
+    table: &Ring,
+    written: &mut [Descriptor],
+    at: usize,
+    desc: Descriptor,
+) -> Result<(), QueueError> {
+    let same = |a: &Descriptor| {
+        (a.addr(), a.len(), a.flags(), a.next())
+            == (desc.addr(), desc.len(), desc.flags(), desc.next())
+    };
+    match written.get_mut(at) {
+        Some(copy) if same(copy) => {}
+        Some(copy) => {
+            put(table, 16 * at, desc)?;
+            *copy = desc;
+        }
+        None => put(table, 16 * at, desc)?,
     }
     Ok(())
 }
@@ -175,6 +203,10 @@ pub struct DriverQueue {
     stats: QueueStats,
     /// Free descriptor indices (a stack).
     free: Vec<u16>,
+    /// What we last stored in each ring descriptor (the ring starts zeroed).
+    ring_written: Vec<Descriptor>,
+    /// What we last stored in each indirect table's descriptors, table after table.
+    table_written: Vec<Descriptor>,
     /// For each head that is out: how many ring descriptors its chain took; 0 otherwise.
     chain_len: Vec<u16>,
     /// Our own copy of each ring descriptor's `next` (the shared copy may be scribbled on), so
@@ -182,10 +214,15 @@ pub struct DriverQueue {
     /// taking chains allocates nothing.
     next: Vec<u16>,
     outstanding: usize,
-    /// Our avail index (the copy in memory is only ever written by us).
+    /// Our avail index: chains added.
     next_avail: u16,
+    /// The avail index in memory (only ever written by us): chains published.
+    published_avail: u16,
     /// The used index up to which we have taken elements.
     last_used: u16,
+    /// The device's used index when we last read it (`last_used..used_seen` are announced and
+    /// not yet taken).
+    used_seen: u16,
 }
 
 impl DriverQueue {
@@ -203,24 +240,35 @@ impl DriverQueue {
         zero(setup.desc, crate::layout::ring_size::desc(setup.size))?;
         zero(setup.avail, crate::layout::ring_size::avail(setup.size))?;
         zero(setup.used, crate::layout::ring_size::used(setup.size))?;
+        let indirect = features.indirect.filter(|t| t.entries >= 2);
+        // Zeroed like the ring, so that our copies of the tables start out true.
+        let mut table_written = Vec::new();
+        if let Some(t) = indirect {
+            zero(t.base, IndirectTables::bytes(setup.size, t.entries))?;
+            table_written = vec![Descriptor::default(); size as usize * t.entries as usize];
+        }
         Ok(DriverQueue {
             size,
             desc: GuestAddress(setup.desc),
             avail: GuestAddress(setup.avail),
             used: GuestAddress(setup.used),
             features: RingFeatures {
-                indirect: features.indirect.filter(|t| t.entries >= 2),
+                indirect,
                 ..features
             },
             indirect_min: 2,
             kicked_avail: 0,
             stats: QueueStats::default(),
             free: (0..size).rev().collect(),
+            ring_written: vec![Descriptor::default(); size as usize],
+            table_written,
             chain_len: vec![0; size as usize],
             next: vec![0; size as usize],
             outstanding: 0,
             next_avail: 0,
+            published_avail: 0,
             last_used: 0,
+            used_seen: 0,
         })
     }
 
@@ -267,9 +315,10 @@ impl DriverQueue {
         self.free.len()
     }
 
-    /// Makes a chain of `readable` buffers (device reads) followed by `writable` ones (device
-    /// writes) available to the device. Returns its token. Call [`needs_kick`](Self::needs_kick)
-    /// afterwards and ring the device if it says so.
+    /// Places a chain of `readable` buffers (device reads) followed by `writable` ones (device
+    /// writes) in the avail ring. Returns its token. The device sees it once it is published
+    /// ([`publish`](Self::publish)): call [`needs_kick`](Self::needs_kick) afterwards, which
+    /// publishes, and ring the device if it says so.
     pub fn add(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -303,12 +352,16 @@ impl DriverQueue {
             Some(t) => {
                 let at = t.base + 16 * t.entries as u64 * head as u64;
                 let table = mem.get_slice(GuestAddress(at), 16 * buffers)?;
-                write_chain(&table, readable, writable, |i| i as u16)?;
+                let first = t.entries as usize * head as usize;
+                let copy = self.table_written.get_mut(first..first + buffers);
+                write_chain(&table, copy.unwrap_or_default(), readable, writable, |i| {
+                    i as u16
+                })?;
                 let desc =
                     Descriptor::new(at, 16 * buffers as u32, VRING_DESC_F_INDIRECT as u16, 0);
-                put(&desc_ring, 16 * head as usize, desc)?;
+                store_changed(&desc_ring, &mut self.ring_written, head as usize, desc)?;
             }
-            None => write_chain(&desc_ring, readable, writable, id)?,
+            None => write_chain(&desc_ring, &mut self.ring_written, readable, writable, id)?,
         }
         let avail_ring = self.avail_ring(mem)?;
         put(
@@ -325,15 +378,29 @@ impl DriverQueue {
         self.stats.added += 1;
         self.stats.indirect += u64::from(table.is_some());
         self.next_avail = self.next_avail.wrapping_add(1);
-        // The descriptors and the ring slot must be visible before the index that publishes them.
-        avail_ring.store(self.next_avail, 2, Ordering::Release)?;
         Ok(head)
+    }
+
+    /// Makes the chains added since the last time visible to the device: stores our avail
+    /// index. [`needs_kick`](Self::needs_kick) and a look at the used ring that needs the
+    /// device's index again ([`pop_used`](Self::pop_used)) do it, so a batch of chains added
+    /// between two looks costs one store to the line the device polls, not one per chain.
+    pub fn publish(&mut self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+        if self.published_avail != self.next_avail {
+            // The descriptors and ring slots must be visible before the index that publishes
+            // them.
+            self.avail_ring(mem)?
+                .store(self.next_avail, 2, Ordering::Release)?;
+            self.published_avail = self.next_avail;
+        }
+        Ok(())
     }
 
     /// Whether the device wants a kick for what was added since the last time this was asked:
     /// with EVENT_IDX, whether the avail index crossed the device's `avail_event`; otherwise,
     /// whether it has not set VRING_USED_F_NO_NOTIFY. Counted in [`stats`](Self::stats).
-    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> bool {
+    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        self.publish(mem)?;
         // Order our avail index store before reading the device's side (virtio 1.2 §2.7.13.3.1).
         fence(Ordering::SeqCst);
         let new = self.next_avail;
@@ -354,7 +421,7 @@ impl DriverQueue {
         } else if new != old {
             self.stats.kicks_suppressed += 1;
         }
-        kick
+        Ok(kick)
     }
 
     /// Before sleeping for a call: with EVENT_IDX, asks the device to call once the used index
@@ -408,16 +475,23 @@ impl DriverQueue {
     /// Takes the next chain the device has used, if any.
     pub fn pop_used(&mut self, mem: &GuestMemoryMmap) -> Result<Option<Used>, QueueError> {
         let used_ring = self.used_ring(mem)?;
-        let used_idx: u16 = used_ring.load(2, Ordering::Acquire)?;
-        let moved = used_idx.wrapping_sub(self.last_used);
-        if moved == 0 {
-            return Ok(None);
-        }
-        if moved as usize > self.outstanding {
-            return Err(QueueError::BadUsedIndex {
-                moved,
-                outstanding: self.outstanding,
-            });
+        // The device's used index is read again only once the elements it announced last time
+        // are taken: a batch of used chains costs one load of the line the device keeps writing.
+        if self.used_seen == self.last_used {
+            // Whatever was added meanwhile goes out before we look (and perhaps wait).
+            self.publish(mem)?;
+            let used_idx: u16 = used_ring.load(2, Ordering::Acquire)?;
+            let moved = used_idx.wrapping_sub(self.last_used);
+            if moved == 0 {
+                return Ok(None);
+            }
+            if moved as usize > self.outstanding {
+                return Err(QueueError::BadUsedIndex {
+                    moved,
+                    outstanding: self.outstanding,
+                });
+            }
+            self.used_seen = used_idx;
         }
         let at = 4 + 8 * (self.last_used % self.size) as usize;
         // A used element is (id: le32, len: le32), virtio-queue's `VirtqUsedElem`: one load.
@@ -428,11 +502,16 @@ impl DriverQueue {
             .map(std::mem::take)
             .filter(|&n| n != 0)
             .ok_or(QueueError::BadUsedId { id })?;
+        // Back on the free stack with the head on top, so that the next chain of the same
+        // length takes the same descriptors in the same order (and, when its buffers are the
+        // same too, stores nothing: see write_chain).
+        let first = self.free.len();
         let mut desc = id as u16;
         for _ in 0..chain {
             self.free.push(desc);
             desc = self.next[desc as usize];
         }
+        self.free[first..].reverse();
         self.outstanding -= 1;
         self.last_used = self.last_used.wrapping_add(1);
         Ok(Some(Used {
@@ -545,6 +624,72 @@ mod tests {
     }
 
     #[test]
+    fn added_chains_reach_the_device_when_published() {
+        let (mem, q) = setup();
+        let mut ring = DriverQueue::new(&mem, q, RingFeatures::default()).unwrap();
+        let avail_idx = |mem: &GuestMemoryMmap| -> u16 {
+            mem.load(GuestAddress(q.avail + 2), Ordering::Acquire)
+                .unwrap()
+        };
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert_eq!(avail_idx(&mem), 0, "not published yet");
+        ring.needs_kick(&mem).unwrap();
+        assert_eq!(avail_idx(&mem), 2, "published by the kick decision");
+        // A look at the used ring that needs the device's index publishes first.
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(ring.pop_used(&mem).unwrap().is_none());
+        assert_eq!(avail_idx(&mem), 3);
+        // While used elements announced earlier are being taken, nothing is published and the
+        // device's index is not read again.
+        let mut used_idx = 0;
+        let heads: Vec<u16> = (0..3).map(|i| 2 - i).collect();
+        use_chain(&mem, &q, &mut used_idx, heads[0]);
+        use_chain(&mem, &q, &mut used_idx, heads[1]);
+        assert!(ring.pop_used(&mem).unwrap().is_some());
+        ring.add(&mem, &[buf(0)], &[]).unwrap();
+        assert!(ring.pop_used(&mem).unwrap().is_some());
+        assert_eq!(
+            avail_idx(&mem),
+            3,
+            "the second element was announced with the first"
+        );
+        assert!(ring.pop_used(&mem).unwrap().is_none());
+        assert_eq!(avail_idx(&mem), 4);
+    }
+
+    #[test]
+    fn a_chain_that_reuses_descriptors_and_buffers_stores_nothing() {
+        let (mem, q) = setup();
+        let mut ring = DriverQueue::new(&mem, q, RingFeatures::default()).unwrap();
+        let desc = |mem: &GuestMemoryMmap, i: u16| -> Descriptor {
+            mem.read_obj(GuestAddress(q.desc + 16 * i as u64)).unwrap()
+        };
+        let head = ring.add(&mem, &[buf(0x100)], &[buf(0x200)]).unwrap();
+        let second = ring.next[head as usize];
+        ring.needs_kick(&mem).unwrap();
+        let mut used_idx = 0;
+        use_chain(&mem, &q, &mut used_idx, head);
+        assert!(ring.pop_used(&mem).unwrap().is_some());
+        // Freed with its head on top: the same chain takes the same descriptors, and since they
+        // already hold it, they are not written (a mark left in one stays).
+        mem.write_obj(0xDEADu32, GuestAddress(q.desc + 16 * second as u64 + 8))
+            .unwrap();
+        assert_eq!(ring.add(&mem, &[buf(0x100)], &[buf(0x200)]).unwrap(), head);
+        assert_eq!(desc(&mem, second).len(), 0xDEAD);
+        assert_eq!(desc(&mem, head).addr().0, 0x100);
+        // Different buffers are written.
+        ring.needs_kick(&mem).unwrap();
+        use_chain(&mem, &q, &mut used_idx, head);
+        assert!(ring.pop_used(&mem).unwrap().is_some());
+        ring.add(&mem, &[buf(0x100)], &[buf(0x300)]).unwrap();
+        assert_eq!(
+            (desc(&mem, second).addr().0, desc(&mem, second).len()),
+            (0x300, 16)
+        );
+    }
+
+    #[test]
     fn event_idx_kicks_only_when_the_device_asked() {
         let (mem, q) = setup();
         let features = RingFeatures {
@@ -555,13 +700,13 @@ mod tests {
         let avail_event = GuestAddress(q.used + 4 + 8 * SIZE as u64);
         // avail_event 0: the first chain needs a kick, the next ones do not.
         ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(ring.needs_kick(&mem));
+        assert!(ring.needs_kick(&mem).unwrap());
         ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(!ring.needs_kick(&mem));
+        assert!(!ring.needs_kick(&mem).unwrap());
         // The device went back to sleep at index 2: the third chain kicks.
         mem.store(2u16, avail_event, Ordering::Release).unwrap();
         ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(ring.needs_kick(&mem));
+        assert!(ring.needs_kick(&mem).unwrap());
         assert_eq!((ring.stats().kicks, ring.stats().kicks_suppressed), (2, 1));
         // used_event: a call after `count` more chains.
         ring.arm_call(&mem, 3).unwrap();

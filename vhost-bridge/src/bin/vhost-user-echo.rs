@@ -16,7 +16,7 @@
 //! It serves one frontend at a time and listens again when that one disconnects, like the
 //! rust-vmm vhost-device backends.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
 };
+use virtio_ivshmem::virtqueue::event_crossed;
 use virtio_ivshmem::SPINS_PER_YIELD;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueT;
@@ -166,6 +167,14 @@ fn walk_chain(
     }
 }
 
+/// What a pass over a queue did.
+enum Used {
+    /// No chain was available.
+    Nothing,
+    /// Chains were used; whether the driver wants a call for them.
+    Call(bool),
+}
+
 impl Echo {
     /// Echoes every available chain of `vring`; returns whether any was used. Each chain is
     /// returned as soon as it is answered (a polling driver can take it while we do the next),
@@ -173,30 +182,34 @@ impl Echo {
     /// in the same pass. One lock of the vring per pass; the avail ring and the descriptor
     /// table are looked up in the memory once per pass and read through those slices
     /// ([`walk_chain`]); the buffer lists are reused: nothing is allocated per chain.
-    fn process(&mut self, vring: &VringRwLock) -> std::io::Result<bool> {
+    fn process(&mut self, vring: &VringRwLock) -> std::io::Result<Used> {
         let Some(mem) = &self.mem else {
-            return Ok(false);
+            return Ok(Used::Nothing);
         };
         let guard = mem.memory();
         let mem: &GuestMemoryMmap = &guard;
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         if !queue.ready() {
-            return Ok(false);
+            return Ok(Used::Nothing);
         }
         let size = queue.size();
         let ring = |addr: u64, len: usize| {
             mem.get_slice(GuestAddress(addr), len)
                 .map_err(std::io::Error::other)
         };
-        // The ring entries (not used_event) and the whole descriptor table.
-        let avail = ring(queue.avail_ring(), 4 + 2 * size as usize)?;
+        // The avail ring with used_event, the used ring's entries, the descriptor table.
+        let avail = ring(queue.avail_ring(), 6 + 2 * size as usize)?;
+        let used = ring(queue.used_ring(), 4 + 8 * size as usize)?;
         // A descriptor table outside the memory makes every chain empty (answered with 0
         // bytes), as virtio-queue's chains were; a bad avail ring stops the queue.
         let table = ring(queue.desc_table(), 16 * size as usize).ok();
         let mut next_avail = queue.next_avail();
-        let mut any = false;
-        loop {
+        let first_used = queue.next_used();
+        let mut next_used = first_used;
+        // A pass ends after a ring's worth of chains, so that a driver waiting for a call gets
+        // it even while other chains keep coming.
+        while next_used.wrapping_sub(first_used) < size {
             // Acquire: the entries and descriptors behind the index are read next.
             let avail_idx = avail
                 .load::<u16>(2, Ordering::Acquire)
@@ -221,7 +234,12 @@ impl Echo {
                 let head = u16::from_le(head);
                 next_avail = next_avail.wrapping_add(1);
                 queue.set_next_avail(next_avail);
-                any = true;
+                if head >= size {
+                    return Err(std::io::Error::other(format!(
+                        "the driver made descriptor {head} available, outside the queue's \
+                         {size} entries"
+                    )));
+                }
                 let (readable, writable) = (&mut self.readable, &mut self.writable);
                 match &table {
                     Some(table) => walk_chain(mem, table, size, head, readable, writable),
@@ -231,12 +249,33 @@ impl Echo {
                     }
                 }
                 let written = copy_chain(mem, readable, writable);
-                queue
-                    .add_used(mem, head, written)
+                // A used element is (id: le32, len: le32), virtio-queue's `VirtqUsedElem`.
+                let element = [u32::from(head).to_le(), written.to_le()];
+                used.get_ref::<[u32; 2]>(4 + 8 * (next_used % size) as usize)
+                    .map_err(std::io::Error::other)?
+                    .store(element);
+                next_used = next_used.wrapping_add(1);
+                // Each chain is published as soon as it is answered: a polling driver takes it
+                // while we do the next.
+                used.store(next_used.to_le(), 2, Ordering::Release)
                     .map_err(std::io::Error::other)?;
             }
+            queue.set_next_used(next_used);
         }
-        Ok(any)
+        if next_used == first_used {
+            return Ok(Used::Nothing);
+        }
+        if !self.event_idx {
+            return Ok(Used::Call(self.wants_call(&avail)));
+        }
+        // virtio 1.2 §2.7.10: call if the used index crossed the driver's used_event since the
+        // pass began. The fence orders the used index store before reading used_event.
+        fence(Ordering::SeqCst);
+        let used_event = avail
+            .load::<u16>(4 + 2 * size as usize, Ordering::Acquire)
+            .map(u16::from_le)
+            .map_err(std::io::Error::other)?;
+        Ok(Used::Call(event_crossed(used_event, next_used, first_used)))
     }
 
     /// Busy polling: whether the driver made a chain available on `vring` within
@@ -268,17 +307,16 @@ impl Echo {
         false
     }
 
-    /// Whether the driver wants a call: it has not set VRING_AVAIL_F_NO_INTERRUPT.
-    fn wants_call(&self, vring: &VringRwLock) -> bool {
-        let Some(mem) = &self.mem else {
-            return true;
-        };
-        let flags_at = GuestAddress(vring.get_ref().get_queue().avail_ring());
+    /// Without EVENT_IDX, whether the driver wants a call: it has not set
+    /// VRING_AVAIL_F_NO_INTERRUPT in the flags of its `avail` ring.
+    fn wants_call(&self, avail: &VolatileSlice<()>) -> bool {
         // The fence orders our used index store before reading the flag (virtio 1.2 §2.7.7).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        mem.memory()
-            .load::<u16>(flags_at, Ordering::Acquire)
-            .map_or(true, |flags| flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+        fence(Ordering::SeqCst);
+        avail
+            .load::<u16>(0, Ordering::Acquire)
+            .map_or(true, |flags| {
+                u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+            })
     }
 }
 
@@ -350,12 +388,7 @@ impl VhostUserBackendMut for Echo {
             vring
                 .disable_notification()
                 .map_err(std::io::Error::other)?;
-            if self.process(vring)? {
-                let call = if self.event_idx {
-                    vring.needs_notification().map_err(std::io::Error::other)?
-                } else {
-                    self.wants_call(vring)
-                };
+            if let Used::Call(call) = self.process(vring)? {
                 if call {
                     vring.signal_used_queue()?;
                 }

@@ -417,9 +417,7 @@ impl Driver {
     }
 
     /// Offers a chain like [`submit`](Self::submit) but does not kick: add several, then
-    /// [`kick`](Self::kick) once. The device sees the chains added from the kick on (or from the
-    /// next look at the used ring for more, [`try_used`](Self::try_used) and the waits): they
-    /// are published together.
+    /// [`kick`](Self::kick) once.
     pub fn add(
         &mut self,
         queue: u32,
@@ -433,18 +431,13 @@ impl Driver {
             .map_err(|source| DriverError::Queue { queue, source })
     }
 
-    /// Publishes the chains added since the last time and kicks the device for them, if it
-    /// wants a kick (with EVENT_IDX: if our avail index crossed its `avail_event`). Returns
-    /// whether it rang.
+    /// Kicks the device for the chains added since the last kick, if it wants a kick (with
+    /// EVENT_IDX: if our avail index crossed its `avail_event`). Returns whether it rang.
     pub fn kick(&mut self, queue: u32) -> Result<bool, DriverError> {
         let device_peer = self.device_peer as u16;
         let mem = &self.mem;
         let q = set_up_queue(&mut self.queues, queue)?;
-        if !q
-            .ring
-            .needs_kick(mem)
-            .map_err(|source| DriverError::Queue { queue, source })?
-        {
+        if !q.ring.needs_kick(mem) {
             return Ok(false);
         }
         let kick = q.kick_vector;

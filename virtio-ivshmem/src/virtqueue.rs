@@ -214,10 +214,8 @@ pub struct DriverQueue {
     /// taking chains allocates nothing.
     next: Vec<u16>,
     outstanding: usize,
-    /// Our avail index: chains added.
+    /// Our avail index (the copy in memory is only ever written by us).
     next_avail: u16,
-    /// The avail index in memory (only ever written by us): chains published.
-    published_avail: u16,
     /// The used index up to which we have taken elements.
     last_used: u16,
     /// The device's used index when we last read it (`last_used..used_seen` are announced and
@@ -266,7 +264,6 @@ impl DriverQueue {
             next: vec![0; size as usize],
             outstanding: 0,
             next_avail: 0,
-            published_avail: 0,
             last_used: 0,
             used_seen: 0,
         })
@@ -315,10 +312,9 @@ impl DriverQueue {
         self.free.len()
     }
 
-    /// Places a chain of `readable` buffers (device reads) followed by `writable` ones (device
-    /// writes) in the avail ring. Returns its token. The device sees it once it is published
-    /// ([`publish`](Self::publish)): call [`needs_kick`](Self::needs_kick) afterwards, which
-    /// publishes, and ring the device if it says so.
+    /// Makes a chain of `readable` buffers (device reads) followed by `writable` ones (device
+    /// writes) available to the device. Returns its token. Call [`needs_kick`](Self::needs_kick)
+    /// afterwards and ring the device if it says so.
     pub fn add(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -378,29 +374,17 @@ impl DriverQueue {
         self.stats.added += 1;
         self.stats.indirect += u64::from(table.is_some());
         self.next_avail = self.next_avail.wrapping_add(1);
+        // The descriptors and the ring slot must be visible before the index that publishes them.
+        // Published at once: a device busy on large requests would otherwise wait for the next
+        // chain until the driver has taken all the used ones it knows of.
+        avail_ring.store(self.next_avail, 2, Ordering::Release)?;
         Ok(head)
-    }
-
-    /// Makes the chains added since the last time visible to the device: stores our avail
-    /// index. [`needs_kick`](Self::needs_kick) and a look at the used ring that needs the
-    /// device's index again ([`pop_used`](Self::pop_used)) do it, so a batch of chains added
-    /// between two looks costs one store to the line the device polls, not one per chain.
-    pub fn publish(&mut self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
-        if self.published_avail != self.next_avail {
-            // The descriptors and ring slots must be visible before the index that publishes
-            // them.
-            self.avail_ring(mem)?
-                .store(self.next_avail, 2, Ordering::Release)?;
-            self.published_avail = self.next_avail;
-        }
-        Ok(())
     }
 
     /// Whether the device wants a kick for what was added since the last time this was asked:
     /// with EVENT_IDX, whether the avail index crossed the device's `avail_event`; otherwise,
     /// whether it has not set VRING_USED_F_NO_NOTIFY. Counted in [`stats`](Self::stats).
-    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
-        self.publish(mem)?;
+    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> bool {
         // Order our avail index store before reading the device's side (virtio 1.2 §2.7.13.3.1).
         fence(Ordering::SeqCst);
         let new = self.next_avail;
@@ -421,7 +405,7 @@ impl DriverQueue {
         } else if new != old {
             self.stats.kicks_suppressed += 1;
         }
-        Ok(kick)
+        kick
     }
 
     /// Before sleeping for a call: with EVENT_IDX, asks the device to call once the used index
@@ -478,8 +462,6 @@ impl DriverQueue {
         // The device's used index is read again only once the elements it announced last time
         // are taken: a batch of used chains costs one load of the line the device keeps writing.
         if self.used_seen == self.last_used {
-            // Whatever was added meanwhile goes out before we look (and perhaps wait).
-            self.publish(mem)?;
             let used_idx: u16 = used_ring.load(2, Ordering::Acquire)?;
             let moved = used_idx.wrapping_sub(self.last_used);
             if moved == 0 {
@@ -624,38 +606,32 @@ mod tests {
     }
 
     #[test]
-    fn added_chains_reach_the_device_when_published() {
+    fn the_used_index_is_read_once_per_batch() {
         let (mem, q) = setup();
         let mut ring = DriverQueue::new(&mem, q, RingFeatures::default()).unwrap();
-        let avail_idx = |mem: &GuestMemoryMmap| -> u16 {
-            mem.load(GuestAddress(q.avail + 2), Ordering::Acquire)
-                .unwrap()
-        };
-        ring.add(&mem, &[buf(0)], &[]).unwrap();
-        ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert_eq!(avail_idx(&mem), 0, "not published yet");
-        ring.needs_kick(&mem).unwrap();
-        assert_eq!(avail_idx(&mem), 2, "published by the kick decision");
-        // A look at the used ring that needs the device's index publishes first.
-        ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(ring.pop_used(&mem).unwrap().is_none());
-        assert_eq!(avail_idx(&mem), 3);
-        // While used elements announced earlier are being taken, nothing is published and the
-        // device's index is not read again.
+        let heads: Vec<u16> = (0..3)
+            .map(|_| ring.add(&mem, &[buf(0)], &[]).unwrap())
+            .collect();
         let mut used_idx = 0;
-        let heads: Vec<u16> = (0..3).map(|i| 2 - i).collect();
         use_chain(&mem, &q, &mut used_idx, heads[0]);
         use_chain(&mem, &q, &mut used_idx, heads[1]);
-        assert!(ring.pop_used(&mem).unwrap().is_some());
-        ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(ring.pop_used(&mem).unwrap().is_some());
         assert_eq!(
-            avail_idx(&mem),
-            3,
-            "the second element was announced with the first"
+            ring.pop_used(&mem).unwrap().map(|u| u.token),
+            Some(heads[0])
         );
-        assert!(ring.pop_used(&mem).unwrap().is_none());
-        assert_eq!(avail_idx(&mem), 4);
+        // The device's index now goes back to 1 (a device can write anything): the element
+        // announced with the first is still taken, from what was read then.
+        mem.store(1u16, GuestAddress(q.used + 2), Ordering::Release)
+            .unwrap();
+        assert_eq!(
+            ring.pop_used(&mem).unwrap().map(|u| u.token),
+            Some(heads[1])
+        );
+        // The next look reads the index again and finds the device's step back.
+        assert!(matches!(
+            ring.pop_used(&mem),
+            Err(QueueError::BadUsedIndex { .. })
+        ));
     }
 
     #[test]
@@ -667,7 +643,7 @@ mod tests {
         };
         let head = ring.add(&mem, &[buf(0x100)], &[buf(0x200)]).unwrap();
         let second = ring.next[head as usize];
-        ring.needs_kick(&mem).unwrap();
+        ring.needs_kick(&mem);
         let mut used_idx = 0;
         use_chain(&mem, &q, &mut used_idx, head);
         assert!(ring.pop_used(&mem).unwrap().is_some());
@@ -679,7 +655,7 @@ mod tests {
         assert_eq!(desc(&mem, second).len(), 0xDEAD);
         assert_eq!(desc(&mem, head).addr().0, 0x100);
         // Different buffers are written.
-        ring.needs_kick(&mem).unwrap();
+        ring.needs_kick(&mem);
         use_chain(&mem, &q, &mut used_idx, head);
         assert!(ring.pop_used(&mem).unwrap().is_some());
         ring.add(&mem, &[buf(0x100)], &[buf(0x300)]).unwrap();
@@ -700,13 +676,13 @@ mod tests {
         let avail_event = GuestAddress(q.used + 4 + 8 * SIZE as u64);
         // avail_event 0: the first chain needs a kick, the next ones do not.
         ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(ring.needs_kick(&mem).unwrap());
+        assert!(ring.needs_kick(&mem));
         ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(!ring.needs_kick(&mem).unwrap());
+        assert!(!ring.needs_kick(&mem));
         // The device went back to sleep at index 2: the third chain kicks.
         mem.store(2u16, avail_event, Ordering::Release).unwrap();
         ring.add(&mem, &[buf(0)], &[]).unwrap();
-        assert!(ring.needs_kick(&mem).unwrap());
+        assert!(ring.needs_kick(&mem));
         assert_eq!((ring.stats().kicks, ring.stats().kicks_suppressed), (2, 1));
         // used_event: a call after `count` more chains.
         ring.arm_call(&mem, 3).unwrap();

@@ -495,7 +495,9 @@ virtio_depth_section() {
             floor_p50+=("$(value rtt_p50_ns "$out")"); floor_mean+=("$(value rtt_ns "$out")")
         done
         for bytes in 65536 64; do
-            n=$(( bytes == 64 ? 200000 : 20000 ))
+            # Long enough for the scheduler to settle where the two sides run: 200,000 64 B
+            # requests (a few tens of ms) often ended before it had put them on their own CPUs.
+            n=$(( bytes == 64 ? 2000000 : 20000 ))
             v_mbs=(); v_rps=(); p_mbs=(); p_rps=(); m_mbs=(); m_rps=(); r_rps=(); kicks=(); calls=()
             for i in 1 2 3; do
                 out=$("${pin[@]}" "$bench" virtio -S "$sock" --bytes "$bytes" -n "$n" --depth 16 \
@@ -514,7 +516,7 @@ virtio_depth_section() {
                     r_rps+=("$(value requests_per_sec "$out")")
                 fi
             done
-            out=$("${pin[@]}" "$bench" socketpair --bytes "$bytes" -n "$n" --depth 1)
+            out=$("${pin[@]}" "$bench" socketpair --bytes "$bytes" -n "$((n < 200000 ? n : 200000))" --depth 1)
             if [ "$bytes" = 65536 ]; then
                 v=$(median "${v_mbs[@]}"); p=$(median "${p_mbs[@]}"); m=$(median "${m_mbs[@]}")
                 what="echo MB/s, 64 KiB, 16 in flight"; unit=" MB/s"
@@ -528,7 +530,9 @@ virtio_depth_section() {
             [ "$regime" = pinned ] && cmd="taskset -c 0 (server, backend, bridge, bench): $cmd"
             polling="busy polling up to $DEPTH_POLL_US µs on both sides"
             [ "$DEPTH_POLL_US" = 0 ] && polling="no busy polling"
-            row "$what, host driver ↔ vhost-user-echo over ivshmem ($label, $polling; per request $(median "${kicks[@]}") kicks, $(median "${calls[@]}") calls), median of 3" \
+            local runs="${v_rps[*]}"
+            [ "$bytes" = 65536 ] && runs="${v_mbs[*]}"
+            row "$what, host driver ↔ vhost-user-echo over ivshmem ($label, $polling; per request $(median "${kicks[@]}") kicks, $(median "${calls[@]}") calls), median of 3 (runs: $(echo "$runs" | sed 's/ /, /g'))" \
                 "$v$unit" "UNIX socket pair at depth 16 $p$unit (at depth 1: $p1)" \
                 "$(ratio "$v" "$p")" "≥ 3" "$cmd vs virtio_bench socketpair --depth 16, alternated 3×"
             row "$what ($label, $polling), same runs" "$v$unit" "memcpy of the same payloads $m$unit" \
@@ -536,7 +540,7 @@ virtio_depth_section() {
                 "same runs vs virtio_bench memcpy --bytes $bytes -n $((n * 10)) --depth 16"
             if [ "$bytes" = 64 ]; then
                 r=$(median "${r_rps[@]}")
-                row "$what, a minimal split ring between two threads of one process ($label; no vhost-user, no bounds checks, no notifications: the ring's own cost on this machine), same rounds" \
+                row "$what, a minimal split ring between two threads of one process ($label; no vhost-user, no bounds checks, no notifications: the ring's own cost on this machine), same rounds, median of 3 (runs: $(echo "${r_rps[*]}" | sed 's/ /, /g'))" \
                     "$r$unit" "memcpy of the same payloads $m$unit" "$(ratio "$r" "$m")" "(reference)" \
                     "${pin[*]:+taskset -c 0 }virtio_bench ring-model --bytes 64 -n $((n * 10)) --depth 16 vs virtio_bench memcpy, alternated 3×"
                 row "$what, ours against that ring model ($label)" "$v$unit" "ring model $r$unit" \
@@ -961,18 +965,23 @@ PREAMBLE
   load (1.7 to 2.8 on the 2 cores): main's 1.1 M req/s became 2.2 M pinned and 2.2 to 6 M
   unpinned (6 M with both cores free; when other work takes a core, a side waits for it and the
   rate halves). The 64 B rows miss the 0.25× memcpy target, and the ring-model rows
-  (`virtio_bench ring-model`, since 2026-12-06) show how far any two-sided echo is from it
-  here: the same 64 B echo, 16 in flight, through a minimal split ring between two threads of
-  one process (rings and buffers as arrays of atomics; the device thread answers like
-  vhost-user-echo, the driver thread stamps, offers and checks like `virtio_bench virtio`; both
-  look 32 times and then yield, never sleep; no vhost-user, no vm-memory, no notifications)
-  reaches 0.15× memcpy unpinned and 0.03× on one CPU. A 64-byte memcpy is 8 ns (about 119 M/s)
-  in a single thread's cache; an echo moves the request's and the answer's cache lines, the
-  descriptors, the avail entry and the used element between the two cores, or, on one CPU,
-  pays two thread or process switches per 16 requests. On one CPU ours is at 0.88 of the
-  model; unpinned at 0.29 in the table's run, but repeated runs of the row's command spread from
-  about 3 to 7 M/s: the slow ones run at the one-CPU rate, as if the scheduler had left the two
-  processes on one CPU. The floor row gives the wake-up cost and the load average at the time.
+  (`virtio_bench ring-model`, since 2026-12-06) show how far a two-sided echo is from it here
+  even with nothing around the ring: the same 64 B echo, 16 in flight, through a minimal split
+  ring between two threads of one process (rings and buffers as arrays of atomics; the device
+  thread answers like vhost-user-echo, the driver thread stamps, offers and checks like
+  `virtio_bench virtio`; both look 32 times and then yield, never sleep; no vhost-user, no
+  vm-memory, no notifications) reaches 0.16× memcpy unpinned and 0.03× on one CPU. A 64-byte
+  memcpy is 8 ns (about 120 M/s) in a single thread's cache; an echo moves the request's and
+  the answer's cache lines, the descriptors, the avail entry and the used element between the
+  two cores, or, on one CPU, pays two thread or process switches per 16 requests. Since
+  2026-12-06 the host driver reads the device's used index once per batch of used elements and
+  leaves descriptors that already hold a chain's buffers unwritten, and vhost-user-echo writes
+  the used ring through its slice (docs/virtio-over-ivshmem.md). In the table's run ours is at
+  0.96 of the model on one CPU and 0.38 unpinned. 64 B rows take 2,000,000 requests (the depth-1 socket pair 200,000): with
+  200,000, a run of a few tens of milliseconds often ended before the scheduler had put the two
+  sides on their own CPUs. Unpinned runs are still bimodal: another run of the section the same
+  hour had all three at the one-CPU rate (median 3.4 M/s). The floor row gives the wake-up cost
+  and the load average at the time.
 - Linux virtio drivers over ivshmem (nested bed): both boots are QEMU -accel kvm (`-M
   microvm,pcie=on`, 256 MiB memfd RAM, 1 vCPU) in the same L1, with the same kernel, drivers
   (virtio-rng, vmw_vsock_virtio_transport) and backend binaries (vhost-device-rng,

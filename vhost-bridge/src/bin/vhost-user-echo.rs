@@ -176,8 +176,9 @@ enum Used {
 }
 
 impl Echo {
-    /// Echoes every available chain of `vring`; returns whether any was used. Each chain is
-    /// returned as soon as it is answered (a polling driver can take it while we do the next),
+    /// Echoes every available chain of `vring`; returns whether any was used and, if so,
+    /// whether the driver wants a call for them. Each chain is returned as soon as it is
+    /// answered (a polling driver can take it while we do the next),
     /// and the avail index is read again after each batch, so chains added meanwhile are taken
     /// in the same pass. One lock of the vring per pass; the avail ring and the descriptor
     /// table are looked up in the memory once per pass and read through those slices
@@ -259,8 +260,8 @@ impl Echo {
                 // while we do the next.
                 used.store(next_used.to_le(), 2, Ordering::Release)
                     .map_err(std::io::Error::other)?;
+                queue.set_next_used(next_used);
             }
-            queue.set_next_used(next_used);
         }
         if next_used == first_used {
             return Ok(Used::Nothing);

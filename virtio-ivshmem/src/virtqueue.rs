@@ -160,30 +160,22 @@ fn write_chain(
         };
         let desc = Descriptor::new(buffer.offset, buffer.len, flags, next);
         let at = slot(i) as usize;
-        store_changed(table, written, at, desc)?;
+        store_changed(table, &mut written[at], at, desc)?;
     }
     Ok(())
 }
 
-/// Stores descriptor `desc` at index `at` of `table` unless `written[at]`, our copy of it,
-/// says it is there already.
+/// Stores descriptor `desc` at index `at` of `table` unless `copy`, our copy of that
+/// descriptor, says it is there already.
 fn store_changed(
     table: &Ring,
-    written: &mut [Descriptor],
+    copy: &mut Descriptor,
     at: usize,
     desc: Descriptor,
 ) -> Result<(), QueueError> {
-    let same = |a: &Descriptor| {
-        (a.addr(), a.len(), a.flags(), a.next())
-            == (desc.addr(), desc.len(), desc.flags(), desc.next())
-    };
-    match written.get_mut(at) {
-        Some(copy) if same(copy) => {}
-        Some(copy) => {
-            put(table, 16 * at, desc)?;
-            *copy = desc;
-        }
-        None => put(table, 16 * at, desc)?,
+    if copy.as_slice() != desc.as_slice() {
+        put(table, 16 * at, desc)?;
+        *copy = desc;
     }
     Ok(())
 }
@@ -348,14 +340,14 @@ impl DriverQueue {
             Some(t) => {
                 let at = t.base + 16 * t.entries as u64 * head as u64;
                 let table = mem.get_slice(GuestAddress(at), 16 * buffers)?;
+                // Our copies of this head's table (`new` made one per ring descriptor).
                 let first = t.entries as usize * head as usize;
-                let copy = self.table_written.get_mut(first..first + buffers);
-                write_chain(&table, copy.unwrap_or_default(), readable, writable, |i| {
-                    i as u16
-                })?;
+                let copy = &mut self.table_written[first..first + buffers];
+                write_chain(&table, copy, readable, writable, |i| i as u16)?;
                 let desc =
                     Descriptor::new(at, 16 * buffers as u32, VRING_DESC_F_INDIRECT as u16, 0);
-                store_changed(&desc_ring, &mut self.ring_written, head as usize, desc)?;
+                let copy = &mut self.ring_written[head as usize];
+                store_changed(&desc_ring, copy, head as usize, desc)?;
             }
             None => write_chain(&desc_ring, &mut self.ring_written, readable, writable, id)?,
         }

@@ -51,6 +51,14 @@ impl VmOutcome {
         vmm_stat(&self.stderr, key)
     }
 
+    /// The number after `key=` in the guest program's results ([`value`](Self::value)); panics
+    /// with the VM's output when there is none.
+    pub fn number(&self, key: &str) -> u64 {
+        self.value(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no number {key}= in\n{}", self.stdout))
+    }
+
     /// The value of `key=` in the first stdout line containing it (guest program results).
     pub fn value(&self, key: &str) -> Option<String> {
         let pat = format!("{key}=");

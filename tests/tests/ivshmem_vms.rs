@@ -96,7 +96,7 @@ fn two_vms_play_ping_pong() {
     let pong = pong.finish(VM_TIMEOUT);
     ping.assert_code(0);
     pong.assert_code(0);
-    let rtt: u64 = ping.value("rtt_ns").unwrap().parse().unwrap();
+    let rtt = ping.number("rtt_ns");
     assert!(rtt > 0, "{}", ping.stdout);
     assert!(
         pong.stdout.contains("answered 330 rings"),

@@ -159,6 +159,8 @@ struct Queue {
     /// With VIRTIO_F_INDIRECT_DESC, where the tables are: ring descriptor i's table holds
     /// [`INDIRECT_ENTRIES`] descriptors at `tables + i * 16 * INDIRECT_ENTRIES`.
     tables: Option<u64>,
+    /// Chains of at least this many buffers go into a table (when there are tables).
+    indirect_min: usize,
     /// Chains placed in an indirect table.
     indirect_chains: u64,
 }
@@ -524,6 +526,7 @@ impl<'a> VirtioDriver<'a> {
             kicks: 0,
             kicks_suppressed: 0,
             tables,
+            indirect_min: 2,
             indirect_chains: 0,
         };
         let at = |f| layout::queue_offset(queue, f);
@@ -589,11 +592,11 @@ impl<'a> VirtioDriver<'a> {
         if needed == 0 {
             return Err(VirtioError::BadQueue("a chain needs a buffer"));
         }
-        // A chain of two or more buffers goes into the head's own table when there are tables
-        // and it fits one; it then takes a single ring descriptor.
+        // A chain of `indirect_min` (2) or more buffers goes into the head's own table when
+        // there are tables and it fits one; it then takes a single ring descriptor.
         let table = q
             .tables
-            .filter(|_| needed >= 2 && needed <= INDIRECT_ENTRIES as usize);
+            .filter(|_| needed >= q.indirect_min && needed <= INDIRECT_ENTRIES as usize);
         let ring_descriptors = if table.is_some() { 1 } else { needed };
         if ring_descriptors > q.free_len {
             return Err(VirtioError::QueueFull);
@@ -602,55 +605,36 @@ impl<'a> VirtioDriver<'a> {
             .iter()
             .map(|b| (b, 0))
             .chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
-        let head = q.free[q.free_len - 1];
-        match table {
-            Some(tables) => {
-                q.free_len -= 1;
-                let at = tables + 16 * INDIRECT_ENTRIES as u64 * head as u64;
-                for (i, (buffer, write_flag)) in buffers.enumerate() {
-                    let (flags, next) = if i + 1 == needed {
-                        (write_flag, 0)
-                    } else {
-                        (write_flag | DESC_F_NEXT, i as u16 + 1)
-                    };
-                    write_descriptor(
-                        dev,
-                        at + 16 * i as u64,
-                        buffer.offset,
-                        buffer.len,
-                        flags,
-                        next,
-                    );
-                }
-                let ring_at = q.desc + 16 * head as u64;
-                write_descriptor(dev, ring_at, at, 16 * needed as u32, DESC_F_INDIRECT, 0);
-                q.next[head as usize] = 0;
-                q.indirect_chains += 1;
-            }
-            None => {
-                let mut id = head;
-                for (i, (buffer, write_flag)) in buffers.enumerate() {
-                    q.free_len -= 1;
-                    let last = i + 1 == needed;
-                    let next = if last { 0 } else { q.free[q.free_len - 1] };
-                    let flags = if last {
-                        write_flag
-                    } else {
-                        write_flag | DESC_F_NEXT
-                    };
-                    write_descriptor(
-                        dev,
-                        q.desc + 16 * id as u64,
-                        buffer.offset,
-                        buffer.len,
-                        flags,
-                        next,
-                    );
-                    q.next[id as usize] = next;
-                    id = next;
-                }
+        // The chain's descriptors: in the head's table (slot i is entry i), or the top
+        // `needed` of the free stack (slot i is the ith from the top).
+        let top = q.free_len - 1;
+        let head = q.free[top];
+        let (base, in_table) = match table {
+            Some(tables) => (tables + 16 * INDIRECT_ENTRIES as u64 * head as u64, true),
+            None => (q.desc, false),
+        };
+        let free = &q.free;
+        let slot = |i: usize| if in_table { i as u16 } else { free[top - i] };
+        for (i, (buffer, write_flag)) in buffers.enumerate() {
+            let (flags, next) = if i + 1 == needed {
+                (write_flag, 0)
+            } else {
+                (write_flag | DESC_F_NEXT, slot(i + 1))
+            };
+            let at = base + 16 * slot(i) as u64;
+            write_descriptor(dev, at, buffer.offset, buffer.len, flags, next);
+        }
+        if in_table {
+            let ring_at = q.desc + 16 * head as u64;
+            write_descriptor(dev, ring_at, base, 16 * needed as u32, DESC_F_INDIRECT, 0);
+            q.indirect_chains += 1;
+        } else {
+            // Our own copy of the links, to free the chain without trusting the shared one.
+            for i in 0..needed - 1 {
+                q.next[slot(i) as usize] = slot(i + 1);
             }
         }
+        q.free_len -= ring_descriptors;
         q.chain_len[head as usize] = ring_descriptors as u16;
         q.outstanding += 1;
         let slot = q.avail + 4 + 2 * (q.next_avail % q.size) as u64;
@@ -762,26 +746,30 @@ impl<'a> VirtioDriver<'a> {
     /// Kicks rung and kicks the device did not want (VRING_USED_F_NO_NOTIFY or, with
     /// EVENT_IDX, `avail_event` not crossed) on `queue`.
     pub fn kicks(&self, queue: u32) -> (u64, u64) {
-        self.queues
-            .get(queue as usize)
-            .and_then(Option::as_ref)
+        self.queue(queue)
             .map_or((0, 0), |q| (q.kicks, q.kicks_suppressed))
+    }
+
+    /// With INDIRECT_DESC: chains of at least `buffers` buffers (default 2) on `queue` go into
+    /// a table; 1 sends every chain through one (a single buffer gains nothing from it, but it
+    /// shows whether a backend follows tables), as the host driver's `set_indirect_min`.
+    pub fn set_indirect_min(&mut self, queue: u32, buffers: usize) -> Result<(), VirtioError> {
+        self.queue_mut(queue)?.indirect_min = buffers.max(1);
+        Ok(())
     }
 
     /// Chains placed in an indirect table on `queue`.
     pub fn indirect_chains(&self, queue: u32) -> u64 {
-        self.queues
-            .get(queue as usize)
-            .and_then(Option::as_ref)
-            .map_or(0, |q| q.indirect_chains)
+        self.queue(queue).map_or(0, |q| q.indirect_chains)
     }
 
     /// Chains out on `queue`.
     pub fn outstanding(&self, queue: u32) -> u16 {
-        self.queues
-            .get(queue as usize)
-            .and_then(Option::as_ref)
-            .map_or(0, |q| q.outstanding)
+        self.queue(queue).map_or(0, |q| q.outstanding)
+    }
+
+    fn queue(&self, queue: u32) -> Option<&Queue> {
+        self.queues.get(queue as usize).and_then(Option::as_ref)
     }
 
     /// Fails when the device side reset the device on its own or flagged DEVICE_NEEDS_RESET.

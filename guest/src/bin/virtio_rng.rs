@@ -7,8 +7,11 @@
 //! Guest args: `requests=N` (default 100), `bytes=B` per request (default 64, at most 4096),
 //! `size=S` queue size (default 16, so the rings wrap), `header=OFF` (default 0),
 //! `arena=OFF` where rings and buffers go (default just after the header), `index=I` which
-//! ivshmem device, `timeout_ms=T` per wait (default 10000).
-//! Prints `virtio_rng: requests=N bytes=B zeros=Z ns_per_request=T calls=C`.
+//! ivshmem device, `timeout_ms=T` per wait (default 10000), `indirect=1` (negotiate
+//! VIRTIO_F_INDIRECT_DESC and place every request, one buffer, in an indirect table, which the
+//! backend must follow).
+//! Prints `virtio_rng: requests=N bytes=B zeros=Z ns_per_request=T calls=C indirect=I` (I: the
+//! requests placed in indirect tables).
 //! Exit status: 0 ok; 2 bad args; 10 no doorbell device; 20 open failed; 21 negotiation
 //! failed; 22 queue set-up failed; 23 DRIVER_OK failed; 30 a request failed; 31 a short
 //! answer; 32 the bytes look constant; 40 the reset at the end failed.
@@ -17,7 +20,7 @@
 
 use guest::ivshmem::Ivshmem;
 use guest::virtio::{Buffer, QueuePlan, VirtioDriver, Wait};
-use guest::virtio_layout::HEADER_SIZE;
+use guest::virtio_layout::{feature, HEADER_SIZE};
 use guest::{args, clock, println};
 
 fn main() -> i32 {
@@ -28,6 +31,7 @@ fn main() -> i32 {
     let arena = args::u64_or("arena", header + HEADER_SIZE as u64);
     let timeout_ns = args::u64_or("timeout_ms", 10_000).saturating_mul(1_000_000);
     let index = args::u64_or("index", 0) as usize;
+    let indirect = args::u64_or("indirect", 0) != 0;
     if bytes == 0 || bytes > 4096 || requests == 0 {
         println!("virtio_rng: bytes must be 1..=4096 and requests at least 1");
         return 2;
@@ -43,7 +47,7 @@ fn main() -> i32 {
         arena..dev.shm_size,
         timeout_ns,
         QueuePlan {
-            wanted: 0,
+            wanted: if indirect { feature::INDIRECT_DESC } else { 0 },
             count: 1,
             size,
             wait: Wait::Interrupt,
@@ -52,6 +56,16 @@ fn main() -> i32 {
         Ok(d) => d,
         Err(status) => return status,
     };
+    if indirect {
+        if d.features() & feature::INDIRECT_DESC == 0 {
+            println!("virtio_rng: INDIRECT_DESC asked for but not negotiated");
+            return 21;
+        }
+        if let Err(e) = d.set_indirect_min(0, 1) {
+            println!("virtio_rng: queue 0: {e}");
+            return 22;
+        }
+    }
     // Two buffers, alternated, so consecutive answers can be compared.
     let Ok(buffers) = d.alloc(2 * bytes, 64) else {
         println!("virtio_rng: no room for the buffers");
@@ -96,8 +110,10 @@ fn main() -> i32 {
     let elapsed = clock::now_ns() - start;
     let calls = dev.received(1) - calls_before;
     println!(
-        "virtio_rng: requests={requests} bytes={bytes} zeros={zeros} ns_per_request={} calls={calls}",
-        elapsed / requests
+        "virtio_rng: requests={requests} bytes={bytes} zeros={zeros} ns_per_request={} \
+         calls={calls} indirect={}",
+        elapsed / requests,
+        d.indirect_chains(0)
     );
     // Random bytes are zero 1 time in 256; allow four times that (and a little for tiny runs).
     if zeros > (requests * bytes) / 64 + 4 || same_as_previous > 0 {

@@ -469,6 +469,8 @@ virtio_section() {
 # --poll-us (the driver's DriverOptions::busy_poll); 0 turns polling off. Medians of 3
 # alternated runs.
 DEPTH_POLL_US=${DEPTH_POLL_US:-5}
+# listed VALUES...: the values separated by ", " (each run of a row).
+listed() { local all="$*"; echo "${all// /, }"; }
 virtio_depth_section() {
     echo "== virtio over ivshmem, 16 in flight" >&2
     cargo build --release --quiet -p vhost-bridge --examples
@@ -530,9 +532,9 @@ virtio_depth_section() {
             [ "$regime" = pinned ] && cmd="taskset -c 0 (server, backend, bridge, bench): $cmd"
             polling="busy polling up to $DEPTH_POLL_US µs on both sides"
             [ "$DEPTH_POLL_US" = 0 ] && polling="no busy polling"
-            local runs="${v_rps[*]}"
-            [ "$bytes" = 65536 ] && runs="${v_mbs[*]}"
-            row "$what, host driver ↔ vhost-user-echo over ivshmem ($label, $polling; per request $(median "${kicks[@]}") kicks, $(median "${calls[@]}") calls), median of 3 (runs: $(echo "$runs" | sed 's/ /, /g'))" \
+            local runs
+            if [ "$bytes" = 65536 ]; then runs=$(listed "${v_mbs[@]}"); else runs=$(listed "${v_rps[@]}"); fi
+            row "$what, host driver ↔ vhost-user-echo over ivshmem ($label, $polling; per request $(median "${kicks[@]}") kicks, $(median "${calls[@]}") calls), median of 3 (runs: $runs)" \
                 "$v$unit" "UNIX socket pair at depth 16 $p$unit (at depth 1: $p1)" \
                 "$(ratio "$v" "$p")" "≥ 3" "$cmd vs virtio_bench socketpair --depth 16, alternated 3×"
             row "$what ($label, $polling), same runs" "$v$unit" "memcpy of the same payloads $m$unit" \
@@ -540,7 +542,7 @@ virtio_depth_section() {
                 "same runs vs virtio_bench memcpy --bytes $bytes -n $((n * 10)) --depth 16"
             if [ "$bytes" = 64 ]; then
                 r=$(median "${r_rps[@]}")
-                row "$what, a minimal split ring between two threads of one process ($label; no vhost-user, no bounds checks, no notifications: the ring's own cost on this machine), same rounds, median of 3 (runs: $(echo "${r_rps[*]}" | sed 's/ /, /g'))" \
+                row "$what, a minimal split ring between two threads of one process ($label; no vhost-user, no bounds checks, no notifications: the ring's own cost on this machine), same rounds, median of 3 (runs: $(listed "${r_rps[@]}"))" \
                     "$r$unit" "memcpy of the same payloads $m$unit" "$(ratio "$r" "$m")" "(reference)" \
                     "${pin[*]:+taskset -c 0 }virtio_bench ring-model --bytes 64 -n $((n * 10)) --depth 16 vs virtio_bench memcpy, alternated 3×"
                 row "$what, ours against that ring model ($label)" "$v$unit" "ring model $r$unit" \
@@ -971,20 +973,19 @@ PREAMBLE
   thread answers like vhost-user-echo, the driver thread stamps, offers and checks like
   `virtio_bench virtio`; both look 32 times and then yield, never sleep; no vhost-user, no
   vm-memory, no notifications) reaches 0.16× memcpy unpinned and 0.03× on one CPU. A 64-byte
-  memcpy is 8 ns (about 120 M/s) in a single thread's cache; an echo moves the request's and
-  the answer's cache lines, the descriptors, the avail entry and the used element between the
-  two cores, or, on one CPU, pays two thread or process switches per 16 requests: the model's
-  3.4 M/s there is 16 requests per 4.6 µs, where 0.25× memcpy (30 M/s) would leave 0.5 µs for
-  the 16 and both switches, so at depth 16 no echo between two threads or processes sharing a
-  CPU can reach it. Since
-  2026-12-06 the host driver reads the device's used index once per batch of used elements and
-  leaves descriptors that already hold a chain's buffers unwritten, and vhost-user-echo writes
-  the used ring through its slice (docs/virtio-over-ivshmem.md). In the table's run ours is at
-  0.96 of the model on one CPU and 0.38 unpinned. 64 B rows take 2,000,000 requests (the depth-1 socket pair 200,000): with
-  200,000, a run of a few tens of milliseconds often ended before the scheduler had put the two
-  sides on their own CPUs. Unpinned runs are still bimodal: another run of the section the same
-  hour had all three at the one-CPU rate (median 3.4 M/s). The floor row gives the wake-up cost
-  and the load average at the time.
+  memcpy is 8 ns (about 120 M/s) in a single thread's cache; an echo moves the request's and the
+  answer's cache lines, the descriptors, the avail entry and the used element between the two
+  cores, or, on one CPU, pays two thread or process switches per 16 requests: the model's 3.4 M/s
+  there is 16 requests per 4.6 µs, where 0.25× memcpy (30 M/s) would leave 0.5 µs for the 16 and
+  both switches, so at depth 16 no echo between two threads or processes sharing a CPU can reach
+  it. Since 2026-12-06 the host driver reads the device's used index once per batch of used
+  elements and leaves descriptors that already hold a chain's buffers unwritten, and
+  vhost-user-echo writes the used ring through its slice (docs/virtio-over-ivshmem.md). In the
+  table's run ours is at 0.96 of the model on one CPU and 0.38 unpinned. 64 B rows take 2,000,000
+  requests (the depth-1 socket pair 200,000): with 200,000, a run of a few tens of milliseconds
+  often ended before the scheduler had put the two sides on their own CPUs. Unpinned runs are
+  still bimodal: another run of the section the same hour had all three at the one-CPU rate
+  (median 3.4 M/s). The floor row gives the wake-up cost and the load average at the time.
 - Linux virtio drivers over ivshmem (nested bed): both boots are QEMU -accel kvm (`-M
   microvm,pcie=on`, 256 MiB memfd RAM, 1 vCPU) in the same L1, with the same kernel, drivers
   (virtio-rng, vmw_vsock_virtio_transport) and backend binaries (vhost-device-rng,
